@@ -1,0 +1,72 @@
+"""The result of bound propagation: an interval for every tensor of the network over an input box."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlrobust.ir.graph import Network
+
+
+@dataclass
+class Bounds:
+    """Per-tensor elementwise bounds (per-sample shapes, no batch axis) valid for every input in the box.
+
+    ``lower[t] <= value of tensor t <= upper[t]`` holds for every input ``x`` with ``input_lower <= x <= input_upper``.
+    The input of a ReLU or MaxPool node is its pre-activation; ``pre_activation(node)`` returns it.
+    """
+
+    network: Network
+    lower: dict[str, np.ndarray]
+    upper: dict[str, np.ndarray]
+    method: str
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def input_lower(self) -> np.ndarray:
+        return self.lower[self.network.input_name]
+
+    @property
+    def input_upper(self) -> np.ndarray:
+        return self.upper[self.network.input_name]
+
+    @property
+    def output_lower(self) -> np.ndarray:
+        """Lower bounds of the flattened network output, shape ``(num_classes,)``."""
+        return self.lower[self.network.output_name].reshape(-1)
+
+    @property
+    def output_upper(self) -> np.ndarray:
+        return self.upper[self.network.output_name].reshape(-1)
+
+    def pre_activation(self, node_name: str) -> tuple[np.ndarray, np.ndarray]:
+        node = next(n for n in self.network.nodes if n.name == node_name)
+        t = node.inputs[0]
+        return self.lower[t], self.upper[t]
+
+    def relu_status(self) -> dict[str, dict[str, int]]:
+        """Per ReLU node: how many neurons are stably inactive, stably active and unstable."""
+        out = {}
+        for node in self.network.nodes:
+            if node.kind != "Relu":
+                continue
+            lo, hi = self.lower[node.inputs[0]], self.upper[node.inputs[0]]
+            out[node.name] = {
+                "inactive": int(np.sum(hi <= 0)),
+                "active": int(np.sum(lo >= 0)),
+                "unstable": int(np.sum((lo < 0) & (hi > 0))),
+            }
+        return out
+
+    @property
+    def num_unstable(self) -> int:
+        return sum(s["unstable"] for s in self.relu_status().values())
+
+    def intersect(self, other: "Bounds", method: str | None = None) -> "Bounds":
+        """Elementwise intersection with other sound bounds over the same box (both stay sound)."""
+        lower = {t: np.maximum(self.lower[t], other.lower[t]) for t in self.lower}
+        upper = {t: np.minimum(self.upper[t], other.upper[t]) for t in self.upper}
+        return Bounds(self.network, lower, upper, method or f"{self.method}&{other.method}",
+                      self.seconds + other.seconds, {**other.info, **self.info})
