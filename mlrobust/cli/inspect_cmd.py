@@ -1,0 +1,28 @@
+"""``mlrobust inspect``: load an ONNX model into the intermediate graph and print what mlrobust sees."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from mlrobust.cli import app
+
+
+@app.command("inspect")
+def inspect(
+    model: Path = typer.Argument(..., help="ONNX model file to load."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
+) -> None:
+    """Show the network as mlrobust reads it: nodes, shapes, neurons, ReLUs, and what the import folded or stripped."""
+    from rich.console import Console
+
+    from mlrobust.ir.onnx_import import load_onnx
+    from mlrobust.ir.summary import render, summarize
+
+    summary = summarize(load_onnx(model))
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        render(summary, Console())
