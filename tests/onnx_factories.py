@@ -15,6 +15,9 @@ import torch
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+from mlrobust.ir.graph import Network
+from mlrobust.ir.torch_exec import to_torch
+
 torch.set_num_threads(1)
 
 
@@ -49,6 +52,41 @@ def ort_run(model: onnx.ModelProto, x: np.ndarray, outputs: list[str] | None = N
         runs = [session.run(names, {input_name: x[i:i + 1]}) for i in range(x.shape[0])]
         return {n: np.concatenate([r[j] for r in runs]) for j, n in enumerate(names)}
     return dict(zip(names, session.run(names, {input_name: x})))
+
+
+#: The bar: the IR (float64 numpy, float32 torch) equals onnxruntime (float32) within 1e-5, absolute.
+ATOL = 1e-5
+
+
+def apply_head(name: str, z: np.ndarray) -> np.ndarray:
+    """The stripped trailing op applied to the IR output (numpy, float64)."""
+    if name == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-z))
+    if name in ("softmax", "logsoftmax"):
+        s = z - z.max(axis=1, keepdims=True)
+        log = s - np.log(np.exp(s).sum(axis=1, keepdims=True))
+        return log if name == "logsoftmax" else np.exp(log)
+    return z
+
+
+def assert_equivalent(model: onnx.ModelProto, net: Network, x: np.ndarray, head: str = "none") -> None:
+    """Every IR tensor (each is named after an ONNX tensor) equals onnxruntime's value within ``ATOL``; the torch
+    executor's output too; and the model's own output equals the IR output with the stripped head applied."""
+    x = x.astype(np.float32)
+    tensors = [t for t in net.tensors if t != net.input_name]
+    model_out = model.graph.output[0].name
+    ref = ort_run(model, x, outputs=list(dict.fromkeys(tensors + [model_out])))
+    ours = net.forward(x, return_all=True)
+    for t in tensors:
+        assert ref[t].size == ours[t].size, f"tensor {t}: size {ours[t].shape} vs onnxruntime {ref[t].shape}"
+        np.testing.assert_allclose(ours[t], ref[t].reshape(ours[t].shape), rtol=0, atol=ATOL, err_msg=f"tensor {t}")
+    out = ours[net.output_name]
+    with torch.no_grad():
+        out_torch = to_torch(net)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out_torch, ref[net.output_name].reshape(out.shape), rtol=0, atol=ATOL,
+                               err_msg="torch executor")
+    final = apply_head(head, out.reshape(out.shape[0], -1))
+    np.testing.assert_allclose(final, ref[model_out].reshape(final.shape), rtol=0, atol=ATOL, err_msg="model output")
 
 
 # --- torch exports --------------------------------------------------------------------------------------------------
@@ -138,7 +176,7 @@ class NetSpec:
         return f"NetSpec({self.sample_shape}, {self.layers}, head={self.head})"
 
 
-def _randomise_bn(bn: torch.nn.Module, rng: np.random.Generator) -> None:
+def randomise_bn(bn: torch.nn.Module, rng: np.random.Generator) -> None:
     n = bn.num_features
     with torch.no_grad():
         bn.running_mean.copy_(torch.tensor(rng.uniform(-0.5, 0.5, n), dtype=torch.float32))
@@ -209,7 +247,7 @@ def random_nets(draw, max_conv_layers: int = 4, allow_heads: bool = True) -> Net
                 name = f"avgpool k{k}s{s}p{p}{' ceil' if ceil else ''}{' incl' if include else ''}"
         elif kind == "bn":
             m = torch.nn.BatchNorm2d(cin)
-            _randomise_bn(m, rng)
+            randomise_bn(m, rng)
             name = "bn"
         elif kind == "residual":
             conv = torch.nn.Conv2d(cin, cin, 3, padding=1)
@@ -232,7 +270,7 @@ def random_nets(draw, max_conv_layers: int = 4, allow_heads: bool = True) -> Net
         extra = draw(st.sampled_from(["relu", "bn1d", "bn1d+relu", "none"]))
         if "bn1d" in extra:
             bn = torch.nn.BatchNorm1d(width)
-            _randomise_bn(bn, rng)
+            randomise_bn(bn, rng)
             add(bn, "bn1d")
         if "relu" in extra:
             add(torch.nn.ReLU(), "relu")
@@ -255,7 +293,7 @@ def make_model(nodes: list, input_shape: list, output_shape: list | None, initia
                *, input_name: str = "x", output_name: str = "y", opset: int = 13,
                inits_as_inputs: bool = False, ir_version: int | None = None) -> onnx.ModelProto:
     """A single-input, single-output model from onnx.helper nodes; ``inits_as_inputs`` also lists every
-    initializer as a graph input, as older exporters do."""
+    initializer as a graph input, as older exporters do. ``output_shape=None`` takes it from shape inference."""
     tensors = [numpy_helper.from_array(np.asarray(v), name=k) for k, v in initializers.items()]
     inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, input_shape)]
     if inits_as_inputs:
@@ -264,6 +302,9 @@ def make_model(nodes: list, input_shape: list, output_shape: list | None, initia
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=tensors)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = ir_version or min(model.ir_version, 8)
+    if output_shape is None:  # graph outputs must carry a shape: let ONNX shape inference write it
+        inferred = onnx.shape_inference.infer_shapes(model)
+        model.graph.output[0].CopyFrom(inferred.graph.output[0])
     return model
 
 

@@ -14,43 +14,10 @@ from hypothesis import strategies as st
 
 from mlrobust import load_onnx
 from mlrobust.ir.graph import Network
-from mlrobust.ir.torch_exec import to_torch
-from onnx_factories import (NetSpec, Normalize, Residual, ViewFlatten, _randomise_bn, export_dynamo, export_legacy,
-                            ort_run, random_nets)
+from onnx_factories import (NetSpec, Normalize, Residual, ViewFlatten, assert_equivalent, export_dynamo,
+                            export_legacy, random_nets, randomise_bn)
 
-ATOL = 1e-5
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _head(name: str, z: np.ndarray) -> np.ndarray:
-    """The stripped trailing op applied to the IR output (numpy, float64)."""
-    if name == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-z))
-    if name in ("softmax", "logsoftmax"):
-        s = z - z.max(axis=1, keepdims=True)
-        log = s - np.log(np.exp(s).sum(axis=1, keepdims=True))
-        return log if name == "logsoftmax" else np.exp(log)
-    return z
-
-
-def assert_equivalent(model: onnx.ModelProto, net: Network, x: np.ndarray, head: str = "none") -> None:
-    """Every IR tensor (each is named after an ONNX tensor) equals onnxruntime's value within ``ATOL``; the torch
-    executor's output too; and the model's own output equals the IR output with the stripped head applied."""
-    x = x.astype(np.float32)
-    tensors = [t for t in net.tensors if t != net.input_name]
-    model_out = model.graph.output[0].name
-    ref = ort_run(model, x, outputs=list(dict.fromkeys(tensors + [model_out])))
-    ours = net.forward(x, return_all=True)
-    for t in tensors:
-        assert ref[t].size == ours[t].size, f"tensor {t}: size {ours[t].shape} vs onnxruntime {ref[t].shape}"
-        np.testing.assert_allclose(ours[t], ref[t].reshape(ours[t].shape), rtol=0, atol=ATOL, err_msg=f"tensor {t}")
-    out = ours[net.output_name]
-    with torch.no_grad():
-        out_torch = to_torch(net)(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(out_torch, ref[net.output_name].reshape(out.shape), rtol=0, atol=ATOL,
-                               err_msg="torch executor")
-    final = _head(head, out.reshape(out.shape[0], -1))
-    np.testing.assert_allclose(final, ref[model_out].reshape(final.shape), rtol=0, atol=ATOL, err_msg="model output")
 
 
 def _inputs(spec: NetSpec, seed: int, n: int = 3) -> np.ndarray:
@@ -92,8 +59,8 @@ def _reference_cnn() -> torch.nn.Module:
     torch.manual_seed(3)
     rng = np.random.default_rng(3)
     bn, bn1 = torch.nn.BatchNorm2d(4), torch.nn.BatchNorm1d(6)
-    _randomise_bn(bn, rng)
-    _randomise_bn(bn1, rng)
+    randomise_bn(bn, rng)
+    randomise_bn(bn1, rng)
     return torch.nn.Sequential(
         Normalize(torch.tensor([0.5, 0.4]).reshape(2, 1, 1), torch.tensor([0.25, 0.3]).reshape(2, 1, 1)),
         torch.nn.Conv2d(2, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2), bn,
