@@ -6,7 +6,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
+
+
+def check_box(network: Network, lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The input box as float64 arrays of the per-sample input shape, or InputError naming what is wrong.
+
+    A leading batch axis of 1 is accepted and dropped; the box must be finite and non-empty.
+    """
+    boxes = []
+    for what, arr in (("lower", lower), ("upper", upper)):
+        arr = np.asarray(arr, dtype=np.float64)
+        if arr.shape == tuple(network.input_shape) and arr.shape[:1] == (1,):
+            arr = arr[0]
+        if arr.shape != network.sample_shape:
+            raise InputError(f"{what} bound has shape {arr.shape}; the model expects {network.sample_shape}")
+        boxes.append(arr)
+    lower, upper = boxes
+    if not (np.all(np.isfinite(lower)) and np.all(np.isfinite(upper))):
+        raise InputError("input box bounds must be finite numbers")
+    if np.any(lower > upper):
+        raise InputError("input box is empty: some lower bound exceeds its upper bound")
+    return lower, upper
 
 
 @dataclass
