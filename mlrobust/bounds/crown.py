@@ -31,7 +31,9 @@ default). Every bound is widened outward by ``FP_REL`` times the magnitude of it
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -50,6 +52,23 @@ REFINE_CHOICES = ("unstable", "all")
 
 _MIXING = (Dense, Conv2d, AvgPool2d)  # affine ops that mix coordinates
 _ELEMENTWISE = (Scale, Reshape, Relu)  # single-input ops that map a box onto a box, coordinate by coordinate
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run torch ops with ``n`` intra-op threads (None: leave torch's setting), restoring it afterwards.
+
+    Back-substitution is many medium-sized tensor ops; on a busy 2-core machine two intra-op threads made the
+    reference-architecture bounds ~10x slower than one (threads waiting on each other), so the default is one.
+    """
+    old = torch.get_num_threads()
+    if n is not None and n != old:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
 
 
 def _t(a: np.ndarray) -> torch.Tensor:
@@ -518,13 +537,14 @@ def _needs_crown(network: Network, producer: dict[str, Node], tensor: str) -> bo
 
 
 def crown(network: Network, lower: np.ndarray, upper: np.ndarray, *, refine: str = "unstable",
-          chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, patches: bool = True) -> Bounds:
+          chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, patches: bool = True, threads: int | None = 1) -> Bounds:
     """Sound CROWN bounds on every tensor of ``network`` over the box ``[lower, upper]``, intersected with IBP's.
 
     ``refine="unstable"`` back-substitutes only the pre-activation neurons whose relaxation depends on their bounds
     (plus the whole output); ``"all"`` does every neuron of every pre-activation. ``info`` records the IBP time,
     the back-substituted rows per tensor and the number of unstable ReLUs under IBP. ``patches=False`` keeps
-    every coefficient dense (same bounds, slower on conv layers; for testing and measurement).
+    every coefficient dense (same bounds, slower on conv layers; for testing and measurement). ``threads`` sets
+    torch's intra-op threads for the call (see :func:`torch_threads`).
     """
     if refine not in REFINE_CHOICES:
         raise InputError(f"unknown refine mode {refine!r}; choose one of {', '.join(REFINE_CHOICES)}")
@@ -532,17 +552,28 @@ def crown(network: Network, lower: np.ndarray, upper: np.ndarray, *, refine: str
     start = time.perf_counter()
     ibp_lo, ibp_hi = ibp(network, lower, upper)
     ibp_seconds = time.perf_counter() - start
+    lows = {network.input_name: lower}
+    ups = {network.input_name: upper}
+    engine = BackSubstitution(network, lows, ups, chunk_elements)
+    with torch_threads(threads):
+        refined = _sweep(network, lows, ups, ibp_lo, ibp_hi, engine, refine, patches)
+    seconds = time.perf_counter() - start
+    ibp_unstable = sum(int(np.sum((ibp_lo[n.inputs[0]] < 0) & (ibp_hi[n.inputs[0]] > 0)))
+                       for n in network.nodes if isinstance(n.op, Relu))
+    info = {"ibp_seconds": ibp_seconds, "refine": refine, "patches": patches, "rows": engine.rows,
+            "refined": refined, "ibp_unstable": ibp_unstable}
+    return Bounds(network, lows, ups, "crown", seconds, info)
 
+
+def _sweep(network: Network, lows: dict[str, np.ndarray], ups: dict[str, np.ndarray], ibp_lo: dict[str, np.ndarray],
+           ibp_hi: dict[str, np.ndarray], engine: BackSubstitution, refine: str, patches: bool) -> dict[str, int]:
+    """The forward sweep of :func:`crown`: fills ``lows``/``ups`` tensor by tensor; returns rows refined per tensor."""
     producer = {n.output: n for n in network.nodes}
     consumers: dict[str, list[Node]] = {}
     for node in network.nodes:
         for t in set(node.inputs):
             consumers.setdefault(t, []).append(node)
-    lows = {network.input_name: lower}
-    ups = {network.input_name: upper}
-    engine = BackSubstitution(network, lows, ups, chunk_elements)
     refined: dict[str, int] = {}
-
     for node in network.nodes:
         out = node.output
         lo, hi = interval_affine(node, [lows[t] for t in node.inputs], [ups[t] for t in node.inputs])
@@ -566,10 +597,4 @@ def crown(network: Network, lower: np.ndarray, upper: np.ndarray, *, refine: str
                 lo, hi = flat_lo.reshape(lo.shape), flat_hi.reshape(hi.shape)
                 refined[out] = int(idx.size)
         lows[out], ups[out] = lo, hi
-
-    seconds = time.perf_counter() - start
-    ibp_unstable = sum(int(np.sum((ibp_lo[n.inputs[0]] < 0) & (ibp_hi[n.inputs[0]] > 0)))
-                       for n in network.nodes if isinstance(n.op, Relu))
-    info = {"ibp_seconds": ibp_seconds, "refine": refine, "patches": patches, "rows": engine.rows, "refined": refined,
-            "ibp_unstable": ibp_unstable}
-    return Bounds(network, lows, ups, "crown", seconds, info)
+    return refined

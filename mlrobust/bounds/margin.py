@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlrobust.bounds.crown import BackSubstitution, crown
+from mlrobust.bounds.crown import BackSubstitution, crown, torch_threads
 from mlrobust.bounds.ibp import FP_REL, ibp
 from mlrobust.bounds.result import Bounds, check_box
 from mlrobust.errors import InputError
@@ -51,7 +51,8 @@ def linear_bounds(network: Network, lower: np.ndarray, upper: np.ndarray, coeffs
     lows, ups = _intermediate(network, lower, upper, "crown", bounds)
     engine = BackSubstitution(network, lows, ups)
     out = network.output_name
-    lo = engine.lower_bounds(out, np.concatenate([coeffs, -coeffs]))
+    with torch_threads(1):
+        lo = engine.lower_bounds(out, np.concatenate([coeffs, -coeffs]))
     lo, hi = lo[: coeffs.shape[0]], -lo[coeffs.shape[0]:]
     i_lo, i_hi = _interval_linear(coeffs, lows[out].reshape(-1), ups[out].reshape(-1))
     return np.maximum(lo, i_lo), np.minimum(hi, i_hi)
