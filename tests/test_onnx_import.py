@@ -143,6 +143,16 @@ def test_pool_pads_strides_auto_pad(rng, op_type):
         _load_and_check(single_node_model(op_type, [1, 2, 7, 6], attrs), rng)
 
 
+@pytest.mark.parametrize("op_type", ["MaxPool", "AveragePool"])
+def test_ceil_mode_window_starting_in_the_padding_is_dropped(rng, op_type):
+    # 5 wide, kernel 1, stride 3: ceil gives 3 windows, but the third would start at 6, past the input (opset 22
+    # shape inference, onnxruntime and torch all drop it).
+    model = single_node_model(op_type, [1, 1, 5, 5], dict(kernel_shape=[1, 1], strides=[3, 3], ceil_mode=1),
+                              opset=22)
+    net = _load_and_check(model, rng)
+    assert net.output_shape == (1, 2, 2)
+
+
 def test_global_pools(rng):
     nodes = [helper.make_node("GlobalAveragePool", ["x"], ["a"], name="gap"),
              helper.make_node("GlobalMaxPool", ["x"], ["m"], name="gmp"),
@@ -338,6 +348,13 @@ def test_reshape_that_moves_the_batch_axis():
     node = helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape")
     with pytest.raises(UnsupportedOpError, match=r"output shape \(6, 1\) does not keep the batch axis first"):
         load_onnx(make_model([node], [1, 2, 3], None, {"s": np.array([6, 1], dtype=np.int64)}))
+
+
+def test_reshape_allowzero_keeps_a_zero_as_zero():
+    node = helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape", allowzero=1)
+    model = make_model([node], [1, 2, 3], [1, 6], {"s": np.array([1, 0, 6], dtype=np.int64)}, opset=14)
+    with pytest.raises(ModelLoadError, match=r"cannot reshape \(1, 2, 3\) to \(1, 0, 6\)"):
+        load_onnx(model)
 
 
 def test_softmax_in_the_middle():
