@@ -33,7 +33,7 @@ def _check_stripped(net: Network, head: str) -> None:
         assert stripped == []
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(spec=random_nets(), dynamic=st.booleans(), folding=st.booleans(), opset=st.sampled_from([11, 13, 17]),
        seed=st.integers(0, 2**16))
 def test_legacy_export_matches_onnxruntime(spec: NetSpec, dynamic: bool, folding: bool, opset: int, seed: int):

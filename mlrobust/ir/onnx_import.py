@@ -121,6 +121,12 @@ def _pads_2d(pads: list[int] | None, node_name: str, op_type: str) -> tuple[int,
     return (int(pads[0]), int(pads[1]), int(pads[2]), int(pads[3]))
 
 
+def _positive(node_name: str, op_type: str, **params: tuple[int, ...]) -> None:
+    for key, values in params.items():
+        if any(v < 1 for v in values):
+            raise UnsupportedOpError(op_type, node_name, SUPPORTED_OPS, f"{key}={list(values)} (must be >= 1)")
+
+
 def _auto_pads(auto_pad: str, hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
                dilation: tuple[int, int]) -> tuple[int, int, int, int] | None:
     """Explicit pads for ``auto_pad`` (None for NOTSET: use the ``pads`` attribute)."""
@@ -153,7 +159,7 @@ class _Importer:
         self.nodes: list[Node] = []
         self.origin: dict[str, str] = {}  # IR node name -> "OpType 'onnx name'" it came from
         self.notes: list[str] = []
-        self._names: set[str] = set()
+        self._names: set[str] = set()  # IR node names given so far (ONNX node names need not be unique or set)
         self.inferred: dict[str, tuple[int, ...]] = {}
         self.untrusted: set[str] = set()  # tensors whose inferred shapes are no reference (see check_shape)
         self.removed: list[str] = []  # no-op nodes on the data path (Identity, Dropout, Cast, no-op reshapes)
@@ -174,8 +180,8 @@ class _Importer:
         g = self.graph
         for init in g.initializer:
             self.consts[init.name] = numpy_helper.to_array(init)
-        for sparse in g.sparse_initializer:
-            self.consts[sparse.values.name] = numpy_helper.to_array(numpy_helper.to_array(sparse))  # pragma: no cover
+        if len(g.sparse_initializer):
+            raise self.fail("sparse initializers are not supported; store the weights densely")
         real_inputs = [i for i in g.input if i.name not in self.consts]
         if len(real_inputs) != 1:
             names = ", ".join(repr(i.name) for i in real_inputs) or "none"
@@ -188,7 +194,6 @@ class _Importer:
         input_shape = self._input_shape(inp)
         self.input_name = inp.name
         self.data[inp.name] = _Data(inp.name, input_shape)
-        self._names.add(inp.name)
         self._infer_shapes(inp.name)
 
         output = g.output[0].name
@@ -219,7 +224,7 @@ class _Importer:
                 raise self.unsupported(node, label, "not a piecewise-linear op mlrobust can represent")
             try:
                 handler(node, label)
-            except (KeyError, IndexError, ValueError, TypeError) as exc:  # malformed attributes or operands
+            except (KeyError, IndexError, ValueError, TypeError, ZeroDivisionError) as exc:  # malformed attributes
                 raise self.fail(f"node {label!r} ({node.op_type}) cannot be imported: {type(exc).__name__}: {exc}") \
                     from None
 
@@ -344,7 +349,6 @@ class _Importer:
                                out_shape=tuple(shape[1:])))
         self.origin[label] = f"{node.op_type} {label!r}"
         self.data[out] = _Data(out, tuple(shape))
-        self._names.add(out)
 
     def alias(self, node, label: str, src: str, stripped_by: tuple[str, str] | None = None) -> None:
         """Let the node's output name the same IR tensor as ``src`` (no-op nodes and stripped trailing ops)."""
@@ -450,6 +454,9 @@ class _Importer:
             raise self.fail(f"node {label!r} (Conv): weight {w.shape} with group={groups} does not fit input {d.shape}")
         stride = tuple(int(s) for s in a.get("strides", (1, 1)))
         dilation = tuple(int(s) for s in a.get("dilations", (1, 1)))
+        if len(stride) != 2 or len(dilation) != 2:
+            raise self.unsupported(node, label, f"strides={list(stride)}, dilations={list(dilation)} (2-D expected)")
+        _positive(label, "Conv", strides=stride, dilations=dilation)
         pads = _auto_pads(a.get("auto_pad", "NOTSET"), d.shape[2:], kernel, stride, dilation)
         if pads is None:
             pads = _pads_2d(a.get("pads"), label, "Conv")
@@ -598,6 +605,9 @@ class _Importer:
         kernel = tuple(int(k) for k in a["kernel_shape"])
         stride = tuple(int(s) for s in a.get("strides", (1, 1)))
         dilation = tuple(int(s) for s in a.get("dilations", (1, 1)))
+        if len(kernel) != 2 or len(stride) != 2:
+            raise self.unsupported(node, label, f"kernel_shape={list(kernel)}, strides={list(stride)} (2-D expected)")
+        _positive(label, node.op_type, kernel_shape=kernel, strides=stride)
         if dilation != (1, 1):
             raise self.unsupported(node, label, f"dilations={list(dilation)} (only 1 is supported)")
         pads = _auto_pads(a.get("auto_pad", "NOTSET"), d.shape[2:], kernel, stride, (1, 1))
