@@ -259,6 +259,7 @@ class BackSubstitution:
         self._plans: dict[str, tuple[list[Node], int]] = {}
         self._pool_idx: dict[str, np.ndarray] = {}
         self.rows = 0  # specification rows back-substituted so far (a cost statistic)
+        self._peak_per_row = 1  # largest coefficient tensor per row seen in the last pass (sizes later chunks)
 
     # --- planning ----------------------------------------------------------------------------------------
     def _plan(self, start: str) -> tuple[list[Node], int]:
@@ -327,9 +328,11 @@ class BackSubstitution:
         if isinstance(op, Relu):
             r = self._relaxation(node)
             neg = a.clamp(max=0.0)
-            a_in = a * torch.where(a >= 0, r.lower_slope, r.upper_slope)
-            return ([(node.inputs[0], a_in)], (neg * r.upper_icpt).reshape(s, -1).sum(1),
-                    (neg.abs() * r.upper_icpt.abs()).reshape(s, -1).sum(1))
+            # a·lower_slope where a >= 0, a·upper_slope where a < 0, in two passes over the (large) coefficients
+            a_in = torch.addcmul(a * r.lower_slope, neg, r.upper_slope - r.lower_slope)
+            neg2 = neg.reshape(s, -1)
+            icpt = r.upper_icpt.reshape(-1)
+            return [(node.inputs[0], a_in)], neg2 @ icpt, -(neg2 @ icpt.abs())
         if isinstance(op, MaxPool2d):
             r = self._relaxation(node)
             a2 = a.reshape(s, -1)
@@ -433,14 +436,23 @@ class BackSubstitution:
                 bias, mag = bias + d_bias, mag + d_mag
             for tensor, a_in in terms:
                 acc[tensor] = self._combine(tensor, acc[tensor], a_in) if tensor in acc else a_in
-        a_x = acc.pop(self.network.input_name, None)
-        if a_x is not None:
+                held = acc[tensor].a if isinstance(acc[tensor], _Patch) else acc[tensor]
+                self._peak_per_row = max(self._peak_per_row, held.numel() // max(1, held.shape[0]))
+        coeff_x = acc.pop(self.network.input_name, None)
+        if coeff_x is not None:
             lo, hi = _t(self.lower[self.network.input_name]), _t(self.upper[self.network.input_name])
-            if isinstance(a_x, _Patch):
-                lo, hi, a_x = _gather(lo, a_x), _gather(hi, a_x), a_x.a
+            a_x = coeff_x
+            if isinstance(coeff_x, _Patch):
+                lo, hi, a_x = _gather(lo, coeff_x), _gather(hi, coeff_x), coeff_x.a
             s = a_x.shape[0]
-            bias = bias + (a_x * torch.where(a_x >= 0, lo, hi)).reshape(s, -1).sum(1)
-            mag = mag + (a_x.abs() * torch.maximum(lo.abs(), hi.abs())).reshape(s, -1).sum(1)
+            if isinstance(coeff_x, _Patch):
+                bias = bias + (a_x * torch.where(a_x >= 0, lo, hi)).reshape(s, -1).sum(1)
+                mag = mag + (a_x.abs() * torch.maximum(lo.abs(), hi.abs())).reshape(s, -1).sum(1)
+            else:  # the same sums as matrix-vector products: no temporaries the size of the coefficients
+                a2 = a_x.reshape(s, -1)
+                lo, hi = lo.reshape(-1), hi.reshape(-1)
+                bias = bias + a2 @ lo + a2.clamp(max=0.0) @ (hi - lo)
+                mag = mag + a2.abs() @ torch.maximum(lo.abs(), hi.abs())
         self.rows += bias.shape[0]
         return bias - FP_REL * mag
 
@@ -471,9 +483,11 @@ class BackSubstitution:
             # A one-hot row through Dense is a row of the weight: take it instead of multiplying by an identity
             # (8192 one-hot rows through a dense layer would cost S·m·n).
             start = node.inputs[0]
-        per = max(1, self.chunk_elements // (2 * self._plan(start)[1]))
+        dense_per = max(1, self.chunk_elements // (2 * self._plan(start)[1]))
+        per = dense_per
         lows, ups = np.empty(idx.size), np.empty(idx.size)
-        for k in range(0, idx.size, per):
+        k = 0
+        while k < idx.size:
             sel = idx[k:k + per]
             r = sel.size
             bias = torch.zeros(r, dtype=torch.float64)
@@ -491,8 +505,13 @@ class BackSubstitution:
                 rows[torch.arange(r), torch.as_tensor(sel)] = 1.0
                 rows = rows.reshape(r, *shape)
                 a = torch.cat([rows, -rows])
+            self._peak_per_row = 1
             val = self._pass(start, a, torch.cat([bias, -bias]), torch.cat([bias.abs(), bias.abs()]))
             lows[k:k + r], ups[k:k + r] = val[:r].numpy(), -val[r:].numpy()
+            k += r
+            # The first chunk is sized for dense coefficients; patches stay much smaller, so size the rest by the
+            # largest coefficient tensor per row actually held (each tensor is held twice at most in a step).
+            per = max(dense_per, min(self.chunk_elements // (4 * self._peak_per_row), 1 << 16))
         return lows, ups
 
 
