@@ -48,9 +48,11 @@ def ort_run(model: onnx.ModelProto, x: np.ndarray, outputs: list[str] | None = N
     input_name = next(i.name for i in m.graph.input if i.name not in inits)
     dim0 = m.graph.input[[i.name for i in m.graph.input].index(input_name)].type.tensor_type.shape.dim[0]
     x = np.asarray(x, dtype=np.float32)
-    if dim0.HasField("dim_value") and dim0.dim_value == 1:
-        runs = [session.run(names, {input_name: x[i:i + 1]}) for i in range(x.shape[0])]
-        return {n: np.concatenate([r[j] for r in runs]) for j, n in enumerate(names)}
+    if dim0.HasField("dim_value") and dim0.dim_value > 0:  # a fixed batch size: run in chunks of it
+        b, n = dim0.dim_value, x.shape[0]
+        padded = np.concatenate([x, np.repeat(x[-1:], (-n) % b, axis=0)])
+        runs = [session.run(names, {input_name: padded[i:i + b]}) for i in range(0, len(padded), b)]
+        return {name: np.concatenate([r[j] for r in runs])[:n] for j, name in enumerate(names)}
     return dict(zip(names, session.run(names, {input_name: x})))
 
 

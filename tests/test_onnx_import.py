@@ -306,9 +306,27 @@ def test_dynamic_dimension_other_than_batch():
         load_onnx(model)
 
 
-def test_fixed_batch_larger_than_one():
-    with pytest.raises(ModelLoadError, match=r"shape \(2, 3\): the first axis is the batch axis"):
-        load_onnx(single_node_model("Relu", [2, 3]))
+def test_fixed_batch_larger_than_one(rng):
+    """A model exported with a fixed batch of 2 (reshape targets and Shape results carry the 2) runs per sample."""
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+             helper.make_node("Shape", ["c"], ["shape"], name="shape"),
+             helper.make_node("Slice", ["shape", "zero", "one"], ["batch"], name="slice"),
+             helper.make_node("Concat", ["batch", "minus_one"], ["target"], name="concat", axis=0),
+             helper.make_node("Reshape", ["c", "target"], ["f"], name="reshape"),
+             helper.make_node("Gemm", ["f", "Wg", "C"], ["y"], name="gemm", transB=1)]
+    inits = {"W": f32(rng.normal(size=(2, 3, 2, 2))), "Wg": f32(rng.normal(size=(4, 8))), "C": f32(rng.normal(size=4)),
+             "zero": np.array([0]), "one": np.array([1]), "minus_one": np.array([-1])}
+    model = make_model(nodes, [2, 3, 3, 3], [2, 4], inits)
+    net = _load_and_check(model, rng)
+    assert net.input_shape == (1, 3, 3, 3) and net.output_shape == (4,)
+    assert "batch axis of input 'x' fixed to 2; each sample runs on its own" in net.notes
+    assert [n.kind for n in net.nodes] == ["Conv2d", "Reshape", "Dense"]
+
+
+def test_constant_varying_along_a_fixed_batch():
+    node = helper.make_node("Add", ["x", "c"], ["y"], name="add")
+    with pytest.raises(UnsupportedOpError, match=r"constant of shape \(2, 3\) varies along the batch axis"):
+        load_onnx(make_model([node], [2, 3], None, {"c": f32(np.arange(6).reshape(2, 3))}))
 
 
 def test_integer_input_is_rejected():

@@ -2,9 +2,9 @@
 
 The importer walks the ONNX graph once in topological order. Every tensor is either a *constant* (an initializer,
 a Constant node, or anything computed only from constants, which is folded with onnx's reference evaluator) or a
-*data* tensor that depends on the one real input. Only data tensors become IR nodes. The batch axis is read as 1,
-so shape arithmetic (``Shape -> Gather -> Concat -> Reshape`` chains) folds to constants; every data tensor must keep
-the batch axis first, which is what lets the IR run each sample independently.
+*data* tensor that depends on the one real input. Only data tensors become IR nodes. A symbolic batch axis is read
+as 1 (a fixed one keeps its size), so shape arithmetic (``Shape -> Gather -> Concat -> Reshape`` chains) folds to
+constants; every data tensor must keep the batch axis first, which is what lets the IR run each sample on its own.
 
 After the walk, elementwise affine ops (normalisation, BatchNormalization, ``+ bias``) are folded into the Dense,
 Conv or Scale op in front of them where that op's output has no other use, and a trailing Softmax, LogSoftmax or
@@ -44,7 +44,7 @@ _FLOAT_TYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}
 
 @dataclass
 class _Data:
-    """A tensor that depends on the input: its IR tensor name and its full static shape (batch axis first, = 1)."""
+    """A tensor that depends on the input: its IR tensor name and its full static shape (batch axis first)."""
 
     ir_name: str
     shape: tuple[int, ...]
@@ -191,9 +191,13 @@ class _Importer:
             names = ", ".join(repr(o.name) for o in g.output)
             raise self.fail(f"the model must have exactly one output; it has {len(g.output)} ({names})")
         inp = real_inputs[0]
-        input_shape = self._input_shape(inp)
+        full_shape = self._input_shape(inp)
+        # Shapes are computed at the model's own batch size (its fixed one, or 1 for a symbolic batch axis); the
+        # Network itself is per sample, and records the input shape with a batch of 1.
+        self.batch = full_shape[0]
+        input_shape = (1, *full_shape[1:])
         self.input_name = inp.name
-        self.data[inp.name] = _Data(inp.name, input_shape)
+        self.data[inp.name] = _Data(inp.name, full_shape)
         self._infer_shapes(inp.name)
 
         output = g.output[0].name
@@ -221,7 +225,7 @@ class _Importer:
                         f"only supported as the last op of the network, but its output feeds {node.op_type} {label!r}")
             handler = handlers.get(node.op_type) if node.domain in ("", "ai.onnx") else None
             if handler is None:
-                raise self.unsupported(node, label, "not a piecewise-linear op mlrobust can represent")
+                raise self.unsupported(node, label, "the intermediate graph has no equivalent on the data path")
             try:
                 handler(node, label)
             except (KeyError, IndexError, ValueError, TypeError, ZeroDivisionError) as exc:  # malformed attributes
@@ -263,12 +267,11 @@ class _Importer:
                 raise self.fail(f"the input {inp.name!r} has a dynamic dimension {name!r} at axis {axis}; only the "
                                 f"batch axis (0) may be dynamic. Export the model with a fixed input size.")
         if dims[0] != 1:
-            raise self.fail(f"the input {inp.name!r} has shape {tuple(dims)}: the first axis is the batch axis and "
-                            f"must be 1 or dynamic. Export the model with batch size 1.")
+            self.notes.append(f"batch axis of input {inp.name!r} fixed to {dims[0]}; each sample runs on its own")
         return tuple(dims)
 
     def _infer_shapes(self, input_name: str) -> None:
-        """ONNX shape inference with the batch fixed to 1, kept only as a cross-check of the shapes computed here."""
+        """ONNX shape inference with a symbolic batch read as 1, kept only as a cross-check of the shapes computed here."""
         import onnx
 
         model = onnx.ModelProto()
@@ -277,7 +280,7 @@ class _Importer:
             if i.name == input_name and i.type.tensor_type.HasField("shape"):
                 d0 = i.type.tensor_type.shape.dim[0]
                 d0.Clear()
-                d0.dim_value = 1
+                d0.dim_value = self.batch
         try:
             inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
         except Exception:  # inference is a cross-check only; models it cannot handle still load
@@ -360,7 +363,7 @@ class _Importer:
         self.data[node.output[0]] = _Data(d.ir_name, d.shape, stripped_by or d.stripped_by)
 
     def check_shape(self, node, label: str, out: str, shape: tuple[int, ...]) -> None:
-        if len(shape) == 0 or shape[0] != 1:
+        if len(shape) == 0 or shape[0] != self.batch:
             raise self.unsupported(node, label, f"its output shape {tuple(shape)} does not keep the batch axis first")
         if any(s <= 0 for s in shape):
             raise self.unsupported(node, label, f"empty output of shape {tuple(shape)}")
@@ -462,7 +465,7 @@ class _Importer:
             pads = _pads_2d(a.get("pads"), label, "Conv")
         op = Conv2d(weight=w, bias=b.reshape(c_out), stride=stride, padding=pads, dilation=dilation, groups=groups)
         ho, wo = op.output_hw(*d.shape[2:])
-        self.emit(node, label, op, [name], (1, c_out, ho, wo))
+        self.emit(node, label, op, [name], (self.batch, c_out, ho, wo))
 
     def gemm(self, node, label):
         a = _attrs(node)
@@ -484,11 +487,14 @@ class _Importer:
         bias = np.zeros(m)
         if len(node.input) > 2 and node.input[2]:
             c = self.const(node, label, 2, "bias C").astype(np.float64)
+            if c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
+                raise self.unsupported(node, label, f"bias C of shape {c.shape} varies along the batch axis")
             try:
-                bias = beta * np.broadcast_to(c, (1, m))[0]
+                bias = beta * np.broadcast_to(c.reshape(-1) if c.ndim else c, (m,))
             except ValueError:
-                raise self.unsupported(node, label, f"bias C of shape {c.shape} does not broadcast to (1, {m})") from None
-        self.emit(node, label, Dense(weight=alpha * bmat.T, bias=np.array(bias, dtype=np.float64)), [name], (1, m))
+                raise self.unsupported(node, label, f"bias C of shape {c.shape} does not broadcast to ({m},)") from None
+        self.emit(node, label, Dense(weight=alpha * bmat.T, bias=np.array(bias, dtype=np.float64)), [name],
+                  (self.batch, m))
 
     def matmul(self, node, label):
         if node.input[0] in self.data and node.input[1] in self.data:
@@ -515,7 +521,7 @@ class _Importer:
         else:
             m, k = w.shape
             if len(x) < 3 or x[-2] != k:
-                raise self.unsupported(node, label, f"weight-first MatMul needs a data tensor of shape (1, ..., {k}, n)"
+                raise self.unsupported(node, label, f"weight-first MatMul needs a data tensor of shape (N, ..., {k}, n)"
                                        f"; got {x} (it would contract the batch axis)")
             outer = int(np.prod(x[1:-2], dtype=np.int64))
             n = x[-1]
@@ -542,6 +548,8 @@ class _Importer:
             raise self.fail(f"node {label!r} ({node.op_type}): constant {c.shape} does not broadcast with {shape}") from None
         if result != tuple(shape):
             raise self.unsupported(node, label, f"constant of shape {c.shape} enlarges the data tensor {shape}")
+        if full.shape[0] != 1:
+            raise self.unsupported(node, label, f"constant of shape {c.shape} varies along the batch axis")
         return full[0]
 
     def binary(self, node, label):
@@ -620,7 +628,7 @@ class _Importer:
         op = (MaxPool2d(kernel=kernel, stride=stride, padding=pads) if is_max else
               AvgPool2d(kernel=kernel, stride=stride, padding=pads, count_include_pad=include_pad))
         ho, wo = op.output_hw(*d.shape[2:])
-        self.emit(node, label, op, [name], (1, d.shape[1], ho, wo))
+        self.emit(node, label, op, [name], (self.batch, d.shape[1], ho, wo))
 
     def _ceil_pads(self, node, label, hw, kernel, stride, pads, include_pad: bool) -> tuple[int, int, int, int]:
         """ceil_mode=1 as extra end padding that no window can take a value from (-inf for max, uncounted for avg).
@@ -647,14 +655,14 @@ class _Importer:
         kernel = (d.shape[2], d.shape[3])
         op = (MaxPool2d(kernel=kernel, stride=(1, 1)) if node.op_type == "GlobalMaxPool"
               else AvgPool2d(kernel=kernel, stride=(1, 1)))
-        self.emit(node, label, op, [name], (1, d.shape[1], 1, 1))
+        self.emit(node, label, op, [name], (self.batch, d.shape[1], 1, 1))
 
     def _reshape_to(self, node, label, name: str, shape: tuple[int, ...]) -> None:
         d = self.data[name]
         shape = tuple(int(s) for s in shape)
         if int(np.prod(shape)) != int(np.prod(d.shape)):
             raise self.fail(f"node {label!r} ({node.op_type}): cannot reshape {d.shape} to {shape}")
-        if shape[1:] == d.shape[1:] and shape[:1] == (1,):
+        if shape[1:] == d.shape[1:] and shape[:1] == (self.batch,):
             self.check_shape(node, label, node.output[0], shape)
             self.alias(node, label, name)  # a no-op on the sample (e.g. Flatten of an already flat tensor)
             return
