@@ -1,0 +1,62 @@
+"""The two baselines the optimizer is compared with, on the same problem, caches and verifier.
+
+- **uniform**: one epsilon for every layer, by binary search (the classic L-inf robustness radius, restricted to
+  the neighborhood's pixels — here: all of them);
+- **layer-search**: the naive per-layer search — binary search on ``eps_0`` with the other layers at 0, then on
+  ``eps_1`` with ``eps_0`` fixed, and so on outwards.
+
+Unknown counts as not robust (nothing unproven is accepted). Each binary search first tries its upper end (the
+layer's saturation): far layers often stay robust at full range, and one query then settles them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlrobust.search.problem import SearchProblem
+
+
+def _bisect(problem: SearchProblem, make, lo: float, hi: float, delta: float, purpose: str) -> float:
+    """Largest ``v`` in [lo, hi] (to ``delta``) with ``make(v)`` proven robust; ``make(lo)`` must be robust."""
+    if hi <= lo:
+        return lo
+    verdict = problem.query(make(hi), purpose=f"{purpose} at {hi:.4g}")
+    if verdict.is_robust:
+        problem.improve(make(hi))
+        return hi
+    while hi - lo > delta and not problem.exhausted():
+        mid = (lo + hi) / 2
+        problem.iteration += 1
+        verdict = problem.query(make(mid), purpose=f"{purpose} at {mid:.4g}")
+        if verdict.is_robust:
+            lo = mid
+            problem.improve(make(mid))
+        else:
+            hi = mid
+    return lo
+
+
+def uniform_search(problem: SearchProblem, delta: float) -> np.ndarray:
+    """The largest single epsilon (to ``delta``) proven robust for all layers at once."""
+    problem.phase = "search"
+    n = problem.num_layers
+    top = float(np.max(problem.saturation))
+    best = _bisect(problem, lambda v: problem.clip(np.full(n, v)), 0.0, top, delta, "uniform")
+    return problem.clip(np.full(n, best))
+
+
+def layer_search(problem: SearchProblem, delta: float) -> np.ndarray:
+    """Per-layer binary searches from the object outwards, each with the earlier layers fixed."""
+    problem.phase = "search"
+    eps = np.zeros(problem.num_layers)
+    for d in range(problem.num_layers):
+        if problem.exhausted():
+            break
+
+        def make(v: float, d: int = d) -> np.ndarray:
+            trial = eps.copy()
+            trial[d] = v
+            return problem.clip(trial)
+
+        eps[d] = _bisect(problem, make, 0.0, float(problem.saturation[d]), delta, f"layer {d}")
+    return problem.clip(eps)

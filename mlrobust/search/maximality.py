@@ -1,0 +1,112 @@
+"""Per-layer maximality: for each layer ``d``, is ``eps* + delta * e_d`` refuted? This turns condition (2) of the
+problem — no vector that expands ``eps*`` is robust — into a checked statement, layer by layer, at resolution
+``delta``.
+
+A layer's status is one of
+
+- ``refuted``: growing it by ``delta`` is refuted, with a counterexample confirmed on the network;
+- ``saturated``: the layer already spans all of [0, 1]; a larger epsilon gives the same box;
+- ``unknown``: the verifier could not decide the grown neighborhood (time limit);
+- ``not_maximal``: the grown neighborhood is robust (reported only when growing is switched off, as for the
+  baselines; otherwise the layer grows — by doubling steps, then bisection back to ``delta`` — and is checked
+  again);
+- ``unchecked``: the budget ran out first.
+
+Refutations stay valid while other layers grow: growing a layer only enlarges the box of ``eps* + delta * e_d``, so
+the counterexample still lies in it (the problem's cache answers such re-checks without a solver call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlrobust.search.problem import SearchProblem
+
+STATUSES = ("refuted", "saturated", "unknown", "not_maximal", "unchecked")
+
+
+@dataclass
+class LayerMaximality:
+    """The maximality check of one layer; ``tried`` is the epsilon of the layer in the last check that failed."""
+
+    layer: int
+    status: str
+    eps: float
+    tried: float | None = None
+    tier: str = ""
+    margin: float | None = None
+    counterexample: np.ndarray | None = None
+    reason: str = ""
+
+    @property
+    def certified(self) -> bool:
+        """Whether the layer is proven unable to grow by the tolerance (refuted, or already saturated)."""
+        return self.status in ("refuted", "saturated")
+
+    def to_dict(self, with_counterexample: bool = True) -> dict:
+        out = {"layer": self.layer, "status": self.status, "eps": self.eps, "tried": self.tried, "tier": self.tier,
+               "margin": self.margin, "reason": self.reason}
+        if with_counterexample:
+            out["counterexample"] = None if self.counterexample is None else self.counterexample.tolist()
+        return out
+
+
+def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bool = True,
+            order: list[int] | None = None) -> tuple[np.ndarray, list[LayerMaximality]]:
+    """Check every layer of the robust ``eps_star``; with ``grow`` a layer that can grow does, until refuted.
+
+    Returns the (possibly grown, always proven robust) vector and the per-layer statuses.
+    """
+    eps = problem.clip(eps_star).copy()
+    sat = problem.saturation
+    layers = list(range(problem.num_layers)) if order is None else list(order)
+    results: dict[int, LayerMaximality] = {}
+    problem.phase = "maximality"
+    for d in layers:
+        problem.iteration = d
+        if eps[d] >= sat[d]:
+            results[d] = LayerMaximality(d, "saturated", float(eps[d]), reason="the layer spans all of [0, 1]")
+            continue
+        if problem.exhausted():
+            results[d] = LayerMaximality(d, "unchecked", float(eps[d]), reason=f"budget spent ({problem.exhausted()})")
+            continue
+        step, expanding = delta, True
+        while True:
+            trial = eps.copy()
+            trial[d] = min(eps[d] + step, sat[d])
+            verdict = problem.query(trial, purpose=f"maximality of layer {d}")
+            if verdict.is_robust:
+                if not grow:
+                    results[d] = LayerMaximality(d, "not_maximal", float(eps[d]), float(trial[d]), verdict.tier,
+                                                 reason=f"eps + {delta:g} in this layer is proven robust")
+                    break
+                eps = trial
+                problem.improve(eps)
+                if eps[d] >= sat[d]:
+                    results[d] = LayerMaximality(d, "saturated", float(eps[d]), reason="grew until it spans [0, 1]")
+                    break
+                step = 2 * step if expanding else max(delta, step / 2)
+                continue
+            if step > delta * (1 + 1e-9):  # a larger step failed: bisect back down to delta
+                expanding = False
+                step = max(delta, step / 2)
+                continue
+            if verdict.is_not_robust:
+                results[d] = LayerMaximality(d, "refuted", float(eps[d]), float(trial[d]), verdict.tier,
+                                             float(verdict.margin), np.asarray(verdict.counterexample))
+            elif verdict.tier == "budget":
+                results[d] = LayerMaximality(d, "unchecked", float(eps[d]), float(trial[d]), verdict.tier,
+                                             reason=getattr(verdict, "reason", ""))
+            else:
+                results[d] = LayerMaximality(d, "unknown", float(eps[d]), float(trial[d]), verdict.tier,
+                                             reason=getattr(verdict, "reason", ""))
+            break
+    # Layers checked before a later one grew keep their status; report the final epsilons.
+    out = []
+    for d in range(problem.num_layers):
+        res = results.get(d) or LayerMaximality(d, "unchecked", float(eps[d]), reason="not in the checked order")
+        res.eps = float(eps[d])
+        out.append(res)
+    return eps, out

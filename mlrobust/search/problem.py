@@ -1,0 +1,345 @@
+"""The search problem: a network, a layered neighborhood, a target and k, weights, a verifier and a budget, with the
+one operation every search method is made of — ``query(eps)`` — and the caches that make repeated queries free.
+
+Two facts make caching sound, because the box of a layered neighborhood grows monotonically with every epsilon:
+
+- a vector componentwise below a proven-robust vector is robust (its box is a subset);
+- a confirmed counterexample that lies inside a candidate's box refutes the candidate (it is a point of the box
+  where the real network already lost the target).
+
+A third, cheap tier sits between the caches and the verifier: stored counterexamples are clipped into the new box
+and re-run through the network; a clipped point that still violates the property (confirmed on both executors, as
+every counterexample is) refutes the candidate without a solver call. Epsilons beyond a layer's *saturation* (the
+value at which every pixel of the layer already spans [0, 1]) do not change the box, so queries are normalised to
+them first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from mlrobust.errors import InputError
+from mlrobust.ir.graph import Network
+from mlrobust.neighborhood.neighborhood import LayeredNeighborhood, WeightSpec
+from mlrobust.search.progress import ProgressCallback, ProgressEvent, notify
+from mlrobust.verify.base import Mode, Verifier
+from mlrobust.verify.counterexample import TopKProperty, check_points, check_query
+from mlrobust.verify.spec import Box
+from mlrobust.verify.verdict import NotRobust, Robust, Unknown, Verdict, WeakPoint
+
+#: Tiers that answer a query without calling the verifier.
+CACHE_TIERS = ("cache", "projection", "budget")
+#: How many stored counterexamples (most recent first) are clipped into a new box and re-checked.
+PROJECTION_LIMIT = 16
+
+
+@dataclass
+class Budget:
+    """Limits of one search: total wall-clock seconds, number of queries that reach the verifier, and the time
+    limit handed to each verifier call (None = no limit)."""
+
+    time_limit: float | None = 300.0
+    max_queries: int | None = None
+    query_time_limit: float | None = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("time_limit", "query_time_limit"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise InputError(f"{name.replace('_', ' ')} must be a positive number of seconds, got {value!r}")
+        if self.max_queries is not None and self.max_queries < 1:
+            raise InputError(f"max queries must be at least 1, got {self.max_queries!r}")
+
+
+@dataclass
+class QueryRecord:
+    """One answered query: the (saturation-clipped) epsilons, the verdict, who decided, why it was asked."""
+
+    eps: np.ndarray
+    verdict: Verdict
+    tier: str
+    purpose: str
+    seconds: float
+    elapsed: float
+
+    @property
+    def status(self) -> str:
+        return status_of(self.verdict)
+
+
+def status_of(verdict: Verdict) -> str:
+    """``"robust"``, ``"not_robust"`` or ``"unknown"``."""
+    if verdict.is_robust:
+        return "robust"
+    if verdict.is_not_robust:
+        return "not_robust"
+    return "unknown"
+
+
+@dataclass
+class QueryStats:
+    """Queries by the tier that decided them, time per tier, calls that reached the verifier, MILP calls."""
+
+    calls: Counter = field(default_factory=Counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+    outcomes: Counter = field(default_factory=Counter)
+    verifier_calls: int = 0
+    milp_calls: int = 0
+
+    def add(self, tier: str, verdict: Verdict, reached_verifier: bool) -> None:
+        self.calls[tier] += 1
+        self.outcomes[status_of(verdict)] += 1
+        for part, secs in verdict.seconds.items():
+            self.seconds[part] = self.seconds.get(part, 0.0) + float(secs)
+        if reached_verifier:
+            self.verifier_calls += 1
+            if used_milp(verdict):
+                self.milp_calls += 1
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.calls.values()))
+
+    def to_dict(self) -> dict:
+        return {"queries": self.total, "by_tier": dict(sorted(self.calls.items())),
+                "outcomes": dict(sorted(self.outcomes.items())), "verifier_calls": self.verifier_calls,
+                "milp_calls": self.milp_calls,
+                "seconds_by_tier": {k: round(v, 6) for k, v in sorted(self.seconds.items())}}
+
+
+def used_milp(verdict: Verdict) -> bool:
+    """Whether answering the query ran a MILP (it spent time in a ``milp`` tier or the MILP decided)."""
+    return verdict.tier == "milp" or "milp" in verdict.seconds
+
+
+@dataclass
+class StoredCounterexample:
+    """A confirmed counterexample (per-sample shape, flattened), its real margin, and the query that found it."""
+
+    x: np.ndarray
+    margin: float
+    found_for: np.ndarray
+
+
+def layer_saturation(nbhd: LayeredNeighborhood) -> np.ndarray:
+    """Per layer, the smallest epsilon at which every pixel (every channel) of the layer spans all of [0, 1]:
+    ``max over the layer of max(x, 1 - x)``. Larger epsilons give the same box."""
+    image = nbhd.image
+    reach = np.maximum(image, 1.0 - image).max(axis=0)
+    sat = np.zeros(nbhd.num_layers)
+    np.maximum.at(sat, nbhd.layers.ravel(), reach.ravel())
+    return sat
+
+
+class SearchProblem:
+    """Everything a search needs, and ``query(eps)`` with its caches and statistics."""
+
+    def __init__(self, network: Network, neighborhood: LayeredNeighborhood, target: int, verifier: Verifier,
+                 k: int = 2, weights: WeightSpec = "uniform", budget: Budget | None = None,
+                 progress: ProgressCallback | None = None, mode: Mode = "decide"):
+        self.network = network
+        self.nbhd = neighborhood
+        self.target = int(target)
+        self.k = int(k)
+        self.verifier = verifier
+        self.budget = budget or Budget()
+        self.progress = progress
+        self.mode: Mode = mode
+        self.weights = neighborhood.weights(weights)
+        self.saturation = layer_saturation(neighborhood)
+        self.prop = TopKProperty(self.target, self.k)
+        self.x0 = np.asarray(neighborhood.x, dtype=np.float64)
+        check_query(network, Box(self.x0, self.x0), self.target, self.k)
+        self.records: list[QueryRecord] = []
+        self.stats = QueryStats()
+        self.robust_eps: list[np.ndarray] = []  # proven-robust vectors, none dominated by another
+        self.counterexamples: list[StoredCounterexample] = []
+        self._cex_stack = np.zeros((0, self.x0.size))
+        self._weak: list[tuple[np.ndarray, list[WeakPoint]]] = []
+        self.start = time.perf_counter()
+        # What the search displays: updated by the search methods, reported with every query.
+        self.phase = "start"
+        self.iteration = 0
+        self.best_eps = np.zeros(self.num_layers)
+        self.trace: list[tuple[float, float]] = []  # (seconds, size) at every improvement
+
+    # --- basic quantities -------------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.nbhd.num_layers
+
+    def clip(self, eps: Sequence[float] | np.ndarray) -> np.ndarray:
+        """``eps`` as a vector in [0, saturation] (larger values give the same box; steps may undershoot 0)."""
+        return np.clip(self.nbhd.eps_vector(np.maximum(np.asarray(eps, dtype=np.float64), 0.0)), 0.0,
+                       self.saturation)
+
+    def size(self, eps: np.ndarray) -> float:
+        return float(self.weights @ np.asarray(eps, dtype=np.float64))
+
+    def box(self, eps: np.ndarray) -> Box:
+        return self.nbhd.box(eps)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def remaining(self) -> float | None:
+        if self.budget.time_limit is None:
+            return None
+        return self.budget.time_limit - self.elapsed()
+
+    def exhausted(self) -> str | None:
+        """Why the budget is spent (``"time limit"``, ``"query limit"``), or None."""
+        rem = self.remaining()
+        if rem is not None and rem <= 0:
+            return "time limit"
+        if self.budget.max_queries is not None and self.stats.verifier_calls >= self.budget.max_queries:
+            return "query limit"
+        return None
+
+    # --- caches -----------------------------------------------------------------------------------------------
+    def known_robust(self, eps: np.ndarray) -> np.ndarray | None:
+        """A stored robust vector that dominates ``eps`` (so ``eps`` is robust), or None."""
+        for r in self.robust_eps:
+            if np.all(eps <= r):
+                return r
+        return None
+
+    def contained_counterexample(self, box: Box) -> StoredCounterexample | None:
+        """A stored counterexample lying in ``box``, or None (one vectorised test over all of them)."""
+        if not self.counterexamples:
+            return None
+        lo, hi = box.lower.ravel(), box.upper.ravel()
+        inside = np.all((self._cex_stack >= lo) & (self._cex_stack <= hi), axis=1)
+        hits = np.flatnonzero(inside)
+        if hits.size == 0:
+            return None
+        # the one with the largest margin is the most convincing to report
+        best = hits[np.argmax([self.counterexamples[i].margin for i in hits])]
+        return self.counterexamples[int(best)]
+
+    def _cached(self, eps: np.ndarray, box: Box) -> Verdict | None:
+        dom = self.known_robust(eps)
+        if dom is not None:
+            return Robust(tier="cache", stats={"cache": {"dominated_by": dom.tolist()}}, bound=float("nan"))
+        cex = self.contained_counterexample(box)
+        if cex is not None:
+            return NotRobust(tier="cache", stats={"cache": {"found_for": cex.found_for.tolist()}},
+                             counterexample=cex.x.reshape(box.shape), margin=cex.margin,
+                             weak_points=[WeakPoint(cex.x.reshape(box.shape), cex.margin)])
+        return self._projected(box)
+
+    def _projected(self, box: Box) -> Verdict | None:
+        """Clip the most recent counterexamples into ``box``; a clipped one that still violates refutes it."""
+        if not self.counterexamples:
+            return None
+        start = time.perf_counter()
+        recent = self.counterexamples[-PROJECTION_LIMIT:][::-1]
+        points = check_points(self.network, box, [c.x.reshape(box.shape) for c in recent], self.prop)
+        secs = {"projection": time.perf_counter() - start}
+        confirmed = [p for p in points if p.confirmed]
+        if not confirmed:
+            return None
+        best = max(confirmed, key=lambda p: p.margin)
+        return NotRobust(tier="projection", seconds=secs, counterexample=best.x, margin=best.margin,
+                         weak_points=[best.weak_point()])
+
+    def _remember(self, eps: np.ndarray, verdict: Verdict) -> None:
+        if verdict.is_robust:
+            if self.known_robust(eps) is None:
+                self.robust_eps = [r for r in self.robust_eps if not np.all(r <= eps)] + [eps.copy()]
+        elif verdict.is_not_robust and verdict.counterexample is not None:
+            x = np.asarray(verdict.counterexample, dtype=np.float64).ravel()
+            if not np.any(np.all(self._cex_stack == x, axis=1)):
+                self.counterexamples.append(StoredCounterexample(x, float(verdict.margin), eps.copy()))
+                self._cex_stack = np.vstack([self._cex_stack, x[None]])
+        if verdict.weak_points:
+            self._weak.append((eps.copy(), list(verdict.weak_points)))
+
+    # --- the query --------------------------------------------------------------------------------------------
+    def query(self, eps: Sequence[float] | np.ndarray, purpose: str = "", mode: Mode | None = None) -> Verdict:
+        """Is the neighborhood of ``eps`` robust? Cached answers first; then the verifier, within the budget.
+
+        A NotRobust verdict's counterexample is re-checked on the real network here as well (a custom verifier may
+        not do it); an unconfirmed one turns the verdict into Unknown. A spent budget answers Unknown.
+        """
+        eps = self.clip(eps)
+        box = self.box(eps)
+        start = time.perf_counter()
+        verdict = self._cached(eps, box)
+        reached = False
+        if verdict is None:
+            why = self.exhausted()
+            if why is not None:
+                verdict = Unknown(tier="budget", reason=f"search budget spent ({why})")
+            else:
+                limit = self.budget.query_time_limit
+                rem = self.remaining()
+                if rem is not None:
+                    limit = rem if limit is None else min(limit, rem)
+                verdict = self.verifier.verify(self.network, box, self.target, self.k, mode or self.mode, limit)
+                verdict = self._confirmed(box, verdict)
+                reached = True
+        tier = verdict.tier or ("verifier" if reached else "cache")
+        self._remember(eps, verdict)
+        self.stats.add(tier, verdict, reached)
+        self.records.append(QueryRecord(eps.copy(), verdict, tier, purpose, time.perf_counter() - start,
+                                        self.elapsed()))
+        self.notify("query", message=f"{purpose}: {status_of(verdict)} ({tier})")
+        return verdict
+
+    def _confirmed(self, box: Box, verdict: Verdict) -> Verdict:
+        if not verdict.is_not_robust:
+            return verdict
+        if verdict.counterexample is None:
+            return Unknown(tier=verdict.tier, seconds=verdict.seconds, stats=verdict.stats,
+                           weak_points=verdict.weak_points,
+                           reason="the verifier reported a violation without a counterexample")
+        x = np.asarray(verdict.counterexample, dtype=np.float64).reshape(box.shape)
+        point = check_points(self.network, box, [x], self.prop)[0]
+        if not point.confirmed or not box.contains(point.x):
+            return Unknown(tier=verdict.tier, seconds=verdict.seconds, stats=verdict.stats,
+                           weak_points=verdict.weak_points,
+                           reason=f"counterexample not confirmed on the network (margin {point.margin:.3g})")
+        verdict.counterexample, verdict.margin = point.x, point.margin
+        return verdict
+
+    # --- weak points ------------------------------------------------------------------------------------------
+    def weak_points(self, eps: np.ndarray, limit: int = 8) -> list[WeakPoint]:
+        """The strongest known inputs of the box of ``eps``: every stored weak point and counterexample that lies in
+        it, plus a short PGD run from them (the attack's best points), best first."""
+        eps = self.clip(eps)
+        box = self.box(eps)
+        lo, hi = box.lower, box.upper
+        known = [wp for _, wps in self._weak for wp in wps
+                 if np.all(wp.x >= lo) and np.all(wp.x <= hi)]
+        from mlrobust.verify.attack import pgd
+
+        starts = [wp.x for wp in sorted(known, key=lambda w: -w.margin)[:4]]
+        start = time.perf_counter()
+        result = pgd(self.network, box, self.prop, restarts=max(4, len(starts) + 2), steps=20, starts=starts,
+                     stop_on_violation=False, seed=len(self.records))
+        self.stats.seconds["gradient"] = self.stats.seconds.get("gradient", 0.0) + time.perf_counter() - start
+        points = [p.weak_point() for p in result.points] + known
+        points.sort(key=lambda w: -w.margin)
+        return points[:limit]
+
+    # --- progress ---------------------------------------------------------------------------------------------
+    def notify(self, kind: str, message: str = "") -> None:
+        notify(self.progress, ProgressEvent(self.phase, kind, self.iteration, self.size(self.best_eps),
+                                            self.best_eps.copy(), self.elapsed(), dict(self.stats.calls),
+                                            self.stats.milp_calls, message))
+
+    def improve(self, eps: np.ndarray) -> bool:
+        """Record ``eps`` (proven robust) as the best vector if it is larger; True if it was."""
+        eps = self.clip(eps)
+        if self.size(eps) > self.size(self.best_eps) + 1e-12:
+            self.best_eps = eps.copy()
+            self.trace.append((self.elapsed(), self.size(eps)))
+            self.notify("improved")
+            return True
+        return False

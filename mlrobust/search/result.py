@@ -1,0 +1,239 @@
+"""What a search or a single check returns: dataclasses with everything needed to re-check the result, and JSON.
+
+The JSON carries the epsilons (layer 0 = the object), weights, size, k, target, the object mask (as rows of 0/1),
+per-layer maximality with counterexamples, verdict statistics by tier, MILP calls, timings, and hashes of the model
+and the image with the versions of the tools, so a reader can rebuild the box and verify it independently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlrobust.search.maximality import LayerMaximality
+from mlrobust.search.problem import QueryStats
+
+SCHEMA = "mlrobust.search/1"
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_array(arr: np.ndarray) -> str:
+    """Hash of an array's dtype, shape and bytes (float64, C order)."""
+    a = np.ascontiguousarray(np.asarray(arr, dtype=np.float64))
+    h = hashlib.sha256(f"{a.dtype}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def network_hash(network: Any) -> str:
+    """Hash of a network's parameters in node order (for networks not read from a file)."""
+    h = hashlib.sha256()
+    for node in network.nodes:
+        h.update(f"{node.name}:{node.op.kind}:{node.out_shape}".encode())
+        for attr in ("weight", "bias", "mul", "add"):
+            value = getattr(node.op, attr, None)
+            if value is not None:
+                h.update(np.ascontiguousarray(np.asarray(value, dtype=np.float64)).tobytes())
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of mlrobust and the libraries a result depends on (missing ones are left out)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("mlrobust", "numpy", "scipy", "torch", "pyomo", "highspy", "onnx"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if np.isfinite(v) else None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclass
+class Provenance:
+    """Where the model and the image came from (path if any) and their hashes."""
+
+    model_path: str | None
+    model_sha256: str
+    image_path: str | None
+    image_sha256: str
+    image_array_sha256: str
+    versions: dict[str, str] = field(default_factory=versions)
+
+    def to_dict(self) -> dict:
+        return {"model": {"path": self.model_path, "sha256": self.model_sha256},
+                "image": {"path": self.image_path, "sha256": self.image_sha256,
+                          "array_sha256": self.image_array_sha256},
+                "versions": self.versions}
+
+
+@dataclass
+class SearchResult:
+    """The maximal robust layered neighborhood found for one image, target and object."""
+
+    method: str
+    cutting: str | None
+    target: int
+    k: int
+    epsilons: np.ndarray
+    weights: np.ndarray
+    layer_counts: np.ndarray
+    saturation: np.ndarray
+    mask: np.ndarray
+    image: np.ndarray
+    verified: bool
+    proof_tier: str
+    maximality: list[LayerMaximality]
+    stats: QueryStats
+    timings: dict[str, float]
+    stop_reason: str
+    delta: float
+    clean_margin: float
+    clean_topk: list[int]
+    object_source: str = ""
+    object_label: int | None = None
+    verifier: str = ""
+    iterations: int = 0
+    trace: list[tuple[float, float]] = field(default_factory=list)
+    provenance: Provenance | None = None
+    details: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> float:
+        """``w . eps*``."""
+        return float(np.asarray(self.weights) @ np.asarray(self.epsilons))
+
+    @property
+    def num_layers(self) -> int:
+        return int(len(self.epsilons))
+
+    @property
+    def certified_layers(self) -> int:
+        """Layers proven unable to grow by ``delta`` (refuted or saturated)."""
+        return sum(1 for m in self.maximality if m.certified)
+
+    @property
+    def eps_map(self) -> np.ndarray:
+        """Per-pixel epsilon (H, W)."""
+        from mlrobust.neighborhood.layers import layer_index
+
+        return np.asarray(self.epsilons)[layer_index(self.mask)]
+
+    def maximality_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for m in self.maximality:
+            out[m.status] = out.get(m.status, 0) + 1
+        return out
+
+    def to_json(self, with_counterexamples: bool = True) -> dict:
+        data = {
+            "schema": SCHEMA,
+            "method": self.method,
+            "cutting": self.cutting,
+            "target": self.target,
+            "k": self.k,
+            "epsilons": self.epsilons,
+            "weights": self.weights,
+            "size": self.size,
+            "layer_counts": self.layer_counts,
+            "saturation": self.saturation,
+            "delta": self.delta,
+            "verified": self.verified,
+            "proof_tier": self.proof_tier,
+            "clean": {"margin": self.clean_margin, "top_k": self.clean_topk},
+            "object": {"source": self.object_source, "label": self.object_label,
+                       "mask": self.mask.astype(np.uint8), "pixels": int(np.count_nonzero(self.mask))},
+            "maximality": [m.to_dict(with_counterexamples) for m in self.maximality],
+            "certified_layers": self.certified_layers,
+            "statistics": self.stats.to_dict(),
+            "timings": self.timings,
+            "stop_reason": self.stop_reason,
+            "iterations": self.iterations,
+            "verifier": self.verifier,
+            "trace": [{"seconds": t, "size": s} for t, s in self.trace],
+            "details": self.details,
+        }
+        if self.provenance is not None:
+            data.update(self.provenance.to_dict())
+        return _jsonable(data)
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+
+
+@dataclass
+class CheckResult:
+    """The verdict on one given neighborhood (``mlrobust.check``)."""
+
+    status: str  # "robust", "not_robust", "unknown"
+    tier: str
+    target: int
+    k: int
+    epsilons: np.ndarray
+    weights: np.ndarray
+    layer_counts: np.ndarray
+    mask: np.ndarray
+    size: float
+    seconds: dict[str, float]
+    bound: float | None = None
+    counterexample: np.ndarray | None = None
+    margin: float | None = None
+    reason: str = ""
+    clean_margin: float = float("nan")
+    clean_topk: list[int] = field(default_factory=list)
+    verifier: str = ""
+    verdict: Any = None
+    provenance: Provenance | None = None
+    image: np.ndarray | None = None
+
+    @property
+    def robust(self) -> bool:
+        return self.status == "robust"
+
+    def to_json(self) -> dict:
+        data = {"schema": "mlrobust.check/1", "status": self.status, "tier": self.tier, "target": self.target,
+                "k": self.k, "epsilons": self.epsilons, "weights": self.weights, "size": self.size,
+                "layer_counts": self.layer_counts, "mask": self.mask.astype(np.uint8), "seconds": self.seconds,
+                "bound": self.bound, "margin": self.margin, "reason": self.reason,
+                "counterexample": self.counterexample, "clean": {"margin": self.clean_margin,
+                                                                 "top_k": self.clean_topk},
+                "verifier": self.verifier}
+        if self.provenance is not None:
+            data.update(self.provenance.to_dict())
+        return _jsonable(data)
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1))

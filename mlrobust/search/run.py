@@ -1,0 +1,133 @@
+"""One search from start to result: prove the clean image, run the chosen method, certify maximality per layer,
+and collect the result.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlrobust.errors import InputError
+from mlrobust.search.baselines import layer_search, uniform_search
+from mlrobust.search.cegis import CUTTINGS, cutting_weights
+from mlrobust.search.maximality import LayerMaximality, certify
+from mlrobust.search.optimizer import OptimizerOptions, optimize
+from mlrobust.search.problem import SearchProblem, status_of
+from mlrobust.search.result import SearchResult
+from mlrobust.verify.margin import topk_labels
+
+METHODS = ("optimize", "layer-search", "uniform")
+INITS = ("zero", "uniform")
+
+
+@dataclass
+class SearchOptions:
+    """How to search. ``grow`` (let layers that can still grow do so during the maximality check) defaults to on
+    for the optimizer and off for the baselines, whose results are reported as they are."""
+
+    method: str = "optimize"
+    cutting: str = "fixed"
+    delta: float = 0.01
+    certify: bool = True
+    grow: bool | None = None
+    init: str = "zero"
+    optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"unknown search method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.cutting not in CUTTINGS:
+            raise InputError(f"unknown cutting weights {self.cutting!r}; choose one of {', '.join(CUTTINGS)}")
+        if self.init not in INITS:
+            raise InputError(f"unknown initialisation {self.init!r}; choose one of {', '.join(INITS)}")
+        if not (np.isfinite(self.delta) and 0 < self.delta <= 1):
+            raise InputError(f"the tolerance delta must be in (0, 1], got {self.delta!r}")
+        self.optimizer.delta = self.delta
+
+
+def _proof_tier(problem: SearchProblem, eps: np.ndarray) -> str:
+    """The tier of the verifier query whose robust box contains that of ``eps`` (the proof of the result)."""
+    for rec in reversed(problem.records):
+        if rec.verdict.is_robust and rec.tier != "cache" and np.all(eps <= rec.eps):
+            return rec.tier
+    return "cache"
+
+
+def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> SearchResult:
+    """Search ``problem`` and return the result (epsilons proven robust, maximality per layer, statistics)."""
+    opt = options or SearchOptions()
+    n = problem.num_layers
+    t0 = time.perf_counter()
+    problem.phase = "start"
+    problem.notify("phase", "proving the clean image")
+    clean = problem.query(np.zeros(n), purpose="clean image")
+    logits = problem.network.logits(problem.x0[None])
+    clean_margin = float(problem.prop.margin(logits)[0])
+    clean_topk = topk_labels(logits, problem.k)[0]
+    if clean.is_not_robust:
+        raise InputError(f"label {problem.target} is not among the top-{problem.k} labels on the clean image; "
+                         f"the network predicts {clean_topk}")
+    eps = np.zeros(n)
+    details: dict = {}
+    iterations = 0
+    stop_reason = ""
+    if not clean.is_robust:
+        stop_reason = f"the clean image itself is not proven ({getattr(clean, 'reason', '')})"
+    elif opt.method == "optimize":
+        start = np.zeros(n)
+        if opt.init == "uniform":
+            start = uniform_search(problem, 4 * opt.delta)
+        cw = cutting_weights(problem, opt.cutting)
+        details["cutting_weights"] = cw
+        eps, report = optimize(problem, start, cw, opt.optimizer)
+        iterations, stop_reason = report.iterations, report.stop_reason
+        details["optimizer"] = {"accepted_steps": report.accepted, "refuted_steps": report.refuted_steps,
+                                "cuts": report.cuts, "successful_cuts": report.cut_successes}
+    elif opt.method == "uniform":
+        eps = uniform_search(problem, opt.delta)
+        stop_reason = problem.exhausted() or f"binary search to delta = {opt.delta:g}"
+        iterations = problem.iteration
+    else:
+        eps = layer_search(problem, opt.delta)
+        stop_reason = problem.exhausted() or f"per-layer binary searches to delta = {opt.delta:g}"
+        iterations = problem.iteration
+    t_search = time.perf_counter() - t0
+    eps = problem.clip(eps)
+    grow = (opt.method == "optimize") if opt.grow is None else opt.grow
+    if opt.certify and clean.is_robust:
+        eps, maximality = certify(problem, eps, opt.delta, grow=grow)
+    else:
+        maximality = [LayerMaximality(d, "unchecked", float(eps[d]), reason="maximality check not run")
+                      for d in range(n)]
+    problem.best_eps = eps.copy()
+    problem.phase = "done"
+    problem.notify("phase", "done")
+    verified = bool(clean.is_robust and problem.known_robust(eps) is not None)
+    total = time.perf_counter() - t0
+    return SearchResult(
+        method=opt.method,
+        cutting=opt.cutting if opt.method == "optimize" else None,
+        target=problem.target,
+        k=problem.k,
+        epsilons=eps,
+        weights=problem.weights.copy(),
+        layer_counts=problem.nbhd.counts.copy(),
+        saturation=problem.saturation.copy(),
+        mask=np.asarray(problem.nbhd.mask).copy(),
+        image=np.asarray(problem.nbhd.image).copy(),
+        verified=verified,
+        proof_tier=_proof_tier(problem, eps) if verified else status_of(clean),
+        maximality=maximality,
+        stats=problem.stats,
+        timings={"total": total, "search": t_search, "maximality": total - t_search},
+        stop_reason=stop_reason,
+        delta=opt.delta,
+        clean_margin=clean_margin,
+        clean_topk=clean_topk,
+        verifier=getattr(problem.verifier, "name", type(problem.verifier).__name__),
+        iterations=iterations,
+        trace=list(problem.trace),
+        details=details,
+    )
