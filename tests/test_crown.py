@@ -234,3 +234,16 @@ def test_bad_arguments_raise_input_errors():
         crown(net, lo * np.nan, hi)
     b = crown(net, lo[None], hi[None])  # a batch axis of 1 is accepted
     assert b.input_lower.shape == net.sample_shape
+
+
+@pytest.mark.parametrize("kind,seed", [("mlp", 3), ("cnn", 4)])
+def test_relu_on_the_logits_keeps_crown_tight_output_bounds(kind, seed):
+    # Some exported models put a ReLU on the logits; its pre-activation is refined in full, not only where unstable.
+    net = random_network(kind, seed)
+    relu_net = Network(net.input_name, net.input_shape,
+                       net.nodes + [Node("final_relu", Relu(), (net.output_name,), "y_relu", net.output_shape)],
+                       "y_relu")
+    lo, hi = random_box(net, seed, 0.3)
+    plain, with_relu = crown(net, lo, hi), crown(relu_net, lo, hi)
+    np.testing.assert_allclose(with_relu.output_lower, np.maximum(plain.output_lower, 0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(with_relu.output_upper, np.maximum(plain.output_upper, 0), rtol=1e-9, atol=1e-9)

@@ -592,6 +592,13 @@ def _sweep(network: Network, lows: dict[str, np.ndarray], ups: dict[str, np.ndar
     for node in network.nodes:
         for t in set(node.inputs):
             consumers.setdefault(t, []).append(node)
+    # Tensors whose every neuron matters: the output, and what it is an elementwise/pooled image of (a network
+    # ending in ReLU gets its logits' pre-activation refined in full, not only the unstable neurons).
+    full = {network.output_name}
+    tail = producer.get(network.output_name)
+    while tail is not None and isinstance(tail.op, (Scale, Reshape, Relu, MaxPool2d)):
+        full.add(tail.inputs[0])
+        tail = producer.get(tail.inputs[0])
     refined: dict[str, int] = {}
     for node in network.nodes:
         out = node.output
@@ -599,7 +606,7 @@ def _sweep(network: Network, lows: dict[str, np.ndarray], ups: dict[str, np.ndar
         lo, hi = np.maximum(lo, ibp_lo[out]), np.minimum(hi, ibp_hi[out])
         users = [c for c in consumers.get(out, []) if isinstance(c.op, (Relu, MaxPool2d))]
         if (users or out == network.output_name) and _needs_crown(network, producer, out):
-            if refine == "all" or out == network.output_name:
+            if refine == "all" or out in full:
                 idx = np.arange(lo.size)
             else:
                 parts = [np.flatnonzero((lo < 0) & (hi > 0)) if isinstance(u.op, Relu)
