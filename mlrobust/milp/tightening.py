@@ -1,0 +1,266 @@
+"""Bound tightening before the MILP, as a named choice: "ibp", "crown" or "lp".
+
+- ``ibp``: interval bounds (and the builder's interval of each affine form over the current columns).
+- ``crown``: CROWN bounds intersected with IBP, and CROWN margin bounds for the top-k objective; falls back to IBP
+  (with a note in ``stats``) where CROWN is not available.
+- ``lp``: starts from ``crown`` and solves, layer by layer, two LPs (min and max) per still-unstable ReLU over the LP
+  relaxation of the layers before it, then the LPs of the margins ``y_c - y_t``. Sound by construction: the new
+  bound is computed from the LP's dual multipliers by weak duality (:func:`dual_lower_bound`), never taken from a
+  primal value, so an LP stopped early or solved inexactly still yields a valid (if looser) bound. A time budget
+  caps the work; neurons not reached keep their previous bounds.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+from mlrobust.bounds import propagate
+from mlrobust.bounds.ibp import interval_affine
+from mlrobust.bounds.result import Bounds
+from mlrobust.errors import InputError
+from mlrobust.ir.graph import Network
+from mlrobust.milp.builder import MilpBuilder
+from mlrobust.milp.encoding import AffineForm
+from mlrobust.milp.layers.relu import relu_split
+from mlrobust.milp.topk import margin_form
+
+METHODS = ("ibp", "crown", "lp")
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run torch with ``n`` intra-op threads, restoring the previous setting afterwards.
+
+    The networks here are small: on a busy 2-core machine torch's thread pool made CROWN and PGD 10-30x slower
+    than one thread (measured: PGD 2.9 s vs 0.08 s), so the verifier's torch work defaults to one thread.
+    """
+    if n is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@dataclass
+class Tightened:
+    """Bounds for every tensor over one box, and (when a target was given) bounds on its margins ``y_c - y_t``."""
+
+    bounds: Bounds
+    method: str
+    margin_lower: np.ndarray | None = None
+    margin_upper: np.ndarray | None = None
+    target: int | None = None
+    seconds: float = 0.0
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def num_unstable(self) -> int:
+        return self.bounds.num_unstable
+
+
+def crown_available() -> bool:
+    try:
+        import mlrobust.bounds.crown  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _margin_bounds_function():
+    try:
+        from mlrobust.bounds import margin_bounds  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return margin_bounds
+
+
+def interval_margins(bounds: Bounds, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """Margin bounds from output intervals: ``lo_c - hi_t <= y_c - y_t <= hi_c - lo_t`` (target entry 0)."""
+    lo, hi = bounds.output_lower, bounds.output_upper
+    L, U = lo - hi[target], hi - lo[target]
+    L[target] = U[target] = 0.0
+    return L, U
+
+
+def repropagate(network: Network, lower: dict[str, np.ndarray], upper: dict[str, np.ndarray]) -> None:
+    """Intersect every tensor's bounds with IBP applied to its (already tightened) inputs, in place."""
+    for node in network.nodes:
+        lo, hi = interval_affine(node, [lower[t] for t in node.inputs], [upper[t] for t in node.inputs])
+        new_lo = np.maximum(lower[node.output], lo)
+        new_hi = np.minimum(upper[node.output], hi)
+        lower[node.output], upper[node.output] = new_lo, np.maximum(new_hi, new_lo)
+
+
+# --- sound LP bounds --------------------------------------------------------------------------------------------
+def dual_lower_bound(A: sp.csr_matrix, row_lower: np.ndarray, row_upper: np.ndarray, col_lower: np.ndarray,
+                     col_upper: np.ndarray, cost: np.ndarray, offset: float, row_dual: np.ndarray) -> float:
+    """A rigorous lower bound on ``min cost @ v + offset`` over the LP from *any* row multipliers.
+
+    For every feasible ``v``: ``cost @ v = λ @ (A v) + (cost - Aᵀλ) @ v``; each term is bounded below using the row
+    bounds and the (finite) column bounds. Multipliers whose sign would need an infinite row bound are set to 0.
+    The result is valid whatever the quality of ``row_dual`` (weak duality); a small slack covers float rounding.
+    """
+    lam = np.asarray(row_dual, dtype=np.float64).copy()
+    lam[(lam > 0) & ~np.isfinite(row_lower)] = 0.0
+    lam[(lam < 0) & ~np.isfinite(row_upper)] = 0.0
+    row_term = np.where(lam > 0, lam * np.where(np.isfinite(row_lower), row_lower, 0.0),
+                        lam * np.where(np.isfinite(row_upper), row_upper, 0.0))
+    reduced = cost - A.T @ lam
+    col_term = np.where(reduced > 0, reduced * col_lower, reduced * col_upper)
+    total = float(offset + row_term.sum() + col_term.sum())
+    magnitude = float(abs(offset) + np.abs(row_term).sum() + np.abs(col_term).sum())
+    return total - 1e-9 * (1.0 + magnitude)
+
+
+class LpBounder:
+    """The LP relaxation of a builder's current model, reused (warm-started) for many objectives."""
+
+    def __init__(self, builder: MilpBuilder, threads: int | None = 1):
+        import highspy
+
+        self.col_lower, self.col_upper, _, self.A, self.row_lower, self.row_upper = builder.enc.arrays()
+        self.ncols = self.col_lower.size
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        if threads is not None:
+            h.setOptionValue("threads", int(threads))
+        A = self.A
+        h.passModel(self.ncols, A.shape[0], int(A.nnz), 2, 1, 0.0, np.zeros(self.ncols), self.col_lower,
+                    self.col_upper, self.row_lower, self.row_upper, A.indptr.astype(np.int32),
+                    A.indices.astype(np.int32), A.data.astype(np.float64), np.zeros(self.ncols, dtype=np.int32))
+        self.h = h
+        self.solves = 0
+        self._all = np.arange(self.ncols, dtype=np.int32)
+
+    def minimum(self, cost: np.ndarray, offset: float, time_limit: float | None) -> float:
+        """A sound lower bound on ``min cost @ v + offset`` (``-inf`` if the LP gave no multipliers)."""
+        h = self.h
+        h.changeColsCost(self.ncols, self._all, np.asarray(cost, dtype=np.float64))
+        if time_limit is not None:
+            h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
+        h.run()
+        self.solves += 1
+        sol = h.getSolution()
+        if not sol.dual_valid:
+            return float("-inf")
+        row_dual = np.asarray(sol.row_dual, dtype=np.float64)
+        return dual_lower_bound(self.A, self.row_lower, self.row_upper, self.col_lower, self.col_upper,
+                                cost, offset, row_dual)
+
+    def bounds_of(self, form: AffineForm, deadline: float | None) -> tuple[np.ndarray, np.ndarray, int]:
+        """Sound (lower, upper) of each row of ``form`` over the relaxation; stops at ``deadline``."""
+        n = form.size
+        lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
+        A = form.widen(self.ncols)
+        done = 0
+        for i in range(n):  # one LP pair per neuron: the loop is over solver calls, not arithmetic
+            left = None if deadline is None else deadline - time.perf_counter()
+            if left is not None and left <= 0:
+                break
+            row = A.getrow(i).toarray().reshape(-1)
+            lo[i] = self.minimum(row, float(form.c[i]), left)
+            left = None if deadline is None else deadline - time.perf_counter()
+            hi[i] = -self.minimum(-row, -float(form.c[i]), left)
+            done += 1
+        return lo, hi, done
+
+
+# --- the named choices ------------------------------------------------------------------------------------------
+def base_bounds(network: Network, lower: np.ndarray, upper: np.ndarray, method: str) -> tuple[Bounds, dict]:
+    """IBP or CROWN bounds (CROWN falls back to IBP with a note when unavailable)."""
+    if method == "ibp":
+        return propagate(network, lower, upper, method="ibp"), {}
+    if not crown_available():
+        return propagate(network, lower, upper, method="ibp"), {"note": "CROWN unavailable; used IBP"}
+    return propagate(network, lower, upper, method="crown"), {}
+
+
+def tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str = "crown",
+            target: int | None = None, time_budget: float | None = None, lp_threads: int | None = 1,
+            threads: int | None = 1) -> Tightened:
+    """Bounds over the box ``[lower, upper]`` with the named tightening; margin bounds too when ``target`` is given.
+
+    ``time_budget`` (seconds) caps the LP work of ``"lp"``; IBP and CROWN are not interrupted. ``threads`` is the
+    torch thread count for CROWN (None: leave torch's setting alone).
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown bound tightening {method!r}; choose one of {', '.join(METHODS)}")
+    with torch_threads(threads):
+        return _tighten(network, lower, upper, method, target, time_budget, lp_threads)
+
+
+def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str, target: int | None,
+             time_budget: float | None, lp_threads: int | None) -> Tightened:
+    start = time.perf_counter()
+    bounds, stats = base_bounds(network, lower, upper, "ibp" if method == "ibp" else "crown")
+    stats["unstable_" + bounds.method.split("&")[0]] = bounds.num_unstable
+    L = U = None
+    if target is not None:
+        L, U = interval_margins(bounds, target)
+        fn = _margin_bounds_function()
+        if method != "ibp" and fn is not None and crown_available():
+            try:  # reuse the intermediate bounds just computed
+                cl, cu = fn(network, bounds.input_lower, bounds.input_upper, target, method="crown", bounds=bounds)
+            except TypeError:
+                cl, cu = fn(network, bounds.input_lower, bounds.input_upper, target, method="crown")
+            L, U = np.maximum(L, cl), np.minimum(U, cu)
+    if method != "lp":
+        return Tightened(bounds, method, L, U, target, time.perf_counter() - start, stats)
+
+    deadline = None if time_budget is None else start + float(time_budget)
+    builder = MilpBuilder(network, bounds)
+    lp_solves = lp_neurons = 0
+    skipped = 0
+    while not builder.done:
+        node = builder.next_node
+        assert node is not None
+        if node.kind == "Relu":
+            t = node.inputs[0]
+            builder.set_bounds(t, *builder.form_interval(t))
+            _, _, unstable = relu_split(builder.lower[t], builder.upper[t])
+            idx = np.flatnonzero(unstable)
+            # Before any row exists the LP is the box, where the interval is already exact.
+            if idx.size and builder.enc.nrows and (deadline is None or time.perf_counter() < deadline):
+                lp = LpBounder(builder, threads=lp_threads)
+                lo, hi, done = lp.bounds_of(builder.forms[t].rows(idx, builder.enc.ncols), deadline)
+                new_lo = builder.lower[t].reshape(-1).copy()
+                new_hi = builder.upper[t].reshape(-1).copy()
+                new_lo[idx] = np.maximum(new_lo[idx], lo)
+                new_hi[idx] = np.minimum(new_hi[idx], hi)
+                builder.set_bounds(t, new_lo, new_hi)
+                lp_solves += lp.solves
+                lp_neurons += done
+                skipped += idx.size - done
+            elif idx.size and builder.enc.nrows:
+                skipped += idx.size
+        builder.step()
+    lower_d, upper_d = builder.lower, builder.upper
+    repropagate(network, lower_d, upper_d)
+    tightened = Bounds(network, lower_d, upper_d, "lp", time.perf_counter() - start, dict(bounds.info))
+    if target is not None:
+        assert L is not None and U is not None
+        fL, fU = builder.margin_interval(target)
+        L, U = np.maximum(L, fL), np.minimum(U, fU)
+        if deadline is None or time.perf_counter() < deadline:
+            D, classes = margin_form(builder.output_form, target, builder.enc.ncols)
+            lp = LpBounder(builder, threads=lp_threads)
+            lo, hi, done = lp.bounds_of(D, deadline)
+            L[classes] = np.maximum(L[classes], lo)
+            U[classes] = np.minimum(U[classes], hi)
+            lp_solves += lp.solves
+        U = np.maximum(U, L)
+    stats.update({"lp_solves": lp_solves, "lp_neurons": lp_neurons, "lp_skipped_for_time": skipped,
+                  "unstable_lp": tightened.num_unstable})
+    return Tightened(tightened, "lp", L, U, target, time.perf_counter() - start, stats)

@@ -1,0 +1,99 @@
+"""The verification cascade: PGD attack, then margin bounds, then the MILP only for what is still undecided.
+
+Cheap tiers first: an attack refutes most non-robust boxes in milliseconds, CROWN margin bounds prove most clearly
+robust ones, and only the boxes in between pay for a MILP. The bounds the second tier computes are handed to the
+MILP (no second CROWN pass). Every verdict names the tier that decided it and the seconds spent in each tier; in
+optimise mode its weak points merge the attack's best points with the MILP's solutions, largest margin first.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mlrobust.backends.base import SolverBackend
+from mlrobust.ir.graph import Network
+from mlrobust.verify.attack import PgdAttack
+from mlrobust.verify.base import Mode
+from mlrobust.verify.bound_check import BoundCheck, verdict_from_bounds
+from mlrobust.verify.counterexample import check_query
+from mlrobust.verify.milp_verifier import MilpVerifier
+from mlrobust.verify.spec import Box
+from mlrobust.verify.verdict import NotRobust, Robust, Unknown, Verdict, WeakPoint
+
+
+def _merge(*lists: list[WeakPoint], limit: int | None = None) -> list[WeakPoint]:
+    out: list[WeakPoint] = []
+    for wp in sorted((w for lst in lists for w in lst), key=lambda w: -w.margin):
+        if all(wp.x.shape != o.x.shape or (wp.x != o.x).any() for o in out):
+            out.append(wp)
+    return out if limit is None else out[:limit]
+
+
+class Cascade:
+    """attack -> bounds -> MILP. Tiers can be switched off; ``milp`` may be any verifier object."""
+
+    name = "cascade"
+
+    def __init__(self, solver: str | SolverBackend | None = "highs", tightening: str = "crown",
+                 attack: PgdAttack | None = None, bounds: BoundCheck | None = None,
+                 milp: MilpVerifier | None = None, use_attack: bool = True, use_bounds: bool = True,
+                 weak_point_limit: int = 8):
+        self.attack = attack or PgdAttack()
+        self.bounds = bounds or BoundCheck("crown")
+        self.milp = milp or MilpVerifier(solver, tightening)
+        self.use_attack = use_attack
+        self.use_bounds = use_bounds
+        self.weak_point_limit = weak_point_limit
+        self.calls = {"attack": 0, "bounds": 0, "milp": 0}
+
+    def verify(self, network: Network, box: Box, target: int, k: int = 2, mode: Mode = "decide",
+               time_limit: float | None = None) -> Verdict:
+        check_query(network, box, target, k)
+        start = time.perf_counter()
+        seconds: dict[str, float] = {}
+        stats: dict = {}
+        wps: list[WeakPoint] = []
+
+        def left() -> float | None:
+            return None if time_limit is None else max(time_limit - (time.perf_counter() - start), 0.0)
+
+        if self.use_attack:
+            self.calls["attack"] += 1
+            result = self.attack.run(network, box, target, k, time_limit=left())
+            seconds["attack"] = result.seconds
+            stats["attack"] = dict(result.stats, steps=result.steps_run)
+            wps = [p.weak_point() for p in result.points]
+            cex = result.counterexample
+            if cex is not None:
+                return NotRobust(tier="attack", seconds=seconds, stats=stats, weak_points=_merge(wps, limit=self.weak_point_limit),
+                                 counterexample=cex.x, margin=cex.margin)
+        tight = None
+        if self.use_bounds:
+            self.calls["bounds"] += 1
+            t0 = time.perf_counter()
+            tight = self.bounds.tighten(network, box, target, left())
+            verdict = verdict_from_bounds(tight, network, box, target, k, time.perf_counter() - t0)
+            seconds["bounds"] = verdict.seconds["bounds"]
+            stats.update(verdict.stats)
+            if isinstance(verdict, (Robust, NotRobust)):
+                verdict.seconds = seconds
+                verdict.stats = stats
+                verdict.weak_points = _merge(wps, verdict.weak_points, limit=self.weak_point_limit)
+                return verdict
+        remaining = left()
+        if remaining is not None and remaining <= 0:
+            return Unknown(tier="bounds", seconds=seconds, stats=stats, weak_points=_merge(wps, limit=self.weak_point_limit),
+                           reason="time limit reached before the MILP")
+        self.calls["milp"] += 1
+        reuse = tight if (tight is not None and isinstance(self.milp, MilpVerifier)
+                          and self.milp.tightening == tight.method) else None
+        if isinstance(self.milp, MilpVerifier):
+            verdict = self.milp.verify(network, box, target, k, mode, remaining, tightened=reuse)
+        else:
+            verdict = self.milp.verify(network, box, target, k, mode, remaining)
+        seconds.update(verdict.seconds)
+        stats["milp"] = verdict.stats
+        verdict.seconds = seconds
+        verdict.stats = stats
+        verdict.weak_points = _merge(verdict.weak_points, wps, limit=self.weak_point_limit)
+        return verdict

@@ -1,0 +1,140 @@
+"""The exact verifier: tighten bounds, build the top-k MILP, solve it with a backend, turn the answer into a verdict.
+
+Soundness rules applied here:
+- Robust only when the solver's *proven* bound on the k-th largest margin is ``< -ROBUST_TOLERANCE``.
+- NotRobust only for a point that, snapped into the box, violates the property on the float64 numpy IR *and* the
+  float32 torch executor. A solver point that fails the check is polished by a short PGD run started from it;
+  if that does not confirm a counterexample either, the verdict is Unknown.
+- A time limit, a solver error or an optimum inside the tolerance band ``[-ROBUST_TOLERANCE, 0)`` is Unknown.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from mlrobust.backends.base import INFEASIBLE, OPTIMAL, STOPPED, TIME_LIMIT, SolverBackend, SolveResult, StopRule
+from mlrobust.backends.registry import get_backend
+from mlrobust.ir.graph import Network
+from mlrobust.milp.builder import build_topk_milp
+from mlrobust.milp.problem import MilpProblem
+from mlrobust.milp.tightening import METHODS, Tightened, tighten
+from mlrobust.verify.attack import pgd
+from mlrobust.verify.base import Mode
+from mlrobust.verify.counterexample import CheckedPoint, TopKProperty, check_points, check_query, weak_points
+from mlrobust.verify.spec import Box
+from mlrobust.verify.verdict import ROBUST_TOLERANCE, NotRobust, Robust, Unknown, Verdict
+from mlrobust.errors import InputError
+
+
+class MilpVerifier:
+    """Complete (up to the time limit) top-k verifier over a MILP solver backend.
+
+    ``solver``: a backend name ("highs", "cbc", "scip", "gurobi", "pyomo:NAME", an entry point) or object.
+    ``tightening``: "ibp", "crown" or "lp" (``lp_time_budget`` seconds of LP tightening at most).
+    ``pool``: in optimise mode, how many solutions beyond the maximiser to ask the solver for.
+    """
+
+    name = "milp"
+
+    def __init__(self, solver: str | SolverBackend | None = "highs", tightening: str = "crown",
+                 lp_time_budget: float | None = 10.0, pool: int = 4, polish_steps: int = 20):
+        if tightening not in METHODS:
+            raise InputError(f"unknown bound tightening {tightening!r}; choose one of {', '.join(METHODS)}")
+        self.backend = get_backend(solver)
+        self.tightening = tightening
+        self.lp_time_budget = lp_time_budget
+        self.pool = pool
+        self.polish_steps = polish_steps
+        self.last_problem: MilpProblem | None = None
+
+    def tighten(self, network: Network, box: Box, target: int, time_limit: float | None = None) -> Tightened:
+        budget = self.lp_time_budget
+        if time_limit is not None:
+            budget = time_limit / 2 if budget is None else min(budget, time_limit / 2)
+        return tighten(network, box.lower, box.upper, self.tightening, target=target, time_budget=budget)
+
+    def verify(self, network: Network, box: Box, target: int, k: int = 2, mode: Mode = "decide",
+               time_limit: float | None = None, *, tightened: Tightened | None = None) -> Verdict:
+        """Decide (or, with ``mode="optimize"``, maximise) the k-th largest margin over ``box``.
+
+        ``tightened`` reuses bounds computed earlier for this box and target (the cascade passes its CROWN bounds).
+        """
+        check_query(network, box, target, k)
+        if mode not in ("decide", "optimize"):
+            raise InputError(f"mode must be 'decide' or 'optimize', not {mode!r}")
+        start = time.perf_counter()
+        if tightened is None or tightened.target != target or tightened.margin_upper is None:
+            tightened = self.tighten(network, box, target, time_limit)
+        t_tight = time.perf_counter() - start
+        problem = build_topk_milp(network, tightened.bounds, target, k, tightened.margin_lower,
+                                  tightened.margin_upper)
+        self.last_problem = problem
+        t_build = problem.stats["build_seconds"]
+        stats = {
+            "solver": getattr(self.backend, "name", type(self.backend).__name__), "tightening": tightened.method,
+            "tighten_seconds": t_tight, "build_seconds": t_build, "variables": problem.num_cols,
+            "binaries": problem.num_binaries, "constraints": problem.num_rows, "nonzeros": problem.nnz,
+            "unstable_relus": problem.stats["unstable_relus"], "tightening_stats": dict(tightened.stats),
+            "margin_bounds": (problem.stats["margin_lower_bound"], problem.stats["margin_upper_bound"]),
+        }
+        prop = TopKProperty(target, k)
+        m_hi = float(problem.stats["margin_upper_bound"])
+        if m_hi < -ROBUST_TOLERANCE:  # the bounds alone already decide
+            stats["solve_seconds"] = 0.0
+            return Robust(tier="milp", seconds={"milp": time.perf_counter() - start}, stats=stats, bound=m_hi)
+        remaining = None if time_limit is None else max(time_limit - (time.perf_counter() - start), 0.05)
+        stop = StopRule(0.0, -ROBUST_TOLERANCE) if mode == "decide" else None
+        result = self.backend.solve(problem, time_limit=remaining, stop=stop,
+                                    pool=self.pool if mode == "optimize" else 0)
+        stats.update({"solve_seconds": result.seconds, "status": result.status, "objective": result.objective,
+                      "bound": result.bound, "nodes": result.nodes, "solver_message": result.message,
+                      **{f"solver_{key}": v for key, v in result.stats.items()}})
+        return self._verdict(network, box, prop, problem, result, stats, start, mode)
+
+    def _verdict(self, network: Network, box: Box, prop: TopKProperty, problem: MilpProblem, result: SolveResult,
+                 stats: dict, start: float, mode: Mode) -> Verdict:
+        solutions = ([result.x] if result.x is not None else []) + list(result.pool)
+        points: list[CheckedPoint] = check_points(network, box, [problem.input_from(v) for v in solutions], prop)
+        cex = max((p for p in points if p.confirmed), key=lambda p: p.margin, default=None)
+        if cex is None and result.objective is not None and result.objective >= 0 and points:
+            # The solver's point violates the property in the MILP but not (yet) on the real network: a few PGD
+            # steps from it usually cross the boundary the solver reached within its tolerances.
+            polish = pgd(network, box, prop, restarts=1, steps=self.polish_steps, starts=[points[0].x],
+                         step_scale=0.5)
+            points.extend(polish.points)
+            cex = polish.counterexample
+            stats["polished"] = True
+        wps = weak_points(points, None if mode == "optimize" else 1)
+        seconds = {"milp": time.perf_counter() - start}
+        if cex is not None:
+            if result.bound < -ROBUST_TOLERANCE:
+                stats["conflict"] = "solver bound below zero but a counterexample was confirmed"
+            return NotRobust(tier="milp", seconds=seconds, stats=stats, weak_points=wps, counterexample=cex.x,
+                             margin=cex.margin)
+        if result.status in (OPTIMAL, STOPPED, TIME_LIMIT) and result.bound < -ROBUST_TOLERANCE:
+            return Robust(tier="milp", seconds=seconds, stats=stats, weak_points=wps, bound=float(result.bound))
+        if result.status == TIME_LIMIT:
+            reason = f"time limit reached (best margin found {result.objective}, bound {result.bound:.4g})"
+        elif result.status == INFEASIBLE:
+            reason = "solver reported the MILP infeasible (numerical trouble: the box is never empty)"
+        elif result.status in (OPTIMAL, STOPPED):
+            reason = (f"optimum {result.objective} lies within the tolerance band [-{ROBUST_TOLERANCE}, 0) "
+                      f"or its point was not confirmed on the network")
+        else:
+            reason = f"solver {result.solver or 'backend'} failed: {result.message}"
+        return Unknown(tier="milp", seconds=seconds, stats=stats, weak_points=wps, reason=reason)
+
+
+def solve_margin(network: Network, box: Box, target: int, k: int = 2, solver: str | SolverBackend | None = "highs",
+                 tightening: str = "crown", time_limit: float | None = None) -> tuple[float | None, float, np.ndarray | None]:
+    """Optimise mode in one call: ``(best margin found, proven upper bound, maximiser)`` of the k-th largest margin."""
+    verifier = MilpVerifier(solver, tightening, pool=0)
+    verdict = verifier.verify(network, box, target, k, mode="optimize", time_limit=time_limit)
+    stats = verdict.stats
+    if "objective" not in stats:  # decided by the bounds
+        bound = stats["margin_bounds"][1]
+        return None, bound, None
+    x = verdict.weak_points[0].x if verdict.weak_points else None
+    return stats["objective"], stats["bound"], x

@@ -1,0 +1,404 @@
+"""VNN-LIB properties: read them, and decide them with the same cascade (PGD, CROWN bounds, MILP).
+
+A VNN-LIB file declares inputs ``X_i`` and outputs ``Y_j`` (flattened, C order) and asserts the *counterexample
+region*: bounds on the inputs and linear constraints on the outputs, combined with ``and``/``or``. "sat" means an
+input in the box reaches the output region (the property is violated), "unsat" that none does (it holds).
+
+The assertions are brought into disjunctive normal form; each disjunct must split into single-variable bounds on
+inputs (a box) and linear inequalities on outputs. Disjuncts with the same input box are decided together as one
+MILP over a disjunction of conjunctions (:mod:`mlrobust.milp.disjunction`). Strict inequalities are read as
+non-strict (the usual reading in VNN-COMP, whose checker works with a tolerance anyway).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlrobust.backends.base import INFEASIBLE, OPTIMAL, STOPPED, TIME_LIMIT, SolverBackend, StopRule
+from mlrobust.backends.registry import get_backend
+from mlrobust.errors import InputError
+from mlrobust.ir.graph import Network
+from mlrobust.milp.builder import MilpBuilder
+from mlrobust.milp.disjunction import Clause, add_disjunction, clause_margin
+from mlrobust.milp.tightening import base_bounds, torch_threads
+from mlrobust.verify.attack import pgd
+from mlrobust.verify.counterexample import CheckedPoint, check_points, torch_module
+from mlrobust.verify.spec import Box
+from mlrobust.verify.verdict import ROBUST_TOLERANCE
+
+MAX_DISJUNCTS = 100_000
+
+# --- parsing ------------------------------------------------------------------------------------------------------
+_TOKEN = re.compile(r"\(|\)|[^\s()]+")
+
+
+def _sexprs(text: str) -> list:
+    text = re.sub(r";[^\n]*", "", text)
+    stack: list[list] = [[]]
+    for tok in _TOKEN.findall(text):
+        if tok == "(":
+            stack.append([])
+        elif tok == ")":
+            if len(stack) == 1:
+                raise InputError("VNN-LIB: unbalanced ')'")
+            done = stack.pop()
+            stack[-1].append(done)
+        else:
+            stack[-1].append(tok)
+    if len(stack) != 1:
+        raise InputError("VNN-LIB: unbalanced '(' (the file ends inside an expression)")
+    return stack[0]
+
+
+@dataclass
+class _Linear:
+    """``Σ coef[v] · v + const``."""
+
+    coef: dict[str, float] = field(default_factory=dict)
+    const: float = 0.0
+
+    def scaled(self, s: float) -> "_Linear":
+        return _Linear({k: s * v for k, v in self.coef.items()}, s * self.const)
+
+    def plus(self, other: "_Linear") -> "_Linear":
+        coef = dict(self.coef)
+        for k, v in other.coef.items():
+            coef[k] = coef.get(k, 0.0) + v
+        return _Linear(coef, self.const + other.const)
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _term(expr, declared: set[str]) -> _Linear:
+    if isinstance(expr, str):
+        if _NUMBER.match(expr):
+            return _Linear({}, float(expr))
+        if expr in declared:
+            return _Linear({expr: 1.0})
+        raise InputError(f"VNN-LIB: {expr!r} is neither a number nor a declared variable")
+    if not expr:
+        raise InputError("VNN-LIB: empty expression '()'")
+    op, args = expr[0], [_term(a, declared) for a in expr[1:]]
+    if op == "+":
+        out = _Linear()
+        for a in args:
+            out = out.plus(a)
+        return out
+    if op == "-":
+        if len(args) == 1:
+            return args[0].scaled(-1.0)
+        out = args[0]
+        for a in args[1:]:
+            out = out.plus(a.scaled(-1.0))
+        return out
+    if op == "*":
+        const = [a for a in args if not a.coef]
+        varying = [a for a in args if a.coef]
+        if len(varying) > 1:
+            raise InputError("VNN-LIB: only linear terms are supported (a product of two variables was found)")
+        factor = float(np.prod([a.const for a in const])) if const else 1.0
+        return varying[0].scaled(factor) if varying else _Linear({}, factor)
+    raise InputError(f"VNN-LIB: unsupported term operator {op!r} (supported: + - * and numbers)")
+
+
+# A constraint is ``lin <= 0``; a DNF is a list of conjunctions (lists of constraints).
+def _dnf(expr, declared: set[str]) -> list[list[_Linear]]:
+    if isinstance(expr, str) or not expr:
+        raise InputError(f"VNN-LIB: expected a formula, found {expr!r}")
+    op = expr[0]
+    if op == "and":
+        parts = [_dnf(a, declared) for a in expr[1:]]
+        total = int(np.prod([len(p) for p in parts], dtype=np.float64)) if parts else 1
+        if total > MAX_DISJUNCTS:
+            raise InputError(f"VNN-LIB: the property expands to more than {MAX_DISJUNCTS} disjuncts")
+        return [sum(combo, []) for combo in itertools.product(*parts)] if parts else [[]]
+    if op == "or":
+        out = []
+        for a in expr[1:]:
+            out.extend(_dnf(a, declared))
+        return out
+    if op in ("<=", ">=", "<", ">", "="):
+        if len(expr) != 3:
+            raise InputError(f"VNN-LIB: {op} takes two arguments: {expr}")
+        a, b = _term(expr[1], declared), _term(expr[2], declared)
+        diff = a.plus(b.scaled(-1.0))  # a - b
+        if op in ("<=", "<"):
+            return [[diff]]
+        if op in (">=", ">"):
+            return [[diff.scaled(-1.0)]]
+        return [[diff, diff.scaled(-1.0)]]
+    raise InputError(f"VNN-LIB: unsupported formula operator {op!r} (supported: and, or, <=, >=, <, >, =)")
+
+
+@dataclass
+class VnnlibRegion:
+    """One input box and the output clauses reachable from it (a violation = some clause holds)."""
+
+    lower: np.ndarray  # (num_inputs,)
+    upper: np.ndarray
+    clauses: list[Clause]
+
+
+@dataclass
+class VnnlibProperty:
+    num_inputs: int
+    num_outputs: int
+    regions: list[VnnlibRegion]
+
+
+def _index(name: str, prefix: str) -> int | None:
+    m = re.fullmatch(prefix + r"_(\d+)", name)
+    return int(m.group(1)) if m else None
+
+
+def parse_vnnlib(source: str | Path) -> VnnlibProperty:
+    """Parse VNN-LIB text (or a path to a ``.vnnlib`` file)."""
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith(".vnnlib")):
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"VNN-LIB file not found: {path}")
+        text = path.read_text()
+    else:
+        text = str(source)
+    declared: set[str] = set()
+    asserts = []
+    for cmd in _sexprs(text):
+        if not isinstance(cmd, list) or not cmd:
+            raise InputError(f"VNN-LIB: unexpected top-level token {cmd!r}")
+        if cmd[0] == "declare-const":
+            if len(cmd) != 3 or cmd[2] != "Real":
+                raise InputError(f"VNN-LIB: expected (declare-const NAME Real), found {cmd}")
+            if _index(cmd[1], "X") is None and _index(cmd[1], "Y") is None:
+                raise InputError(f"VNN-LIB: variable {cmd[1]!r} must be named X_i (input) or Y_j (output)")
+            declared.add(cmd[1])
+        elif cmd[0] == "assert":
+            if len(cmd) != 2:
+                raise InputError("VNN-LIB: assert takes one formula")
+            asserts.append(cmd[1])
+        elif cmd[0] in ("set-logic", "set-info", "set-option", "check-sat", "get-model", "exit"):
+            continue
+        else:
+            raise InputError(f"VNN-LIB: unsupported command {cmd[0]!r}")
+    xs = sorted(i for i in (_index(n, "X") for n in declared) if i is not None)
+    ys = sorted(i for i in (_index(n, "Y") for n in declared) if i is not None)
+    if not xs or not ys:
+        raise InputError("VNN-LIB: the file must declare input variables X_i and output variables Y_j")
+    if xs != list(range(len(xs))) or ys != list(range(len(ys))):
+        raise InputError("VNN-LIB: X_i and Y_j must be numbered 0, 1, 2, ... without gaps")
+    n_in, n_out = len(xs), len(ys)
+    dnf: list[list[_Linear]] = [[]]
+    for a in asserts:
+        part = _dnf(a, declared)
+        if len(dnf) * len(part) > MAX_DISJUNCTS:
+            raise InputError(f"VNN-LIB: the property expands to more than {MAX_DISJUNCTS} disjuncts")
+        dnf = [c1 + c2 for c1 in dnf for c2 in part]
+    regions: dict[bytes, VnnlibRegion] = {}
+    for conj in dnf:
+        lo = np.full(n_in, -np.inf)
+        hi = np.full(n_in, np.inf)
+        rows: list[np.ndarray] = []
+        rhs: list[float] = []
+        for lin in conj:
+            kinds = {n[0] for n in lin.coef if lin.coef[n] != 0}
+            if not kinds:
+                if lin.const > 0:  # "c <= 0" with c > 0: this disjunct is empty
+                    break
+                continue
+            if kinds == {"X"}:
+                (name, c), *rest = [(n, v) for n, v in lin.coef.items() if v != 0]
+                if rest:
+                    raise InputError("VNN-LIB: input constraints must bound one X_i each (found a linear "
+                                     "combination of inputs)")
+                i, bound = _index(name, "X"), -lin.const / c
+                if c > 0:
+                    hi[i] = min(hi[i], bound)
+                else:
+                    lo[i] = max(lo[i], bound)
+            elif kinds == {"Y"}:
+                g = np.zeros(n_out)
+                for n, v in lin.coef.items():
+                    g[_index(n, "Y")] += v
+                rows.append(g)
+                rhs.append(-lin.const)
+            else:
+                raise InputError("VNN-LIB: a constraint mixes inputs X and outputs Y; only separate input bounds "
+                                 "and output constraints are supported")
+        else:
+            if np.any(~np.isfinite(lo)) or np.any(~np.isfinite(hi)):
+                missing = np.flatnonzero(~np.isfinite(lo) | ~np.isfinite(hi))[:5]
+                raise InputError(f"VNN-LIB: inputs {', '.join(f'X_{i}' for i in missing)} lack a lower or upper "
+                                 f"bound")
+            if np.any(lo > hi):
+                continue  # an empty input box holds no counterexample
+            key = lo.tobytes() + hi.tobytes()
+            region = regions.setdefault(key, VnnlibRegion(lo, hi, []))
+            region.clauses.append(Clause(np.array(rows).reshape(len(rows), n_out), np.array(rhs, dtype=np.float64)))
+    return VnnlibProperty(n_in, n_out, list(regions.values()))
+
+
+# --- deciding -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClauseProperty:
+    """The output property of one region as an :class:`OutputProperty`: margin ``max_i min_j g_ij >= 0`` = sat."""
+
+    clauses: tuple[Clause, ...]
+
+    def margin(self, logits: np.ndarray) -> np.ndarray:
+        return clause_margin(logits, list(self.clauses))
+
+    def margin_torch(self, logits: torch.Tensor) -> torch.Tensor:
+        vals = []
+        for cl in self.clauses:
+            G = torch.as_tensor(cl.G, dtype=logits.dtype)
+            h = torch.as_tensor(cl.h, dtype=logits.dtype)
+            vals.append((h[None, :] - logits @ G.T).min(dim=1).values)
+        return torch.stack(vals, dim=1).max(dim=1).values
+
+
+@dataclass
+class VnnlibResult:
+    """``status``: "sat", "unsat", "timeout" or "unknown"; for sat the confirmed input and its outputs."""
+
+    status: str
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+    seconds: float = 0.0
+    tier: str = ""
+    reason: str = ""
+    stats: dict = field(default_factory=dict)
+
+    def to_vnncomp(self) -> str:
+        """The result in VNN-COMP's format: the status line, then for sat ``((X_0 v) ... (Y_0 v) ...)``."""
+        if self.status != "sat" or self.x is None or self.y is None:
+            return self.status + "\n"
+        entries = [f"(X_{i} {float(v)!r})" for i, v in enumerate(self.x.reshape(-1))]
+        entries += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(self.y.reshape(-1))]
+        return "sat\n(" + "\n ".join(entries) + ")\n"
+
+
+def _region_box(network: Network, region: VnnlibRegion) -> Box:
+    n = int(np.prod(network.sample_shape))
+    if region.lower.size != n:
+        raise InputError(f"the VNN-LIB property declares {region.lower.size} inputs; the model has {n}")
+    return Box(region.lower.reshape(network.sample_shape), region.upper.reshape(network.sample_shape))
+
+
+def _clause_bounds(network: Network, box: Box, builder: MilpBuilder, clauses: list[Clause], bounds) \
+        -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Bounds of every ``g_ij`` from the output form and, where available, CROWN linear bounds."""
+    col_lower, col_upper, *_ = builder.enc.arrays()
+    from mlrobust.milp.disjunction import clause_forms
+
+    forms = clause_forms(builder.output_form, clauses, builder.enc.ncols)
+    lows, highs = [], []
+    try:
+        from mlrobust.bounds import linear_bounds  # type: ignore[attr-defined]
+    except ImportError:
+        linear_bounds = None
+    for cl, form in zip(clauses, forms):
+        lo, hi = form.interval(col_lower, col_upper)
+        if linear_bounds is not None and bounds.method != "ibp":
+            c_lo, c_hi = linear_bounds(network, box.lower, box.upper, -np.asarray(cl.G), bounds=bounds)
+            lo, hi = np.maximum(lo, c_lo + cl.h), np.minimum(hi, c_hi + cl.h)
+        lows.append(lo)
+        highs.append(np.maximum(hi, lo))
+    return lows, highs
+
+
+def decide_region(network: Network, region: VnnlibRegion, solver: str | SolverBackend | None = "highs",
+                  time_limit: float | None = None, attack_restarts: int = 8, attack_steps: int = 40,
+                  tightening: str = "crown") -> VnnlibResult:
+    """Decide one region with the cascade: attack, CROWN bounds, then the MILP."""
+    start = time.perf_counter()
+    box = _region_box(network, region)
+    clauses = [c for c in region.clauses]
+    prop = ClauseProperty(tuple(clauses))
+    deadline = None if time_limit is None else start + time_limit
+
+    def left() -> float | None:
+        return None if deadline is None else max(deadline - time.perf_counter(), 0.0)
+
+    def sat(point: CheckedPoint, tier: str) -> VnnlibResult:
+        with torch.no_grad():
+            y = torch_module(network).logits(torch.as_tensor(point.x[None], dtype=torch.float32))[0].double().numpy()
+        return VnnlibResult("sat", point.x.reshape(-1), y, time.perf_counter() - start, tier,
+                            stats={"margin": point.margin, "margin_float32": point.margin_torch})
+
+    if any(cl.h.size == 0 for cl in clauses):  # a clause with no output constraint: every input is a witness
+        point = check_points(network, box, [box.center], prop)[0]
+        return sat(point, "bounds")
+    attack = pgd(network, box, prop, restarts=attack_restarts, steps=attack_steps, time_limit=left())
+    if attack.counterexample is not None:
+        return sat(attack.counterexample, "attack")
+    with torch_threads(1):
+        bounds, _ = base_bounds(network, box.lower, box.upper, "ibp" if tightening == "ibp" else "crown")
+    builder = MilpBuilder(network, bounds).run()
+    lows, highs = _clause_bounds(network, box, builder, clauses, bounds)
+    m_hi = max(float(np.min(h)) for h in highs)
+    stats: dict = {"attack_best": attack.best.margin if attack.best else None, "bound_before_milp": m_hi}
+    if m_hi < -ROBUST_TOLERANCE:
+        return VnnlibResult("unsat", seconds=time.perf_counter() - start, tier="bounds", stats=stats)
+    if deadline is not None and time.perf_counter() >= deadline:
+        return VnnlibResult("timeout", seconds=time.perf_counter() - start, tier="bounds", stats=stats)
+    obj = add_disjunction(builder.enc, builder.output_form, clauses, lows, highs)
+    problem = builder.problem(obj.objective_col, {"clause_binaries": int(obj.clause_binaries.size)})
+    backend = get_backend(solver)
+    result = backend.solve(problem, time_limit=left(), stop=StopRule(0.0, -ROBUST_TOLERANCE))
+    stats.update({"status": result.status, "objective": result.objective, "bound": result.bound,
+                  "binaries": problem.num_binaries, "variables": problem.num_cols, "solve_seconds": result.seconds})
+    solutions = ([result.x] if result.x is not None else []) + list(result.pool)
+    points = check_points(network, box, [problem.input_from(v) for v in solutions], prop)
+    cex = next((p for p in points if p.confirmed), None)
+    if cex is None and result.objective is not None and result.objective >= 0 and points:
+        polish = pgd(network, box, prop, restarts=1, steps=20, starts=[points[0].x], step_scale=0.5)
+        cex = polish.counterexample
+    if cex is not None:
+        return sat(cex, "milp")
+    seconds = time.perf_counter() - start
+    if result.status in (OPTIMAL, STOPPED, TIME_LIMIT) and result.bound < -ROBUST_TOLERANCE:
+        return VnnlibResult("unsat", seconds=seconds, tier="milp", stats=stats)
+    if result.status == TIME_LIMIT:
+        return VnnlibResult("timeout", seconds=seconds, tier="milp", stats=stats)
+    reason = ("MILP reported infeasible" if result.status == INFEASIBLE else
+              f"optimum {result.objective} within tolerance or not confirmed on the network")
+    return VnnlibResult("unknown", seconds=seconds, tier="milp", reason=reason, stats=stats)
+
+
+def check_vnnlib(network: Network, prop: VnnlibProperty | str | Path, solver: str | SolverBackend | None = "highs",
+                 timeout: float | None = None, tightening: str = "crown") -> VnnlibResult:
+    """Decide a whole VNN-LIB property: sat as soon as one region is sat, unsat when every region is unsat."""
+    if not isinstance(prop, VnnlibProperty):
+        prop = parse_vnnlib(prop)
+    if prop.num_outputs != network.num_classes:
+        raise InputError(f"the VNN-LIB property declares {prop.num_outputs} outputs; the model has "
+                         f"{network.num_classes}")
+    n = int(np.prod(network.sample_shape))
+    if prop.num_inputs != n:
+        raise InputError(f"the VNN-LIB property declares {prop.num_inputs} inputs; the model has {n}")
+    start = time.perf_counter()
+    if not prop.regions:
+        return VnnlibResult("unsat", seconds=0.0, tier="parse", reason="every disjunct is empty")
+    statuses = []
+    for region in prop.regions:
+        left = None if timeout is None else timeout - (time.perf_counter() - start)
+        if left is not None and left <= 0:
+            statuses.append("timeout")
+            break
+        res = decide_region(network, region, solver, left, tightening=tightening)
+        if res.status == "sat":
+            res.seconds = time.perf_counter() - start
+            return res
+        statuses.append(res.status)
+    seconds = time.perf_counter() - start
+    if len(statuses) == len(prop.regions) and all(s == "unsat" for s in statuses):
+        return VnnlibResult("unsat", seconds=seconds, tier="milp", stats={"regions": len(statuses)})
+    status = "timeout" if "timeout" in statuses else "unknown"
+    return VnnlibResult(status, seconds=seconds, stats={"regions": len(prop.regions), "statuses": statuses})
