@@ -1,0 +1,172 @@
+"""What a worker does with one job: load the model (once per process), search the maximal robust neighborhood
+with :func:`mlrobust.maximize`, and return the job's JSON line as a dict.
+
+Everything here is picklable and self-contained (the model travels as ONNX bytes with its hash), so the same
+function runs in the calling process, in a local process pool, or on a Dask worker on another machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlrobust.batch.dataset import Job
+from mlrobust.batch.store import SCHEMA
+from mlrobust.errors import InputError, MlrobustError
+
+_NETWORKS: dict[str, Any] = {}  # model sha256 -> Network, per worker process
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """An ONNX model as bytes, with its file name and SHA-256 (the worker's cache key)."""
+
+    name: str
+    sha256: str
+    data: bytes
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ModelRef":
+        p = Path(path)
+        if not p.is_file():
+            from mlrobust.errors import ModelLoadError
+
+            raise ModelLoadError(f"model file {str(p)!r} does not exist")
+        data = p.read_bytes()
+        return cls(str(p), hashlib.sha256(data).hexdigest(), data)
+
+    def network(self):
+        """The loaded network (parsed once per process)."""
+        net = _NETWORKS.get(self.sha256)
+        if net is None:
+            import onnx
+            from google.protobuf.message import DecodeError
+
+            from mlrobust.errors import ModelLoadError
+            from mlrobust.ir.onnx_import import load_onnx
+
+            try:
+                proto = onnx.load_from_string(self.data)
+            except (DecodeError, ValueError) as exc:
+                raise ModelLoadError(f"{self.name}: not an ONNX file ({exc})") from None
+            net = load_onnx(proto)
+            net.source = self.name
+            _NETWORKS[self.sha256] = net
+        return net
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """The search settings of a batch run (one per run; they are part of its fingerprint)."""
+
+    k: int = 2
+    method: str = "optimize"
+    cutting: str = "fixed"
+    weights: str = "uniform"
+    solver: str = "highs"
+    verifier: str = "cascade"
+    time_limit: float | None = 300.0
+    query_time_limit: float | None = 60.0
+    max_queries: int | None = None
+    delta: float = 0.01
+    certify: bool = True
+
+    def validate(self) -> "BatchSettings":
+        """Fail before any job runs on settings every job would reject."""
+        from mlrobust.api import VERIFIERS
+        from mlrobust.search.cegis import CUTTINGS
+        from mlrobust.search.run import METHODS
+
+        if self.method not in METHODS:
+            raise InputError(f"unknown search method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.cutting not in CUTTINGS:
+            raise InputError(f"unknown cutting weights {self.cutting!r}; choose one of {', '.join(CUTTINGS)}")
+        if self.verifier not in VERIFIERS:
+            raise InputError(f"unknown verifier {self.verifier!r}; choose one of {', '.join(VERIFIERS)}")
+        if self.k < 1:
+            raise InputError(f"k must be at least 1, got {self.k}")
+        from mlrobust.backends.registry import get_backend
+
+        get_backend(self.solver)  # a missing solver is one clear error now, not one per image
+        return self
+
+    def fingerprint(self, model_sha256: str) -> str:
+        """12 hex digits naming the model and the settings: lines of another configuration are not resumed."""
+        text = json.dumps({"model": model_sha256, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values (numpy scalars and arrays converted, non-finite floats as null)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if np.isfinite(v) else None
+    return value
+
+
+def result_record(result: Any) -> dict:
+    """The compact JSON of a search result for a batch line: no counterexample images, no mask rows (the job's
+    source names the mask; its pixel count and hash stay), no improvement trace."""
+    data = result.to_json(with_counterexamples=False)
+    obj = data.get("object", {})
+    mask = np.asarray(obj.pop("mask", []), dtype=np.uint8)
+    if mask.size:
+        obj["mask_sha256"] = hashlib.sha256(np.packbits(mask.astype(bool)).tobytes()).hexdigest()
+    data.pop("trace", None)
+    data.pop("details", None)
+    return data
+
+
+def run_job(model: ModelRef, job: Job, settings: BatchSettings, fingerprint: str) -> dict:
+    """Search one image and return its line (status ``done``, or ``error`` with the message on bad input)."""
+    from mlrobust.api import maximize
+
+    start = time.perf_counter()
+    record: dict[str, Any] = {"schema": SCHEMA, "id": job.id, "config": fingerprint, "target": int(job.target),
+                              "source": job.source}
+    try:
+        network = model.network()
+        result = maximize(network, job.pixels(), int(job.target), object_mask=np.asarray(job.mask, dtype=bool),
+                          k=settings.k, weights=settings.weights, method=settings.method, cutting=settings.cutting,
+                          verifier=settings.verifier, solver=settings.solver, time_limit=settings.time_limit,
+                          query_time_limit=settings.query_time_limit, max_queries=settings.max_queries,
+                          delta=settings.delta, certify=settings.certify)
+        data = result_record(result)
+        data["model"] = {"path": model.name, "sha256": model.sha256}
+        record.update(status="done", result=data)
+    except MlrobustError as exc:  # bad input for this image (target not in the top-k, ...): recorded, not retried
+        record.update(status="error", error={"type": type(exc).__name__, "message": str(exc)})
+    except Exception as exc:  # a bug must not stop the other images; the line keeps the traceback to report it
+        record.update(status="error", error={"type": type(exc).__name__, "message": str(exc),
+                                             "traceback": traceback.format_exc(limit=8)})
+    record["seconds"] = time.perf_counter() - start
+    record["worker"] = f"{socket.gethostname()}:{os.getpid()}"
+    return _jsonable(record)
+
+
+def init_process(threads: int = 1) -> None:
+    """Pool initializer: one BLAS and torch thread per worker process (the processes are the parallelism)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)

@@ -1,0 +1,90 @@
+"""``mlrobust batch``: the maximal robust neighborhood of every image of a data set, one JSON line per image,
+resumable, on local processes or a Dask cluster, with a progress bar and a summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mlrobust.cli import app
+
+
+@app.command("batch")
+def batch(
+    model: Path = typer.Argument(..., help="ONNX model file."),
+    dataset: Path = typer.Argument(..., help="A folder with a manifest.json (the shipped examples, or a split "
+                                   "folder of 'mlrobust data double-mnist --format png'), or the .npz it writes."),
+    out: Path = typer.Option(..., "--out", "-o", help="Results file (JSON lines); an existing one is resumed."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Local worker processes."),
+    dask: Optional[str] = typer.Option(None, "--dask", help="Address of a running Dask scheduler "
+                                       "(e.g. tcp://10.0.0.5:8786): run the jobs there instead."),
+    split: str = typer.Option("test", "--split", help="Split of an npz file or of a data-builder folder."),
+    target_side: str = typer.Option("auto", "--target-side", help="Which digit is the target (the other one is "
+                                    "perturbed): auto, manifest, left, right, alternate, both."),
+    start: int = typer.Option(0, "--start", help="Skip the first N images of the data set."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Take at most N images (after --start)."),
+    k: int = typer.Option(2, "--k", help="The target must stay among the top-k labels."),
+    method: str = typer.Option("optimize", "--method", help="optimize, layer-search or uniform."),
+    cutting: str = typer.Option("fixed", "--cutting", help="CEGIS cutting weights: fixed or sensitivity."),
+    weights: str = typer.Option("uniform", "--weights", help="Layer weights: uniform, count, or a file."),
+    solver: str = typer.Option("highs", "--solver", help="MILP solver: highs, cbc, scip, gurobi, pyomo:NAME."),
+    verifier: str = typer.Option("cascade", "--verifier", help="cascade, milp, bounds or attack."),
+    time_limit: float = typer.Option(300.0, "--time-limit", help="Seconds per image (the whole search)."),
+    query_time_limit: float = typer.Option(60.0, "--query-time-limit", help="Seconds per verifier call."),
+    max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Verifier calls per image at most."),
+    delta: float = typer.Option(0.01, "--delta", help="Tolerance of steps and of the maximality check."),
+    no_certify: bool = typer.Option(False, "--no-certify", help="Skip the per-layer maximality check."),
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Run again the images whose line is an error."),
+    summary_json: Optional[Path] = typer.Option(None, "--summary-json", help="Also write the summary as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; a one-line summary."),
+) -> None:
+    """Search the maximal robust layered neighborhood of every image of DATASET and append one JSON line per
+    image to --out. Running the same command again skips the images already in the file."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from mlrobust.batch import BatchSettings, load_jobs, render_summary, run_batch, summarize
+
+    console = Console()
+    settings = BatchSettings(k=k, method=method, cutting=cutting, weights=weights, solver=solver, verifier=verifier,
+                             time_limit=time_limit, query_time_limit=query_time_limit, max_queries=max_queries,
+                             delta=delta, certify=not no_certify)
+    jobs = load_jobs(dataset, split=split, side_rule=target_side, start=start, limit=limit)
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[last]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=Console(stderr=True), disable=quiet, transient=False)
+    task = {}
+
+    def on_start(total: int, todo: int) -> None:
+        task["id"] = progress.add_task("verifying", total=todo, last=f"({total - todo} already done)")
+
+    def on_line(line: dict, n: int, todo: int) -> None:
+        if line["status"] == "done":
+            r = line["result"]
+            last = f"{line['id']}: size {r['size']:.3f} ({line['seconds']:.0f} s)"
+        else:
+            last = f"{line['id']}: {line['error']['type']}"
+        progress.update(task["id"], completed=n, last=last)
+
+    with progress:
+        run = run_batch(model, jobs, out, settings, workers=workers, dask_address=dask, retry_errors=retry_errors,
+                        on_start=on_start, on_line=on_line)
+    summary = summarize(run.lines)
+    if summary_json:
+        summary_json.write_text(json.dumps({"out": str(run.out), "written": run.written, "skipped": run.skipped,
+                                            "wall_seconds": run.wall_seconds, "executor": run.executor,
+                                            **summary.to_dict()}, indent=1))
+    if quiet:
+        med = summary.stat(summary.sizes)["median"]
+        console.print(f"images={run.total} skipped={run.skipped} written={run.written} done={summary.done} "
+                      f"errors={summary.errors} verified={summary.verified} "
+                      f"median_size={'-' if med is None else f'{med:.4f}'} wall={run.wall_seconds:.1f}s")
+    else:
+        render_summary(summary, run, console)
+    if run.interrupted:
+        console.print(f"interrupted: {run.written} line(s) written to {run.out}; run the same command to resume")
+        raise typer.Exit(130)
