@@ -100,7 +100,10 @@ class GurobiBackend:
             for i in range(1, min(model.SolCount, pool + 1)):
                 model.Params.SolutionNumber = i
                 solutions.append(np.asarray(v.Xn, dtype=np.float64))
-        bound = float(model.ObjBound) if np.isfinite(model.ObjBound) else float("inf")
+        if model.IsMIP:
+            bound = float(model.ObjBound) if np.isfinite(model.ObjBound) else float("inf")
+        else:  # an LP has no ObjBound: its optimum is the bound
+            bound = objective if (st == GRB.OPTIMAL and objective is not None) else float("inf")
         if st == GRB.OPTIMAL:
             status = OPTIMAL
         elif st == GRB.USER_OBJ_LIMIT:

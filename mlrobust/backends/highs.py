@@ -95,6 +95,10 @@ class HighsBackend:
         x = np.array(h.getSolution().col_value, dtype=np.float64) if has_sol else None
         objective = float(info.objective_function_value) if has_sol else None
         bound = float(info.mip_dual_bound)
+        if not problem.integer.any():
+            # A problem without integers is solved as an LP: HiGHS then reports no MIP dual bound, and the LP
+            # optimum (dual feasible to HiGHS's tolerance) is the bound.
+            bound = objective if (status == MS.kOptimal and objective is not None) else float("inf")
         if status == MS.kOptimal:
             code = OPTIMAL
             bound = objective if objective is not None and not np.isfinite(bound) else bound

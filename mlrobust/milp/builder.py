@@ -19,8 +19,8 @@ from mlrobust.ir.graph import Network, Node
 from mlrobust.ir.ops import AFFINE_KINDS, MaxPool2d
 from mlrobust.milp.encoding import AffineForm, Encoding
 from mlrobust.milp.layers.affine import encode_affine
-from mlrobust.milp.layers.maxpool import encode_maxpool
-from mlrobust.milp.layers.relu import encode_relu
+from mlrobust.milp.layers.maxpool import PoolColumns, encode_maxpool
+from mlrobust.milp.layers.relu import ReluColumns, encode_relu
 from mlrobust.milp.problem import MilpProblem
 from mlrobust.milp.topk import TopKObjective, add_topk, margin_form
 
@@ -39,6 +39,8 @@ class MilpBuilder:
         self.upper: dict[str, np.ndarray] = dict(bounds.upper)
         self.forms: dict[str, AffineForm] = {}
         self.layer_stats: dict[str, dict] = {}
+        self.columns: dict[str, ReluColumns | PoolColumns] = {}
+        self.topk: TopKObjective | None = None
         self.position = 0
         self.seconds = 0.0
         start = time.perf_counter()
@@ -87,12 +89,13 @@ class MilpBuilder:
             t = node.inputs[0]
             self.set_bounds(t, *self.form_interval(t))
             if node.kind == "Relu":
-                out, stats = encode_relu(self.enc, inputs[0], self.lower[t], self.upper[t])
+                out, stats, cols = encode_relu(self.enc, inputs[0], self.lower[t], self.upper[t])
             else:
                 assert isinstance(node.op, MaxPool2d)
-                out, stats = encode_maxpool(self.enc, inputs[0], self.lower[t], self.upper[t], node.op,
-                                            shapes[0])  # type: ignore[arg-type]
+                out, stats, cols = encode_maxpool(self.enc, inputs[0], self.lower[t], self.upper[t], node.op,
+                                                  shapes[0])  # type: ignore[arg-type]
             self.layer_stats[node.name] = {"kind": node.kind, **stats}
+            self.columns[node.name] = cols
         else:  # pragma: no cover - the IR has no other kinds
             raise InputError(f"the MILP builder has no encoding for op {node.kind} (node {node.name})")
         self.forms[node.output] = out
@@ -134,8 +137,39 @@ class MilpBuilder:
             U = np.minimum(U, np.asarray(margin_upper, dtype=np.float64).reshape(-1))
         U = np.maximum(U, L)
         obj = add_topk(self.enc, self.output_form, target, k, L, U)
+        self.topk = obj
+        self.target, self.k = target, k
         self.seconds += time.perf_counter() - start
         return obj
+
+    def assignment(self, x: np.ndarray) -> np.ndarray:
+        """The column values a real input ``x`` (per-sample shape) implies: a feasible point of the MILP.
+
+        Used to check the encoding (every input of the box must be feasible, with objective = its real margin)
+        and to hand a known point (e.g. the attack's best) to a solver as a start.
+        """
+        v = np.zeros(self.enc.ncols)
+        flat = np.asarray(x, dtype=np.float64).reshape(-1)
+        free = self.input_cols >= 0
+        v[self.input_cols[free]] = flat[free]
+        values = self.network.forward(np.asarray(x, dtype=np.float64)[None], return_all=True)
+        for node in self.network.nodes:
+            cols = self.columns.get(node.name)
+            pre = values[node.inputs[0]][0].reshape(-1)
+            if isinstance(cols, ReluColumns):
+                cols.assign(v, pre)
+            elif isinstance(cols, PoolColumns):
+                cols.assign(v, pre, values[node.output][0].reshape(-1))
+        if self.topk is not None:
+            logits = values[self.network.output_name][0].reshape(-1)
+            d = logits[self.topk.classes] - logits[self.target]
+            order = np.argsort(-d, kind="stable")
+            v[self.topk.objective_col] = d[order[self.k - 1]]
+            if self.topk.class_binaries.size:
+                z = np.zeros(d.size)
+                z[order[: self.k]] = 1.0
+                v[self.topk.class_binaries] = z
+        return v
 
     def problem(self, objective_col: int, extra_stats: dict | None = None) -> MilpProblem:
         """Snapshot of the model, maximising column ``objective_col``."""
@@ -146,7 +180,7 @@ class MilpBuilder:
         unstable = self.unstable_relus()
         stats = {
             "unstable_relus": unstable,
-            "relu_binaries": int(sum(s["unstable"] for s in self.layer_stats.values() if s["kind"] == "Relu")),
+            "relu_binaries": unstable,
             "maxpool_binaries": int(sum(s["binaries"] for s in self.layer_stats.values()
                                         if s["kind"] == "MaxPool2d")),
             "free_inputs": int(np.count_nonzero(self.input_cols >= 0)),
@@ -161,17 +195,24 @@ class MilpBuilder:
                            stats)
 
 
-def build_topk_milp(network: Network, bounds: Bounds, target: int, k: int,
-                    margin_lower: np.ndarray | None = None, margin_upper: np.ndarray | None = None) -> MilpProblem:
-    """The whole top-k MILP for ``network`` over the box of ``bounds``: maximise the k-th largest margin."""
-    if not 0 <= target < network.num_classes:
+def topk_model(network: Network, bounds: Bounds, target: int, k: int, margin_lower: np.ndarray | None = None,
+               margin_upper: np.ndarray | None = None) -> tuple[MilpBuilder, MilpProblem]:
+    """The top-k MILP for ``network`` over the box of ``bounds`` and the builder that made it."""
+    if isinstance(target, bool) or not 0 <= int(target) < network.num_classes:
         raise InputError(f"target {target} is not a label of this model (labels 0..{network.num_classes - 1})")
     if not 1 <= k < network.num_classes:
         raise InputError(f"k must be between 1 and {network.num_classes - 1} for a model with "
                          f"{network.num_classes} labels")
     builder = MilpBuilder(network, bounds).run()
-    obj = builder.add_topk(target, k, margin_lower, margin_upper)
-    return builder.problem(obj.objective_col, {
+    obj = builder.add_topk(int(target), int(k), margin_lower, margin_upper)
+    problem = builder.problem(obj.objective_col, {
         "class_binaries": int(obj.class_binaries.size), "classes_pruned": obj.pruned,
-        "margin_lower_bound": obj.m_lower, "margin_upper_bound": obj.m_upper, "target": target, "k": k,
+        "margin_lower_bound": obj.m_lower, "margin_upper_bound": obj.m_upper, "target": int(target), "k": int(k),
     })
+    return builder, problem
+
+
+def build_topk_milp(network: Network, bounds: Bounds, target: int, k: int,
+                    margin_lower: np.ndarray | None = None, margin_upper: np.ndarray | None = None) -> MilpProblem:
+    """The whole top-k MILP for ``network`` over the box of ``bounds``: maximise the k-th largest margin."""
+    return topk_model(network, bounds, target, k, margin_lower, margin_upper)[1]

@@ -13,12 +13,36 @@ input's form (no column). Otherwise the output ``y ∈ [l*, max u]`` gets binari
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
 from mlrobust.ir.ops import MaxPool2d
 from mlrobust.milp.encoding import INF, AffineForm, Encoding, unit_rows
+
+@dataclass
+class PoolColumns:
+    """Windows with several candidates: their output column, and per candidate its window, input and binary."""
+
+    windows: np.ndarray  # output index of each multi-candidate window
+    y: np.ndarray
+    cand_window: np.ndarray  # position (into ``windows``) of each candidate
+    cand_input: np.ndarray  # flat input index of each candidate
+    a: np.ndarray
+
+    def assign(self, v: np.ndarray, pre: np.ndarray, out: np.ndarray) -> None:
+        """Write the values real input/output tensors ``pre``/``out`` (flattened) imply into ``v``."""
+        v[self.y] = out[self.windows]
+        vals = pre[self.cand_input]
+        best = out[self.windows][self.cand_window]
+        hit = np.flatnonzero(vals >= best)
+        # one binary per window: the first candidate that attains the maximum
+        _, first_pos = np.unique(self.cand_window[hit], return_index=True)
+        chosen = np.zeros(vals.size)
+        chosen[hit[first_pos]] = 1.0
+        v[self.a] = chosen
+
 
 _WINDOWS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
@@ -44,8 +68,8 @@ def pool_windows(op: MaxPool2d, in_shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def encode_maxpool(enc: Encoding, x: AffineForm, lower: np.ndarray, upper: np.ndarray, op: MaxPool2d,
-                   in_shape: tuple[int, int, int]) -> tuple[AffineForm, dict]:
-    """Encode a MaxPool node given bounds on its input; returns the output form and counts."""
+                   in_shape: tuple[int, int, int]) -> tuple[AffineForm, dict, PoolColumns]:
+    """Encode a MaxPool node given bounds on its input; returns the output form, counts and columns."""
     lower, upper = lower.reshape(-1).astype(np.float64), upper.reshape(-1).astype(np.float64)
     win = pool_windows(op, in_shape)
     n_out, K = win.shape
@@ -74,8 +98,8 @@ def encode_maxpool(enc: Encoding, x: AffineForm, lower: np.ndarray, upper: np.nd
     ncand_total = win_of.size
     a = enc.add_binaries(ncand_total, "maxpool_binary")
     ncols = enc.ncols
+    src = win[multi[win_of], pos]
     if nm:
-        src = win[multi[win_of], pos]
         hi_m = np.where(cm, hi[multi], -INF)
         # U_{-i}: the largest upper bound among the other candidates (top-2 per window).
         top2 = -np.partition(-hi_m, 1, axis=1)[:, :2] if K > 1 else np.stack([hi_m[:, 0], hi_m[:, 0]], 1)
@@ -100,4 +124,4 @@ def encode_maxpool(enc: Encoding, x: AffineForm, lower: np.ndarray, upper: np.nd
     A = sp.csr_matrix(A)
     stats = {"windows": int(n_out), "multi": int(nm), "binaries": int(ncand_total),
              "pruned": int(valid.sum() - cand.sum())}
-    return AffineForm(A, c), stats
+    return AffineForm(A, c), stats, PoolColumns(multi, y, win_of, src, a)

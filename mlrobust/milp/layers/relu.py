@@ -13,7 +13,24 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from dataclasses import dataclass
+
 from mlrobust.milp.encoding import INF, AffineForm, Encoding, unit_rows
+
+
+@dataclass
+class ReluColumns:
+    """Where a ReLU layer's unstable neurons live: flat neuron index, output column, binary column."""
+
+    unstable: np.ndarray
+    y: np.ndarray
+    a: np.ndarray
+
+    def assign(self, v: np.ndarray, pre: np.ndarray) -> None:
+        """Write the values a real pre-activation ``pre`` (flattened) implies into ``v``."""
+        x = pre[self.unstable]
+        v[self.y] = np.maximum(x, 0.0)
+        v[self.a] = (x >= 0).astype(np.float64)
 
 
 def relu_split(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -24,8 +41,9 @@ def relu_split(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.nda
     return inactive, active, ~(inactive | active)
 
 
-def encode_relu(enc: Encoding, x: AffineForm, lower: np.ndarray, upper: np.ndarray) -> tuple[AffineForm, dict]:
-    """Encode ``y = max(x, 0)`` given pre-activation bounds; returns the output form and counts."""
+def encode_relu(enc: Encoding, x: AffineForm, lower: np.ndarray,
+                upper: np.ndarray) -> tuple[AffineForm, dict, ReluColumns]:
+    """Encode ``y = max(x, 0)`` given pre-activation bounds; returns the output form, counts and columns."""
     lower, upper = lower.reshape(-1).astype(np.float64), upper.reshape(-1).astype(np.float64)
     inactive, active, unstable = relu_split(lower, upper)
     uidx = np.flatnonzero(unstable)
@@ -53,4 +71,4 @@ def encode_relu(enc: Encoding, x: AffineForm, lower: np.ndarray, upper: np.ndarr
     A.eliminate_zeros()
     c = np.where(active, x.c, 0.0)
     stats = {"inactive": int(inactive.sum()), "active": int(active.sum()), "unstable": int(nu)}
-    return AffineForm(A, c), stats
+    return AffineForm(A, c), stats, ReluColumns(uidx, y, a)

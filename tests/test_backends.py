@@ -1,0 +1,251 @@
+"""Solver backends: every shipped backend gives the same answers; custom backends plug in; missing ones explain."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ir_factories import NetBuilder, random_box, reference_network  # noqa: E402
+
+from mlrobust.backends import SolveResult, StopRule, available_backends, get_backend, register_backend  # noqa: E402
+from mlrobust.backends.base import OPTIMAL, STOPPED  # noqa: E402
+from mlrobust.backends.registry import ENTRY_POINT_GROUP, _REGISTERED  # noqa: E402
+from mlrobust.errors import SolverLimitError, SolverNotAvailableError  # noqa: E402
+from mlrobust.milp.builder import build_topk_milp  # noqa: E402
+from mlrobust.milp.problem import MilpProblem  # noqa: E402
+from mlrobust.milp.tightening import tighten  # noqa: E402
+from mlrobust.verify.milp_verifier import MilpVerifier  # noqa: E402
+from mlrobust.verify.spec import Box  # noqa: E402
+from mlrobust.verify.verdict import NotRobust, Robust  # noqa: E402
+
+SHIPPED = ["highs", "cbc", "scip", "gurobi", "pyomo:appsi_highs"]
+
+
+def small_net(seed: int):
+    rng = np.random.default_rng(seed)
+    b = NetBuilder((4,), rng)
+    b.dense(8)
+    b.relu()
+    b.dense(6)
+    b.relu()
+    b.dense(4)
+    return b.build()
+
+
+def instances():
+    """(network, lower, upper, target, k): a mix of robust and non-robust queries with binaries left."""
+    out = []
+    for seed in range(3):
+        net = small_net(seed)
+        lower, upper = random_box(net, seed, 0.6)
+        for k in (1, 2):
+            out.append((net, lower, upper, seed % 4, k))
+    return out
+
+
+def problem_of(net, lower, upper, target, k) -> MilpProblem:
+    t = tighten(net, lower, upper, "crown", target=target)
+    return build_topk_milp(net, t.bounds, target, k, t.margin_lower, t.margin_upper)
+
+
+def require(name: str):
+    try:
+        return get_backend(name)
+    except SolverNotAvailableError as exc:
+        pytest.skip(f"backend {name!r} not installed here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def reference_answers():
+    """Optima from HiGHS, solved to optimality."""
+    highs = get_backend("highs")
+    return [highs.solve(problem_of(*inst)) for inst in instances()]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_backend_finds_the_same_optimum(name, reference_answers):
+    backend = require(name)
+    for inst, ref in zip(instances(), reference_answers):
+        problem = problem_of(*inst)
+        res = backend.solve(problem, time_limit=60)
+        assert ref.status == OPTIMAL and res.status == OPTIMAL, (name, res.message)
+        tol = 1e-4 * max(1.0, abs(ref.objective)) + 1e-6
+        assert res.objective == pytest.approx(ref.objective, abs=tol)
+        assert res.bound >= ref.objective - tol  # a proven bound never undercuts the optimum
+        assert problem.max_violation(res.x) < 1e-5
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_backend_gives_the_same_verdicts(name):
+    require(name)
+    verdicts = []
+    for net, lower, upper, target, k in instances():
+        v = MilpVerifier(name).verify(net, Box(lower, upper), target, k, mode="decide", time_limit=60)
+        verdicts.append(type(v).__name__)
+    reference = [type(MilpVerifier("highs").verify(net, Box(lo, hi), t, k)).__name__
+                 for net, lo, hi, t, k in instances()]
+    assert verdicts == reference
+    assert {"Robust", "NotRobust"} <= set(reference)  # the instances exercise both answers
+
+
+@pytest.mark.parametrize("name", ["highs", "scip", "gurobi"])
+def test_decide_mode_stops_early_on_the_sign(name):
+    backend = require(name)
+    for inst in instances():
+        problem = problem_of(*inst)
+        full = get_backend("highs").solve(problem)
+        res = backend.solve(problem, stop=StopRule(0.0, -1e-4))
+        assert res.status in (OPTIMAL, STOPPED)
+        if full.objective >= 1e-3:  # not robust: an incumbent with margin >= 0 must be there
+            assert res.objective is not None and res.objective >= 0
+        elif full.objective <= -1e-3:  # robust: the bound must prove it
+            assert res.bound < -1e-4
+
+
+@pytest.mark.parametrize("name", ["highs", "scip", "gurobi"])
+def test_solution_pool_in_optimise_mode(name):
+    backend = require(name)
+    problem = problem_of(*instances()[1])
+    res = backend.solve(problem, pool=3)
+    assert res.pool, "expected further solutions besides the maximiser"
+    for v in res.pool:
+        assert problem.max_violation(v) < 1e-5
+        assert problem.objective_value(v) <= res.objective + 1e-6
+
+
+def test_gurobi_size_limit_is_reported_clearly():
+    backend = require("gurobi")
+    net = reference_network(0)
+    lower, upper = random_box(net, 0, 0.5)
+    t = tighten(net, lower, upper, "ibp", target=0)
+    problem = build_topk_milp(net, t.bounds, 0, 2, t.margin_lower, t.margin_upper)
+    assert problem.num_cols > 2000
+    try:
+        backend.solve(problem, time_limit=1.0)
+    except SolverLimitError as exc:
+        assert "2000" in str(exc) and str(problem.num_cols) in str(exc)
+    else:
+        pytest.skip("this Gurobi has a full licence: no size limit to report")
+
+
+# --- choosing backends --------------------------------------------------------------------------------------------
+def test_missing_solvers_name_their_install_command(monkeypatch):
+    import mlrobust.backends.cbc as cbc_module
+
+    monkeypatch.setattr(cbc_module.shutil, "which", lambda name: None)
+    with pytest.raises(SolverNotAvailableError, match="apt-get install coinor-cbc"):
+        get_backend("cbc")
+    monkeypatch.setitem(sys.modules, "pyscipopt", None)
+    with pytest.raises(SolverNotAvailableError, match="pip install pyscipopt"):
+        get_backend("scip")
+    monkeypatch.setitem(sys.modules, "gurobipy", None)
+    with pytest.raises(SolverNotAvailableError, match="pip install gurobipy"):
+        get_backend("gurobi")
+
+
+def test_unknown_solver_lists_what_exists():
+    with pytest.raises(SolverNotAvailableError, match="highs"):
+        get_backend("no-such-solver-anywhere")
+    with pytest.raises(SolverNotAvailableError, match="not_a_pyomo_solver"):
+        get_backend("pyomo:not_a_pyomo_solver")
+
+
+def test_not_a_backend_object_is_refused():
+    with pytest.raises(SolverNotAvailableError, match="solve"):
+        get_backend(object())
+
+
+def test_shipped_backends_installed_here_are_listed():
+    names = available_backends()
+    assert "highs" in names
+    if shutil.which("cbc"):
+        assert "cbc" in names
+
+
+# --- custom backends ----------------------------------------------------------------------------------------------
+class ScipyMilpBackend:
+    """A complete custom backend in a few lines: scipy.optimize.milp (HiGHS inside, through SciPy)."""
+
+    name = "scipy-milp"
+
+    def __init__(self):
+        self.calls = 0
+
+    def available(self) -> bool:
+        return True
+
+    def solve(self, problem, *, time_limit=None, stop=None, pool=0) -> SolveResult:
+        from scipy.optimize import Bounds, LinearConstraint, milp
+
+        self.calls += 1
+        res = milp(-problem.objective, integrality=problem.integer.astype(int),
+                   bounds=Bounds(problem.col_lower, problem.col_upper),
+                   constraints=LinearConstraint(problem.A, problem.row_lower, problem.row_upper),
+                   options={} if time_limit is None else {"time_limit": time_limit})
+        if res.x is None:
+            return SolveResult("time_limit" if res.status == 1 else "error", solver=self.name, message=res.message)
+        objective = problem.objective_value(res.x)
+        bound = -res.mip_dual_bound + problem.offset if problem.integer.any() else objective
+        return SolveResult("optimal" if res.status == 0 else "time_limit", objective=objective, bound=bound,
+                           x=res.x, solver=self.name)
+
+
+def test_custom_backend_object_is_used():
+    backend = ScipyMilpBackend()
+    for net, lower, upper, target, k in instances()[:3]:
+        ours = MilpVerifier(backend).verify(net, Box(lower, upper), target, k, mode="optimize")
+        ref = MilpVerifier("highs").verify(net, Box(lower, upper), target, k, mode="optimize")
+        assert type(ours) is type(ref)
+        if "objective" in ref.stats:
+            assert ours.stats["objective"] == pytest.approx(ref.stats["objective"], abs=1e-4)
+    assert backend.calls > 0
+
+
+def test_registered_backend_by_name():
+    register_backend("my-scipy", ScipyMilpBackend)
+    try:
+        backend = get_backend("my-scipy")
+        assert isinstance(backend, ScipyMilpBackend)
+        net, lower, upper, target, k = instances()[0]
+        v = MilpVerifier("my-scipy").verify(net, Box(lower, upper), target, k)
+        assert isinstance(v, (Robust, NotRobust))
+    finally:
+        _REGISTERED.pop("my-scipy", None)
+
+
+def test_backend_from_an_entry_point(tmp_path, monkeypatch):
+    """A third-party package declaring ``[project.entry-points."mlrobust.solvers"]`` is found by name."""
+    (tmp_path / "mlrobust_test_plugin.py").write_text(textwrap.dedent('''
+        from tests_plugin_impl import ScipyMilpBackend as PluginBackend
+    ''').replace("tests_plugin_impl", "test_backends"))
+    dist = tmp_path / "mlrobust_test_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mlrobust-test-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nplugin-milp = mlrobust_test_plugin:PluginBackend\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    from mlrobust.backends import backend_names
+
+    assert "plugin-milp" in backend_names()
+    backend = get_backend("plugin-milp")
+    assert type(backend).__name__ == "ScipyMilpBackend"
+    net, lower, upper, target, k = instances()[2]
+    v = MilpVerifier("plugin-milp").verify(net, Box(lower, upper), target, k)
+    ref = MilpVerifier("highs").verify(net, Box(lower, upper), target, k)
+    assert type(v) is type(ref)
+
+
+def test_broken_plugin_says_which(tmp_path, monkeypatch):
+    dist = tmp_path / "broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nbroken = no_such_module_xyz:Backend\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SolverNotAvailableError, match="broken.*failed to load"):
+        get_backend("broken")
