@@ -183,6 +183,8 @@ def test_model_layouts():
     grad = rng.normal(size=(30, 1))
     np.testing.assert_allclose(nb.per_layer_sum(grad), per_layer_sum(grad.reshape(5, 6), nb.layers))
     np.testing.assert_allclose(nb.per_layer_sum(grad[None])[0], nb.per_layer_sum(grad))
+    flat_grad = grad.reshape(5, 6)
+    np.testing.assert_allclose(nb.per_layer_mean(grad), [flat_grad[nb.layers == d].mean() for d in range(nb.num_layers)])
 
 
 def test_layout_inference():

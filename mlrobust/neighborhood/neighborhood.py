@@ -20,6 +20,7 @@ from mlrobust.neighborhood.layers import (
     layer_index,
     layer_masks,
     num_layers,
+    per_layer_mean,
     per_layer_sum,
     per_layer_sum_batch,
 )
@@ -254,3 +255,9 @@ class LayeredNeighborhood:
         if chw.ndim == 4:
             return per_layer_sum_batch(chw, self.layers, self.num_layers)
         return per_layer_sum(chw, self.layers, self.num_layers)
+
+    def per_layer_mean(self, values: np.ndarray) -> np.ndarray:
+        """Mean of per-pixel ``values`` (the model's per-sample shape) over each layer, channels included -> (r + 1,).
+        A per-layer sensitivity from a saliency map, for instance."""
+        chw = self.layout.to_chw(np.asarray(values, dtype=np.float64))
+        return per_layer_mean(chw, self.layers, self.num_layers)
