@@ -386,19 +386,26 @@ def check_vnnlib(network: Network, prop: VnnlibProperty | str | Path, solver: st
     start = time.perf_counter()
     if not prop.regions:
         return VnnlibResult("unsat", seconds=0.0, tier="parse", reason="every disjunct is empty")
-    statuses = []
+    results: list[VnnlibResult] = []
     for region in prop.regions:
         left = None if timeout is None else timeout - (time.perf_counter() - start)
         if left is not None and left <= 0:
-            statuses.append("timeout")
+            results.append(VnnlibResult("timeout", reason="no time left for this region"))
             break
         res = decide_region(network, region, solver, left, tightening=tightening)
         if res.status == "sat":
             res.seconds = time.perf_counter() - start
             return res
-        statuses.append(res.status)
+        results.append(res)
     seconds = time.perf_counter() - start
-    if len(statuses) == len(prop.regions) and all(s == "unsat" for s in statuses):
-        return VnnlibResult("unsat", seconds=seconds, tier="milp", stats={"regions": len(statuses)})
+    if len(results) == 1:
+        results[0].seconds = seconds
+        return results[0]
+    statuses = [r.status for r in results]
+    tiers = ",".join(sorted({r.tier for r in results if r.tier}))
+    stats = {"regions": len(prop.regions), "statuses": statuses}
+    if len(results) == len(prop.regions) and all(s == "unsat" for s in statuses):
+        return VnnlibResult("unsat", seconds=seconds, tier=tiers, stats=stats)
     status = "timeout" if "timeout" in statuses else "unknown"
-    return VnnlibResult(status, seconds=seconds, stats={"regions": len(prop.regions), "statuses": statuses})
+    reasons = "; ".join(r.reason for r in results if r.reason)
+    return VnnlibResult(status, seconds=seconds, tier=tiers, reason=reasons, stats=stats)
