@@ -233,3 +233,17 @@ def test_image_write_read_roundtrip_and_errors(tmp_path):
         read_image(tmp_path / "t.png")
     with pytest.raises(InputError, match="does not exist"):
         read_image(tmp_path / "nope.png")
+
+
+def test_automatic_label_is_one_the_model_sees():
+    img, _, right = two_blob_image()
+
+    def logits(images):
+        out = region_logits(images)
+        # Label 9 reacts strongly to the right blob but is far from the top of the clean image.
+        out[:, 9] = 2 * out[:, 7] - 100
+        return out
+
+    choice = find_object(img, logits, target=3)
+    assert choice.label == 7 and choice.component_labels[choice.index] == 9
+    np.testing.assert_array_equal(choice.mask, right & (img[0] > 0))

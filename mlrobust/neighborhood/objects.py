@@ -147,6 +147,7 @@ def find_object(
     target: int | None = None,
     object_label: int | None = None,
     sample_shape: tuple[int, ...] | None = None,
+    k: int = 2,
     threshold: float = 0.0,
     merge_distance: int = 1,
 ) -> ObjectChoice:
@@ -155,7 +156,8 @@ def find_object(
     Each component is removed (set to 0) and the image re-scored; the component belongs to the label whose score
     drops most. With ``object_label`` the component whose removal lowers that label most is chosen. Otherwise, with a
     ``target``, the target's own component (the one lowering the target most) is excluded and the component whose
-    removal lowers its own (non-target) label most is chosen; without a target, the component with the largest drop.
+    removal lowers its label most is chosen, its label being one of the clean image's top-(k+1) labels other than
+    the target; without a target, the component and top-k label with the largest drop.
     ``logits_fn`` takes a batch in the model's layout (``sample_shape``; (N, C, H, W) when not given).
     """
     chw = as_chw(image)
@@ -180,7 +182,13 @@ def find_object(
             warnings.warn("the perturbed object's label is the target label itself", stacklevel=2)
     else:
         candidates = np.arange(n)
-        scores = drops.copy()
+        # The object's label is one the model sees in the clean image: among its top-k labels (top-(k+1) less the
+        # target when there is one). Removing a component also shifts unrelated labels a little; without this
+        # restriction such a shift can name a label that is not in the image at all.
+        ranked = [int(c) for c in np.argsort(-clean, kind="stable") if c != target]
+        allowed = np.zeros(num_classes, dtype=bool)
+        allowed[ranked[:k]] = True
+        scores = np.where(allowed[None, :], drops, -np.inf)
         if target is not None:
             if n == 1:
                 raise InputError(
@@ -188,7 +196,6 @@ def find_object(
                     "as a mask or box"
                 )
             candidates = candidates[candidates != target_index]
-            scores[:, target] = -np.inf  # a perturbed object belongs to another label than the target
         best_label = np.argmax(scores[candidates], axis=1)
         best_drop = scores[candidates, best_label]
         pick = int(np.argmax(best_drop))
@@ -222,6 +229,7 @@ def resolve_object(
     target: int | None = None,
     object_label: int | None = None,
     sample_shape: tuple[int, ...] | None = None,
+    k: int = 2,
 ) -> ObjectChoice:
     """The perturbed object of ``image`` from a mask (file or array), a box, or automatically (needs ``logits_fn``).
 
@@ -239,4 +247,4 @@ def resolve_object(
         return ObjectChoice(mask_from_box(box, hw), object_label, "box")
     if logits_fn is None:
         raise InputError("finding the perturbed object automatically needs the model; give a mask or a box instead")
-    return find_object(chw, logits_fn, target=target, object_label=object_label, sample_shape=sample_shape)
+    return find_object(chw, logits_fn, target=target, object_label=object_label, sample_shape=sample_shape, k=k)
