@@ -148,8 +148,8 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
              object_mask: str | Path | np.ndarray | None = None, object_box: Sequence[int] | str | None = None,
              object_label: int | None = None, k: int = 2, weights: WeightSpec = "uniform",
              method: str = "optimize", cutting: str = "fixed", verifier: Verifier | str | None = None,
-             solver: Any = "highs", time_limit: float | None = 300.0, query_time_limit: float | None = 60.0,
-             max_queries: int | None = None, delta: float = 0.01, certify: bool = True, grow: bool | None = None,
+             solver: Any = "highs", time_limit: float | None = 300.0, query_time_limit: float | None = 30.0,
+             max_queries: int | None = None, delta: float = 0.002, certify: bool = True, grow: bool | None = None,
              init: str = "zero", optimizer: OptimizerOptions | None = None,
              progress: ProgressCallback | None = None) -> SearchResult:
     """The maximal robust layered neighborhood of ``target`` around the perturbed object.
@@ -168,8 +168,10 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
                             optimizer=optimizer or OptimizerOptions())
     ver = make_verifier(verifier, solver)
     budget = Budget(time_limit=time_limit, max_queries=max_queries, query_time_limit=query_time_limit)
+    from mlrobust.search.tiers import cheap_tiers
+
     problem = SearchProblem(prep.network, prep.nbhd, int(target), ver, k=int(k), weights=weights, budget=budget,
-                            progress=progress)
+                            progress=progress, cheap=cheap_tiers(ver))
     result = run_search(problem, options)
     result.object_source = prep.choice.source
     result.object_label = prep.choice.label

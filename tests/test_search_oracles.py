@@ -38,7 +38,7 @@ def tiny_network(seed: int, shape: tuple[int, ...] = (1, 5, 5), hidden: int = 4,
 
 def exact_worst_margin(network: Network, box: Box, target: int, k: int) -> tuple[float, np.ndarray]:
     """max over the box of the k-th largest ``y_c - y_t`` and a maximiser (per-sample shape)."""
-    fc1, _, fc2 = (node.op for node in network.nodes)
+    fc1, fc2 = (node.op for node in network.nodes if isinstance(node.op, Dense))  # (a Flatten may precede)
     w1, b1, w2, b2 = fc1.weight, fc1.bias, fc2.weight, fc2.bias
     hidden, n_in = w1.shape
     lo, hi = box.lower.ravel(), box.upper.ravel()

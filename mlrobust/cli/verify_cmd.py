@@ -50,13 +50,14 @@ class LiveProgress:
         if ev is None:
             table.add_row("search", "starting ...")
             return table
-        tiers = ", ".join(f"{t} {n}" for t, n in sorted(ev.calls.items())) or "-"
+        from rich.markup import escape
+
         table.add_row("phase", f"{ev.phase} (iteration {ev.iteration})")
         table.add_row("w \u00b7 \u03b5", f"{ev.best_size:.4f}")
-        table.add_row("queries", f"{ev.total_calls}  [{tiers}]  MILP calls {ev.milp_calls}")
+        table.add_row("queries", f"{ev.total_calls} {_tiers(ev.calls)}  MILP calls {ev.milp_calls}")
         table.add_row("time", f"{ev.elapsed:.1f} s")
         if ev.message:
-            table.add_row("last", ev.message)
+            table.add_row("last", escape(ev.message))
         return table
 
     def __call__(self, event) -> None:
@@ -74,32 +75,37 @@ class LiveProgress:
         self.live.__exit__(*exc)
 
 
+def _tiers(calls: dict) -> str:
+    from rich.markup import escape
+
+    return escape("[" + ", ".join(f"{t} {n}" for t, n in sorted(calls.items())) + "]")
+
+
 def render_result(result, console) -> None:
     """The result table (one row per layer) and a summary."""
     from rich.table import Table
 
-    table = Table(title=f"Maximal robust layered neighborhood of label {result.target} (top-{result.k})",
-                  title_justify="left")
+    table = Table(title=f"Robust layered neighborhood of label {result.target} (top-{result.k})",
+                  title_justify="left", caption="* the layer spans the whole pixel range [0, 1]",
+                  caption_justify="left")
     table.add_column("layer", justify="right")
     table.add_column("pixels", justify="right")
     table.add_column("\u03b5", justify="right")
-    table.add_column("weight", justify="right")
-    table.add_column("maximality")
-    table.add_column("decided by")
+    table.add_column("maximal?")
+    table.add_column("tried \u03b5", justify="right")
+    table.add_column("margin", justify="right")
+    table.add_column("by")
     for d, m in enumerate(result.maximality):
         eps = result.epsilons[d]
-        sat = " (full range)" if eps >= result.saturation[d] else ""
+        full = "*" if eps >= result.saturation[d] else " "
         style = _STATUS_STYLE.get(m.status, "")
-        detail = m.status.replace("_", " ")
-        if m.status == "refuted" and m.margin is not None:
-            detail += f" at {m.tried:.4g} (margin {m.margin:+.3g})"
-        elif m.status in ("unknown", "not_maximal") and m.tried is not None:
-            detail += f" at {m.tried:.4g}"
-        table.add_row(str(d), str(int(result.layer_counts[d])), f"{eps:.4f}{sat}", f"{result.weights[d]:g}",
-                      f"[{style}]{detail}[/]" if style else detail, m.tier)
+        status = m.status.replace("_", " ")
+        table.add_row(str(d), str(int(result.layer_counts[d])), f"{eps:.4f}{full}",
+                      f"[{style}]{status}[/]" if style else status,
+                      "" if m.tried is None else f"{m.tried:.4f}",
+                      "" if m.margin is None else f"{m.margin:+.3g}", m.tier)
     console.print(table)
     st = result.stats
-    tiers = ", ".join(f"{t} {n}" for t, n in sorted(st.calls.items()))
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column()
@@ -108,9 +114,9 @@ def render_result(result, console) -> None:
     summary.add_row("method", result.method + (f", {result.cutting} cutting weights" if result.cutting else "")
                     + f", \u03b4 = {result.delta:g}")
     counts = result.maximality_counts()
-    summary.add_row("maximality", f"{result.certified_layers}/{result.num_layers} layers certified maximal  "
-                    + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items())))
-    summary.add_row("queries", f"{st.total} [{tiers}]")
+    summary.add_row("maximality", f"{result.certified_layers}/{result.num_layers} layers certified maximal "
+                    + _tiers({k.replace('_', ' '): v for k, v in counts.items()}))
+    summary.add_row("queries", f"{st.total} {_tiers(dict(st.calls))}")
     summary.add_row("verifier calls", f"{st.verifier_calls} ({result.verifier}), MILP calls {st.milp_calls}")
     tm = result.timings
     summary.add_row("time", f"{tm['total']:.1f} s (search {tm['search']:.1f} s, maximality {tm['maximality']:.1f} s)")
@@ -152,9 +158,9 @@ def verify(
     solver: str = typer.Option("highs", "--solver", help="MILP solver: highs, cbc, scip, gurobi, pyomo:NAME."),
     verifier: str = typer.Option("cascade", "--verifier", help="cascade, milp, bounds or attack."),
     time_limit: float = typer.Option(300.0, "--time-limit", help="Seconds for the whole search (or the check)."),
-    query_time_limit: float = typer.Option(60.0, "--query-time-limit", help="Seconds per verifier call."),
+    query_time_limit: float = typer.Option(30.0, "--query-time-limit", help="Seconds per verifier call."),
     max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Verifier calls at most."),
-    delta: float = typer.Option(0.01, "--delta", help="Tolerance of steps and of the maximality check."),
+    delta: float = typer.Option(0.002, "--delta", help="Tolerance of steps and of the maximality check."),
     eps: Optional[float] = typer.Option(None, "--eps", help="Check this one epsilon for all layers (no search)."),
     eps_layers: Optional[str] = typer.Option(None, "--eps-layers", help="Check these epsilons e0,e1,... "
                                              "(layer 0 = the object; no search)."),

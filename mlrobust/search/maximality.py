@@ -54,15 +54,24 @@ class LayerMaximality:
 
 
 def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bool = True,
-            order: list[int] | None = None) -> tuple[np.ndarray, list[LayerMaximality]]:
+            order: list[int] | None = None, previous: list[LayerMaximality] | None = None
+            ) -> tuple[np.ndarray, list[LayerMaximality]]:
     """Check every layer of the robust ``eps_star``; with ``grow`` a layer that can grow does, until refuted.
 
-    Returns the (possibly grown, always proven robust) vector and the per-layer statuses.
+    ``previous`` statuses of an earlier pass are kept for layers they settled (``refuted`` is re-checked through
+    the caches, which answer it at no cost while its counterexample still lies in the grown box; ``not_maximal``
+    and ``saturated`` are kept); the others are checked again. Returns the (possibly grown, always proven robust)
+    vector and the per-layer statuses.
     """
     eps = problem.clip(eps_star).copy()
     sat = problem.saturation
     layers = list(range(problem.num_layers)) if order is None else list(order)
     results: dict[int, LayerMaximality] = {}
+    if previous is not None:
+        for m in previous:
+            if m.status in ("not_maximal",) or (m.status == "saturated" and eps[m.layer] >= sat[m.layer]):
+                results[m.layer] = m
+        layers = [d for d in layers if d not in results]
     problem.phase = "maximality"
     for d in layers:
         problem.iteration = d
@@ -70,7 +79,9 @@ def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bo
             results[d] = LayerMaximality(d, "saturated", float(eps[d]), reason="the layer spans all of [0, 1]")
             continue
         if problem.exhausted():
-            results[d] = LayerMaximality(d, "unchecked", float(eps[d]), reason=f"budget spent ({problem.exhausted()})")
+            prev = next((m for m in previous or [] if m.layer == d and m.status != "unchecked"), None)
+            results[d] = prev or LayerMaximality(d, "unchecked", float(eps[d]),
+                                                 reason=f"budget spent ({problem.exhausted()})")
             continue
         step, expanding = delta, True
         while True:

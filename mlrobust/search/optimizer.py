@@ -39,7 +39,7 @@ from mlrobust.search.problem import SearchProblem
 class OptimizerOptions:
     """Knobs of the optimizer (defaults measured on the shipped models; see docs/design.md, "Search")."""
 
-    delta: float = 0.01
+    delta: float = 0.002
     initial_radius: float = 0.25
     max_radius: float = 0.5
     theta: float = 0.0  # start by growing along the weights; raised on refutations
@@ -48,6 +48,7 @@ class OptimizerOptions:
     safety: float = 0.25  # aim the linear model at a margin of safety * M*
     max_cuts: int = 6
     max_iterations: int = 200
+    patience: int | None = None  # stop after this many undecided (Unknown) queries in a row
 
 
 @dataclass
@@ -72,15 +73,33 @@ def _direction(w: np.ndarray, G: np.ndarray, theta: float, eps: np.ndarray, sat:
     return d / top if top > 0 else d
 
 
+def _undecided_run(problem: SearchProblem, since: int) -> int:
+    """Unknown verdicts (other than a spent budget) in a row at the end of the query log, from index ``since``."""
+    run = 0
+    for rec in reversed(problem.records[since:]):
+        if rec.status != "unknown" or rec.tier == "budget":
+            break
+        run += 1
+    return run
+
+
 def optimize(problem: SearchProblem, eps_start: np.ndarray, cw: np.ndarray,
-             options: OptimizerOptions | None = None) -> tuple[np.ndarray, OptimizerReport]:
-    """Grow the robust ``eps_start`` (proven robust by a query before) and return the best robust vector found."""
+             options: OptimizerOptions | None = None, radius: float | None = None,
+             theta: float | None = None, patience: int | None = None) -> tuple[np.ndarray, OptimizerReport]:
+    """Grow the robust ``eps_start`` (proven robust by a query before) and return the best robust vector found.
+
+    ``radius`` and ``theta`` override the options' starting trust radius and multiplier scale (a refinement
+    phase resumes with small steps along the boundary). ``patience`` stops the run after that many undecided
+    queries in a row (an exact verifier that times out again and again is better spent elsewhere)."""
+    patience = (options or OptimizerOptions()).patience if patience is None else patience
+    first_record = len(problem.records)
     opt = options or OptimizerOptions()
     report = OptimizerReport()
     w, sat = problem.weights, problem.saturation
     eps_star = problem.clip(eps_start)
     problem.improve(eps_star)
-    eta, theta = opt.initial_radius, opt.theta
+    eta = opt.initial_radius if radius is None else radius
+    theta = opt.theta if theta is None else theta
     kappa = 1.0  # correction of the linear model's slope, learnt from the steps
 
     def learn(kappa: float, predicted: float, observed: float) -> float:
@@ -113,6 +132,9 @@ def optimize(problem: SearchProblem, eps_start: np.ndarray, cw: np.ndarray,
             break
         if report.iterations >= opt.max_iterations:
             report.stop_reason = "iteration limit"
+            break
+        if patience is not None and _undecided_run(problem, first_record) >= patience:
+            report.stop_reason = f"{patience} undecided queries in a row"
             break
         report.iterations += 1
         problem.iteration = report.iterations

@@ -7,9 +7,11 @@ Two facts make caching sound, because the box of a layered neighborhood grows mo
 - a confirmed counterexample that lies inside a candidate's box refutes the candidate (it is a point of the box
   where the real network already lost the target).
 
-A third, cheap tier sits between the caches and the verifier: stored counterexamples are clipped into the new box
-and re-run through the network; a clipped point that still violates the property (confirmed on both executors, as
-every counterexample is) refutes the candidate without a solver call. Epsilons beyond a layer's *saturation* (the
+Two cheap tiers sit between the caches and the verifier. *Projection*: stored counterexamples are clipped into the
+new box and re-run through the network; a clipped point that still violates the property (confirmed on both
+executors, as every counterexample is) refutes the candidate without a solver call. *Warm attack*: a short PGD run
+started from the strongest points the search has met near this box (weak points of earlier boxes, counterexamples,
+clipped into it) — neighbouring queries share their worst cases, which a cold attack must find from scratch. Epsilons beyond a layer's *saturation* (the
 value at which every pixel of the layer already spans [0, 1]) do not change the box, so queries are normalised to
 them first.
 """
@@ -33,9 +35,12 @@ from mlrobust.verify.spec import Box
 from mlrobust.verify.verdict import NotRobust, Robust, Unknown, Verdict, WeakPoint
 
 #: Tiers that answer a query without calling the verifier.
-CACHE_TIERS = ("cache", "projection", "budget")
+CACHE_TIERS = ("cache", "projection", "warm-attack", "budget")
 #: How many stored counterexamples (most recent first) are clipped into a new box and re-checked.
 PROJECTION_LIMIT = 16
+#: Starting points of the warm attack (the strongest known points clipped into the box) and its steps.
+WARM_STARTS = 6
+WARM_STEPS = 30
 
 
 @dataclass
@@ -45,7 +50,7 @@ class Budget:
 
     time_limit: float | None = 300.0
     max_queries: int | None = None
-    query_time_limit: float | None = 60.0
+    query_time_limit: float | None = 30.0
 
     def __post_init__(self) -> None:
         for name in ("time_limit", "query_time_limit"):
@@ -141,12 +146,17 @@ class SearchProblem:
 
     def __init__(self, network: Network, neighborhood: LayeredNeighborhood, target: int, verifier: Verifier,
                  k: int = 2, weights: WeightSpec = "uniform", budget: Budget | None = None,
-                 progress: ProgressCallback | None = None, mode: Mode = "decide"):
+                 progress: ProgressCallback | None = None, mode: Mode = "decide", cheap: Verifier | None = None,
+                 warm_attack: bool = True):
         self.network = network
         self.nbhd = neighborhood
         self.target = int(target)
         self.k = int(k)
         self.verifier = verifier
+        self.cheap = cheap  # the verifier without its expensive tier, for exploration (see search.tiers)
+        self.use_cheap = False
+        self.warm_attack = warm_attack
+        self.deadline: float | None = None  # seconds from the start at which the current phase must stop
         self.budget = budget or Budget()
         self.progress = progress
         self.mode: Mode = mode
@@ -188,9 +198,11 @@ class SearchProblem:
         return time.perf_counter() - self.start
 
     def remaining(self) -> float | None:
-        if self.budget.time_limit is None:
+        """Seconds left in the current phase (the phase deadline or the whole budget, whichever comes first)."""
+        ends = [t for t in (self.budget.time_limit, self.deadline) if t is not None]
+        if not ends:
             return None
-        return self.budget.time_limit - self.elapsed()
+        return min(ends) - self.elapsed()
 
     def exhausted(self) -> str | None:
         """Why the budget is spent (``"time limit"``, ``"query limit"``), or None."""
@@ -233,6 +245,40 @@ class SearchProblem:
                              weak_points=[WeakPoint(cex.x.reshape(box.shape), cex.margin)])
         return self._projected(box)
 
+    def _warm_starts(self, box: Box) -> list[np.ndarray]:
+        """The strongest known points (weak points of recent queries, counterexamples), clipped into ``box``."""
+        cands = [wp for _, wps in self._weak[-8:] for wp in wps[:3]]
+        cands += [WeakPoint(c.x.reshape(box.shape), c.margin) for c in self.counterexamples[-4:]]
+        cands.sort(key=lambda w: -w.margin)
+        out: list[np.ndarray] = []
+        for wp in cands:
+            x = box.clip(wp.x)
+            if all(np.max(np.abs(x - y)) > 0 for y in out):
+                out.append(x)
+            if len(out) >= WARM_STARTS:
+                break
+        return out
+
+    def _warm(self, box: Box) -> tuple[Verdict | None, list[WeakPoint]]:
+        """The warm attack: a refutation, or None and the best points it reached (kept as weak points)."""
+        if not self.warm_attack:
+            return None, []
+        starts = self._warm_starts(box)
+        if not starts:
+            return None, []
+        from mlrobust.verify.attack import pgd
+
+        result = pgd(self.network, box, self.prop, restarts=len(starts) + 1, steps=WARM_STEPS, starts=starts,
+                     seed=len(self.records))
+        secs = {"warm-attack": result.seconds}
+        wps = [p.weak_point() for p in result.points[:3]]
+        cex = result.counterexample
+        if cex is None:
+            self.stats.seconds["warm-attack"] = self.stats.seconds.get("warm-attack", 0.0) + result.seconds
+            return None, wps
+        return NotRobust(tier="warm-attack", seconds=secs, counterexample=cex.x, margin=cex.margin,
+                         weak_points=wps), wps
+
     def _projected(self, box: Box) -> Verdict | None:
         """Clip the most recent counterexamples into ``box``; a clipped one that still violates refutes it."""
         if not self.counterexamples:
@@ -272,18 +318,24 @@ class SearchProblem:
         start = time.perf_counter()
         verdict = self._cached(eps, box)
         reached = False
+        warm_points: list[WeakPoint] = []
         if verdict is None:
             why = self.exhausted()
             if why is not None:
                 verdict = Unknown(tier="budget", reason=f"search budget spent ({why})")
             else:
-                limit = self.budget.query_time_limit
-                rem = self.remaining()
-                if rem is not None:
-                    limit = rem if limit is None else min(limit, rem)
-                verdict = self.verifier.verify(self.network, box, self.target, self.k, mode or self.mode, limit)
-                verdict = self._confirmed(box, verdict)
-                reached = True
+                verdict, warm_points = self._warm(box)
+        if verdict is None:
+            limit = self.budget.query_time_limit
+            rem = self.remaining()
+            if rem is not None:
+                limit = max(rem, 0.0) if limit is None else max(min(limit, rem), 0.0)
+            verifier = self.cheap if (self.use_cheap and self.cheap is not None) else self.verifier
+            verdict = verifier.verify(self.network, box, self.target, self.k, mode or self.mode, limit)
+            verdict = self._confirmed(box, verdict)
+            if warm_points:
+                verdict.weak_points = sorted(list(verdict.weak_points) + warm_points, key=lambda w: -w.margin)
+            reached = True
         tier = verdict.tier or ("verifier" if reached else "cache")
         self._remember(eps, verdict)
         self.stats.add(tier, verdict, reached)

@@ -24,15 +24,25 @@ INITS = ("zero", "uniform")
 
 @dataclass
 class SearchOptions:
-    """How to search. ``grow`` (let layers that can still grow do so during the maximality check) defaults to on
-    for the optimizer and off for the baselines, whose results are reported as they are."""
+    """How to search.
+
+    ``grow`` (let layers that can still grow do so during the maximality check) defaults to on for the optimizer and
+    off for the baselines, whose results are reported as they are. With a cascade verifier the optimizer first
+    ``explore``s on its cheap tiers (attack and bounds) until ``explore_share`` of the time limit, checks maximality
+    on them, then ``refine``s with the full verifier until ``refine_share``; the rest of the time goes to the
+    maximality check with the full verifier (the baselines search until ``refine_share``)."""
 
     method: str = "optimize"
     cutting: str = "fixed"
-    delta: float = 0.01
+    delta: float = 0.002
     certify: bool = True
     grow: bool | None = None
     init: str = "zero"
+    explore: bool = True
+    refine: bool = True
+    explore_share: float = 0.4
+    refine_patience: int | None = 2
+    refine_share: float = 0.7
     optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
 
     def __post_init__(self) -> None:
@@ -44,6 +54,9 @@ class SearchOptions:
             raise InputError(f"unknown initialisation {self.init!r}; choose one of {', '.join(INITS)}")
         if not (np.isfinite(self.delta) and 0 < self.delta <= 1):
             raise InputError(f"the tolerance delta must be in (0, 1], got {self.delta!r}")
+        if not 0 < self.explore_share <= self.refine_share <= 1:
+            raise InputError("time shares must satisfy 0 < explore_share <= refine_share <= 1, got "
+                             f"{self.explore_share} and {self.refine_share}")
         self.optimizer.delta = self.delta
 
 
@@ -73,31 +86,65 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
     details: dict = {}
     iterations = 0
     stop_reason = ""
+    grow = (opt.method == "optimize") if opt.grow is None else opt.grow
+    limit = problem.budget.time_limit
+
+    def deadline(share: float) -> float | None:
+        return None if limit is None else share * limit
+
+    cheap = opt.explore and problem.cheap is not None
+    search_end = deadline(opt.refine_share) if opt.certify else None
+    maximality: list[LayerMaximality] | None = None
     if not clean.is_robust:
         stop_reason = f"the clean image itself is not proven ({getattr(clean, 'reason', '')})"
     elif opt.method == "optimize":
-        start = np.zeros(n)
-        if opt.init == "uniform":
-            start = uniform_search(problem, 4 * opt.delta)
         cw = cutting_weights(problem, opt.cutting)
         details["cutting_weights"] = cw
+        phases = []
+        problem.use_cheap = cheap
+        problem.deadline = deadline(opt.explore_share) if cheap else search_end
+        start = uniform_search(problem, 4 * opt.delta) if opt.init == "uniform" else np.zeros(n)
         eps, report = optimize(problem, start, cw, opt.optimizer)
-        iterations, stop_reason = report.iterations, report.stop_reason
-        details["optimizer"] = {"accepted_steps": report.accepted, "refuted_steps": report.refuted_steps,
-                                "cuts": report.cuts, "successful_cuts": report.cut_successes}
+        phases.append(("explore" if cheap else "optimize", report))
+        if cheap:
+            problem.use_cheap = False
+            if opt.certify:
+                # maximality on the cheap tiers first: settles (and grows) every layer they can decide
+                problem.use_cheap, problem.deadline = True, search_end
+                eps, maximality = certify(problem, eps, opt.delta, grow=grow)
+                problem.use_cheap = False
+            if opt.refine and not problem.exhausted():
+                # refinement with the full verifier (MILP included), small steps from where exploration stopped
+                problem.phase, problem.deadline = "search", search_end
+                eps, report = optimize(problem, eps, cw, opt.optimizer, radius=4 * opt.delta, theta=0.5,
+                                       patience=opt.refine_patience)
+                phases.append(("refine", report))
+        iterations = sum(r.iterations for _, r in phases)
+        stop_reason = "; ".join(f"{name}: {r.stop_reason}" for name, r in phases)
+        details["optimizer"] = {name: {"iterations": r.iterations, "accepted_steps": r.accepted,
+                                       "refuted_steps": r.refuted_steps, "cuts": r.cuts,
+                                       "successful_cuts": r.cut_successes, "stop_reason": r.stop_reason}
+                                for name, r in phases}
     elif opt.method == "uniform":
+        problem.deadline = search_end
         eps = uniform_search(problem, opt.delta)
         stop_reason = problem.exhausted() or f"binary search to delta = {opt.delta:g}"
         iterations = problem.iteration
     else:
+        problem.deadline = search_end
         eps = layer_search(problem, opt.delta)
         stop_reason = problem.exhausted() or f"per-layer binary searches to delta = {opt.delta:g}"
         iterations = problem.iteration
+    problem.use_cheap, problem.deadline = False, None
     t_search = time.perf_counter() - t0
     eps = problem.clip(eps)
-    grow = (opt.method == "optimize") if opt.grow is None else opt.grow
     if opt.certify and clean.is_robust:
-        eps, maximality = certify(problem, eps, opt.delta, grow=grow)
+        if cheap and maximality is None:
+            problem.use_cheap = True
+            eps, maximality = certify(problem, eps, opt.delta, grow=grow)
+            problem.use_cheap = False
+        # the full verifier for every layer the cheap tiers left open (settled ones are answered by the caches)
+        eps, maximality = certify(problem, eps, opt.delta, grow=grow, previous=maximality)
     else:
         maximality = [LayerMaximality(d, "unchecked", float(eps[d]), reason="maximality check not run")
                       for d in range(n)]

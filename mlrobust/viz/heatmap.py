@@ -20,6 +20,23 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return arr.mean(axis=0) if arr.ndim == 3 else arr
 
 
+def outline_segments(mask: np.ndarray) -> np.ndarray:
+    """The boundary of ``mask`` along pixel edges, as segments ``(n, 2, 2)`` of (x, y) points in imshow's pixel
+    coordinates (pixel (r, c) spans x in [c - 0.5, c + 0.5], y in [r - 0.5, r + 0.5])."""
+    m = np.pad(np.asarray(mask, dtype=bool), 1)
+    inner = m[1:-1, 1:-1]
+    segs = []
+    # an edge is drawn where an object pixel meets a non-object neighbour (or the image border)
+    for dr, dc, (a, b) in ((-1, 0, ((-0.5, -0.5), (0.5, -0.5))), (1, 0, ((-0.5, 0.5), (0.5, 0.5))),
+                           (0, -1, ((-0.5, -0.5), (-0.5, 0.5))), (0, 1, ((0.5, -0.5), (0.5, 0.5)))):
+        nb = m[1 + dr: m.shape[0] - 1 + dr, 1 + dc: m.shape[1] - 1 + dc]
+        r, c = np.nonzero(inner & ~nb)
+        start = np.stack([c + a[0], r + a[1]], axis=1)
+        end = np.stack([c + b[0], r + b[1]], axis=1)
+        segs.append(np.stack([start, end], axis=1))
+    return np.concatenate(segs) if segs else np.zeros((0, 2, 2))
+
+
 def heatmap_figure(image: np.ndarray, mask: np.ndarray, eps_map: np.ndarray, title: str = "",
                    vmax: float | None = None, cmap: str = "inferno") -> Any:
     """A figure of two panels: the image with the object outlined, and the epsilon map over the image."""
@@ -36,14 +53,23 @@ def heatmap_figure(image: np.ndarray, mask: np.ndarray, eps_map: np.ndarray, tit
     top = float(vmax) if vmax is not None else max(float(eps_map.max()), 1e-6)
     fig = Figure(figsize=(9.0, 4.4), dpi=110)
     ax_img, ax_eps = fig.subplots(1, 2)
+    from matplotlib.collections import LineCollection
+
     ax_img.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax_img.set_title("image and perturbed object")
-    ax_eps.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    shown = ax_eps.imshow(eps_map, cmap=cmap, vmin=0.0, vmax=top, alpha=0.8, interpolation="nearest")
+    shown = ax_eps.imshow(eps_map, cmap=cmap, vmin=0.0, vmax=top, interpolation="nearest")
+    # the image on top as white ink whose opacity is the pixel's brightness: strokes stay visible, and where the
+    # image is dark the colour of epsilon shows unmixed
+    ink = np.zeros((*grey.shape, 4))
+    ink[..., :3] = 1.0
+    ink[..., 3] = 0.55 * np.clip(grey, 0.0, 1.0)
+    ax_eps.imshow(ink, interpolation="nearest")
     ax_eps.set_title("epsilon per pixel")
+    segments = outline_segments(mask)
     for ax in (ax_img, ax_eps):
-        # the object's outline: the 0.5 level of its mask, drawn on pixel edges
-        ax.contour(mask.astype(float), levels=[0.5], colors=["#00e5ff"], linewidths=1.4)
+        ax.add_collection(LineCollection(segments, colors="#00e5ff", linewidths=1.5))
+        ax.set_xlim(-0.5, mask.shape[1] - 0.5)
+        ax.set_ylim(mask.shape[0] - 0.5, -0.5)
         ax.set_xticks([])
         ax.set_yticks([])
     bar = fig.colorbar(shown, ax=ax_eps, fraction=0.046, pad=0.04)

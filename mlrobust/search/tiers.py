@@ -1,0 +1,40 @@
+"""Verifier adapters the search uses to spend the exact MILP only where it matters.
+
+``cheap_tiers(verifier)`` is the cascade without its MILP tier: the same attack and the same bounds, and Unknown
+where both fail. The search runs its exploration phase on it — hundreds of queries at a fraction of a second each —
+and calls the full cascade (with the MILP) only to push past what the bounds can prove and to certify maximality.
+A verifier that is not a cascade has no cheaper part, so there is no cheap phase for it.
+"""
+
+from __future__ import annotations
+
+from mlrobust.ir.graph import Network
+from mlrobust.verify.base import Mode, Verifier
+from mlrobust.verify.spec import Box
+from mlrobust.verify.verdict import Unknown, Verdict
+
+
+class _Undecided:
+    """The MILP tier, skipped: every box that reaches it stays Unknown."""
+
+    name = "skip-milp"
+
+    def verify(self, network: Network, box: Box, target: int, k: int = 2, mode: Mode = "decide",
+               time_limit: float | None = None) -> Verdict:
+        return Unknown(tier="bounds", reason="undecided by the attack and the bounds (the MILP tier is skipped in "
+                                             "this phase)")
+
+
+def cheap_tiers(verifier: Verifier) -> Verifier | None:
+    """The attack-and-bounds part of a :class:`~mlrobust.verify.cascade.Cascade`, or None for other verifiers."""
+    try:
+        from mlrobust.verify.cascade import Cascade
+    except ImportError:  # pragma: no cover - the cascade ships with mlrobust
+        return None
+    if not isinstance(verifier, Cascade):
+        return None
+    cheap = Cascade(attack=verifier.attack, bounds=verifier.bounds, milp=_Undecided(),  # type: ignore[arg-type]
+                    use_attack=verifier.use_attack, use_bounds=verifier.use_bounds,
+                    weak_point_limit=verifier.weak_point_limit)
+    cheap.name = "cascade without MILP"
+    return cheap
