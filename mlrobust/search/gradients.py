@@ -66,6 +66,4 @@ def layer_saliency(network: Network, nbhd: LayeredNeighborhood, target: int, k: 
     """Vanilla-gradient saliency (Simonyan et al.) per layer: the mean ``|d loss / d x|`` over each layer's pixels at
     the clean image, the loss being the top-k margin (it grows as the target loses its place)."""
     _, grads = margin_gradients(network, nbhd.x[None], target, k)
-    sums = nbhd.per_layer_sum(np.abs(grads[0]))
-    counts = nbhd.counts * nbhd.layout.channels
-    return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    return nbhd.per_layer_mean(np.abs(grads[0]))

@@ -1,0 +1,133 @@
+"""``mlrobust verify``: the search and the check from the command line, the JSON and heatmap it writes, and
+clear errors with a non-zero exit code on bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from mlrobust.cli import main
+from mlrobust.neighborhood import LayeredNeighborhood
+from mlrobust.neighborhood.image_io import read_image, write_image, write_mask
+from mlrobust.search.result import sha256_file
+from mlrobust.verify.verdict import ROBUST_TOLERANCE
+
+from test_api import tiny_onnx
+from test_search_oracles import exact_worst_margin, tiny_case
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("verify_cli")
+    net, image, target, mask = tiny_case(6, hidden=3, classes=3)
+    write_image(d / "img.png", image)
+    write_mask(d / "mask.png", mask)
+    tiny_onnx(net, d / "tiny.onnx")
+    return {"dir": d, "model": d / "tiny.onnx", "image": d / "img.png", "mask": d / "mask.png", "target": target,
+            "net": net, "mask_array": mask}
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["mlrobust", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, " ".join(captured.out.split()), " ".join(captured.err.split())
+
+
+def base(files, *extra):
+    return ("verify", files["model"], files["image"], "--target", files["target"], "--object-mask", files["mask"],
+            "--time-limit", "60", *extra)
+
+
+def test_search_writes_table_json_and_heatmap(monkeypatch, capsys, files):
+    out_json, out_png = files["dir"] / "r.json", files["dir"] / "h.png"
+    code, out, err = run_cli(monkeypatch, capsys, *base(files, "--json", out_json, "--heatmap", out_png))
+    assert code == 0, err
+    assert "Robust layered neighborhood of label" in out and "size w·ε" in out and "MILP calls" in out
+    assert "layers certified maximal" in out and "Traceback" not in out + err
+    data = json.loads(out_json.read_text())
+    assert data["target"] == files["target"] and data["k"] == 2 and data["verified"] is True
+    assert len(data["epsilons"]) == len(data["weights"]) == len(data["maximality"]) == 4
+    assert data["model"]["sha256"] == sha256_file(files["model"])
+    assert data["image"]["sha256"] == sha256_file(files["image"])
+    assert {"by_tier", "milp_calls", "verifier_calls"} <= set(data["statistics"])
+    assert out_png.stat().st_size > 5000
+    # the JSON is enough to re-check the result independently: rebuild the box and solve it exactly
+    image = read_image(files["image"])
+    mask = np.asarray(data["object"]["mask"], dtype=bool)
+    assert np.array_equal(mask, files["mask_array"])
+    nbhd = LayeredNeighborhood.build(image, mask, files["net"].sample_shape)
+    m, _ = exact_worst_margin(files["net"], nbhd.box(data["epsilons"]), data["target"], 2)
+    assert m < -ROBUST_TOLERANCE
+    for entry in data["maximality"]:
+        if entry["status"] == "refuted":
+            cex = np.asarray(entry["counterexample"])
+            assert entry["margin"] >= 0 and cex.shape == image.shape
+
+
+def test_quiet_prints_one_line(monkeypatch, capsys, files):
+    code, out, err = run_cli(monkeypatch, capsys, *base(files, "--quiet", "--method", "uniform", "--no-certify"))
+    assert code == 0, err
+    assert out.startswith("size=") and "verified=True" in out and "\n" not in out.strip()
+
+
+@pytest.mark.parametrize("eps,expected", [("0.01", "robust"), ("0.9", "not robust")])
+def test_check_one_neighborhood(monkeypatch, capsys, files, eps, expected):
+    code, out, err = run_cli(monkeypatch, capsys, *base(files, "--eps", eps))
+    assert code == 0, err
+    assert out.startswith(expected)
+
+
+def test_check_per_layer_epsilons_and_json(monkeypatch, capsys, files):
+    path = files["dir"] / "c.json"
+    code, out, err = run_cli(monkeypatch, capsys, *base(files, "--eps-layers", "0.05,0.02,0.01,0", "--json", path))
+    assert code == 0, err
+    data = json.loads(path.read_text())
+    assert data["epsilons"] == [0.05, 0.02, 0.01, 0.0] and data["status"] == "robust"
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--eps-layers", "0.1,0.2"), "expected 4 epsilons"),
+    (("--eps-layers", "a,b"), "must be numbers"),
+    (("--eps", "0.1", "--eps-layers", "0.1"), "either --eps or --eps-layers"),
+    (("--method", "bogus"), "unknown search method"),
+    (("--cutting", "bogus"), "unknown cutting weights"),
+    (("--solver", "nosuchsolver"), "nosuchsolver"),
+])
+def test_bad_options(monkeypatch, capsys, files, extra, message):
+    code, out, err = run_cli(monkeypatch, capsys, *base(files, *extra))
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_target_not_in_top_k_says_what_the_network_predicts(monkeypatch, capsys, files):
+    logits = files["net"].logits(read_image(files["image"])[None])[0]
+    worst = int(np.argmin(logits))
+    args = list(base(files))
+    args[4] = worst
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and f"label {worst} is not among the top-2" in err and "the network predicts [" in err
+
+
+def test_bad_files(monkeypatch, capsys, files, tmp_path):
+    write_image(tmp_path / "big.png", np.zeros((8, 8)))
+    code, _, err = run_cli(monkeypatch, capsys, "verify", files["model"], tmp_path / "big.png", "--target", "0",
+                           "--object-mask", files["mask"])
+    assert code == 2 and "8x8 pixels" in err and "expects 5x5" in err
+    (tmp_path / "junk.png").write_bytes(b"garbage")
+    code, _, err = run_cli(monkeypatch, capsys, "verify", files["model"], tmp_path / "junk.png", "--target", "0")
+    assert code == 2 and "cannot read" in err
+    code, _, err = run_cli(monkeypatch, capsys, "verify", tmp_path / "none.onnx", files["image"], "--target", "0")
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "junk.onnx").write_bytes(b"garbage")
+    code, _, err = run_cli(monkeypatch, capsys, "verify", tmp_path / "junk.onnx", files["image"], "--target", "0")
+    assert code == 2 and "error:" in err and "Traceback" not in err
+    write_mask(tmp_path / "empty.png", np.zeros((5, 5), dtype=bool))
+    code, _, err = run_cli(monkeypatch, capsys, *base(files)[:5], "--object-mask", tmp_path / "empty.png")
+    assert code == 2 and "empty" in err
