@@ -99,3 +99,19 @@ def test_unknown_method_is_an_input_error():
     lower, upper = random_box(net, 0, 0.1)
     with pytest.raises(InputError, match="ibp, crown, lp"):
         tighten(net, lower, upper, "zonotope")
+
+
+def test_lp_tightening_works_after_highs_ran_with_other_thread_counts():
+    """HiGHS refuses models whose thread option disagrees with its process-wide scheduler; neither the backend nor
+    the LP tightening may trip over an earlier solve."""
+    from mlrobust.backends.highs import HighsBackend
+    from mlrobust.milp.builder import build_topk_milp
+
+    net = random_network("mlp", 5)
+    lower, upper = random_box(net, 5, 0.5)
+    crown = tighten(net, lower, upper, "crown", target=0)
+    problem = build_topk_milp(net, crown.bounds, 0, 1, crown.margin_lower, crown.margin_upper)
+    for threads in (None, 1, 2, None):
+        assert HighsBackend(threads=threads).solve(problem).status == "optimal"
+    lp = tighten(net, lower, upper, "lp", target=0)
+    assert np.sum(crown.margin_upper - lp.margin_upper) > 1e-3

@@ -8,7 +8,7 @@ every incumbent on the real network, so a backend needs no other guarantee.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -24,10 +24,18 @@ ERROR = "error"
 
 @dataclass(frozen=True)
 class StopRule:
-    """Decide mode: stop once an incumbent has objective ``>= primal_at_least`` or the bound is ``< dual_below``."""
+    """Decide mode: stop once an incumbent has objective ``>= primal_at_least`` or the bound is ``< dual_below``.
+
+    ``on_incumbent`` (optional) is offered every new incumbent whose objective is ``>= check_from`` (column values);
+    returning True means the caller turned it into a confirmed answer (e.g. a local search from it crossed the
+    boundary) and the solver may stop. Backends without solution callbacks ignore it.
+    """
 
     primal_at_least: float = 0.0
     dual_below: float = -1e-4
+    on_incumbent: Callable[[np.ndarray], bool] | None = field(default=None, compare=False)
+    check_from: float = float("-inf")
+    max_checks: int = 20
 
 
 @dataclass

@@ -88,7 +88,19 @@ class GurobiBackend:
         for key, value in self.params.items():
             model.setParam(key, value)
         handover = time.perf_counter() - start
-        model.optimize()
+        state = {"checks": 0, "accepted": False}
+
+        def callback(m, where) -> None:
+            if where != GRB.Callback.MIPSOL or stop is None or stop.on_incumbent is None:
+                return
+            obj = m.cbGet(GRB.Callback.MIPSOL_OBJ)
+            if state["checks"] < stop.max_checks and stop.check_from <= obj < stop.primal_at_least:
+                state["checks"] += 1
+                if stop.on_incumbent(np.asarray(m.cbGetSolution(v), dtype=np.float64)):
+                    state["accepted"] = True
+                    m.terminate()
+
+        model.optimize(callback if (stop is not None and stop.on_incumbent is not None) else None)
         seconds = time.perf_counter() - start
         st = model.Status
         x = None
@@ -106,7 +118,7 @@ class GurobiBackend:
             bound = objective if (st == GRB.OPTIMAL and objective is not None) else float("inf")
         if st == GRB.OPTIMAL:
             status = OPTIMAL
-        elif st == GRB.USER_OBJ_LIMIT:
+        elif st == GRB.USER_OBJ_LIMIT or (st == GRB.INTERRUPTED and state["accepted"]):
             status = STOPPED
         elif st in (GRB.INFEASIBLE, GRB.INF_OR_UNBD):
             status, bound = INFEASIBLE, float("-inf")
@@ -116,4 +128,5 @@ class GurobiBackend:
             status = ERROR
         return SolveResult(status=status, objective=objective, bound=bound, x=x, pool=solutions, seconds=seconds,
                            nodes=int(model.NodeCount), solver=self.name, message=f"Gurobi status {st}",
-                           stats={"handover_seconds": handover})
+                           stats={"handover_seconds": handover, "incumbent_checks": state["checks"],
+                                  "incumbent_accepted": state["accepted"]})

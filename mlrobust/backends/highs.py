@@ -20,6 +20,20 @@ from mlrobust.backends.base import (ERROR, INFEASIBLE, OPTIMAL, STOPPED, TIME_LI
 from mlrobust.milp.problem import MilpProblem
 
 
+_SCHEDULER_THREADS: int | None = None
+
+
+def _use_threads(n: int) -> None:
+    """HiGHS keeps one global thread scheduler per process and refuses to run a model whose ``threads`` option
+    differs from it; restart the scheduler when a different count is asked for."""
+    global _SCHEDULER_THREADS
+    if _SCHEDULER_THREADS != n:
+        import highspy
+
+        highspy.Highs.resetGlobalScheduler(True)
+        _SCHEDULER_THREADS = n
+
+
 class HighsBackend:
     """HiGHS MIP solver (highspy). ``options`` are passed to ``Highs.setOptionValue`` verbatim."""
 
@@ -46,6 +60,7 @@ class HighsBackend:
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         if self.threads is not None:
+            _use_threads(int(self.threads))
             h.setOptionValue("threads", int(self.threads))
         h.setOptionValue("mip_rel_gap", float(self.mip_rel_gap))
         for key, value in self.options.items():
@@ -66,15 +81,21 @@ class HighsBackend:
         if time_limit is not None:
             h.setOptionValue("time_limit", max(float(time_limit), 0.01))
         found: list[np.ndarray] = []
-        state = {"timed_out": False, "stopped": False}
+        state = {"timed_out": False, "stopped": False, "checks": 0, "accepted": False}
 
         def on_solution(event) -> None:
-            found.append(np.array(event.data_out.mip_solution, dtype=np.float64))
+            v = np.array(event.data_out.mip_solution, dtype=np.float64)
+            found.append(v)
+            if (stop is not None and stop.on_incumbent is not None and state["checks"] < stop.max_checks
+                    and stop.check_from <= event.data_out.objective_function_value < stop.primal_at_least):
+                state["checks"] += 1
+                if stop.on_incumbent(v):
+                    state["accepted"] = True
 
         def on_interrupt(event) -> None:
             out = event.data_out
             if stop is not None and (out.mip_primal_bound >= stop.primal_at_least or
-                                     out.mip_dual_bound < stop.dual_below):
+                                     out.mip_dual_bound < stop.dual_below or state["accepted"]):
                 state["stopped"] = True
                 event.interrupt()
             elif (self.enforce_time_limit and time_limit is not None
@@ -83,7 +104,7 @@ class HighsBackend:
                 event.interrupt()
 
         h.cbMipImprovingSolution.subscribe(on_solution)
-        if stop is not None or (self.enforce_time_limit and time_limit is not None):
+        if stop is not None or (self.enforce_time_limit and time_limit is not None):  # also polls accepted
             h.cbMipInterrupt.subscribe(on_interrupt)
         build = time.perf_counter() - start
         h.run()
@@ -118,5 +139,6 @@ class HighsBackend:
         return SolveResult(
             status=code, objective=objective, bound=bound, x=solutions[0] if solutions else None,
             pool=solutions[1:], seconds=seconds, nodes=int(info.mip_node_count), solver=self.name,
-            message=h.modelStatusToString(status), stats={"handover_seconds": build},
+            message=h.modelStatusToString(status),
+            stats={"handover_seconds": build, "incumbent_checks": state["checks"], "incumbent_accepted": state["accepted"]},
         )

@@ -20,7 +20,7 @@ from mlrobust.ir.ops import AFFINE_KINDS, MaxPool2d
 from mlrobust.milp.encoding import AffineForm, Encoding
 from mlrobust.milp.layers.affine import encode_affine
 from mlrobust.milp.layers.maxpool import PoolColumns, encode_maxpool
-from mlrobust.milp.layers.relu import ReluColumns, encode_relu
+from mlrobust.milp.layers.relu import ReluColumns, encode_relu, relu_split
 from mlrobust.milp.problem import MilpProblem
 from mlrobust.milp.topk import TopKObjective, add_topk, margin_form
 
@@ -40,6 +40,8 @@ class MilpBuilder:
         self.forms: dict[str, AffineForm] = {}
         self.layer_stats: dict[str, dict] = {}
         self.columns: dict[str, ReluColumns | PoolColumns] = {}
+        # ReLUs whose output only feeds MaxPools are encoded inside the pool (max(0, window)): relu output -> input
+        self.fused: dict[str, str] = {}
         self.topk: TopKObjective | None = None
         self.position = 0
         self.seconds = 0.0
@@ -85,15 +87,29 @@ class MilpBuilder:
         shapes = [self.network.shape_of(t) for t in node.inputs]
         if node.kind in AFFINE_KINDS:
             out = encode_affine(node, inputs, shapes, self.enc.ncols)
+        elif node.kind == "Relu" and self._feeds_only_pools(node):
+            t = node.inputs[0]
+            self.set_bounds(t, *self.form_interval(t))
+            self.fused[node.output] = t
+            out = None
+            inactive, active, unstable = relu_split(self.lower[t], self.upper[t])
+            self.layer_stats[node.name] = {"kind": "Relu", "inactive": int(inactive.sum()),
+                                           "active": int(active.sum()), "unstable": int(unstable.sum()),
+                                           "binaries": 0, "fused_into_maxpool": True}
         elif node.kind in ("Relu", "MaxPool2d"):
             t = node.inputs[0]
+            relu_first = t in self.fused
+            if relu_first:
+                t = self.fused[t]
+                inputs = [self.forms[t]]
             self.set_bounds(t, *self.form_interval(t))
             if node.kind == "Relu":
                 out, stats, cols = encode_relu(self.enc, inputs[0], self.lower[t], self.upper[t])
+                stats["binaries"] = stats["unstable"]
             else:
                 assert isinstance(node.op, MaxPool2d)
                 out, stats, cols = encode_maxpool(self.enc, inputs[0], self.lower[t], self.upper[t], node.op,
-                                                  shapes[0])  # type: ignore[arg-type]
+                                                  shapes[0], relu_first)  # type: ignore[arg-type]
             self.layer_stats[node.name] = {"kind": node.kind, **stats}
             self.columns[node.name] = cols
         else:  # pragma: no cover - the IR has no other kinds
@@ -102,6 +118,11 @@ class MilpBuilder:
         self.position += 1
         self.seconds += time.perf_counter() - start
         return node
+
+    def _feeds_only_pools(self, node: Node) -> bool:
+        consumers = self.network.consumers(node.output)
+        return (node.output != self.network.output_name and bool(consumers)
+                and all(c.kind == "MaxPool2d" and c.inputs[0] == node.output for c in consumers))
 
     def run(self) -> "MilpBuilder":
         while not self.done:
@@ -155,7 +176,7 @@ class MilpBuilder:
         values = self.network.forward(np.asarray(x, dtype=np.float64)[None], return_all=True)
         for node in self.network.nodes:
             cols = self.columns.get(node.name)
-            pre = values[node.inputs[0]][0].reshape(-1)
+            pre = values[self.fused.get(node.inputs[0], node.inputs[0])][0].reshape(-1)
             if isinstance(cols, ReluColumns):
                 cols.assign(v, pre)
             elif isinstance(cols, PoolColumns):
@@ -180,7 +201,7 @@ class MilpBuilder:
         unstable = self.unstable_relus()
         stats = {
             "unstable_relus": unstable,
-            "relu_binaries": unstable,
+            "relu_binaries": int(sum(s["binaries"] for s in self.layer_stats.values() if s["kind"] == "Relu")),
             "maxpool_binaries": int(sum(s["binaries"] for s in self.layer_stats.values()
                                         if s["kind"] == "MaxPool2d")),
             "free_inputs": int(np.count_nonzero(self.input_cols >= 0)),

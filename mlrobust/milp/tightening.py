@@ -94,6 +94,39 @@ def interval_margins(bounds: Bounds, target: int) -> tuple[np.ndarray, np.ndarra
     return L, U
 
 
+def tail_margins(network: Network, bounds: Bounds, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """Margin bounds from the interval of the last non-affine tensor through the network's affine tail.
+
+    ``y = M h + c`` for the tensor ``h`` after the last ReLU/MaxPool; ``y_c - y_t = (M_c - M_t) h + c_c - c_t`` is
+    bounded exactly over ``h``'s box. Often tighter than back-substitution through a max pool's relaxation.
+    """
+    from mlrobust.milp.layers.affine import affine_matrix
+
+    n = network.num_classes
+    M = sp.identity(n, format="csr")
+    c = np.zeros(n)
+    tensor = network.output_name
+    while True:
+        node = network.producer(tensor)
+        if node is None or node.kind not in ("Dense", "Conv2d", "AvgPool2d", "Reshape", "Scale"):
+            break
+        W, b = affine_matrix(node, network.shape_of(node.inputs[0]))
+        c = M @ b + c
+        M = (M @ W).tocsr()
+        tensor = node.inputs[0]
+    D = (M - sp.csr_matrix(np.ones((n, 1))) @ M[target]).tocsr()
+    lo_h, hi_h = bounds.lower[tensor].reshape(-1), bounds.upper[tensor].reshape(-1)
+    pos, neg = D.maximum(0), D.minimum(0)
+    dc = c - c[target]
+    L = np.asarray(pos @ lo_h + neg @ hi_h).reshape(-1) + dc
+    U = np.asarray(pos @ hi_h + neg @ lo_h).reshape(-1) + dc
+    # outward rounding slack, as the bound propagation does
+    mag = np.asarray(abs(D) @ np.maximum(np.abs(lo_h), np.abs(hi_h))).reshape(-1) + np.abs(dc)
+    L, U = L - 1e-10 * mag, U + 1e-10 * mag
+    L[target] = U[target] = 0.0
+    return L, U
+
+
 def repropagate(network: Network, lower: dict[str, np.ndarray], upper: dict[str, np.ndarray]) -> None:
     """Intersect every tensor's bounds with IBP applied to its (already tightened) inputs, in place."""
     for node in network.nodes:
@@ -127,15 +160,15 @@ def dual_lower_bound(A: sp.csr_matrix, row_lower: np.ndarray, row_upper: np.ndar
 class LpBounder:
     """The LP relaxation of a builder's current model, reused (warm-started) for many objectives."""
 
-    def __init__(self, builder: MilpBuilder, threads: int | None = 1):
+    def __init__(self, builder: MilpBuilder):
         import highspy
 
         self.col_lower, self.col_upper, _, self.A, self.row_lower, self.row_upper = builder.enc.arrays()
         self.ncols = self.col_lower.size
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
-        if threads is not None:
-            h.setOptionValue("threads", int(threads))
+        # No "threads" option: the simplex is serial, and HiGHS refuses to run when the option disagrees with the
+        # thread scheduler an earlier solve in this process started.
         A = self.A
         h.passModel(self.ncols, A.shape[0], int(A.nnz), 2, 1, 0.0, np.zeros(self.ncols), self.col_lower,
                     self.col_upper, self.row_lower, self.row_upper, A.indptr.astype(np.int32),
@@ -188,7 +221,7 @@ def base_bounds(network: Network, lower: np.ndarray, upper: np.ndarray, method: 
 
 
 def tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str = "crown",
-            target: int | None = None, time_budget: float | None = None, lp_threads: int | None = 1,
+            target: int | None = None, time_budget: float | None = None,
             threads: int | None = 1) -> Tightened:
     """Bounds over the box ``[lower, upper]`` with the named tightening; margin bounds too when ``target`` is given.
 
@@ -198,17 +231,19 @@ def tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str 
     if method not in METHODS:
         raise InputError(f"unknown bound tightening {method!r}; choose one of {', '.join(METHODS)}")
     with torch_threads(threads):
-        return _tighten(network, lower, upper, method, target, time_budget, lp_threads)
+        return _tighten(network, lower, upper, method, target, time_budget)
 
 
 def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str, target: int | None,
-             time_budget: float | None, lp_threads: int | None) -> Tightened:
+             time_budget: float | None) -> Tightened:
     start = time.perf_counter()
     bounds, stats = base_bounds(network, lower, upper, "ibp" if method == "ibp" else "crown")
     stats["unstable_" + bounds.method.split("&")[0]] = bounds.num_unstable
     L = U = None
     if target is not None:
         L, U = interval_margins(bounds, target)
+        tL, tU = tail_margins(network, bounds, target)
+        L, U = np.maximum(L, tL), np.minimum(U, tU)
         fn = _margin_bounds_function()
         if method != "ibp" and fn is not None and crown_available():
             try:  # reuse the intermediate bounds just computed
@@ -233,7 +268,7 @@ def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str
             idx = np.flatnonzero(unstable)
             # Before any row exists the LP is the box, where the interval is already exact.
             if idx.size and builder.enc.nrows and (deadline is None or time.perf_counter() < deadline):
-                lp = LpBounder(builder, threads=lp_threads)
+                lp = LpBounder(builder)
                 lo, hi, done = lp.bounds_of(builder.forms[t].rows(idx, builder.enc.ncols), deadline)
                 new_lo = builder.lower[t].reshape(-1).copy()
                 new_hi = builder.upper[t].reshape(-1).copy()
@@ -255,7 +290,7 @@ def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str
         L, U = np.maximum(L, fL), np.minimum(U, fU)
         if deadline is None or time.perf_counter() < deadline:
             D, classes = margin_form(builder.output_form, target, builder.enc.ncols)
-            lp = LpBounder(builder, threads=lp_threads)
+            lp = LpBounder(builder)
             lo, hi, done = lp.bounds_of(D, deadline)
             L[classes] = np.maximum(L[classes], lo)
             U[classes] = np.minimum(U[classes], hi)

@@ -45,26 +45,30 @@ class AttackResult:
 
 def pgd(network: Network, box: Box, prop: OutputProperty, *, restarts: int = 8, steps: int = 40,
         step_scale: float = 2.5, seed: int = 0, starts: list[np.ndarray] | None = None,
-        stop_on_violation: bool = True, time_limit: float | None = None, threads: int | None = 1) -> AttackResult:
+        stop_on_violation: bool = True, time_limit: float | None = None, threads: int | None = 1,
+        include_center: bool = True) -> AttackResult:
     """Projected (signed) gradient ascent on ``prop``'s margin over ``box``.
 
     The per-pixel step is ``step_scale * half_width / steps`` (Madry et al.'s 2.5 ε / steps), halved at 50% and
     75% of the steps. ``starts`` adds given starting points (e.g. earlier counterexamples) before the random ones.
     ``threads``: torch threads while attacking (one is fastest for networks of this size; None keeps torch's).
+    ``include_center=False`` starts only from ``starts`` and random points (local polishing of a given point).
     """
     with torch_threads(threads):
-        return _pgd(network, box, prop, restarts, steps, step_scale, seed, starts, stop_on_violation, time_limit)
+        return _pgd(network, box, prop, restarts, steps, step_scale, seed, starts, stop_on_violation, time_limit,
+                    include_center)
 
 
 def _pgd(network: Network, box: Box, prop: OutputProperty, restarts: int, steps: int, step_scale: float, seed: int,
-         starts: list[np.ndarray] | None, stop_on_violation: bool, time_limit: float | None) -> AttackResult:
+         starts: list[np.ndarray] | None, stop_on_violation: bool, time_limit: float | None,
+         include_center: bool) -> AttackResult:
     start_time = time.perf_counter()
     net = torch_module(network)
     shape = box.shape
     lo = torch.as_tensor(box.lower, dtype=torch.float32)
     hi = torch.as_tensor(box.upper, dtype=torch.float32)
     gen = torch.Generator().manual_seed(int(seed))
-    inits = [torch.as_tensor(box.center, dtype=torch.float32)]
+    inits = [torch.as_tensor(box.center, dtype=torch.float32)] if include_center or not starts else []
     for s in starts or []:
         inits.append(torch.as_tensor(box.clip(s), dtype=torch.float32))
     n_random = max(int(restarts) - len(inits), 0)

@@ -85,24 +85,41 @@ class MilpVerifier:
             stats["solve_seconds"] = 0.0
             return Robust(tier="milp", seconds={"milp": time.perf_counter() - start}, stats=stats, bound=m_hi)
         remaining = None if time_limit is None else max(time_limit - (time.perf_counter() - start), 0.05)
-        stop = StopRule(0.0, -ROBUST_TOLERANCE) if mode == "decide" else None
+        polished: list[CheckedPoint] = []
+        stop = None
+        if mode == "decide":
+            # Incumbents just below 0 are handed to a short PGD run; a confirmed counterexample ends the solve.
+            m_lo = float(problem.stats["margin_lower_bound"])
+
+            def polish_incumbent(v: np.ndarray) -> bool:
+                res = pgd(network, box, prop, restarts=1, steps=self.polish_steps, starts=[problem.input_from(v)],
+                          step_scale=0.5, include_center=False)
+                if res.counterexample is not None:
+                    polished.append(res.counterexample)
+                    return True
+                return False
+
+            stop = StopRule(0.0, -ROBUST_TOLERANCE, on_incumbent=polish_incumbent if self.polish_steps else None,
+                            check_from=-0.1 * (m_hi - m_lo))
         result = self.backend.solve(problem, time_limit=remaining, stop=stop,
                                     pool=self.pool if mode == "optimize" else 0)
+        stats["polished_incumbents"] = len(polished)
         stats.update({"solve_seconds": result.seconds, "status": result.status, "objective": result.objective,
                       "bound": result.bound, "nodes": result.nodes, "solver_message": result.message,
                       **{f"solver_{key}": v for key, v in result.stats.items()}})
-        return self._verdict(network, box, prop, problem, result, stats, start, mode)
+        return self._verdict(network, box, prop, problem, result, stats, start, mode, polished)
 
     def _verdict(self, network: Network, box: Box, prop: TopKProperty, problem: MilpProblem, result: SolveResult,
-                 stats: dict, start: float, mode: Mode) -> Verdict:
+                 stats: dict, start: float, mode: Mode, polished: list[CheckedPoint] | None = None) -> Verdict:
         solutions = ([result.x] if result.x is not None else []) + list(result.pool)
         points: list[CheckedPoint] = check_points(network, box, [problem.input_from(v) for v in solutions], prop)
+        points += polished or []
         cex = max((p for p in points if p.confirmed), key=lambda p: p.margin, default=None)
         if cex is None and result.objective is not None and result.objective >= 0 and points:
             # The solver's point violates the property in the MILP but not (yet) on the real network: a few PGD
             # steps from it usually cross the boundary the solver reached within its tolerances.
-            polish = pgd(network, box, prop, restarts=1, steps=self.polish_steps, starts=[points[0].x],
-                         step_scale=0.5)
+            polish = pgd(network, box, prop, restarts=1, steps=max(self.polish_steps, 1), starts=[points[0].x],
+                         step_scale=0.5, include_center=False)
             points.extend(polish.points)
             cex = polish.counterexample
             stats["polished"] = True

@@ -8,6 +8,11 @@ input's form (no column). Otherwise the output ``y ∈ [l*, max u]`` gets binari
 
 ``a_i = 1`` forces ``y = x_i``; with ``a_i = 0`` the row is slack because ``y`` is some other candidate,
 ``y <= U_{-i}`` and ``x_i >= l_i``. Padded positions hold -inf and are never candidates.
+
+ReLU followed by MaxPool (the reference architecture) is encoded as one ``y = max(0, x_1, ..., x_n)`` over the
+*pre-activations* (``relu_first``): ``max_i relu(x_i) = max(0, max_i x_i)``, so the constant 0 joins each window as one
+more candidate with bounds [0, 0]. The ReLUs then need no binaries of their own, and pruning with the
+pre-activation bounds drops every input that cannot exceed 0 or the window's best lower bound.
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ class PoolColumns:
     windows: np.ndarray  # output index of each multi-candidate window
     y: np.ndarray
     cand_window: np.ndarray  # position (into ``windows``) of each candidate
-    cand_input: np.ndarray  # flat input index of each candidate
+    cand_input: np.ndarray  # flat input index of each candidate (== number of inputs: the constant 0)
     a: np.ndarray
+    relu_first: bool = False
 
     def assign(self, v: np.ndarray, pre: np.ndarray, out: np.ndarray) -> None:
         """Write the values real input/output tensors ``pre``/``out`` (flattened) imply into ``v``."""
         v[self.y] = out[self.windows]
+        if self.relu_first:
+            pre = np.append(pre, 0.0)
         vals = pre[self.cand_input]
         best = out[self.windows][self.cand_window]
         hit = np.flatnonzero(vals >= best)
@@ -68,10 +76,20 @@ def pool_windows(op: MaxPool2d, in_shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def encode_maxpool(enc: Encoding, x: AffineForm, lower: np.ndarray, upper: np.ndarray, op: MaxPool2d,
-                   in_shape: tuple[int, int, int]) -> tuple[AffineForm, dict, PoolColumns]:
-    """Encode a MaxPool node given bounds on its input; returns the output form, counts and columns."""
+                   in_shape: tuple[int, int, int], relu_first: bool = False) -> tuple[AffineForm, dict, PoolColumns]:
+    """Encode a MaxPool node given bounds on its input; returns the output form, counts and columns.
+
+    With ``relu_first``, ``x``/``lower``/``upper`` are the pre-activations of a ReLU whose output feeds the pool,
+    and the encoded output is ``max(0, window)``.
+    """
     lower, upper = lower.reshape(-1).astype(np.float64), upper.reshape(-1).astype(np.float64)
     win = pool_windows(op, in_shape)
+    n_in = x.size
+    if relu_first:  # the constant 0 as candidate number n_in of every window
+        win = np.concatenate([win, np.full((win.shape[0], 1), n_in)], axis=1)
+        x = AffineForm(sp.vstack([x.widen(enc.ncols), sp.csr_matrix((1, enc.ncols))], format="csr"),
+                       np.append(x.c, 0.0))
+        lower, upper = np.append(lower, 0.0), np.append(upper, 0.0)
     n_out, K = win.shape
     valid = win >= 0
     safe = np.where(valid, win, 0)
@@ -123,5 +141,5 @@ def encode_maxpool(enc: Encoding, x: AffineForm, lower: np.ndarray, upper: np.nd
         A = A + sp.csr_matrix((np.ones(nm), (multi, y)), shape=(n_out, ncols))
     A = sp.csr_matrix(A)
     stats = {"windows": int(n_out), "multi": int(nm), "binaries": int(ncand_total),
-             "pruned": int(valid.sum() - cand.sum())}
-    return AffineForm(A, c), stats, PoolColumns(multi, y, win_of, src, a)
+             "pruned": int(valid.sum() - cand.sum()), "relu_first": bool(relu_first)}
+    return AffineForm(A, c), stats, PoolColumns(multi, y, win_of, src, a, relu_first)
