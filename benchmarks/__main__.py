@@ -1,0 +1,78 @@
+"""``python -m benchmarks run --suite smoke|full``: run the benchmark suite, write ``<suite>.json`` and
+``<suite>.md`` to ``benchmarks/results/`` (or ``--out``), and exit with status 1 on a soundness violation.
+
+    python -m benchmarks run --suite smoke                       # CI: a few minutes
+    python -m benchmarks run --suite full --workers 2            # the committed figures (long)
+    python -m benchmarks run --suite full --steps topk,backends  # only some steps
+
+Single-threaded BLAS and torch (parallelism comes from ``--workers`` processes). The reference experiment's raw
+lines go to ``--work`` (default ``build/benchmarks/<suite>``) and are resumed by a re-run with the same settings.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from benchmarks.suite import ROOT, STEPS, SUITES, run_suite  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a suite")
+    run.add_argument("--suite", choices=sorted(SUITES), default="smoke")
+    run.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="where <suite>.json/.md go")
+    run.add_argument("--work", type=Path, default=None, help="raw batch lines (default build/benchmarks/<suite>)")
+    run.add_argument("--examples", type=Path, default=ROOT / "examples", help="folder with manifest.json and models/")
+    run.add_argument("--workers", type=int, default=None, help="processes for the reference experiment")
+    run.add_argument("--steps", default=None, help=f"comma-separated subset of {','.join(STEPS)}")
+    run.add_argument("--images", type=int, default=None, help="images of the reference experiment")
+    run.add_argument("--models", default=None, help="comma-separated model names (default: all shipped)")
+    run.add_argument("--quiet", action="store_true", help="no step log")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    cfg = SUITES[args.suite]
+    if args.steps:
+        steps = tuple(s.strip() for s in args.steps.split(",") if s.strip())
+        unknown = [s for s in steps if s not in STEPS]
+        if unknown:
+            parser.error(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
+        cfg = replace(cfg, steps=steps)
+    if args.workers:
+        cfg = replace(cfg, workers=args.workers)
+    if args.images:
+        cfg = replace(cfg, images=args.images)
+    if args.models:
+        cfg = replace(cfg, models=tuple(m.strip() for m in args.models.split(",") if m.strip()))
+    work = args.work or ROOT / "build" / "benchmarks" / cfg.name
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, flush=True)
+
+    results = run_suite(cfg, args.out, work, args.examples, log)
+    print(f"wrote {args.out / (cfg.name + '.json')} and {args.out / (cfg.name + '.md')} "
+          f"({results['seconds']:.0f} s)", flush=True)
+    if results["violations"]:
+        print(f"SOUNDNESS VIOLATIONS: {len(results['violations'])}", file=sys.stderr)
+        for v in results["violations"]:
+            print(f"  {v}", file=sys.stderr)
+        return 1
+    print("soundness checks passed", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

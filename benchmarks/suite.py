@@ -1,0 +1,248 @@
+"""The benchmark suite: one entry point for the reference experiment, the verifier micro-benchmarks, the
+top-k-vs-pairwise comparison, backend agreement and (full suite) the bounds benchmark.
+
+``smoke`` runs in CI in a few minutes and exists to catch soundness violations; ``full`` produces the committed
+figures. Both write ``<suite>.json`` (every number) and ``<suite>.md`` (tables, and the answers computed from the
+numbers) to the output folder; the full suite also draws the heatmaps of the three models side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = ("reference", "verifier", "topk", "backends", "bounds")
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """What a suite runs. Time limits are per search (reference) or per query (verifier steps)."""
+
+    name: str
+    steps: tuple[str, ...]
+    images: int
+    methods: tuple[str, ...]
+    time_limit: float
+    query_time_limit: float
+    delta: float
+    attack_restarts: int
+    attack_steps: int
+    tiny_queries: int
+    tiny_factors: tuple[float, ...]
+    model_images: int
+    factors: tuple[float, ...]
+    verifier_time_limit: float
+    tightenings: tuple[str, ...] = ("ibp", "crown", "lp")
+    solvers: tuple[str, ...] = ("highs", "cbc", "scip", "gurobi")
+    topk_modes: tuple[str, ...] = ("decide", "optimize")
+    workers: int = 1
+    heatmap_images: int = 0
+    models: tuple[str, ...] = field(default_factory=tuple)
+
+
+SUITES = {
+    "smoke": SuiteConfig(
+        name="smoke", steps=("reference", "topk", "backends"), images=1,
+        methods=("optimize-fixed",), time_limit=10.0, query_time_limit=4.0, delta=0.02,
+        attack_restarts=16, attack_steps=60, tiny_queries=4, tiny_factors=(1.2, 1.5, 2.0), model_images=0,
+        factors=(1.25,),
+        verifier_time_limit=8.0, tightenings=("ibp", "crown"), topk_modes=("decide", "optimize")),
+    "full": SuiteConfig(
+        name="full", steps=STEPS, images=5,
+        methods=("optimize-fixed", "optimize-sensitivity", "layer-search", "uniform"), time_limit=90.0,
+        query_time_limit=20.0, delta=0.01, attack_restarts=64, attack_steps=200, tiny_queries=8,
+        tiny_factors=(1.2, 1.5, 2.0, 3.0), model_images=2,
+        factors=(1.1, 1.25, 1.5), verifier_time_limit=60.0, heatmap_images=3),
+}
+
+
+def machine() -> dict:
+    from mlrobust.search.result import versions
+
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "versions": versions(),
+            "threads": {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}}
+    try:
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+# --- steps ----------------------------------------------------------------------------------------------------------
+def step_reference(cfg: SuiteConfig, examples: Path, work: Path, log: Callable) -> dict:
+    from benchmarks.suite_reference import aggregate, cascade_rates, run_reference, which_model
+
+    res = run_reference(examples, work / "reference", n_images=cfg.images, methods=list(cfg.methods),
+                        time_limit=cfg.time_limit, query_time_limit=cfg.query_time_limit, delta=cfg.delta,
+                        workers=cfg.workers, attack_restarts=cfg.attack_restarts, attack_steps=cfg.attack_steps,
+                        models=list(cfg.models) or None, log=log)
+    res["aggregate"] = aggregate(res["rows"])
+    res["cascade"] = cascade_rates(res["rows"])
+    res["answers"] = [which_model(res["rows"], m) for m in cfg.methods]
+    return res
+
+
+def _model_query_set(cfg: SuiteConfig, examples: Path, log: Callable) -> list:
+    """Calibrated object-only queries on the shipped models (first ``model_images`` images)."""
+    from benchmarks.suite_reference import shipped_models
+    from benchmarks.suite_verifier import model_queries
+    from mlrobust import load_onnx
+    from mlrobust.batch import load_jobs
+    from mlrobust.neighborhood import LayeredNeighborhood
+
+    queries = []
+    if cfg.model_images <= 0:
+        return queries
+    jobs = load_jobs(examples, limit=cfg.model_images)
+    for name, path in shipped_models(examples):
+        if cfg.models and name not in cfg.models:
+            continue
+        net = load_onnx(path)
+        for job in jobs:
+            nbhd = LayeredNeighborhood.build(job.pixels(), job.mask, net.sample_shape)
+            qs = model_queries(f"{name}/{job.id}", net, nbhd, job.target, 2, cfg.factors)
+            log(f"queries: {name}/{job.id}: CROWN proves the object up to eps = {qs[0].info['crown_radius']:.4f}")
+            queries.extend(qs)
+    return queries
+
+
+def step_verifier(cfg: SuiteConfig, queries: list, log: Callable) -> dict:
+    """Tightening methods on HiGHS, then every available solver on CROWN bounds, decide mode."""
+    from benchmarks.suite_verifier import agreement, available_solvers, solve_query
+
+    solvers = available_solvers(cfg.solvers)
+    tightening_rows, solver_rows = [], []
+    for q in queries:
+        for t in cfg.tightenings:
+            row = solve_query(q, t, "highs", "decide", cfg.verifier_time_limit)
+            tightening_rows.append(row)
+            log(f"verifier: {q.name} {t}/highs -> {row['status']} ({row.get('seconds', 0):.2f} s)")
+        for s in solvers:
+            row = solve_query(q, "crown", s, "decide", cfg.verifier_time_limit)
+            solver_rows.append(row)
+            log(f"verifier: {q.name} crown/{s} -> {row['status']} ({row.get('seconds', 0):.2f} s)")
+    agree = agreement(solver_rows + tightening_rows)
+    violations = [{"kind": "verdicts disagree", "query": a["query"], "verdicts": a["verdicts"]}
+                  for a in agree if a["conflict"]]
+    return {"solvers": solvers, "tightening": tightening_rows, "solver": solver_rows, "agreement": agree,
+            "violations": violations}
+
+
+def step_topk(cfg: SuiteConfig, queries: list, log: Callable) -> dict:
+    from benchmarks.suite_verifier import topk_vs_pairwise
+
+    rows = []
+    violations = []
+    for q in queries:
+        for mode in cfg.topk_modes:
+            r = topk_vs_pairwise(q, "highs", mode, cfg.verifier_time_limit)
+            rows.append(r)
+            log(f"top-k: {q.name} {mode}: one MILP {r['one_milp']['status']} {r['one_milp']['seconds']:.2f} s, "
+                f"pairwise {r['pairwise']['status']} {r['pairwise']['seconds']:.2f} s "
+                f"({r['pairwise']['solved']} MILPs)")
+            if r["conflict"]:
+                violations.append({"kind": "one-MILP and pairwise verdicts disagree", "query": q.name,
+                                   "mode": mode, "one_milp": r["one_milp"]["status"],
+                                   "pairwise": r["pairwise"]["status"]})
+            one, pair = r["one_milp"], r["pairwise"]
+            if (mode == "optimize" and one["status"] != "unknown" and pair["status"] != "unknown"
+                    and one.get("objective") is not None and pair.get("value") is not None
+                    and abs(one["objective"] - pair["value"]) > 1e-3 * (1 + abs(one["objective"]))):
+                violations.append({"kind": "one-MILP and pairwise optima differ", "query": q.name,
+                                   "one_milp": one["objective"], "pairwise": pair["value"]})
+    return {"rows": rows, "violations": violations}
+
+
+def step_bounds(log: Callable) -> dict:
+    """The bounds benchmark script (IBP vs CROWN), run as it is and kept as its own Markdown."""
+    from benchmarks import bench_bounds
+
+    rows, note = bench_bounds.run(list(bench_bounds.RADII), 3, 20000)
+    log("bounds: done")
+    return {"rows": rows, "image_note": note,
+            "markdown": bench_bounds.markdown(rows, note, "python -m benchmarks run --suite full")}
+
+
+# --- the suite --------------------------------------------------------------------------------------------------------
+def run_suite(cfg: SuiteConfig, out: Path, work: Path, examples: Path, log: Callable = print) -> dict:
+    """Run ``cfg``'s steps; write ``out/<name>.json`` and ``out/<name>.md``; return the results."""
+    from benchmarks.suite_report import heatmaps, markdown
+    from benchmarks.suite_verifier import tiny_queries
+
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    results: dict[str, Any] = {"suite": cfg.name, "config": _config_dict(cfg), "machine": machine(),
+                               "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
+                               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "violations": []}
+    step_seconds: dict[str, float] = {}
+    has_models = (examples / "manifest.json").is_file()
+    queries = None
+    for step in cfg.steps:
+        t0 = time.perf_counter()
+        if step in ("reference",) and not has_models:
+            log(f"{step}: skipped ({examples}/manifest.json not found)")
+            continue
+        if step == "reference":
+            results["reference"] = step_reference(cfg, examples, work, log)
+        elif step in ("verifier", "topk", "backends"):
+            if queries is None:
+                tiny = tiny_queries(cfg.tiny_queries, factors=cfg.tiny_factors)
+                model = _model_query_set(cfg, examples, log) if has_models else []
+                queries = {"tiny": tiny, "model": model}
+                results["queries"] = [{"name": q.name, "kind": q.kind, "target": q.target, "k": q.k, **q.info}
+                                      for q in tiny + model]
+            if step == "verifier":
+                results["verifier"] = step_verifier(cfg, queries["model"], log)
+            elif step == "backends":
+                results["backends"] = step_verifier(replace(cfg, tightenings=("ibp",)), queries["tiny"], log)
+            else:
+                results["topk"] = step_topk(cfg, queries["tiny"] + queries["model"], log)
+        elif step == "bounds":
+            results["bounds"] = step_bounds(log)
+        step_seconds[step] = time.perf_counter() - t0
+        results["violations"] += results.get(step, {}).get("violations", [])
+    results["step_seconds"] = step_seconds
+    results["seconds"] = time.perf_counter() - start
+    if cfg.heatmap_images and "reference" in results:
+        results["heatmaps"] = heatmaps(results["reference"], examples, out / "img", cfg.name, cfg.heatmap_images)
+    (out / f"{cfg.name}.json").write_text(json.dumps(_clean(results), indent=1, allow_nan=False) + "\n")
+    (out / f"{cfg.name}.md").write_text(markdown(results, out))
+    return results
+
+
+def _config_dict(cfg: SuiteConfig) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def _clean(value: Any) -> Any:
+    """Strict JSON: numpy values as Python ones, non-finite floats as null, paths as strings."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
