@@ -37,7 +37,8 @@ def tiny_model(path: Path, seed: int = 0, hidden: int = 8) -> Path:
              helper.make_node("Gemm", ["f", "w1", "b1"], ["h"], transB=1),
              helper.make_node("Relu", ["h"], ["a"]),
              helper.make_node("Gemm", ["a", "w2", "b2"], ["y"], transB=1)]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, SIDE, SIDE])],
+    graph = helper.make_graph(nodes, "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, SIDE, SIDE])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     return path
@@ -212,7 +213,8 @@ def test_dask_local_cluster(tiny, tmp_path):
     distributed = pytest.importorskip("distributed")
     model, npz, _ = tiny
     jobs = load_jobs(npz, limit=3)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
         out = tmp_path / "d.jsonl"
         run = run_batch(model, jobs[:2], out, FAST, dask_address=cluster.scheduler_address)
         assert run.written == 2 and run.executor.startswith("dask")

@@ -111,7 +111,7 @@ def npz_jobs(path: Path, split: str = "test", side_rule: str = "auto", start: in
             )
 
 
-# --- folders with a manifest -------------------------------------------------------------------------------------------
+# --- folders with a manifest ------------------------------------------------------------------------------------------
 def find_manifest(path: Path, split: str = "test") -> Path:
     """The manifest of ``path``: the file itself, ``path/manifest.json``, or ``path/<split>/manifest.json`` (the
     PNG folders of the data builder hold one folder per split)."""
