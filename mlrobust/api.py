@@ -150,7 +150,7 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
              method: str = "optimize", cutting: str = "fixed", verifier: Verifier | str | None = None,
              solver: Any = "highs", time_limit: float | None = 300.0, query_time_limit: float | None = 30.0,
              max_queries: int | None = None, delta: float = 0.002, certify: bool = True, grow: bool | None = None,
-             init: str = "zero", optimizer: OptimizerOptions | None = None,
+             init: str = "uniform", optimizer: OptimizerOptions | None = None,
              progress: ProgressCallback | None = None) -> SearchResult:
     """The maximal robust layered neighborhood of ``target`` around the perturbed object.
 

@@ -12,8 +12,8 @@ strongest inputs the verifier and a short attack know in its box) give ``M*`` an
 2. step length ``t``: where the linear model ``M* + t G . d`` reaches the margin ``safety * M*`` (still negative),
    capped by the trust radius ``eta`` and at least ``delta``;
 3. query the candidate. Robust: accept it, double ``eta``, and lower ``theta`` when the trust radius (not the
-   margin) limited the step. Refuted or unknown: CEGIS cuts towards ``eps*`` (:mod:`mlrobust.search.cegis`), halve
-   ``eta``, raise ``theta``.
+   margin) limited the step. Refuted or unknown: CEGIS cuts towards ``eps*`` (:mod:`mlrobust.search.cegis`),
+   ``theta`` rises, and if no cut was robust either, ``eta`` halves.
 
 The linear model is corrected by a factor ``kappa`` on the slope, learnt from what each step really did (the
 ratio of the observed margin change to the predicted one, geometrically smoothed): the worst-case margin of a ReLU
@@ -110,8 +110,12 @@ def optimize(problem: SearchProblem, eps_start: np.ndarray, cw: np.ndarray,
 
     def state(eps: np.ndarray) -> tuple[float, np.ndarray]:
         points = problem.weak_points(eps)
-        return worst_case_gradient(problem.network, problem.nbhd, problem.box(eps), points, problem.target,
+        m, G = worst_case_gradient(problem.network, problem.nbhd, problem.box(eps), points, problem.target,
                                    problem.k)
+        # The margin that matters is the one the verifier can prove: its bound where it gave one (the weak points'
+        # margin is only a lower estimate of the worst case, and incomplete tiers need slack beyond it).
+        bound = problem.proven_bound(eps)
+        return (max(m, bound) if bound is not None else m), G
 
     # One cheap probe first: if even the full range is robust there is nothing to search (a refutation is
     # usually the attack's, in milliseconds, and its counterexample seeds the cache).
@@ -176,15 +180,18 @@ def optimize(problem: SearchProblem, eps_start: np.ndarray, cw: np.ndarray,
             cut = cegis(problem, candidate, eps_star, cw, delta=opt.delta, max_cuts=opt.max_cuts)
             report.cuts += cut.cuts
             entry["outcome"] = "refuted" if verdict.is_not_robust else "unknown"
-            if verdict.is_not_robust:  # the margin reached at least the counterexample's
-                kappa = max(kappa, learn(kappa, predicted, float(verdict.margin) - m_star))
+            # the margin the verifier can prove reached at least 0 (Unknown), or the counterexample's (refuted)
+            reached = float(verdict.margin) if verdict.is_not_robust else 0.0
+            kappa = max(kappa, learn(kappa, predicted, reached - m_star))
             entry["cuts"] = cut.statuses
             if cut.eps is not None and problem.size(cut.eps) > problem.size(eps_star):
                 eps_star = cut.eps
                 moved = True
                 report.cut_successes += 1
                 problem.improve(eps_star)
-            eta /= 2
+            else:  # nothing gained in this direction: a smaller trust radius
+                eta /= 2
+            # closer to the boundary's tangent: trade size between layers rather than push outwards
             theta = min(opt.theta_max, theta + opt.theta_step)
         report.history.append(entry)
         if moved:

@@ -360,6 +360,16 @@ class SearchProblem:
         verdict.counterexample, verdict.margin = point.x, point.margin
         return verdict
 
+    def proven_bound(self, eps: np.ndarray) -> float | None:
+        """The verifier's proven upper bound on the worst-case margin for exactly ``eps`` (None if not queried,
+        not robust, or decided without a bound)."""
+        eps = self.clip(eps)
+        for rec in reversed(self.records):
+            if rec.verdict.is_robust and np.array_equal(rec.eps, eps):
+                bound = float(getattr(rec.verdict, "bound", np.nan))
+                return bound if np.isfinite(bound) else None
+        return None
+
     # --- weak points ------------------------------------------------------------------------------------------
     def weak_points(self, eps: np.ndarray, limit: int = 8) -> list[WeakPoint]:
         """The strongest known inputs of the box of ``eps``: every stored weak point and counterexample that lies in

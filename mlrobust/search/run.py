@@ -37,7 +37,7 @@ class SearchOptions:
     delta: float = 0.002
     certify: bool = True
     grow: bool | None = None
-    init: str = "zero"
+    init: str = "uniform"
     explore: bool = True
     refine: bool = True
     explore_share: float = 0.4
@@ -103,7 +103,7 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
         phases = []
         problem.use_cheap = cheap
         problem.deadline = deadline(opt.explore_share) if cheap else search_end
-        start = uniform_search(problem, 4 * opt.delta) if opt.init == "uniform" else np.zeros(n)
+        start = uniform_search(problem, opt.delta) if opt.init == "uniform" else np.zeros(n)
         eps, report = optimize(problem, start, cw, opt.optimizer)
         phases.append(("explore" if cheap else "optimize", report))
         if cheap:
