@@ -290,3 +290,18 @@ def test_cli_summary_and_errors(tiny, tmp_path):
     proc = subprocess.run(_cli("batch", model, tmp_path / "nothing", "--out", tmp_path / "x.jsonl"),
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_batch_searches_with_the_defaults_of_verify():
+    """``mlrobust batch`` and ``mlrobust verify`` share their search defaults (and those of ``maximize``)."""
+    import typer
+
+    from mlrobust.cli import _register, app
+
+    _register()
+    group = typer.main.get_command(app)
+    defaults = {name: {p.name: p.default for p in group.commands[name].params} for name in ("batch", "verify")}
+    settings = BatchSettings()
+    for key in ("k", "method", "cutting", "weights", "solver", "verifier", "time_limit", "query_time_limit",
+                "max_queries", "delta"):
+        assert defaults["batch"][key] == defaults["verify"][key] == getattr(settings, key), key

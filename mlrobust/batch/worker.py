@@ -64,21 +64,35 @@ class ModelRef:
         return net
 
 
+def _maximize_defaults() -> dict[str, Any]:
+    """The defaults of :func:`mlrobust.maximize`, so a batch searches exactly as ``mlrobust verify`` does."""
+    import inspect
+
+    from mlrobust.api import maximize
+
+    return {name: p.default for name, p in inspect.signature(maximize).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+_D = _maximize_defaults()
+
+
 @dataclass(frozen=True)
 class BatchSettings:
-    """The search settings of a batch run (one per run; they are part of its fingerprint)."""
+    """The search settings of a batch run (one per run; they are part of its fingerprint). Defaults are those of
+    :func:`mlrobust.maximize`."""
 
-    k: int = 2
-    method: str = "optimize"
-    cutting: str = "fixed"
-    weights: str = "uniform"
-    solver: str = "highs"
+    k: int = _D["k"]
+    method: str = _D["method"]
+    cutting: str = _D["cutting"]
+    weights: str = _D["weights"]
+    solver: str = _D["solver"]
     verifier: str = "cascade"
-    time_limit: float | None = 300.0
-    query_time_limit: float | None = 60.0
-    max_queries: int | None = None
-    delta: float = 0.01
-    certify: bool = True
+    time_limit: float | None = _D["time_limit"]
+    query_time_limit: float | None = _D["query_time_limit"]
+    max_queries: int | None = _D["max_queries"]
+    delta: float = _D["delta"]
+    certify: bool = _D["certify"]
 
     def validate(self) -> "BatchSettings":
         """Fail before any job runs on settings every job would reject."""
