@@ -121,3 +121,29 @@ def test_example_scripts_run(files, capsys):
     out = capsys.readouterr().out
     assert "verifier ibp+sampling" in out and "re-checked by the cascade: robust" in out
     np.testing.assert_equal(True, "proven: True" in out)
+
+
+def test_custom_property_matches_check(files, tmp_path, capsys):
+    """The VNN-LIB property written by examples/custom_property.py asks the same question as ``mlrobust.check``."""
+    from mlrobust import load_onnx
+    from mlrobust.neighborhood.image_io import read_mask
+    from mlrobust.neighborhood.layers import layer_index
+    from mlrobust.verify.vnnlib import check_vnnlib, parse_vnnlib
+
+    prop_mod = load_example("custom_property")
+    model, image, mask, target = files
+    layers = int(layer_index(read_mask(mask)).max()) + 1
+    answers = set()
+    for eps in (0.02, 1.0):
+        out = tmp_path / f"p{eps}.vnnlib"
+        assert prop_mod.main([str(image), "--object-mask", str(mask), "--target", str(target), "--object-eps",
+                              str(eps), "--eps", str(eps), "--out", str(out)]) == 0
+        prop = parse_vnnlib(out)
+        assert prop.num_inputs == 64 and prop.num_outputs == 10 and len(prop.regions[0].clauses) == 36
+        res = check_vnnlib(load_onnx(model), prop, timeout=60)
+        check = mlrobust.check(model, image, target, [eps] * layers, object_mask=mask, verifier="milp",
+                               time_limit=60)
+        assert {"robust": "unsat", "not_robust": "sat"}[check.status] == res.status
+        answers.add(res.status)
+    assert answers == {"sat", "unsat"}
+    assert "36 disjuncts" in capsys.readouterr().out
