@@ -41,14 +41,15 @@ def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     return code, " ".join(captured.out.split()), " ".join(captured.err.split())
 
 
-def base(files, *extra):
+def base(files, *extra, time_limit="60"):
     return ("verify", files["model"], files["image"], "--target", files["target"], "--object-mask", files["mask"],
-            "--time-limit", "60", *extra)
+            "--time-limit", time_limit, *extra)
 
 
 def test_search_writes_table_json_and_heatmap(monkeypatch, capsys, files):
     out_json, out_png = files["dir"] / "r.json", files["dir"] / "h.png"
-    code, out, err = run_cli(monkeypatch, capsys, *base(files, "--json", out_json, "--heatmap", out_png))
+    code, out, err = run_cli(monkeypatch, capsys, *base(files, "--json", out_json, "--heatmap", out_png,
+                                                         time_limit="8"))
     assert code == 0, err
     assert "Robust layered neighborhood of label" in out and "size w·ε" in out and "MILP calls" in out
     assert "layers certified maximal" in out and "Traceback" not in out + err

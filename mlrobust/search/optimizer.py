@@ -13,7 +13,8 @@ strongest inputs the verifier and a short attack know in its box) give ``M*`` an
    capped by the trust radius ``eta`` and at least ``delta``;
 3. query the candidate. Robust: accept it, double ``eta``, and lower ``theta`` when the trust radius (not the
    margin) limited the step. Refuted or unknown: CEGIS cuts towards ``eps*`` (:mod:`mlrobust.search.cegis`),
-   ``theta`` rises, and if no cut was robust either, ``eta`` halves.
+   ``theta`` rises, and unless a cut gained at least half a tolerance step (``delta * max(w) / 2``), ``eta``
+   halves.
 
 The linear model is corrected by a factor ``kappa`` on the slope, learnt from what each step really did (the
 ratio of the observed margin change to the predicted one, geometrically smoothed): the worst-case margin of a ReLU
@@ -184,12 +185,15 @@ def optimize(problem: SearchProblem, eps_start: np.ndarray, cw: np.ndarray,
             reached = float(verdict.margin) if verdict.is_not_robust else 0.0
             kappa = max(kappa, learn(kappa, predicted, reached - m_star))
             entry["cuts"] = cut.statuses
+            gained = 0.0
             if cut.eps is not None and problem.size(cut.eps) > problem.size(eps_star):
+                gained = problem.size(cut.eps) - problem.size(eps_star)
                 eps_star = cut.eps
                 moved = True
                 report.cut_successes += 1
                 problem.improve(eps_star)
-            else:  # nothing gained in this direction: a smaller trust radius
+            if gained < opt.delta * float(np.max(w)) / 2:
+                # nothing (worth a query) gained in this direction: a smaller trust radius
                 eta /= 2
             # closer to the boundary's tangent: trade size between layers rather than push outwards
             theta = min(opt.theta_max, theta + opt.theta_step)
