@@ -119,3 +119,15 @@ def test_query_budget_stops_with_a_proven_result():
     assert res.stats.verifier_calls <= 6
     assert res.verified and truth(pb, res.epsilons) < -ROBUST_TOLERANCE
     assert "query limit" in res.stop_reason or any(m.status == "unchecked" for m in res.maximality)
+
+
+@pytest.mark.parametrize("weights,k", [("count", 2), ("uniform", 1)])
+def test_other_weights_and_k(weights, k):
+    net, image, target, mask = tiny_case(6, hidden=3, classes=3)
+    nbhd = LayeredNeighborhood.build(image, mask, net.sample_shape)
+    pb = SearchProblem(net, nbhd, target, ExactLpVerifier(), k=k, weights=weights, budget=Budget(time_limit=60))
+    res = run_search(pb, SearchOptions(delta=DELTA))
+    w = nbhd.counts.astype(float) if weights == "count" else np.ones(nbhd.num_layers)
+    np.testing.assert_allclose(res.weights, w)
+    assert res.size == pytest.approx(float(w @ res.epsilons)) and res.k == k
+    assert_robust_and_maximal(res, pb)

@@ -108,8 +108,9 @@ def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bo
                 results[d] = LayerMaximality(d, "refuted", float(eps[d]), float(trial[d]), verdict.tier,
                                              float(verdict.margin), np.asarray(verdict.counterexample))
             elif verdict.tier == "budget":
-                results[d] = LayerMaximality(d, "unchecked", float(eps[d]), float(trial[d]), verdict.tier,
-                                             reason=getattr(verdict, "reason", ""))
+                prev = next((m for m in previous or [] if m.layer == d and m.status != "unchecked"), None)
+                results[d] = prev or LayerMaximality(d, "unchecked", float(eps[d]), float(trial[d]), verdict.tier,
+                                                     reason=getattr(verdict, "reason", ""))
             else:
                 results[d] = LayerMaximality(d, "unknown", float(eps[d]), float(trial[d]), verdict.tier,
                                              reason=getattr(verdict, "reason", ""))
