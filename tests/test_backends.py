@@ -249,3 +249,29 @@ def test_broken_plugin_says_which(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(SolverNotAvailableError, match="broken.*failed to load"):
         get_backend("broken")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_time_limited_runs_report_a_valid_bound(name):
+    """A run stopped by its time limit must still report a bound above every feasible point (a wrong-signed
+    "best possible" from a time-limited CBC run, read through Pyomo, once turned such a run into a false proof)."""
+    backend = require(name)
+    from mlrobust.milp.builder import topk_model
+    from mlrobust.verify.attack import PgdAttack
+    from mlrobust.verify.verdict import Robust
+
+    net = reference_network(0, size=16)
+    x = np.random.default_rng(0).uniform(0, 1, net.sample_shape)
+    box = Box.around(x, 0.2)
+    target = int(np.argsort(-net.logits(x[None])[0])[1])
+    t = tighten(net, box.lower, box.upper, "crown", target=target)
+    builder, problem = topk_model(net, t.bounds, target, 2, t.margin_lower, t.margin_upper)
+    attack = PgdAttack().run(net, box, target, 2)
+    feasible = problem.objective_value(builder.assignment(attack.best.x))
+    assert feasible >= 0  # the query is not robust
+    res = backend.solve(problem, time_limit=1.5)
+    assert res.bound >= feasible - 1e-6, (res.status, res.bound, feasible)
+    if res.objective is not None:
+        assert res.bound >= res.objective - 1e-6 * (1 + abs(res.objective))
+    verdict = MilpVerifier(backend, "crown").verify(net, box, target, 2, mode="decide", time_limit=1.5)
+    assert not isinstance(verdict, Robust)

@@ -1,9 +1,13 @@
 """Any solver Pyomo can drive (``pyomo:NAME``): the MILP is emitted as a Pyomo model and solved to optimality.
 
 Pyomo's generic interface has no early stop on the objective's sign and no solution pool, so decide mode solves to
-optimality here (still sound: the verdict uses the reported bound and re-checks the point). The proven bound is
-Pyomo's ``results.problem.upper_bound`` (the dual bound of a maximisation); where a solver reports none, an optimal
-objective stands in for it.
+optimality here (still sound: the verdict uses the reported bound and re-checks the point).
+
+The model is handed over as a *minimisation* of ``-m``, and the proven bound is read as ``-results.problem.
+lower_bound``: with a maximisation, Pyomo's CBC plugin reads the "best possible" value of a time-limited CBC 2.10
+run (printed in CBC's internal minimisation sense) with the wrong sign, which would turn an open query into a
+false proof. Minimisation is every plugin's native sense. A bound below the incumbent's own objective is
+inconsistent and reported as an error, never used. Where a solver reports no bound, an optimal objective stands in.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class PyomoBackend:
         from pyomo.opt import TerminationCondition as TC
 
         start = time.perf_counter()
-        model = to_pyomo(problem)
+        model = to_pyomo(problem, minimize=True)
         build = time.perf_counter() - start
         opt = pyo.SolverFactory(self.solver_name)
         for key, value in self.options.items():
@@ -79,20 +83,28 @@ class PyomoBackend:
         if len(results.solution) > 0:
             model.solutions.load_from(results)
             x = values_from_pyomo(model, problem)
+            # A run stopped before finding a feasible point may still hand back values (CBC does): drop them.
+            if x is not None and problem.max_violation(x) > 1e-5 * (1.0 + float(np.max(np.abs(x), initial=0.0))):
+                x = None
         objective = problem.objective_value(x) if x is not None else None
-        bound = _finite_or(results.problem.upper_bound, float("inf"))
+        bound = -_finite_or(results.problem.lower_bound, float("-inf"))
         if tc == TC.optimal:
             status = OPTIMAL
             if not np.isfinite(bound) and objective is not None:
                 bound = objective
         elif tc in (TC.infeasible, TC.infeasibleOrUnbounded):
             status, bound = INFEASIBLE, float("-inf")
-        elif tc in (TC.maxTimeLimit, TC.maxIterations, TC.maxEvaluations, TC.userInterrupt, TC.other):
+        elif tc in (TC.maxTimeLimit, TC.maxIterations, TC.maxEvaluations, TC.userInterrupt, TC.other,
+                    TC.intermediateNonInteger):
             status = TIME_LIMIT
         else:
             status = ERROR
+        message = str(tc)
+        if objective is not None and bound < objective - 1e-6 * (1.0 + abs(objective)):
+            status, message = ERROR, f"{tc}: reported bound {bound} is below the incumbent's objective {objective}"
+            bound = float("inf")
         return SolveResult(status=status, objective=objective, bound=bound, x=x, seconds=seconds, solver=self.name,
-                           message=str(tc), stats={"pyomo_build_seconds": build})
+                           message=message, stats={"pyomo_build_seconds": build})
 
 
 def _finite_or(value, default: float) -> float:

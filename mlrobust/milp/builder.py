@@ -148,7 +148,7 @@ class MilpBuilder:
         return sum(s["unstable"] for s in self.layer_stats.values() if s["kind"] == "Relu")
 
     def add_topk(self, target: int, k: int, margin_lower: np.ndarray | None = None,
-                 margin_upper: np.ndarray | None = None) -> TopKObjective:
+                 margin_upper: np.ndarray | None = None, prune_below: float | None = None) -> TopKObjective:
         """Add the top-k objective; given margin bounds are intersected with the output form's own interval."""
         start = time.perf_counter()
         L, U = self.margin_interval(target)
@@ -157,7 +157,7 @@ class MilpBuilder:
         if margin_upper is not None:
             U = np.minimum(U, np.asarray(margin_upper, dtype=np.float64).reshape(-1))
         U = np.maximum(U, L)
-        obj = add_topk(self.enc, self.output_form, target, k, L, U)
+        obj = add_topk(self.enc, self.output_form, target, k, L, U, prune_below)
         self.topk = obj
         self.target, self.k = target, k
         self.seconds += time.perf_counter() - start
@@ -217,23 +217,30 @@ class MilpBuilder:
 
 
 def topk_model(network: Network, bounds: Bounds, target: int, k: int, margin_lower: np.ndarray | None = None,
-               margin_upper: np.ndarray | None = None) -> tuple[MilpBuilder, MilpProblem]:
-    """The top-k MILP for ``network`` over the box of ``bounds`` and the builder that made it."""
+               margin_upper: np.ndarray | None = None,
+               prune_below: float | None = None) -> tuple[MilpBuilder, MilpProblem]:
+    """The top-k MILP for ``network`` over the box of ``bounds`` and the builder that made it.
+
+    ``prune_below`` (decide mode): see :func:`mlrobust.milp.topk.add_topk`; the problem's stats then carry
+    ``dropped_upper``, which caps the optimum of the classes left out.
+    """
     if isinstance(target, bool) or not 0 <= int(target) < network.num_classes:
         raise InputError(f"target {target} is not a label of this model (labels 0..{network.num_classes - 1})")
     if not 1 <= k < network.num_classes:
         raise InputError(f"k must be between 1 and {network.num_classes - 1} for a model with "
                          f"{network.num_classes} labels")
     builder = MilpBuilder(network, bounds).run()
-    obj = builder.add_topk(int(target), int(k), margin_lower, margin_upper)
+    obj = builder.add_topk(int(target), int(k), margin_lower, margin_upper, prune_below)
     problem = builder.problem(obj.objective_col, {
         "class_binaries": int(obj.class_binaries.size), "classes_pruned": obj.pruned,
+        "dropped_upper": obj.dropped_upper,
         "margin_lower_bound": obj.m_lower, "margin_upper_bound": obj.m_upper, "target": int(target), "k": int(k),
     })
     return builder, problem
 
 
 def build_topk_milp(network: Network, bounds: Bounds, target: int, k: int,
-                    margin_lower: np.ndarray | None = None, margin_upper: np.ndarray | None = None) -> MilpProblem:
+                    margin_lower: np.ndarray | None = None, margin_upper: np.ndarray | None = None,
+                    prune_below: float | None = None) -> MilpProblem:
     """The whole top-k MILP for ``network`` over the box of ``bounds``: maximise the k-th largest margin."""
-    return topk_model(network, bounds, target, k, margin_lower, margin_upper)[1]
+    return topk_model(network, bounds, target, k, margin_lower, margin_upper, prune_below)[1]

@@ -6,7 +6,9 @@ Clause ``i`` holds when every row ``g_ij(y) = h_ij - G_ij · y >= 0``. With boun
 
 where ``m_hi = max_i min_j U_ij``. The optimum is ``max_i min_j g_ij`` over the box: some clause is satisfiable
 (VNN-LIB "sat") iff it is ``>= 0``. The big-M argument is the one of :mod:`mlrobust.milp.topk` (k = 1 over
-clauses, with a minimum inside each clause); a single clause needs no binary.
+clauses, with a minimum inside each clause); a single clause needs no binary. As for top-k, deciding only the sign
+allows dropping every clause with ``min_j U_ij < prune_below < 0`` (it can never hold); the optimum is then capped by
+``max(m_R, dropped_upper)``.
 """
 
 from __future__ import annotations
@@ -51,19 +53,26 @@ class DisjunctionObjective:
     clause_binaries: np.ndarray
     m_lower: float
     m_upper: float
+    dropped_upper: float = float("-inf")
 
 
 def add_disjunction(enc: Encoding, out: AffineForm, clauses: list[Clause], lower: list[np.ndarray],
-                    upper: list[np.ndarray]) -> DisjunctionObjective:
+                    upper: list[np.ndarray], prune_below: float | None = None) -> DisjunctionObjective:
     """Add ``m`` and its rows; ``lower[i]``/``upper[i]`` bound the rows ``g_ij`` of clause ``i``.
 
     Every clause must have at least one row (a clause without rows always holds; callers decide it directly).
     """
     mins_U = np.array([np.min(u) for u in upper])
     mins_L = np.array([np.min(l) for l in lower])
-    m_hi, m_lo = float(np.max(mins_U)), float(np.max(mins_L))
+    dropped_upper = float("-inf")
+    candidates = np.arange(len(clauses))
+    if prune_below is not None and np.any(mins_U >= prune_below):
+        candidates = np.flatnonzero(mins_U >= prune_below)
+        if candidates.size < len(clauses):
+            dropped_upper = float(np.max(np.delete(mins_U, candidates)))
+    m_hi, m_lo = float(np.max(mins_U[candidates])), float(np.max(mins_L[candidates]))
     # A clause whose best case is below another clause's worst case never attains the maximum.
-    keep = np.flatnonzero(mins_U >= m_lo)
+    keep = candidates[mins_U[candidates] >= m_lo]
     m = enc.add_columns(np.array([m_lo]), np.array([m_hi]), False, "objective")
     delta = enc.add_binaries(keep.size, "clause_binary") if keep.size > 1 else np.zeros(0, dtype=np.int64)
     ncols = enc.ncols
@@ -79,4 +88,4 @@ def add_disjunction(enc: Encoding, out: AffineForm, clauses: list[Clause], lower
     if delta.size:
         enc.add_rows(sp.csr_matrix((np.ones(delta.size), (np.zeros(delta.size, dtype=np.int64), delta)),
                                    shape=(1, ncols)), 1.0, 1.0, "clause_choice")
-    return DisjunctionObjective(int(m[0]), delta, m_lo, m_hi)
+    return DisjunctionObjective(int(m[0]), delta, m_lo, m_hi, dropped_upper)

@@ -13,8 +13,11 @@ import numpy as np
 from mlrobust.milp.problem import MilpProblem
 
 
-def to_pyomo(problem: MilpProblem):
-    """A Pyomo model of ``problem``: variables ``model.v[j]``, constraints ``model.rows[i]``, objective ``model.obj``."""
+def to_pyomo(problem: MilpProblem, minimize: bool = False):
+    """A Pyomo model of ``problem``: variables ``model.v[j]``, constraints ``model.rows[i]``, objective ``model.obj``.
+
+    ``minimize=True`` states the objective as ``minimise -(c·v + offset)`` (same optimum, sign flipped).
+    """
     import pyomo.environ as pyo
     from pyomo.core.expr.numeric_expr import LinearExpression
 
@@ -44,10 +47,11 @@ def to_pyomo(problem: MilpProblem):
 
     model.rows = pyo.Constraint(range(problem.num_rows), rule=rule)
     nz = np.flatnonzero(problem.objective)
+    sign = -1.0 if minimize else 1.0
     model.obj = pyo.Objective(
-        expr=LinearExpression(constant=float(problem.offset), linear_coefs=problem.objective[nz].tolist(),
+        expr=LinearExpression(constant=sign * float(problem.offset), linear_coefs=(sign * problem.objective[nz]).tolist(),
                               linear_vars=[variables[j] for j in nz]),
-        sense=pyo.maximize)
+        sense=pyo.minimize if minimize else pyo.maximize)
     return model
 
 

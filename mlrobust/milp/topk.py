@@ -10,6 +10,11 @@ margins, so ``m* = max over the box of the k-th largest margin``; ``m* < 0`` iff
 A class with ``U_c < m_lo`` is beaten everywhere by the k classes with the largest ``L``: it can never be among the
 top-k, so it gets no binary and no row. If only k classes remain, every ``z_c`` is 1 and no binary is needed.
 
+Decide mode only needs the sign of ``m*``: a class with ``U_c < θ < 0`` can never be among k classes that all
+reach 0, so with ``prune_below=θ`` such classes are dropped too. The restricted optimum ``m_R`` then has the same
+sign as ``m*`` whenever ``m* >= 0``, and ``m* <= max(m_R, max of the dropped U_c)`` — the bound the verifier
+reports (``TopKObjective.dropped_upper``). Fewer classes means fewer binaries and a much tighter relaxation.
+
 The LP relaxation of this disjunction is weak (fractional ``z`` let ``m`` reach ``m_hi``), so each class also gets
 the valid row ``m <= m_hi - (m_hi - U_c) z_c`` (a chosen class caps ``m`` at its own upper bound ``U_c``); it
 tightens the root bound when the margin bounds come from CROWN or LP tightening.
@@ -49,15 +54,27 @@ class TopKObjective:
     m_lower: float
     m_upper: float
     pruned: int
+    dropped_upper: float = float("-inf")  # largest U_c among classes dropped by ``prune_below`` (decide mode)
 
 
 def add_topk(enc: Encoding, out: AffineForm, target: int, k: int, margin_lower: np.ndarray,
-             margin_upper: np.ndarray) -> TopKObjective:
-    """Add ``m`` and the top-k rows; ``margin_lower/upper`` have one entry per class (the target's is ignored)."""
+             margin_upper: np.ndarray, prune_below: float | None = None) -> TopKObjective:
+    """Add ``m`` and the top-k rows; ``margin_lower/upper`` have one entry per class (the target's is ignored).
+
+    ``prune_below`` (decide mode, a negative threshold) also drops classes whose ``U_c`` is below it, as long as
+    k classes remain; the optimum then only keeps its sign (see the module docstring).
+    """
     num_classes = out.size
-    others = np.delete(np.arange(num_classes), target)
-    L = np.asarray(margin_lower, dtype=np.float64).reshape(-1)[others]
-    U = np.asarray(margin_upper, dtype=np.float64).reshape(-1)[others]
+    all_others = np.delete(np.arange(num_classes), target)
+    L_all = np.asarray(margin_lower, dtype=np.float64).reshape(-1)[all_others]
+    U_all = np.asarray(margin_upper, dtype=np.float64).reshape(-1)[all_others]
+    dropped_upper = float("-inf")
+    others, L, U = all_others, L_all, U_all
+    if prune_below is not None and np.count_nonzero(U_all >= prune_below) >= k:
+        sel = U_all >= prune_below
+        if not sel.all():
+            dropped_upper = float(np.max(U_all[~sel]))
+        others, L, U = all_others[sel], L_all[sel], U_all[sel]
     m_lo, m_hi = kth_largest(L, k), kth_largest(U, k)
     keep = U >= m_lo
     kept = others[keep]
@@ -69,7 +86,8 @@ def add_topk(enc: Encoding, out: AffineForm, target: int, k: int, margin_lower: 
         z = np.zeros(0, dtype=np.int64)
     ncols = enc.ncols
     D, _ = margin_form(out, target, ncols)
-    Dk = AffineForm(D.A[np.flatnonzero(keep)], D.c[keep])
+    rows = np.searchsorted(all_others, kept)  # D has one row per class != target
+    Dk = AffineForm(D.A[rows], D.c[rows])
     em = unit_rows(np.repeat(m, kept.size), ncols)
     if z.size:
         big_m = np.maximum(m_hi - Lk, 0.0)
@@ -81,4 +99,4 @@ def add_topk(enc: Encoding, out: AffineForm, target: int, k: int, margin_lower: 
         enc.add_rows(em + unit_rows(z, ncols, m_hi - U[keep]), -INF, m_hi, "topk_cap")
     else:
         enc.add_rows(em - Dk.A, -INF, Dk.c, "topk")
-    return TopKObjective(int(m[0]), kept, z, m_lo, m_hi, int(others.size - kept.size))
+    return TopKObjective(int(m[0]), kept, z, m_lo, m_hi, int(all_others.size - kept.size), dropped_upper)

@@ -17,9 +17,9 @@ import numpy as np
 from mlrobust.backends.base import INFEASIBLE, OPTIMAL, STOPPED, TIME_LIMIT, SolverBackend, SolveResult, StopRule
 from mlrobust.backends.registry import get_backend
 from mlrobust.ir.graph import Network
-from mlrobust.milp.builder import build_topk_milp
+from mlrobust.milp.builder import MilpBuilder
 from mlrobust.milp.problem import MilpProblem
-from mlrobust.milp.tightening import METHODS, Tightened, tighten
+from mlrobust.milp.tightening import METHODS, Tightened, lp_margins, tighten
 from mlrobust.verify.attack import pgd
 from mlrobust.verify.base import Mode
 from mlrobust.verify.counterexample import CheckedPoint, TopKProperty, check_points, check_query, weak_points
@@ -34,12 +34,16 @@ class MilpVerifier:
     ``solver``: a backend name ("highs", "cbc", "scip", "gurobi", "pyomo:NAME", an entry point) or object.
     ``tightening``: "ibp", "crown" or "lp" (``lp_time_budget`` seconds of LP tightening at most).
     ``pool``: in optimise mode, how many solutions beyond the maximiser to ask the solver for.
+    ``margin_lp``: tighten the margin bounds ``y_c - y_t`` by LP over the encoded network before the top-k
+    objective is added (two LPs per class; in decide mode only for classes that might still reach 0). Tight margin
+    bounds let decide mode drop classes and shrink the big-M constants, which often decides the query outright.
     """
 
     name = "milp"
 
     def __init__(self, solver: str | SolverBackend | None = "highs", tightening: str = "crown",
-                 lp_time_budget: float | None = 10.0, pool: int = 4, polish_steps: int = 20):
+                 lp_time_budget: float | None = 10.0, pool: int = 4, polish_steps: int = 20,
+                 margin_lp: bool = True):
         if tightening not in METHODS:
             raise InputError(f"unknown bound tightening {tightening!r}; choose one of {', '.join(METHODS)}")
         self.backend = get_backend(solver)
@@ -47,6 +51,7 @@ class MilpVerifier:
         self.lp_time_budget = lp_time_budget
         self.pool = pool
         self.polish_steps = polish_steps
+        self.margin_lp = margin_lp
         self.last_problem: MilpProblem | None = None
 
     def tighten(self, network: Network, box: Box, target: int, time_limit: float | None = None) -> Tightened:
@@ -68,8 +73,28 @@ class MilpVerifier:
         if tightened is None or tightened.target != target or tightened.margin_upper is None:
             tightened = self.tighten(network, box, target, time_limit)
         t_tight = time.perf_counter() - start
-        problem = build_topk_milp(network, tightened.bounds, target, k, tightened.margin_lower,
-                                  tightened.margin_upper)
+        builder = MilpBuilder(network, tightened.bounds).run()
+        L, U = builder.margin_interval(target)
+        L = np.maximum(L, tightened.margin_lower)
+        U = np.maximum(np.minimum(U, tightened.margin_upper), L)
+        margin_lps, t_margin = 0, time.perf_counter()
+        if self.margin_lp and tightened.method != "lp":
+            classes = np.delete(np.arange(network.num_classes), target)
+            if mode == "decide":  # classes that cannot reach -tolerance are dropped anyway
+                classes = classes[U[classes] >= -ROBUST_TOLERANCE]
+            if classes.size >= k:
+                budget = None if self.lp_time_budget is None else time.perf_counter() + self.lp_time_budget
+                if time_limit is not None:
+                    limit = start + time_limit / 2
+                    budget = limit if budget is None else min(budget, limit)
+                L, U, margin_lps = lp_margins(builder, target, L, U, classes, budget)
+        t_margin = time.perf_counter() - t_margin
+        # Decide mode needs only the sign: classes that cannot reach -tolerance are left out of the disjunction.
+        obj = builder.add_topk(target, k, L, U, -ROBUST_TOLERANCE if mode == "decide" else None)
+        problem = builder.problem(obj.objective_col, {
+            "class_binaries": int(obj.class_binaries.size), "classes_pruned": obj.pruned,
+            "dropped_upper": obj.dropped_upper, "margin_lower_bound": obj.m_lower,
+            "margin_upper_bound": obj.m_upper, "target": int(target), "k": int(k)})
         self.last_problem = problem
         t_build = problem.stats["build_seconds"]
         stats = {
@@ -78,12 +103,14 @@ class MilpVerifier:
             "binaries": problem.num_binaries, "constraints": problem.num_rows, "nonzeros": problem.nnz,
             "unstable_relus": problem.stats["unstable_relus"], "tightening_stats": dict(tightened.stats),
             "margin_bounds": (problem.stats["margin_lower_bound"], problem.stats["margin_upper_bound"]),
+            "margin_lps": margin_lps, "margin_lp_seconds": t_margin, "class_binaries": obj.class_binaries.size,
         }
         prop = TopKProperty(target, k)
         m_hi = float(problem.stats["margin_upper_bound"])
-        if m_hi < -ROBUST_TOLERANCE:  # the bounds alone already decide
+        if max(m_hi, obj.dropped_upper) < -ROBUST_TOLERANCE:  # the bounds alone already decide
             stats["solve_seconds"] = 0.0
-            return Robust(tier="milp", seconds={"milp": time.perf_counter() - start}, stats=stats, bound=m_hi)
+            return Robust(tier="milp", seconds={"milp": time.perf_counter() - start}, stats=stats,
+                          bound=max(m_hi, obj.dropped_upper))
         remaining = None if time_limit is None else max(time_limit - (time.perf_counter() - start), 0.05)
         polished: list[CheckedPoint] = []
         stop = None
@@ -103,6 +130,11 @@ class MilpVerifier:
                             check_from=-0.1 * (m_hi - m_lo))
         result = self.backend.solve(problem, time_limit=remaining, stop=stop,
                                     pool=self.pool if mode == "optimize" else 0)
+        dropped = float(problem.stats.get("dropped_upper", float("-inf")))
+        if dropped > float("-inf") and result.bound < dropped:
+            # the proven bound of the restricted problem covers the kept classes; the dropped ones are capped by
+            # their own upper bounds (all below -tolerance)
+            result.bound = dropped
         stats["polished_incumbents"] = len(polished)
         stats.update({"solve_seconds": result.seconds, "status": result.status, "objective": result.objective,
                       "bound": result.bound, "nodes": result.nodes, "solver_message": result.message,
@@ -143,15 +175,3 @@ class MilpVerifier:
             reason = f"solver {result.solver or 'backend'} failed: {result.message}"
         return Unknown(tier="milp", seconds=seconds, stats=stats, weak_points=wps, reason=reason)
 
-
-def solve_margin(network: Network, box: Box, target: int, k: int = 2, solver: str | SolverBackend | None = "highs",
-                 tightening: str = "crown", time_limit: float | None = None) -> tuple[float | None, float, np.ndarray | None]:
-    """Optimise mode in one call: ``(best margin found, proven upper bound, maximiser)`` of the k-th largest margin."""
-    verifier = MilpVerifier(solver, tightening, pool=0)
-    verdict = verifier.verify(network, box, target, k, mode="optimize", time_limit=time_limit)
-    stats = verdict.stats
-    if "objective" not in stats:  # decided by the bounds
-        bound = stats["margin_bounds"][1]
-        return None, bound, None
-    x = verdict.weak_points[0].x if verdict.weak_points else None
-    return stats["objective"], stats["bound"], x

@@ -348,10 +348,11 @@ def decide_region(network: Network, region: VnnlibRegion, solver: str | SolverBa
         return VnnlibResult("unsat", seconds=time.perf_counter() - start, tier="bounds", stats=stats)
     if deadline is not None and time.perf_counter() >= deadline:
         return VnnlibResult("timeout", seconds=time.perf_counter() - start, tier="bounds", stats=stats)
-    obj = add_disjunction(builder.enc, builder.output_form, clauses, lows, highs)
+    obj = add_disjunction(builder.enc, builder.output_form, clauses, lows, highs, prune_below=-ROBUST_TOLERANCE)
     problem = builder.problem(obj.objective_col, {"clause_binaries": int(obj.clause_binaries.size)})
     backend = get_backend(solver)
     result = backend.solve(problem, time_limit=left(), stop=StopRule(0.0, -ROBUST_TOLERANCE))
+    result.bound = max(result.bound, obj.dropped_upper)
     stats.update({"status": result.status, "objective": result.objective, "bound": result.bound,
                   "binaries": problem.num_binaries, "variables": problem.num_cols, "solve_seconds": result.seconds})
     solutions = ([result.x] if result.x is not None else []) + list(result.pool)
