@@ -38,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--images", type=int, default=None, help="images of the reference experiment")
     run.add_argument("--models", default=None, help="comma-separated model names (default: all shipped)")
     run.add_argument("--quiet", action="store_true", help="no step log")
+    docs = sub.add_parser("docs", help="write docs/results.md from a suite's results")
+    docs.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "full.json")
+    docs.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args(argv)
+    if args.command == "docs":
+        return write_results_page(args.results, args.out)
 
     import torch
 
@@ -71,6 +76,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {v}", file=sys.stderr)
         return 1
     print("soundness checks passed", flush=True)
+    return 0
+
+
+def write_results_page(results_path: Path, out: Path) -> int:
+    """docs/results.md: how to reproduce, then the suite's report with links into benchmarks/results/."""
+    import json
+    import os
+
+    from benchmarks.suite_report import markdown
+
+    results = json.loads(results_path.read_text())
+    prefix = os.path.relpath(results_path.parent, out.parent).replace(os.sep, "/") + "/"
+    intro = (
+        "Every number on this page comes from one run of the benchmark suite, whose raw results are committed in "
+        f"[`{prefix}{results_path.name}`]({prefix}{results_path.name}); the text that compares the models is computed "
+        "from them. To reproduce (hours on two cores; a re-run resumes the searches it already finished):\n\n"
+        "```bash\n"
+        f"python -m benchmarks run --suite {results['suite']} --workers 2\n"
+        "python -m benchmarks docs          # this page, from benchmarks/results/full.json\n"
+        "```\n\n"
+        "The smoke suite (a few minutes; CI runs it through `tests/test_benchmarks_smoke.py` and fails on any "
+        "soundness violation) is `python -m benchmarks run --suite smoke`.\n")
+    body = markdown(results, link_prefix=prefix, title="Results")
+    head, rest = body.split("\n", 1)
+    out.write_text(head + "\n\n" + intro + rest)
+    print(f"wrote {out}")
     return 0
 
 

@@ -80,12 +80,17 @@ def commands(page: Path) -> list[Command]:
 
 
 def sandbox(where: Path) -> Path:
-    """A folder where the docs' commands run as from the repository root, writing nothing into it."""
+    """A folder where the docs' commands run as from the repository root, writing nothing into it.
+
+    ``MLROBUST_DOCS_EXAMPLES`` may point ``examples/`` at another folder of the same layout (to try new models).
+    """
     where.mkdir(parents=True, exist_ok=True)
-    for name in ("examples", "benchmarks"):
+    targets = {"examples": Path(os.environ.get("MLROBUST_DOCS_EXAMPLES", ROOT / "examples")),
+               "benchmarks": ROOT / "benchmarks"}
+    for name, target in targets.items():
         link = where / name
         if not link.exists():
-            link.symlink_to(ROOT / name)
+            link.symlink_to(target)
     (where / "docs" / "img").mkdir(parents=True, exist_ok=True)
     (where / "out").mkdir(exist_ok=True)
     return where

@@ -215,7 +215,7 @@ def run_suite(cfg: SuiteConfig, out: Path, work: Path, examples: Path, log: Call
     if cfg.heatmap_images and "reference" in results:
         results["heatmaps"] = heatmaps(results["reference"], examples, out / "img", cfg.name, cfg.heatmap_images)
     (out / f"{cfg.name}.json").write_text(json.dumps(_clean(results), indent=1, allow_nan=False) + "\n")
-    (out / f"{cfg.name}.md").write_text(markdown(results, out))
+    (out / f"{cfg.name}.md").write_text(markdown(results))
     return results
 
 

@@ -179,9 +179,10 @@ def topk_section(topk: dict) -> str:
                 "one MILP optimum", "pairwise optimum"], rows)])
 
 
-def markdown(results: dict, out: Path) -> str:
+def markdown(results: dict, link_prefix: str = "", title: str | None = None) -> str:
+    """The report; image links are ``link_prefix`` + the path relative to the results folder."""
     m = results["machine"]
-    parts = [f"# Benchmark suite: {results['suite']}\n",
+    parts = [f"# {title or 'Benchmark suite: ' + results['suite']}\n",
              f"Command: `{results['command']}`; started {results['started']}; {results['seconds']:.0f} s in all "
              f"({', '.join(f'{k} {v:.0f} s' for k, v in results['step_seconds'].items())}).\n",
              f"Machine: {m['cpus']} CPUs ({m['processor']}), {m['platform']}, Python {m['python']}; load average "
@@ -210,7 +211,7 @@ def markdown(results: dict, out: Path) -> str:
         if results.get("heatmaps"):
             parts.append("\n### Heatmaps (optimizer, fixed cutting weights)\n")
             for h in results["heatmaps"]:
-                parts.append(f"![{h['image']}]({Path(h['path']).relative_to(out).as_posix()})\n")
+                parts.append(f"![{h['image']}]({link_prefix}{h['path']})\n")
     if "verifier" in results:
         parts.append(verifier_section(
             results["verifier"], "Verifier micro-benchmarks",
@@ -284,5 +285,5 @@ def heatmaps(ref: dict, examples: Path, img_dir: Path, suite: str, n_images: int
             fig.colorbar(shown, ax=list(axes[1:]), fraction=0.025, pad=0.02).set_label("ε per pixel")
         path = img_dir / f"{suite}_{image_id.replace('/', '_')}.png"
         fig.savefig(path, bbox_inches="tight")
-        out.append({"image": image_id, "path": str(path), "models": list(maps)})
+        out.append({"image": image_id, "path": path.relative_to(img_dir.parent).as_posix(), "models": list(maps)})
     return out
