@@ -89,7 +89,8 @@ def test_per_layer_sum_matches_loop():
     grad = rng.normal(size=(3, 10, 11))
     expected = [grad[:, layers == d].sum() for d in range(layers.max() + 1)]
     np.testing.assert_allclose(per_layer_sum(grad, layers), expected)
-    np.testing.assert_allclose(per_layer_sum(grad[0], layers), [grad[0][layers == d].sum() for d in range(len(expected))])
+    first = [grad[0][layers == d].sum() for d in range(len(expected))]
+    np.testing.assert_allclose(per_layer_sum(grad[0], layers), first)
     batch = rng.normal(size=(4, 3, 10, 11))
     out = per_layer_sum_batch(batch, layers)
     assert out.shape == (4, len(expected))
@@ -184,7 +185,8 @@ def test_model_layouts():
     np.testing.assert_allclose(nb.per_layer_sum(grad), per_layer_sum(grad.reshape(5, 6), nb.layers))
     np.testing.assert_allclose(nb.per_layer_sum(grad[None])[0], nb.per_layer_sum(grad))
     flat_grad = grad.reshape(5, 6)
-    np.testing.assert_allclose(nb.per_layer_mean(grad), [flat_grad[nb.layers == d].mean() for d in range(nb.num_layers)])
+    means = [flat_grad[nb.layers == d].mean() for d in range(nb.num_layers)]
+    np.testing.assert_allclose(nb.per_layer_mean(grad), means)
 
 
 def test_layout_inference():

@@ -67,6 +67,8 @@ def build(args: argparse.Namespace) -> int:
             torch.save(model.state_dict(), state)
             (work / f"{name}.history.json").write_text(json.dumps(history))
         train_seconds = sum(row["seconds"] for row in history)
+        cpu = [row.get("cpu_seconds") for row in history]
+        cpu_seconds = round(sum(cpu), 1) if all(c is not None for c in cpu) else None
         models[name] = model.eval()
         result = evaluate(model, xt, yt, attack_n=args.attack_n, attack_steps=args.attack_steps)
         print(f"{name}: exact-set accuracy {result['exact_set_accuracy']:.4f}; PGD {result['pgd']['accuracy']}",
@@ -74,8 +76,8 @@ def build(args: argparse.Namespace) -> int:
         metrics[name] = {
             "file": f"models/{name}.onnx",
             "parameters": num_parameters(model),
-            "train": {**config_dict(config), "images": len(x), "seconds": round(train_seconds, 1),
-                      "history": history},
+            "train": {**config_dict(config), "images": len(x), "wall_seconds": round(train_seconds, 1),
+                      "cpu_seconds": cpu_seconds, "history": history},
             "test": result,
             "evaluated_in_seconds": round(time.perf_counter() - start - (0 if args.reuse else train_seconds), 1),
         }

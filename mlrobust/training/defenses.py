@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def black_rectangles(x: torch.Tensor, generator: torch.Generator, min_side: int = 4, max_side: int = 16) -> torch.Tensor:
+def black_rectangles(
+    x: torch.Tensor, generator: torch.Generator, min_side: int = 4, max_side: int = 16
+) -> torch.Tensor:
     """A copy of ``x`` (N, C, H, W) with one black (0) rectangle per image.
 
     Height and width are drawn independently and uniformly from ``min_side..max_side``; the position uniformly among

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +34,8 @@ class TrainConfig:
     pgd_steps: int = 7
     pgd_step_size: float | None = None
     pgd_ramp: float = 0.5
-    warm_start: str | None = None  # a state_dict file to start from (the PGD model starts from the clean one)
-    notes: dict = field(default_factory=dict)
+    # The name of a model in MODELS to start from (the PGD model starts from the undefended one).
+    warm_start: str | None = None
 
     def step_size(self) -> float:
         return self.pgd_step_size if self.pgd_step_size is not None else 2.5 * self.pgd_eps / self.pgd_steps
@@ -64,7 +64,7 @@ def train(
     history = []
     step = 0
     for epoch in range(config.epochs):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         model.train()
         order = torch.randperm(len(x), generator=gen)
         loss_sum, correct = 0.0, 0
@@ -94,6 +94,7 @@ def train(
             "loss": loss_sum / len(x),
             "train_exact_set_accuracy": correct / len(x),
             "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu_start,
         }
         history.append(row)
         log(f"[{config.defense}] epoch {row['epoch']}/{config.epochs} loss {row['loss']:.4f} "
@@ -103,18 +104,26 @@ def train(
 
 
 def config_dict(config: TrainConfig) -> dict:
+    """The settings that matter for ``config.defense`` (the PGD step size resolved)."""
     d = asdict(config)
+    if config.defense != "l0":
+        d.pop("rect_min"), d.pop("rect_max")
     if config.defense == "pgd":
         d["pgd_step_size"] = config.step_size()
+    else:
+        for key in ("pgd_eps", "pgd_steps", "pgd_step_size", "pgd_ramp"):
+            d.pop(key)
     return d
 
 
 # The three shipped models. The PGD model starts from the undefended one (a clean warm start keeps CPU time low:
-# adversarial training from scratch costs pgd_steps + 1 passes per batch for every epoch).
+# adversarial training from scratch costs pgd_steps + 1 passes per batch for every epoch). Its radius is 0.03: the
+# same schedule at 0.1 left this 3.8k-parameter network at 26% clean exact-set accuracy (3% under PGD at 0.1),
+# while 0.03 keeps 61% clean and 26% under PGD at 0.03 (the undefended model: 0%).
 MODELS: dict[str, TrainConfig] = {
     "mnist2_nodefense": TrainConfig(defense="none", epochs=20, lr=1e-2, seed=0),
     "mnist2_l0": TrainConfig(defense="l0", epochs=20, lr=1e-2, seed=1),
     "mnist2_pgd": TrainConfig(
-        defense="pgd", epochs=3, lr=3e-3, seed=2, pgd_eps=0.1, pgd_steps=7, warm_start="mnist2_nodefense"
+        defense="pgd", epochs=3, lr=3e-3, seed=2, pgd_eps=0.03, pgd_steps=7, warm_start="mnist2_nodefense"
     ),
 }
