@@ -201,7 +201,7 @@ def run_solvers(queries: list[Query], solvers: list[str], time_limit: float) -> 
     return rows
 
 
-def run_pyomo_route(queries: list[Query]) -> list[dict]:
+def run_pyomo_route(queries: list[Query], time_limit: float) -> list[dict]:
     """Direct highspy hand-over vs the Pyomo model (build + appsi HiGHS) on the same problems (optimise mode)."""
     rows = []
     for q in queries:
@@ -212,8 +212,8 @@ def run_pyomo_route(queries: list[Query]) -> list[dict]:
         start = time.perf_counter()
         to_pyomo(problem)
         pyomo_build = time.perf_counter() - start
-        direct = get_backend("highs").solve(problem, time_limit=60)
-        via = get_backend("pyomo:appsi_highs").solve(problem, time_limit=60)
+        direct = get_backend("highs").solve(problem, time_limit=time_limit)
+        via = get_backend("pyomo:appsi_highs").solve(problem, time_limit=time_limit)
         rows.append({"model": q.model, "image": q.image, "factor": q.factor, "nonzeros": problem.nnz,
                      "build_s": build, "pyomo_model_s": pyomo_build,
                      "direct_handover_s": direct.stats.get("handover_seconds", 0.0), "direct_total_s": direct.seconds,
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     tight_rows = run_tightening(queries, args.time_limit, args.lp_budget) if "tightening" not in args.skip else []
     spread = queries[:: max(1, len(queries) // max(args.solver_queries, 1))][: args.solver_queries]
     solver_rows = run_solvers(spread, args.solvers, args.time_limit) if "solvers" not in args.skip else []
-    pyomo_rows = run_pyomo_route(spread[:3]) if "pyomo" not in args.skip else []
+    pyomo_rows = run_pyomo_route(spread[:3], args.time_limit) if "pyomo" not in args.skip else []
     hard = [q for q in queries if q.factor == max(args.factors)][:2]
     limit_rows = run_time_limit(hard, 2.0) if "timelimit" not in args.skip else []
     text = markdown(note, radii, tight_rows, solver_rows, pyomo_rows, limit_rows, args, time.perf_counter() - start)

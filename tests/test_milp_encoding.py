@@ -72,7 +72,8 @@ def test_fixed_inputs_and_stable_relus_get_no_columns():
     assert np.array_equal(np.flatnonzero(problem.input_cols >= 0), np.flatnonzero(mask.reshape(-1)))
     relus = {name: s for name, s in builder.layer_stats.items() if s["kind"] == "Relu"}
     encoded = sum(s["unstable"] for s in relus.values() if not s.get("fused_into_maxpool"))
-    assert np.count_nonzero(kinds == "relu") == encoded == np.count_nonzero(kinds == "relu_binary")
+    relaxed = sum(s.get("relaxed", 0) for s in relus.values())
+    assert np.count_nonzero(kinds == "relu") == encoded == np.count_nonzero(kinds == "relu_binary") + relaxed
     # the second ReLU only feeds the max pool: encoded inside it, no ReLU columns of its own
     assert [s.get("fused_into_maxpool", False) for s in relus.values()] == [False, True]
     status = bounds.relu_status()
@@ -143,3 +144,25 @@ def test_network_without_free_inputs_is_a_constant():
     _, problem = topk_model(net, propagate(net, x, x, "ibp"), 2, 1)
     assert problem.stats["margin_lower_bound"] == pytest.approx(problem.stats["margin_upper_bound"])
     assert problem.stats["margin_upper_bound"] == pytest.approx(topk_margin(net.logits(x[None]), 2, 1)[0])
+
+
+def test_hairline_unstable_relus_are_relaxed_not_binary():
+    """Neurons unstable by less than RELAX_BELOW get the triangle relaxation: no binary, still feasible for every
+    real input, and the relaxation can only raise the optimum (so proofs stay proofs)."""
+    from mlrobust.milp.layers.relu import RELAX_BELOW, encode_relu
+
+    enc = Encoding()
+    cols = enc.add_columns(-np.ones(4), np.ones(4), False, "input")
+    x = AffineForm(__import__("scipy.sparse", fromlist=["identity"]).identity(4, format="csr"), np.zeros(4))
+    lower = np.array([-1.0, -RELAX_BELOW / 10, -1.0, -0.5])
+    upper = np.array([1.0, 1.0, RELAX_BELOW / 10, -0.1])
+    out, stats, rc = encode_relu(enc, x, lower, upper)
+    assert stats == {"inactive": 1, "active": 0, "unstable": 3, "relaxed": 2}
+    assert np.count_nonzero(enc.col_kinds() == "relu_binary") == 1
+    col_lower, col_upper, integer, A, row_lower, row_upper = enc.arrays()
+    for pre in np.random.default_rng(0).uniform(lower, upper, (200, 4)):
+        v = np.zeros(enc.ncols)
+        v[cols] = pre
+        rc.assign(v, pre)
+        act = A @ v
+        assert np.all(act >= row_lower - 1e-12) and np.all(act <= row_upper + 1e-12)

@@ -61,7 +61,7 @@ def a_query_needing_the_solver():
     for seed in range(50):
         net, box = net_and_box(seed)
         for target in range(4):
-            v = MilpVerifier("highs").verify(net, box, target, 1, mode="optimize")
+            v = MilpVerifier("highs", warm_start=False).verify(net, box, target, 1, mode="optimize")
             if "objective" in v.stats and v.stats["objective"] < -0.05:
                 return net, box, target, v
     raise AssertionError("no suitable query found")
@@ -190,3 +190,13 @@ def test_check_points_batches_both_executors():
     assert len(points) == 3
     for p in points:
         assert abs(p.margin - p.margin_torch) < 1e-4
+
+
+def test_warm_start_hands_the_solver_a_feasible_point():
+    net, box, target, _ = a_query_needing_the_solver()
+    verifier = MilpVerifier("highs")
+    v = verifier.verify(net, box, target, 1, mode="optimize", hints=[box.center, box.lower])
+    problem = verifier.last_problem
+    assert v.stats["warm_start"] and problem.start is not None
+    assert problem.max_violation(problem.start) <= 1e-9
+    assert problem.objective_value(problem.start) <= v.stats["objective"] + 1e-9

@@ -85,6 +85,8 @@ class GurobiBackend:
             model.Params.BestBdStop = float(np.nextafter(stop.dual_below, -np.inf))
         if pool > 0:
             model.Params.PoolSolutions = int(pool) + 1
+        if problem.start is not None:
+            v.Start = np.asarray(problem.start, dtype=np.float64)
         for key, value in self.params.items():
             model.setParam(key, value)
         handover = time.perf_counter() - start

@@ -80,6 +80,9 @@ class HighsBackend:
         h = self._highs(problem)
         if time_limit is not None:
             h.setOptionValue("time_limit", max(float(time_limit), 0.01))
+        if problem.start is not None:  # a MIP start: HiGHS's heuristics then search around a known point
+            h.setSolution(problem.num_cols, np.arange(problem.num_cols, dtype=np.int32),
+                          np.asarray(problem.start, dtype=np.float64))
         found: list[np.ndarray] = []
         state = {"timed_out": False, "stopped": False, "checks": 0, "accepted": False}
 

@@ -68,6 +68,11 @@ class ScipBackend:
             m.setParam("limits/dual", float(np.nextafter(stop.dual_below, -np.inf)))
         for key, value in self.params.items():
             m.setParam(key, value)
+        if problem.start is not None:
+            sol = m.createSol()
+            for var, val in zip(variables, np.asarray(problem.start, dtype=np.float64)):
+                m.setSolVal(sol, var, float(val))
+            m.addSol(sol, free=True)
         handover = time.perf_counter() - start
         m.optimize()
         seconds = time.perf_counter() - start

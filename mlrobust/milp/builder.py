@@ -105,7 +105,7 @@ class MilpBuilder:
             self.set_bounds(t, *self.form_interval(t))
             if node.kind == "Relu":
                 out, stats, cols = encode_relu(self.enc, inputs[0], self.lower[t], self.upper[t])
-                stats["binaries"] = stats["unstable"]
+                stats["binaries"] = stats["unstable"] - stats["relaxed"]
             else:
                 assert isinstance(node.op, MaxPool2d)
                 out, stats, cols = encode_maxpool(self.enc, inputs[0], self.lower[t], self.upper[t], node.op,

@@ -35,6 +35,9 @@ class MilpProblem:
     col_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     row_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     stats: dict = field(default_factory=dict)
+    #: A feasible point (column values) known before solving, e.g. the attack's best input completed by
+    #: :meth:`MilpBuilder.assignment`; backends that support MIP starts hand it to the solver.
+    start: np.ndarray | None = None
 
     @property
     def num_cols(self) -> int:
@@ -77,7 +80,8 @@ class MilpProblem:
         """The LP relaxation (same rows, integrality dropped)."""
         return MilpProblem(self.col_lower, self.col_upper, np.zeros_like(self.integer), self.A, self.row_lower,
                            self.row_upper, self.objective, self.offset, self.input_cols, self.input_base,
-                           self.input_shape, self.objective_col, self.col_kind, self.row_kind, dict(self.stats))
+                           self.input_shape, self.objective_col, self.col_kind, self.row_kind, dict(self.stats),
+                           self.start)
 
     def size_summary(self) -> str:
         return f"{self.num_cols} variables ({self.num_binaries} binary), {self.num_rows} constraints, {self.nnz} nonzeros"

@@ -53,6 +53,7 @@ class Cascade:
         seconds: dict[str, float] = {}
         stats: dict = {}
         wps: list[WeakPoint] = []
+        hints: list = []
 
         def left() -> float | None:
             return None if time_limit is None else max(time_limit - (time.perf_counter() - start), 0.0)
@@ -63,6 +64,7 @@ class Cascade:
             seconds["attack"] = result.seconds
             stats["attack"] = dict(result.stats, steps=result.steps_run)
             wps = [p.weak_point() for p in result.points]
+            hints = [p.x for p in result.points[:3]]
             cex = result.counterexample
             if cex is not None:
                 return NotRobust(tier="attack", seconds=seconds, stats=stats, weak_points=_merge(wps, limit=self.weak_point_limit),
@@ -88,7 +90,7 @@ class Cascade:
         reuse = tight if (tight is not None and isinstance(self.milp, MilpVerifier)
                           and self.milp.tightening == tight.method) else None
         if isinstance(self.milp, MilpVerifier):
-            verdict = self.milp.verify(network, box, target, k, mode, remaining, tightened=reuse)
+            verdict = self.milp.verify(network, box, target, k, mode, remaining, tightened=reuse, hints=hints)
         else:
             verdict = self.milp.verify(network, box, target, k, mode, remaining)
         seconds.update(verdict.seconds)

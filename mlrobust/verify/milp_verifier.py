@@ -37,13 +37,16 @@ class MilpVerifier:
     ``margin_lp``: tighten the margin bounds ``y_c - y_t`` by LP over the encoded network before the top-k
     objective is added (two LPs per class; in decide mode only for classes that might still reach 0). Tight margin
     bounds let decide mode drop classes and shrink the big-M constants, which often decides the query outright.
+    ``warm_start``: hand the solver a feasible point to start from — the best of the ``hints`` given to
+    :meth:`verify` (the cascade passes its attack's points), or else the best point of a short PGD run (in decide
+    mode, if that run already confirms a counterexample, it is the answer).
     """
 
     name = "milp"
 
     def __init__(self, solver: str | SolverBackend | None = "highs", tightening: str = "crown",
                  lp_time_budget: float | None = 10.0, pool: int = 4, polish_steps: int = 20,
-                 margin_lp: bool = True):
+                 margin_lp: bool = True, warm_start: bool = True):
         if tightening not in METHODS:
             raise InputError(f"unknown bound tightening {tightening!r}; choose one of {', '.join(METHODS)}")
         self.backend = get_backend(solver)
@@ -52,6 +55,7 @@ class MilpVerifier:
         self.pool = pool
         self.polish_steps = polish_steps
         self.margin_lp = margin_lp
+        self.warm_start = warm_start
         self.last_problem: MilpProblem | None = None
 
     def tighten(self, network: Network, box: Box, target: int, time_limit: float | None = None) -> Tightened:
@@ -61,18 +65,34 @@ class MilpVerifier:
         return tighten(network, box.lower, box.upper, self.tightening, target=target, time_budget=budget)
 
     def verify(self, network: Network, box: Box, target: int, k: int = 2, mode: Mode = "decide",
-               time_limit: float | None = None, *, tightened: Tightened | None = None) -> Verdict:
+               time_limit: float | None = None, *, tightened: Tightened | None = None,
+               hints: list[np.ndarray] | None = None) -> Verdict:
         """Decide (or, with ``mode="optimize"``, maximise) the k-th largest margin over ``box``.
 
-        ``tightened`` reuses bounds computed earlier for this box and target (the cascade passes its CROWN bounds).
+        ``tightened`` reuses bounds computed earlier for this box and target (the cascade passes its CROWN bounds);
+        ``hints`` are inputs of the box known to have large margins (the cascade passes its attack's points).
         """
         check_query(network, box, target, k)
         if mode not in ("decide", "optimize"):
             raise InputError(f"mode must be 'decide' or 'optimize', not {mode!r}")
         start = time.perf_counter()
+        prop = TopKProperty(target, k)
+        hints = [np.asarray(h, dtype=np.float64) for h in (hints or [])]
+        t_start_attack = 0.0
+        if self.warm_start and not hints:
+            attack = pgd(network, box, prop, restarts=4, steps=20, seed=0)
+            t_start_attack = attack.seconds
+            if attack.counterexample is not None and mode == "decide":  # optimise mode still wants the maximiser
+                cex = attack.counterexample
+                return NotRobust(tier="milp", seconds={"milp": time.perf_counter() - start},
+                                 stats={"found_by": "warm-start attack", "start_attack_seconds": t_start_attack},
+                                 weak_points=weak_points(attack.points, None if mode == "optimize" else 1),
+                                 counterexample=cex.x, margin=cex.margin)
+            hints = [p.x for p in attack.points[:1]]
+        t0 = time.perf_counter()
         if tightened is None or tightened.target != target or tightened.margin_upper is None:
             tightened = self.tighten(network, box, target, time_limit)
-        t_tight = time.perf_counter() - start
+        t_tight = time.perf_counter() - t0
         builder = MilpBuilder(network, tightened.bounds).run()
         L, U = builder.margin_interval(target)
         L = np.maximum(L, tightened.margin_lower)
@@ -95,6 +115,12 @@ class MilpVerifier:
             "class_binaries": int(obj.class_binaries.size), "classes_pruned": obj.pruned,
             "dropped_upper": obj.dropped_upper, "margin_lower_bound": obj.m_lower,
             "margin_upper_bound": obj.m_upper, "target": int(target), "k": int(k)})
+        if self.warm_start:
+            # Without a start HiGHS can spend a whole time limit without any feasible point of a big-M model,
+            # although every input of the box completes to one: start from the best hint or the box centre.
+            candidates = [box.clip(h) for h in hints] + [box.center]
+            margins = prop.margin(network.logits(np.stack(candidates)))
+            problem.start = builder.assignment(candidates[int(np.argmax(margins))])
         self.last_problem = problem
         t_build = problem.stats["build_seconds"]
         stats = {
@@ -104,8 +130,8 @@ class MilpVerifier:
             "unstable_relus": problem.stats["unstable_relus"], "tightening_stats": dict(tightened.stats),
             "margin_bounds": (problem.stats["margin_lower_bound"], problem.stats["margin_upper_bound"]),
             "margin_lps": margin_lps, "margin_lp_seconds": t_margin, "class_binaries": obj.class_binaries.size,
+            "start_attack_seconds": t_start_attack, "warm_start": problem.start is not None,
         }
-        prop = TopKProperty(target, k)
         m_hi = float(problem.stats["margin_upper_bound"])
         if max(m_hi, obj.dropped_upper) < -ROBUST_TOLERANCE:  # the bounds alone already decide
             stats["solve_seconds"] = 0.0
