@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pages = args.pages or sorted(DOCS.glob("*.md"))
     cwd = ROOT if args.in_place else sandbox(args.sandbox)
+    (cwd / "out").mkdir(exist_ok=True)  # where the pages' commands write (ignored by git in the repository)
     failed = 0
     for page in pages:
         results = []

@@ -1,5 +1,5 @@
 """The benchmark suite: one entry point for the reference experiment, the verifier micro-benchmarks, the
-top-k-vs-pairwise comparison, backend agreement and (full suite) the bounds benchmark.
+top-k-vs-pairwise comparison, backend agreement and (on request: ``--steps bounds``) the bounds benchmark.
 
 ``smoke`` runs in CI in a few minutes and exists to catch soundness violations; ``full`` produces the committed
 figures. Both write ``<suite>.json`` (every number) and ``<suite>.md`` (tables, and the answers computed from the

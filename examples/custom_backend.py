@@ -24,12 +24,33 @@ A package makes it available to the command line too, with an entry point in its
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 import time
 
 import numpy as np
 
 from mlrobust.backends.base import ERROR, INFEASIBLE, OPTIMAL, TIME_LIMIT, SolveResult, StopRule
 from mlrobust.milp.problem import MilpProblem
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """SciPy's bundled HiGHS prints debug lines from C++ straight to file descriptor 1; send them to /dev/null."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no real stdout (e.g. captured by a test runner)
+        yield
+        return
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 class ScipyMilpBackend:
@@ -58,8 +79,9 @@ class ScipyMilpBackend:
             options["time_limit"] = max(float(time_limit), 0.01)
         constraints = [LinearConstraint(problem.A, problem.row_lower, problem.row_upper)] if problem.num_rows else []
         # mlrobust MILPs maximise; scipy minimises: negate the objective, and the bounds on the way back.
-        res = milp(-problem.objective, integrality=problem.integer.astype(np.uint8),
-                   bounds=Bounds(problem.col_lower, problem.col_upper), constraints=constraints, options=options)
+        with _quiet_stdout():
+            res = milp(-problem.objective, integrality=problem.integer.astype(np.uint8),
+                       bounds=Bounds(problem.col_lower, problem.col_upper), constraints=constraints, options=options)
         seconds = time.perf_counter() - start
         x = None if res.x is None else np.asarray(res.x, dtype=np.float64)
         objective = None if x is None else problem.objective_value(x)
