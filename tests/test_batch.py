@@ -240,7 +240,19 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "from mlrobust.cli import main; main()", *map(str, args)]
 
 
-def test_cli_killed_midway_resumes_without_losing_or_repeating_lines(tmp_path):
+def _start_and_wait(args: list, env: dict, out: Path, lines: int) -> subprocess.Popen:
+    """Start ``mlrobust batch`` and return once ``out`` holds at least ``lines`` lines (it is still running)."""
+    proc = subprocess.Popen(_cli(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= lines:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped: " + proc.stderr.read().decode()[-500:]
+    return proc
+
+
+def test_cli_interrupted_and_killed_resumes_without_losing_or_repeating_lines(tmp_path):
     model = tiny_model(tmp_path / "tiny.onnx", seed=3)
     data = tiny_data(model, n=14, seed=5)
     npz = save_npz(tmp_path / "d.npz", {"test": data})
@@ -248,19 +260,22 @@ def test_cli_killed_midway_resumes_without_losing_or_repeating_lines(tmp_path):
     args = ["batch", model, npz, "--out", out, "--method", "uniform", "--delta", "0.05", "--time-limit", "20",
             "--target-side", "both", "--quiet"]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(_cli(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 90
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and out.read_bytes().count(b"\n") >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()[-500:]
+    # Ctrl-C: the run stops after the lines it wrote, says so, exits with 130
+    proc = _start_and_wait(args, env, out, 2)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and b"interrupted" in stdout
+    first = out.read_bytes()
+    n_first = first.count(b"\n")
+    assert first.endswith(b"\n") and 2 <= n_first < 28
+    # SIGKILL (no chance to clean up) while resuming: only complete lines reach the file
+    proc = _start_and_wait(args, env, out, n_first + 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = out.read_bytes()
-    assert before.endswith(b"\n")  # only complete lines reach the file
+    assert before.startswith(first) and before.endswith(b"\n")
     n_before = before.count(b"\n")
-    assert 3 <= n_before < 28
+    assert n_first + 2 <= n_before < 28
     with open(out, "ab") as fh:  # and a crash in the middle of a write leaves at worst a cut last line
         fh.write(b'{"schema":"mlrobust.batch/1","id":"test/00013/right","sta')
     done = subprocess.run(_cli(*args), env=env, capture_output=True, text=True, timeout=240)

@@ -65,30 +65,30 @@ def _serial(model: ModelRef, jobs: list[Job], settings: BatchSettings, fp: str) 
 def _processes(model: ModelRef, jobs: list[Job], settings: BatchSettings, fp: str, workers: int) -> Iterator[dict]:
     # spawn, not fork: a forked child inherits torch's and BLAS's thread pools in whatever state they are in
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_process) as pool:
-        pending: set[Future] = set()
-        queue = iter(jobs)
-        try:
-            # Keep at most two jobs per worker in flight: an interrupt then loses little queued work.
-            for job in queue:
-                pending.add(pool.submit(run_job, model, job, settings, fp))
-                if len(pending) >= 2 * workers:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_process)
+    pending: set[Future] = set()
+    queue = iter(jobs)
+    try:
+        # Keep at most two jobs per worker in flight: an interrupt then loses little queued work.
+        for job in queue:
+            pending.add(pool.submit(run_job, model, job, settings, fp))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                for job in queue:
+                    pending.add(pool.submit(run_job, model, job, settings, fp))
                     break
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    for job in queue:
-                        pending.add(pool.submit(run_job, model, job, settings, fp))
-                        break
-                    try:
-                        line = fut.result()
-                    except BrokenProcessPool:
-                        raise MlrobustError("a worker process died (out of memory?); the lines written so far are "
-                                            "kept: run the same command again to resume") from None
-                    yield line
-        finally:
-            for fut in pending:
-                fut.cancel()
+                try:
+                    line = fut.result()
+                except BrokenProcessPool:
+                    raise MlrobustError("a worker process died (out of memory?); the lines written so far are "
+                                        "kept: run the same command again to resume") from None
+                yield line
+    finally:
+        # On an interrupt or an error, do not wait for searches whose lines would not be written anyway.
+        pool.shutdown(wait=not pending, cancel_futures=True)
 
 
 def _dask(model: ModelRef, jobs: list[Job], settings: BatchSettings, fp: str, address: str,

@@ -4,6 +4,7 @@ resumable, on local processes or a Dask cluster, with a progress bar and a summa
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -87,4 +88,4 @@ def batch(
         render_summary(summary, run, console)
     if run.interrupted:
         console.print(f"interrupted: {run.written} line(s) written to {run.out}; run the same command to resume")
-        raise typer.Exit(130)
+        sys.exit(130)  # not typer.Exit: the app runs in non-standalone mode, where click returns its code instead
