@@ -30,8 +30,8 @@ class SuiteConfig:
     images: int
     methods: tuple[str, ...]
     time_limit: float
-    query_time_limit: float
-    delta: float
+    query_time_limit: float | None  # None: the default of mlrobust.maximize
+    delta: float | None  # None: the default of mlrobust.maximize
     attack_restarts: int
     attack_steps: int
     tiny_queries: int
@@ -56,9 +56,9 @@ SUITES = {
         factors=(1.25,),
         verifier_time_limit=8.0, tightenings=("ibp", "crown"), topk_modes=("decide", "optimize")),
     "full": SuiteConfig(
-        name="full", steps=("reference", "verifier", "topk", "backends"), images=5,
+        name="full", steps=("reference", "verifier", "topk", "backends"), images=6,
         methods=("optimize-fixed", "optimize-sensitivity", "layer-search", "uniform"), time_limit=90.0,
-        query_time_limit=20.0, delta=0.01, attack_restarts=64, attack_steps=200, tiny_queries=8,
+        query_time_limit=None, delta=None, attack_restarts=64, attack_steps=200, tiny_queries=8,
         tiny_factors=(1.2, 1.5, 2.0, 3.0), model_images=2, factors=(1.1, 1.5), verifier_time_limit=30.0,
         topk_optimize_models=False, heatmap_images=3),
 }

@@ -76,12 +76,16 @@ def attack_check(network: Any, job: Job, eps: list[float], k: int, restarts: int
 
 
 def run_reference(examples: Path, work: Path, *, n_images: int, methods: list[str], time_limit: float,
-                  query_time_limit: float, delta: float, k: int = 2, workers: int = 1, attack_restarts: int = 32,
-                  attack_steps: int = 100, models: list[str] | None = None, log=print) -> dict:
+                  query_time_limit: float | None, delta: float | None, k: int = 2, workers: int = 1,
+                  attack_restarts: int = 32, attack_steps: int = 100, models: list[str] | None = None,
+                  log=print) -> dict:
     """Run the experiment; returns ``{"rows": [...], "violations": [...], "settings": {...}}``."""
     from mlrobust.batch.worker import ModelRef
 
     jobs = load_jobs(examples, limit=n_images)
+    defaults = BatchSettings()  # the search defaults of mlrobust.maximize, where the suite sets none
+    delta = defaults.delta if delta is None else delta
+    query_time_limit = defaults.query_time_limit if query_time_limit is None else query_time_limit
     rows: list[dict] = []
     violations: list[dict] = []
     shipped = shipped_models(examples)
