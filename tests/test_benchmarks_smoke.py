@@ -123,14 +123,14 @@ def test_main_exits_nonzero_on_a_violation(tmp_path, monkeypatch):
     import benchmarks.__main__ as entry
 
     monkeypatch.setitem(_REGISTERED, "liar", LyingBackend)
-    monkeypatch.setitem(entry.SUITES, "smoke", replace(SUITES["smoke"], steps=("backends",), tiny_queries=2,
+    monkeypatch.setitem(entry.SUITES, "smoke", replace(SUITES["smoke"], steps=("backends",), tiny_queries=3,
                                                         tiny_factors=(2.0,), solvers=("highs", "liar")))
     code = entry.main(["run", "--suite", "smoke", "--out", str(tmp_path), "--quiet",
                        "--examples", str(tmp_path / "none")])
     assert code == 1
 
 
-# --- the pairwise baseline is the same question ------------------------------------------------------------------------
+# --- the pairwise baseline is the same question ---------------------------------------------------------------------
 def test_pairwise_scheme_matches_the_one_milp():
     statuses = set()
     for q in tiny_queries(2, seed=10, factors=(1.3, 2.0)):
