@@ -166,3 +166,24 @@ def test_hairline_unstable_relus_are_relaxed_not_binary():
         rc.assign(v, pre)
         act = A @ v
         assert np.all(act >= row_lower - 1e-12) and np.all(act <= row_upper + 1e-12)
+
+
+def test_pyomo_route_returns_a_point_when_a_column_is_in_no_row():
+    """An input pixel read only by stably inactive ReLUs occurs in no row; Pyomo solvers leave it without a value."""
+    pytest.importorskip("pyomo.environ")
+    from mlrobust.backends import get_backend
+    from mlrobust.ir.ops import Dense, Relu
+
+    net = Network("x", (1, 3), [
+        Node("d1", Dense(np.array([[1.0, 0, 0.5], [0, 1.0, 0], [-1.0, 0, 1.0]]), np.array([0.0, -10.0, 0.2])),
+             ("x",), "h", (3,)),
+        Node("r", Relu(), ("h",), "a", (3,)),
+        Node("d2", Dense(np.array([[1.0, 2.0, -1.0], [-1.0, 0.5, 1.0], [0.3, 0.0, 0.2]]), np.zeros(3)), ("a",), "y",
+             (3,))], "y")
+    lower, upper = np.array([-1.0, 0.0, -1.0]), np.array([1.0, 1.0, 1.0])
+    _, problem = topk_model(net, propagate(net, lower, upper, "ibp"), 2, 1)
+    unused = np.diff(problem.A.tocsc().indptr) == 0
+    assert unused[problem.input_cols[1]]
+    res = get_backend("pyomo:appsi_highs").solve(problem)
+    ref = get_backend("highs").solve(problem)
+    assert res.x is not None and res.objective == pytest.approx(ref.objective, abs=1e-6)

@@ -56,8 +56,18 @@ def to_pyomo(problem: MilpProblem, minimize: bool = False):
 
 
 def values_from_pyomo(model, problem: MilpProblem) -> np.ndarray | None:
-    """Column values of the solution loaded into ``model`` (None if a variable has no value)."""
+    """Column values of the solution loaded into ``model`` (None if a variable used by the model has no value).
+
+    Solvers are not told about columns that occur in no row and not in the objective (an input pixel no weight
+    reads, say); any value within their bounds will do, and they get their lower bound.
+    """
     vals = [model.v[j].value for j in range(problem.num_cols)]
-    if any(v is None for v in vals):
-        return None
-    return np.asarray(vals, dtype=np.float64)
+    unused = (np.diff(problem.A.tocsc().indptr) == 0) & (problem.objective == 0)
+    out = np.empty(problem.num_cols)
+    for j, v in enumerate(vals):
+        if v is None:
+            if not unused[j]:
+                return None
+            v = problem.col_lower[j]
+        out[j] = v
+    return out
