@@ -194,12 +194,18 @@ def parse_vnnlib(source: str | Path) -> VnnlibProperty:
     if xs != list(range(len(xs))) or ys != list(range(len(ys))):
         raise InputError("VNN-LIB: X_i and Y_j must be numbered 0, 1, 2, ... without gaps")
     n_in, n_out = len(xs), len(ys)
+    # Assertions without a disjunction (the usual input bounds) are collected once; only the others multiply out.
+    common: list[_Linear] = []
     dnf: list[list[_Linear]] = [[]]
     for a in asserts:
         part = _dnf(a, declared)
+        if len(part) == 1:
+            common.extend(part[0])
+            continue
         if len(dnf) * len(part) > MAX_DISJUNCTS:
             raise InputError(f"VNN-LIB: the property expands to more than {MAX_DISJUNCTS} disjuncts")
         dnf = [c1 + c2 for c1 in dnf for c2 in part]
+    dnf = [common + conj for conj in dnf]
     regions: dict[bytes, VnnlibRegion] = {}
     for conj in dnf:
         lo = np.full(n_in, -np.inf)
