@@ -149,8 +149,8 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
              object_label: int | None = None, k: int = 2, weights: WeightSpec = "uniform",
              method: str = "optimize", cutting: str = "fixed", verifier: Verifier | str | None = None,
              solver: Any = "highs", time_limit: float | None = 300.0, query_time_limit: float | None = 30.0,
-             max_queries: int | None = None, delta: float = 0.002, certify: bool = True, grow: bool | None = None,
-             init: str = "uniform", optimizer: OptimizerOptions | None = None,
+             max_queries: int | None = None, delta: float | None = None, certify: bool = True, grow: bool | None = None,
+             init: str = "best", optimizer: OptimizerOptions | None = None,
              progress: ProgressCallback | None = None) -> SearchResult:
     """The maximal robust layered neighborhood of ``target`` around the perturbed object.
 
@@ -160,7 +160,8 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
     "optimize" (optimizer + CEGIS with ``cutting`` "fixed" or "sensitivity"), "layer-search" or "uniform".
     ``verifier``: a Verifier object or "cascade" (default) / "milp" / "bounds" / "attack"; ``solver``: the MILP
     backend of the default verifiers. ``time_limit`` bounds the whole search, ``query_time_limit`` each verifier
-    call, ``max_queries`` the calls that reach the verifier; ``delta`` is the tolerance of steps and maximality.
+    call, ``max_queries`` the calls that reach the verifier; ``delta`` is the tolerance of steps and maximality
+    (None: an eighth of the uniform robust radius, within [1e-4, 1e-2]).
     """
     prep = prepare(model, image, target, k=k, object_mask=object_mask, object_box=object_box,
                    object_label=object_label)
@@ -171,7 +172,7 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
     from mlrobust.search.tiers import cheap_tiers
 
     problem = SearchProblem(prep.network, prep.nbhd, int(target), ver, k=int(k), weights=weights, budget=budget,
-                            progress=progress, cheap=cheap_tiers(ver))
+                            progress=progress, cheap=cheap_tiers(ver, attack=False))
     result = run_search(problem, options)
     result.object_source = prep.choice.source
     result.object_label = prep.choice.label

@@ -275,3 +275,15 @@ def test_time_limited_runs_report_a_valid_bound(name):
         assert res.bound >= res.objective - 1e-6 * (1 + abs(res.objective))
     verdict = MilpVerifier(backend, "crown").verify(net, box, target, 2, mode="decide", time_limit=1.5)
     assert not isinstance(verdict, Robust)
+
+
+def test_first_highs_instance_prints_no_banner():
+    """HiGHS prints a banner on the C-level stdout when the first instance is created; it must not reach ours."""
+    import subprocess
+    import sys
+
+    code = ("from mlrobust.milp.highs_instance import new_highs\n"
+            "h = new_highs(); h2 = new_highs(); print('only this')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "only this\n"

@@ -55,10 +55,9 @@ class HighsBackend:
         return True
 
     def _highs(self, problem: MilpProblem, integer: bool = True):
-        import highspy
+        from mlrobust.milp.highs_instance import new_highs
 
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
+        h = new_highs()
         if self.threads is not None:
             _use_threads(int(self.threads))
             h.setOptionValue("threads", int(self.threads))

@@ -29,6 +29,17 @@ def parse_eps_layers(text: str) -> list[float]:
     return values
 
 
+def parse_delta(text: str) -> float | None:
+    """``"auto"`` -> None, else a positive number."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"--delta {text!r} must be a number or 'auto'") from None
+    return value
+
+
 class LiveProgress:
     """A rich live panel: phase, iteration, current w.eps, queries by tier, MILP calls, time."""
 
@@ -112,7 +123,7 @@ def render_result(result, console) -> None:
     proof = f"proven robust ({result.proof_tier})" if result.verified else "[red]not proven[/]"
     summary.add_row("size w\u00b7\u03b5", f"{result.size:.4f}  {proof}")
     summary.add_row("method", result.method + (f", {result.cutting} cutting weights" if result.cutting else "")
-                    + f", \u03b4 = {result.delta:g}")
+                    + f", \u03b4 = {result.delta:.3g}" + (" (auto)" if "delta_auto" in result.details else ""))
     counts = result.maximality_counts()
     summary.add_row("maximality", f"{result.certified_layers}/{result.num_layers} layers certified maximal "
                     + _tiers({k.replace('_', ' '): v for k, v in counts.items()}))
@@ -160,7 +171,8 @@ def verify(
     time_limit: float = typer.Option(300.0, "--time-limit", help="Seconds for the whole search (or the check)."),
     query_time_limit: float = typer.Option(30.0, "--query-time-limit", help="Seconds per verifier call."),
     max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Verifier calls at most."),
-    delta: float = typer.Option(0.002, "--delta", help="Tolerance of steps and of the maximality check."),
+    delta: str = typer.Option("auto", "--delta", help="Tolerance of steps and of the maximality check: a number, "
+                              "or auto (an eighth of the uniform robust radius, within [1e-4, 1e-2])."),
     eps: Optional[float] = typer.Option(None, "--eps", help="Check this one epsilon for all layers (no search)."),
     eps_layers: Optional[str] = typer.Option(None, "--eps-layers", help="Check these epsilons e0,e1,... "
                                              "(layer 0 = the object; no search)."),
@@ -177,6 +189,7 @@ def verify(
 
     console = Console()
     err_console = Console(stderr=True)
+    delta_value = parse_delta(delta)
     if eps is not None and eps_layers is not None:
         raise InputError("give either --eps or --eps-layers, not both")
     common = dict(object_mask=object_mask, object_box=object_box, object_label=object_label, k=k, weights=weights,
@@ -198,12 +211,12 @@ def verify(
         return
     if quiet:
         result = api.maximize(model, image, target, method=method, cutting=cutting, time_limit=time_limit,
-                              query_time_limit=query_time_limit, max_queries=max_queries, delta=delta,
+                              query_time_limit=query_time_limit, max_queries=max_queries, delta=delta_value,
                               certify=not no_certify, **common)
     else:
         with LiveProgress(err_console) as live:
             result = api.maximize(model, image, target, method=method, cutting=cutting, time_limit=time_limit,
-                                  query_time_limit=query_time_limit, max_queries=max_queries, delta=delta,
+                                  query_time_limit=query_time_limit, max_queries=max_queries, delta=delta_value,
                                   certify=not no_certify, progress=live, **common)
     if json_path:
         result.write_json(json_path)

@@ -161,12 +161,11 @@ class LpBounder:
     """The LP relaxation of a builder's current model, reused (warm-started) for many objectives."""
 
     def __init__(self, builder: MilpBuilder):
-        import highspy
+        from mlrobust.milp.highs_instance import new_highs
 
         self.col_lower, self.col_upper, _, self.A, self.row_lower, self.row_upper = builder.enc.arrays()
         self.ncols = self.col_lower.size
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
+        h = new_highs()
         # No "threads" option: the simplex is serial, and HiGHS refuses to run when the option disagrees with the
         # thread scheduler an earlier solve in this process started.
         A = self.A

@@ -16,7 +16,7 @@ import numpy as np
 from mlrobust.search.problem import SearchProblem
 
 
-def _bisect(problem: SearchProblem, make, lo: float, hi: float, delta: float, purpose: str) -> float:
+def bisect_scale(problem: SearchProblem, make, lo: float, hi: float, delta: float, purpose: str) -> float:
     """Largest ``v`` in [lo, hi] (to ``delta``) with ``make(v)`` proven robust; ``make(lo)`` must be robust."""
     if hi <= lo:
         return lo
@@ -36,12 +36,13 @@ def _bisect(problem: SearchProblem, make, lo: float, hi: float, delta: float, pu
     return lo
 
 
-def uniform_search(problem: SearchProblem, delta: float) -> np.ndarray:
-    """The largest single epsilon (to ``delta``) proven robust for all layers at once."""
+def uniform_search(problem: SearchProblem, delta: float, lo: float = 0.0) -> np.ndarray:
+    """The largest single epsilon (to ``delta``) proven robust for all layers at once; ``lo`` is a value already
+    known to be robust (the search continues above it)."""
     problem.phase = "search"
     n = problem.num_layers
     top = float(np.max(problem.saturation))
-    best = _bisect(problem, lambda v: problem.clip(np.full(n, v)), 0.0, top, delta, "uniform")
+    best = bisect_scale(problem, lambda v: problem.clip(np.full(n, v)), float(lo), top, delta, "uniform")
     return problem.clip(np.full(n, best))
 
 
@@ -58,5 +59,5 @@ def layer_search(problem: SearchProblem, delta: float) -> np.ndarray:
             trial[d] = v
             return problem.clip(trial)
 
-        eps[d] = _bisect(problem, make, 0.0, float(problem.saturation[d]), delta, f"layer {d}")
+        eps[d] = bisect_scale(problem, make, 0.0, float(problem.saturation[d]), delta, f"layer {d}")
     return problem.clip(eps)

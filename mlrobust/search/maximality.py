@@ -79,9 +79,8 @@ def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bo
             results[d] = LayerMaximality(d, "saturated", float(eps[d]), reason="the layer spans all of [0, 1]")
             continue
         if problem.exhausted():
-            prev = next((m for m in previous or [] if m.layer == d and m.status != "unchecked"), None)
-            results[d] = prev or LayerMaximality(d, "unchecked", float(eps[d]),
-                                                 reason=f"budget spent ({problem.exhausted()})")
+            results[d] = _kept(previous, d) or LayerMaximality(
+                d, "unchecked", float(eps[d]), reason=_unchecked_reason(previous, d, str(problem.exhausted())))
             continue
         step, expanding = delta, True
         while True:
@@ -108,9 +107,9 @@ def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bo
                 results[d] = LayerMaximality(d, "refuted", float(eps[d]), float(trial[d]), verdict.tier,
                                              float(verdict.margin), np.asarray(verdict.counterexample))
             elif verdict.tier == "budget":
-                prev = next((m for m in previous or [] if m.layer == d and m.status != "unchecked"), None)
-                results[d] = prev or LayerMaximality(d, "unchecked", float(eps[d]), float(trial[d]), verdict.tier,
-                                                     reason=getattr(verdict, "reason", ""))
+                results[d] = _kept(previous, d) or LayerMaximality(
+                    d, "unchecked", float(eps[d]), float(trial[d]), verdict.tier,
+                    reason=_unchecked_reason(previous, d, getattr(verdict, "reason", "")))
             else:
                 results[d] = LayerMaximality(d, "unknown", float(eps[d]), float(trial[d]), verdict.tier,
                                              reason=getattr(verdict, "reason", ""))
@@ -122,3 +121,20 @@ def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bo
         res.eps = float(eps[d])
         out.append(res)
     return eps, out
+
+
+def _kept(previous: list[LayerMaximality] | None, d: int) -> LayerMaximality | None:
+    """An earlier pass's status of layer ``d`` that still stands when the budget ends this pass: a settled one, or
+    an ``unknown`` the full verifier itself returned. An ``unknown`` of the cheap tiers alone is not kept: the layer
+    was never given to the MILP, so it is reported ``unchecked``."""
+    for m in previous or []:
+        if m.layer == d and (m.status in ("refuted", "saturated", "not_maximal")
+                             or (m.status == "unknown" and m.tier == "milp")):
+            return m
+    return None
+
+
+def _unchecked_reason(previous: list[LayerMaximality] | None, d: int, why: str) -> str:
+    cheap = any(m.layer == d and m.status == "unknown" for m in previous or [])
+    return (f"budget spent ({why}) before the MILP check" + ("; the attack and the bounds were inconclusive"
+                                                               if cheap else ""))

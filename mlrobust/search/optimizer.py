@@ -41,7 +41,7 @@ class OptimizerOptions:
     """Knobs of the optimizer (defaults measured on the shipped models; see docs/design.md, "Search")."""
 
     delta: float = 0.002
-    initial_radius: float = 0.25
+    initial_radius: float | None = None  # None: twice the start's largest epsilon, at least 8 delta
     max_radius: float = 0.5
     theta: float = 0.0  # start by growing along the weights; raised on refutations
     theta_step: float = 0.25
@@ -61,6 +61,32 @@ class OptimizerReport:
     cut_successes: int = 0
     cuts: int = 0
     history: list[dict] = field(default_factory=list)
+
+
+def shaped_starts(problem: SearchProblem, powers: tuple[float, ...] = (0.25, 0.5),
+                  tol: float = 1e-4) -> list[tuple[str, np.ndarray]]:
+    """Robust starting vectors along shapes ``eps_d ~ (w_d / G_d)^p`` (``G`` the margin's per-layer gradient at the
+    clean image): the linearised problem's solution favours layers that cost little margin per unit of size, and
+    the power ``p`` tempers it (``p = 0`` is the uniform vector). Each shape is scaled by bisection to the largest
+    proven-robust multiple."""
+    from mlrobust.search.baselines import bisect_scale
+    from mlrobust.search.gradients import eps_gradient, margin_gradients
+
+    n = problem.num_layers
+    _, grads = margin_gradients(problem.network, problem.x0[None], problem.target, problem.k)
+    G = eps_gradient(problem.nbhd, problem.box(np.zeros(n)), grads)[0]
+    if not np.any(G > 0):
+        return []
+    floor = 1e-6 * float(G.max())
+    out = []
+    for p in powers:
+        shape = (problem.weights / np.maximum(G, floor)) ** p
+        shape = shape / shape.max()
+        top = float(np.max(problem.saturation / np.maximum(shape, 1e-12)))
+        scale = bisect_scale(problem, lambda v, shape=shape: problem.clip(v * shape), 0.0, top, tol,
+                             f"shape p={p:g}")
+        out.append((f"shape p={p:g}", problem.clip(scale * shape)))
+    return out
 
 
 def _direction(w: np.ndarray, G: np.ndarray, theta: float, eps: np.ndarray, sat: np.ndarray) -> np.ndarray:
@@ -100,6 +126,9 @@ def optimize(problem: SearchProblem, eps_start: np.ndarray, cw: np.ndarray,
     eps_star = problem.clip(eps_start)
     problem.improve(eps_star)
     eta = opt.initial_radius if radius is None else radius
+    if eta is None:
+        eta = max(8 * opt.delta, 2 * float(np.max(eps_star)))
+    eta = min(eta, opt.max_radius)
     theta = opt.theta if theta is None else theta
     kappa = 1.0  # correction of the linear model's slope, learnt from the steps
 

@@ -41,6 +41,9 @@ PROJECTION_LIMIT = 16
 #: Starting points of the warm attack (the strongest known points clipped into the box) and its steps.
 WARM_STARTS = 6
 WARM_STEPS = 30
+#: Random restarts and steps added when the verifier of the phase has no attack tier of its own.
+COLD_RESTARTS = 4
+COLD_STEPS = 40
 
 
 @dataclass
@@ -259,24 +262,27 @@ class SearchProblem:
                 break
         return out
 
-    def _warm(self, box: Box) -> tuple[Verdict | None, list[WeakPoint]]:
-        """The warm attack: a refutation, or None and the best points it reached (kept as weak points)."""
+    def _warm(self, box: Box, cold: bool = False) -> tuple[Verdict | None, list[WeakPoint]]:
+        """The search's own attack: PGD from the strongest known points clipped into ``box`` (warm), and with
+        ``cold`` (the verifier about to run has no attack tier) random restarts too, as the cascade's attack
+        would. A refutation, or None and the best points it reached (kept as weak points)."""
         if not self.warm_attack:
             return None, []
         starts = self._warm_starts(box)
-        if not starts:
+        if not starts and not cold:
             return None, []
         from mlrobust.verify.attack import pgd
 
-        result = pgd(self.network, box, self.prop, restarts=len(starts) + 1, steps=WARM_STEPS, starts=starts,
-                     seed=len(self.records))
-        secs = {"warm-attack": result.seconds}
+        restarts = len(starts) + (COLD_RESTARTS if cold else 1)
+        result = pgd(self.network, box, self.prop, restarts=restarts, steps=WARM_STEPS if starts else COLD_STEPS,
+                     starts=starts, seed=len(self.records))
+        tier = "warm-attack" if starts else "attack"
         wps = [p.weak_point() for p in result.points[:3]]
         cex = result.counterexample
         if cex is None:
-            self.stats.seconds["warm-attack"] = self.stats.seconds.get("warm-attack", 0.0) + result.seconds
+            self.stats.seconds[tier] = self.stats.seconds.get(tier, 0.0) + result.seconds
             return None, wps
-        return NotRobust(tier="warm-attack", seconds=secs, counterexample=cex.x, margin=cex.margin,
+        return NotRobust(tier=tier, seconds={tier: result.seconds}, counterexample=cex.x, margin=cex.margin,
                          weak_points=wps), wps
 
     def _projected(self, box: Box) -> Verdict | None:
@@ -324,7 +330,8 @@ class SearchProblem:
             if why is not None:
                 verdict = Unknown(tier="budget", reason=f"search budget spent ({why})")
             else:
-                verdict, warm_points = self._warm(box)
+                active = self.cheap if (self.use_cheap and self.cheap is not None) else self.verifier
+                verdict, warm_points = self._warm(box, cold=getattr(active, "use_attack", True) is False)
         if verdict is None:
             limit = self.budget.query_time_limit
             rem = self.remaining()

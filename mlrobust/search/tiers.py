@@ -25,8 +25,11 @@ class _Undecided:
                                              "this phase)")
 
 
-def cheap_tiers(verifier: Verifier) -> Verifier | None:
-    """The attack-and-bounds part of a :class:`~mlrobust.verify.cascade.Cascade`, or None for other verifiers."""
+def cheap_tiers(verifier: Verifier, attack: bool = True) -> Verifier | None:
+    """The attack-and-bounds part of a :class:`~mlrobust.verify.cascade.Cascade`, or None for other verifiers.
+
+    ``attack=False`` leaves the attack out as well (the search runs its own, warm-started from the points it knows,
+    with random restarts; see :class:`~mlrobust.search.problem.SearchProblem`)."""
     try:
         from mlrobust.verify.cascade import Cascade
     except ImportError:  # pragma: no cover - the cascade ships with mlrobust
@@ -34,7 +37,7 @@ def cheap_tiers(verifier: Verifier) -> Verifier | None:
     if not isinstance(verifier, Cascade):
         return None
     cheap = Cascade(attack=verifier.attack, bounds=verifier.bounds, milp=_Undecided(),  # type: ignore[arg-type]
-                    use_attack=verifier.use_attack, use_bounds=verifier.use_bounds,
+                    use_attack=verifier.use_attack and attack, use_bounds=verifier.use_bounds,
                     weak_point_limit=verifier.weak_point_limit)
-    cheap.name = "cascade without MILP"
+    cheap.name = "cascade without MILP" if attack else "bounds of the cascade"
     return cheap
