@@ -36,7 +36,8 @@ def batch(
     time_limit: float = typer.Option(300.0, "--time-limit", help="Seconds per image (the whole search)."),
     query_time_limit: float = typer.Option(30.0, "--query-time-limit", help="Seconds per verifier call."),
     max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Verifier calls per image at most."),
-    delta: float = typer.Option(0.002, "--delta", help="Tolerance of steps and of the maximality check."),
+    delta: str = typer.Option("auto", "--delta", help="Tolerance of steps and of the maximality check: a number, "
+                              "or auto (an eighth of the uniform robust radius, within [1e-4, 1e-2])."),
     no_certify: bool = typer.Option(False, "--no-certify", help="Skip the per-layer maximality check."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Run again the images whose line is an error."),
     summary_json: Optional[Path] = typer.Option(None, "--summary-json", help="Also write the summary as JSON."),
@@ -49,11 +50,12 @@ def batch(
         TimeRemainingColumn
 
     from mlrobust.batch import BatchSettings, load_jobs, render_summary, run_batch, summarize
+    from mlrobust.cli.verify_cmd import parse_delta
 
     console = Console()
     settings = BatchSettings(k=k, method=method, cutting=cutting, weights=weights, solver=solver, verifier=verifier,
                              time_limit=time_limit, query_time_limit=query_time_limit, max_queries=max_queries,
-                             delta=delta, certify=not no_certify)
+                             delta=parse_delta(delta), certify=not no_certify)
     jobs = load_jobs(dataset, split=split, side_rule=target_side, start=start, limit=limit)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[last]}"), TimeElapsedColumn(), TimeRemainingColumn(),
