@@ -34,7 +34,6 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from mlrobust.backends import get_backend  # noqa: E402
-from mlrobust.backends.base import StopRule  # noqa: E402
 from mlrobust.errors import SolverLimitError, SolverNotAvailableError  # noqa: E402
 from mlrobust.ir.graph import Network, Node  # noqa: E402
 from mlrobust.ir.ops import Conv2d, Dense, MaxPool2d, Relu, Reshape  # noqa: E402

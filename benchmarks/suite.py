@@ -178,6 +178,7 @@ def step_bounds(log: Callable) -> dict:
 def run_suite(cfg: SuiteConfig, out: Path, work: Path, examples: Path, log: Callable = print) -> dict:
     """Run ``cfg``'s steps; write ``out/<name>.json`` and ``out/<name>.md``; return the results."""
     from benchmarks.suite_report import heatmaps, markdown
+    from mlrobust.jsonvalues import jsonable
     from benchmarks.suite_verifier import tiny_queries
 
     out.mkdir(parents=True, exist_ok=True)
@@ -217,7 +218,7 @@ def run_suite(cfg: SuiteConfig, out: Path, work: Path, examples: Path, log: Call
     results["seconds"] = time.perf_counter() - start
     if cfg.heatmap_images and "reference" in results:
         results["heatmaps"] = heatmaps(results["reference"], examples, out / "img", cfg.name, cfg.heatmap_images)
-    (out / f"{cfg.name}.json").write_text(json.dumps(_clean(results), indent=1, allow_nan=False) + "\n")
+    (out / f"{cfg.name}.json").write_text(json.dumps(jsonable(results), indent=1, allow_nan=False) + "\n")
     (out / f"{cfg.name}.md").write_text(markdown(results))
     return results
 
@@ -227,25 +228,3 @@ def _config_dict(cfg: SuiteConfig) -> dict:
 
     return asdict(cfg)
 
-
-def _clean(value: Any) -> Any:
-    """Strict JSON: numpy values as Python ones, non-finite floats as null, paths as strings."""
-    import math
-
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(float(value)) else None
-    if isinstance(value, Path):
-        return str(value)
-    return value

@@ -318,5 +318,11 @@ def test_batch_searches_with_the_defaults_of_verify():
     defaults = {name: {p.name: p.default for p in group.commands[name].params} for name in ("batch", "verify")}
     settings = BatchSettings()
     for key in ("k", "method", "cutting", "weights", "solver", "verifier", "time_limit", "query_time_limit",
-                "max_queries", "delta"):
+                "max_queries"):
         assert defaults["batch"][key] == defaults["verify"][key] == getattr(settings, key), key
+    # --delta is text on the command line ("auto" or a number): both parse to the API's automatic tolerance
+    from mlrobust.cli.verify_cmd import parse_delta
+
+    assert defaults["batch"]["delta"] == defaults["verify"]["delta"] == "auto"
+    assert parse_delta("auto") is None is settings.delta
+    assert parse_delta("0.01") == 0.01

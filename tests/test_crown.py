@@ -13,7 +13,7 @@ from mlrobust.bounds import propagate
 from mlrobust.bounds.crown import BackSubstitution, _patch_to_dense, _Patch, crown
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
-from mlrobust.ir.ops import Add, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu
+from mlrobust.ir.ops import Add, Dense, MaxPool2d, Relu
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(SETTINGS, max_examples=10)

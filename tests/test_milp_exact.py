@@ -23,7 +23,6 @@ from ir_factories import NetBuilder, random_box, random_cnn, sample_box  # noqa:
 
 from mlrobust.bounds import margin_bounds, propagate  # noqa: E402
 from mlrobust.ir.graph import Network  # noqa: E402
-from mlrobust.milp.builder import topk_model  # noqa: E402
 from mlrobust.milp.layers.affine import affine_matrix  # noqa: E402
 from mlrobust.milp.tightening import tighten  # noqa: E402
 from mlrobust.milp.topk import kth_largest  # noqa: E402

@@ -16,7 +16,7 @@ from mlrobust.search.cegis import cegis, fixed_cutting_weights, sensitivity_cutt
 from mlrobust.search.gradients import eps_gradient, layer_saliency, margin_gradients, worst_case_gradient
 from mlrobust.search.problem import Budget, SearchProblem, layer_saturation
 from mlrobust.verify.margin import topk_margin
-from mlrobust.verify.verdict import NotRobust, Robust, Unknown, WeakPoint
+from mlrobust.verify.verdict import NotRobust, Unknown, WeakPoint
 
 from test_search_oracles import ExactLpVerifier, exact_worst_margin, tiny_case
 

@@ -22,6 +22,7 @@ import numpy as np
 from mlrobust.batch.dataset import Job
 from mlrobust.batch.store import SCHEMA
 from mlrobust.errors import InputError, MlrobustError
+from mlrobust.jsonvalues import jsonable
 
 _NETWORKS: dict[str, Any] = {}  # model sha256 -> Network, per worker process
 
@@ -119,23 +120,6 @@ class BatchSettings:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values (numpy scalars and arrays converted, non-finite floats as null)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return v if np.isfinite(v) else None
-    return value
-
 
 def result_record(result: Any) -> dict:
     """The compact JSON of a search result for a batch line: no counterexample images, no mask rows (the job's
@@ -174,7 +158,7 @@ def run_job(model: ModelRef, job: Job, settings: BatchSettings, fingerprint: str
                                              "traceback": traceback.format_exc(limit=8)})
     record["seconds"] = time.perf_counter() - start
     record["worker"] = f"{socket.gethostname()}:{os.getpid()}"
-    return _jsonable(record)
+    return jsonable(record)
 
 
 def init_process(threads: int = 1) -> None:

@@ -13,7 +13,6 @@ Sigmoid is stripped: each is monotone, so the top-k set of labels is unchanged. 
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path

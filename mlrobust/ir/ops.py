@@ -7,7 +7,7 @@ MILP encodings see the same numbers the forward pass uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Union
 
 import numpy as np

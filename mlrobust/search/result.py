@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mlrobust.jsonvalues import jsonable
 from mlrobust.search.maximality import LayerMaximality
 from mlrobust.search.problem import QueryStats
 
@@ -62,24 +63,6 @@ def versions() -> dict[str, str]:
             pass
     return out
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if np.isfinite(v) else None
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 @dataclass
@@ -188,7 +171,7 @@ class SearchResult:
         }
         if self.provenance is not None:
             data.update(self.provenance.to_dict())
-        return _jsonable(data)
+        return jsonable(data)
 
     def write_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
@@ -233,7 +216,7 @@ class CheckResult:
                 "verifier": self.verifier}
         if self.provenance is not None:
             data.update(self.provenance.to_dict())
-        return _jsonable(data)
+        return jsonable(data)
 
     def write_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
