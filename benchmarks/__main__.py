@@ -4,6 +4,7 @@
     python -m benchmarks run --suite smoke                       # CI: a few minutes
     python -m benchmarks run --suite full --workers 2            # the committed figures (long)
     python -m benchmarks run --suite full --steps topk,backends  # only some steps
+    python -m benchmarks report benchmarks/results/full.json     # the Markdown again, from the JSON
 
 Single-threaded BLAS and torch (parallelism comes from ``--workers`` processes). The reference experiment's raw
 lines go to ``--work`` (default ``build/benchmarks/<suite>``) and are resumed by a re-run with the same settings.
@@ -38,12 +39,23 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--images", type=int, default=None, help="images of the reference experiment")
     run.add_argument("--models", default=None, help="comma-separated model names (default: all shipped)")
     run.add_argument("--quiet", action="store_true", help="no step log")
+    report = sub.add_parser("report", help="rewrite a suite's Markdown report from its JSON results")
+    report.add_argument("results", type=Path, nargs="?", default=ROOT / "benchmarks" / "results" / "full.json")
     docs = sub.add_parser("docs", help="write docs/results.md from a suite's results")
     docs.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "full.json")
     docs.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args(argv)
     if args.command == "docs":
         return write_results_page(args.results, args.out)
+    if args.command == "report":
+        import json
+
+        from benchmarks.suite_report import markdown
+
+        out = args.results.with_suffix(".md")
+        out.write_text(markdown(json.loads(args.results.read_text())))
+        print(f"wrote {out}")
+        return 0
 
     import torch
 

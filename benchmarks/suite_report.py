@@ -71,6 +71,16 @@ def reference_section(ref: dict) -> str:
                      _f(a["attack_max_margin"])])
     out.append(_table(["model", "method", "proven", "mean w·ε*", "median w·ε*", "median s", "verifier calls",
                        "MILP calls", "layers certified maximal", "best attack margin (< 0: unbroken)"], rows))
+    out.append("\n### Queries by the tier that answered them (mean per image)\n")
+    out.append("`cache`: a stored robust vector or counterexample; `projection`: a stored counterexample clipped into "
+               "the box; `warm-attack`: PGD from the search's strongest known points; `attack`, `bounds`, `milp`: "
+               "the cascade's tiers; `budget`: refused because the time was spent.\n")
+    out.append(tier_table(ref["rows"], labels))
+    vs = versus_uniform(ref["rows"])
+    if vs:
+        out.append("\n### Against the uniform baseline (same image)\n")
+        out.append(_table(["method", "images", "w·ε* ≥ uniform's", "mean ratio to uniform"],
+                          [[m, n, ge, _f(ratio, 2)] for m, (n, ge, ratio) in vs.items()]))
     out.append("\n### Per image (w·ε*, seconds, verifier / MILP calls, layers certified maximal)\n")
     rows = []
     for r in ref["rows"]:
@@ -103,6 +113,41 @@ def reference_section(ref: dict) -> str:
     out.append(_table(["model", "queries", "share answered by caches", "cache + projection", "verifier calls",
                        "decided by attack", "decided by bounds", "reached the MILP"], rows))
     return "\n".join(out)
+
+
+TIERS = ("cache", "projection", "warm-attack", "attack", "bounds", "milp", "budget")
+
+
+def tier_table(rows: list[dict], labels: dict[str, str]) -> str:
+    """Mean queries per image by the tier that answered them, per model and method."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r["status"] == "done":
+            groups.setdefault((r["model"], r["method"]), []).append(r)
+    tiers = [t for t in TIERS if any(t in r["by_tier"] for rs in groups.values() for r in rs)]
+    table = []
+    for (model, method), rs in groups.items():
+        table.append([labels.get(model, model), method]
+                     + [_f(float(np.mean([r["by_tier"].get(t, 0) for r in rs])), 1) for t in tiers]
+                     + [_f(float(np.mean([r["queries"] for r in rs])), 1)])
+    return _table(["model", "method", *tiers, "all queries"], table)
+
+
+def versus_uniform(rows: list[dict]) -> dict[str, tuple[int, int, float]]:
+    """Per method other than uniform: images compared, how many reach at least the uniform baseline's size on the
+    same model and image, and the mean size ratio."""
+    uniform = {(r["model"], r["image"]): r["size"] for r in rows
+               if r["method"] == "uniform" and r["status"] == "done" and r["verified"]}
+    out: dict[str, tuple[int, int, float]] = {}
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "uniform"):
+        pairs = [(r["size"], uniform[(r["model"], r["image"])]) for r in rows
+                 if r["method"] == method and r["status"] == "done" and r["verified"]
+                 and (r["model"], r["image"]) in uniform]
+        if pairs:
+            out[method] = (len(pairs), sum(1 for a, b in pairs if a >= b * (1 - 1e-9)),
+                           float(np.mean([a / b for a, b in pairs if b > 0])) if any(b > 0 for _, b in pairs)
+                           else float("nan"))
+    return out
 
 
 def verifier_section(ver: dict, title: str, intro: str) -> str:
@@ -212,6 +257,12 @@ def markdown(results: dict, link_prefix: str = "", title: str | None = None) -> 
             parts.append("\n### Heatmaps (optimizer, fixed cutting weights)\n")
             for h in results["heatmaps"]:
                 parts.append(f"![{h['image']}]({link_prefix}{h['path']})\n")
+    if "verifier" not in results:
+        parts.append("## Verifier micro-benchmarks\n")
+        parts.append("Bound tightening (IBP, CROWN, LP) and solvers (HiGHS, CBC, SCIP, Gurobi) on the same MILPs, "
+                     "decide against optimise mode, and the cascade's tiers are measured by "
+                     "`python -m benchmarks.bench_verifier`; its last results: "
+                     f"[verifier.md]({link_prefix}verifier.md).\n")
     if "verifier" in results:
         parts.append(verifier_section(
             results["verifier"], "Verifier micro-benchmarks",

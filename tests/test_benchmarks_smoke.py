@@ -53,6 +53,35 @@ def test_smoke_suite_on_the_shipped_models(tmp_path):
     assert "Which model yields the largest robust neighborhoods?" in md and "No violation" in md
     winner = res["reference"]["aggregate"]
     assert any(a["model_label"] in md.split("Which model")[1].split("###")[0] for a in winner)
+    assert "Queries by the tier that answered them" in md and "verifier.md" in md  # no verifier step in smoke
+    # the report subcommand rewrites the same Markdown from the JSON alone
+    (tmp_path / "smoke.md").unlink()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "report", str(tmp_path / "smoke.json")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "smoke.md").read_text() == md
+
+
+def _row(model, method, image, size, by_tier, verified=True):
+    return {"model": model, "method": method, "image": image, "status": "done", "verified": verified, "size": size,
+            "by_tier": by_tier, "queries": sum(by_tier.values())}
+
+
+def test_report_tables_of_tiers_and_the_uniform_comparison():
+    from benchmarks.suite_report import tier_table, versus_uniform
+
+    rows = [_row("a", "uniform", "x", 1.0, {"bounds": 4, "milp": 2}),
+            _row("a", "uniform", "y", 2.0, {"bounds": 6}),
+            _row("a", "optimize-fixed", "x", 1.5, {"cache": 3, "milp": 1}),
+            _row("a", "optimize-fixed", "y", 1.0, {"cache": 1, "attack": 2}),
+            _row("a", "layer-search", "x", 0.5, {"bounds": 1}, verified=False)]
+    vs = versus_uniform(rows)
+    assert vs["optimize-fixed"] == (2, 1, pytest.approx((1.5 / 1.0 + 1.0 / 2.0) / 2))
+    assert "layer-search" not in vs  # its only result is not proven
+    table = tier_table(rows, {"a": "A"}).splitlines()
+    assert table[0] == "| model | method | cache | attack | bounds | milp | all queries |"
+    assert table[2] == "| A | uniform | 0.0 | 0.0 | 5.0 | 1.0 | 6.0 |"
+    assert table[3] == "| A | optimize-fixed | 2.0 | 1.0 | 0.0 | 0.5 | 3.5 |"
 
 
 # --- the suite must be able to fail --------------------------------------------------------------------------------
