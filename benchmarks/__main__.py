@@ -103,9 +103,10 @@ def write_results_page(results_path: Path, out: Path) -> int:
     intro = (
         "Every number on this page comes from one run of the benchmark suite, whose raw results are committed in "
         f"[`{prefix}{results_path.name}`]({prefix}{results_path.name}); the text that compares the models is computed "
-        "from them. To reproduce (hours on two cores; a re-run resumes the searches it already finished):\n\n"
+        f"from them. To reproduce ({results['seconds'] / 60:.0f} min on this machine; a re-run resumes the searches it "
+        "already finished):\n\n"
         "```bash\n"
-        f"python -m benchmarks run --suite {results['suite']} --workers 2\n"
+        f"{results['command']}\n"
         "python -m benchmarks docs          # this page, from benchmarks/results/full.json\n"
         "```\n\n"
         "The smoke suite (a few minutes; CI runs it through `tests/test_benchmarks_smoke.py` and fails on any "
