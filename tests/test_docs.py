@@ -166,3 +166,23 @@ def test_download_mnist_without_network_is_a_clear_error(tmp_path, monkeypatch, 
         main()
     assert exc.value.code == 2
     assert "network is unreachable" in capsys.readouterr().err
+
+
+def test_results_pages_are_what_the_committed_results_produce(tmp_path):
+    """docs/results.md and benchmarks/results/full.md are generated from full.json (``python -m benchmarks docs`` and
+    ``python -m benchmarks report``): regenerated here, they must equal the committed pages."""
+    import shutil
+
+    from benchmarks.__main__ import main as bench_main
+
+    results = ROOT / "benchmarks" / "results" / "full.json"
+    copy = tmp_path / "benchmarks" / "results" / "full.json"
+    copy.parent.mkdir(parents=True)
+    shutil.copy(results, copy)
+    (tmp_path / "docs").mkdir()
+    assert bench_main(["docs", "--results", str(copy), "--out", str(tmp_path / "docs" / "results.md")]) == 0
+    assert (tmp_path / "docs" / "results.md").read_text() == (DOCS / "results.md").read_text()
+    assert bench_main(["report", str(copy)]) == 0
+    assert copy.with_suffix(".md").read_text() == results.with_suffix(".md").read_text()
+    for link in re.findall(r"\]\((\.\./benchmarks/results/[^)]+)\)", (DOCS / "results.md").read_text()):
+        assert (DOCS / link).resolve().is_file(), link
