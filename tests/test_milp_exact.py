@@ -105,9 +105,10 @@ def brute_force_max(net: Network, lower: np.ndarray, upper: np.ndarray, target: 
     return best
 
 
-def milp_optimum(net: Network, lower, upper, target: int, k: int, tightening: str = "crown"):
+def milp_optimum(net: Network, lower, upper, target: int, k: int, tightening: str = "crown",
+                 time_limit: float | None = None):
     verifier = MilpVerifier("highs", tightening, pool=2)
-    verdict = verifier.verify(net, Box(lower, upper), target, k, mode="optimize")
+    verdict = verifier.verify(net, Box(lower, upper), target, k, mode="optimize", time_limit=time_limit)
     return verdict, verifier.last_problem
 
 
@@ -167,9 +168,11 @@ def test_milp_between_attack_and_crown(seed, radius, data):
     attack = PgdAttack(restarts=6, steps=30, seed=seed).run(net, box, target, k)
     lo, hi = margin_bounds(net, lower, upper, target, "crown")
     crown_bound = kth_largest(np.delete(hi, target), k)
-    verdict, _ = milp_optimum(net, lower, upper, target, k)
+    # a random CNN can make a hard MILP: the time limit keeps the test bounded, and the proven bound it leaves must
+    # still sit between the attack and CROWN (the incumbent is compared only when it is proven optimal)
+    verdict, _ = milp_optimum(net, lower, upper, target, k, time_limit=30.0)
     stats = verdict.stats
-    optimum = stats.get("objective")
+    optimum = stats.get("objective") if stats.get("status") == "optimal" else None
     bound = stats.get("bound", stats["margin_bounds"][1])
     assert attack.best.margin <= bound + 1e-9
     assert bound <= crown_bound + 1e-9
