@@ -287,3 +287,25 @@ def test_first_highs_instance_prints_no_banner():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "only this\n"
+
+
+def test_ctrl_c_inside_a_highs_callback_is_not_swallowed():
+    """HiGHS ends a solve quietly when a Python callback raises; a KeyboardInterrupt (Ctrl-C while HiGHS runs our
+    callback) must still reach the caller, and the solve must not go on calling back."""
+    calls = []
+
+    def interrupted(x):
+        calls.append(x)
+        raise KeyboardInterrupt
+
+    backend = get_backend("highs")
+    raised = 0
+    for inst in instances():
+        problem = problem_of(*inst)
+        if not problem.integer.any():
+            continue
+        try:
+            backend.solve(problem, stop=StopRule(1e9, -1e9, on_incumbent=interrupted))
+        except KeyboardInterrupt:
+            raised += 1
+    assert calls and raised == len(calls)  # every incumbent offered raised, and every one reached us

@@ -85,6 +85,24 @@ class HighsBackend:
         found: list[np.ndarray] = []
         state = {"timed_out": False, "stopped": False, "checks": 0, "accepted": False}
 
+        # HiGHS swallows an exception raised inside a Python callback (the solve just ends with a solve error), so
+        # a Ctrl-C that lands in a callback would be lost: the callbacks keep it, stop the solve, and it is raised
+        # again once run() returns.
+        raised: list[BaseException] = []
+
+        def guarded(callback):
+            def run(event) -> None:
+                if raised:  # stop as soon as HiGHS asks again; the first exception is the one raised
+                    event.interrupt()
+                    return
+                try:
+                    callback(event)
+                except BaseException as exc:  # noqa: BLE001 - re-raised after h.run()
+                    raised.append(exc)
+                    event.interrupt()
+            return run
+
+        @guarded
         def on_solution(event) -> None:
             v = np.array(event.data_out.mip_solution, dtype=np.float64)
             found.append(v)
@@ -94,6 +112,7 @@ class HighsBackend:
                 if stop.on_incumbent(v):
                     state["accepted"] = True
 
+        @guarded
         def on_interrupt(event) -> None:
             out = event.data_out
             if stop is not None and (out.mip_primal_bound >= stop.primal_at_least or
@@ -106,10 +125,11 @@ class HighsBackend:
                 event.interrupt()
 
         h.cbMipImprovingSolution.subscribe(on_solution)
-        if stop is not None or (self.enforce_time_limit and time_limit is not None):  # also polls accepted
-            h.cbMipInterrupt.subscribe(on_interrupt)
+        h.cbMipInterrupt.subscribe(on_interrupt)  # polls the stop rule, the time limit and failed callbacks
         build = time.perf_counter() - start
         h.run()
+        if raised:
+            raise raised[0]
         seconds = time.perf_counter() - start
         status = h.getModelStatus()
         info = h.getInfo()
