@@ -240,9 +240,16 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "from mlrobust.cli import main; main()", *map(str, args)]
 
 
+def default_sigint() -> None:
+    """In the child before exec: Ctrl-C handled as a user's shell would. Earlier tests in this process (the Dask
+    cluster) can leave SIGINT ignored, and an ignored signal stays ignored across exec."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_and_wait(args: list, env: dict, out: Path, lines: int) -> subprocess.Popen:
     """Start ``mlrobust batch`` and return once ``out`` holds at least ``lines`` lines (it is still running)."""
-    proc = subprocess.Popen(_cli(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_cli(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if out.exists() and out.read_bytes().count(b"\n") >= lines:

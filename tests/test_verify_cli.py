@@ -132,3 +132,26 @@ def test_bad_files(monkeypatch, capsys, files, tmp_path):
     write_mask(tmp_path / "empty.png", np.zeros((5, 5), dtype=bool))
     code, _, err = run_cli(monkeypatch, capsys, *base(files)[:5], "--object-mask", tmp_path / "empty.png")
     assert code == 2 and "empty" in err
+
+
+def test_ctrl_c_during_a_search_exits_130_with_a_message():
+    """Ctrl-C while a search runs: exit code 130 and one line saying so, no traceback."""
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    args = [sys.executable, "-c", "from mlrobust.cli import main; main()", "verify",
+            "examples/models/mnist2_pgd.onnx", "examples/images/ex00.png", "--target", "1", "--object-mask",
+            "examples/images/ex00_perturbed.png", "--time-limit", "300", "--quiet"]
+    from test_batch import default_sigint
+
+    proc = subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
+    time.sleep(12)  # imports and the start of the search
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err

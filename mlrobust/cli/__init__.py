@@ -38,7 +38,13 @@ def main() -> None:
     """Console entry point: runs the app and turns mlrobust's own errors into a clear message and exit code 2."""
     _register()
     try:
-        app(standalone_mode=False)
+        # Non-standalone mode returns exit codes instead of raising them: typer.Exit(code) from a command, and 130
+        # for Ctrl-C (typer turns KeyboardInterrupt into Exit(130)); our commands themselves return None.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            if code == 130:
+                print("interrupted", file=sys.stderr)
+            sys.exit(code)
     except MlrobustError as exc:
         from rich.console import Console
 
@@ -46,7 +52,7 @@ def main() -> None:
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
+    except typer.Abort:  # end of input at a prompt
         sys.exit(130)
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
         import click
