@@ -55,9 +55,10 @@ def answer_text(answers: list[dict], labels: dict[str, str]) -> str:
 def reference_section(ref: dict) -> str:
     labels = {a["model"]: a["model_label"] for a in ref["aggregate"]}
     s = ref["settings"]
+    delta = "automatic (an eighth of the uniform robust radius)" if s["delta"] is None else s["delta"]
     out = ["## Reference experiment\n",
            f"Models: {', '.join(labels.get(m, m) for m in s['models'])}; images: {', '.join(s['images'])}; "
-           f"top-{s['k']}; δ = {'automatic (an eighth of the uniform robust radius)' if s['delta'] is None else s['delta']}; {s['time_limit']:g} s per search, {s['query_time_limit']:g} s per "
+           f"top-{s['k']}; δ = {delta}; {s['time_limit']:g} s per search, {s['query_time_limit']:g} s per "
            f"verifier call; every returned neighborhood attacked with PGD ({s['attack']['restarts']} restarts × "
            f"{s['attack']['steps']} steps).\n",
            "### Which model yields the largest robust neighborhoods?\n",
@@ -108,16 +109,10 @@ def reference_section(ref: dict) -> str:
                "the CROWN bounds (their proofs, and the undecided answers of the phases that stop there), the MILP "
                "(decided or timed out), or none (refused: the search's time was spent).\n")
     rows = []
-    per: dict[str, dict[str, int]] = {}
-    for r in ref["rows"]:
-        if r["status"] == "done":
-            acc = per.setdefault(r["model"], {})
-            for tier, n in r["by_tier"].items():
-                acc[tier] = acc.get(tier, 0) + int(n)
-    for model, t in per.items():
-        total = sum(t.values())
+    for c in ref["cascade"]:  # per model: queries by answering tier over all its searches
+        t, total = c["by_tier"], c["queries"]
         share = lambda *names: _f(sum(t.get(n, 0) for n in names) / total, 2) if total else "–"  # noqa: E731
-        rows.append([labels.get(model, model), total, share("cache", "projection"), share("warm-attack", "attack"),
+        rows.append([c["model_label"], total, share("cache", "projection"), share("warm-attack", "attack"),
                      share("bounds"), share("milp"), share("budget")])
     out.append(_table(["model", "queries", "caches", "attacks", "bounds", "MILP", "no time left"], rows))
     return "\n".join(out)

@@ -30,7 +30,7 @@ def parse_eps_layers(text: str) -> list[float]:
 
 
 def parse_delta(text: str) -> float | None:
-    """``"auto"`` -> None, else a positive number."""
+    """``"auto"`` -> None (the automatic tolerance), else the number (its range is checked by the search options)."""
     if text.strip().lower() == "auto":
         return None
     try:

@@ -67,4 +67,3 @@ def layer_saliency(network: Network, nbhd: LayeredNeighborhood, target: int, k: 
     the clean image, the loss being the top-k margin (it grows as the target loses its place)."""
     _, grads = margin_gradients(network, nbhd.x[None], target, k)
     return nbhd.per_layer_mean(np.abs(grads[0]))
-

@@ -69,8 +69,6 @@ class SearchOptions:
         if not 0 < self.explore_share <= self.refine_share <= 1:
             raise InputError("time shares must satisfy 0 < explore_share <= refine_share <= 1, got "
                              f"{self.explore_share} and {self.refine_share}")
-        if self.delta is not None:
-            self.optimizer.delta = self.delta
 
 
 def _proof_tier(problem: SearchProblem, eps: np.ndarray) -> str:
