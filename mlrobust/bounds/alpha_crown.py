@@ -44,18 +44,35 @@ API::
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import cast
 
 import numpy as np
 import torch
 
-from mlrobust.bounds.crown import _conv_adjoint, _needs_crown, _unbroadcast, crown, pool_index, torch_threads
+from mlrobust.bounds.crown import (
+    _conv_adjoint,
+    _needs_crown,
+    _unbroadcast,
+    crown,
+    pool_index,
+    torch_threads,
+)
 from mlrobust.bounds.ibp import FP_REL, interval_affine
 from mlrobust.bounds.result import Bounds, check_box
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
-from mlrobust.ir.ops import Add, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale
+from mlrobust.ir.ops import (
+    Add,
+    AvgPool2d,
+    Conv2d,
+    Dense,
+    MaxPool2d,
+    Relu,
+    Reshape,
+    Scale,
+)
 
 Tensor = torch.Tensor
 _F64 = torch.float64
@@ -106,7 +123,7 @@ class AlphaState:
                 return int(v.shape[1])
         return 0
 
-    def select(self, idx: np.ndarray | list[int]) -> "AlphaState":
+    def select(self, idx: np.ndarray | list[int]) -> AlphaState:
         """The state of domains ``idx`` (repeats allowed: two children of one parent both start from it)."""
         i = torch.as_tensor(np.asarray(idx, dtype=np.int64))
         return AlphaState({k: v[i] for k, v in self.alpha.items()}, {k: v[i] for k, v in self.pool.items()},
@@ -130,7 +147,7 @@ class DomainBatch:
     def size(self) -> int:
         return int(self.lower.shape[0])
 
-    def select(self, idx: np.ndarray | list[int]) -> "DomainBatch":
+    def select(self, idx: np.ndarray | list[int]) -> DomainBatch:
         i = np.asarray(idx, dtype=np.int64)
         return DomainBatch(self.lower[i], self.upper[i], {k: v[i] for k, v in self.pre_lower.items()},
                            {k: v[i] for k, v in self.pre_upper.items()}, {k: v[i] for k, v in self.splits.items()})
@@ -282,7 +299,7 @@ def _shape(ctx: _Context, tensor: str) -> tuple[int, ...]:
 
 # --- one backward rule per op kind: substitute a · node.output by a lower bound linear in the node's inputs --------
 def _back_dense(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    op = node.op
+    op = cast(Dense, node.op)
     d, s = a.shape[:2]
     a2 = a.reshape(d, s, -1)
     w, b = torch.as_tensor(op.weight), torch.as_tensor(op.bias)
@@ -290,19 +307,19 @@ def _back_dense(ctx: _Context, node: Node, a: Tensor) -> _Step:
 
 
 def _back_conv(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    op = node.op
+    op = cast(Conv2d, node.op)
     d, s = a.shape[:2]
     in_shape = _shape(ctx, node.inputs[0])
     flat = a.reshape(d * s, *a.shape[2:])
     a_in = _conv_adjoint(flat, torch.as_tensor(op.weight), op.stride, op.padding, op.dilation, op.groups,
-                         in_shape[1:])
+                         (in_shape[1], in_shape[2]))
     per_channel = a.sum(dim=(3, 4))
     b = torch.as_tensor(op.bias)
     return _Step([(node.inputs[0], a_in.reshape(d, s, *in_shape))], per_channel @ b, a.abs().sum(dim=(3, 4)) @ b.abs())
 
 
 def _back_avgpool(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    op = node.op
+    op = cast(AvgPool2d, node.op)
     d, s = a.shape[:2]
     c, h, w = _shape(ctx, node.inputs[0])
     scaled = (a / torch.as_tensor(op.divisor(h, w))).reshape(d * s, *a.shape[2:])
@@ -321,14 +338,14 @@ def _back_reshape(ctx: _Context, node: Node, a: Tensor) -> _Step:
 
 
 def _back_scale(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    op = node.op
+    op = cast(Scale, node.op)
     mul, add = torch.as_tensor(np.asarray(op.mul, dtype=np.float64)), torch.as_tensor(np.asarray(op.add, np.float64))
     return _Step([(node.inputs[0], _unbroadcast2(a * mul, _shape(ctx, node.inputs[0])))], _rows(a * add),
                  _rows(a.abs() * add.abs()))
 
 
 def _back_add(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    op = node.op
+    op = cast(Add, node.op)
     return _Step([(node.inputs[0], _unbroadcast2(a, _shape(ctx, node.inputs[0]))),
                   (node.inputs[1], _unbroadcast2(op.coeff * a, _shape(ctx, node.inputs[1])))])
 
@@ -394,7 +411,7 @@ def _backward(ctx: _Context, plan: list[Node], start: str, a0: Tensor) -> tuple[
         if rule is None:
             raise TypeError(f"α-CROWN has no rule for op {node.kind} (node {node.name})")
         step = rule(ctx, node, a)
-        if step.bias is not None:
+        if step.bias is not None and step.mag is not None:
             bias = bias + step.bias
             mag = mag + step.mag
         for tensor, a_in in step.terms:
@@ -590,10 +607,10 @@ def _clamped(network: Network, domains: DomainBatch) -> tuple[DomainBatch, np.nd
         lo[t] = np.where(split > 0, np.maximum(lo[t], 0.0), lo[t])
         hi[t] = np.where(split < 0, np.minimum(hi[t], 0.0), hi[t])
     empty = np.zeros(domains.size, dtype=bool)
-    for t in lo:
-        empty |= (lo[t] > hi[t]).reshape(domains.size, -1).any(axis=1)
-    for t in lo:  # an empty domain's numbers only need to be harmless: its bound is replaced by +inf
-        lo[t] = np.where(empty.reshape(-1, *[1] * (lo[t].ndim - 1)), np.minimum(lo[t], hi[t]), lo[t])
+    for t, v in lo.items():
+        empty |= (v > hi[t]).reshape(domains.size, -1).any(axis=1)
+    for t, v in lo.items():  # an empty domain's numbers only need to be harmless: its bound is replaced by +inf
+        lo[t] = np.where(empty.reshape(-1, *[1] * (v.ndim - 1)), np.minimum(v, hi[t]), v)
     return DomainBatch(domains.lower, domains.upper, lo, hi, dict(domains.splits)), empty
 
 
