@@ -61,6 +61,8 @@ def _random_params(net: Network, domains: DomainBatch, rows: int, seed: int, bet
         elif isinstance(node.op, MaxPool2d):
             lam = ctx.pool[node.name].default_lam
             st_.pool[node.name] = torch.rand((d, rows, *lam.shape[2:]), generator=gen, dtype=torch.float64) * 2 - 0.5
+            theta = ctx.pool[node.name].default_tau
+            st_.tau[node.name] = torch.rand((d, rows, *theta.shape[2:]), generator=gen, dtype=torch.float64)
     _project(st_, ctx)
     return st_
 

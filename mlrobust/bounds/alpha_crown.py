@@ -7,7 +7,10 @@ optimised by projected gradient ascent (Adam, torch autograd, float64) on the bo
 * ReLU, unstable (``l < 0 < u``): lower line ``α x``, ``α ∈ [0, 1]`` (``max(x, 0) >= α x`` for every ``x``);
   the upper line stays CROWN's chord.
 * MaxPool window: lower line ``Σ_i λ_i x_i`` with ``λ`` in the probability simplex over the window's real inputs
-  (``max_i x_i >= Σ λ_i x_i`` for every ``x``); the upper line stays CROWN's chord.
+  (``max_i x_i >= Σ λ_i x_i`` for every ``x``). Upper line: ``max_i x_i <= τ + Σ_i relu(x_i - τ)`` for any ``τ``,
+  each ``relu(x_i - τ)`` replaced by its chord over ``[l_i, u_i]``; CROWN's chord is one choice of ``τ``. ``τ`` can
+  be optimised too (``lr_tau``), but on the shipped models it never helped (CROWN's ``τ`` sits at a kink that
+  gradient steps only leave for worse), so it is off by default.
 * Split constraints (branch and bound): a ReLU split active (``z >= 0``) or inactive (``z <= 0``) has its
   pre-activation bounds clamped (``l := max(l, 0)`` / ``u := min(u, 0)``), which makes it linear, and the constraint
   ``s z >= 0`` (``s = ±1``) enters the objective with a Lagrange multiplier ``β >= 0``: on the sub-domain
@@ -31,7 +34,7 @@ lives in the ``_BACKWARD`` table.
 API::
 
     AlphaOptions(iterations=20, lr_alpha=0.1, lr_beta=0.05, time_limit=None, optimize_intermediate=False,
-                 early_stop=None, intermediate_chunk=256, threads=1)
+                 early_stop=None, intermediate_chunk=256, threads=1, lr_pool=0.3, lr_tau=0.0)
     AlphaState                     # opaque warm start; .select(idx), .domains, .rows
     DomainBatch(lower, upper, pre_lower, pre_upper, splits)   # .size, .select(idx)
     AlphaResult(lower, crown_lower, state, iterations, seconds, domains, relu_coeffs, infeasible)
@@ -87,6 +90,8 @@ class AlphaOptions:
     steps). ``early_stop``: stop once every row's bound exceeds it (e.g. 0 for a proof). ``optimize_intermediate``:
     also optimise the bounds of the last refined ReLU pre-activation layer (costly: one row per unstable neuron and
     direction, ``intermediate_chunk`` rows at a time). ``threads``: torch intra-op threads (None: leave as is).
+    Learning rates (Adam) per kind: ReLU slopes ``lr_alpha``, MaxPool lower-line weights ``lr_pool``, MaxPool
+    upper-line thresholds ``lr_tau`` (0: fixed at CROWN's), split multipliers ``lr_beta``.
     """
 
     iterations: int = 20
@@ -97,37 +102,49 @@ class AlphaOptions:
     early_stop: float | None = None
     intermediate_chunk: int = 256
     threads: int | None = 1
+    lr_pool: float = 0.3
+    lr_tau: float = 0.0
 
 
 @dataclass
 class AlphaState:
-    """Optimised parameters per node, each ``(D, S, ...)``: ReLU slopes ``alpha``, MaxPool weights ``pool`` and split
-    multipliers ``beta``. Any values are sound; they only speed up a later call on a similar box or on sub-domains.
+    """Optimised parameters per node, each ``(D, S, ...)``: ReLU slopes ``alpha``, MaxPool lower-line weights
+    ``pool`` and upper-line thresholds ``tau`` (as a fraction of the range ``[max l, max u]`` of the window),
+    split multipliers ``beta``. Any values are sound; they only speed up
+    a later call on a similar box or on sub-domains.
     """
 
     alpha: dict[str, Tensor] = field(default_factory=dict)
     pool: dict[str, Tensor] = field(default_factory=dict)
     beta: dict[str, Tensor] = field(default_factory=dict)
+    tau: dict[str, Tensor] = field(default_factory=dict)
+
+    def groups(self) -> tuple[dict[str, Tensor], ...]:
+        return (self.alpha, self.pool, self.beta, self.tau)
+
+    def _first(self) -> Tensor | None:
+        for group in self.groups():
+            for v in group.values():
+                return v
+        return None
 
     @property
     def domains(self) -> int:
-        for group in (self.alpha, self.pool, self.beta):
-            for v in group.values():
-                return int(v.shape[0])
-        return 0
+        v = self._first()
+        return 0 if v is None else int(v.shape[0])
 
     @property
     def rows(self) -> int:
-        for group in (self.alpha, self.pool, self.beta):
-            for v in group.values():
-                return int(v.shape[1])
-        return 0
+        v = self._first()
+        return 0 if v is None else int(v.shape[1])
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> AlphaState:
+        return AlphaState(*({k: fn(v) for k, v in g.items()} for g in self.groups()))
 
     def select(self, idx: np.ndarray | list[int]) -> AlphaState:
         """The state of domains ``idx`` (repeats allowed: two children of one parent both start from it)."""
         i = torch.as_tensor(np.asarray(idx, dtype=np.int64))
-        return AlphaState({k: v[i] for k, v in self.alpha.items()}, {k: v[i] for k, v in self.pool.items()},
-                          {k: v[i] for k, v in self.beta.items()})
+        return self.map(lambda v: v[i])
 
 
 @dataclass
@@ -195,15 +212,23 @@ class _ReluRelax:
 
 @dataclass
 class _PoolRelax:
-    """One MaxPool node over D domains: P windows of K entries; the lower line's weights are ``(D, S, P, K)``."""
+    """One MaxPool node over D domains: P windows of K entries.
+
+    Lower line ``Σ λ_i x_i`` (weights ``(D, S, P, K)``); upper line, for a threshold ``τ`` per window,
+    ``max_i x_i <= τ + Σ_i relu(x_i - τ)`` with each ``relu(x_i - τ)`` over ``[l_i, u_i]`` replaced by ``x_i - τ``
+    (``l_i >= τ``), ``0`` (``u_i <= τ``) or its chord. Sound for every ``τ``; CROWN's chord is ``τ`` = the
+    second-largest upper bound (``τ = l_j`` for a dominated window, where the line is exactly ``x_j``).
+    """
 
     win_idx: Tensor  # (P*K,) flat input index per window entry; padding points at the dummy slot n_in
     valid: Tensor  # (P, K) real (non-padding) entries
     n_in: int
-    up_idx: Tensor  # (D, 1, P) input of the chord
-    up_slope: Tensor  # (D, 1, P)
-    up_icpt: Tensor  # (D, 1, P)
+    l_win: Tensor  # (D, 1, P, K) bounds per window entry (padding: 0, masked by ``valid``)
+    u_win: Tensor
+    tau_lo: Tensor  # (D, 1, P) largest lower bound: τ = tau_lo + θ (tau_hi - tau_lo), θ ∈ [0, 1] (scale-free)
+    tau_hi: Tensor  # (D, 1, P) largest upper bound
     default_lam: Tensor  # (D, 1, P, K) one-hot on CROWN's choice
+    default_tau: Tensor  # (D, 1, P) θ of CROWN's τ
 
 
 def _relu_relax(lo: np.ndarray, hi: np.ndarray, split: np.ndarray | None) -> _ReluRelax:
@@ -241,19 +266,21 @@ def _pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> _PoolRelax:
     np.put_along_axis(others, k_up, -np.inf, -1)
     u_second = others.max(axis=-1)
     dominated = l_top >= u_second
-    u2 = np.where(dominated, 0.0, u_second)
-    lt = np.where(dominated, 0.0, l_top)
-    slope = np.where(dominated, 1.0, (u_top - u2) / np.where(dominated, 1.0, u_top - lt))
-    icpt = np.where(dominated, 0.0, u2 - slope * lt)
-    b_idx = np.broadcast_to(flat_idx, l_win.shape)
-    up_idx = np.take_along_axis(b_idx, k_up, -1)[..., 0]
+    tau = np.where(dominated, l_top, u_second)
+    tau_lo = l_win.max(-1)
+    span = u_top - tau_lo
+    theta = np.where(span > 0, (tau - tau_lo) / np.where(span > 0, span, 1.0), 0.0).clip(0.0, 1.0)
     k_default = np.where(dominated[..., None], k_up, k_lo)
     lam = np.zeros(l_win.shape)
     np.put_along_axis(lam, k_default, 1.0, -1)
     n_in = int(lo[0].size)
     win = np.where(valid, flat_idx, n_in).reshape(-1)
-    return _PoolRelax(torch.as_tensor(win), torch.as_tensor(valid), n_in, torch.as_tensor(up_idx)[:, None],
-                      torch.as_tensor(slope)[:, None], torch.as_tensor(icpt)[:, None], torch.as_tensor(lam)[:, None])
+
+    def t(a: np.ndarray) -> Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a))[:, None]
+
+    return _PoolRelax(torch.as_tensor(win), torch.as_tensor(valid), n_in, t(np.where(valid, l_win, 0.0)),
+                      t(np.where(valid, u_win, 0.0)), t(tau_lo), t(u_top), t(lam), t(theta))
 
 
 def _project_simplex(v: Tensor, valid: Tensor) -> Tensor:
@@ -368,16 +395,25 @@ def _back_maxpool(ctx: _Context, node: Node, a: Tensor) -> _Step:
     r = ctx.pool[node.name]
     d, s = a.shape[:2]
     lam = ctx.params.pool.get(node.name, r.default_lam)
+    theta = ctx.params.tau.get(node.name, r.default_tau)
+    tau = (r.tau_lo + theta * (r.tau_hi - r.tau_lo))[..., None]  # (D, S or 1, P, 1)
     a2 = a.reshape(d, s, -1)
     pos, neg = a2.clamp(min=0.0), a2.clamp(max=0.0)
     p, k = r.valid.shape
-    src_lo = (pos[..., None] * lam).reshape(d, s, p * k)
-    src_up = neg * r.up_slope
-    index = torch.cat([r.win_idx.expand(d, s, p * k), r.up_idx.expand(d, s, p)], dim=2)
-    a_in = torch.zeros((d, s, r.n_in + 1), dtype=a.dtype).scatter_add(2, index, torch.cat([src_lo, src_up], 2))
+    # upper line per window entry: slope and the constant it subtracts (x_i - τ, chord, or nothing)
+    linear = r.valid & (r.l_win >= tau)
+    chord = r.valid & ~linear & (r.u_win > tau)
+    width = torch.where(chord, r.u_win - r.l_win, 1.0)
+    up_slope = torch.where(linear, 1.0, torch.where(chord, (r.u_win - tau) / width, 0.0))
+    up_off = torch.where(linear, tau, torch.where(chord, up_slope * r.l_win, 0.0))
+    src = pos[..., None] * lam + neg[..., None] * up_slope
+    index = r.win_idx.expand(d, s, p * k)
+    a_in = torch.zeros((d, s, r.n_in + 1), dtype=a.dtype).scatter_add(2, index, src.reshape(d, s, p * k))
     in_shape = _shape(ctx, node.inputs[0])
-    return _Step([(node.inputs[0], a_in[..., : r.n_in].reshape(d, s, *in_shape))], (neg * r.up_icpt).sum(-1),
-                 (neg.abs() * r.up_icpt.abs()).sum(-1))
+    icpt = tau[..., 0] - up_off.sum(-1)
+    mag = tau[..., 0].abs() + up_off.abs().sum(-1)
+    return _Step([(node.inputs[0], a_in[..., : r.n_in].reshape(d, s, *in_shape))], (neg * icpt).sum(-1),
+                 (neg.abs() * mag).sum(-1))
 
 
 _BACKWARD: dict[type, Callable[[_Context, Node, Tensor], _Step]] = {
@@ -437,6 +473,7 @@ def _default_params(ctx: _Context, plan: list[Node], d: int, s: int) -> AlphaSta
         elif isinstance(node.op, MaxPool2d):
             r2 = ctx.pool[node.name]
             st.pool[node.name] = r2.default_lam.expand(d, s, *r2.default_lam.shape[2:]).clone()
+            st.tau[node.name] = r2.default_tau.expand(d, s, *r2.default_tau.shape[2:]).clone()
     return st
 
 
@@ -452,9 +489,8 @@ def _adopt(init: AlphaState, warm: AlphaState | None, ctx: _Context) -> AlphaSta
                 continue
             mine[k] = w.to(_F64).expand_as(v).clone()
 
-    take(init.alpha, warm.alpha)
-    take(init.pool, warm.pool)
-    take(init.beta, warm.beta)
+    for mine, theirs in zip(init.groups(), warm.groups()):
+        take(mine, theirs)
     _project(init, ctx)
     return init
 
@@ -467,10 +503,18 @@ def _project(st: AlphaState, ctx: _Context) -> None:
         v.copy_(_project_simplex(v, ctx.pool[k].valid))
     for v in st.beta.values():
         v.clamp_(min=0.0)
+    for v in st.tau.values():
+        v.clamp_(0.0, 1.0)
 
 
-def _tensors(st: AlphaState) -> list[Tensor]:
-    return [*st.alpha.values(), *st.pool.values()]
+def _param_groups(st: AlphaState, options: AlphaOptions) -> list[dict]:
+    """Adam parameter groups: one learning rate per kind of parameter (groups with lr 0 stay fixed)."""
+    groups = []
+    for values, lr in ((st.alpha, options.lr_alpha), (st.pool, options.lr_pool), (st.tau, options.lr_tau),
+                       (st.beta, options.lr_beta)):
+        if values and lr > 0:
+            groups.append({"params": list(values.values()), "lr": lr})
+    return groups
 
 
 @dataclass
@@ -496,19 +540,13 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
         crown_lower = _sound(*_backward(ctx, plan, start, a0))
     params = _adopt(_default_params(ctx, plan, d, s), warm, ctx)
     best = crown_lower.clone() if warm is None else torch.full((d, s), -torch.inf, dtype=_F64)
-    best_state = AlphaState({k: v.clone() for k, v in params.alpha.items()},
-                            {k: v.clone() for k, v in params.pool.items()}, {k: v.clone() for k, v in params.beta.items()})
-    free = _tensors(params)
-    betas = list(params.beta.values())
+    best_state = params.map(lambda v: v.clone())
+    groups = _param_groups(params, options)
     iterations = 0
-    if options.iterations > 0 and (free or betas):
-        for v in free + betas:
-            v.requires_grad_(True)
-        groups = []
-        if free:
-            groups.append({"params": free, "lr": options.lr_alpha})
-        if betas:
-            groups.append({"params": betas, "lr": options.lr_beta})
+    if options.iterations > 0 and groups:
+        for g in groups:
+            for v in g["params"]:
+                v.requires_grad_(True)
         opt = torch.optim.Adam(groups)
         ctx.params = params
         for it in range(options.iterations + 1):
@@ -517,8 +555,7 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
                 value = _sound(bound, mag)
                 better = value > best
                 best = torch.where(better, value, best)
-                for mine, kept in ((params.alpha, best_state.alpha), (params.pool, best_state.pool),
-                                   (params.beta, best_state.beta)):
+                for mine, kept in zip(params.groups(), best_state.groups()):
                     for k, v in mine.items():
                         mask = better.reshape(d, s, *([1] * (v.dim() - 2)))
                         kept[k] = torch.where(mask, v.detach(), kept[k])
