@@ -39,7 +39,7 @@ API::
     DomainBatch(lower, upper, pre_lower, pre_upper, splits)   # .size, .select(idx)
     AlphaResult(lower, crown_lower, state, iterations, seconds, domains, relu_coeffs, infeasible)
     initial_domain(network, lower, upper, intermediate=None) -> DomainBatch
-    alpha_bounds(network, domains, coeffs, *, options=AlphaOptions(), warm=None) -> AlphaResult
+    alpha_bounds(network, domains, coeffs, *, options=AlphaOptions(), warm=None, stop=None) -> AlphaResult
     alpha_margin_bounds(network, lower, upper, target, *, options=AlphaOptions(), warm=None, intermediate=None)
         -> (margin_lower, margin_upper, state)
 """
@@ -145,6 +145,27 @@ class AlphaState:
         """The state of domains ``idx`` (repeats allowed: two children of one parent both start from it)."""
         i = torch.as_tensor(np.asarray(idx, dtype=np.int64))
         return self.map(lambda v: v[i])
+
+    def select_rows(self, idx: np.ndarray | list[int]) -> AlphaState:
+        """The state of specification rows ``idx`` (all domains)."""
+        i = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        return self.map(lambda v: v[:, i])
+
+    @staticmethod
+    def concat_rows(states: list[AlphaState | None]) -> AlphaState | None:
+        """Rows of several states side by side (same domains); a None stands for one row of CROWN's defaults (NaN).
+        None when no state is given."""
+        known = [s for s in states if s is not None]
+        if not known:
+            return None
+        like = known[0]
+        parts = [s if s is not None else like.select_rows([0]).map(lambda v: torch.full_like(v, float("nan")))
+                 for s in states]
+        keys = [list(g) for g in like.groups()]
+        if any([list(g) for g in p.groups()] != keys for p in parts):
+            return None
+        return AlphaState(*({k: torch.cat([p.groups()[i][k] for p in parts], dim=1) for k in keys[i]}
+                            for i in range(len(keys))))
 
 
 @dataclass
@@ -478,7 +499,8 @@ def _default_params(ctx: _Context, plan: list[Node], d: int, s: int) -> AlphaSta
 
 
 def _adopt(init: AlphaState, warm: AlphaState | None, ctx: _Context) -> AlphaState:
-    """Start from ``warm`` where its shapes fit (a one-domain state broadcasts), else from ``init``; projected."""
+    """Start from ``warm`` where its shapes fit (a one-domain state broadcasts; NaN entries mean "CROWN's default"),
+    else from ``init``; projected."""
     if warm is None:
         return init
 
@@ -487,7 +509,8 @@ def _adopt(init: AlphaState, warm: AlphaState | None, ctx: _Context) -> AlphaSta
             w = theirs.get(k)
             if w is None or w.shape[1:] != v.shape[1:] or w.shape[0] not in (1, v.shape[0]):
                 continue
-            mine[k] = w.to(_F64).expand_as(v).clone()
+            w = w.to(_F64).expand_as(v)
+            mine[k] = torch.where(torch.isnan(w), v, w)
 
     for mine, theirs in zip(init.groups(), warm.groups()):
         take(mine, theirs)
@@ -507,14 +530,38 @@ def _project(st: AlphaState, ctx: _Context) -> None:
         v.clamp_(0.0, 1.0)
 
 
-def _param_groups(st: AlphaState, options: AlphaOptions) -> list[dict]:
+def _param_groups(st: AlphaState, options: AlphaOptions) -> list[tuple[list[Tensor], float]]:
     """Adam parameter groups: one learning rate per kind of parameter (groups with lr 0 stay fixed)."""
     groups = []
     for values, lr in ((st.alpha, options.lr_alpha), (st.pool, options.lr_pool), (st.tau, options.lr_tau),
                        (st.beta, options.lr_beta)):
         if values and lr > 0:
-            groups.append({"params": list(values.values()), "lr": lr})
+            groups.append((list(values.values()), float(lr)))
     return groups
+
+
+class _Adam:
+    """Adam on a loss to minimise, in a few lines (torch.optim's first use imports its compiler stack: ~1.5 s)."""
+
+    def __init__(self, groups: list[tuple[list[Tensor], float]], betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        self.params = [p for ps, _ in groups for p in ps]
+        self.lrs = [lr for ps, lr in groups for _ in ps]
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.b1, self.b2 = betas
+        self.eps = eps
+        self.t = 0
+
+    def step(self, loss: Tensor) -> None:
+        grads = torch.autograd.grad(loss, self.params)
+        self.t += 1
+        c1, c2 = 1.0 - self.b1 ** self.t, 1.0 - self.b2 ** self.t
+        with torch.no_grad():
+            for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.lrs):
+                m.mul_(self.b1).add_(g, alpha=1.0 - self.b1)
+                v.mul_(self.b2).addcmul_(g, g, value=1.0 - self.b2)
+                p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-lr / c1)
 
 
 @dataclass
@@ -530,8 +577,8 @@ def _sound(bound: Tensor, mag: Tensor) -> Tensor:
 
 
 def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: AlphaOptions,
-              warm: AlphaState | None, deadline: float | None, capture: dict[str, Tensor] | None = None
-              ) -> _Optimised:
+              warm: AlphaState | None, deadline: float | None, capture: dict[str, Tensor] | None = None,
+              stop: Callable[[np.ndarray], bool] | None = None) -> _Optimised:
     """Projected gradient ascent on the bounds of the rows of ``a0`` (``(D or 1, S, *shape of start)``)."""
     d, s = ctx.in_lower.shape[0], a0.shape[1]
     init = _default_params(ctx, plan, d, s)
@@ -539,15 +586,25 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
     with torch.no_grad():
         crown_lower = _sound(*_backward(ctx, plan, start, a0))
     params = _adopt(_default_params(ctx, plan, d, s), warm, ctx)
-    best = crown_lower.clone() if warm is None else torch.full((d, s), -torch.inf, dtype=_F64)
+    best = crown_lower.clone()
+    if warm is not None:
+        # A warm start from another box can be worse than CROWN's parameters: start such rows from CROWN's.
+        ctx.params = params
+        with torch.no_grad():
+            warm_lower = _sound(*_backward(ctx, plan, start, a0))
+        worse = warm_lower < crown_lower
+        for mine, default in zip(params.groups(), init.groups()):
+            for k, v in mine.items():
+                mine[k] = torch.where(worse.reshape(d, s, *([1] * (v.dim() - 2))), default[k], v)
+        best = torch.maximum(best, warm_lower)
     best_state = params.map(lambda v: v.clone())
     groups = _param_groups(params, options)
     iterations = 0
     if options.iterations > 0 and groups:
-        for g in groups:
-            for v in g["params"]:
+        for ps, _ in groups:
+            for v in ps:
                 v.requires_grad_(True)
-        opt = torch.optim.Adam(groups)
+        opt = _Adam(groups)
         ctx.params = params
         for it in range(options.iterations + 1):
             bound, mag = _backward(ctx, plan, start, a0)
@@ -563,11 +620,11 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
                 break
             if options.early_stop is not None and bool((best > options.early_stop).all()):
                 break
+            if stop is not None and stop(best.numpy()):
+                break
             if deadline is not None and time.perf_counter() >= deadline:
                 break
-            opt.zero_grad()
-            (-bound.sum()).backward()
-            opt.step()
+            opt.step(-bound.sum())
             _project(params, ctx)
             iterations += 1
     ctx.params = best_state
@@ -739,12 +796,13 @@ def _optimise_intermediate(network: Network, domains: DomainBatch, options: Alph
 
 # --- public entry points ----------------------------------------------------------------------------------------
 def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, options: AlphaOptions | None = None,
-                 warm: AlphaState | None = None) -> AlphaResult:
+                 warm: AlphaState | None = None, stop: Callable[[np.ndarray], bool] | None = None) -> AlphaResult:
     """Sound lower bounds of ``coeffs[s] @ y`` (``y`` the flattened output) over each domain, α/β-optimised.
 
     ``coeffs``: ``(S, C)`` for every domain or ``(D, S, C)`` per domain. ``warm``: parameters of an earlier call
     (same S; D equal or 1), e.g. ``result.state.select(parent_of_each_child)``. Never looser than plain CROWN on
-    the same intermediate bounds (``crown_lower``).
+    the same intermediate bounds (``crown_lower``). ``stop(best)`` is asked after every step with the best sound
+    bounds so far ``(D, S)`` and ends the optimisation when it returns True (e.g. once a property is proven).
     """
     options = options or AlphaOptions()
     start_time = time.perf_counter()
@@ -767,7 +825,7 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
         plan = _plan(network, out)
         a0 = torch.as_tensor(coeffs).reshape(coeffs.shape[0], coeffs.shape[1], *network.shape_of(out))
         capture: dict[str, Tensor] = {}
-        res = _optimise(ctx, plan, out, a0, options, warm, deadline, capture)
+        res = _optimise(ctx, plan, out, a0, options, warm, deadline, capture, stop)
     lower = res.lower.numpy().copy()
     crown_lower = res.crown_lower.numpy().copy()
     lower[empty] = np.inf
