@@ -26,6 +26,7 @@ from mlrobust.bounds.alpha_crown import (
     alpha_margin_bounds,
     initial_domain,
 )
+from mlrobust.bounds.alpha_margin import AlphaCache, pair_kth_upper
 from mlrobust.bounds.crown import BackSubstitution, crown
 from mlrobust.bounds.margin import margin_bounds
 from mlrobust.errors import InputError
@@ -261,3 +262,53 @@ def test_alpha_is_strictly_tighter_than_crown_on_a_shipped_model():
     a_lo, a_hi, _ = alpha_margin_bounds(net, lo, hi, 1, intermediate=b, options=AlphaOptions(iterations=10))
     assert np.all(a_hi <= c_hi + 1e-9) and np.all(a_lo >= c_lo - 1e-9)
     assert np.max(c_hi - a_hi) > 0.02  # measured ~0.07 on the largest margin
+
+
+@FEW
+@given(kind=st.sampled_from(["mlp", "cnn"]), seed=st.integers(0, 2**31), radius=st.sampled_from([0.05, 0.2, 0.5]))
+def test_alpha_tightening_bounds_the_kth_margin_and_beats_crown(kind, seed, radius):
+    from mlrobust.milp.tightening import tighten
+    from mlrobust.verify.margin import topk_margin
+
+    net = random_network(kind, seed)
+    lo, hi = random_box(net, seed + 1, radius)
+    target = seed % net.num_classes
+    k = 2 if net.num_classes > 2 else 1
+    crown_t = tighten(net, lo, hi, "crown", target=target)
+    cache = AlphaCache()
+    for _ in range(2):  # the second call starts warm from the first one's parameters
+        alpha_t = tighten(net, lo, hi, "alpha", target=target, k=k, alpha_cache=cache,
+                          alpha_options=AlphaOptions(iterations=10))
+        xs = sample_box(lo, hi, 1000, seed + 2)
+        margins = _outputs(net, xs) - _outputs(net, xs)[:, [target]]
+        assert np.all(margins <= alpha_t.margin_upper) and np.all(margins >= alpha_t.margin_lower)
+        assert np.all(alpha_t.margin_upper <= crown_t.margin_upper + 1e-12)
+        assert alpha_t.kth_upper is not None and alpha_t.k == k
+        assert np.all(topk_margin(_outputs(net, xs), target, k) <= alpha_t.kth_upper)
+        others = np.delete(np.arange(net.num_classes), target)
+        assert alpha_t.kth_upper <= np.sort(crown_t.margin_upper[others])[-k] + 1e-12
+
+
+def test_pair_bound_is_the_max_over_pairs_of_the_smallest_bound():
+    upper = np.array([0.0, 2.0, 0.5, -1.0, 0.3])  # target 0
+    assert pair_kth_upper(upper, 0, {}) == 0.5  # the second-largest per-class bound
+    assert pair_kth_upper(upper, 0, {(1, 2): -0.2}) == 0.3  # pair {1, 2} closed: next is {1, 4}
+    assert pair_kth_upper(upper, 0, {(1, 2): -0.2, (1, 4): -0.1, (2, 4): -0.3}) == -0.1
+
+
+def test_alpha_cache_fills_missing_rows_with_crown_defaults():
+    net = random_network("mlp", 7)
+    lo, hi = random_box(net, 8, 0.3)
+    dom = initial_domain(net, lo, hi)
+    coeffs = _random_coeffs(net, 9, rows=2)
+    res = alpha_bounds(net, dom, coeffs, options=AlphaOptions(iterations=5))
+    cache = AlphaCache(families=1)
+    cache.put("f", ["a", "b"], res.state)
+    warm = cache.warm("f", ["b", "new"])
+    assert warm is not None and warm.rows == 2
+    for v in warm.alpha.values():
+        assert torch.isnan(v[:, 1]).all() and not torch.isnan(v[:, 0]).any()
+    again = alpha_bounds(net, dom, coeffs[[1, 0]], options=AlphaOptions(iterations=0), warm=warm)
+    assert again.lower[0, 0] >= res.lower[0, 1] - 1e-9  # row "b" restarts where it ended
+    cache.put("g", ["a"], res.state)  # one family kept: "f" is dropped
+    assert cache.warm("f", ["a"]) is None

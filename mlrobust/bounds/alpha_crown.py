@@ -39,6 +39,7 @@ API::
     DomainBatch(lower, upper, pre_lower, pre_upper, splits)   # .size, .select(idx)
     AlphaResult(lower, crown_lower, state, iterations, seconds, domains, relu_coeffs, infeasible)
     initial_domain(network, lower, upper, intermediate=None) -> DomainBatch
+    tighten_intermediate(network, bounds, options=None) -> (Bounds, rows)
     alpha_bounds(network, domains, coeffs, *, options=AlphaOptions(), warm=None, stop=None) -> AlphaResult
     alpha_margin_bounds(network, lower, upper, target, *, options=AlphaOptions(), warm=None, intermediate=None)
         -> (margin_lower, margin_upper, state)
@@ -834,6 +835,30 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
     return AlphaResult(lower, crown_lower, res.state, res.iterations, seconds, used,
                        {k: v.numpy() for k, v in capture.items()}, empty,
                        {"intermediate_rows": rows_intermediate})
+
+
+def tighten_intermediate(network: Network, bounds: Bounds, options: AlphaOptions | None = None) -> tuple[Bounds, int]:
+    """``bounds`` with the last refined ReLU pre-activation layer re-bounded by α-CROWN and interval propagation
+    carrying that to every later tensor (all intersected with ``bounds``); and the rows optimised."""
+    options = options or AlphaOptions()
+    deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
+    start = time.perf_counter()
+    dom = initial_domain(network, bounds.input_lower, bounds.input_upper, bounds)
+    with torch_threads(options.threads):
+        dom, rows = _optimise_intermediate(network, dom, options, deadline)
+    lows, ups = dict(bounds.lower), dict(bounds.upper)
+    for t in dom.pre_lower:
+        lows[t] = np.maximum(lows[t], dom.pre_lower[t][0])
+        ups[t] = np.minimum(ups[t], dom.pre_upper[t][0])
+    for node in network.nodes:  # every tensor: its interval image of the (tightened) inputs, intersected
+        lo, hi = interval_affine(node, [lows[t] for t in node.inputs], [ups[t] for t in node.inputs])
+        new_lo, new_hi = np.maximum(lows[node.output], lo), np.minimum(ups[node.output], hi)
+        ok = new_lo <= new_hi  # both sound: a crossing can only come from rounding
+        lows[node.output] = np.where(ok, new_lo, lows[node.output])
+        ups[node.output] = np.where(ok, new_hi, ups[node.output])
+    info = dict(bounds.info, alpha_intermediate_rows=rows)
+    return Bounds(network, lows, ups, bounds.method + "+alpha", bounds.seconds + time.perf_counter() - start,
+                  info), rows
 
 
 def margin_coeffs(num_classes: int, target: int) -> tuple[np.ndarray, np.ndarray]:

@@ -73,7 +73,7 @@ class Cascade:
         if self.use_bounds:
             self.calls["bounds"] += 1
             t0 = time.perf_counter()
-            tight = self.bounds.tighten(network, box, target, left())
+            tight = self.bounds.tighten(network, box, target, left(), k)
             verdict = verdict_from_bounds(tight, network, box, target, k, time.perf_counter() - t0)
             seconds["bounds"] = verdict.seconds["bounds"]
             stats.update(verdict.stats)
@@ -87,8 +87,10 @@ class Cascade:
             return Unknown(tier="bounds", seconds=seconds, stats=stats, weak_points=_merge(wps, limit=self.weak_point_limit),
                            reason="time limit reached before the MILP")
         self.calls["milp"] += 1
+        # α bounds contain CROWN's (same intermediate bounds, margins never looser): reuse them for a CROWN MILP
         reuse = tight if (tight is not None and isinstance(self.milp, MilpVerifier)
-                          and self.milp.tightening == tight.method) else None
+                          and (self.milp.tightening == tight.method
+                               or (self.milp.tightening == "crown" and tight.method == "alpha"))) else None
         if isinstance(self.milp, MilpVerifier):
             verdict = self.milp.verify(network, box, target, k, mode, remaining, tightened=reuse, hints=hints)
         else:
