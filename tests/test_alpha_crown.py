@@ -312,3 +312,23 @@ def test_alpha_cache_fills_missing_rows_with_crown_defaults():
     assert again.lower[0, 0] >= res.lower[0, 1] - 1e-9  # row "b" restarts where it ended
     cache.put("g", ["a"], res.state)  # one family kept: "f" is dropped
     assert cache.warm("f", ["a"]) is None
+
+
+@FEW
+@given(kind=st.sampled_from(["mlp", "cnn"]), seed=st.integers(0, 2**31))
+def test_input_coeffs_give_a_linear_lower_bound_function(kind, seed):
+    net = random_network(kind, seed)
+    lo, hi = random_box(net, seed + 1, 0.3)
+    dom = initial_domain(net, lo, hi)
+    coeffs = _random_coeffs(net, seed, rows=3)
+    res = alpha_bounds(net, dom, coeffs, options=OPTS)
+    a = res.input_coeffs
+    assert a is not None and a.shape == (1, 3, *net.sample_shape)
+    a2 = a[0].reshape(3, -1)
+    lo_f, hi_f = lo.reshape(-1), hi.reshape(-1)
+    # lower = min over the box of a·x + c, so c = lower - that minimum; f(x) >= a·x + c at every sample
+    const = res.lower[0] - (np.minimum(a2 * lo_f, a2 * hi_f)).sum(1)
+    xs = sample_box(lo, hi, 500, seed + 2)
+    vals = _outputs(net, xs) @ coeffs.T
+    lin = xs.reshape(xs.shape[0], -1) @ a2.T + const
+    assert np.all(vals >= lin - 1e-7 * (1 + np.abs(vals)))

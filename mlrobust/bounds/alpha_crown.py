@@ -37,7 +37,8 @@ API::
                  early_stop=None, intermediate_chunk=256, threads=1, lr_pool=0.3, lr_tau=0.0)
     AlphaState                     # opaque warm start; .select(idx), .domains, .rows
     DomainBatch(lower, upper, pre_lower, pre_upper, splits)   # .size, .select(idx)
-    AlphaResult(lower, crown_lower, state, iterations, seconds, domains, relu_coeffs, infeasible)
+    AlphaResult(lower, crown_lower, state, iterations, seconds, domains, relu_coeffs, infeasible, stats,
+                input_coeffs)
     initial_domain(network, lower, upper, intermediate=None) -> DomainBatch
     tighten_intermediate(network, bounds, options=None) -> (Bounds, rows)
     alpha_bounds(network, domains, coeffs, *, options=AlphaOptions(), warm=None, stop=None) -> AlphaResult
@@ -199,7 +200,9 @@ class AlphaResult:
     ``domains``: the bounds actually used (splits clamped; tighter where ``optimize_intermediate`` improved them).
     ``relu_coeffs``: per ReLU node, the coefficient ``(D, S, *shape)`` of its *output* in the final back-substitution
     (its sign says which relaxation line was used; the BaBSR score is built from it). ``infeasible``: ``(D,)`` domains
-    whose split constraints contradict their bounds (bound ``+inf``).
+    whose split constraints contradict their bounds (bound ``+inf``). ``input_coeffs``: the coefficient of the input
+    in the final bound (``lower = input_coeffs · x* + const`` at the box corner ``x*`` it picks; the
+    per-dimension contribution ``|coeff| (u - l)`` ranks input splits).
     """
 
     lower: np.ndarray
@@ -211,6 +214,7 @@ class AlphaResult:
     relu_coeffs: dict[str, np.ndarray] = field(default_factory=dict)
     infeasible: np.ndarray | None = None
     stats: dict = field(default_factory=dict)
+    input_coeffs: np.ndarray | None = None  # (D, S, *input_shape): the final bound's linear function of the input
 
     @property
     def improvement(self) -> np.ndarray:
@@ -475,6 +479,8 @@ def _backward(ctx: _Context, plan: list[Node], start: str, a0: Tensor) -> tuple[
         for tensor, a_in in step.terms:
             acc[tensor] = acc[tensor] + a_in if tensor in acc else a_in
     a_x = acc.pop(ctx.network.input_name, None)
+    if a_x is not None and ctx.capture is not None:
+        ctx.capture[ctx.network.input_name] = a_x.detach()
     if a_x is not None:
         lo, hi = ctx.in_lower, ctx.in_upper
         bias = bias + _rows(a_x * lo) + _rows(a_x.clamp(max=0.0) * (hi - lo))
@@ -832,9 +838,10 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
     lower[empty] = np.inf
     crown_lower[empty] = np.inf
     seconds = time.perf_counter() - start_time
+    a_x = capture.pop(network.input_name, None)
     return AlphaResult(lower, crown_lower, res.state, res.iterations, seconds, used,
                        {k: v.numpy() for k, v in capture.items()}, empty,
-                       {"intermediate_rows": rows_intermediate})
+                       {"intermediate_rows": rows_intermediate}, None if a_x is None else a_x.numpy())
 
 
 def tighten_intermediate(network: Network, bounds: Bounds, options: AlphaOptions | None = None) -> tuple[Bounds, int]:

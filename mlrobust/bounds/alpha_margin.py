@@ -10,6 +10,11 @@ from CROWN's margin bounds ``U_c``:
    upper bounds of a few convex combinations are α-optimised (one row per ``λ`` of :data:`PAIR_WEIGHTS`; the shared
    dependence of ``m_a`` and ``m_b`` on the input cancels, which per-class bounds cannot exploit).
 
+Hopeless optimisations stop early: after :data:`PATIENCE` steps, if the bound's mean progress per step, continued
+over every remaining step, would not reach a proof, the rows stop there (α's progress slows down as it goes, so
+the linear forecast is optimistic and rarely gives up on a box it would have proven). Inside a search most queries
+the bounds cannot prove then cost a few steps instead of the whole budget.
+
 The result's ``kth_upper`` is a proven upper bound on the k-th largest margin: the k-th largest ``U_c`` and, for
 k = 2, ``max over all pairs of min(U_a, U_b, best pair bound)``. Lower bounds stay CROWN's (only upper bounds decide
 robustness). :class:`AlphaCache` keeps each row's optimised parameters per query family (network, target) so the
@@ -21,7 +26,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -40,6 +45,8 @@ from mlrobust.ir.graph import Network
 PAIR_WEIGHTS = (0.25, 0.5, 0.75)
 #: Pairs considered at most (more open candidates means the box is far from provable by bounds).
 MAX_PAIRS = 10
+#: Steps before a hopeless optimisation may be given up.
+PATIENCE = 5
 
 
 class AlphaCache:
@@ -103,11 +110,37 @@ def pair_kth_upper(upper: np.ndarray, target: int, pair_bound: dict[tuple[int, i
     return best
 
 
+class _Progress:
+    """The stop rule of one optimisation: proven, or hopeless by the linear forecast (see the module docstring)."""
+
+    def __init__(self, kth: Callable[[np.ndarray], float], steps: int, tolerance: float, give_up: bool):
+        self.kth, self.steps, self.tolerance, self.give_up = kth, steps, tolerance, give_up
+        self.first: float | None = None
+        self.calls = 0
+        self.gave_up = False
+
+    def __call__(self, best: np.ndarray) -> bool:
+        value = self.kth(best)
+        if value < -self.tolerance:
+            return True
+        if self.first is None:
+            self.first = value
+            return False
+        self.calls += 1
+        if self.give_up and self.calls >= PATIENCE:
+            rate = (self.first - value) / self.calls
+            if value - rate * (self.steps - self.calls) >= -self.tolerance:
+                self.gave_up = True
+                return True
+        return False
+
+
 def alpha_topk_bounds(network: Network, bounds: Bounds, target: int, k: int, crown_lower: np.ndarray,
                       crown_upper: np.ndarray, *, options: AlphaOptions | None = None, tolerance: float = 1e-4,
-                      cache: AlphaCache | None = None, family: Hashable = None) -> TopKBound:
+                      cache: AlphaCache | None = None, family: Hashable = None, give_up: bool = True) -> TopKBound:
     """Tighten CROWN's margin bounds (``crown_lower``/``crown_upper``, intermediate bounds ``bounds`` over the box)
-    where the top-k proof needs it; see the module docstring. ``cache``/``family`` warm-start the rows."""
+    where the top-k proof needs it; see the module docstring. ``cache``/``family`` warm-start the rows;
+    ``give_up=False`` spends the whole budget even when the forecast says no proof is coming."""
     options = options or AlphaOptions()
     start = time.perf_counter()
     deadline = None if options.time_limit is None else start + float(options.time_limit)
@@ -132,13 +165,15 @@ def alpha_topk_bounds(network: Network, bounds: Bounds, target: int, k: int, cro
     coeffs = -rows[[row_of[c] for c in cand]]
     fixed = upper.copy()
 
-    def proven(best: np.ndarray) -> bool:
+    def class_kth(best: np.ndarray) -> float:
         u = fixed.copy()
         u[cand] = np.minimum(u[cand], -best[0])
-        return _kth_largest(u[others], k) < -tolerance
+        return _kth_largest(u[others], k)
 
+    progress = _Progress(class_kth, options.iterations, tolerance, give_up)
     warm = cache.warm(family, keys) if cache is not None else None
-    res = alpha_bounds(network, domain, coeffs, options=left(), warm=warm, stop=proven)
+    res = alpha_bounds(network, domain, coeffs, options=left(), warm=warm, stop=progress)
+    stats["gave_up"] = progress.gave_up
     if cache is not None:
         cache.put(family, keys, res.state)
     upper[cand] = np.minimum(upper[cand], -res.lower[0])
@@ -147,7 +182,8 @@ def alpha_topk_bounds(network: Network, bounds: Bounds, target: int, k: int, cro
     kth = _kth_largest(upper[others], k)
     # 2. pairs, k = 2
     still = [c for c in cand if upper[c] >= -tolerance]
-    if kth >= -tolerance and k == 2 and len(still) >= 2 and (deadline is None or time.perf_counter() < deadline):
+    if (kth >= -tolerance and k == 2 and len(still) >= 2 and not progress.gave_up
+            and (deadline is None or time.perf_counter() < deadline)):
         pairs = list(itertools.combinations(sorted(still), 2))[:MAX_PAIRS]
         keys = [("pair", a, b, lam) for a, b in pairs for lam in PAIR_WEIGHTS]
         coeffs = np.stack([-(lam * rows[row_of[a]] + (1 - lam) * rows[row_of[b]]) for a, b in pairs
@@ -159,11 +195,11 @@ def alpha_topk_bounds(network: Network, bounds: Bounds, target: int, k: int, cro
             # (max over λ of the lower bound of -(λ m_a + ...) = min over λ of the upper bound)
             return {p: float(v) for p, v in zip(pairs, ub)}
 
-        def pairs_proven(best: np.ndarray) -> bool:
-            return pair_kth_upper(upper, target, pair_bounds(best)) < -tolerance
-
+        progress = _Progress(lambda best: pair_kth_upper(upper, target, pair_bounds(best)), options.iterations,
+                             tolerance, give_up)
         warm = cache.warm(family, keys) if cache is not None else None
-        res = alpha_bounds(network, domain, coeffs, options=left(), warm=warm, stop=pairs_proven)
+        res = alpha_bounds(network, domain, coeffs, options=left(), warm=warm, stop=progress)
+        stats["gave_up"] = progress.gave_up
         if cache is not None:
             cache.put(family, keys, res.state)
         stats["pair_rows"] = len(keys)
