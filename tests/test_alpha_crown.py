@@ -332,3 +332,26 @@ def test_input_coeffs_give_a_linear_lower_bound_function(kind, seed):
     vals = _outputs(net, xs) @ coeffs.T
     lin = xs.reshape(xs.shape[0], -1) @ a2.T + const
     assert np.all(vals >= lin - 1e-7 * (1 + np.abs(vals)))
+
+
+def test_alpha_bound_tier_proves_what_crown_cannot_and_warm_starts_the_next_query():
+    from mlrobust.verify.bound_check import BoundCheck
+    from mlrobust.verify.spec import Box
+    from mlrobust.verify.verdict import Robust, Unknown
+
+    net = random_network("mlp", 13)
+    lo, hi = random_box(net, 13, 0.1)
+    box = Box(lo, hi)
+    assert isinstance(BoundCheck("crown").verify(net, box, 0, 2), Unknown)
+    check = BoundCheck("alpha")
+    verdict = check.verify(net, box, 0, 2)
+    assert isinstance(verdict, Robust) and verdict.bound < -1e-4
+    stats = verdict.stats["bounds"]
+    assert stats["alpha_rows"] >= 2 and stats["crown_kth_upper"] > 0
+    from mlrobust.verify.margin import topk_margin
+
+    assert np.all(topk_margin(_outputs(net, sample_box(lo, hi, 2000, 1)), 0, 2) <= verdict.bound)
+    assert check.alpha_cache is not None and check.alpha_cache.hits == 0
+    shrunk = Box(lo + 0.01 * (hi - lo), hi - 0.01 * (hi - lo))
+    assert isinstance(check.verify(net, shrunk, 0, 2), Robust)
+    assert check.alpha_cache.hits >= 2  # the second query started from the first one's slopes

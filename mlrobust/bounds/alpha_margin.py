@@ -150,7 +150,8 @@ def alpha_topk_bounds(network: Network, bounds: Bounds, target: int, k: int, cro
     crown_kth = _kth_largest(upper[others], k)
     stats: dict = {"alpha_rows": 0, "alpha_iterations": 0, "pair_rows": 0}
     cand = [int(c) for c in others if upper[c] >= -tolerance]
-    if crown_kth < -tolerance or len(cand) < k:
+    # no upper bound can fall below the k-th largest lower bound: such a box is out of reach of any proof
+    if crown_kth < -tolerance or len(cand) < k or _kth_largest(lower[others], k) >= -tolerance:
         return TopKBound(lower, upper, crown_kth, crown_kth, time.perf_counter() - start, stats)
     domain = initial_domain(network, bounds.input_lower, bounds.input_upper, bounds)
     rows, classes = margin_coeffs(n, target)
