@@ -175,6 +175,7 @@ def alpha_topk_bounds(network: Network, bounds: Bounds, target: int, k: int, cro
     warm = cache.warm(family, keys) if cache is not None else None
     res = alpha_bounds(network, domain, coeffs, options=left(), warm=warm, stop=progress)
     stats["gave_up"] = progress.gave_up
+    stats["class_iterations"] = res.iterations
     if cache is not None:
         cache.put(family, keys, res.state)
     upper[cand] = np.minimum(upper[cand], -res.lower[0])
@@ -183,7 +184,8 @@ def alpha_topk_bounds(network: Network, bounds: Bounds, target: int, k: int, cro
     kth = _kth_largest(upper[others], k)
     # 2. pairs, k = 2
     still = [c for c in cand if upper[c] >= -tolerance]
-    if (kth >= -tolerance and k == 2 and len(still) >= 2 and not progress.gave_up
+    # (even when the per-class rows gave up: a pair's combination can be provable where neither margin alone is)
+    if (kth >= -tolerance and k == 2 and len(still) >= 2 and MAX_PAIRS > 0
             and (deadline is None or time.perf_counter() < deadline)):
         pairs = list(itertools.combinations(sorted(still), 2))[:MAX_PAIRS]
         keys = [("pair", a, b, lam) for a, b in pairs for lam in PAIR_WEIGHTS]
@@ -204,6 +206,7 @@ def alpha_topk_bounds(network: Network, bounds: Bounds, target: int, k: int, cro
         if cache is not None:
             cache.put(family, keys, res.state)
         stats["pair_rows"] = len(keys)
+        stats["pair_iterations"] = res.iterations
         stats["alpha_iterations"] += res.iterations
         kth = min(kth, pair_kth_upper(upper, target, pair_bounds(res.lower)))
     upper[target] = lower[target] = 0.0
