@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mlrobust.bounds.alpha_crown import AlphaOptions
 from mlrobust.bounds.crown import crown
 from mlrobust.bounds.result import Bounds
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
 from mlrobust.milp.tightening import Tightened, tighten
 from mlrobust.verify.attack import pgd
-from mlrobust.verify.bab_bounds import Domain, DomainBound, SplitCrown
+from mlrobust.verify.bab_bounds import AlphaEngine, Domain, DomainBound, SplitCrown
 from mlrobust.verify.base import Mode
 from mlrobust.verify.counterexample import CheckedPoint, OutputProperty, TopKProperty, check_points, check_query
 from mlrobust.verify.spec import Box
@@ -172,15 +173,21 @@ class BabOptions:
     attack_steps: int = 40
     root_attack: bool = True
     time_limit: float | None = 60.0
+    engine: str = "auto"
+    alpha_iterations: int = 10
+    refresh_intermediate: bool = True
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
             raise InputError(f"unknown branching {self.branching!r}; choose one of {', '.join(BRANCHING)}")
+        if self.engine not in ENGINES:
+            raise InputError(f"unknown bound engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.batch_size < 1 or self.max_domains < 1:
             raise InputError("batch_size and max_domains must be positive")
 
 
 BRANCHING = ("babsr", "widest")
+ENGINES = ("auto", "crown", "alpha")
 
 
 @dataclass
@@ -301,7 +308,8 @@ class BabVerifier:
                 return finish("violated", float("inf"), "attack", res.counterexample)
         # 2. root bounds
         t0 = time.perf_counter()
-        engine = SplitCrown(network)
+        input_split = int(np.prod(network.sample_shape)) <= opts.input_split_max_dim
+        engine = self._engine(network, input_split)
         rb = root_bounds if root_bounds is not None else crown(network, box.lower, box.upper)
         root = engine.root(box.lower, box.upper, rb.lower, rb.upper)
         if spec is None:
@@ -318,11 +326,11 @@ class BabVerifier:
             cap[: others.size] = single_ub  # sound on the whole box, hence on every sub-domain
             spec.cap = cap
         coeffs = _coeffs(spec)
-        input_split = int(np.prod(network.sample_shape)) <= opts.input_split_max_dim
         rootb = engine.bound([root], coeffs)[0]
         stats["bound_seconds"] += time.perf_counter() - t0
         stats["domains"] += 1
         stats["mode"] = "input" if input_split else "relu"
+        stats["engine"] = engine.name
         stats["rows"] = int(spec.rows.shape[0])
         root_dom = self._absorb(rootb, spec)
         stats["root_bound"] = root_dom.value
@@ -390,18 +398,30 @@ class BabVerifier:
         return finish("proven", proven_max if proven_max > float("-inf") else -np.inf)
 
     # --- helpers --------------------------------------------------------------------------------------------------
+    def _engine(self, network: Network, input_split: bool) -> SplitCrown | AlphaEngine:
+        """The bound engine: α/β-CROWN for ReLU splitting, plain CROWN (with input coefficients) for input
+        bisection, unless the options name one."""
+        opts = self.options
+        name = opts.engine if opts.engine != "auto" else ("crown" if input_split else "alpha")
+        if name == "crown":
+            return SplitCrown(network)
+        return AlphaEngine(network, AlphaOptions(iterations=opts.alpha_iterations), refresh=opts.refresh_intermediate)
+
     @staticmethod
     def _absorb(r: DomainBound, spec: OutputSpec) -> Domain:
         """The refreshed domain with its value and the binding row's coefficients (what branching needs)."""
         ub = _upper(r, spec)
         dom = r.domain
+        if dom.row_upper is not None:  # the parent's bounds hold on the child too
+            ub = np.minimum(ub, dom.row_upper)
+        dom.row_upper = ub
         dom.value = float(spec.value(ub[None])[0])
         row = spec.binding_row(ub)
         dom.relu_coeff = {n: c[row].astype(np.float32) for n, c in r.relu_coeff.items()}
         dom.input_coeff = None if r.input_coeff is None else r.input_coeff[row].astype(np.float32)
         return dom
 
-    def _branch(self, engine: SplitCrown, dom: Domain, input_split: bool) -> list[Domain]:
+    def _branch(self, engine: SplitCrown | AlphaEngine, dom: Domain, input_split: bool) -> list[Domain]:
         if not input_split:
             choice = self._pick_relu(engine, dom)
             if choice is not None:
@@ -422,7 +442,7 @@ class BabVerifier:
         lo2.reshape(-1)[i] = mid
         return [dom.child(lower=dom.lower, upper=hi1), dom.child(lower=lo2, upper=dom.upper)]
 
-    def _pick_relu(self, engine: SplitCrown, dom: Domain) -> tuple[str, str, int] | None:
+    def _pick_relu(self, engine: SplitCrown | AlphaEngine, dom: Domain) -> tuple[str, str, int] | None:
         """The unstable, unsplit ReLU with the best score (vectorised per layer)."""
         best: tuple[float, str, str, int] | None = None
         for n in engine.relu_nodes:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from mlrobust.bounds.alpha_crown import AlphaOptions, AlphaState, DomainBatch, alpha_bounds
 from mlrobust.bounds.crown import BackSubstitution, maxpool_candidates, pool_index, torch_threads
 from mlrobust.bounds.ibp import interval_affine
 from mlrobust.ir.graph import Network, Node
@@ -58,6 +59,8 @@ class Domain:
     changed: frozenset[str] = frozenset()  # pre-activation tensors clamped since the bounds were computed
     box_changed: bool = False  # the input box shrank since the bounds were computed (everything is stale)
     value: float = float("inf")  # the spec's worst bound on this domain (see bab.OutputSpec.value)
+    row_upper: np.ndarray | None = None  # upper bounds of the spec's rows (a child's never exceed its parent's)
+    warm: object | None = None  # the bound engine's warm start for this domain's children
     relu_coeff: dict[str, np.ndarray] = field(default_factory=dict)  # the binding row's coefficients per ReLU
     input_coeff: np.ndarray | None = None  # the binding row's input coefficients
 
@@ -73,7 +76,8 @@ class Domain:
             changed.add(tensor)
         return Domain(self.lower if lower is None else lower, self.upper if upper is None else upper,
                       self.pre_lower, self.pre_upper, splits, self.depth + 1, frozenset(changed),
-                      box_changed=lower is not None or upper is not None)
+                      box_changed=lower is not None or upper is not None, row_upper=self.row_upper,
+                      warm=self.warm)
 
 
 @dataclass
@@ -143,6 +147,21 @@ class SplitCrown:
 
     def _bound_one(self, dom: Domain, coeffs: np.ndarray) -> DomainBound:
         net = self.network
+        refreshed = self.refresh(dom)
+        if refreshed is None:
+            return DomainBound(np.full(coeffs.shape[0], np.inf), dom, feasible=False)
+        fresh, rec = refreshed
+        rec.recording = True
+        c = torch.as_tensor(np.asarray(coeffs, dtype=np.float64))
+        val = rec.lower_bounds(net.output_name, c.reshape(c.shape[0], *net.output_shape))
+        relu_coeff = {k: v.numpy() for k, v in rec.relu_coeff.items()}
+        input_coeff = None if rec.input_coeff is None else rec.input_coeff.numpy()
+        return DomainBound(val, fresh, True, relu_coeff, input_coeff)
+
+    def refresh(self, dom: Domain) -> tuple[Domain, "_Recorder"] | None:
+        """The domain with bounds recomputed downstream of what changed (None: the domain is empty), and the
+        back-substitution engine holding the fresh bounds of every tensor."""
+        net = self.network
         lows: dict[str, np.ndarray] = {net.input_name: dom.lower}
         ups: dict[str, np.ndarray] = {net.input_name: dom.upper}
         rec = _Recorder(net, lows, ups)
@@ -170,16 +189,12 @@ class SplitCrown:
                         lo, hi = _clamp(lo, hi, sign_of[out])
             if np.any(lo > hi):
                 # both bounds hold on every input of the domain, so no input satisfies its split constraints
-                return DomainBound(np.full(coeffs.shape[0], np.inf), dom, feasible=False)
+                return None
             lows[out], ups[out] = lo, hi
-        rec.recording = True
-        c = torch.as_tensor(np.asarray(coeffs, dtype=np.float64))
-        val = rec.lower_bounds(net.output_name, c.reshape(c.shape[0], *net.output_shape))
         fresh = Domain(dom.lower, dom.upper, {t: down32(lows[t]) for t in self.pre_tensors},
-                       {t: up32(ups[t]) for t in self.pre_tensors}, dom.splits, dom.depth)
-        relu_coeff = {k: v.numpy() for k, v in rec.relu_coeff.items()}
-        input_coeff = None if rec.input_coeff is None else rec.input_coeff.numpy()
-        return DomainBound(val, fresh, True, relu_coeff, input_coeff)
+                       {t: up32(ups[t]) for t in self.pre_tensors}, dom.splits, dom.depth, row_upper=dom.row_upper,
+                       warm=dom.warm)
+        return fresh, rec
 
     def _refine_index(self, tensor: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Neurons of a pre-activation tensor whose relaxation depends on their bounds."""
@@ -210,3 +225,87 @@ def _interval_exact(producer: dict[str, Node], tensor: str) -> bool:
             return False
         node = producer.get(node.inputs[0])
     return True
+
+
+class AlphaEngine:
+    """α/β-CROWN bounds of a batch of domains in one call (:func:`mlrobust.bounds.alpha_crown.alpha_bounds`).
+
+    Split constraints enter the final bound through β multipliers; each child starts from its parent's optimised
+    parameters. With ``refresh`` the domains' intermediate bounds are first recomputed by CROWN under the splits
+    (:meth:`SplitCrown.refresh`, one domain at a time), which tightens what α/β start from at the price of the
+    intermediate back-substitutions; without it a child keeps its parent's intermediate bounds (sound: it is a
+    subset), with its split neurons clamped. Input coefficients are not available, so input bisection falls back
+    to the widest dimension.
+    """
+
+    name = "alpha"
+
+    def __init__(self, network: Network, options: AlphaOptions | None = None, refresh: bool = True,
+                 keep_warm: bool = True):
+        self.network = network
+        self.options = options or AlphaOptions(iterations=10)
+        self.crown = SplitCrown(network)
+        self.relu_nodes = self.crown.relu_nodes
+        self.pre_tensors = self.crown.pre_tensors
+        self.refresh_intermediate = refresh
+        self.keep_warm = keep_warm
+
+    def root(self, lower: np.ndarray, upper: np.ndarray, lows: dict[str, np.ndarray] | None = None,
+             ups: dict[str, np.ndarray] | None = None) -> Domain:
+        return self.crown.root(lower, upper, lows, ups)
+
+    def bound(self, domains: list[Domain], coeffs: np.ndarray) -> list[DomainBound]:
+        out: list[DomainBound | None] = [None] * len(domains)
+        live: list[Domain] = []
+        where: list[int] = []
+        with torch_threads(1):
+            for i, dom in enumerate(domains):
+                if self.refresh_intermediate or dom.box_changed or not dom.pre_lower:
+                    refreshed = self.crown.refresh(dom)
+                    if refreshed is None:
+                        out[i] = DomainBound(np.full(coeffs.shape[0], np.inf), dom, feasible=False)
+                        continue
+                    dom = refreshed[0]
+                live.append(dom)
+                where.append(i)
+        if live:
+            pre = self.pre_tensors
+            batch = DomainBatch(np.stack([d.lower for d in live]), np.stack([d.upper for d in live]),
+                                {t: np.stack([d.pre_lower[t] for d in live]).astype(np.float64) for t in pre},
+                                {t: np.stack([d.pre_upper[t] for d in live]).astype(np.float64) for t in pre},
+                                {n.name: np.stack([d.splits[n.name] for d in live]) for n in self.relu_nodes})
+            warm = _stack_states([d.warm for d in live]) if self.keep_warm else None
+            res = alpha_bounds(self.network, batch, coeffs, options=self.options, warm=warm)
+            infeasible = res.infeasible if res.infeasible is not None else np.zeros(len(live), dtype=bool)
+            for j, (i, dom) in enumerate(zip(where, live)):
+                if infeasible[j]:
+                    out[i] = DomainBound(np.full(coeffs.shape[0], np.inf), dom, feasible=False)
+                    continue
+                if self.keep_warm:
+                    st = res.state.select([j])
+                    # float32 halves the memory of a queued domain's warm start; any value in range is sound
+                    dom.warm = AlphaState({k: v.float() for k, v in st.alpha.items()},
+                                          {k: v.float() for k, v in st.pool.items()},
+                                          {k: v.float() for k, v in st.beta.items()})
+                coeff = {k: v[j] for k, v in res.relu_coeffs.items()}
+                out[i] = DomainBound(res.lower[j], dom, True, coeff, None)
+        return [o for o in out if o is not None]
+
+
+def _stack_states(states: list[object | None]) -> AlphaState | None:
+    """One warm start for a batch from the domains' own ones (None unless every domain has a compatible one)."""
+    if not states or any(not isinstance(s, AlphaState) for s in states):
+        return None
+    first = states[0]
+    assert isinstance(first, AlphaState)
+    out = AlphaState()
+    for group in ("alpha", "pool", "beta"):
+        keys = set(getattr(first, group))
+        for s in states:
+            keys &= set(getattr(s, group))
+        for k in keys:
+            parts = [getattr(s, group)[k] for s in states]
+            if any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+                continue
+            getattr(out, group)[k] = torch.cat(parts).double()
+    return out
