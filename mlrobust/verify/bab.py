@@ -88,39 +88,52 @@ class OutputSpec:
         return int(np.argmin(best[q]))
 
 
-def topk_spec(num_classes: int, target: int, k: int, candidates: np.ndarray | None = None) -> OutputSpec:
-    """The top-k property of ``target`` over the classes ``candidates`` (default: all others).
+def topk_spec(num_classes: int, target: int, k: int, margin_upper: np.ndarray | None = None,
+              pair_weights: tuple[float, ...] = PAIR_WEIGHTS) -> OutputSpec:
+    """The top-k property of ``target``; ``margin_upper`` (``(C,)``): upper bounds of ``y_c - y_t`` known on the
+    whole box (hence on every sub-domain).
 
-    Classes left out must already be proven below zero on the whole box (their clauses are refuted for every
-    sub-domain), so only k-subsets of the candidates need certificates.
+    Classes whose known bound is below ``-ROBUST_TOLERANCE`` refute every clause they are in, so the rows are
+    the margins of the other (candidate) classes and, for ``k = 2``, the combinations ``w m_a + (1-w) m_b`` of
+    candidate pairs (``w`` in ``pair_weights``); for ``k > 2`` the average of each candidate k-subset (none at all
+    when ``pair_weights`` is empty). With fewer
+    candidates than ``k`` (already proven) or too many k-subsets, the rows are all margins and the value is the
+    k-th largest upper bound.
     """
     others = np.delete(np.arange(num_classes), target)
-    cand = others if candidates is None else np.asarray([c for c in candidates if c != target], dtype=np.int64)
-    rows = np.zeros((others.size, num_classes))
-    rows[np.arange(others.size), others] = 1.0
-    rows[:, target] -= 1.0
+    known = np.full(num_classes, np.inf) if margin_upper is None else np.asarray(margin_upper, dtype=np.float64)
+    cand = others[known[others] >= -ROBUST_TOLERANCE]
     prop = TopKProperty(target, k)
-    if cand.size < k:  # already proven on the box: the k-th largest margin bound is what to report
-        return OutputSpec(rows, np.zeros(others.size), np.zeros((0, others.size), dtype=bool), prop, kth=k)
-    n_clauses = _n_choose_k(cand.size, k)
-    if n_clauses > MAX_CLAUSES:
-        return OutputSpec(rows, np.zeros(others.size), np.zeros((0, others.size), dtype=bool), prop, kth=k)
-    pos = {int(c): i for i, c in enumerate(others)}
+
+    def margins(classes: np.ndarray) -> np.ndarray:
+        rows = np.zeros((classes.size, num_classes))
+        rows[np.arange(classes.size), classes] = 1.0
+        rows[:, target] -= 1.0
+        return rows
+
+    if cand.size < k or _n_choose_k(cand.size, k) > MAX_CLAUSES:
+        rows = margins(others)
+        return OutputSpec(rows, np.zeros(others.size), np.zeros((0, others.size), dtype=bool), prop, kth=k,
+                          cap=known[others].copy())
+    singles = margins(cand)
+    pos = {int(c): i for i, c in enumerate(cand)}
     extra: list[np.ndarray] = []
     subsets = list(itertools.combinations([int(c) for c in cand], k))
     members: list[list[int]] = []
+    weights = [] if not pair_weights else ([(w, 1.0 - w) for w in pair_weights] if k == 2 else [tuple([1.0 / k] * k)])
     for sub in subsets:
         mine = [pos[c] for c in sub]
-        weights = [(w, 1.0 - w) for w in PAIR_WEIGHTS] if k == 2 else [tuple([1.0 / k] * k)]
         for w in weights:
-            mine.append(others.size + len(extra))
-            extra.append(sum(wi * rows[pos[c]] for wi, c in zip(w, sub)))
+            mine.append(cand.size + len(extra))
+            extra.append(sum(wi * singles[pos[c]] for wi, c in zip(w, sub)))
         members.append(mine)
-    all_rows = np.concatenate([rows, np.array(extra)]) if extra else rows
-    certs = np.zeros((len(subsets), all_rows.shape[0]), dtype=bool)
+    rows = np.concatenate([singles, np.array(extra)]) if extra else singles
+    certs = np.zeros((len(subsets), rows.shape[0]), dtype=bool)
     for q, mine in enumerate(members):
         certs[q, mine] = True
-    return OutputSpec(all_rows, np.zeros(all_rows.shape[0]), certs, prop)
+    cap = np.full(rows.shape[0], np.inf)
+    cap[: cand.size] = known[cand]
+    return OutputSpec(rows, np.zeros(rows.shape[0]), certs, prop, cap=cap)
 
 
 def clause_spec(clauses: list, prop: OutputProperty) -> OutputSpec:
@@ -176,6 +189,7 @@ class BabOptions:
     engine: str = "auto"
     alpha_iterations: int = 10
     refresh_intermediate: bool = True
+    pair_weights: tuple[float, ...] = PAIR_WEIGHTS
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
@@ -314,17 +328,14 @@ class BabVerifier:
         root = engine.root(box.lower, box.upper, rb.lower, rb.upper)
         if spec is None:
             target, k = topk  # type: ignore[misc]
-            singles = topk_spec(network.num_classes, target, k)
+            singles = topk_spec(network.num_classes, target, k, pair_weights=())  # every margin, no combinations
             ub = _upper(engine.bound([root], _coeffs(singles))[0], singles)
             others = np.delete(np.arange(network.num_classes), target)
-            single_ub = ub[: others.size]
+            known = np.full(network.num_classes, np.inf)
+            known[others] = ub
             if margin_upper is not None:
-                single_ub = np.minimum(single_ub, np.asarray(margin_upper, dtype=np.float64)[others])
-            cand = others[single_ub >= -ROBUST_TOLERANCE]
-            spec = topk_spec(network.num_classes, target, k, cand)
-            cap = np.full(spec.rows.shape[0], np.inf)
-            cap[: others.size] = single_ub  # sound on the whole box, hence on every sub-domain
-            spec.cap = cap
+                known = np.minimum(known, np.asarray(margin_upper, dtype=np.float64))
+            spec = topk_spec(network.num_classes, target, k, known, opts.pair_weights)
         coeffs = _coeffs(spec)
         rootb = engine.bound([root], coeffs)[0]
         stats["bound_seconds"] += time.perf_counter() - t0
