@@ -37,9 +37,22 @@ from mlrobust.milp.tightening import Tightened, tighten
 from mlrobust.verify.attack import pgd
 from mlrobust.verify.bab_bounds import AlphaEngine, Domain, DomainBound, SplitCrown
 from mlrobust.verify.base import Mode
-from mlrobust.verify.counterexample import CheckedPoint, OutputProperty, TopKProperty, check_points, check_query
+from mlrobust.verify.counterexample import (
+    CheckedPoint,
+    OutputProperty,
+    TopKProperty,
+    check_points,
+    check_query,
+)
 from mlrobust.verify.spec import Box
-from mlrobust.verify.verdict import ROBUST_TOLERANCE, NotRobust, Robust, Unknown, Verdict, WeakPoint
+from mlrobust.verify.verdict import (
+    ROBUST_TOLERANCE,
+    NotRobust,
+    Robust,
+    Unknown,
+    Verdict,
+    WeakPoint,
+)
 
 #: Above this many k-subsets of candidate classes the top-k spec keeps single margins and the k-th largest rule.
 MAX_CLAUSES = 256

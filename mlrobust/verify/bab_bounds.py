@@ -20,8 +20,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mlrobust.bounds.alpha_crown import AlphaOptions, AlphaState, DomainBatch, alpha_bounds
-from mlrobust.bounds.crown import BackSubstitution, maxpool_candidates, pool_index, torch_threads
+from mlrobust.bounds.alpha_crown import (
+    AlphaOptions,
+    AlphaState,
+    DomainBatch,
+    alpha_bounds,
+)
+from mlrobust.bounds.crown import (
+    BackSubstitution,
+    maxpool_candidates,
+    pool_index,
+    torch_threads,
+)
 from mlrobust.bounds.ibp import interval_affine
 from mlrobust.ir.graph import Network, Node
 from mlrobust.ir.ops import AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale
@@ -65,7 +75,7 @@ class Domain:
     input_coeff: np.ndarray | None = None  # the binding row's input coefficients
 
     def child(self, node: str | None = None, tensor: str | None = None, index: int = 0, sign: int = 0,
-              lower: np.ndarray | None = None, upper: np.ndarray | None = None) -> "Domain":
+              lower: np.ndarray | None = None, upper: np.ndarray | None = None) -> Domain:
         """A child: ReLU ``node`` (input ``tensor``) at flat ``index`` fixed to ``sign``, or a new input box."""
         splits = dict(self.splits)
         changed = set(self.changed)
@@ -158,7 +168,7 @@ class SplitCrown:
         input_coeff = None if rec.input_coeff is None else rec.input_coeff.numpy()
         return DomainBound(val, fresh, True, relu_coeff, input_coeff)
 
-    def refresh(self, dom: Domain) -> tuple[Domain, "_Recorder"] | None:
+    def refresh(self, dom: Domain) -> tuple[Domain, _Recorder] | None:
         """The domain with bounds recomputed downstream of what changed (None: the domain is empty), and the
         back-substitution engine holding the fresh bounds of every tensor."""
         net = self.network
