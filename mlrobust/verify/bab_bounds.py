@@ -38,6 +38,7 @@ from mlrobust.ir.ops import AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, 
 
 _MIXING = (Dense, Conv2d, AvgPool2d)
 _ELEMENTWISE = (Scale, Reshape, Relu)
+_CLAMP_SAFE = (Scale, Reshape, Relu, MaxPool2d)  # monotone per coordinate/window: a clamp passes through exactly
 
 
 def down32(a: np.ndarray) -> np.ndarray:
@@ -136,6 +137,9 @@ class SplitCrown:
         for n in network.nodes:
             for t in set(n.inputs):
                 self._consumers.setdefault(t, []).append(n)
+        # Unlike crown(), ReLU outputs feeding a MaxPool are refined too: CROWN refines only unstable ReLU inputs,
+        # so a stable active neuron keeps its interval bound, which back-substitution through the ReLU tightens
+        # (often by half on the reference architecture) and which the MaxPool relaxation uses.
         self._needs_crown = {t: not _interval_exact(producer, t) for t in self.pre_tensors}
         self._pool_idx = {n.name: pool_index(n.op, network.shape_of(n.inputs[0]))
                           for n in network.nodes if isinstance(n.op, MaxPool2d)}
@@ -148,7 +152,7 @@ class SplitCrown:
         pre_hi = {t: up32(ups[t]) for t in self.pre_tensors} if ups is not None else {}
         splits = {n.name: np.zeros(self.network.shape_of(n.inputs[0]), dtype=np.int8) for n in self.relu_nodes}
         return Domain(np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64), pre_lo, pre_hi,
-                      splits, box_changed=lows is None)
+                      splits, box_changed=True)
 
     def bound(self, domains: list[Domain], coeffs: np.ndarray) -> list[DomainBound]:
         """Lower bounds of ``coeffs @ y`` (``coeffs``: ``(S, C)``) on every domain, bounds refreshed."""
@@ -175,19 +179,26 @@ class SplitCrown:
         lows: dict[str, np.ndarray] = {net.input_name: dom.lower}
         ups: dict[str, np.ndarray] = {net.input_name: dom.upper}
         rec = _Recorder(net, lows, ups)
+        # dirty: recomputed from changed inputs, so worth back-substituting again; clamped: changed only by split
+        # clamps and elementwise maps since, where the clamped interval intersected with the prior is as tight
         dirty: set[str] = {net.input_name} if (dom.box_changed or not dom.pre_lower) else set()
+        clamped: set[str] = set()
         sign_of = {n.inputs[0]: dom.splits[n.name] for n in self.relu_nodes}
         for node in net.nodes:
             out = node.output
             lo, hi = interval_affine(node, [lows[t] for t in node.inputs], [ups[t] for t in node.inputs])
-            if any(t in dirty for t in node.inputs) or out in dom.changed:
+            stale = any(t in dirty for t in node.inputs) or (
+                any(t in clamped for t in node.inputs) and not isinstance(node.op, _CLAMP_SAFE))
+            if stale:
                 dirty.add(out)
+            elif out in dom.changed or any(t in clamped for t in node.inputs):
+                clamped.add(out)
             if out in dom.pre_lower:
                 lo = np.maximum(lo, dom.pre_lower[out])
                 hi = np.minimum(hi, dom.pre_upper[out])
             if out in sign_of:
                 lo, hi = _clamp(lo, hi, sign_of[out])
-            if out in self._needs_crown and self._needs_crown[out] and out in dirty:
+            if stale and self._needs_crown.get(out, False):
                 idx = self._refine_index(out, lo, hi)
                 if idx.size:
                     c_lo, c_hi = rec.neuron_bounds(out, idx)
