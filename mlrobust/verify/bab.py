@@ -185,14 +185,16 @@ class BabOptions:
 
     ``batch_size``: domains split per round (their children are bounded together). ``max_domains``: domains
     bounded at most before giving up. ``branching``: "babsr" (score from the binding row's coefficients and the
-    ReLU relaxation's intercept) or "widest" (largest ``u - l``). ``input_split_max_dim``: inputs of at most this
+    ReLU relaxation's intercept), "fsb" (the ``fsb_candidates`` best by that score, each tried by bounding its two
+    children with plain CROWN on the parent's bounds; the split whose worse child is best wins) or "widest"
+    (largest ``u - l``). ``input_split_max_dim``: inputs of at most this
     many numbers are split by bisecting the box instead of ReLU phases. ``attack_every``: rounds between PGD runs
     from the worst domains' corners. ``time_limit``: default seconds when the caller gives none.
     """
 
     batch_size: int = 8
     max_domains: int = 200_000
-    branching: str = "babsr"
+    branching: str = "fsb"
     input_split_max_dim: int = 16
     attack_every: int = 10
     attack_restarts: int = 8
@@ -203,6 +205,7 @@ class BabOptions:
     alpha_iterations: int = 10
     refresh_intermediate: bool = True
     pair_weights: tuple[float, ...] = PAIR_WEIGHTS
+    fsb_candidates: int = 4
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
@@ -213,7 +216,7 @@ class BabOptions:
             raise InputError("batch_size and max_domains must be positive")
 
 
-BRANCHING = ("babsr", "widest")
+BRANCHING = ("babsr", "fsb", "widest")
 ENGINES = ("auto", "crown", "alpha")
 
 
@@ -375,7 +378,7 @@ class BabVerifier:
             stats["rounds"] = rounds
             batch = queue.pop(opts.batch_size)
             t0 = time.perf_counter()
-            children = [c for d in batch for c in self._branch(engine, d, input_split)]
+            children = [c for d in batch for c in self._branch(engine, d, input_split, coeffs)]
             stats["branch_seconds"] += time.perf_counter() - t0
             if not children:  # nothing left to split yet unproven: only possible with degenerate bounds
                 return finish("unknown", max(d.value for d in batch), "a domain has no unstable ReLU to split "
@@ -441,13 +444,15 @@ class BabVerifier:
         dom.row_upper = ub
         dom.value = float(spec.value(ub[None])[0])
         row = spec.binding_row(ub)
+        dom.binding = row
         dom.relu_coeff = {n: c[row].astype(np.float32) for n, c in r.relu_coeff.items()}
         dom.input_coeff = None if r.input_coeff is None else r.input_coeff[row].astype(np.float32)
         return dom
 
-    def _branch(self, engine: SplitCrown | AlphaEngine, dom: Domain, input_split: bool) -> list[Domain]:
+    def _branch(self, engine: SplitCrown | AlphaEngine, dom: Domain, input_split: bool,
+                coeffs: np.ndarray | None = None) -> list[Domain]:
         if not input_split:
-            choice = self._pick_relu(engine, dom)
+            choice = self._pick_relu(engine, dom, coeffs)
             if choice is not None:
                 node, tensor, idx = choice
                 return [dom.child(node, tensor, idx, +1), dom.child(node, tensor, idx, -1)]
@@ -466,9 +471,11 @@ class BabVerifier:
         lo2.reshape(-1)[i] = mid
         return [dom.child(lower=dom.lower, upper=hi1), dom.child(lower=lo2, upper=dom.upper)]
 
-    def _pick_relu(self, engine: SplitCrown | AlphaEngine, dom: Domain) -> tuple[str, str, int] | None:
-        """The unstable, unsplit ReLU with the best score (vectorised per layer)."""
-        best: tuple[float, str, str, int] | None = None
+    def _pick_relu(self, engine: SplitCrown | AlphaEngine, dom: Domain,
+                   coeffs: np.ndarray | None = None) -> tuple[str, str, int] | None:
+        """The unstable, unsplit ReLU with the best score (vectorised per layer); with "fsb", the best of the top
+        ``fsb_candidates`` by that score after bounding both children of each with plain CROWN."""
+        scored: list[tuple[float, str, str, int]] = []
         for n in engine.relu_nodes:
             t = n.inputs[0]
             lo = dom.pre_lower[t].astype(np.float64).reshape(-1)
@@ -478,7 +485,7 @@ class BabVerifier:
                 continue
             width = np.where(free, hi - lo, 1.0)
             icpt = np.where(free, -lo * hi / width, 0.0)  # intercept of the upper relaxation u(z - l)/(u - l)
-            if self.options.branching == "babsr" and n.name in dom.relu_coeff:
+            if self.options.branching in ("babsr", "fsb") and n.name in dom.relu_coeff:
                 lam = dom.relu_coeff[n.name].astype(np.float64).reshape(-1)
                 # a negative coefficient pays the upper relaxation's intercept; a positive one the lower line's
                 # gap (at most min(u, -l)); the intercept is what a split removes outright
@@ -486,10 +493,17 @@ class BabVerifier:
                 score = np.where(free, score + 1e-9 * icpt, -np.inf)
             else:
                 score = np.where(free, width, -np.inf)
-            i = int(np.argmax(score))
-            if best is None or score[i] > best[0]:
-                best = (float(score[i]), n.name, t, i)
-        return None if best is None else best[1:]
+            top = np.argsort(-score)[: max(1, self.options.fsb_candidates)]
+            scored.extend((float(score[i]), n.name, t, int(i)) for i in top if np.isfinite(score[i]))
+        if not scored:
+            return None
+        scored.sort(key=lambda c: -c[0])
+        if self.options.branching != "fsb" or coeffs is None or dom.binding is None or len(scored) == 1:
+            return scored[0][1:]
+        choices = [c[1:] for c in scored[: self.options.fsb_candidates]]
+        crown_engine = engine if isinstance(engine, SplitCrown) else engine.crown
+        children = crown_engine.split_scores(dom, coeffs[dom.binding], choices)
+        return choices[int(np.argmax(children.min(axis=1)))]
 
 
 def _coeffs(spec: OutputSpec) -> np.ndarray:

@@ -74,6 +74,7 @@ class Domain:
     warm: object | None = None  # the bound engine's warm start for this domain's children
     relu_coeff: dict[str, np.ndarray] = field(default_factory=dict)  # the binding row's coefficients per ReLU
     input_coeff: np.ndarray | None = None  # the binding row's input coefficients
+    binding: int | None = None  # the spec row that decides the domain's value
 
     def child(self, node: str | None = None, tensor: str | None = None, index: int = 0, sign: int = 0,
               lower: np.ndarray | None = None, upper: np.ndarray | None = None) -> Domain:
@@ -216,6 +217,26 @@ class SplitCrown:
                        {t: up32(ups[t]) for t in self.pre_tensors}, dom.splits, dom.depth, row_upper=dom.row_upper,
                        warm=dom.warm)
         return fresh, rec
+
+    def split_scores(self, dom: Domain, row: np.ndarray, choices: list[tuple[str, str, int]]) -> np.ndarray:
+        """Lower bounds of ``row · y`` on both children of each candidate split ``(node, tensor, index)``, from the
+        domain's bounds with only the split neuron clamped (no refresh): ``(len(choices), 2)``, for branching."""
+        net = self.network
+        lows = {net.input_name: dom.lower, **{t: v.astype(np.float64) for t, v in dom.pre_lower.items()}}
+        ups = {net.input_name: dom.upper, **{t: v.astype(np.float64) for t, v in dom.pre_upper.items()}}
+        a = torch.as_tensor(np.asarray(row, dtype=np.float64)).reshape(1, *net.output_shape)
+        out = np.empty((len(choices), 2))
+        with torch_threads(1):
+            for c, (_, tensor, index) in enumerate(choices):
+                for j, sign in enumerate((1, -1)):
+                    lo, hi = lows[tensor].copy(), ups[tensor].copy()
+                    if sign > 0:
+                        lo.reshape(-1)[index] = max(lo.reshape(-1)[index], 0.0)
+                    else:
+                        hi.reshape(-1)[index] = min(hi.reshape(-1)[index], 0.0)
+                    engine = BackSubstitution(net, {**lows, tensor: lo}, {**ups, tensor: hi})
+                    out[c, j] = engine.lower_bounds(net.output_name, a)[0]
+        return out
 
     def _refine_index(self, tensor: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Neurons of a pre-activation tensor whose relaxation depends on their bounds."""
