@@ -256,3 +256,15 @@ def test_vnnlib_cli_with_bab(tmp_path):
     assert {answers[3.0, v] for v in ("bab", "cascade-bab", "cascade")} == {"sat"}
     bad = CliRunner().invoke(app, ["vnnlib", str(path), str(prop), "--verifier", "nope"])
     assert isinstance(bad.exception, InputError)
+
+
+def test_open_domains_are_handed_to_the_milp():
+    """Plain-CROWN BaB stopped by its domain limit; the MILP on each open domain's own bounds finishes the proof."""
+    net, box, target = _query(32, 0.1)
+    alone = BabVerifier(engine="crown", max_domains=30, root_attack=False).verify(net, box, target, 2)
+    assert not alone.is_robust
+    v = BabVerifier(engine="crown", max_domains=30, milp_max_domains=64, root_attack=False,
+                    milp=MilpVerifier("highs")).verify(net, box, target, 2, time_limit=60)
+    assert isinstance(v, Robust) and v.stats["bab"]["milp_domains"] > 1 and v.bound < -ROBUST_TOLERANCE
+    xs = sample_box(box.lower, box.upper, 2000, 3)
+    assert np.all(topk_margin(net.logits(xs), target, 2) < 0)

@@ -30,6 +30,7 @@ import numpy as np
 
 from mlrobust.bounds.alpha_crown import AlphaOptions
 from mlrobust.bounds.crown import crown
+from mlrobust.bounds.margin import linear_bounds
 from mlrobust.bounds.result import Bounds
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
@@ -44,6 +45,7 @@ from mlrobust.verify.counterexample import (
     check_points,
     check_query,
 )
+from mlrobust.verify.milp_verifier import MilpVerifier
 from mlrobust.verify.spec import Box
 from mlrobust.verify.verdict import (
     ROBUST_TOLERANCE,
@@ -206,6 +208,8 @@ class BabOptions:
     refresh_intermediate: bool = True
     pair_weights: tuple[float, ...] = PAIR_WEIGHTS
     fsb_candidates: int = 4
+    milp_share: float = 0.3
+    milp_max_domains: int = 8
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
@@ -261,9 +265,12 @@ class BabVerifier:
 
     name = "bab"
 
-    def __init__(self, options: BabOptions | None = None, **overrides: object):
+    def __init__(self, options: BabOptions | None = None, *, milp: MilpVerifier | None = None,
+                 **overrides: object):
         base = options or BabOptions()
         self.options = BabOptions(**{**base.__dict__, **overrides}) if overrides else base
+        #: exact verifier for the last open domains (top-k only): see ``BabOptions.milp_share``
+        self.milp = milp
 
     # --- the Verifier interface ---------------------------------------------------------------------------------
     def verify(self, network: Network, box: Box, target: int, k: int = 2, mode: Mode = "decide",
@@ -368,6 +375,16 @@ class BabVerifier:
         proven_max = float("-inf")
         rounds = 0
         while len(queue):
+            handoff = self.milp is not None and topk is not None and len(queue) <= opts.milp_max_domains and (
+                stats["domains"] >= opts.max_domains
+                or (deadline is not None and deadline - time.perf_counter() <= opts.milp_share * (limit or 0.0)))
+            if handoff:
+                assert topk is not None
+                status, bound, point = self._milp_handoff(network, box, engine, queue, topk, deadline, stats)
+                if point is not None:
+                    best.append(point)
+                reason = "" if status != "unknown" else f"the MILP left open domains (worst bound {bound:.4g})"
+                return finish(status, max(bound, proven_max) if status == "proven" else bound, reason, point)
             if out_of_time():
                 return finish("unknown", queue.worst(), f"time limit with {len(queue)} domains open "
                                                            f"(worst bound {queue.worst():.4g})")
@@ -384,7 +401,7 @@ class BabVerifier:
                 return finish("unknown", max(d.value for d in batch), "a domain has no unstable ReLU to split "
                                                                        "and is not proven")
             t0 = time.perf_counter()
-            results = engine.bound(children, coeffs)
+            results = engine.bound(children, coeffs, deadline)
             stats["bound_seconds"] += time.perf_counter() - t0
             stats["domains"] += len(children)
             corners = []
@@ -425,6 +442,49 @@ class BabVerifier:
         return finish("proven", proven_max if proven_max > float("-inf") else -np.inf)
 
     # --- helpers --------------------------------------------------------------------------------------------------
+    def _milp_handoff(self, network: Network, box: Box, engine: SplitCrown | AlphaEngine, queue: _Queue,
+                      topk: tuple[int, int], deadline: float | None, stats: dict
+                      ) -> tuple[str, float, CheckedPoint | None]:
+        """Decide every open domain with the MILP on the domain's own bounds (worst first).
+
+        Returns ("proven", worst MILP bound, None), ("violated", inf, point) or ("unknown", worst open bound, None).
+        """
+        assert self.milp is not None
+        target, k = topk
+        crown_engine = engine if isinstance(engine, SplitCrown) else engine.crown
+        domains = queue.pop(len(queue))
+        worst = float("-inf")
+        stats["milp_domains"] = 0
+        t0 = time.perf_counter()
+        try:
+            for i, dom in enumerate(domains):
+                refreshed = crown_engine.refresh(dom)
+                if refreshed is None:
+                    continue  # empty: nothing to prove there
+                _, rec = refreshed
+                bounds = Bounds(network, dict(rec.lower), dict(rec.upper), "crown")
+                sub = Box(dom.lower, dom.upper)
+                rows = np.eye(network.num_classes)
+                rows[:, target] -= 1.0
+                m_lo, m_hi = linear_bounds(network, sub.lower, sub.upper, rows, bounds=bounds)
+                m_lo[target] = m_hi[target] = 0.0
+                tight = Tightened(bounds, "crown", m_lo, m_hi, target)
+                left = None if deadline is None else max(deadline - time.perf_counter(), 0.05) / (len(domains) - i)
+                v = self.milp.verify(network, sub, target, k, "decide", left, tightened=tight)
+                stats["milp_domains"] += 1
+                if isinstance(v, NotRobust) and v.counterexample is not None:
+                    point = check_points(network, box, [v.counterexample], TopKProperty(target, k))[0]
+                    if point.confirmed:
+                        return "violated", float("inf"), point
+                if not isinstance(v, Robust):
+                    for d in domains[i:]:
+                        queue.push(d)
+                    return "unknown", queue.worst(), None
+                worst = max(worst, float(v.bound))
+        finally:
+            stats["milp_seconds"] = time.perf_counter() - t0
+        return "proven", worst, None
+
     def _engine(self, network: Network, input_split: bool) -> SplitCrown | AlphaEngine:
         """The bound engine: α/β-CROWN for ReLU splitting, plain CROWN (with input coefficients) for input
         bisection, unless the options name one."""

@@ -15,7 +15,8 @@ start. Stored bounds are rounded outward to float32 (half the memory per queued 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -155,7 +156,7 @@ class SplitCrown:
         return Domain(np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64), pre_lo, pre_hi,
                       splits, box_changed=True)
 
-    def bound(self, domains: list[Domain], coeffs: np.ndarray) -> list[DomainBound]:
+    def bound(self, domains: list[Domain], coeffs: np.ndarray, deadline: float | None = None) -> list[DomainBound]:
         """Lower bounds of ``coeffs @ y`` (``coeffs``: ``(S, C)``) on every domain, bounds refreshed."""
         with torch_threads(1):
             return [self._bound_one(d, coeffs) for d in domains]
@@ -296,7 +297,8 @@ class AlphaEngine:
              ups: dict[str, np.ndarray] | None = None) -> Domain:
         return self.crown.root(lower, upper, lows, ups)
 
-    def bound(self, domains: list[Domain], coeffs: np.ndarray) -> list[DomainBound]:
+    def bound(self, domains: list[Domain], coeffs: np.ndarray, deadline: float | None = None) -> list[DomainBound]:
+        """As :meth:`SplitCrown.bound`; the optimisation stops at ``deadline`` (its bounds stay sound)."""
         out: list[DomainBound | None] = [None] * len(domains)
         live: list[Domain] = []
         where: list[int] = []
@@ -317,7 +319,12 @@ class AlphaEngine:
                                 {t: np.stack([d.pre_upper[t] for d in live]).astype(np.float64) for t in pre},
                                 {n.name: np.stack([d.splits[n.name] for d in live]) for n in self.relu_nodes})
             warm = _stack_states([d.warm for d in live]) if self.keep_warm else None
-            res = alpha_bounds(self.network, batch, coeffs, options=self.options, warm=warm)
+            options = self.options
+            if deadline is not None:
+                left = max(deadline - time.perf_counter(), 0.0)
+                options = replace(options, time_limit=left if options.time_limit is None
+                                  else min(options.time_limit, left))
+            res = alpha_bounds(self.network, batch, coeffs, options=options, warm=warm)
             infeasible = res.infeasible if res.infeasible is not None else np.zeros(len(live), dtype=bool)
             for j, (i, dom) in enumerate(zip(where, live)):
                 if infeasible[j]:
