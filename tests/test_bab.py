@@ -161,6 +161,7 @@ def _agrees_with_the_milp_and_sampling(seed: int, radius: float) -> None:
     sampled = topk_margin(net.logits(xs), target, k)
     if isinstance(v, Robust):
         assert v.bound < -ROBUST_TOLERANCE
+        assert np.all(sampled <= v.bound)  # the reported bound holds at every sampled point
         assert np.all(sampled < 0)  # no proof is broken by sampling
         m = MilpVerifier("highs").verify(net, box, target, k, time_limit=20)
         assert not isinstance(m, NotRobust)  # nor by the exact MILP

@@ -76,6 +76,7 @@ class OutputSpec:
     prop: OutputProperty
     kth: int | None = None
     cap: np.ndarray | None = None  # (S,) upper bounds of the rows known on the whole box (so on every domain)
+    floor: float = float("-inf")  # known bound of what the rows leave out (classes dropped from the clauses)
 
     def upper(self, ub: np.ndarray) -> np.ndarray:
         """Row upper bounds of domains, capped by :attr:`cap`."""
@@ -148,7 +149,11 @@ def topk_spec(num_classes: int, target: int, k: int, margin_upper: np.ndarray | 
         certs[q, mine] = True
     cap = np.full(rows.shape[0], np.inf)
     cap[: cand.size] = known[cand]
-    return OutputSpec(rows, np.zeros(rows.shape[0]), certs, prop, cap=cap)
+    dropped = np.setdiff1d(others, cand)
+    # a clause with a dropped class is refuted by that class's known bound: the k-th largest margin is at most
+    # the spec's value or the largest such bound
+    floor = float(known[dropped].max()) if dropped.size else float("-inf")
+    return OutputSpec(rows, np.zeros(rows.shape[0]), certs, prop, cap=cap, floor=floor)
 
 
 def clause_spec(clauses: list, prop: OutputProperty) -> OutputSpec:
@@ -369,7 +374,7 @@ class BabVerifier:
         root_dom = self._absorb(rootb, spec)
         stats["root_bound"] = root_dom.value
         if root_dom.value < -ROBUST_TOLERANCE:
-            return finish("proven", root_dom.value)
+            return finish("proven", max(root_dom.value, spec.floor))
         queue = _Queue()
         queue.push(root_dom)
         proven_max = float("-inf")
@@ -384,7 +389,9 @@ class BabVerifier:
                 if point is not None:
                     best.append(point)
                 reason = "" if status != "unknown" else f"the MILP left open domains (worst bound {bound:.4g})"
-                return finish(status, max(bound, proven_max) if status == "proven" else bound, reason, point)
+                if status == "proven":
+                    bound = max(bound, proven_max, spec.floor)
+                return finish(status, bound, reason, point)
             if out_of_time():
                 return finish("unknown", queue.worst(), f"time limit with {len(queue)} domains open "
                                                            f"(worst bound {queue.worst():.4g})")
@@ -439,7 +446,7 @@ class BabVerifier:
                     cex = check_points(network, box, [res.counterexample.x], prop)[0]
                     if cex.confirmed:
                         return finish("violated", float("inf"), "attack in a sub-domain", cex)
-        return finish("proven", proven_max if proven_max > float("-inf") else -np.inf)
+        return finish("proven", max(proven_max, spec.floor))
 
     # --- helpers --------------------------------------------------------------------------------------------------
     def _milp_handoff(self, network: Network, box: Box, engine: SplitCrown | AlphaEngine, queue: _Queue,
