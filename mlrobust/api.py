@@ -29,7 +29,7 @@ from mlrobust.verify.base import Verifier
 from mlrobust.verify.margin import topk_labels, topk_margin
 from mlrobust.verify.spec import TopK
 
-VERIFIERS = ("cascade", "milp", "bounds", "attack")
+VERIFIERS = ("cascade", "milp", "bounds", "attack", "bab", "cascade-bab")
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
@@ -95,6 +95,14 @@ def make_verifier(verifier: Verifier | str | None = None, solver: Any = "highs")
         from mlrobust.verify.cascade import Cascade
 
         return Cascade(solver=solver)
+    if name == "cascade-bab":
+        from mlrobust.verify.cascade import Cascade
+
+        return Cascade(solver=solver, use_bab=True)
+    if name == "bab":
+        from mlrobust.verify.bab import BabVerifier
+
+        return BabVerifier()
     if name == "milp":
         from mlrobust.verify.milp_verifier import MilpVerifier
 

@@ -32,7 +32,7 @@ def batch(
     cutting: str = typer.Option("fixed", "--cutting", help="CEGIS cutting weights: fixed or sensitivity."),
     weights: str = typer.Option("uniform", "--weights", help="Layer weights: uniform, count, or a file."),
     solver: str = typer.Option("highs", "--solver", help="MILP solver: highs, cbc, scip, gurobi, pyomo:NAME."),
-    verifier: str = typer.Option("cascade", "--verifier", help="cascade, milp, bounds or attack."),
+    verifier: str = typer.Option("cascade", "--verifier", help="cascade, cascade-bab (with branch and bound), bab, milp, bounds or attack."),
     time_limit: float = typer.Option(300.0, "--time-limit", help="Seconds per image (the whole search)."),
     query_time_limit: float = typer.Option(30.0, "--query-time-limit", help="Seconds per verifier call."),
     max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Verifier calls per image at most."),

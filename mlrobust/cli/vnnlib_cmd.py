@@ -22,6 +22,8 @@ def vnnlib(
     solver: str = typer.Option("highs", "--solver", help="MILP solver backend: highs, cbc, scip, gurobi, "
                                                            "pyomo:NAME or an installed plugin."),
     tightening: str = typer.Option("crown", "--tightening", help="Bounds before the MILP: ibp or crown."),
+    verifier: str = typer.Option("cascade", "--verifier", help="After the attack and the bounds: cascade (MILP), "
+                                                              "bab (branch and bound) or cascade-bab (both)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the result to this file "
                                                             "(the VNN-COMP result file)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print which tier decided and the time (to "
@@ -30,17 +32,19 @@ def vnnlib(
     """Decide a VNN-LIB property: print unsat, sat with a counterexample, timeout or unknown."""
     from mlrobust.errors import InputError
     from mlrobust.ir.onnx_import import load_onnx
-    from mlrobust.verify.vnnlib import check_vnnlib, parse_vnnlib
+    from mlrobust.verify.vnnlib import VNNLIB_VERIFIERS, check_vnnlib, parse_vnnlib
 
     if tightening not in ("ibp", "crown"):
         raise InputError(f"--tightening must be ibp or crown, not {tightening!r}")
+    if verifier not in VNNLIB_VERIFIERS:
+        raise InputError(f"--verifier must be one of {', '.join(VNNLIB_VERIFIERS)}, not {verifier!r}")
     if timeout is not None and timeout <= 0:
         raise InputError("--timeout must be a positive number of seconds")
     if not prop.is_file():
         raise InputError(f"VNN-LIB file not found: {prop}")
     network = load_onnx(model)
     spec = parse_vnnlib(prop.read_text())
-    result = check_vnnlib(network, spec, solver=solver, timeout=timeout, tightening=tightening)
+    result = check_vnnlib(network, spec, solver=solver, timeout=timeout, tightening=tightening, verifier=verifier)
     text = result.to_vnncomp()
     typer.echo(text, nl=False)
     if out is not None:

@@ -34,6 +34,8 @@ from mlrobust.verify.spec import Box
 from mlrobust.verify.verdict import ROBUST_TOLERANCE
 
 MAX_DISJUNCTS = 100_000
+#: How a region is decided after the attack and the bounds: MILP, branch and bound, or both in turn.
+VNNLIB_VERIFIERS = ("cascade", "bab", "cascade-bab")
 
 # --- parsing ------------------------------------------------------------------------------------------------------
 _TOKEN = re.compile(r"\(|\)|[^\s()]+")
@@ -321,8 +323,14 @@ def _clause_bounds(network: Network, box: Box, builder: MilpBuilder, clauses: li
 
 def decide_region(network: Network, region: VnnlibRegion, solver: str | SolverBackend | None = "highs",
                   time_limit: float | None = None, attack_restarts: int = 8, attack_steps: int = 40,
-                  tightening: str = "crown") -> VnnlibResult:
-    """Decide one region with the cascade: attack, CROWN bounds, then the MILP."""
+                  tightening: str = "crown", verifier: str = "cascade") -> VnnlibResult:
+    """Decide one region with the cascade: attack, CROWN bounds, then the MILP.
+
+    ``verifier``: "cascade" (as above), "bab" (branch and bound instead of the MILP) or "cascade-bab" (branch and
+    bound for half the time left, then the MILP).
+    """
+    if verifier not in VNNLIB_VERIFIERS:
+        raise InputError(f"unknown verifier {verifier!r}; choose one of {', '.join(VNNLIB_VERIFIERS)}")
     start = time.perf_counter()
     box = _region_box(network, region)
     clauses = [c for c in region.clauses]
@@ -354,6 +362,24 @@ def decide_region(network: Network, region: VnnlibRegion, solver: str | SolverBa
         return VnnlibResult("unsat", seconds=time.perf_counter() - start, tier="bounds", stats=stats)
     if deadline is not None and time.perf_counter() >= deadline:
         return VnnlibResult("timeout", seconds=time.perf_counter() - start, tier="bounds", stats=stats)
+    if verifier in ("bab", "cascade-bab"):
+        from mlrobust.verify.bab import BabVerifier, clause_spec
+
+        spec = clause_spec(clauses, prop)
+        spec.cap = np.concatenate([_cert_caps(h) for h in highs])  # the bounds above, sound on every sub-domain
+        remaining = left()
+        share = remaining if remaining is None or verifier == "bab" else remaining / 2
+        bab = BabVerifier().run(network, box, spec, share, attack=False,
+                                root_bounds=bounds if bounds.method.startswith("crown") else None)
+        stats["bab"] = bab.stats
+        if bab.status == "violated" and bab.counterexample is not None:
+            return sat(bab.counterexample, "bab")
+        if bab.status == "proven":
+            return VnnlibResult("unsat", seconds=time.perf_counter() - start, tier="bab", stats=stats)
+        if verifier == "bab" or (deadline is not None and time.perf_counter() >= deadline):
+            status = "timeout" if "time limit" in bab.reason else "unknown"
+            return VnnlibResult(status, seconds=time.perf_counter() - start, tier="bab", reason=bab.reason,
+                                stats=stats)
     obj = add_disjunction(builder.enc, builder.output_form, clauses, lows, highs, prune_below=-ROBUST_TOLERANCE)
     problem = builder.problem(obj.objective_col, {"clause_binaries": int(obj.clause_binaries.size)})
     backend = get_backend(solver)
@@ -379,9 +405,21 @@ def decide_region(network: Network, region: VnnlibRegion, solver: str | SolverBa
     return VnnlibResult("unknown", seconds=seconds, tier="milp", reason=reason, stats=stats)
 
 
+def _cert_caps(highs: np.ndarray) -> np.ndarray:
+    """Known upper bounds of one clause's certificate rows (:func:`mlrobust.verify.bab.clause_spec`): its own rows,
+    then (for more than one row) their average, bounded by the average of their bounds."""
+    highs = np.asarray(highs, dtype=np.float64).reshape(-1)
+    return highs if highs.size <= 1 else np.append(highs, highs.mean())
+
+
 def check_vnnlib(network: Network, prop: VnnlibProperty | str | Path, solver: str | SolverBackend | None = "highs",
-                 timeout: float | None = None, tightening: str = "crown") -> VnnlibResult:
-    """Decide a whole VNN-LIB property: sat as soon as one region is sat, unsat when every region is unsat."""
+                 timeout: float | None = None, tightening: str = "crown", verifier: str = "cascade") -> VnnlibResult:
+    """Decide a whole VNN-LIB property: sat as soon as one region is sat, unsat when every region is unsat.
+
+    ``verifier``: how each region is decided after the attack and the bounds (see :func:`decide_region`).
+    """
+    if verifier not in VNNLIB_VERIFIERS:
+        raise InputError(f"unknown verifier {verifier!r}; choose one of {', '.join(VNNLIB_VERIFIERS)}")
     if not isinstance(prop, VnnlibProperty):
         prop = parse_vnnlib(prop)
     if prop.num_outputs != network.num_classes:
@@ -399,7 +437,7 @@ def check_vnnlib(network: Network, prop: VnnlibProperty | str | Path, solver: st
         if left is not None and left <= 0:
             results.append(VnnlibResult("timeout", reason="no time left for this region"))
             break
-        res = decide_region(network, region, solver, left, tightening=tightening)
+        res = decide_region(network, region, solver, left, tightening=tightening, verifier=verifier)
         if res.status == "sat":
             res.seconds = time.perf_counter() - start
             return res
