@@ -146,9 +146,3 @@ class Encoding:
 
     def row_kinds(self) -> np.ndarray:
         return np.concatenate(self._row_kind) if self._row_kind else np.zeros(0, dtype=object)
-
-    def set_col_bounds(self, idx: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
-        """Tighten existing columns (used when better bounds arrive after a column was made)."""
-        col_lower, col_upper, *_ = self.arrays()
-        col_lower[idx] = np.maximum(col_lower[idx], lower)
-        col_upper[idx] = np.minimum(col_upper[idx], upper)

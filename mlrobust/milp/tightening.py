@@ -1,8 +1,7 @@
 """Bound tightening before the MILP, as a named choice: "ibp", "crown" or "lp".
 
 - ``ibp``: interval bounds (and the builder's interval of each affine form over the current columns).
-- ``crown``: CROWN bounds intersected with IBP, and CROWN margin bounds for the top-k objective; falls back to IBP
-  (with a note in ``stats``) where CROWN is not available.
+- ``crown``: CROWN bounds intersected with IBP, and CROWN margin bounds for the top-k objective.
 - ``lp``: starts from ``crown`` and solves, layer by layer, two LPs (min and max) per still-unstable ReLU over the LP
   relaxation of the layers before it, then the LPs of the margins ``y_c - y_t``. Sound by construction: the new
   bound is computed from the LP's dual multipliers by weak duality (:func:`dual_lower_bound`), never taken from a
@@ -20,7 +19,7 @@ from typing import Iterator
 import numpy as np
 import scipy.sparse as sp
 
-from mlrobust.bounds import propagate
+from mlrobust.bounds import margin_bounds, propagate
 from mlrobust.bounds.ibp import interval_affine
 from mlrobust.bounds.result import Bounds
 from mlrobust.errors import InputError
@@ -68,22 +67,6 @@ class Tightened:
     @property
     def num_unstable(self) -> int:
         return self.bounds.num_unstable
-
-
-def crown_available() -> bool:
-    try:
-        import mlrobust.bounds.crown  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _margin_bounds_function():
-    try:
-        from mlrobust.bounds import margin_bounds  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return margin_bounds
 
 
 def interval_margins(bounds: Bounds, target: int) -> tuple[np.ndarray, np.ndarray]:
@@ -233,12 +216,8 @@ def lp_margins(builder: MilpBuilder, target: int, lower: np.ndarray, upper: np.n
 
 # --- the named choices ------------------------------------------------------------------------------------------
 def base_bounds(network: Network, lower: np.ndarray, upper: np.ndarray, method: str) -> tuple[Bounds, dict]:
-    """IBP or CROWN bounds (CROWN falls back to IBP with a note when unavailable)."""
-    if method == "ibp":
-        return propagate(network, lower, upper, method="ibp"), {}
-    if not crown_available():
-        return propagate(network, lower, upper, method="ibp"), {"note": "CROWN unavailable; used IBP"}
-    return propagate(network, lower, upper, method="crown"), {}
+    """IBP or CROWN bounds (``method`` "ibp", or anything else for CROWN) and a dict for notes about them."""
+    return propagate(network, lower, upper, method="ibp" if method == "ibp" else "crown"), {}
 
 
 def tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str = "crown",
@@ -265,12 +244,9 @@ def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str
         L, U = interval_margins(bounds, target)
         tL, tU = tail_margins(network, bounds, target)
         L, U = np.maximum(L, tL), np.minimum(U, tU)
-        fn = _margin_bounds_function()
-        if method != "ibp" and fn is not None and crown_available():
-            try:  # reuse the intermediate bounds just computed
-                cl, cu = fn(network, bounds.input_lower, bounds.input_upper, target, method="crown", bounds=bounds)
-            except TypeError:
-                cl, cu = fn(network, bounds.input_lower, bounds.input_upper, target, method="crown")
+        if method != "ibp":  # CROWN margin bounds, reusing the intermediate bounds just computed
+            cl, cu = margin_bounds(network, bounds.input_lower, bounds.input_upper, target, method="crown",
+                                   bounds=bounds)
             L, U = np.maximum(L, cl), np.minimum(U, cu)
     if method != "lp":
         return Tightened(bounds, method, L, U, target, time.perf_counter() - start, stats)

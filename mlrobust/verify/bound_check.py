@@ -22,7 +22,8 @@ from mlrobust.verify.verdict import ROBUST_TOLERANCE, NotRobust, Robust, Unknown
 
 def margin_range(tight: Tightened, target: int, k: int) -> tuple[float, float]:
     """Proven ``(lower, upper)`` bounds on the k-th largest margin over the box."""
-    assert tight.margin_lower is not None and tight.margin_upper is not None
+    if tight.margin_lower is None or tight.margin_upper is None:  # a check that survives ``python -O``
+        raise ValueError("margin_range needs bounds tightened for a target (tighten(..., target=t))")
     others = np.delete(np.arange(tight.margin_lower.size), target)
     return kth_largest(tight.margin_lower[others], k), kth_largest(tight.margin_upper[others], k)
 
