@@ -8,15 +8,14 @@ import sys
 
 import numpy as np
 import pytest
+from test_api import tiny_onnx
+from test_search_oracles import exact_worst_margin, tiny_case
 
 from mlrobust.cli import main
 from mlrobust.neighborhood import LayeredNeighborhood
 from mlrobust.neighborhood.image_io import read_image, write_image, write_mask
 from mlrobust.search.result import sha256_file
 from mlrobust.verify.verdict import ROBUST_TOLERANCE
-
-from test_api import tiny_onnx
-from test_search_oracles import exact_worst_margin, tiny_case
 
 
 @pytest.fixture(scope="module")

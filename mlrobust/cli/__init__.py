@@ -126,7 +126,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     except aborts:  # end of input at a prompt
         code = EXIT_INTERRUPTED
     except no_args_help as exc:  # a command group without arguments: its help, as a usage error
-        print(getattr(exc, "format_message", lambda: str(exc))(), file=sys.stderr)
+        fmt = getattr(exc, "format_message", None)
+        print(fmt() if callable(fmt) else str(exc), file=sys.stderr)
         return EXIT_USAGE
     except click_errors as exc:
         _error(_usage_message(exc))

@@ -48,11 +48,24 @@ def batch(
     """Search the maximal robust layered neighborhood of every image of DATASET and append one JSON line per
     image to --out. Running the same command again skips the images already in the file."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    from mlrobust.cli.verify_cmd import CUTTINGS, METHODS, VERIFIERS, check_choice, check_limits, check_solver, \
-        parse_delta
+    from mlrobust.cli.verify_cmd import (
+        CUTTINGS,
+        METHODS,
+        VERIFIERS,
+        check_choice,
+        check_limits,
+        check_solver,
+        parse_delta,
+    )
 
     input_file(model, "model file")
     if not dataset.exists():

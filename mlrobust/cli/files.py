@@ -23,6 +23,15 @@ IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".jpg", ".jpeg
                   ".pgf", ".raw", ".rgba")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def input_file(path: Path, what: str) -> Path:
     """``path`` if it is a readable file, else an InputError that says what is wrong with it."""
     if path.is_dir():
@@ -64,6 +73,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private (0600); the result gets the usual mode
     try:
         yield tmp
         os.replace(tmp, path)

@@ -17,8 +17,7 @@ from typing import Any, Iterator, Optional
 
 import typer
 
-from mlrobust.cli import (EXIT_CODES_HELP, EXIT_COUNTEREXAMPLE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNKNOWN, STARTED,
-                          app)
+from mlrobust.cli import EXIT_CODES_HELP, EXIT_COUNTEREXAMPLE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNKNOWN, STARTED, app
 from mlrobust.cli.files import IMAGE_SUFFIXES, atomic_path, atomic_write_text, input_file, output_file
 from mlrobust.errors import InputError
 

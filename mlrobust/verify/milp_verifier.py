@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
-from mlrobust.errors import InputError
 from mlrobust.backends.base import SolverBackend, SolveResult, StopRule
 from mlrobust.backends.registry import get_backend
+from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
 from mlrobust.milp.builder import MilpBuilder
 from mlrobust.milp.problem import MilpProblem
@@ -94,6 +94,8 @@ class MilpVerifier:
         if tightened is None or tightened.target != target or tightened.margin_upper is None:
             tightened = self.tighten(network, box, target, time_limit)
         t_tight = time.perf_counter() - t0
+        if tightened.margin_lower is None or tightened.margin_upper is None:  # tighten(target=...) sets both
+            raise ValueError("the tightened bounds carry no margin bounds for the target")
         builder = MilpBuilder(network, tightened.bounds).run()
         L, U = builder.margin_interval(target)
         L = np.maximum(L, tightened.margin_lower)

@@ -25,9 +25,9 @@ import torch
 
 from mlrobust.backends.base import SolverBackend, StopRule
 from mlrobust.backends.registry import get_backend
+from mlrobust.bounds import linear_bounds
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
-from mlrobust.bounds import linear_bounds
 from mlrobust.milp.builder import MilpBuilder
 from mlrobust.milp.disjunction import Clause, add_disjunction, clause_forms, clause_margin
 from mlrobust.milp.tightening import base_bounds, torch_threads
