@@ -17,7 +17,15 @@ from typing import Any, Iterator, Optional
 
 import typer
 
-from mlrobust.cli import EXIT_CODES_HELP, EXIT_COUNTEREXAMPLE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNKNOWN, STARTED, app
+from mlrobust.cli import (
+    EXIT_CODES_HELP,
+    EXIT_COUNTEREXAMPLE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNKNOWN,
+    app,
+    seconds_since_start,
+)
 from mlrobust.cli.files import IMAGE_SUFFIXES, atomic_path, atomic_write_text, input_file, output_file
 from mlrobust.errors import InputError
 
@@ -95,7 +103,7 @@ def check_solver(solver: str) -> None:
 
 def time_left(limit: float) -> float:
     """``limit`` less the time the command line has run so far: the limit counts from the start of the process."""
-    return max(limit - (time.monotonic() - STARTED), 0.01)
+    return max(limit - seconds_since_start(), 0.01)
 
 
 @contextmanager
