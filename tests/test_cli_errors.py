@@ -329,3 +329,14 @@ def test_vnncomp_output_has_no_negative_zero():
 
     text = VnnlibResult("sat", x=np.array([-0.0, 0.5]), y=np.array([-0.0])).to_vnncomp()
     assert text == "sat\n((X_0 0.0)\n (X_1 0.5)\n (Y_0 0.0))\n"
+
+
+def test_console_script_ends_fast_with_complete_outputs(files, tmp_path):  # noqa: F811
+    """The console script skips Python's slow shutdown after verify; its answer, exit code and JSON are whole."""
+    out_json = tmp_path / "r.json"
+    args = [sys.executable, "-c", "from mlrobust.cli import console; console()", *map(str, base(files)),
+            "--eps", "0.9", "--json", str(out_json)]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 10, proc.stderr
+    assert proc.stdout.startswith("not robust") and "counterexample with margin" in proc.stdout
+    assert json.loads(out_json.read_text())["status"] == "not_robust"

@@ -95,15 +95,36 @@ def check_limits(*, k: int | None = None, target: int | None = None, time_limit:
 
 
 def check_solver(solver: str) -> None:
-    """An unknown or uninstalled solver is an error now, before a model is loaded (costs a few milliseconds)."""
-    from mlrobust.backends.registry import get_backend
+    """An unknown solver name is an error now, before a model is loaded. A shipped, registered or plugin name costs
+    nothing here (whether its solver is installed is checked when the verifier is made); any other name is asked of
+    Pyomo, which takes a second to import."""
+    from mlrobust.backends.registry import backend_names, get_backend
 
+    key = solver.strip().lower()
+    if key in backend_names() or (key.startswith("pyomo:") and len(key) > len("pyomo:")):
+        return
     get_backend(solver)
 
 
+def check_model_and_image(model: Path, image: Path) -> None:
+    """Load the model and read the image against its input size, with the light modules only (numpy, ONNX,
+    Pillow; no torch): a broken model or an image of the wrong size is reported in a fraction of a second."""
+    from mlrobust.ir.onnx_import import load_onnx
+    from mlrobust.neighborhood.image_io import load_image
+
+    with notes():
+        load_image(image, load_onnx(model).sample_shape)
+
+
+#: Seconds of a command's time limit kept back from the search (or check) for what the command does around it:
+#: loading the inputs before the search's clock starts, writing the outputs after it stops.
+RESERVE_SECONDS = 0.5
+
+
 def time_left(limit: float) -> float:
-    """``limit`` less the time the command line has run so far: the limit counts from the start of the process."""
-    return max(limit - seconds_since_start(), 0.01)
+    """The time the work may take: ``limit`` less the time the command has run so far (the limit counts from the
+    start of the process, see :func:`mlrobust.cli.seconds_since_start`) and less :data:`RESERVE_SECONDS`."""
+    return max(limit - seconds_since_start() - RESERVE_SECONDS, 0.01)
 
 
 @contextmanager
@@ -318,13 +339,14 @@ def verify(
     if eps is not None and not (math.isfinite(eps) and eps >= 0):
         raise InputError(f"--eps must be a finite number >= 0, not {eps!r}")
     given = eps if eps is not None else (parse_eps_layers(eps_layers) if eps_layers is not None else None)
-    check_solver(solver)
     if json_path is not None and heatmap is not None and json_path.resolve() == heatmap.resolve():
         raise InputError("--json and --heatmap name the same file")
     if json_path is not None:
         output_file(json_path, "--json")
     if heatmap is not None:
         output_file(heatmap, "--heatmap", IMAGE_SUFFIXES)
+    check_solver(solver)
+    check_model_and_image(model, image)
 
     from rich.console import Console
 

@@ -36,7 +36,7 @@ def vnnlib(
                                                                "stderr)."),
 ) -> int:
     """Decide a VNN-LIB property: print unsat, sat with a counterexample, timeout or unknown."""
-    from mlrobust.cli.verify_cmd import check_solver, time_left
+    from mlrobust.cli.verify_cmd import check_solver, notes, time_left
 
     input_file(model, "model file")
     input_file(prop, "VNN-LIB file")
@@ -52,9 +52,10 @@ def vnnlib(
     from mlrobust.verify.vnnlib import check_vnnlib, parse_vnnlib
 
     spec = parse_vnnlib(prop)  # before the model: a broken property is reported at once
-    network = load_onnx(model)
-    result = check_vnnlib(network, spec, solver=solver, tightening=tightening,
-                          timeout=None if timeout is None else time_left(timeout))
+    with notes():
+        network = load_onnx(model)
+        result = check_vnnlib(network, spec, solver=solver, tightening=tightening,
+                              timeout=None if timeout is None else time_left(timeout))
     text = result.to_vnncomp()
     if out is not None:
         atomic_write_text(out, text)

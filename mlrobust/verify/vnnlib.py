@@ -38,6 +38,7 @@ from mlrobust.verify.spec import Box
 from mlrobust.verify.verdict import ROBUST_TOLERANCE
 
 MAX_DISJUNCTS = 100_000
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # --- parsing ------------------------------------------------------------------------------------------------------
 _TOKEN = re.compile(r"\(|\)|[^\s()]+")
@@ -294,6 +295,10 @@ def parse_vnnlib(source: str | Path) -> VnnlibProperty:
                 missing = np.flatnonzero(~np.isfinite(lo) | ~np.isfinite(hi))[:5]
                 raise InputError(f"VNN-LIB: inputs {', '.join(f'X_{i}' for i in missing)} lack a lower or upper "
                                  f"bound")
+            too_big = np.flatnonzero((np.abs(lo) > FLOAT32_MAX) | (np.abs(hi) > FLOAT32_MAX))[:5]
+            if too_big.size:  # the network also runs in float32, where such an input is inf
+                raise InputError(f"VNN-LIB: the bounds of {', '.join(f'X_{i}' for i in too_big)} lie beyond the "
+                                 f"float32 range (|x| <= {FLOAT32_MAX:.3g})")
             if np.any(lo > hi):
                 continue  # an empty input box holds no counterexample
             key = lo.tobytes() + hi.tobytes()

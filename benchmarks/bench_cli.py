@@ -1,0 +1,132 @@
+"""Benchmark of the command line's own costs: how fast argument and file errors come back, what the start-up
+imports, and how closely time limits are kept (wall time of the whole process, start-up included).
+
+Each case runs ``mlrobust`` as a fresh process (``python -c "from mlrobust.cli import console; console()"``, the
+console script's entry point) from the repository root and measures its wall time; error cases are repeated and the median
+is reported. The import profile is ``python -X importtime`` of the command line's start. Results go to
+benchmarks/results/cli.md.
+
+    python -m benchmarks.bench_cli [--repeats 5] [--limits 10 20] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "cli.md"
+MODEL = "examples/models/mnist2_nodefense.onnx"
+IMAGE = "examples/images/ex00.png"
+MASK = "examples/images/ex00_perturbed.png"
+CLI = [sys.executable, "-c", "from mlrobust.cli import console; console()"]  # what the `mlrobust` script runs
+
+
+def timed(args: list[str], timeout: float = 900) -> tuple[float, int, str]:
+    start = time.perf_counter()
+    proc = subprocess.run([*CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return time.perf_counter() - start, proc.returncode, (proc.stdout + proc.stderr).strip()
+
+
+def error_cases(tmp: Path) -> list[tuple[str, list[str]]]:
+    import numpy as np
+
+    from mlrobust.neighborhood.image_io import write_image
+
+    write_image(tmp / "small.png", np.zeros((32, 32)))
+    return [
+        ("unknown option", ["verify", MODEL, IMAGE, "--target", "1", "--bogus"]),
+        ("target not a number", ["verify", MODEL, IMAGE, "--target", "abc"]),
+        ("image is a folder", ["verify", MODEL, "examples", "--target", "1"]),
+        ("missing model", ["verify", "nosuch.onnx", IMAGE, "--target", "1"]),
+        ("heatmap suffix", ["verify", MODEL, IMAGE, "--target", "1", "--heatmap", "out/h.txt"]),
+        ("--json is a folder", ["verify", MODEL, IMAGE, "--target", "1", "--json", "examples"]),
+        ("bad --delta", ["verify", MODEL, IMAGE, "--target", "1", "--delta", "2"]),
+        ("wrong image size", ["verify", MODEL, str(tmp / "small.png"), "--target", "1"]),
+        ("VNN-LIB is a folder", ["vnnlib", MODEL, "examples"]),
+    ]
+
+
+def import_profile() -> tuple[float, list[tuple[str, float]]]:
+    """Total import time of the command line's start (all commands registered) and the largest cumulative items."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c",
+                           "import mlrobust.cli as c; c._register()"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    rows = []
+    for line in proc.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
+        if m:
+            rows.append((m.group(4), int(m.group(2)) / 1e6, len(m.group(3))))
+    top = [(name, cum) for name, cum, depth in rows if depth <= 2]
+    total = sum(cum for _, cum, depth in rows if depth == 1)
+    return total, sorted(top, key=lambda r: -r[1])[:8]
+
+
+def vnnlib_property(tmp: Path) -> Path:
+    """A top-2 property on the no-defence model that neither the attack nor the bounds settle quickly."""
+    out = tmp / "ex00_hard.vnnlib"
+    subprocess.run([sys.executable, "examples/custom_property.py", IMAGE, "--object-mask", MASK, "--target", "1",
+                    "--object-eps", "0.3", "--eps", "0.02", "--out", str(out)], cwd=ROOT, check=True,
+                   capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--limits", type=float, nargs="+", default=[10.0, 20.0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    lines = ["# Command line: error latency, start-up, time limits", "",
+             f"`python -m benchmarks.bench_cli --repeats {args.repeats} --limits "
+             f"{' '.join(f'{t:g}' for t in args.limits)}` on {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} cores, Python {platform.python_version()}; load average at the start "
+             f"{os.getloadavg()[0]:.1f}. Every number is the wall time of a fresh `mlrobust` process.", ""]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        lines += ["## Argument and file errors", "",
+                  f"Median of {args.repeats} runs; each prints one `error:` line and exits 2 (target: < 0.5 s).", "",
+                  "| case | exit | median s | max s | message |", "|---|---|---|---|---|"]
+        for name, case in error_cases(tmp):
+            runs = [timed(case) for _ in range(args.repeats)]
+            secs = [r[0] for r in runs]
+            code, text = runs[-1][1], runs[-1][2].splitlines()[-1][:90]
+            lines.append(f"| {name} | {code} | {statistics.median(secs):.2f} | {max(secs):.2f} | `{text}` |")
+            print(lines[-1], flush=True)
+        total, top = import_profile()
+        lines += ["", "## Start-up imports", "", f"`python -X importtime -c \"import mlrobust.cli as c; "
+                  f"c._register()\"`: {total:.3f} s of imports in total; the largest (cumulative):", "",
+                  "| module | s |", "|---|---|"]
+        lines += [f"| {name} | {secs:.3f} |" for name, secs in top]
+        lines += ["", "## Time limits", "",
+                  "Wall time of the whole process against the limit given (start-up included); the overrun is "
+                  "wall − limit (target: < 1 s).", "", "| command | limit s | wall s | overrun s | exit | answer |",
+                  "|---|---|---|---|---|---|"]
+        for limit in args.limits:
+            wall, code, text = timed(["verify", MODEL, IMAGE, "--target", "1", "--object-mask", MASK,
+                                      "--time-limit", f"{limit:g}", "--quiet"])
+            lines.append(f"| verify (search) | {limit:g} | {wall:.1f} | {wall - limit:+.1f} | {code} | "
+                         f"`{text.splitlines()[-1][:80]}` |")
+            print(lines[-1], flush=True)
+        prop = vnnlib_property(tmp)
+        for limit in args.limits:
+            wall, code, text = timed(["vnnlib", MODEL, str(prop), "--timeout", f"{limit:g}"])
+            lines.append(f"| vnnlib | {limit:g} | {wall:.1f} | {wall - limit:+.1f} | {code} | "
+                         f"`{text.splitlines()[0][:80]}` |")
+            print(lines[-1], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
