@@ -104,11 +104,13 @@ def test_a_folder_is_not_called_missing(capsys, files, tmp_path):  # noqa: F811
 
 def test_errors_come_before_torch_is_imported(files, tmp_path):  # noqa: F811
     """Argument and file errors are answered from the light modules (no torch, no solvers): a fresh process."""
-    script = ("import sys; from mlrobust.cli import run; "
-              f"code = run(['verify', {str(files['model'])!r}, {str(tmp_path)!r}, '--target', '0']); "
-              "print(code, 'torch' in sys.modules, 'pyomo' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.stdout.split() == ["2", "False", "False"], proc.stderr
+    write_image(tmp_path / "big.png", np.zeros((8, 8)))
+    for image, message in ((tmp_path, "is a folder"), (tmp_path / "big.png", "expects 5x5")):
+        script = ("import sys; from mlrobust.cli import run; "
+                  f"code = run(['verify', {str(files['model'])!r}, {str(image)!r}, '--target', '0']); "
+                  "print(code, 'torch' in sys.modules, 'pyomo' in sys.modules)")
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert proc.stdout.split() == ["2", "False", "False"] and message in proc.stderr, proc.stderr
 
 
 # --- outputs checked before the work -----------------------------------------------------------------------------
@@ -146,6 +148,13 @@ def test_missing_output_folders_are_created(capsys, files, tmp_path):  # noqa: F
     assert code == 0, err
     assert json.loads(out_json.read_text())["status"] == "robust" and out_png.stat().st_size > 1000
     assert sorted(p.name for p in out_json.parent.iterdir()) == ["r.json"]  # no temporary file left behind
+
+
+def test_the_command_line_knows_the_shipped_solvers():
+    from mlrobust.backends.registry import _BUILTIN
+    from mlrobust.cli.verify_cmd import SHIPPED_SOLVERS
+
+    assert set(SHIPPED_SOLVERS) == set(_BUILTIN)
 
 
 def test_heatmap_suffixes_are_formats_matplotlib_writes():
@@ -242,9 +251,13 @@ def test_no_negative_zero_in_the_json(capsys, files, tmp_path):  # noqa: F811
     assert "-0.0" not in path.read_text()
 
 
-def test_unknown_solver_prints_no_pyomo_noise(capsys, files):  # noqa: F811
-    code, out, err = cli(capsys, *base(files, "--eps", "0.01", "--solver", "bogus"))
-    assert code == 2 and out == "" and "unknown solver 'bogus'" in one_error_line(err)
+def test_unknown_solver_prints_no_pyomo_noise(files):  # noqa: F811
+    """In a fresh process (pytest would capture Pyomo's log records): no warnings, no traceback, one line."""
+    args = [sys.executable, "-c", "from mlrobust.cli import main; main()", *map(str, base(files)), "--eps", "0.01",
+            "--solver", "bogus"]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "unknown solver 'bogus'" in one_error_line(proc.stderr)
 
 
 def test_rgb_image_for_a_grayscale_model_is_a_one_line_note(capsys, files, tmp_path):  # noqa: F811
