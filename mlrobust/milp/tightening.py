@@ -257,7 +257,8 @@ def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str
     skipped = 0
     while not builder.done:
         node = builder.next_node
-        assert node is not None
+        if node is None:  # not done, so a node is next; a check that survives ``python -O``
+            raise RuntimeError("the MILP builder reports more work but no next node")
         if node.kind == "Relu":
             t = node.inputs[0]
             builder.set_bounds(t, *builder.form_interval(t))
@@ -281,8 +282,7 @@ def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str
     lower_d, upper_d = builder.lower, builder.upper
     repropagate(network, lower_d, upper_d)
     tightened = Bounds(network, lower_d, upper_d, "lp", time.perf_counter() - start, dict(bounds.info))
-    if target is not None:
-        assert L is not None and U is not None
+    if target is not None and L is not None and U is not None:  # L and U are set whenever a target is given
         fL, fU = builder.margin_interval(target)
         L, U = np.maximum(L, fL), np.minimum(U, fU)
         L, U, solves = lp_margins(builder, target, L, U, deadline=deadline)
