@@ -144,7 +144,9 @@ def prepare(model: str | Path | Network, image: str | Path | np.ndarray, target:
         masks = [resolve_object(chw, mask=m).mask for m in object_mask]
         choice = ObjectChoice(np.logical_or.reduce(masks), object_label, "masks")
     else:
-        choice = resolve_object(chw, mask=object_mask, box=object_box, logits_fn=network.logits, target=int(target),
+        one_mask = (object_mask if object_mask is None or isinstance(object_mask, (str, Path, np.ndarray))
+                    else np.asarray(object_mask))  # a nested list of 0/1 rows
+        choice = resolve_object(chw, mask=one_mask, box=object_box, logits_fn=network.logits, target=int(target),
                                 object_label=object_label, sample_shape=network.sample_shape)
     nbhd = LayeredNeighborhood(chw, choice.mask, layout)
     prov = Provenance(model_path, model_sha, image_path, image_sha or sha256_array(chw), sha256_array(chw))
