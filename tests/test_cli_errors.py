@@ -182,6 +182,45 @@ def test_vnnlib_out_folder_is_created_and_the_answer_is_the_exit_code(capsys, tm
     assert "(X_0 -0.0)" not in stdout and "-0.0)" not in stdout  # a pixel at 0 reads 0.0, not -0.0
 
 
+_SLOW_SOLVER = """
+import sys, time
+import mlrobust.verify.vnnlib as vnnlib
+
+def never_stops(*args, **kwargs):  # a solver stuck in C code past every limit it was given
+    time.sleep(60)
+
+vnnlib.check_vnnlib = never_stops
+sys.argv = ["mlrobust", *sys.argv[1:]]
+from mlrobust.cli import console
+console()
+"""
+
+
+def test_vnnlib_hard_deadline_answers_timeout_when_the_work_overruns(tmp_path):
+    from test_vnnlib import robustness_property
+
+    from mlrobust.ir.onnx_import import load_onnx
+
+    model = ROOT / "examples" / "models" / "mnist2_nodefense.onnx"
+    net = load_onnx(model)
+    x0 = np.full(int(np.prod(net.sample_shape)), 0.5)
+    path = tmp_path / "p.vnnlib"
+    path.write_text(robustness_property(x0, 0.01, 0, net.num_classes))
+    out = tmp_path / "result.txt"
+    proc = subprocess.run([sys.executable, "-c", _SLOW_SOLVER, "vnnlib", str(model), str(path), "--timeout", "4",
+                           "--out", str(out)], capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 20, proc.stderr
+    assert proc.stdout == "timeout\n" and out.read_text() == "timeout\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.vnnlib", "result.txt"]  # no temporary file left
+
+
+def test_hard_deadline_is_off_outside_the_console_script():
+    from mlrobust.cli import HARD_DEADLINES, hard_deadline
+
+    assert not HARD_DEADLINES["enabled"]
+    assert hard_deadline(0.0, lambda: 20) is None  # run() in a test or a notebook never ends its process
+
+
 # --- atomic writes and Ctrl-C ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_an_interrupted_write_leaves_no_file(tmp_path, error):

@@ -19,8 +19,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import typer
 
@@ -59,6 +60,49 @@ def _start_clock() -> None:
 def seconds_since_start() -> float:
     """Seconds since the current command started (see :data:`CLOCK`)."""
     return time.monotonic() - CLOCK["start"]
+
+
+#: Whether a command may end its own process at a hard deadline: only in the console script (:func:`console`),
+#: never in a test, a notebook or any other process that merely calls :func:`run`.
+HARD_DEADLINES = {"enabled": False}
+#: Held by whoever writes a command's final answer: the finished work or the hard deadline, never both.
+ANSWER_LOCK = threading.Lock()
+#: Seconds past the limit at which the hard deadline ends the process (the soft limits stop the work before it).
+HARD_DEADLINE_GRACE = 0.3
+
+
+def hard_deadline(limit: float, give_up: Callable[[], int]) -> Optional[threading.Timer]:
+    """End the console script's process ``limit`` (+ a grace of :data:`HARD_DEADLINE_GRACE`) seconds after the
+    command started, whatever the work is doing, after ``give_up()`` has written the command's "timeout" answer and
+    returned its exit code.
+
+    The work stops itself at its own (earlier) deadline; this is the backstop for a solver inside a long C call that
+    reaches neither its time limit nor its interrupt callback (HiGHS during a round of cut separation has run 4 s
+    past it). Solvers release the GIL while they run, so the timer thread gets its turn. The command takes
+    :data:`ANSWER_LOCK` before it writes its own answer; whichever side takes it first answers. Returns the timer
+    (None outside the console script).
+    """
+    if not HARD_DEADLINES["enabled"]:
+        return None
+
+    def fire() -> None:
+        if not ANSWER_LOCK.acquire(blocking=False):
+            return  # the command is writing its own answer
+        try:
+            code = give_up()
+        except BaseException:  # whatever happens, the process ends now: the limit is the promise
+            code = EXIT_UNKNOWN
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    timer = threading.Timer(max(limit - seconds_since_start(), 0.0) + HARD_DEADLINE_GRACE, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 EXIT_OK = 0
 EXIT_COUNTEREXAMPLE = 10
@@ -197,6 +241,7 @@ def console() -> None:
     ``inspect`` ends at once. Python's own shutdown (torch's above all) takes a second or more, which would count
     against the wall-time limits; every output is already complete (written atomically) and the streams are flushed
     here, so nothing is lost by skipping it."""
+    HARD_DEADLINES["enabled"] = True
     code = run()
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
     if command not in FAST_EXIT:

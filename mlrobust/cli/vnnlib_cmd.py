@@ -13,7 +13,15 @@ from typing import Optional
 
 import typer
 
-from mlrobust.cli import EXIT_CODES_HELP, EXIT_COUNTEREXAMPLE, EXIT_OK, EXIT_UNKNOWN, app
+from mlrobust.cli import (
+    ANSWER_LOCK,
+    EXIT_CODES_HELP,
+    EXIT_COUNTEREXAMPLE,
+    EXIT_OK,
+    EXIT_UNKNOWN,
+    app,
+    hard_deadline,
+)
 from mlrobust.cli.files import atomic_write_text, input_file, output_file
 from mlrobust.errors import InputError
 from mlrobust.verify.spec import VNNLIB_VERIFIERS
@@ -57,14 +65,27 @@ def vnnlib(
     from mlrobust.verify.vnnlib import check_vnnlib, parse_vnnlib
 
     spec = parse_vnnlib(prop)  # before the model: a broken property is reported at once
+
+    def give_up() -> int:
+        if out is not None:
+            atomic_write_text(out, "timeout\n")
+        typer.echo("timeout")
+        if verbose:
+            typer.echo("timeout at the hard deadline (the solver did not stop in time)", err=True)
+        return EXIT_UNKNOWN
+
+    watchdog = None if timeout is None else hard_deadline(timeout, give_up)
     with notes():
         network = load_onnx(model)
         result = check_vnnlib(network, spec, solver=solver, tightening=tightening, verifier=verifier,
                               timeout=None if timeout is None else time_left(timeout))
-    text = result.to_vnncomp()
-    if out is not None:
-        atomic_write_text(out, text)
-    typer.echo(text, nl=False)
+    with ANSWER_LOCK:
+        if watchdog is not None:
+            watchdog.cancel()
+        text = result.to_vnncomp()
+        if out is not None:
+            atomic_write_text(out, text)
+        typer.echo(text, nl=False)
     if verbose:
         typer.echo(f"{result.status} by {result.tier or '-'} in {result.seconds:.2f} s"
                    + (f" ({result.reason})" if result.reason else ""), err=True)
