@@ -113,6 +113,17 @@ def test_errors_come_before_torch_is_imported(files, tmp_path):  # noqa: F811
         assert proc.stdout.split() == ["2", "False", "False"] and message in proc.stderr, proc.stderr
 
 
+
+def test_a_broken_vnnlib_file_is_reported_before_torch_is_imported(files, tmp_path):  # noqa: F811
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text("(declare-const X_0 Real)\n(assert (<= X_0 1.0)\n")
+    script = ("import sys; from mlrobust.cli import run; "
+              f"code = run(['vnnlib', {str(files['model'])!r}, {str(prop)!r}]); "
+              "print(code, 'torch' in sys.modules, 'pyomo' in sys.modules, 'scipy' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.stdout.split() == ["2", "False", "False", "False"], proc.stderr
+    assert "VNN-LIB line 2" in proc.stderr
+
 # --- outputs checked before the work -----------------------------------------------------------------------------
 @pytest.fixture
 def no_work(monkeypatch):

@@ -61,10 +61,12 @@ def vnnlib(
     if out is not None:
         output_file(out, "--out")
 
-    from mlrobust.ir.onnx_import import load_onnx
-    from mlrobust.verify.vnnlib import check_vnnlib, parse_vnnlib
+    from mlrobust.verify.vnnlib_parse import parse_vnnlib
 
-    spec = parse_vnnlib(prop)  # before the model: a broken property is reported at once
+    spec = parse_vnnlib(prop)  # before the model and the verifier stack: a broken property is reported at once
+
+    from mlrobust.ir.onnx_import import load_onnx
+    from mlrobust.verify.vnnlib import check_vnnlib
 
     def give_up() -> int:
         if out is not None:

@@ -18,15 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from mlrobust.milp.clause import Clause
 from mlrobust.milp.encoding import INF, AffineForm, Encoding, unit_rows
 
-
-@dataclass
-class Clause:
-    """``G @ y <= h`` (all rows) over the flattened output ``y``."""
-
-    G: np.ndarray  # (rows, num_outputs)
-    h: np.ndarray  # (rows,)
+__all__ = ["Clause", "DisjunctionObjective", "add_disjunction", "clause_forms", "clause_margin"]
 
 
 def clause_forms(out: AffineForm, clauses: list[Clause], ncols: int) -> list[AffineForm]:
