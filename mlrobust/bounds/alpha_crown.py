@@ -34,7 +34,8 @@ lives in the ``_BACKWARD`` table.
 API::
 
     AlphaOptions(iterations=20, lr_alpha=0.1, lr_beta=0.05, time_limit=None, optimize_intermediate=False,
-                 early_stop=None, intermediate_chunk=256, threads=1, lr_pool=0.3, lr_tau=0.0)
+                 early_stop=None, intermediate_chunk=256, threads=1, lr_pool=0.3, lr_tau=0.0,
+                 loop_dtype="float32")
     AlphaState                     # opaque warm start; .select(idx), .domains, .rows
     DomainBatch(lower, upper, pre_lower, pre_upper, splits)   # .size, .select(idx)
     AlphaResult(lower, crown_lower, state, iterations, seconds, domains, relu_coeffs, infeasible, stats,
@@ -93,7 +94,9 @@ class AlphaOptions:
     also optimise the bounds of the last refined ReLU pre-activation layer (costly: one row per unstable neuron and
     direction, ``intermediate_chunk`` rows at a time). ``threads``: torch intra-op threads (None: leave as is).
     Learning rates (Adam) per kind: ReLU slopes ``lr_alpha``, MaxPool lower-line weights ``lr_pool``, MaxPool
-    upper-line thresholds ``lr_tau`` (0: fixed at CROWN's), split multipliers ``lr_beta``.
+    upper-line thresholds ``lr_tau`` (0: fixed at CROWN's), split multipliers ``lr_beta``. ``loop_dtype``
+    ("float64" or "float32"): precision of the optimisation steps; CROWN's bound and the reported one are always
+    evaluated in float64 with the outward widening.
     """
 
     iterations: int = 20
@@ -106,6 +109,7 @@ class AlphaOptions:
     threads: int | None = 1
     lr_pool: float = 0.3
     lr_tau: float = 0.0
+    loop_dtype: str = "float32"
 
 
 @dataclass
@@ -332,6 +336,28 @@ class _Context:
     in_upper: Tensor
     params: AlphaState
     capture: dict[str, Tensor] | None = None
+    dtype: torch.dtype = _F64
+    _consts: dict[int, tuple[object, Tensor]] = field(default_factory=dict)
+
+    def const(self, arr: np.ndarray) -> Tensor:
+        """A network constant as a tensor of this context's dtype (converted once per context)."""
+        hit = self._consts.get(id(arr))
+        if hit is not None and hit[0] is arr:
+            return hit[1]
+        value = torch.as_tensor(np.asarray(arr, dtype=np.float64)).to(self.dtype)
+        self._consts[id(arr)] = (arr, value)  # the array is kept so that its id stays unique
+        return value
+
+    def cast(self, dtype: torch.dtype) -> _Context:
+        """The same context with every floating-point tensor in ``dtype`` (the optimisation loop's precision)."""
+        def c(x: Tensor) -> Tensor:
+            return x.to(dtype) if x.is_floating_point() else x
+
+        relu = {k: _ReluRelax(r.active, r.unstable, c(r.up_slope), c(r.up_icpt), c(r.default_alpha),
+                              None if r.sign is None else c(r.sign)) for k, r in self.relu.items()}
+        pool = {k: _PoolRelax(r.win_idx, r.valid, r.n_in, c(r.l_win), c(r.u_win), c(r.tau_lo), c(r.tau_hi),
+                              c(r.default_lam), c(r.default_tau)) for k, r in self.pool.items()}
+        return _Context(self.network, relu, pool, c(self.in_lower), c(self.in_upper), AlphaState(), None, dtype)
 
 
 @dataclass
@@ -355,7 +381,7 @@ def _back_dense(ctx: _Context, node: Node, a: Tensor) -> _Step:
     op = cast(Dense, node.op)
     d, s = a.shape[:2]
     a2 = a.reshape(d, s, -1)
-    w, b = torch.as_tensor(op.weight), torch.as_tensor(op.bias)
+    w, b = ctx.const(op.weight), ctx.const(op.bias)
     return _Step([(node.inputs[0], (a2 @ w).reshape(d, s, *_shape(ctx, node.inputs[0])))], a2 @ b, a2.abs() @ b.abs())
 
 
@@ -364,10 +390,10 @@ def _back_conv(ctx: _Context, node: Node, a: Tensor) -> _Step:
     d, s = a.shape[:2]
     in_shape = _shape(ctx, node.inputs[0])
     flat = a.reshape(d * s, *a.shape[2:])
-    a_in = _conv_adjoint(flat, torch.as_tensor(op.weight), op.stride, op.padding, op.dilation, op.groups,
+    a_in = _conv_adjoint(flat, ctx.const(op.weight), op.stride, op.padding, op.dilation, op.groups,
                          (in_shape[1], in_shape[2]))
     per_channel = a.sum(dim=(3, 4))
-    b = torch.as_tensor(op.bias)
+    b = ctx.const(op.bias)
     return _Step([(node.inputs[0], a_in.reshape(d, s, *in_shape))], per_channel @ b, a.abs().sum(dim=(3, 4)) @ b.abs())
 
 
@@ -375,8 +401,8 @@ def _back_avgpool(ctx: _Context, node: Node, a: Tensor) -> _Step:
     op = cast(AvgPool2d, node.op)
     d, s = a.shape[:2]
     c, h, w = _shape(ctx, node.inputs[0])
-    scaled = (a / torch.as_tensor(op.divisor(h, w))).reshape(d * s, *a.shape[2:])
-    ones = torch.ones((c, 1, *op.kernel), dtype=_F64)
+    scaled = (a / torch.as_tensor(op.divisor(h, w)).to(a.dtype)).reshape(d * s, *a.shape[2:])
+    ones = torch.ones((c, 1, *op.kernel), dtype=a.dtype)
     a_in = _conv_adjoint(scaled, ones, op.stride, op.padding, (1, 1), c, (h, w))
     return _Step([(node.inputs[0], a_in.reshape(d, s, c, h, w))])
 
@@ -392,7 +418,7 @@ def _back_reshape(ctx: _Context, node: Node, a: Tensor) -> _Step:
 
 def _back_scale(ctx: _Context, node: Node, a: Tensor) -> _Step:
     op = cast(Scale, node.op)
-    mul, add = torch.as_tensor(np.asarray(op.mul, dtype=np.float64)), torch.as_tensor(np.asarray(op.add, np.float64))
+    mul, add = ctx.const(op.mul), ctx.const(op.add)
     return _Step([(node.inputs[0], _unbroadcast2(a * mul, _shape(ctx, node.inputs[0])))], _rows(a * add),
                  _rows(a.abs() * add.abs()))
 
@@ -463,8 +489,8 @@ def _backward(ctx: _Context, plan: list[Node], start: str, a0: Tensor) -> tuple[
     """Lower bound (unwidened) and term magnitude, both ``(D, S)``, of ``a0 · start`` over each domain."""
     d, s = ctx.in_lower.shape[0], a0.shape[1]
     acc: dict[str, Tensor] = {start: a0.expand(d, *a0.shape[1:])}
-    bias = torch.zeros((d, s), dtype=_F64)
-    mag = torch.zeros((d, s), dtype=_F64)
+    bias = torch.zeros((d, s), dtype=ctx.dtype)
+    mag = torch.zeros((d, s), dtype=ctx.dtype)
     for node in plan:
         a = acc.pop(node.output, None)
         if a is None:
@@ -604,7 +630,13 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
             for k, v in mine.items():
                 mine[k] = torch.where(worse.reshape(d, s, *([1] * (v.dim() - 2))), default[k], v)
         best = torch.maximum(best, warm_lower)
+    start_state, start_best = params.map(lambda v: v.clone()), best.clone()  # float64, evaluated soundly
     best_state = params.map(lambda v: v.clone())
+    loop = ctx
+    if options.loop_dtype != "float64" and options.iterations > 0:
+        loop = ctx.cast(getattr(torch, options.loop_dtype))
+        params = params.map(lambda v: v.to(loop.dtype))
+    a_loop = a0.to(loop.dtype)
     groups = _param_groups(params, options)
     iterations = 0
     if options.iterations > 0 and groups:
@@ -612,9 +644,9 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
             for v in ps:
                 v.requires_grad_(True)
         opt = _Adam(groups)
-        ctx.params = params
+        loop.params = params
         for it in range(options.iterations + 1):
-            bound, mag = _backward(ctx, plan, start, a0)
+            bound, mag = _backward(loop, plan, start, a_loop)
             with torch.no_grad():
                 value = _sound(bound, mag)
                 better = value > best
@@ -634,10 +666,19 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
             opt.step(-bound.sum())
             _project(params, ctx)
             iterations += 1
+    best_state = best_state.map(lambda v: v.to(_F64))
     ctx.params = best_state
     ctx.capture = capture
     with torch.no_grad():
         final = _sound(*_backward(ctx, plan, start, a0))
+        # Steps in float32 pick the best parameters by float32 values: where that choice is worse in float64 than
+        # the start, keep the start (evaluated above) and evaluate once more, so the result never drops below it.
+        worse = final < start_best
+        if bool(worse.any()):
+            for mine, first in zip(best_state.groups(), start_state.groups()):
+                for k, v in mine.items():
+                    mine[k] = torch.where(worse.reshape(d, s, *([1] * (v.dim() - 2))), first[k], v)
+            final = _sound(*_backward(ctx, plan, start, a0))
     ctx.capture = None
     lower = torch.maximum(final, crown_lower)
     return _Optimised(lower, crown_lower, best_state, iterations)
@@ -814,6 +855,8 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
     options = options or AlphaOptions()
     start_time = time.perf_counter()
     deadline = None if options.time_limit is None else start_time + float(options.time_limit)
+    if options.loop_dtype not in ("float64", "float32"):
+        raise InputError(f"loop_dtype must be float64 or float32, not {options.loop_dtype!r}")
     _check_domains(network, domains)
     d = domains.size
     coeffs = np.asarray(coeffs, dtype=np.float64)
