@@ -2,7 +2,8 @@
 
 CROWN (:mod:`mlrobust.bounds.crown`) picks one linear lower line per unstable ReLU (``x`` or ``0``) and one lower line
 per MaxPool window (its input with the largest lower bound). Any line in a family is sound, so the parameters can be
-optimised by projected gradient ascent (Adam, torch autograd, float64) on the bound itself:
+optimised by projected gradient ascent (Adam, torch autograd; steps in float32 by default, every reported bound in
+float64) on the bound itself:
 
 * ReLU, unstable (``l < 0 < u``): lower line ``α x``, ``α ∈ [0, 1]`` (``max(x, 0) >= α x`` for every ``x``);
   the upper line stays CROWN's chord.
@@ -20,8 +21,10 @@ optimised by projected gradient ascent (Adam, torch autograd, float64) on the bo
 Parameters are kept per domain and per specification row (each row's bound is a separate optimisation), so the sum
 of the bounds is the loss and rows never trade against each other. Every iteration's bound is sound for its
 parameters; the best parameters per row are kept, and the reported bound is one more evaluation with those
-parameters, widened outward by ``FP_REL`` times the magnitude of its terms like CROWN, and never below plain CROWN's
-(same intermediate bounds, CROWN's default parameters, ``β = 0``), which is evaluated in the same way.
+parameters in float64, widened outward by ``FP_REL`` times the magnitude of its terms like CROWN, and never below
+plain CROWN's (same intermediate bounds, CROWN's default parameters, ``β = 0``), which is evaluated in the same way.
+Warm starts (a state from an earlier call: a similar box, or a parent domain for its children) are sound whatever
+they hold; rows whose warm start is worse than CROWN's start from CROWN's.
 
 Intermediate bounds come from the caller (CROWN's by default, or a parent domain's: sound for a sub-domain). With
 ``AlphaOptions.optimize_intermediate`` the last ReLU pre-activation layer that CROWN refines is re-bounded first with
@@ -36,7 +39,8 @@ API::
     AlphaOptions(iterations=20, lr_alpha=0.1, lr_beta=0.05, time_limit=None, optimize_intermediate=False,
                  early_stop=None, intermediate_chunk=256, threads=1, lr_pool=0.3, lr_tau=0.0,
                  loop_dtype="float32")
-    AlphaState                     # opaque warm start; .select(idx), .domains, .rows
+    AlphaState(alpha, pool, beta, tau)   # warm start; .select(idx), .select_rows(idx), .concat_rows(states),
+                                         # .domains, .rows
     DomainBatch(lower, upper, pre_lower, pre_upper, splits)   # .size, .select(idx)
     AlphaResult(lower, crown_lower, state, iterations, seconds, domains, relu_coeffs, infeasible, stats,
                 input_coeffs)
@@ -45,6 +49,10 @@ API::
     alpha_bounds(network, domains, coeffs, *, options=AlphaOptions(), warm=None, stop=None) -> AlphaResult
     alpha_margin_bounds(network, lower, upper, target, *, options=AlphaOptions(), warm=None, intermediate=None)
         -> (margin_lower, margin_upper, state)
+    margin_coeffs(num_classes, target) -> (rows e_c - e_target, classes)
+
+The top-k use of these bounds (only the margins a proof needs, pairs of margins for k = 2, warm starts across a
+search) is :mod:`mlrobust.bounds.alpha_margin`.
 """
 
 from __future__ import annotations
