@@ -74,6 +74,7 @@ from mlrobust.bounds.crown import (
     torch_threads,
 )
 from mlrobust.bounds.ibp import FP_REL, interval_affine
+from mlrobust.bounds.margin import _interval_linear
 from mlrobust.bounds.result import Bounds, check_box
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
@@ -939,12 +940,18 @@ def alpha_margin_bounds(network: Network, lower: np.ndarray, upper: np.ndarray, 
     if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or not 0 <= int(target) < n:
         raise InputError(f"target {target!r} is not a class index of this model (0 .. {n - 1})")
     target = int(target)
+    lower, upper = check_box(network, lower, upper)
+    if intermediate is None:
+        intermediate = crown(network, lower, upper)
     domains = initial_domain(network, lower, upper, intermediate)
     rows, classes = margin_coeffs(n, target)
     res = alpha_bounds(network, domains, np.concatenate([rows, -rows]), options=options, warm=warm)
+    m = classes.size
+    # also never looser than the interval of the margins from the output bounds (as margin_bounds intersects)
+    out = network.output_name
+    i_lo, i_hi = _interval_linear(rows, intermediate.lower[out].reshape(-1), intermediate.upper[out].reshape(-1))
     lo = np.zeros(n)
     hi = np.zeros(n)
-    m = classes.size
-    lo[classes] = res.lower[0, :m]
-    hi[classes] = -res.lower[0, m:]
+    lo[classes] = np.maximum(res.lower[0, :m], i_lo)
+    hi[classes] = np.minimum(-res.lower[0, m:], i_hi)
     return lo, hi, res.state
