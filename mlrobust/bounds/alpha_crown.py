@@ -2,12 +2,16 @@
 
 CROWN (:mod:`mlrobust.bounds.crown`) picks one linear lower line per unstable ReLU (``x`` or ``0``) and one lower line
 per MaxPool window (its input with the largest lower bound). Any line in a family is sound, so the parameters can be
-optimised by projected gradient ascent (Adam, torch autograd, float64) on the bound itself:
+optimised by projected gradient ascent (Adam, torch autograd; steps in float32 by default, every reported bound in
+float64) on the bound itself:
 
 * ReLU, unstable (``l < 0 < u``): lower line ``α x``, ``α ∈ [0, 1]`` (``max(x, 0) >= α x`` for every ``x``);
   the upper line stays CROWN's chord.
 * MaxPool window: lower line ``Σ_i λ_i x_i`` with ``λ`` in the probability simplex over the window's real inputs
-  (``max_i x_i >= Σ λ_i x_i`` for every ``x``); the upper line stays CROWN's chord.
+  (``max_i x_i >= Σ λ_i x_i`` for every ``x``). Upper line: ``max_i x_i <= τ + Σ_i relu(x_i - τ)`` for any ``τ``,
+  each ``relu(x_i - τ)`` replaced by its chord over ``[l_i, u_i]``; CROWN's chord is one choice of ``τ``. ``τ`` can
+  be optimised too (``lr_tau``), but on the shipped models it never helped (CROWN's ``τ`` sits at a kink that
+  gradient steps only leave for worse), so it is off by default.
 * Split constraints (branch and bound): a ReLU split active (``z >= 0``) or inactive (``z <= 0``) has its
   pre-activation bounds clamped (``l := max(l, 0)`` / ``u := min(u, 0)``), which makes it linear, and the constraint
   ``s z >= 0`` (``s = ±1``) enters the objective with a Lagrange multiplier ``β >= 0``: on the sub-domain
@@ -17,8 +21,10 @@ optimised by projected gradient ascent (Adam, torch autograd, float64) on the bo
 Parameters are kept per domain and per specification row (each row's bound is a separate optimisation), so the sum
 of the bounds is the loss and rows never trade against each other. Every iteration's bound is sound for its
 parameters; the best parameters per row are kept, and the reported bound is one more evaluation with those
-parameters, widened outward by ``FP_REL`` times the magnitude of its terms like CROWN, and never below plain CROWN's
-(same intermediate bounds, CROWN's default parameters, ``β = 0``), which is evaluated in the same way.
+parameters in float64, widened outward by ``FP_REL`` times the magnitude of its terms like CROWN, and never below
+plain CROWN's (same intermediate bounds, CROWN's default parameters, ``β = 0``), which is evaluated in the same way.
+Warm starts (a state from an earlier call: a similar box, or a parent domain for its children) are sound whatever
+they hold; rows whose warm start is worse than CROWN's start from CROWN's.
 
 Intermediate bounds come from the caller (CROWN's by default, or a parent domain's: sound for a sub-domain). With
 ``AlphaOptions.optimize_intermediate`` the last ReLU pre-activation layer that CROWN refines is re-bounded first with
@@ -31,14 +37,22 @@ lives in the ``_BACKWARD`` table.
 API::
 
     AlphaOptions(iterations=20, lr_alpha=0.1, lr_beta=0.05, time_limit=None, optimize_intermediate=False,
-                 early_stop=None, intermediate_chunk=256, threads=1)
-    AlphaState                     # opaque warm start; .select(idx), .domains, .rows
+                 early_stop=None, intermediate_chunk=256, threads=1, lr_pool=0.3, lr_tau=0.0,
+                 loop_dtype="float32")
+    AlphaState(alpha, pool, beta, tau)   # warm start; .select(idx), .select_rows(idx), .concat_rows(states),
+                                         # .domains, .rows
     DomainBatch(lower, upper, pre_lower, pre_upper, splits)   # .size, .select(idx)
-    AlphaResult(lower, crown_lower, state, iterations, seconds, domains, relu_coeffs, infeasible)
+    AlphaResult(lower, crown_lower, state, iterations, seconds, domains, relu_coeffs, infeasible, stats,
+                input_coeffs)
     initial_domain(network, lower, upper, intermediate=None) -> DomainBatch
-    alpha_bounds(network, domains, coeffs, *, options=AlphaOptions(), warm=None) -> AlphaResult
+    tighten_intermediate(network, bounds, options=None) -> (Bounds, rows)
+    alpha_bounds(network, domains, coeffs, *, options=AlphaOptions(), warm=None, stop=None) -> AlphaResult
     alpha_margin_bounds(network, lower, upper, target, *, options=AlphaOptions(), warm=None, intermediate=None)
         -> (margin_lower, margin_upper, state)
+    margin_coeffs(num_classes, target) -> (rows e_c - e_target, classes)
+
+The top-k use of these bounds (only the margins a proof needs, pairs of margins for k = 2, warm starts across a
+search) is :mod:`mlrobust.bounds.alpha_margin`.
 """
 
 from __future__ import annotations
@@ -60,6 +74,7 @@ from mlrobust.bounds.crown import (
     torch_threads,
 )
 from mlrobust.bounds.ibp import FP_REL, interval_affine
+from mlrobust.bounds.margin import _interval_linear
 from mlrobust.bounds.result import Bounds, check_box
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
@@ -87,6 +102,10 @@ class AlphaOptions:
     steps). ``early_stop``: stop once every row's bound exceeds it (e.g. 0 for a proof). ``optimize_intermediate``:
     also optimise the bounds of the last refined ReLU pre-activation layer (costly: one row per unstable neuron and
     direction, ``intermediate_chunk`` rows at a time). ``threads``: torch intra-op threads (None: leave as is).
+    Learning rates (Adam) per kind: ReLU slopes ``lr_alpha``, MaxPool lower-line weights ``lr_pool``, MaxPool
+    upper-line thresholds ``lr_tau`` (0: fixed at CROWN's), split multipliers ``lr_beta``. ``loop_dtype``
+    ("float64" or "float32"): precision of the optimisation steps; CROWN's bound and the reported one are always
+    evaluated in float64 with the outward widening.
     """
 
     iterations: int = 20
@@ -97,37 +116,71 @@ class AlphaOptions:
     early_stop: float | None = None
     intermediate_chunk: int = 256
     threads: int | None = 1
+    lr_pool: float = 0.3
+    lr_tau: float = 0.0
+    loop_dtype: str = "float32"
 
 
 @dataclass
 class AlphaState:
-    """Optimised parameters per node, each ``(D, S, ...)``: ReLU slopes ``alpha``, MaxPool weights ``pool`` and split
-    multipliers ``beta``. Any values are sound; they only speed up a later call on a similar box or on sub-domains.
+    """Optimised parameters per node, each ``(D, S, ...)``: ReLU slopes ``alpha``, MaxPool lower-line weights
+    ``pool`` and upper-line thresholds ``tau`` (as a fraction of the range ``[max l, max u]`` of the window),
+    split multipliers ``beta``. Any values are sound; they only speed up
+    a later call on a similar box or on sub-domains.
     """
 
     alpha: dict[str, Tensor] = field(default_factory=dict)
     pool: dict[str, Tensor] = field(default_factory=dict)
     beta: dict[str, Tensor] = field(default_factory=dict)
+    tau: dict[str, Tensor] = field(default_factory=dict)
+
+    def groups(self) -> tuple[dict[str, Tensor], ...]:
+        return (self.alpha, self.pool, self.beta, self.tau)
+
+    def _first(self) -> Tensor | None:
+        for group in self.groups():
+            for v in group.values():
+                return v
+        return None
 
     @property
     def domains(self) -> int:
-        for group in (self.alpha, self.pool, self.beta):
-            for v in group.values():
-                return int(v.shape[0])
-        return 0
+        v = self._first()
+        return 0 if v is None else int(v.shape[0])
 
     @property
     def rows(self) -> int:
-        for group in (self.alpha, self.pool, self.beta):
-            for v in group.values():
-                return int(v.shape[1])
-        return 0
+        v = self._first()
+        return 0 if v is None else int(v.shape[1])
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> AlphaState:
+        return AlphaState(*({k: fn(v) for k, v in g.items()} for g in self.groups()))
 
     def select(self, idx: np.ndarray | list[int]) -> AlphaState:
         """The state of domains ``idx`` (repeats allowed: two children of one parent both start from it)."""
         i = torch.as_tensor(np.asarray(idx, dtype=np.int64))
-        return AlphaState({k: v[i] for k, v in self.alpha.items()}, {k: v[i] for k, v in self.pool.items()},
-                          {k: v[i] for k, v in self.beta.items()})
+        return self.map(lambda v: v[i])
+
+    def select_rows(self, idx: np.ndarray | list[int]) -> AlphaState:
+        """The state of specification rows ``idx`` (all domains)."""
+        i = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        return self.map(lambda v: v[:, i])
+
+    @staticmethod
+    def concat_rows(states: list[AlphaState | None]) -> AlphaState | None:
+        """Rows of several states side by side (same domains); a None stands for one row of CROWN's defaults (NaN).
+        None when no state is given."""
+        known = [s for s in states if s is not None]
+        if not known:
+            return None
+        like = known[0]
+        parts = [s if s is not None else like.select_rows([0]).map(lambda v: torch.full_like(v, float("nan")))
+                 for s in states]
+        keys = [list(g) for g in like.groups()]
+        if any([list(g) for g in p.groups()] != keys for p in parts):
+            return None
+        return AlphaState(*({k: torch.cat([p.groups()[i][k] for p in parts], dim=1) for k in keys[i]}
+                            for i in range(len(keys))))
 
 
 @dataclass
@@ -160,7 +213,9 @@ class AlphaResult:
     ``domains``: the bounds actually used (splits clamped; tighter where ``optimize_intermediate`` improved them).
     ``relu_coeffs``: per ReLU node, the coefficient ``(D, S, *shape)`` of its *output* in the final back-substitution
     (its sign says which relaxation line was used; the BaBSR score is built from it). ``infeasible``: ``(D,)`` domains
-    whose split constraints contradict their bounds (bound ``+inf``).
+    whose split constraints contradict their bounds (bound ``+inf``). ``input_coeffs``: the coefficient of the input
+    in the final bound (``lower = input_coeffs · x* + const`` at the box corner ``x*`` it picks; the
+    per-dimension contribution ``|coeff| (u - l)`` ranks input splits).
     """
 
     lower: np.ndarray
@@ -172,6 +227,7 @@ class AlphaResult:
     relu_coeffs: dict[str, np.ndarray] = field(default_factory=dict)
     infeasible: np.ndarray | None = None
     stats: dict = field(default_factory=dict)
+    input_coeffs: np.ndarray | None = None  # (D, S, *input_shape): the final bound's linear function of the input
 
     @property
     def improvement(self) -> np.ndarray:
@@ -195,15 +251,23 @@ class _ReluRelax:
 
 @dataclass
 class _PoolRelax:
-    """One MaxPool node over D domains: P windows of K entries; the lower line's weights are ``(D, S, P, K)``."""
+    """One MaxPool node over D domains: P windows of K entries.
+
+    Lower line ``Σ λ_i x_i`` (weights ``(D, S, P, K)``); upper line, for a threshold ``τ`` per window,
+    ``max_i x_i <= τ + Σ_i relu(x_i - τ)`` with each ``relu(x_i - τ)`` over ``[l_i, u_i]`` replaced by ``x_i - τ``
+    (``l_i >= τ``), ``0`` (``u_i <= τ``) or its chord. Sound for every ``τ``; CROWN's chord is ``τ`` = the
+    second-largest upper bound (``τ = l_j`` for a dominated window, where the line is exactly ``x_j``).
+    """
 
     win_idx: Tensor  # (P*K,) flat input index per window entry; padding points at the dummy slot n_in
     valid: Tensor  # (P, K) real (non-padding) entries
     n_in: int
-    up_idx: Tensor  # (D, 1, P) input of the chord
-    up_slope: Tensor  # (D, 1, P)
-    up_icpt: Tensor  # (D, 1, P)
+    l_win: Tensor  # (D, 1, P, K) bounds per window entry (padding: 0, masked by ``valid``)
+    u_win: Tensor
+    tau_lo: Tensor  # (D, 1, P) largest lower bound: τ = tau_lo + θ (tau_hi - tau_lo), θ ∈ [0, 1] (scale-free)
+    tau_hi: Tensor  # (D, 1, P) largest upper bound
     default_lam: Tensor  # (D, 1, P, K) one-hot on CROWN's choice
+    default_tau: Tensor  # (D, 1, P) θ of CROWN's τ
 
 
 def _relu_relax(lo: np.ndarray, hi: np.ndarray, split: np.ndarray | None) -> _ReluRelax:
@@ -241,19 +305,21 @@ def _pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> _PoolRelax:
     np.put_along_axis(others, k_up, -np.inf, -1)
     u_second = others.max(axis=-1)
     dominated = l_top >= u_second
-    u2 = np.where(dominated, 0.0, u_second)
-    lt = np.where(dominated, 0.0, l_top)
-    slope = np.where(dominated, 1.0, (u_top - u2) / np.where(dominated, 1.0, u_top - lt))
-    icpt = np.where(dominated, 0.0, u2 - slope * lt)
-    b_idx = np.broadcast_to(flat_idx, l_win.shape)
-    up_idx = np.take_along_axis(b_idx, k_up, -1)[..., 0]
+    tau = np.where(dominated, l_top, u_second)
+    tau_lo = l_win.max(-1)
+    span = u_top - tau_lo
+    theta = np.where(span > 0, (tau - tau_lo) / np.where(span > 0, span, 1.0), 0.0).clip(0.0, 1.0)
     k_default = np.where(dominated[..., None], k_up, k_lo)
     lam = np.zeros(l_win.shape)
     np.put_along_axis(lam, k_default, 1.0, -1)
     n_in = int(lo[0].size)
     win = np.where(valid, flat_idx, n_in).reshape(-1)
-    return _PoolRelax(torch.as_tensor(win), torch.as_tensor(valid), n_in, torch.as_tensor(up_idx)[:, None],
-                      torch.as_tensor(slope)[:, None], torch.as_tensor(icpt)[:, None], torch.as_tensor(lam)[:, None])
+
+    def t(a: np.ndarray) -> Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a))[:, None]
+
+    return _PoolRelax(torch.as_tensor(win), torch.as_tensor(valid), n_in, t(np.where(valid, l_win, 0.0)),
+                      t(np.where(valid, u_win, 0.0)), t(tau_lo), t(u_top), t(lam), t(theta))
 
 
 def _project_simplex(v: Tensor, valid: Tensor) -> Tensor:
@@ -279,6 +345,28 @@ class _Context:
     in_upper: Tensor
     params: AlphaState
     capture: dict[str, Tensor] | None = None
+    dtype: torch.dtype = _F64
+    _consts: dict[int, tuple[object, Tensor]] = field(default_factory=dict)
+
+    def const(self, arr: np.ndarray) -> Tensor:
+        """A network constant as a tensor of this context's dtype (converted once per context)."""
+        hit = self._consts.get(id(arr))
+        if hit is not None and hit[0] is arr:
+            return hit[1]
+        value = torch.as_tensor(np.asarray(arr, dtype=np.float64)).to(self.dtype)
+        self._consts[id(arr)] = (arr, value)  # the array is kept so that its id stays unique
+        return value
+
+    def cast(self, dtype: torch.dtype) -> _Context:
+        """The same context with every floating-point tensor in ``dtype`` (the optimisation loop's precision)."""
+        def c(x: Tensor) -> Tensor:
+            return x.to(dtype) if x.is_floating_point() else x
+
+        relu = {k: _ReluRelax(r.active, r.unstable, c(r.up_slope), c(r.up_icpt), c(r.default_alpha),
+                              None if r.sign is None else c(r.sign)) for k, r in self.relu.items()}
+        pool = {k: _PoolRelax(r.win_idx, r.valid, r.n_in, c(r.l_win), c(r.u_win), c(r.tau_lo), c(r.tau_hi),
+                              c(r.default_lam), c(r.default_tau)) for k, r in self.pool.items()}
+        return _Context(self.network, relu, pool, c(self.in_lower), c(self.in_upper), AlphaState(), None, dtype)
 
 
 @dataclass
@@ -302,7 +390,7 @@ def _back_dense(ctx: _Context, node: Node, a: Tensor) -> _Step:
     op = cast(Dense, node.op)
     d, s = a.shape[:2]
     a2 = a.reshape(d, s, -1)
-    w, b = torch.as_tensor(op.weight), torch.as_tensor(op.bias)
+    w, b = ctx.const(op.weight), ctx.const(op.bias)
     return _Step([(node.inputs[0], (a2 @ w).reshape(d, s, *_shape(ctx, node.inputs[0])))], a2 @ b, a2.abs() @ b.abs())
 
 
@@ -311,10 +399,10 @@ def _back_conv(ctx: _Context, node: Node, a: Tensor) -> _Step:
     d, s = a.shape[:2]
     in_shape = _shape(ctx, node.inputs[0])
     flat = a.reshape(d * s, *a.shape[2:])
-    a_in = _conv_adjoint(flat, torch.as_tensor(op.weight), op.stride, op.padding, op.dilation, op.groups,
+    a_in = _conv_adjoint(flat, ctx.const(op.weight), op.stride, op.padding, op.dilation, op.groups,
                          (in_shape[1], in_shape[2]))
     per_channel = a.sum(dim=(3, 4))
-    b = torch.as_tensor(op.bias)
+    b = ctx.const(op.bias)
     return _Step([(node.inputs[0], a_in.reshape(d, s, *in_shape))], per_channel @ b, a.abs().sum(dim=(3, 4)) @ b.abs())
 
 
@@ -322,8 +410,8 @@ def _back_avgpool(ctx: _Context, node: Node, a: Tensor) -> _Step:
     op = cast(AvgPool2d, node.op)
     d, s = a.shape[:2]
     c, h, w = _shape(ctx, node.inputs[0])
-    scaled = (a / torch.as_tensor(op.divisor(h, w))).reshape(d * s, *a.shape[2:])
-    ones = torch.ones((c, 1, *op.kernel), dtype=_F64)
+    scaled = (a / torch.as_tensor(op.divisor(h, w)).to(a.dtype)).reshape(d * s, *a.shape[2:])
+    ones = torch.ones((c, 1, *op.kernel), dtype=a.dtype)
     a_in = _conv_adjoint(scaled, ones, op.stride, op.padding, (1, 1), c, (h, w))
     return _Step([(node.inputs[0], a_in.reshape(d, s, c, h, w))])
 
@@ -339,7 +427,7 @@ def _back_reshape(ctx: _Context, node: Node, a: Tensor) -> _Step:
 
 def _back_scale(ctx: _Context, node: Node, a: Tensor) -> _Step:
     op = cast(Scale, node.op)
-    mul, add = torch.as_tensor(np.asarray(op.mul, dtype=np.float64)), torch.as_tensor(np.asarray(op.add, np.float64))
+    mul, add = ctx.const(op.mul), ctx.const(op.add)
     return _Step([(node.inputs[0], _unbroadcast2(a * mul, _shape(ctx, node.inputs[0])))], _rows(a * add),
                  _rows(a.abs() * add.abs()))
 
@@ -368,16 +456,25 @@ def _back_maxpool(ctx: _Context, node: Node, a: Tensor) -> _Step:
     r = ctx.pool[node.name]
     d, s = a.shape[:2]
     lam = ctx.params.pool.get(node.name, r.default_lam)
+    theta = ctx.params.tau.get(node.name, r.default_tau)
+    tau = (r.tau_lo + theta * (r.tau_hi - r.tau_lo))[..., None]  # (D, S or 1, P, 1)
     a2 = a.reshape(d, s, -1)
     pos, neg = a2.clamp(min=0.0), a2.clamp(max=0.0)
     p, k = r.valid.shape
-    src_lo = (pos[..., None] * lam).reshape(d, s, p * k)
-    src_up = neg * r.up_slope
-    index = torch.cat([r.win_idx.expand(d, s, p * k), r.up_idx.expand(d, s, p)], dim=2)
-    a_in = torch.zeros((d, s, r.n_in + 1), dtype=a.dtype).scatter_add(2, index, torch.cat([src_lo, src_up], 2))
+    # upper line per window entry: slope and the constant it subtracts (x_i - τ, chord, or nothing)
+    linear = r.valid & (r.l_win >= tau)
+    chord = r.valid & ~linear & (r.u_win > tau)
+    width = torch.where(chord, r.u_win - r.l_win, 1.0)
+    up_slope = torch.where(linear, 1.0, torch.where(chord, (r.u_win - tau) / width, 0.0))
+    up_off = torch.where(linear, tau, torch.where(chord, up_slope * r.l_win, 0.0))
+    src = pos[..., None] * lam + neg[..., None] * up_slope
+    index = r.win_idx.expand(d, s, p * k)
+    a_in = torch.zeros((d, s, r.n_in + 1), dtype=a.dtype).scatter_add(2, index, src.reshape(d, s, p * k))
     in_shape = _shape(ctx, node.inputs[0])
-    return _Step([(node.inputs[0], a_in[..., : r.n_in].reshape(d, s, *in_shape))], (neg * r.up_icpt).sum(-1),
-                 (neg.abs() * r.up_icpt.abs()).sum(-1))
+    icpt = tau[..., 0] - up_off.sum(-1)
+    mag = tau[..., 0].abs() + up_off.abs().sum(-1)
+    return _Step([(node.inputs[0], a_in[..., : r.n_in].reshape(d, s, *in_shape))], (neg * icpt).sum(-1),
+                 (neg.abs() * mag).sum(-1))
 
 
 _BACKWARD: dict[type, Callable[[_Context, Node, Tensor], _Step]] = {
@@ -401,8 +498,8 @@ def _backward(ctx: _Context, plan: list[Node], start: str, a0: Tensor) -> tuple[
     """Lower bound (unwidened) and term magnitude, both ``(D, S)``, of ``a0 · start`` over each domain."""
     d, s = ctx.in_lower.shape[0], a0.shape[1]
     acc: dict[str, Tensor] = {start: a0.expand(d, *a0.shape[1:])}
-    bias = torch.zeros((d, s), dtype=_F64)
-    mag = torch.zeros((d, s), dtype=_F64)
+    bias = torch.zeros((d, s), dtype=ctx.dtype)
+    mag = torch.zeros((d, s), dtype=ctx.dtype)
     for node in plan:
         a = acc.pop(node.output, None)
         if a is None:
@@ -417,6 +514,8 @@ def _backward(ctx: _Context, plan: list[Node], start: str, a0: Tensor) -> tuple[
         for tensor, a_in in step.terms:
             acc[tensor] = acc[tensor] + a_in if tensor in acc else a_in
     a_x = acc.pop(ctx.network.input_name, None)
+    if a_x is not None and ctx.capture is not None:
+        ctx.capture[ctx.network.input_name] = a_x.detach()
     if a_x is not None:
         lo, hi = ctx.in_lower, ctx.in_upper
         bias = bias + _rows(a_x * lo) + _rows(a_x.clamp(max=0.0) * (hi - lo))
@@ -437,11 +536,13 @@ def _default_params(ctx: _Context, plan: list[Node], d: int, s: int) -> AlphaSta
         elif isinstance(node.op, MaxPool2d):
             r2 = ctx.pool[node.name]
             st.pool[node.name] = r2.default_lam.expand(d, s, *r2.default_lam.shape[2:]).clone()
+            st.tau[node.name] = r2.default_tau.expand(d, s, *r2.default_tau.shape[2:]).clone()
     return st
 
 
 def _adopt(init: AlphaState, warm: AlphaState | None, ctx: _Context) -> AlphaState:
-    """Start from ``warm`` where its shapes fit (a one-domain state broadcasts), else from ``init``; projected."""
+    """Start from ``warm`` where its shapes fit (a one-domain state broadcasts; NaN entries mean "CROWN's default"),
+    else from ``init``; projected."""
     if warm is None:
         return init
 
@@ -450,11 +551,11 @@ def _adopt(init: AlphaState, warm: AlphaState | None, ctx: _Context) -> AlphaSta
             w = theirs.get(k)
             if w is None or w.shape[1:] != v.shape[1:] or w.shape[0] not in (1, v.shape[0]):
                 continue
-            mine[k] = w.to(_F64).expand_as(v).clone()
+            w = w.to(_F64).expand_as(v)
+            mine[k] = torch.where(torch.isnan(w), v, w)
 
-    take(init.alpha, warm.alpha)
-    take(init.pool, warm.pool)
-    take(init.beta, warm.beta)
+    for mine, theirs in zip(init.groups(), warm.groups()):
+        take(mine, theirs)
     _project(init, ctx)
     return init
 
@@ -467,10 +568,42 @@ def _project(st: AlphaState, ctx: _Context) -> None:
         v.copy_(_project_simplex(v, ctx.pool[k].valid))
     for v in st.beta.values():
         v.clamp_(min=0.0)
+    for v in st.tau.values():
+        v.clamp_(0.0, 1.0)
 
 
-def _tensors(st: AlphaState) -> list[Tensor]:
-    return [*st.alpha.values(), *st.pool.values()]
+def _param_groups(st: AlphaState, options: AlphaOptions) -> list[tuple[list[Tensor], float]]:
+    """Adam parameter groups: one learning rate per kind of parameter (groups with lr 0 stay fixed)."""
+    groups = []
+    for values, lr in ((st.alpha, options.lr_alpha), (st.pool, options.lr_pool), (st.tau, options.lr_tau),
+                       (st.beta, options.lr_beta)):
+        if values and lr > 0:
+            groups.append((list(values.values()), float(lr)))
+    return groups
+
+
+class _Adam:
+    """Adam on a loss to minimise, in a few lines (torch.optim's first use imports its compiler stack: ~1.5 s)."""
+
+    def __init__(self, groups: list[tuple[list[Tensor], float]], betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        self.params = [p for ps, _ in groups for p in ps]
+        self.lrs = [lr for ps, lr in groups for _ in ps]
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.b1, self.b2 = betas
+        self.eps = eps
+        self.t = 0
+
+    def step(self, loss: Tensor) -> None:
+        grads = torch.autograd.grad(loss, self.params)
+        self.t += 1
+        c1, c2 = 1.0 - self.b1 ** self.t, 1.0 - self.b2 ** self.t
+        with torch.no_grad():
+            for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.lrs):
+                m.mul_(self.b1).add_(g, alpha=1.0 - self.b1)
+                v.mul_(self.b2).addcmul_(g, g, value=1.0 - self.b2)
+                p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-lr / c1)
 
 
 @dataclass
@@ -486,8 +619,8 @@ def _sound(bound: Tensor, mag: Tensor) -> Tensor:
 
 
 def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: AlphaOptions,
-              warm: AlphaState | None, deadline: float | None, capture: dict[str, Tensor] | None = None
-              ) -> _Optimised:
+              warm: AlphaState | None, deadline: float | None, capture: dict[str, Tensor] | None = None,
+              stop: Callable[[np.ndarray], bool] | None = None) -> _Optimised:
     """Projected gradient ascent on the bounds of the rows of ``a0`` (``(D or 1, S, *shape of start)``)."""
     d, s = ctx.in_lower.shape[0], a0.shape[1]
     init = _default_params(ctx, plan, d, s)
@@ -495,30 +628,39 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
     with torch.no_grad():
         crown_lower = _sound(*_backward(ctx, plan, start, a0))
     params = _adopt(_default_params(ctx, plan, d, s), warm, ctx)
-    best = crown_lower.clone() if warm is None else torch.full((d, s), -torch.inf, dtype=_F64)
-    best_state = AlphaState({k: v.clone() for k, v in params.alpha.items()},
-                            {k: v.clone() for k, v in params.pool.items()}, {k: v.clone() for k, v in params.beta.items()})
-    free = _tensors(params)
-    betas = list(params.beta.values())
-    iterations = 0
-    if options.iterations > 0 and (free or betas):
-        for v in free + betas:
-            v.requires_grad_(True)
-        groups = []
-        if free:
-            groups.append({"params": free, "lr": options.lr_alpha})
-        if betas:
-            groups.append({"params": betas, "lr": options.lr_beta})
-        opt = torch.optim.Adam(groups)
+    best = crown_lower.clone()
+    if warm is not None:
+        # A warm start from another box can be worse than CROWN's parameters: start such rows from CROWN's.
         ctx.params = params
+        with torch.no_grad():
+            warm_lower = _sound(*_backward(ctx, plan, start, a0))
+        worse = warm_lower < crown_lower
+        for mine, default in zip(params.groups(), init.groups()):
+            for k, v in mine.items():
+                mine[k] = torch.where(worse.reshape(d, s, *([1] * (v.dim() - 2))), default[k], v)
+        best = torch.maximum(best, warm_lower)
+    start_state, start_best = params.map(lambda v: v.clone()), best.clone()  # float64, evaluated soundly
+    best_state = params.map(lambda v: v.clone())
+    loop = ctx
+    if options.loop_dtype != "float64" and options.iterations > 0:
+        loop = ctx.cast(getattr(torch, options.loop_dtype))
+        params = params.map(lambda v: v.to(loop.dtype))
+    a_loop = a0.to(loop.dtype)
+    groups = _param_groups(params, options)
+    iterations = 0
+    if options.iterations > 0 and groups:
+        for ps, _ in groups:
+            for v in ps:
+                v.requires_grad_(True)
+        opt = _Adam(groups)
+        loop.params = params
         for it in range(options.iterations + 1):
-            bound, mag = _backward(ctx, plan, start, a0)
+            bound, mag = _backward(loop, plan, start, a_loop)
             with torch.no_grad():
                 value = _sound(bound, mag)
                 better = value > best
                 best = torch.where(better, value, best)
-                for mine, kept in ((params.alpha, best_state.alpha), (params.pool, best_state.pool),
-                                   (params.beta, best_state.beta)):
+                for mine, kept in zip(params.groups(), best_state.groups()):
                     for k, v in mine.items():
                         mask = better.reshape(d, s, *([1] * (v.dim() - 2)))
                         kept[k] = torch.where(mask, v.detach(), kept[k])
@@ -526,17 +668,26 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
                 break
             if options.early_stop is not None and bool((best > options.early_stop).all()):
                 break
+            if stop is not None and stop(best.numpy()):
+                break
             if deadline is not None and time.perf_counter() >= deadline:
                 break
-            opt.zero_grad()
-            (-bound.sum()).backward()
-            opt.step()
+            opt.step(-bound.sum())
             _project(params, ctx)
             iterations += 1
+    best_state = best_state.map(lambda v: v.to(_F64))
     ctx.params = best_state
     ctx.capture = capture
     with torch.no_grad():
         final = _sound(*_backward(ctx, plan, start, a0))
+        # Steps in float32 pick the best parameters by float32 values: where that choice is worse in float64 than
+        # the start, keep the start (evaluated above) and evaluate once more, so the result never drops below it.
+        worse = final < start_best
+        if bool(worse.any()):
+            for mine, first in zip(best_state.groups(), start_state.groups()):
+                for k, v in mine.items():
+                    mine[k] = torch.where(worse.reshape(d, s, *([1] * (v.dim() - 2))), first[k], v)
+            final = _sound(*_backward(ctx, plan, start, a0))
     ctx.capture = None
     lower = torch.maximum(final, crown_lower)
     return _Optimised(lower, crown_lower, best_state, iterations)
@@ -702,16 +853,19 @@ def _optimise_intermediate(network: Network, domains: DomainBatch, options: Alph
 
 # --- public entry points ----------------------------------------------------------------------------------------
 def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, options: AlphaOptions | None = None,
-                 warm: AlphaState | None = None) -> AlphaResult:
+                 warm: AlphaState | None = None, stop: Callable[[np.ndarray], bool] | None = None) -> AlphaResult:
     """Sound lower bounds of ``coeffs[s] @ y`` (``y`` the flattened output) over each domain, α/β-optimised.
 
     ``coeffs``: ``(S, C)`` for every domain or ``(D, S, C)`` per domain. ``warm``: parameters of an earlier call
     (same S; D equal or 1), e.g. ``result.state.select(parent_of_each_child)``. Never looser than plain CROWN on
-    the same intermediate bounds (``crown_lower``).
+    the same intermediate bounds (``crown_lower``). ``stop(best)`` is asked after every step with the best sound
+    bounds so far ``(D, S)`` and ends the optimisation when it returns True (e.g. once a property is proven).
     """
     options = options or AlphaOptions()
     start_time = time.perf_counter()
     deadline = None if options.time_limit is None else start_time + float(options.time_limit)
+    if options.loop_dtype not in ("float64", "float32"):
+        raise InputError(f"loop_dtype must be float64 or float32, not {options.loop_dtype!r}")
     _check_domains(network, domains)
     d = domains.size
     coeffs = np.asarray(coeffs, dtype=np.float64)
@@ -730,15 +884,40 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
         plan = _plan(network, out)
         a0 = torch.as_tensor(coeffs).reshape(coeffs.shape[0], coeffs.shape[1], *network.shape_of(out))
         capture: dict[str, Tensor] = {}
-        res = _optimise(ctx, plan, out, a0, options, warm, deadline, capture)
+        res = _optimise(ctx, plan, out, a0, options, warm, deadline, capture, stop)
     lower = res.lower.numpy().copy()
     crown_lower = res.crown_lower.numpy().copy()
     lower[empty] = np.inf
     crown_lower[empty] = np.inf
     seconds = time.perf_counter() - start_time
+    a_x = capture.pop(network.input_name, None)
     return AlphaResult(lower, crown_lower, res.state, res.iterations, seconds, used,
                        {k: v.numpy() for k, v in capture.items()}, empty,
-                       {"intermediate_rows": rows_intermediate})
+                       {"intermediate_rows": rows_intermediate}, None if a_x is None else a_x.numpy())
+
+
+def tighten_intermediate(network: Network, bounds: Bounds, options: AlphaOptions | None = None) -> tuple[Bounds, int]:
+    """``bounds`` with the last refined ReLU pre-activation layer re-bounded by α-CROWN and interval propagation
+    carrying that to every later tensor (all intersected with ``bounds``); and the rows optimised."""
+    options = options or AlphaOptions()
+    deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
+    start = time.perf_counter()
+    dom = initial_domain(network, bounds.input_lower, bounds.input_upper, bounds)
+    with torch_threads(options.threads):
+        dom, rows = _optimise_intermediate(network, dom, options, deadline)
+    lows, ups = dict(bounds.lower), dict(bounds.upper)
+    for t in dom.pre_lower:
+        lows[t] = np.maximum(lows[t], dom.pre_lower[t][0])
+        ups[t] = np.minimum(ups[t], dom.pre_upper[t][0])
+    for node in network.nodes:  # every tensor: its interval image of the (tightened) inputs, intersected
+        lo, hi = interval_affine(node, [lows[t] for t in node.inputs], [ups[t] for t in node.inputs])
+        new_lo, new_hi = np.maximum(lows[node.output], lo), np.minimum(ups[node.output], hi)
+        ok = new_lo <= new_hi  # both sound: a crossing can only come from rounding
+        lows[node.output] = np.where(ok, new_lo, lows[node.output])
+        ups[node.output] = np.where(ok, new_hi, ups[node.output])
+    info = dict(bounds.info, alpha_intermediate_rows=rows)
+    return Bounds(network, lows, ups, bounds.method + "+alpha", bounds.seconds + time.perf_counter() - start,
+                  info), rows
 
 
 def margin_coeffs(num_classes: int, target: int) -> tuple[np.ndarray, np.ndarray]:
@@ -761,12 +940,18 @@ def alpha_margin_bounds(network: Network, lower: np.ndarray, upper: np.ndarray, 
     if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or not 0 <= int(target) < n:
         raise InputError(f"target {target!r} is not a class index of this model (0 .. {n - 1})")
     target = int(target)
+    lower, upper = check_box(network, lower, upper)
+    if intermediate is None:
+        intermediate = crown(network, lower, upper)
     domains = initial_domain(network, lower, upper, intermediate)
     rows, classes = margin_coeffs(n, target)
     res = alpha_bounds(network, domains, np.concatenate([rows, -rows]), options=options, warm=warm)
+    m = classes.size
+    # also never looser than the interval of the margins from the output bounds (as margin_bounds intersects)
+    out = network.output_name
+    i_lo, i_hi = _interval_linear(rows, intermediate.lower[out].reshape(-1), intermediate.upper[out].reshape(-1))
     lo = np.zeros(n)
     hi = np.zeros(n)
-    m = classes.size
-    lo[classes] = res.lower[0, :m]
-    hi[classes] = -res.lower[0, m:]
+    lo[classes] = np.maximum(res.lower[0, :m], i_lo)
+    hi[classes] = np.minimum(-res.lower[0, m:], i_hi)
     return lo, hi, res.state

@@ -2,9 +2,10 @@
 what is still undecided.
 
 Cheap tiers first: an attack refutes most non-robust boxes in milliseconds, CROWN margin bounds prove most clearly
-robust ones, and only the boxes in between pay for a MILP. The bounds the second tier computes are handed to the
-MILP (no second CROWN pass). With ``use_bab`` a branch and bound (:mod:`mlrobust.verify.bab`) gets a share of the
-remaining time between the bounds and the MILP, starting from the same bounds. Every verdict names the tier that decided it and the seconds spent in each tier; in
+robust ones (α-CROWN tightens the margins CROWN leaves open), and only the boxes in between pay for a MILP. The
+bounds the second tier computes are handed to the MILP (no second CROWN pass). With ``use_bab`` a branch and bound
+(:mod:`mlrobust.verify.bab`) gets a share of the remaining time between the bounds and the MILP, starting from the
+same bounds. Every verdict names the tier that decided it and the seconds spent in each tier; in
 optimise mode its weak points merge the attack's best points with the MILP's solutions, largest margin first.
 """
 
@@ -47,7 +48,9 @@ class Cascade:
                  weak_point_limit: int = 8, use_bab: bool = False, bab: BabVerifier | None = None,
                  bab_share: float = 0.5):
         self.attack = attack or PgdAttack()
-        self.bounds = bounds or BoundCheck("crown")
+        # α-CROWN only runs where CROWN leaves the proof open, and gives up early when it cannot close it
+        # (benchmarks/results/alpha.md: larger proven boxes for well under a second per undecided query)
+        self.bounds = bounds or BoundCheck("alpha")
         self.milp = milp or MilpVerifier(solver, tightening)
         self.use_attack = use_attack
         self.use_bounds = use_bounds
@@ -84,7 +87,7 @@ class Cascade:
         if self.use_bounds:
             self.calls["bounds"] += 1
             t0 = time.perf_counter()
-            tight = self.bounds.tighten(network, box, target, left())
+            tight = self.bounds.tighten(network, box, target, left(), k)
             verdict = verdict_from_bounds(tight, network, box, target, k, time.perf_counter() - t0)
             seconds["bounds"] = verdict.seconds["bounds"]
             stats.update(verdict.stats)
@@ -112,8 +115,10 @@ class Cascade:
             return Unknown(tier="bab" if self.use_bab else "bounds", seconds=seconds, stats=stats, weak_points=_merge(wps, limit=self.weak_point_limit),
                            reason="time limit reached before the MILP")
         self.calls["milp"] += 1
+        # α bounds contain CROWN's (same intermediate bounds, margins never looser): reuse them for a CROWN MILP
         reuse = tight if (tight is not None and isinstance(self.milp, MilpVerifier)
-                          and self.milp.tightening == tight.method) else None
+                          and (self.milp.tightening == tight.method
+                               or (self.milp.tightening == "crown" and tight.method == "alpha"))) else None
         if isinstance(self.milp, MilpVerifier):
             verdict = self.milp.verify(network, box, target, k, mode, remaining, tightened=reuse, hints=hints)
         else:
