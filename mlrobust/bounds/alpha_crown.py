@@ -2,7 +2,8 @@
 
 CROWN (:mod:`mlrobust.bounds.crown`) picks one linear lower line per unstable ReLU (``x`` or ``0``) and one lower line
 per MaxPool window (its input with the largest lower bound). Any line in a family is sound, so the parameters can be
-optimised by projected gradient ascent (Adam, torch autograd, float64) on the bound itself:
+optimised by projected gradient ascent (Adam, torch autograd; steps in float32 by default, every reported bound in
+float64) on the bound itself:
 
 * ReLU, unstable (``l < 0 < u``): lower line ``α x``, ``α ∈ [0, 1]`` (``max(x, 0) >= α x`` for every ``x``);
   the upper line stays CROWN's chord.
@@ -20,8 +21,10 @@ optimised by projected gradient ascent (Adam, torch autograd, float64) on the bo
 Parameters are kept per domain and per specification row (each row's bound is a separate optimisation), so the sum
 of the bounds is the loss and rows never trade against each other. Every iteration's bound is sound for its
 parameters; the best parameters per row are kept, and the reported bound is one more evaluation with those
-parameters, widened outward by ``FP_REL`` times the magnitude of its terms like CROWN, and never below plain CROWN's
-(same intermediate bounds, CROWN's default parameters, ``β = 0``), which is evaluated in the same way.
+parameters in float64, widened outward by ``FP_REL`` times the magnitude of its terms like CROWN, and never below
+plain CROWN's (same intermediate bounds, CROWN's default parameters, ``β = 0``), which is evaluated in the same way.
+Warm starts (a state from an earlier call: a similar box, or a parent domain for its children) are sound whatever
+they hold; rows whose warm start is worse than CROWN's start from CROWN's.
 
 Intermediate bounds come from the caller (CROWN's by default, or a parent domain's: sound for a sub-domain). With
 ``AlphaOptions.optimize_intermediate`` the last ReLU pre-activation layer that CROWN refines is re-bounded first with
@@ -34,8 +37,10 @@ lives in the ``_BACKWARD`` table.
 API::
 
     AlphaOptions(iterations=20, lr_alpha=0.1, lr_beta=0.05, time_limit=None, optimize_intermediate=False,
-                 early_stop=None, intermediate_chunk=256, threads=1, lr_pool=0.3, lr_tau=0.0)
-    AlphaState                     # opaque warm start; .select(idx), .domains, .rows
+                 early_stop=None, intermediate_chunk=256, threads=1, lr_pool=0.3, lr_tau=0.0,
+                 loop_dtype="float32")
+    AlphaState(alpha, pool, beta, tau)   # warm start; .select(idx), .select_rows(idx), .concat_rows(states),
+                                         # .domains, .rows
     DomainBatch(lower, upper, pre_lower, pre_upper, splits)   # .size, .select(idx)
     AlphaResult(lower, crown_lower, state, iterations, seconds, domains, relu_coeffs, infeasible, stats,
                 input_coeffs)
@@ -44,6 +49,10 @@ API::
     alpha_bounds(network, domains, coeffs, *, options=AlphaOptions(), warm=None, stop=None) -> AlphaResult
     alpha_margin_bounds(network, lower, upper, target, *, options=AlphaOptions(), warm=None, intermediate=None)
         -> (margin_lower, margin_upper, state)
+    margin_coeffs(num_classes, target) -> (rows e_c - e_target, classes)
+
+The top-k use of these bounds (only the margins a proof needs, pairs of margins for k = 2, warm starts across a
+search) is :mod:`mlrobust.bounds.alpha_margin`.
 """
 
 from __future__ import annotations
@@ -65,6 +74,7 @@ from mlrobust.bounds.crown import (
     torch_threads,
 )
 from mlrobust.bounds.ibp import FP_REL, interval_affine
+from mlrobust.bounds.margin import _interval_linear
 from mlrobust.bounds.result import Bounds, check_box
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
@@ -93,7 +103,9 @@ class AlphaOptions:
     also optimise the bounds of the last refined ReLU pre-activation layer (costly: one row per unstable neuron and
     direction, ``intermediate_chunk`` rows at a time). ``threads``: torch intra-op threads (None: leave as is).
     Learning rates (Adam) per kind: ReLU slopes ``lr_alpha``, MaxPool lower-line weights ``lr_pool``, MaxPool
-    upper-line thresholds ``lr_tau`` (0: fixed at CROWN's), split multipliers ``lr_beta``.
+    upper-line thresholds ``lr_tau`` (0: fixed at CROWN's), split multipliers ``lr_beta``. ``loop_dtype``
+    ("float64" or "float32"): precision of the optimisation steps; CROWN's bound and the reported one are always
+    evaluated in float64 with the outward widening.
     """
 
     iterations: int = 20
@@ -106,6 +118,7 @@ class AlphaOptions:
     threads: int | None = 1
     lr_pool: float = 0.3
     lr_tau: float = 0.0
+    loop_dtype: str = "float32"
 
 
 @dataclass
@@ -332,6 +345,28 @@ class _Context:
     in_upper: Tensor
     params: AlphaState
     capture: dict[str, Tensor] | None = None
+    dtype: torch.dtype = _F64
+    _consts: dict[int, tuple[object, Tensor]] = field(default_factory=dict)
+
+    def const(self, arr: np.ndarray) -> Tensor:
+        """A network constant as a tensor of this context's dtype (converted once per context)."""
+        hit = self._consts.get(id(arr))
+        if hit is not None and hit[0] is arr:
+            return hit[1]
+        value = torch.as_tensor(np.asarray(arr, dtype=np.float64)).to(self.dtype)
+        self._consts[id(arr)] = (arr, value)  # the array is kept so that its id stays unique
+        return value
+
+    def cast(self, dtype: torch.dtype) -> _Context:
+        """The same context with every floating-point tensor in ``dtype`` (the optimisation loop's precision)."""
+        def c(x: Tensor) -> Tensor:
+            return x.to(dtype) if x.is_floating_point() else x
+
+        relu = {k: _ReluRelax(r.active, r.unstable, c(r.up_slope), c(r.up_icpt), c(r.default_alpha),
+                              None if r.sign is None else c(r.sign)) for k, r in self.relu.items()}
+        pool = {k: _PoolRelax(r.win_idx, r.valid, r.n_in, c(r.l_win), c(r.u_win), c(r.tau_lo), c(r.tau_hi),
+                              c(r.default_lam), c(r.default_tau)) for k, r in self.pool.items()}
+        return _Context(self.network, relu, pool, c(self.in_lower), c(self.in_upper), AlphaState(), None, dtype)
 
 
 @dataclass
@@ -355,7 +390,7 @@ def _back_dense(ctx: _Context, node: Node, a: Tensor) -> _Step:
     op = cast(Dense, node.op)
     d, s = a.shape[:2]
     a2 = a.reshape(d, s, -1)
-    w, b = torch.as_tensor(op.weight), torch.as_tensor(op.bias)
+    w, b = ctx.const(op.weight), ctx.const(op.bias)
     return _Step([(node.inputs[0], (a2 @ w).reshape(d, s, *_shape(ctx, node.inputs[0])))], a2 @ b, a2.abs() @ b.abs())
 
 
@@ -364,10 +399,10 @@ def _back_conv(ctx: _Context, node: Node, a: Tensor) -> _Step:
     d, s = a.shape[:2]
     in_shape = _shape(ctx, node.inputs[0])
     flat = a.reshape(d * s, *a.shape[2:])
-    a_in = _conv_adjoint(flat, torch.as_tensor(op.weight), op.stride, op.padding, op.dilation, op.groups,
+    a_in = _conv_adjoint(flat, ctx.const(op.weight), op.stride, op.padding, op.dilation, op.groups,
                          (in_shape[1], in_shape[2]))
     per_channel = a.sum(dim=(3, 4))
-    b = torch.as_tensor(op.bias)
+    b = ctx.const(op.bias)
     return _Step([(node.inputs[0], a_in.reshape(d, s, *in_shape))], per_channel @ b, a.abs().sum(dim=(3, 4)) @ b.abs())
 
 
@@ -375,8 +410,8 @@ def _back_avgpool(ctx: _Context, node: Node, a: Tensor) -> _Step:
     op = cast(AvgPool2d, node.op)
     d, s = a.shape[:2]
     c, h, w = _shape(ctx, node.inputs[0])
-    scaled = (a / torch.as_tensor(op.divisor(h, w))).reshape(d * s, *a.shape[2:])
-    ones = torch.ones((c, 1, *op.kernel), dtype=_F64)
+    scaled = (a / torch.as_tensor(op.divisor(h, w)).to(a.dtype)).reshape(d * s, *a.shape[2:])
+    ones = torch.ones((c, 1, *op.kernel), dtype=a.dtype)
     a_in = _conv_adjoint(scaled, ones, op.stride, op.padding, (1, 1), c, (h, w))
     return _Step([(node.inputs[0], a_in.reshape(d, s, c, h, w))])
 
@@ -392,7 +427,7 @@ def _back_reshape(ctx: _Context, node: Node, a: Tensor) -> _Step:
 
 def _back_scale(ctx: _Context, node: Node, a: Tensor) -> _Step:
     op = cast(Scale, node.op)
-    mul, add = torch.as_tensor(np.asarray(op.mul, dtype=np.float64)), torch.as_tensor(np.asarray(op.add, np.float64))
+    mul, add = ctx.const(op.mul), ctx.const(op.add)
     return _Step([(node.inputs[0], _unbroadcast2(a * mul, _shape(ctx, node.inputs[0])))], _rows(a * add),
                  _rows(a.abs() * add.abs()))
 
@@ -463,8 +498,8 @@ def _backward(ctx: _Context, plan: list[Node], start: str, a0: Tensor) -> tuple[
     """Lower bound (unwidened) and term magnitude, both ``(D, S)``, of ``a0 · start`` over each domain."""
     d, s = ctx.in_lower.shape[0], a0.shape[1]
     acc: dict[str, Tensor] = {start: a0.expand(d, *a0.shape[1:])}
-    bias = torch.zeros((d, s), dtype=_F64)
-    mag = torch.zeros((d, s), dtype=_F64)
+    bias = torch.zeros((d, s), dtype=ctx.dtype)
+    mag = torch.zeros((d, s), dtype=ctx.dtype)
     for node in plan:
         a = acc.pop(node.output, None)
         if a is None:
@@ -604,7 +639,13 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
             for k, v in mine.items():
                 mine[k] = torch.where(worse.reshape(d, s, *([1] * (v.dim() - 2))), default[k], v)
         best = torch.maximum(best, warm_lower)
+    start_state, start_best = params.map(lambda v: v.clone()), best.clone()  # float64, evaluated soundly
     best_state = params.map(lambda v: v.clone())
+    loop = ctx
+    if options.loop_dtype != "float64" and options.iterations > 0:
+        loop = ctx.cast(getattr(torch, options.loop_dtype))
+        params = params.map(lambda v: v.to(loop.dtype))
+    a_loop = a0.to(loop.dtype)
     groups = _param_groups(params, options)
     iterations = 0
     if options.iterations > 0 and groups:
@@ -612,9 +653,9 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
             for v in ps:
                 v.requires_grad_(True)
         opt = _Adam(groups)
-        ctx.params = params
+        loop.params = params
         for it in range(options.iterations + 1):
-            bound, mag = _backward(ctx, plan, start, a0)
+            bound, mag = _backward(loop, plan, start, a_loop)
             with torch.no_grad():
                 value = _sound(bound, mag)
                 better = value > best
@@ -634,10 +675,19 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
             opt.step(-bound.sum())
             _project(params, ctx)
             iterations += 1
+    best_state = best_state.map(lambda v: v.to(_F64))
     ctx.params = best_state
     ctx.capture = capture
     with torch.no_grad():
         final = _sound(*_backward(ctx, plan, start, a0))
+        # Steps in float32 pick the best parameters by float32 values: where that choice is worse in float64 than
+        # the start, keep the start (evaluated above) and evaluate once more, so the result never drops below it.
+        worse = final < start_best
+        if bool(worse.any()):
+            for mine, first in zip(best_state.groups(), start_state.groups()):
+                for k, v in mine.items():
+                    mine[k] = torch.where(worse.reshape(d, s, *([1] * (v.dim() - 2))), first[k], v)
+            final = _sound(*_backward(ctx, plan, start, a0))
     ctx.capture = None
     lower = torch.maximum(final, crown_lower)
     return _Optimised(lower, crown_lower, best_state, iterations)
@@ -814,6 +864,8 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
     options = options or AlphaOptions()
     start_time = time.perf_counter()
     deadline = None if options.time_limit is None else start_time + float(options.time_limit)
+    if options.loop_dtype not in ("float64", "float32"):
+        raise InputError(f"loop_dtype must be float64 or float32, not {options.loop_dtype!r}")
     _check_domains(network, domains)
     d = domains.size
     coeffs = np.asarray(coeffs, dtype=np.float64)
@@ -888,12 +940,18 @@ def alpha_margin_bounds(network: Network, lower: np.ndarray, upper: np.ndarray, 
     if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or not 0 <= int(target) < n:
         raise InputError(f"target {target!r} is not a class index of this model (0 .. {n - 1})")
     target = int(target)
+    lower, upper = check_box(network, lower, upper)
+    if intermediate is None:
+        intermediate = crown(network, lower, upper)
     domains = initial_domain(network, lower, upper, intermediate)
     rows, classes = margin_coeffs(n, target)
     res = alpha_bounds(network, domains, np.concatenate([rows, -rows]), options=options, warm=warm)
+    m = classes.size
+    # also never looser than the interval of the margins from the output bounds (as margin_bounds intersects)
+    out = network.output_name
+    i_lo, i_hi = _interval_linear(rows, intermediate.lower[out].reshape(-1), intermediate.upper[out].reshape(-1))
     lo = np.zeros(n)
     hi = np.zeros(n)
-    m = classes.size
-    lo[classes] = res.lower[0, :m]
-    hi[classes] = -res.lower[0, m:]
+    lo[classes] = np.maximum(res.lower[0, :m], i_lo)
+    hi[classes] = np.minimum(-res.lower[0, m:], i_hi)
     return lo, hi, res.state

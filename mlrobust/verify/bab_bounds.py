@@ -157,9 +157,18 @@ class SplitCrown:
                       splits, box_changed=True)
 
     def bound(self, domains: list[Domain], coeffs: np.ndarray, deadline: float | None = None) -> list[DomainBound]:
-        """Lower bounds of ``coeffs @ y`` (``coeffs``: ``(S, C)``) on every domain, bounds refreshed."""
+        """Lower bounds of ``coeffs @ y`` (``coeffs``: ``(S, C)``) on every domain, bounds refreshed.
+
+        Domains not reached by ``deadline`` get ``-inf`` (nothing proven; they keep their parent's row bounds).
+        """
+        out = []
         with torch_threads(1):
-            return [self._bound_one(d, coeffs) for d in domains]
+            for d in domains:
+                if deadline is not None and time.perf_counter() >= deadline:
+                    out.append(DomainBound(np.full(coeffs.shape[0], -np.inf), d))
+                else:
+                    out.append(self._bound_one(d, coeffs))
+        return out
 
     def _bound_one(self, dom: Domain, coeffs: np.ndarray) -> DomainBound:
         net = self.network
@@ -304,7 +313,9 @@ class AlphaEngine:
         where: list[int] = []
         with torch_threads(1):
             for i, dom in enumerate(domains):
-                if self.refresh_intermediate or dom.box_changed or not dom.pre_lower:
+                # past the deadline the inherited bounds are used as they are (sound for a sub-domain)
+                late = deadline is not None and time.perf_counter() >= deadline
+                if not late and (self.refresh_intermediate or dom.box_changed or not dom.pre_lower):
                     refreshed = self.crown.refresh(dom)
                     if refreshed is None:
                         out[i] = DomainBound(np.full(coeffs.shape[0], np.inf), dom, feasible=False)
