@@ -28,8 +28,8 @@ Intermediate bounds come from the caller (CROWN's by default, or a parent domain
 its own optimised parameters (one row per unstable neuron and direction, in chunks), and interval propagation then
 carries the tighter bounds to the later pre-activations.
 
-Coefficients are dense ``(D, S, *tensor_shape)`` torch tensors (D domains, S rows); one backward rule per op kind
-lives in the ``_BACKWARD`` table.
+Coefficients are dense ``(D, S, *tensor_shape)`` torch tensors (D domains, S rows); each op kind's backward rule is its
+``alpha_step`` (in its module of :mod:`mlrobust.ops`), which reads the relaxations and parameters of ``_Context``.
 
 API::
 
@@ -51,15 +51,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import cast
 
 import numpy as np
 import torch
 
 from mlrobust.bounds.crown import (
-    _conv_adjoint,
     _needs_crown,
-    _unbroadcast,
     crown,
     pool_index,
     torch_threads,
@@ -69,15 +66,10 @@ from mlrobust.bounds.result import Bounds, check_box
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
 from mlrobust.ir.ops import (
-    Add,
-    AvgPool2d,
-    Conv2d,
-    Dense,
     MaxPool2d,
     Relu,
-    Reshape,
-    Scale,
 )
+from mlrobust.ops.coeffs import rows as _rows
 
 Tensor = torch.Tensor
 _F64 = torch.float64
@@ -334,120 +326,6 @@ class _Context:
     capture: dict[str, Tensor] | None = None
 
 
-@dataclass
-class _Step:
-    terms: list[tuple[str, Tensor]]
-    bias: Tensor | None = None  # (D, S)
-    mag: Tensor | None = None  # (D, S) magnitude of the constant's terms (for the widening)
-
-
-def _rows(x: Tensor) -> Tensor:
-    """Sum over everything but the leading (D, S) axes."""
-    return x.reshape(x.shape[0], x.shape[1], -1).sum(-1)
-
-
-def _shape(ctx: _Context, tensor: str) -> tuple[int, ...]:
-    return ctx.network.shape_of(tensor)
-
-
-# --- one backward rule per op kind: substitute a · node.output by a lower bound linear in the node's inputs --------
-def _back_dense(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    op = cast(Dense, node.op)
-    d, s = a.shape[:2]
-    a2 = a.reshape(d, s, -1)
-    w, b = torch.as_tensor(op.weight), torch.as_tensor(op.bias)
-    return _Step([(node.inputs[0], (a2 @ w).reshape(d, s, *_shape(ctx, node.inputs[0])))], a2 @ b, a2.abs() @ b.abs())
-
-
-def _back_conv(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    op = cast(Conv2d, node.op)
-    d, s = a.shape[:2]
-    in_shape = _shape(ctx, node.inputs[0])
-    flat = a.reshape(d * s, *a.shape[2:])
-    a_in = _conv_adjoint(flat, torch.as_tensor(op.weight), op.stride, op.padding, op.dilation, op.groups,
-                         (in_shape[1], in_shape[2]))
-    per_channel = a.sum(dim=(3, 4))
-    b = torch.as_tensor(op.bias)
-    return _Step([(node.inputs[0], a_in.reshape(d, s, *in_shape))], per_channel @ b, a.abs().sum(dim=(3, 4)) @ b.abs())
-
-
-def _back_avgpool(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    op = cast(AvgPool2d, node.op)
-    d, s = a.shape[:2]
-    c, h, w = _shape(ctx, node.inputs[0])
-    scaled = (a / torch.as_tensor(op.divisor(h, w))).reshape(d * s, *a.shape[2:])
-    ones = torch.ones((c, 1, *op.kernel), dtype=_F64)
-    a_in = _conv_adjoint(scaled, ones, op.stride, op.padding, (1, 1), c, (h, w))
-    return _Step([(node.inputs[0], a_in.reshape(d, s, c, h, w))])
-
-
-def _unbroadcast2(a: Tensor, shape: tuple[int, ...]) -> Tensor:
-    d, s = a.shape[:2]
-    return _unbroadcast(a.reshape(d * s, *a.shape[2:]), shape).reshape(d, s, *shape)
-
-
-def _back_reshape(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    return _Step([(node.inputs[0], a.reshape(*a.shape[:2], *_shape(ctx, node.inputs[0])))])
-
-
-def _back_scale(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    op = cast(Scale, node.op)
-    mul, add = torch.as_tensor(np.asarray(op.mul, dtype=np.float64)), torch.as_tensor(np.asarray(op.add, np.float64))
-    return _Step([(node.inputs[0], _unbroadcast2(a * mul, _shape(ctx, node.inputs[0])))], _rows(a * add),
-                 _rows(a.abs() * add.abs()))
-
-
-def _back_add(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    op = cast(Add, node.op)
-    return _Step([(node.inputs[0], _unbroadcast2(a, _shape(ctx, node.inputs[0]))),
-                  (node.inputs[1], _unbroadcast2(op.coeff * a, _shape(ctx, node.inputs[1])))])
-
-
-def _back_relu(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    r = ctx.relu[node.name]
-    if ctx.capture is not None:
-        ctx.capture[node.name] = a.detach()
-    alpha = ctx.params.alpha.get(node.name, r.default_alpha)
-    lower_slope = torch.where(r.active, 1.0, torch.where(r.unstable, alpha, 0.0))
-    pos, neg = a.clamp(min=0.0), a.clamp(max=0.0)
-    a_in = pos * lower_slope + neg * r.up_slope
-    beta = ctx.params.beta.get(node.name)
-    if beta is not None and r.sign is not None:
-        a_in = a_in - beta * r.sign  # the Lagrangian term -β s z of the split constraints s z >= 0
-    return _Step([(node.inputs[0], a_in)], _rows(neg * r.up_icpt), _rows(neg.abs() * r.up_icpt.abs()))
-
-
-def _back_maxpool(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    r = ctx.pool[node.name]
-    d, s = a.shape[:2]
-    lam = ctx.params.pool.get(node.name, r.default_lam)
-    theta = ctx.params.tau.get(node.name, r.default_tau)
-    tau = (r.tau_lo + theta * (r.tau_hi - r.tau_lo))[..., None]  # (D, S or 1, P, 1)
-    a2 = a.reshape(d, s, -1)
-    pos, neg = a2.clamp(min=0.0), a2.clamp(max=0.0)
-    p, k = r.valid.shape
-    # upper line per window entry: slope and the constant it subtracts (x_i - τ, chord, or nothing)
-    linear = r.valid & (r.l_win >= tau)
-    chord = r.valid & ~linear & (r.u_win > tau)
-    width = torch.where(chord, r.u_win - r.l_win, 1.0)
-    up_slope = torch.where(linear, 1.0, torch.where(chord, (r.u_win - tau) / width, 0.0))
-    up_off = torch.where(linear, tau, torch.where(chord, up_slope * r.l_win, 0.0))
-    src = pos[..., None] * lam + neg[..., None] * up_slope
-    index = r.win_idx.expand(d, s, p * k)
-    a_in = torch.zeros((d, s, r.n_in + 1), dtype=a.dtype).scatter_add(2, index, src.reshape(d, s, p * k))
-    in_shape = _shape(ctx, node.inputs[0])
-    icpt = tau[..., 0] - up_off.sum(-1)
-    mag = tau[..., 0].abs() + up_off.abs().sum(-1)
-    return _Step([(node.inputs[0], a_in[..., : r.n_in].reshape(d, s, *in_shape))], (neg * icpt).sum(-1),
-                 (neg.abs() * mag).sum(-1))
-
-
-_BACKWARD: dict[type, Callable[[_Context, Node, Tensor], _Step]] = {
-    Dense: _back_dense, Conv2d: _back_conv, AvgPool2d: _back_avgpool, Reshape: _back_reshape, Scale: _back_scale,
-    Add: _back_add, Relu: _back_relu, MaxPool2d: _back_maxpool,
-}
-
-
 def _plan(network: Network, start: str) -> list[Node]:
     """Nodes ``start`` depends on, in reverse topological order."""
     needed = {start}
@@ -469,10 +347,7 @@ def _backward(ctx: _Context, plan: list[Node], start: str, a0: Tensor) -> tuple[
         a = acc.pop(node.output, None)
         if a is None:
             continue
-        rule = _BACKWARD.get(type(node.op))
-        if rule is None:
-            raise TypeError(f"α-CROWN has no rule for op {node.kind} (node {node.name})")
-        step = rule(ctx, node, a)
+        step = node.op.alpha_step(ctx, node, a)
         if step.bias is not None and step.mag is not None:
             bias = bias + step.bias
             mag = mag + step.mag
