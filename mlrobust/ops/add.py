@@ -12,7 +12,7 @@ from mlrobust.ops.base import FP_REL, CrownStep, OpRules
 if TYPE_CHECKING:
     import torch
 
-    from mlrobust.ir.graph import Node
+    from mlrobust.ir.graph import Network, Node
 
 
 @dataclass(eq=False)
@@ -29,6 +29,13 @@ class Add(OpRules):
         return a + self.coeff * b
 
     num_params = 0
+
+    def describe(self, node: Node, network: Network) -> str:
+        if self.coeff == 1.0:
+            return f"{node.inputs[0]} + {node.inputs[1]}"
+        if self.coeff == -1.0:
+            return f"{node.inputs[0]} − {node.inputs[1]}"
+        return f"{node.inputs[0]} + {self.coeff:g}·{node.inputs[1]}"
 
     def forward_torch(self, node: Node, args: list[torch.Tensor], buf: Any) -> torch.Tensor:
         return args[0] + self.coeff * args[1]

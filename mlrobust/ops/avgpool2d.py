@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlrobust.ops.base import FP_REL, CrownStep, OpRules, out_size, windows
+from mlrobust.ops.base import FP_REL, CrownStep, OpRules, out_size, pool_text, windows
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +46,9 @@ class AvgPool2d(OpRules):
         return win.sum(axis=(-2, -1)) / self.divisor(x.shape[2], x.shape[3])
 
     num_params = 0
+
+    def describe(self, node: Node, network: Network) -> str:
+        return pool_text(self) + (" (pads counted)" if self.count_include_pad else "")
 
     def torch_buffers(self, network: Network, node: Node) -> dict[str, np.ndarray]:
         return {"divisor": self.divisor(*network.shape_of(node.inputs[0])[1:])}

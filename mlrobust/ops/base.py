@@ -65,6 +65,8 @@ class OpRules:
     pooling: ClassVar[bool] = False
     absorbs_relu: ClassVar[bool] = False
     weight_rows: ClassVar[bool] = False
+    splittable: ClassVar[bool] = False
+    alpha_group: ClassVar[str | None] = None
     arity: ClassVar[int] = 1
 
     def _missing(self, rule: str, node: Node | None = None) -> TypeError:
@@ -87,6 +89,10 @@ class OpRules:
     def output_rows(self, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Weight rows and biases of the output neurons ``sel`` (ops with the ``weight_rows`` trait)."""
         raise self._missing("output rows")
+
+    def describe(self, node: Node, network: Network) -> str:
+        """A one-line description of the op's parameters (for the network summary)."""
+        return ""
 
     # --- bounds --------------------------------------------------------------------------------------------------
     def interval(self, node: Node, lows: list[np.ndarray], ups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -116,6 +122,13 @@ class OpRules:
         """α-CROWN's backward rule on ``(D, S, *out_shape)`` coefficients; returns an :class:`AlphaStep`."""
         raise self._missing("α-CROWN", node)
 
+    def alpha_relax(self, network: Network, node: Node, domains: Any) -> Any:
+        """α-CROWN's relaxation over a batch of domains (ops with an ``alpha_group``)."""
+        raise self._missing("α-CROWN relaxation", node)
+
+    def alpha_init(self, ctx: Any, node: Node, d: int, s: int, state: Any) -> None:
+        """Put CROWN's values of the op's α parameters, one copy per (domain, row), into ``state``."""
+
     # --- MILP ----------------------------------------------------------------------------------------------------
     def encode_milp(self, builder: Any, node: Node, inputs: list[Any], shapes: list[tuple[int, ...]]) -> Any:
         """The output affine form of this node in ``builder``'s MILP (adding columns and rows as needed)."""
@@ -124,6 +137,23 @@ class OpRules:
     def milp_matrix(self, node: Node, in_shape: tuple[int, ...]) -> tuple[Any, np.ndarray]:
         """``(M, b)`` with ``flatten(out) = M @ flatten(in) + b`` (scipy sparse ``M``; single-input affine ops)."""
         raise self._missing("MILP matrix", node)
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    return "×".join(str(int(s)) for s in shape) if len(shape) else "scalar"
+
+
+def range_text(a: np.ndarray) -> str:
+    a = np.asarray(a)
+    lo, hi = float(a.min()), float(a.max())
+    return f"{lo:.4g}" if lo == hi else f"[{lo:.4g}, {hi:.4g}]"
+
+
+def pool_text(op: Any) -> str:
+    text = f"k{op.kernel[0]}×{op.kernel[1]} stride {op.stride[0]},{op.stride[1]}"
+    if any(op.padding):
+        text += " pad " + ",".join(map(str, op.padding))
+    return text
 
 
 def pool_index(op: Any, in_shape: tuple[int, ...]) -> np.ndarray:

@@ -53,6 +53,17 @@ class Conv2d(OpRules):
     def num_params(self) -> int:
         return self.weight.size + self.bias.size
 
+    def describe(self, node: Node, network: Network) -> str:
+        parts = [f"{self.weight.shape[1] * self.groups} → {self.weight.shape[0]}", f"k{self.kernel[0]}×{self.kernel[1]}",
+                 f"stride {self.stride[0]},{self.stride[1]}"]
+        if any(self.padding):
+            parts.append("pad " + ",".join(map(str, self.padding)))
+        if self.dilation != (1, 1):
+            parts.append(f"dilation {self.dilation[0]},{self.dilation[1]}")
+        if self.groups != 1:
+            parts.append(f"groups {self.groups}")
+        return " ".join(parts)
+
     def torch_buffers(self, network: Network, node: Node) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "bias": self.bias}
 

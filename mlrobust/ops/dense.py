@@ -37,6 +37,9 @@ class Dense(OpRules):
     def output_rows(self, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.weight[sel], self.bias[sel]
 
+    def describe(self, node: Node, network: Network) -> str:
+        return f"{self.weight.shape[1]} → {self.weight.shape[0]}"
+
     def torch_buffers(self, network: Network, node: Node) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "bias": self.bias}
 

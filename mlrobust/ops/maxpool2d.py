@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlrobust.errors import InputError
-from mlrobust.ops.base import CrownStep, OpRules, out_size, pool_index, windows
+from mlrobust.ops.base import CrownStep, OpRules, out_size, pool_index, pool_text, windows
 
 if TYPE_CHECKING:
     import torch
 
-    from mlrobust.ir.graph import Node
+    from mlrobust.ir.graph import Network, Node
 
 
 @dataclass
@@ -71,6 +71,66 @@ def pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> PoolRelax:
                      t64(slope.reshape(-1)), t64(icpt.reshape(-1)))
 
 
+@dataclass
+class AlphaPoolRelax:
+    """One MaxPool node over D domains: P windows of K entries.
+
+    Lower line ``Σ λ_i x_i`` (weights ``(D, S, P, K)``); upper line, for a threshold ``τ`` per window,
+    ``max_i x_i <= τ + Σ_i relu(x_i - τ)`` with each ``relu(x_i - τ)`` over ``[l_i, u_i]`` replaced by ``x_i - τ``
+    (``l_i >= τ``), ``0`` (``u_i <= τ``) or its chord. Sound for every ``τ``; CROWN's chord is ``τ`` = the
+    second-largest upper bound (``τ = l_j`` for a dominated window, where the line is exactly ``x_j``).
+    """
+
+    win_idx: torch.Tensor  # (P*K,) flat input index per window entry; padding points at the dummy slot n_in
+    valid: torch.Tensor  # (P, K) real (non-padding) entries
+    n_in: int
+    l_win: torch.Tensor  # (D, 1, P, K) bounds per window entry (padding: 0, masked by ``valid``)
+    u_win: torch.Tensor
+    tau_lo: torch.Tensor  # (D, 1, P) largest lower bound: τ = tau_lo + θ (tau_hi - tau_lo), θ ∈ [0, 1] (scale-free)
+    tau_hi: torch.Tensor  # (D, 1, P) largest upper bound
+    default_lam: torch.Tensor  # (D, 1, P, K) one-hot on CROWN's choice
+    default_tau: torch.Tensor  # (D, 1, P) θ of CROWN's τ
+
+
+def alpha_pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> AlphaPoolRelax:
+    """CROWN's MaxPool relaxation (see :mod:`mlrobust.bounds.crown`) for ``(D, C, H, W)`` bounds, batched over D."""
+    import torch
+
+    if np.any((idx < 0).all(axis=-1)):
+        raise InputError("a MaxPool window lies entirely in the padding; its output would be -inf")
+    d = lo.shape[0]
+    k = idx.shape[-1]
+    flat_idx = idx.reshape(-1, k)  # (P, K)
+    valid = flat_idx >= 0
+    safe = np.where(valid, flat_idx, 0)
+    l_win = np.where(valid, lo.reshape(d, -1)[:, safe], -np.inf)  # (D, P, K)
+    u_win = np.where(valid, hi.reshape(d, -1)[:, safe], -np.inf)
+    k_lo = np.argmax(l_win, axis=-1)[..., None]
+    k_up = np.argmax(u_win, axis=-1)[..., None]
+    u_top = np.take_along_axis(u_win, k_up, -1)[..., 0]
+    l_top = np.take_along_axis(l_win, k_up, -1)[..., 0]
+    others = u_win.copy()
+    np.put_along_axis(others, k_up, -np.inf, -1)
+    u_second = others.max(axis=-1)
+    dominated = l_top >= u_second
+    tau = np.where(dominated, l_top, u_second)
+    tau_lo = l_win.max(-1)
+    span = u_top - tau_lo
+    theta = np.where(span > 0, (tau - tau_lo) / np.where(span > 0, span, 1.0), 0.0).clip(0.0, 1.0)
+    k_default = np.where(dominated[..., None], k_up, k_lo)
+    lam = np.zeros(l_win.shape)
+    np.put_along_axis(lam, k_default, 1.0, -1)
+    n_in = int(lo[0].size)
+    win = np.where(valid, flat_idx, n_in).reshape(-1)
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a))[:, None]
+
+    return AlphaPoolRelax(torch.as_tensor(win), torch.as_tensor(valid), n_in, t(np.where(valid, l_win, 0.0)),
+                      t(np.where(valid, u_win, 0.0)), t(tau_lo), t(u_top), t(lam), t(theta))
+
+
+
 @dataclass(eq=False)
 class MaxPool2d(OpRules):
     """2-D max pooling; padded positions never win (they hold -inf, as ONNX specifies)."""
@@ -82,6 +142,7 @@ class MaxPool2d(OpRules):
     activation = True
     pooling = True
     absorbs_relu = True
+    alpha_group = "pool"
 
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
         top, left, bottom, right = self.padding
@@ -93,6 +154,9 @@ class MaxPool2d(OpRules):
         return win.max(axis=(-2, -1))
 
     num_params = 0
+
+    def describe(self, node: Node, network: Network) -> str:
+        return pool_text(self)
 
     def forward_torch(self, node: Node, args: list[torch.Tensor], buf: Any) -> torch.Tensor:
         import torch.nn.functional as F
@@ -183,6 +247,16 @@ class MaxPool2d(OpRules):
         return AlphaStep([(node.inputs[0], a_in[..., : r.n_in].reshape(d, s, *in_shape))], (neg * icpt).sum(-1),
                          (neg.abs() * mag).sum(-1))
 
+    def alpha_relax(self, network: Network, node: Node, domains: Any) -> AlphaPoolRelax:
+        t = node.inputs[0]
+        idx = pool_index(self, network.shape_of(t))
+        return alpha_pool_relax(idx, domains.pre_lower[t], domains.pre_upper[t])
+
+    def alpha_init(self, ctx: Any, node: Node, d: int, s: int, state: Any) -> None:
+        r = ctx.pool[node.name]
+        state.pool[node.name] = r.default_lam.expand(d, s, *r.default_lam.shape[2:]).clone()
+        state.tau[node.name] = r.default_tau.expand(d, s, *r.default_tau.shape[2:]).clone()
+
     def encode_milp(self, builder: Any, node: Node, inputs: list[Any], shapes: list[tuple[int, ...]]) -> Any:
         from mlrobust.milp.layers.maxpool import encode_maxpool
 
@@ -199,4 +273,4 @@ class MaxPool2d(OpRules):
         return out
 
 
-__all__ = ["MaxPool2d", "PoolRelax", "maxpool_candidates", "pool_index", "pool_relax", "window_bounds"]
+__all__ = ["AlphaPoolRelax", "MaxPool2d", "PoolRelax", "alpha_pool_relax", "maxpool_candidates", "pool_index", "pool_relax", "window_bounds"]

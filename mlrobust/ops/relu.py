@@ -12,7 +12,7 @@ from mlrobust.ops.base import CrownStep, OpRules
 if TYPE_CHECKING:
     import torch
 
-    from mlrobust.ir.graph import Node
+    from mlrobust.ir.graph import Network, Node
 
 
 @dataclass
@@ -38,6 +38,37 @@ def relu_relax(lo: np.ndarray, hi: np.ndarray) -> ReluRelax:
     return ReluRelax(t64(alpha), t64(s), t64(icpt))
 
 
+@dataclass
+class AlphaReluRelax:
+    """One ReLU node over D domains; tensors ``(D, 1, *shape)`` (the row axis broadcasts)."""
+
+    active: torch.Tensor
+    unstable: torch.Tensor
+    up_slope: torch.Tensor
+    up_icpt: torch.Tensor
+    default_alpha: torch.Tensor
+    sign: torch.Tensor | None  # split sign as float, None when no neuron of this node is split
+
+
+def alpha_relu_relax(lo: np.ndarray, hi: np.ndarray, split: np.ndarray | None) -> AlphaReluRelax:
+    """Relaxation of a ReLU from ``(D, *shape)`` bounds already clamped by the splits."""
+    import torch
+
+    active, inactive = lo >= 0, hi <= 0
+    unstable = ~active & ~inactive
+    width = np.where(unstable, hi - lo, 1.0)
+    slope = np.where(active, 1.0, np.where(unstable, hi / width, 0.0))
+    icpt = np.where(unstable, -slope * lo, 0.0)
+    alpha = np.where(active | (unstable & (hi >= -lo)), 1.0, 0.0)
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a))[:, None]
+
+    sign = None if split is None or not split.any() else t(split.astype(np.float64))
+    return AlphaReluRelax(t(active), t(unstable), t(slope), t(icpt), t(alpha), sign)
+
+
+
 @dataclass(eq=False)
 class Relu(OpRules):
     """``y = max(x, 0)`` elementwise."""
@@ -45,6 +76,8 @@ class Relu(OpRules):
     kind = "Relu"
     elementwise = True
     activation = True
+    splittable = True
+    alpha_group = "relu"
 
     def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:  # type: ignore[override]
         return np.maximum(x, 0.0)
@@ -106,6 +139,18 @@ class Relu(OpRules):
         if beta is not None and r.sign is not None:
             a_in = a_in - beta * r.sign  # the Lagrangian term -β s z of the split constraints s z >= 0
         return AlphaStep([(node.inputs[0], a_in)], rows(neg * r.up_icpt), rows(neg.abs() * r.up_icpt.abs()))
+
+    def alpha_relax(self, network: Network, node: Node, domains: Any) -> AlphaReluRelax:
+        t = node.inputs[0]
+        return alpha_relu_relax(domains.pre_lower[t], domains.pre_upper[t], domains.splits.get(node.name))
+
+    def alpha_init(self, ctx: Any, node: Node, d: int, s: int, state: Any) -> None:
+        import torch
+
+        r = ctx.relu[node.name]
+        state.alpha[node.name] = r.default_alpha.expand(d, s, *r.default_alpha.shape[2:]).clone()
+        if r.sign is not None:
+            state.beta[node.name] = torch.zeros_like(state.alpha[node.name])
 
     def encode_milp(self, builder: Any, node: Node, inputs: list[Any], shapes: list[tuple[int, ...]]) -> Any:
         from mlrobust.milp.layers.relu import encode_relu, relu_split

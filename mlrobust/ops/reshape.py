@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlrobust.ops.base import CrownStep, OpRules
+from mlrobust.ops.base import CrownStep, OpRules, shape_text
 
 if TYPE_CHECKING:
     import torch
 
-    from mlrobust.ir.graph import Node
+    from mlrobust.ir.graph import Network, Node
 
 
 @dataclass(eq=False)
@@ -28,6 +28,9 @@ class Reshape(OpRules):
         return x.reshape((x.shape[0], *self.shape))
 
     num_params = 0
+
+    def describe(self, node: Node, network: Network) -> str:
+        return f"{shape_text(network.shape_of(node.inputs[0]))} → {shape_text(self.shape)}"
 
     def forward_torch(self, node: Node, args: list[torch.Tensor], buf: Any) -> torch.Tensor:
         x = args[0]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlrobust.ops.base import FP_REL, CrownStep, OpRules
+from mlrobust.ops.base import FP_REL, CrownStep, OpRules, range_text
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +31,9 @@ class Scale(OpRules):
     @property
     def num_params(self) -> int:
         return self.mul.size + self.add.size
+
+    def describe(self, node: Node, network: Network) -> str:
+        return f"x·{range_text(self.mul)} + {range_text(self.add)}"
 
     def torch_buffers(self, network: Network, node: Node) -> dict[str, np.ndarray]:
         return {"mul": np.asarray(self.mul), "add": np.asarray(self.add)}
