@@ -24,8 +24,7 @@ class Add(OpRules):
     affine = True
     arity = 2
 
-    def forward(self, a: np.ndarray, b: np.ndarray,  # type: ignore[override]
-                out_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    def forward(self, a: np.ndarray, b: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:
         return a + self.coeff * b
 
     num_params = 0

@@ -41,7 +41,7 @@ class AvgPool2d(OpRules):
         ones = np.ones((1, 1, h, w))
         return windows(ones, self.kernel, self.stride, self.padding, (1, 1), 0.0).sum(axis=(-2, -1))[0, 0]
 
-    def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:  # type: ignore[override]
+    def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:
         win = windows(x, self.kernel, self.stride, self.padding, (1, 1), 0.0)
         return win.sum(axis=(-2, -1)) / self.divisor(x.shape[2], x.shape[3])
 

@@ -54,7 +54,7 @@ def masked(p: Patch, h: int, w: int) -> Patch:
     return Patch(torch.where(ok, p.a, 0.0), p.oy, p.ox)
 
 
-def patch_to_dense(p: Patch, shape: tuple[int, int, int]) -> torch.Tensor:
+def patch_to_dense(p: Patch, shape: tuple[int, ...]) -> torch.Tensor:
     c, h, w = shape
     s = p.a.shape[0]
     ys, xs = p.grid()
@@ -129,7 +129,7 @@ def unbroadcast2(a: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return unbroadcast(a.reshape(d * s, *a.shape[2:]), shape).reshape(d, s, *shape)
 
 
-def fit(p: Patch, shape: tuple[int, int, int]) -> Patch | torch.Tensor:
+def fit(p: Patch, shape: tuple[int, ...]) -> Patch | torch.Tensor:
     """Mask a fresh patch to its tensor; go dense once the window covers as much as the tensor itself."""
     c, h, w = shape
     if p.a.shape[2] * p.a.shape[3] >= h * w:

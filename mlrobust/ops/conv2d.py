@@ -39,7 +39,7 @@ class Conv2d(OpRules):
         return (out_size(h, kh, self.stride[0], top, bottom, self.dilation[0]),
                 out_size(w, kw, self.stride[1], left, right, self.dilation[1]))
 
-    def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:  # type: ignore[override]
+    def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:
         n, c = x.shape[:2]
         win = windows(x, self.kernel, self.stride, self.padding, self.dilation, 0.0)
         g = self.groups

@@ -26,7 +26,7 @@ class Dense(OpRules):
     mixing = True
     weight_rows = True
 
-    def forward(self, x: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:  # type: ignore[override]
+    def forward(self, x: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
         flat = x.reshape(x.shape[0], -1)
         return (flat @ self.weight.T + self.bias).reshape((x.shape[0], *out_shape))
 

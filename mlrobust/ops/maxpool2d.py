@@ -149,7 +149,7 @@ class MaxPool2d(OpRules):
         return (out_size(h, self.kernel[0], self.stride[0], top, bottom),
                 out_size(w, self.kernel[1], self.stride[1], left, right))
 
-    def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:  # type: ignore[override]
+    def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:
         win = windows(x, self.kernel, self.stride, self.padding, (1, 1), -np.inf)
         return win.max(axis=(-2, -1))
 

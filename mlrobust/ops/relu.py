@@ -79,7 +79,7 @@ class Relu(OpRules):
     splittable = True
     alpha_group = "relu"
 
-    def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:  # type: ignore[override]
+    def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:
         return np.maximum(x, 0.0)
 
     num_params = 0

@@ -24,7 +24,7 @@ class Reshape(OpRules):
     affine = True
     elementwise = True
 
-    def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:  # type: ignore[override]
+    def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:
         return x.reshape((x.shape[0], *self.shape))
 
     num_params = 0

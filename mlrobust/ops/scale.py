@@ -25,7 +25,7 @@ class Scale(OpRules):
     affine = True
     elementwise = True
 
-    def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:  # type: ignore[override]
+    def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:
         return x * self.mul + self.add
 
     @property

@@ -19,7 +19,7 @@ from mlrobust.milp.encoding import AffineForm
 _CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
 
-def conv_matrix(op: Conv2d, in_shape: tuple[int, int, int]) -> sp.csr_matrix:
+def conv_matrix(op: Conv2d, in_shape: tuple[int, ...]) -> sp.csr_matrix:
     cin, h, w = in_shape
     cout, cin_g, kh, kw = op.weight.shape
     ho, wo = op.output_hw(h, w)
@@ -45,7 +45,7 @@ def conv_matrix(op: Conv2d, in_shape: tuple[int, int, int]) -> sp.csr_matrix:
     return sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(cout * ho * wo, cin * h * w))
 
 
-def avgpool_matrix(op: AvgPool2d, in_shape: tuple[int, int, int]) -> sp.csr_matrix:
+def avgpool_matrix(op: AvgPool2d, in_shape: tuple[int, ...]) -> sp.csr_matrix:
     c, h, w = in_shape
     ho, wo = op.output_hw(h, w)
     div = op.divisor(h, w)
