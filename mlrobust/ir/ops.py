@@ -7,11 +7,10 @@ MILP encodings see the same numbers the forward pass uses.
 
 from __future__ import annotations
 
-from typing import Union
-
 from mlrobust.ops import OP_CLASSES, Add, AvgPool2d, Conv2d, Dense, MaxPool2d, OpRules, Relu, Reshape, Scale
 
-Op = Union[Dense, Conv2d, Relu, MaxPool2d, AvgPool2d, Reshape, Scale, Add]
+#: The type of a node's op: any op kind (its rules and traits are on :class:`OpRules`).
+Op = OpRules
 
 #: Ops that are affine maps of their (single or summed) inputs; bounds and MILP treat them alike.
 AFFINE_KINDS = frozenset(k for k, c in OP_CLASSES.items() if c.affine)
