@@ -31,8 +31,8 @@ Intermediate bounds come from the caller (CROWN's by default, or a parent domain
 its own optimised parameters (one row per unstable neuron and direction, in chunks), and interval propagation then
 carries the tighter bounds to the later pre-activations.
 
-Coefficients are dense ``(D, S, *tensor_shape)`` torch tensors (D domains, S rows); one backward rule per op kind
-lives in the ``_BACKWARD`` table.
+Coefficients are dense ``(D, S, *tensor_shape)`` torch tensors (D domains, S rows); each op kind's backward rule is its
+``alpha_step`` (in its module of :mod:`mlrobust.ops`), which reads the relaxations and parameters of ``_Context``.
 
 API::
 
@@ -60,17 +60,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import cast
 
 import numpy as np
 import torch
 
 from mlrobust.bounds.crown import (
-    _conv_adjoint,
     _needs_crown,
-    _unbroadcast,
     crown,
-    pool_index,
     torch_threads,
 )
 from mlrobust.bounds.ibp import FP_REL, interval_affine
@@ -78,16 +74,9 @@ from mlrobust.bounds.margin import _interval_linear
 from mlrobust.bounds.result import Bounds, check_box
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
-from mlrobust.ir.ops import (
-    Add,
-    AvgPool2d,
-    Conv2d,
-    Dense,
-    MaxPool2d,
-    Relu,
-    Reshape,
-    Scale,
-)
+from mlrobust.ops.coeffs import rows as _rows
+from mlrobust.ops.maxpool2d import AlphaPoolRelax as _PoolRelax
+from mlrobust.ops.relu import AlphaReluRelax as _ReluRelax
 
 Tensor = torch.Tensor
 _F64 = torch.float64
@@ -237,91 +226,6 @@ class AlphaResult:
 
 
 # --- relaxations built from the domains' bounds ---------------------------------------------------------------
-@dataclass
-class _ReluRelax:
-    """One ReLU node over D domains; tensors ``(D, 1, *shape)`` (the row axis broadcasts)."""
-
-    active: Tensor
-    unstable: Tensor
-    up_slope: Tensor
-    up_icpt: Tensor
-    default_alpha: Tensor
-    sign: Tensor | None  # split sign as float, None when no neuron of this node is split
-
-
-@dataclass
-class _PoolRelax:
-    """One MaxPool node over D domains: P windows of K entries.
-
-    Lower line ``Σ λ_i x_i`` (weights ``(D, S, P, K)``); upper line, for a threshold ``τ`` per window,
-    ``max_i x_i <= τ + Σ_i relu(x_i - τ)`` with each ``relu(x_i - τ)`` over ``[l_i, u_i]`` replaced by ``x_i - τ``
-    (``l_i >= τ``), ``0`` (``u_i <= τ``) or its chord. Sound for every ``τ``; CROWN's chord is ``τ`` = the
-    second-largest upper bound (``τ = l_j`` for a dominated window, where the line is exactly ``x_j``).
-    """
-
-    win_idx: Tensor  # (P*K,) flat input index per window entry; padding points at the dummy slot n_in
-    valid: Tensor  # (P, K) real (non-padding) entries
-    n_in: int
-    l_win: Tensor  # (D, 1, P, K) bounds per window entry (padding: 0, masked by ``valid``)
-    u_win: Tensor
-    tau_lo: Tensor  # (D, 1, P) largest lower bound: τ = tau_lo + θ (tau_hi - tau_lo), θ ∈ [0, 1] (scale-free)
-    tau_hi: Tensor  # (D, 1, P) largest upper bound
-    default_lam: Tensor  # (D, 1, P, K) one-hot on CROWN's choice
-    default_tau: Tensor  # (D, 1, P) θ of CROWN's τ
-
-
-def _relu_relax(lo: np.ndarray, hi: np.ndarray, split: np.ndarray | None) -> _ReluRelax:
-    """Relaxation of a ReLU from ``(D, *shape)`` bounds already clamped by the splits."""
-    active, inactive = lo >= 0, hi <= 0
-    unstable = ~active & ~inactive
-    width = np.where(unstable, hi - lo, 1.0)
-    slope = np.where(active, 1.0, np.where(unstable, hi / width, 0.0))
-    icpt = np.where(unstable, -slope * lo, 0.0)
-    alpha = np.where(active | (unstable & (hi >= -lo)), 1.0, 0.0)
-
-    def t(a: np.ndarray) -> Tensor:
-        return torch.as_tensor(np.ascontiguousarray(a))[:, None]
-
-    sign = None if split is None or not split.any() else t(split.astype(np.float64))
-    return _ReluRelax(t(active), t(unstable), t(slope), t(icpt), t(alpha), sign)
-
-
-def _pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> _PoolRelax:
-    """CROWN's MaxPool relaxation (see :mod:`mlrobust.bounds.crown`) for ``(D, C, H, W)`` bounds, batched over D."""
-    if np.any((idx < 0).all(axis=-1)):
-        raise InputError("a MaxPool window lies entirely in the padding; its output would be -inf")
-    d = lo.shape[0]
-    k = idx.shape[-1]
-    flat_idx = idx.reshape(-1, k)  # (P, K)
-    valid = flat_idx >= 0
-    safe = np.where(valid, flat_idx, 0)
-    l_win = np.where(valid, lo.reshape(d, -1)[:, safe], -np.inf)  # (D, P, K)
-    u_win = np.where(valid, hi.reshape(d, -1)[:, safe], -np.inf)
-    k_lo = np.argmax(l_win, axis=-1)[..., None]
-    k_up = np.argmax(u_win, axis=-1)[..., None]
-    u_top = np.take_along_axis(u_win, k_up, -1)[..., 0]
-    l_top = np.take_along_axis(l_win, k_up, -1)[..., 0]
-    others = u_win.copy()
-    np.put_along_axis(others, k_up, -np.inf, -1)
-    u_second = others.max(axis=-1)
-    dominated = l_top >= u_second
-    tau = np.where(dominated, l_top, u_second)
-    tau_lo = l_win.max(-1)
-    span = u_top - tau_lo
-    theta = np.where(span > 0, (tau - tau_lo) / np.where(span > 0, span, 1.0), 0.0).clip(0.0, 1.0)
-    k_default = np.where(dominated[..., None], k_up, k_lo)
-    lam = np.zeros(l_win.shape)
-    np.put_along_axis(lam, k_default, 1.0, -1)
-    n_in = int(lo[0].size)
-    win = np.where(valid, flat_idx, n_in).reshape(-1)
-
-    def t(a: np.ndarray) -> Tensor:
-        return torch.as_tensor(np.ascontiguousarray(a))[:, None]
-
-    return _PoolRelax(torch.as_tensor(win), torch.as_tensor(valid), n_in, t(np.where(valid, l_win, 0.0)),
-                      t(np.where(valid, u_win, 0.0)), t(tau_lo), t(u_top), t(lam), t(theta))
-
-
 def _project_simplex(v: Tensor, valid: Tensor) -> Tensor:
     """Euclidean projection of the last axis onto the probability simplex over the ``valid`` entries (others 0)."""
     v = torch.where(valid, v, torch.full_like(v, -1e30))
@@ -369,120 +273,6 @@ class _Context:
         return _Context(self.network, relu, pool, c(self.in_lower), c(self.in_upper), AlphaState(), None, dtype)
 
 
-@dataclass
-class _Step:
-    terms: list[tuple[str, Tensor]]
-    bias: Tensor | None = None  # (D, S)
-    mag: Tensor | None = None  # (D, S) magnitude of the constant's terms (for the widening)
-
-
-def _rows(x: Tensor) -> Tensor:
-    """Sum over everything but the leading (D, S) axes."""
-    return x.reshape(x.shape[0], x.shape[1], -1).sum(-1)
-
-
-def _shape(ctx: _Context, tensor: str) -> tuple[int, ...]:
-    return ctx.network.shape_of(tensor)
-
-
-# --- one backward rule per op kind: substitute a · node.output by a lower bound linear in the node's inputs --------
-def _back_dense(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    op = cast(Dense, node.op)
-    d, s = a.shape[:2]
-    a2 = a.reshape(d, s, -1)
-    w, b = ctx.const(op.weight), ctx.const(op.bias)
-    return _Step([(node.inputs[0], (a2 @ w).reshape(d, s, *_shape(ctx, node.inputs[0])))], a2 @ b, a2.abs() @ b.abs())
-
-
-def _back_conv(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    op = cast(Conv2d, node.op)
-    d, s = a.shape[:2]
-    in_shape = _shape(ctx, node.inputs[0])
-    flat = a.reshape(d * s, *a.shape[2:])
-    a_in = _conv_adjoint(flat, ctx.const(op.weight), op.stride, op.padding, op.dilation, op.groups,
-                         (in_shape[1], in_shape[2]))
-    per_channel = a.sum(dim=(3, 4))
-    b = ctx.const(op.bias)
-    return _Step([(node.inputs[0], a_in.reshape(d, s, *in_shape))], per_channel @ b, a.abs().sum(dim=(3, 4)) @ b.abs())
-
-
-def _back_avgpool(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    op = cast(AvgPool2d, node.op)
-    d, s = a.shape[:2]
-    c, h, w = _shape(ctx, node.inputs[0])
-    scaled = (a / torch.as_tensor(op.divisor(h, w)).to(a.dtype)).reshape(d * s, *a.shape[2:])
-    ones = torch.ones((c, 1, *op.kernel), dtype=a.dtype)
-    a_in = _conv_adjoint(scaled, ones, op.stride, op.padding, (1, 1), c, (h, w))
-    return _Step([(node.inputs[0], a_in.reshape(d, s, c, h, w))])
-
-
-def _unbroadcast2(a: Tensor, shape: tuple[int, ...]) -> Tensor:
-    d, s = a.shape[:2]
-    return _unbroadcast(a.reshape(d * s, *a.shape[2:]), shape).reshape(d, s, *shape)
-
-
-def _back_reshape(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    return _Step([(node.inputs[0], a.reshape(*a.shape[:2], *_shape(ctx, node.inputs[0])))])
-
-
-def _back_scale(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    op = cast(Scale, node.op)
-    mul, add = ctx.const(op.mul), ctx.const(op.add)
-    return _Step([(node.inputs[0], _unbroadcast2(a * mul, _shape(ctx, node.inputs[0])))], _rows(a * add),
-                 _rows(a.abs() * add.abs()))
-
-
-def _back_add(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    op = cast(Add, node.op)
-    return _Step([(node.inputs[0], _unbroadcast2(a, _shape(ctx, node.inputs[0]))),
-                  (node.inputs[1], _unbroadcast2(op.coeff * a, _shape(ctx, node.inputs[1])))])
-
-
-def _back_relu(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    r = ctx.relu[node.name]
-    if ctx.capture is not None:
-        ctx.capture[node.name] = a.detach()
-    alpha = ctx.params.alpha.get(node.name, r.default_alpha)
-    lower_slope = torch.where(r.active, 1.0, torch.where(r.unstable, alpha, 0.0))
-    pos, neg = a.clamp(min=0.0), a.clamp(max=0.0)
-    a_in = pos * lower_slope + neg * r.up_slope
-    beta = ctx.params.beta.get(node.name)
-    if beta is not None and r.sign is not None:
-        a_in = a_in - beta * r.sign  # the Lagrangian term -β s z of the split constraints s z >= 0
-    return _Step([(node.inputs[0], a_in)], _rows(neg * r.up_icpt), _rows(neg.abs() * r.up_icpt.abs()))
-
-
-def _back_maxpool(ctx: _Context, node: Node, a: Tensor) -> _Step:
-    r = ctx.pool[node.name]
-    d, s = a.shape[:2]
-    lam = ctx.params.pool.get(node.name, r.default_lam)
-    theta = ctx.params.tau.get(node.name, r.default_tau)
-    tau = (r.tau_lo + theta * (r.tau_hi - r.tau_lo))[..., None]  # (D, S or 1, P, 1)
-    a2 = a.reshape(d, s, -1)
-    pos, neg = a2.clamp(min=0.0), a2.clamp(max=0.0)
-    p, k = r.valid.shape
-    # upper line per window entry: slope and the constant it subtracts (x_i - τ, chord, or nothing)
-    linear = r.valid & (r.l_win >= tau)
-    chord = r.valid & ~linear & (r.u_win > tau)
-    width = torch.where(chord, r.u_win - r.l_win, 1.0)
-    up_slope = torch.where(linear, 1.0, torch.where(chord, (r.u_win - tau) / width, 0.0))
-    up_off = torch.where(linear, tau, torch.where(chord, up_slope * r.l_win, 0.0))
-    src = pos[..., None] * lam + neg[..., None] * up_slope
-    index = r.win_idx.expand(d, s, p * k)
-    a_in = torch.zeros((d, s, r.n_in + 1), dtype=a.dtype).scatter_add(2, index, src.reshape(d, s, p * k))
-    in_shape = _shape(ctx, node.inputs[0])
-    icpt = tau[..., 0] - up_off.sum(-1)
-    mag = tau[..., 0].abs() + up_off.abs().sum(-1)
-    return _Step([(node.inputs[0], a_in[..., : r.n_in].reshape(d, s, *in_shape))], (neg * icpt).sum(-1),
-                 (neg.abs() * mag).sum(-1))
-
-
-_BACKWARD: dict[type, Callable[[_Context, Node, Tensor], _Step]] = {
-    Dense: _back_dense, Conv2d: _back_conv, AvgPool2d: _back_avgpool, Reshape: _back_reshape, Scale: _back_scale,
-    Add: _back_add, Relu: _back_relu, MaxPool2d: _back_maxpool,
-}
-
-
 def _plan(network: Network, start: str) -> list[Node]:
     """Nodes ``start`` depends on, in reverse topological order."""
     needed = {start}
@@ -504,10 +294,7 @@ def _backward(ctx: _Context, plan: list[Node], start: str, a0: Tensor) -> tuple[
         a = acc.pop(node.output, None)
         if a is None:
             continue
-        rule = _BACKWARD.get(type(node.op))
-        if rule is None:
-            raise TypeError(f"α-CROWN has no rule for op {node.kind} (node {node.name})")
-        step = rule(ctx, node, a)
+        step = node.op.alpha_step(ctx, node, a)
         if step.bias is not None and step.mag is not None:
             bias = bias + step.bias
             mag = mag + step.mag
@@ -528,15 +315,7 @@ def _default_params(ctx: _Context, plan: list[Node], d: int, s: int) -> AlphaSta
     """CROWN's parameters, one copy per (domain, row), β = 0 on split nodes."""
     st = AlphaState()
     for node in plan:
-        if isinstance(node.op, Relu):
-            r = ctx.relu[node.name]
-            st.alpha[node.name] = r.default_alpha.expand(d, s, *r.default_alpha.shape[2:]).clone()
-            if r.sign is not None:
-                st.beta[node.name] = torch.zeros_like(st.alpha[node.name])
-        elif isinstance(node.op, MaxPool2d):
-            r2 = ctx.pool[node.name]
-            st.pool[node.name] = r2.default_lam.expand(d, s, *r2.default_lam.shape[2:]).clone()
-            st.tau[node.name] = r2.default_tau.expand(d, s, *r2.default_tau.shape[2:]).clone()
+        node.op.alpha_init(ctx, node, d, s, st)
     return st
 
 
@@ -698,7 +477,7 @@ def _pre_tensors(network: Network) -> list[str]:
     """Tensors whose bounds a relaxation needs: the inputs of ReLU and MaxPool nodes, in order."""
     out: list[str] = []
     for node in network.nodes:
-        if isinstance(node.op, (Relu, MaxPool2d)) and node.inputs[0] not in out:
+        if node.op.activation and node.inputs[0] not in out:
             out.append(node.inputs[0])
     return out
 
@@ -720,7 +499,7 @@ def initial_domain(network: Network, lower: np.ndarray, upper: np.ndarray,
     else:
         _covers(intermediate, network, lower, upper)
     pre = _pre_tensors(network)
-    splits = {n.name: np.zeros((1, *n.out_shape), dtype=np.int8) for n in network.nodes if isinstance(n.op, Relu)}
+    splits = {n.name: np.zeros((1, *n.out_shape), dtype=np.int8) for n in network.nodes if n.op.splittable}
     return DomainBatch(lower[None].copy(), upper[None].copy(), {t: intermediate.lower[t][None].copy() for t in pre},
                        {t: intermediate.upper[t][None].copy() for t in pre}, splits)
 
@@ -738,7 +517,7 @@ def _check_domains(network: Network, domains: DomainBatch) -> None:
         want = (d, *network.shape_of(t))
         if domains.pre_lower[t].shape != want or domains.pre_upper[t].shape != want:
             raise InputError(f"bounds of {t!r} have shape {domains.pre_lower[t].shape}; expected {want}")
-    names = {n.name: n for n in network.nodes if isinstance(n.op, Relu)}
+    names = {n.name: n for n in network.nodes if n.op.splittable}
     for k, v in domains.splits.items():
         if k not in names:
             raise InputError(f"splits name {k!r}, which is not a ReLU node")
@@ -752,7 +531,7 @@ def _clamped(network: Network, domains: DomainBatch) -> tuple[DomainBatch, np.nd
     hi = {k: v.astype(np.float64, copy=True) for k, v in domains.pre_upper.items()}
     for node in network.nodes:
         split = domains.splits.get(node.name)
-        if split is None or not isinstance(node.op, Relu):
+        if split is None or not node.op.splittable:
             continue
         t = node.inputs[0]
         lo[t] = np.where(split > 0, np.maximum(lo[t], 0.0), lo[t])
@@ -768,13 +547,10 @@ def _clamped(network: Network, domains: DomainBatch) -> tuple[DomainBatch, np.nd
 def _context(network: Network, domains: DomainBatch) -> _Context:
     relu: dict[str, _ReluRelax] = {}
     pool: dict[str, _PoolRelax] = {}
+    groups: dict[str, dict] = {"relu": relu, "pool": pool}
     for node in network.nodes:
-        t = node.inputs[0]
-        if isinstance(node.op, Relu):
-            relu[node.name] = _relu_relax(domains.pre_lower[t], domains.pre_upper[t], domains.splits.get(node.name))
-        elif isinstance(node.op, MaxPool2d):
-            idx = pool_index(node.op, network.shape_of(t))
-            pool[node.name] = _pool_relax(idx, domains.pre_lower[t], domains.pre_upper[t])
+        if node.op.alpha_group is not None:  # the op's relaxation, in the dict its parameters are named in
+            groups[node.op.alpha_group][node.name] = node.op.alpha_relax(network, node, domains)
     return _Context(network, relu, pool, torch.as_tensor(domains.lower, dtype=_F64)[:, None],
                     torch.as_tensor(domains.upper, dtype=_F64)[:, None], AlphaState())
 
@@ -804,7 +580,7 @@ def _last_refined_relu_input(network: Network) -> str | None:
     producer = {n.output: n for n in network.nodes}
     found = None
     for node in network.nodes:
-        if isinstance(node.op, Relu) and _needs_crown(network, producer, node.inputs[0]):
+        if node.op.splittable and _needs_crown(network, producer, node.inputs[0]):
             found = node.inputs[0]
     return found
 

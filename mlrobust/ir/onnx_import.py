@@ -22,7 +22,8 @@ import numpy as np
 
 from mlrobust.errors import ModelLoadError, UnsupportedOpError
 from mlrobust.ir.graph import Network, Node
-from mlrobust.ir.ops import Add, AvgPool2d, Conv2d, Dense, MaxPool2d, Op, Relu, Reshape, Scale
+from mlrobust.ir.ops import Op
+from mlrobust.ops import Add, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale
 
 #: ONNX op types accepted on the data path (the path from the input to the output). Any op whose inputs are all
 #: constants is evaluated at load time, whatever its type.

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
 from mlrobust.ir.graph import Network, Node
-from mlrobust.ir.ops import Add, AvgPool2d, Conv2d, Dense, MaxPool2d, Reshape, Scale
+from mlrobust.ops.base import shape_text as _shape
 
 
 @dataclass
@@ -46,49 +44,9 @@ class NetworkSummary:
         return asdict(self)
 
 
-def _shape(shape) -> str:
-    return "×".join(str(int(s)) for s in shape) if len(shape) else "scalar"
-
-
-def _range(a: np.ndarray) -> str:
-    a = np.asarray(a)
-    lo, hi = float(a.min()), float(a.max())
-    return f"{lo:.4g}" if lo == hi else f"[{lo:.4g}, {hi:.4g}]"
-
-
 def describe(node: Node, network: Network) -> str:
     """A one-line description of the node's op parameters."""
-    op = node.op
-    if isinstance(op, Dense):
-        return f"{op.weight.shape[1]} → {op.weight.shape[0]}"
-    if isinstance(op, Conv2d):
-        parts = [f"{op.weight.shape[1] * op.groups} → {op.weight.shape[0]}", f"k{op.kernel[0]}×{op.kernel[1]}",
-                 f"stride {op.stride[0]},{op.stride[1]}"]
-        if any(op.padding):
-            parts.append("pad " + ",".join(map(str, op.padding)))
-        if op.dilation != (1, 1):
-            parts.append(f"dilation {op.dilation[0]},{op.dilation[1]}")
-        if op.groups != 1:
-            parts.append(f"groups {op.groups}")
-        return " ".join(parts)
-    if isinstance(op, (MaxPool2d, AvgPool2d)):
-        text = f"k{op.kernel[0]}×{op.kernel[1]} stride {op.stride[0]},{op.stride[1]}"
-        if any(op.padding):
-            text += " pad " + ",".join(map(str, op.padding))
-        if isinstance(op, AvgPool2d) and op.count_include_pad:
-            text += " (pads counted)"
-        return text
-    if isinstance(op, Reshape):
-        return f"{_shape(network.shape_of(node.inputs[0]))} → {_shape(op.shape)}"
-    if isinstance(op, Scale):
-        return f"x·{_range(op.mul)} + {_range(op.add)}"
-    if isinstance(op, Add):
-        if op.coeff == 1.0:
-            return f"{node.inputs[0]} + {node.inputs[1]}"
-        if op.coeff == -1.0:
-            return f"{node.inputs[0]} − {node.inputs[1]}"
-        return f"{node.inputs[0]} + {op.coeff:g}·{node.inputs[1]}"
-    return ""
+    return node.op.describe(node, network)
 
 
 def summarize(network: Network) -> NetworkSummary:

@@ -16,11 +16,9 @@ import scipy.sparse as sp
 from mlrobust.bounds.result import Bounds
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
-from mlrobust.ir.ops import AFFINE_KINDS, MaxPool2d
 from mlrobust.milp.encoding import AffineForm, Encoding
-from mlrobust.milp.layers.affine import encode_affine
-from mlrobust.milp.layers.maxpool import PoolColumns, encode_maxpool
-from mlrobust.milp.layers.relu import ReluColumns, encode_relu, relu_split
+from mlrobust.milp.layers.maxpool import PoolColumns
+from mlrobust.milp.layers.relu import ReluColumns
 from mlrobust.milp.problem import MilpProblem
 from mlrobust.milp.topk import TopKObjective, add_topk, margin_form
 
@@ -85,44 +83,17 @@ class MilpBuilder:
         start = time.perf_counter()
         inputs = [self.forms[t] for t in node.inputs]
         shapes = [self.network.shape_of(t) for t in node.inputs]
-        if node.kind in AFFINE_KINDS:
-            out = encode_affine(node, inputs, shapes, self.enc.ncols)
-        elif node.kind == "Relu" and self._feeds_only_pools(node):
-            t = node.inputs[0]
-            self.set_bounds(t, *self.form_interval(t))
-            self.fused[node.output] = t
-            out = None
-            inactive, active, unstable = relu_split(self.lower[t], self.upper[t])
-            self.layer_stats[node.name] = {"kind": "Relu", "inactive": int(inactive.sum()),
-                                           "active": int(active.sum()), "unstable": int(unstable.sum()),
-                                           "binaries": 0, "fused_into_maxpool": True}
-        elif node.kind in ("Relu", "MaxPool2d"):
-            t = node.inputs[0]
-            relu_first = t in self.fused
-            if relu_first:
-                t = self.fused[t]
-                inputs = [self.forms[t]]
-            self.set_bounds(t, *self.form_interval(t))
-            if node.kind == "Relu":
-                out, stats, cols = encode_relu(self.enc, inputs[0], self.lower[t], self.upper[t])
-                stats["binaries"] = stats["unstable"] - stats["relaxed"]
-            else:
-                assert isinstance(node.op, MaxPool2d)
-                out, stats, cols = encode_maxpool(self.enc, inputs[0], self.lower[t], self.upper[t], node.op,
-                                                  shapes[0], relu_first)  # type: ignore[arg-type]
-            self.layer_stats[node.name] = {"kind": node.kind, **stats}
-            self.columns[node.name] = cols
-        else:  # pragma: no cover - the IR has no other kinds
-            raise InputError(f"the MILP builder has no encoding for op {node.kind} (node {node.name})")
+        out = node.op.encode_milp(self, node, inputs, shapes)  # the op's own rule (mlrobust.ops)
         self.forms[node.output] = out
         self.position += 1
         self.seconds += time.perf_counter() - start
         return node
 
     def _feeds_only_pools(self, node: Node) -> bool:
+        """True when every consumer of ``node``'s output encodes the ReLU before it itself (``absorbs_relu``)."""
         consumers = self.network.consumers(node.output)
         return (node.output != self.network.output_name and bool(consumers)
-                and all(c.kind == "MaxPool2d" and c.inputs[0] == node.output for c in consumers))
+                and all(c.op.absorbs_relu and c.inputs[0] == node.output for c in consumers))
 
     def run(self) -> "MilpBuilder":
         while not self.done:

@@ -29,17 +29,16 @@ from mlrobust.bounds.alpha_crown import (
 )
 from mlrobust.bounds.crown import (
     BackSubstitution,
-    maxpool_candidates,
     pool_index,
     torch_threads,
 )
 from mlrobust.bounds.ibp import interval_affine
 from mlrobust.ir.graph import Network, Node
-from mlrobust.ir.ops import AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale
 
-_MIXING = (Dense, Conv2d, AvgPool2d)
-_ELEMENTWISE = (Scale, Reshape, Relu)
-_CLAMP_SAFE = (Scale, Reshape, Relu, MaxPool2d)  # monotone per coordinate/window: a clamp passes through exactly
+
+def _clamp_safe(node: Node) -> bool:
+    """Monotone per coordinate/window (Scale, Reshape, ReLU, MaxPool): a clamp passes through exactly."""
+    return node.op.elementwise or node.op.activation
 
 
 def down32(a: np.ndarray) -> np.ndarray:
@@ -116,7 +115,7 @@ class _Recorder(BackSubstitution):
     def _step(self, node: Node, a: torch.Tensor):  # type: ignore[no-untyped-def]
         if not self.recording:
             return super()._step(node, a)
-        if isinstance(node.op, Relu):
+        if node.op.splittable:
             self.relu_coeff[node.name] = a.detach().clone()
         terms, bias, mag = super()._step(node, a)
         for tensor, a_in in terms:
@@ -132,8 +131,8 @@ class SplitCrown:
 
     def __init__(self, network: Network):
         self.network = network
-        self.relu_nodes = [n for n in network.nodes if isinstance(n.op, Relu)]
-        self.pre_tensors = sorted({n.inputs[0] for n in network.nodes if isinstance(n.op, (Relu, MaxPool2d))})
+        self.relu_nodes = [n for n in network.nodes if n.op.splittable]
+        self.pre_tensors = sorted({n.inputs[0] for n in network.nodes if n.op.activation})
         producer = {n.output: n for n in network.nodes}
         self._consumers: dict[str, list[Node]] = {}
         for n in network.nodes:
@@ -144,7 +143,7 @@ class SplitCrown:
         # (often by half on the reference architecture) and which the MaxPool relaxation uses.
         self._needs_crown = {t: not _interval_exact(producer, t) for t in self.pre_tensors}
         self._pool_idx = {n.name: pool_index(n.op, network.shape_of(n.inputs[0]))
-                          for n in network.nodes if isinstance(n.op, MaxPool2d)}
+                          for n in network.nodes if n.op.activation and n.op.pooling}
 
     # --- domains ----------------------------------------------------------------------------------------------
     def root(self, lower: np.ndarray, upper: np.ndarray, lows: dict[str, np.ndarray] | None = None,
@@ -199,7 +198,7 @@ class SplitCrown:
             out = node.output
             lo, hi = interval_affine(node, [lows[t] for t in node.inputs], [ups[t] for t in node.inputs])
             stale = any(t in dirty for t in node.inputs) or (
-                any(t in clamped for t in node.inputs) and not isinstance(node.op, _CLAMP_SAFE))
+                any(t in clamped for t in node.inputs) and not _clamp_safe(node))
             if stale:
                 dirty.add(out)
             elif out in dom.changed or any(t in clamped for t in node.inputs):
@@ -248,14 +247,16 @@ class SplitCrown:
                     out[c, j] = engine.lower_bounds(net.output_name, a)[0]
         return out
 
+    def pool_index(self, node: Node) -> np.ndarray:
+        """Window indices of a pooling node (what its ``refine_index`` reads)."""
+        return self._pool_idx[node.name]
+
     def _refine_index(self, tensor: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Neurons of a pre-activation tensor whose relaxation depends on their bounds."""
         parts = []
         for user in self._consumers.get(tensor, []):
-            if isinstance(user.op, Relu):
-                parts.append(np.flatnonzero((lo < 0) & (hi > 0)))
-            elif isinstance(user.op, MaxPool2d):
-                parts.append(maxpool_candidates(self._pool_idx[user.name], lo, hi))
+            if user.op.activation:
+                parts.append(user.op.refine_index(self, user, lo, hi))
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
@@ -269,9 +270,9 @@ def _interval_exact(producer: dict[str, Node], tensor: str) -> bool:
     mixing = 0
     node = producer.get(tensor)
     while node is not None:
-        if isinstance(node.op, _MIXING):
+        if node.op.mixing:
             mixing += 1
-        elif not isinstance(node.op, _ELEMENTWISE):
+        elif not node.op.elementwise:
             return False
         if mixing > 1:
             return False

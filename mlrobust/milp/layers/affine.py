@@ -13,13 +13,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from mlrobust.ir.graph import Node
-from mlrobust.ir.ops import Add, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale
+from mlrobust.ir.ops import AvgPool2d, Conv2d
 from mlrobust.milp.encoding import AffineForm
 
 _CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
 
-def _conv_matrix(op: Conv2d, in_shape: tuple[int, int, int]) -> sp.csr_matrix:
+def conv_matrix(op: Conv2d, in_shape: tuple[int, ...]) -> sp.csr_matrix:
     cin, h, w = in_shape
     cout, cin_g, kh, kw = op.weight.shape
     ho, wo = op.output_hw(h, w)
@@ -45,7 +45,7 @@ def _conv_matrix(op: Conv2d, in_shape: tuple[int, int, int]) -> sp.csr_matrix:
     return sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(cout * ho * wo, cin * h * w))
 
 
-def _avgpool_matrix(op: AvgPool2d, in_shape: tuple[int, int, int]) -> sp.csr_matrix:
+def avgpool_matrix(op: AvgPool2d, in_shape: tuple[int, ...]) -> sp.csr_matrix:
     c, h, w = in_shape
     ho, wo = op.output_hw(h, w)
     div = op.divisor(h, w)
@@ -74,42 +74,31 @@ def affine_matrix(node: Node, in_shape: tuple[int, ...]) -> tuple[sp.csr_matrix,
         return per_op[key]
     n_in = int(np.prod(in_shape, dtype=np.int64))
     n_out = node.size
-    if isinstance(op, Dense):
-        M = sp.csr_matrix(op.weight)
-        b = np.asarray(op.bias, dtype=np.float64).reshape(-1)
-    elif isinstance(op, Conv2d):
-        M = _conv_matrix(op, in_shape)  # type: ignore[arg-type]
-        b = np.repeat(np.asarray(op.bias, dtype=np.float64), n_out // op.weight.shape[0])
-    elif isinstance(op, AvgPool2d):
-        M = _avgpool_matrix(op, in_shape)  # type: ignore[arg-type]
-        b = np.zeros(n_out)
-    elif isinstance(op, Reshape):
-        M = sp.identity(n_in, format="csr")
-        b = np.zeros(n_out)
-    elif isinstance(op, Scale):
-        mul = np.broadcast_to(np.asarray(op.mul, dtype=np.float64), in_shape).reshape(-1)
-        M = sp.diags(mul, format="csr")
-        b = np.broadcast_to(np.asarray(op.add, dtype=np.float64), in_shape).reshape(-1).copy()
-    else:
-        raise TypeError(f"{op.kind} is not a single-input affine op (node {node.name})")
+    M, b = op.milp_matrix(node, in_shape)
     if M.shape != (n_out, n_in):
         raise ValueError(f"affine matrix of node {node.name} has shape {M.shape}, expected {(n_out, n_in)}")
     per_op[key] = (M, b)
     return M, b
 
 
-def encode_affine(node: Node, inputs: list[AffineForm], in_shapes: list[tuple[int, ...]], ncols: int) -> AffineForm:
-    """Output form of an affine node: no columns, no rows."""
-    op = node.op
-    if isinstance(op, Add):
-        a, b = inputs
-        return AffineForm((a.widen(ncols) + op.coeff * b.widen(ncols)).tocsr(), a.c + op.coeff * b.c)
-    if isinstance(op, (Relu, MaxPool2d)):
-        raise TypeError(f"{op.kind} is not affine (node {node.name})")
-    M, bias = affine_matrix(node, in_shapes[0])
-    x = inputs[0]
-    if isinstance(op, Reshape):
-        return x
+def encode_linear(node: Node, x: AffineForm, in_shape: tuple[int, ...], ncols: int) -> AffineForm:
+    """Output form ``M @ x + b`` of a single-input affine node (its ``milp_matrix``): no columns, no rows."""
+    M, bias = affine_matrix(node, in_shape)
     A = (M @ x.widen(ncols)).tocsr()
     A.eliminate_zeros()
     return AffineForm(A, M @ x.c + bias)
+
+
+def encode_affine(node: Node, inputs: list[AffineForm], in_shapes: list[tuple[int, ...]], ncols: int) -> AffineForm:
+    """Output form of an affine node (the op's own MILP rule): no columns, no rows."""
+    if not node.op.affine:
+        raise TypeError(f"{node.op.kind} is not affine (node {node.name})")
+    return node.op.encode_milp(_NoBuilder(ncols), node, inputs, in_shapes)
+
+
+class _NoBuilder:
+    """The part of a MILP builder an affine op's encoding reads (the column count): for :func:`encode_affine`."""
+
+    def __init__(self, ncols: int):
+        self.enc = self
+        self.ncols = ncols

@@ -1,0 +1,276 @@
+"""MaxPool2d: 2-D max pooling, and all its rules (relaxed by CROWN, encoded with binaries as in MIPVerify)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlrobust.errors import InputError
+from mlrobust.ops.base import CrownStep, OpRules, out_size, pool_index, pool_text, windows
+
+if TYPE_CHECKING:
+    import torch
+
+    from mlrobust.ir.graph import Network, Node
+
+
+@dataclass
+class PoolRelax:
+    """CROWN's relaxation of one MaxPool node, per window (``P`` windows)."""
+
+    idx_lower: torch.Tensor  # (P,) flat input index of the lower-bounding input per window
+    idx_upper: torch.Tensor  # (P,) flat input index of the chord's input per window
+    upper_slope: torch.Tensor  # (P,)
+    upper_icpt: torch.Tensor  # (P,)
+
+
+def window_bounds(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lower/upper bounds of every window entry; padded entries get -inf (they never win a max)."""
+    valid = idx >= 0
+    safe = np.where(valid, idx, 0)
+    return (np.where(valid, lo.reshape(-1)[safe], -np.inf), np.where(valid, hi.reshape(-1)[safe], -np.inf))
+
+
+def maxpool_candidates(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Flat indices of MaxPool inputs that can win a window no single input dominates (their bounds matter)."""
+    l_win, u_win = window_bounds(idx, lo, hi)
+    best_lower = l_win.max(axis=-1, keepdims=True)
+    cand = (u_win >= best_lower) & (idx >= 0)
+    undecided = cand.sum(axis=-1, keepdims=True) > 1
+    return np.unique(idx[cand & undecided])
+
+
+def pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> PoolRelax:
+    """Lower line ``x_i`` for the input with the largest lower bound; upper line the chord of
+    ``max(x_j, U')`` on ``[l_j, u_j]`` (``j``: largest upper bound, ``U'``: the others' largest), or exactly ``x_j``
+    when ``l_j >= U'`` (see :mod:`mlrobust.bounds.crown`)."""
+    import torch
+
+    from mlrobust.ops.coeffs import t64
+
+    if np.any((idx < 0).all(axis=-1)):
+        raise InputError("a MaxPool window lies entirely in the padding; its output would be -inf")
+    l_win, u_win = window_bounds(idx, lo, hi)
+    k_lo = np.argmax(l_win, axis=-1)[..., None]
+    k_up = np.argmax(u_win, axis=-1)[..., None]
+    u_top = np.take_along_axis(u_win, k_up, -1)[..., 0]
+    l_top = np.take_along_axis(l_win, k_up, -1)[..., 0]
+    others = u_win.copy()
+    np.put_along_axis(others, k_up, -np.inf, -1)
+    u_second = others.max(axis=-1)  # -inf when the window has one real input
+    dominated = l_top >= u_second
+    u2 = np.where(dominated, 0.0, u_second)  # finite stand-ins where dominated (avoids inf - inf)
+    lt = np.where(dominated, 0.0, l_top)
+    slope = np.where(dominated, 1.0, (u_top - u2) / np.where(dominated, 1.0, u_top - lt))
+    icpt = np.where(dominated, 0.0, u2 - slope * lt)
+    idx_up = np.take_along_axis(idx, k_up, -1)[..., 0]
+    idx_lo = np.where(dominated, idx_up, np.take_along_axis(idx, k_lo, -1)[..., 0])
+    return PoolRelax(torch.as_tensor(idx_lo.reshape(-1)), torch.as_tensor(idx_up.reshape(-1)),
+                     t64(slope.reshape(-1)), t64(icpt.reshape(-1)))
+
+
+@dataclass
+class AlphaPoolRelax:
+    """One MaxPool node over D domains: P windows of K entries.
+
+    Lower line ``Σ λ_i x_i`` (weights ``(D, S, P, K)``); upper line, for a threshold ``τ`` per window,
+    ``max_i x_i <= τ + Σ_i relu(x_i - τ)`` with each ``relu(x_i - τ)`` over ``[l_i, u_i]`` replaced by ``x_i - τ``
+    (``l_i >= τ``), ``0`` (``u_i <= τ``) or its chord. Sound for every ``τ``; CROWN's chord is ``τ`` = the
+    second-largest upper bound (``τ = l_j`` for a dominated window, where the line is exactly ``x_j``).
+    """
+
+    win_idx: torch.Tensor  # (P*K,) flat input index per window entry; padding points at the dummy slot n_in
+    valid: torch.Tensor  # (P, K) real (non-padding) entries
+    n_in: int
+    l_win: torch.Tensor  # (D, 1, P, K) bounds per window entry (padding: 0, masked by ``valid``)
+    u_win: torch.Tensor
+    tau_lo: torch.Tensor  # (D, 1, P) largest lower bound: τ = tau_lo + θ (tau_hi - tau_lo), θ ∈ [0, 1] (scale-free)
+    tau_hi: torch.Tensor  # (D, 1, P) largest upper bound
+    default_lam: torch.Tensor  # (D, 1, P, K) one-hot on CROWN's choice
+    default_tau: torch.Tensor  # (D, 1, P) θ of CROWN's τ
+
+
+def alpha_pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> AlphaPoolRelax:
+    """CROWN's MaxPool relaxation (see :mod:`mlrobust.bounds.crown`) for ``(D, C, H, W)`` bounds, batched over D."""
+    import torch
+
+    if np.any((idx < 0).all(axis=-1)):
+        raise InputError("a MaxPool window lies entirely in the padding; its output would be -inf")
+    d = lo.shape[0]
+    k = idx.shape[-1]
+    flat_idx = idx.reshape(-1, k)  # (P, K)
+    valid = flat_idx >= 0
+    safe = np.where(valid, flat_idx, 0)
+    l_win = np.where(valid, lo.reshape(d, -1)[:, safe], -np.inf)  # (D, P, K)
+    u_win = np.where(valid, hi.reshape(d, -1)[:, safe], -np.inf)
+    k_lo = np.argmax(l_win, axis=-1)[..., None]
+    k_up = np.argmax(u_win, axis=-1)[..., None]
+    u_top = np.take_along_axis(u_win, k_up, -1)[..., 0]
+    l_top = np.take_along_axis(l_win, k_up, -1)[..., 0]
+    others = u_win.copy()
+    np.put_along_axis(others, k_up, -np.inf, -1)
+    u_second = others.max(axis=-1)
+    dominated = l_top >= u_second
+    tau = np.where(dominated, l_top, u_second)
+    tau_lo = l_win.max(-1)
+    span = u_top - tau_lo
+    theta = np.where(span > 0, (tau - tau_lo) / np.where(span > 0, span, 1.0), 0.0).clip(0.0, 1.0)
+    k_default = np.where(dominated[..., None], k_up, k_lo)
+    lam = np.zeros(l_win.shape)
+    np.put_along_axis(lam, k_default, 1.0, -1)
+    n_in = int(lo[0].size)
+    win = np.where(valid, flat_idx, n_in).reshape(-1)
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a))[:, None]
+
+    return AlphaPoolRelax(torch.as_tensor(win), torch.as_tensor(valid), n_in, t(np.where(valid, l_win, 0.0)),
+                      t(np.where(valid, u_win, 0.0)), t(tau_lo), t(u_top), t(lam), t(theta))
+
+
+
+@dataclass(eq=False)
+class MaxPool2d(OpRules):
+    """2-D max pooling; padded positions never win (they hold -inf, as ONNX specifies)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    kind = "MaxPool2d"
+    activation = True
+    pooling = True
+    absorbs_relu = True
+    alpha_group = "pool"
+
+    def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        top, left, bottom, right = self.padding
+        return (out_size(h, self.kernel[0], self.stride[0], top, bottom),
+                out_size(w, self.kernel[1], self.stride[1], left, right))
+
+    def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:
+        win = windows(x, self.kernel, self.stride, self.padding, (1, 1), -np.inf)
+        return win.max(axis=(-2, -1))
+
+    num_params = 0
+
+    def describe(self, node: Node, network: Network) -> str:
+        return pool_text(self)
+
+    def forward_torch(self, node: Node, args: list[torch.Tensor], buf: Any) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        from mlrobust.ir.torch_exec import pad2d
+
+        return F.max_pool2d(pad2d(args[0], self.padding, float("-inf")), self.kernel, self.stride)
+
+    def interval(self, node: Node, lows: list[np.ndarray], ups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        # monotone and exact in floating point: no widening
+        return self.forward(lows[0][None], node.out_shape)[0], self.forward(ups[0][None], node.out_shape)[0]
+
+    def crown_relax(self, engine: Any, node: Node, lo: np.ndarray, hi: np.ndarray) -> PoolRelax:
+        return pool_relax(engine.pool_index(node), lo, hi)
+
+    def refine_index(self, engine: Any, node: Node, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        return maxpool_candidates(engine.pool_index(node), lo, hi)
+
+    def crown_step(self, engine: Any, node: Node, a: torch.Tensor) -> CrownStep:
+        import torch
+
+        s = a.shape[0]
+        in_shape = engine.network.shape_of(node.inputs[0])
+        r = engine._relaxation(node)
+        a2 = a.reshape(s, -1)
+        neg = a2.clamp(max=0.0)
+        a_in = torch.zeros((s, int(np.prod(in_shape))), dtype=torch.float64)
+        a_in.index_add_(1, torch.cat([r.idx_lower, r.idx_upper]),
+                        torch.cat([a2.clamp(min=0.0), neg * r.upper_slope], dim=1))
+        return [(node.inputs[0], a_in.reshape(s, *in_shape))], neg @ r.upper_icpt, neg.abs() @ r.upper_icpt.abs()
+
+    def crown_step_patch(self, engine: Any, node: Node, p: Any) -> CrownStep:
+        import torch
+
+        from mlrobust.ops.coeffs import Patch, fit, gather
+
+        s = p.a.shape[0]
+        in_shape = engine.network.shape_of(node.inputs[0])
+        r = engine._relaxation(node)
+        c, h, w = in_shape
+        _, ho, wo = node.out_shape
+        ph, pw = p.a.shape[2:]
+        big_h, big_w = (ph - 1) * self.stride[0] + self.kernel[0], (pw - 1) * self.stride[1] + self.kernel[1]
+        oy, ox = p.oy * self.stride[0] - self.padding[0], p.ox * self.stride[1] - self.padding[1]
+        rows = (torch.arange(s)[:, None, None, None] * c + torch.arange(c)[None, :, None, None]) * big_h
+
+        def local(idx: torch.Tensor) -> torch.Tensor:
+            # window winner (global flat index) -> flat index into the input patch of each row
+            g = gather(idx.reshape(c, ho, wo), p)
+            ly = ((g % (h * w)) // w - oy[:, None, None, None]).clamp(0, big_h - 1)
+            lx = (g % w - ox[:, None, None, None]).clamp(0, big_w - 1)
+            return ((rows + ly) * big_w + lx).reshape(-1)
+
+        neg = p.a.clamp(max=0.0)
+        slope, icpt = (gather(v.reshape(c, ho, wo), p) for v in (r.upper_slope, r.upper_icpt))
+        a_in = torch.zeros(s * c * big_h * big_w, dtype=torch.float64)
+        a_in.index_add_(0, torch.cat([local(r.idx_lower), local(r.idx_upper)]),
+                        torch.cat([p.a.clamp(min=0.0).reshape(-1), (neg * slope).reshape(-1)]))
+        q = Patch(a_in.reshape(s, c, big_h, big_w), oy, ox)
+        return ([(node.inputs[0], fit(q, in_shape))], (neg * icpt).sum(dim=(1, 2, 3)),
+                (neg.abs() * icpt.abs()).sum(dim=(1, 2, 3)))
+
+    def alpha_step(self, ctx: Any, node: Node, a: torch.Tensor) -> Any:
+        import torch
+
+        from mlrobust.ops.coeffs import AlphaStep
+
+        r = ctx.pool[node.name]
+        d, s = a.shape[:2]
+        lam = ctx.params.pool.get(node.name, r.default_lam)
+        theta = ctx.params.tau.get(node.name, r.default_tau)
+        tau = (r.tau_lo + theta * (r.tau_hi - r.tau_lo))[..., None]  # (D, S or 1, P, 1)
+        a2 = a.reshape(d, s, -1)
+        pos, neg = a2.clamp(min=0.0), a2.clamp(max=0.0)
+        p, k = r.valid.shape
+        # upper line per window entry: slope and the constant it subtracts (x_i - τ, chord, or nothing)
+        linear = r.valid & (r.l_win >= tau)
+        chord = r.valid & ~linear & (r.u_win > tau)
+        width = torch.where(chord, r.u_win - r.l_win, 1.0)
+        up_slope = torch.where(linear, 1.0, torch.where(chord, (r.u_win - tau) / width, 0.0))
+        up_off = torch.where(linear, tau, torch.where(chord, up_slope * r.l_win, 0.0))
+        src = pos[..., None] * lam + neg[..., None] * up_slope
+        index = r.win_idx.expand(d, s, p * k)
+        a_in = torch.zeros((d, s, r.n_in + 1), dtype=a.dtype).scatter_add(2, index, src.reshape(d, s, p * k))
+        in_shape = ctx.network.shape_of(node.inputs[0])
+        icpt = tau[..., 0] - up_off.sum(-1)
+        mag = tau[..., 0].abs() + up_off.abs().sum(-1)
+        return AlphaStep([(node.inputs[0], a_in[..., : r.n_in].reshape(d, s, *in_shape))], (neg * icpt).sum(-1),
+                         (neg.abs() * mag).sum(-1))
+
+    def alpha_relax(self, network: Network, node: Node, domains: Any) -> AlphaPoolRelax:
+        t = node.inputs[0]
+        idx = pool_index(self, network.shape_of(t))
+        return alpha_pool_relax(idx, domains.pre_lower[t], domains.pre_upper[t])
+
+    def alpha_init(self, ctx: Any, node: Node, d: int, s: int, state: Any) -> None:
+        r = ctx.pool[node.name]
+        state.pool[node.name] = r.default_lam.expand(d, s, *r.default_lam.shape[2:]).clone()
+        state.tau[node.name] = r.default_tau.expand(d, s, *r.default_tau.shape[2:]).clone()
+
+    def encode_milp(self, builder: Any, node: Node, inputs: list[Any], shapes: list[tuple[int, ...]]) -> Any:
+        from mlrobust.milp.layers.maxpool import encode_maxpool
+
+        t = node.inputs[0]
+        relu_first = t in builder.fused  # max(relu(x)) encoded as max(0, x): see mlrobust.milp.layers.maxpool
+        if relu_first:
+            t = builder.fused[t]
+            inputs = [builder.forms[t]]
+        builder.set_bounds(t, *builder.form_interval(t))
+        out, stats, cols = encode_maxpool(builder.enc, inputs[0], builder.lower[t], builder.upper[t], self,
+                                          shapes[0], relu_first)  # type: ignore[arg-type]
+        builder.layer_stats[node.name] = {"kind": node.kind, **stats}
+        builder.columns[node.name] = cols
+        return out
+
+
+__all__ = ["AlphaPoolRelax", "MaxPool2d", "PoolRelax", "alpha_pool_relax", "maxpool_candidates", "pool_index", "pool_relax", "window_bounds"]

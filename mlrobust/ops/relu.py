@@ -1,0 +1,176 @@
+"""Relu: ``y = max(x, 0)`` elementwise, and all its rules (the activation CROWN relaxes and the MILP splits)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlrobust.ops.base import CrownStep, OpRules
+
+if TYPE_CHECKING:
+    import torch
+
+    from mlrobust.ir.graph import Network, Node
+
+
+@dataclass
+class ReluRelax:
+    """CROWN's relaxation of one ReLU node (tensors of the node's shape)."""
+
+    lower_slope: torch.Tensor  # used where the coefficient is >= 0 (lower-bounding pass)
+    upper_slope: torch.Tensor  # used where the coefficient is < 0
+    upper_icpt: torch.Tensor
+
+
+def relu_relax(lo: np.ndarray, hi: np.ndarray) -> ReluRelax:
+    """Unstable (``l < 0 < u``): upper chord ``u (x - l) / (u - l)``; adaptive lower line ``x`` if ``u >= -l``
+    else ``0``. Stable neurons are linear (identity or zero)."""
+    from mlrobust.ops.coeffs import t64
+
+    active, inactive = lo >= 0, hi <= 0
+    unstable = ~active & ~inactive
+    width = np.where(unstable, hi - lo, 1.0)
+    s = np.where(active, 1.0, np.where(unstable, hi / width, 0.0))
+    icpt = np.where(unstable, -s * lo, 0.0)
+    alpha = np.where(active, 1.0, np.where(unstable, (hi >= -lo).astype(np.float64), 0.0))
+    return ReluRelax(t64(alpha), t64(s), t64(icpt))
+
+
+@dataclass
+class AlphaReluRelax:
+    """One ReLU node over D domains; tensors ``(D, 1, *shape)`` (the row axis broadcasts)."""
+
+    active: torch.Tensor
+    unstable: torch.Tensor
+    up_slope: torch.Tensor
+    up_icpt: torch.Tensor
+    default_alpha: torch.Tensor
+    sign: torch.Tensor | None  # split sign as float, None when no neuron of this node is split
+
+
+def alpha_relu_relax(lo: np.ndarray, hi: np.ndarray, split: np.ndarray | None) -> AlphaReluRelax:
+    """Relaxation of a ReLU from ``(D, *shape)`` bounds already clamped by the splits."""
+    import torch
+
+    active, inactive = lo >= 0, hi <= 0
+    unstable = ~active & ~inactive
+    width = np.where(unstable, hi - lo, 1.0)
+    slope = np.where(active, 1.0, np.where(unstable, hi / width, 0.0))
+    icpt = np.where(unstable, -slope * lo, 0.0)
+    alpha = np.where(active | (unstable & (hi >= -lo)), 1.0, 0.0)
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a))[:, None]
+
+    sign = None if split is None or not split.any() else t(split.astype(np.float64))
+    return AlphaReluRelax(t(active), t(unstable), t(slope), t(icpt), t(alpha), sign)
+
+
+
+@dataclass(eq=False)
+class Relu(OpRules):
+    """``y = max(x, 0)`` elementwise."""
+
+    kind = "Relu"
+    elementwise = True
+    activation = True
+    splittable = True
+    alpha_group = "relu"
+
+    def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:
+        return np.maximum(x, 0.0)
+
+    num_params = 0
+
+    def forward_torch(self, node: Node, args: list[torch.Tensor], buf: Any) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        return F.relu(args[0])
+
+    def interval(self, node: Node, lows: list[np.ndarray], ups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        # monotone and exact in floating point: no widening
+        return self.forward(lows[0][None], node.out_shape)[0], self.forward(ups[0][None], node.out_shape)[0]
+
+    def crown_relax(self, engine: Any, node: Node, lo: np.ndarray, hi: np.ndarray) -> ReluRelax:
+        return relu_relax(lo, hi)
+
+    def refine_index(self, engine: Any, node: Node, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        return np.flatnonzero((lo < 0) & (hi > 0))
+
+    def crown_step(self, engine: Any, node: Node, a: torch.Tensor) -> CrownStep:
+        import torch
+
+        s = a.shape[0]
+        r = engine._relaxation(node)
+        neg = a.clamp(max=0.0)
+        # a·lower_slope where a >= 0, a·upper_slope where a < 0, in two passes over the (large) coefficients
+        a_in = torch.addcmul(a * r.lower_slope, neg, r.upper_slope - r.lower_slope)
+        neg2 = neg.reshape(s, -1)
+        icpt = r.upper_icpt.reshape(-1)
+        return [(node.inputs[0], a_in)], neg2 @ icpt, -(neg2 @ icpt.abs())
+
+    def crown_step_patch(self, engine: Any, node: Node, p: Any) -> CrownStep:
+        import torch
+
+        from mlrobust.ops.coeffs import Patch, gather
+
+        r = engine._relaxation(node)
+        lo_s, up_s, icpt = (gather(v, p) for v in (r.lower_slope, r.upper_slope, r.upper_icpt))
+        neg = p.a.clamp(max=0.0)
+        a_in = p.a * torch.where(p.a >= 0, lo_s, up_s)
+        return ([(node.inputs[0], Patch(a_in, p.oy, p.ox))], (neg * icpt).sum(dim=(1, 2, 3)),
+                (neg.abs() * icpt.abs()).sum(dim=(1, 2, 3)))
+
+    def alpha_step(self, ctx: Any, node: Node, a: torch.Tensor) -> Any:
+        import torch
+
+        from mlrobust.ops.coeffs import AlphaStep, rows
+
+        r = ctx.relu[node.name]
+        if ctx.capture is not None:
+            ctx.capture[node.name] = a.detach()
+        alpha = ctx.params.alpha.get(node.name, r.default_alpha)
+        lower_slope = torch.where(r.active, 1.0, torch.where(r.unstable, alpha, 0.0))
+        pos, neg = a.clamp(min=0.0), a.clamp(max=0.0)
+        a_in = pos * lower_slope + neg * r.up_slope
+        beta = ctx.params.beta.get(node.name)
+        if beta is not None and r.sign is not None:
+            a_in = a_in - beta * r.sign  # the Lagrangian term -β s z of the split constraints s z >= 0
+        return AlphaStep([(node.inputs[0], a_in)], rows(neg * r.up_icpt), rows(neg.abs() * r.up_icpt.abs()))
+
+    def alpha_relax(self, network: Network, node: Node, domains: Any) -> AlphaReluRelax:
+        t = node.inputs[0]
+        return alpha_relu_relax(domains.pre_lower[t], domains.pre_upper[t], domains.splits.get(node.name))
+
+    def alpha_init(self, ctx: Any, node: Node, d: int, s: int, state: Any) -> None:
+        import torch
+
+        r = ctx.relu[node.name]
+        state.alpha[node.name] = r.default_alpha.expand(d, s, *r.default_alpha.shape[2:]).clone()
+        if r.sign is not None:
+            state.beta[node.name] = torch.zeros_like(state.alpha[node.name])
+
+    def encode_milp(self, builder: Any, node: Node, inputs: list[Any], shapes: list[tuple[int, ...]]) -> Any:
+        from mlrobust.milp.layers.relu import encode_relu, relu_split
+
+        t = node.inputs[0]
+        if builder._feeds_only_pools(node):
+            # fused into the MaxPool after it (max(relu(x)) = relu(max(x))): no columns of its own
+            builder.set_bounds(t, *builder.form_interval(t))
+            builder.fused[node.output] = t
+            inactive, active, unstable = relu_split(builder.lower[t], builder.upper[t])
+            builder.layer_stats[node.name] = {"kind": "Relu", "inactive": int(inactive.sum()),
+                                              "active": int(active.sum()), "unstable": int(unstable.sum()),
+                                              "binaries": 0, "fused_into_maxpool": True}
+            return None
+        if t in builder.fused:
+            t = builder.fused[t]
+            inputs = [builder.forms[t]]
+        builder.set_bounds(t, *builder.form_interval(t))
+        out, stats, cols = encode_relu(builder.enc, inputs[0], builder.lower[t], builder.upper[t])
+        stats["binaries"] = stats["unstable"] - stats["relaxed"]
+        builder.layer_stats[node.name] = {"kind": node.kind, **stats}
+        builder.columns[node.name] = cols
+        return out
