@@ -102,6 +102,7 @@ def render_result(result, console) -> None:
     table.add_column("layer", justify="right")
     table.add_column("pixels", justify="right")
     table.add_column("\u03b5", justify="right")
+    table.add_column("refuted \u03b5", justify="right")
     table.add_column("maximal?")
     table.add_column("tried \u03b5", justify="right")
     table.add_column("margin", justify="right")
@@ -112,6 +113,7 @@ def render_result(result, console) -> None:
         style = _STATUS_STYLE.get(m.status, "")
         status = m.status.replace("_", " ")
         table.add_row(str(d), str(int(result.layer_counts[d])), f"{eps:.4f}{full}",
+                      "" if m.refuted_eps is None else f"{m.refuted_eps:.4f}",
                       f"[{style}]{status}[/]" if style else status,
                       "" if m.tried is None else f"{m.tried:.4f}",
                       "" if m.margin is None else f"{m.margin:+.3g}", m.tier)
@@ -122,11 +124,18 @@ def render_result(result, console) -> None:
     summary.add_column()
     proof = f"proven robust ({result.proof_tier})" if result.verified else "[red]not proven[/]"
     summary.add_row("size w\u00b7\u03b5", f"{result.size:.4f}  {proof}")
+    alone = "" if result.object_radius is None else f" (object alone: {result.object_radius:.4f})"
+    summary.add_row("object \u03b5\u2080", f"{result.eps0:.4f}{alone}")
+    if result.interrupted:
+        summary.add_row("interrupted", "[yellow]the search was interrupted: the largest vector proven so far[/]")
     summary.add_row("method", result.method + (f", {result.cutting} cutting weights" if result.cutting else "")
                     + f", \u03b4 = {result.delta:.3g}" + (" (auto)" if "delta_auto" in result.details else ""))
     counts = result.maximality_counts()
     summary.add_row("maximality", f"{result.certified_layers}/{result.num_layers} layers certified maximal "
                     + _tiers({k.replace('_', ' '): v for k, v in counts.items()}))
+    gap = result.median_gap
+    summary.add_row("upper bounds", f"{result.upper_bounded_layers}/{result.num_layers} layers refuted above \u03b5*"
+                    + ("" if gap is None else f", median gap {gap:.4g}"))
     summary.add_row("queries", f"{st.total} {_tiers(dict(st.calls))}")
     summary.add_row("verifier calls", f"{st.verifier_calls} ({result.verifier}), MILP calls {st.milp_calls}")
     tm = result.timings
@@ -177,6 +186,8 @@ def verify(
     eps_layers: Optional[str] = typer.Option(None, "--eps-layers", help="Check these epsilons e0,e1,... "
                                              "(layer 0 = the object; no search)."),
     no_certify: bool = typer.Option(False, "--no-certify", help="Skip the per-layer maximality check."),
+    object_share: float = typer.Option(0.5, "--object-share", help="The object's epsilon keeps at least this "
+                                       "share of the object's own robust radius (0: the weights alone decide)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON here."),
     heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Write the epsilon heatmap (PNG) here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; print a one-line summary."),
@@ -212,12 +223,12 @@ def verify(
     if quiet:
         result = api.maximize(model, image, target, method=method, cutting=cutting, time_limit=time_limit,
                               query_time_limit=query_time_limit, max_queries=max_queries, delta=delta_value,
-                              certify=not no_certify, **common)
+                              certify=not no_certify, object_share=object_share, **common)
     else:
         with LiveProgress(err_console) as live:
             result = api.maximize(model, image, target, method=method, cutting=cutting, time_limit=time_limit,
                                   query_time_limit=query_time_limit, max_queries=max_queries, delta=delta_value,
-                                  certify=not no_certify, progress=live, **common)
+                                  certify=not no_certify, object_share=object_share, progress=live, **common)
     if json_path:
         result.write_json(json_path)
     if heatmap:
@@ -225,11 +236,15 @@ def verify(
 
         save_heatmap(result, heatmap)
     if quiet:
-        console.print(f"size={result.size:.4f} verified={result.verified} "
-                      f"certified={result.certified_layers}/{result.num_layers} queries={result.stats.total} "
-                      f"milp={result.stats.milp_calls} seconds={result.timings['total']:.1f}")
+        gap = "none" if result.median_gap is None else f"{result.median_gap:.4g}"
+        console.print(f"size={result.size:.4f} eps0={result.eps0:.4f} verified={result.verified} "
+                      f"certified={result.certified_layers}/{result.num_layers} median_gap={gap} "
+                      f"queries={result.stats.total} milp={result.stats.milp_calls} "
+                      f"seconds={result.timings['total']:.1f}" + (" interrupted" if result.interrupted else ""))
     else:
         render_result(result, console)
         for path, what in ((json_path, "JSON"), (heatmap, "heatmap")):
             if path:
                 console.print(f"{what} written to {path}")
+    if result.interrupted:
+        raise typer.Exit(130)  # the result is written; the exit code still says the search did not finish

@@ -46,6 +46,18 @@ def uniform_search(problem: SearchProblem, delta: float, lo: float = 0.0) -> np.
     return problem.clip(np.full(n, best))
 
 
+def floored_uniform(problem: SearchProblem, delta: float) -> np.ndarray:
+    """The largest ``max(v, floor)`` vector (one ``v`` for every layer, none below the problem's floor) proven
+    robust, to ``delta``; the floor itself must be known robust."""
+    n = problem.num_layers
+    top = float(np.max(problem.saturation))
+
+    def make(v: float) -> np.ndarray:
+        return problem.clip(np.maximum(np.full(n, v), problem.floor))
+
+    return make(bisect_scale(problem, make, 0.0, top, delta, "uniform above the object's floor"))
+
+
 def layer_search(problem: SearchProblem, delta: float) -> np.ndarray:
     """Per-layer binary searches from the object outwards, each with the earlier layers fixed."""
     problem.phase = "search"

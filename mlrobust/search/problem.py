@@ -132,6 +132,7 @@ class StoredCounterexample:
     x: np.ndarray
     margin: float
     found_for: np.ndarray
+    tier: str = ""
 
 
 def layer_saturation(nbhd: LayeredNeighborhood) -> np.ndarray:
@@ -167,6 +168,13 @@ class SearchProblem:
         self.saturation = layer_saturation(neighborhood)
         self.prop = TopKProperty(self.target, self.k)
         self.x0 = np.asarray(neighborhood.x, dtype=np.float64)
+        # the layer of every element of a flattened sample, sorted once: per-layer maxima by one reduceat
+        elem_layer = np.asarray(neighborhood.layout.to_sample(
+            np.broadcast_to(neighborhood.layers, neighborhood.image.shape).astype(np.float64))).ravel()
+        self._layer_order = np.argsort(elem_layer.astype(np.int64), kind="stable")
+        self._layer_starts = np.searchsorted(elem_layer[self._layer_order], np.arange(neighborhood.num_layers))
+        # per layer, the object's epsilon below which the layer may not shrink (see SearchOptions.object_share)
+        self.floor = np.zeros(neighborhood.num_layers)
         check_query(network, Box(self.x0, self.x0), self.target, self.k)
         self.records: list[QueryRecord] = []
         self.stats = QueryStats()
@@ -190,6 +198,13 @@ class SearchProblem:
         """``eps`` as a vector in [0, saturation] (larger values give the same box; steps may undershoot 0)."""
         return np.clip(self.nbhd.eps_vector(np.maximum(np.asarray(eps, dtype=np.float64), 0.0)), 0.0,
                        self.saturation)
+
+    def required_eps(self, xs: np.ndarray) -> np.ndarray:
+        """Per point and layer, the smallest epsilon whose box contains the point: the layer's largest
+        ``|x - x0|`` (``(N, *sample_shape)`` or ``(N, P)`` -> ``(N, r + 1)``). A point lies in the box of ``eps`` iff
+        this vector is componentwise ``<= eps`` (the box is clipped to [0, 1], where the points lie too)."""
+        dev = np.abs(np.asarray(xs, dtype=np.float64).reshape(len(xs), -1) - self.x0.ravel()[None])
+        return np.maximum.reduceat(dev[:, self._layer_order], self._layer_starts, axis=1)
 
     def size(self, eps: np.ndarray) -> float:
         return float(self.weights @ np.asarray(eps, dtype=np.float64))
@@ -307,10 +322,24 @@ class SearchProblem:
         elif verdict.is_not_robust and verdict.counterexample is not None:
             x = np.asarray(verdict.counterexample, dtype=np.float64).ravel()
             if not np.any(np.all(self._cex_stack == x, axis=1)):
-                self.counterexamples.append(StoredCounterexample(x, float(verdict.margin), eps.copy()))
+                self.counterexamples.append(StoredCounterexample(x, float(verdict.margin), eps.copy(),
+                                                                 verdict.tier))
                 self._cex_stack = np.vstack([self._cex_stack, x[None]])
         if verdict.weak_points:
             self._weak.append((eps.copy(), list(verdict.weak_points)))
+
+    def add_counterexample(self, x: np.ndarray, margin: float, eps: np.ndarray, tier: str) -> None:
+        """Store a counterexample confirmed on the network (both executors) outside a query: the caches use it as
+        any other."""
+        self._remember(np.asarray(eps, dtype=np.float64), NotRobust(tier=tier, counterexample=x, margin=margin))
+
+    def best_proven(self) -> np.ndarray:
+        """The largest vector (by ``w . eps``) that a query proved robust so far (zeros if none)."""
+        cands = [self.best_eps] + list(self.robust_eps)
+        proven = [e for e in cands if self.known_robust(e) is not None]
+        if not proven:
+            return np.zeros(self.num_layers)
+        return max(proven, key=self.size).copy()
 
     # --- the query --------------------------------------------------------------------------------------------
     def query(self, eps: Sequence[float] | np.ndarray, purpose: str = "", mode: Mode | None = None) -> Verdict:
