@@ -157,7 +157,8 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
     ``model``: ONNX path or Network. ``image``: a file or an array ((H, W), (C, H, W) or the model's input shape)
     in [0, 1]. The object: ``object_mask`` (file or (H, W) array, non-zero = object), ``object_box``
     (x0, y0, x1, y1), or found automatically (``object_label`` picks the object's label). ``method``:
-    "optimize" (optimizer + CEGIS with ``cutting`` "fixed" or "sensitivity"), "layer-search" or "uniform".
+    "optimize" (optimizer + CEGIS with ``cutting`` "fixed" or "sensitivity"), "certificate" (along the CROWN
+    certificate first, see :mod:`mlrobust.search.certificate`), "layer-search" or "uniform".
     ``verifier``: a Verifier object or "cascade" (default) / "milp" / "bounds" / "attack"; ``solver``: the MILP
     backend of the default verifiers. ``time_limit`` bounds the whole search, ``query_time_limit`` each verifier
     call, ``max_queries`` the calls that reach the verifier; ``delta`` is the tolerance of steps and maximality

@@ -216,3 +216,39 @@ def test_cli_writes_the_interrupted_result_and_exits_130(monkeypatch, capsys, tm
     data = json.loads(out_json.read_text())
     assert data["interrupted"] is True and data["verified"] is True
     assert out_png.stat().st_size > 0
+
+
+# --- the certificate-gradient search ---------------------------------------------------------------------------
+@pytest.mark.parametrize("seed,hidden,classes", [(4, 3, 3), (0, 4, 4)])
+def test_certificate_matches_crown_and_bounds_every_sampled_margin(seed, hidden, classes):
+    from mlrobust.bounds.margin import margin_bounds
+    from mlrobust.search.certificate import certificate
+
+    pb = problem(seed, hidden, classes)
+    rng = np.random.default_rng(seed)
+    ref = rng.uniform(0.05, 0.3, pb.num_layers)
+    cert = certificate(pb, ref)
+    box = pb.box(pb.clip(ref))
+    _, hi = margin_bounds(pb.network, box.lower, box.upper, pb.target)
+    # concretised over its own box, the certificate is CROWN's back-substituted margin bound; the verifier's bound
+    # also intersects it with the output intervals, so it is never looser than the certificate
+    assert np.all(cert.upper(pb.clip(ref)) >= np.delete(hi, pb.target) - 1e-9)
+    for _ in range(3):
+        eps = pb.clip(ref * rng.uniform(0, 1, pb.num_layers))  # a layered box inside the certificate's
+        inner = pb.box(eps)
+        xs = inner.lower + rng.uniform(size=(400, *inner.shape)) * (inner.upper - inner.lower)
+        logits = pb.network.logits(xs)
+        margins = np.delete(logits - logits[:, [pb.target]], pb.target, axis=1)  # (N, C - 1) as the rows
+        assert np.all(margins <= cert.upper(eps)[None, :] + 1e-9)
+
+
+@pytest.mark.parametrize("seed,hidden,classes", [(4, 3, 3), (6, 3, 3)])
+def test_certificate_method_is_robust_and_beats_uniform(seed, hidden, classes):
+    pb = problem(seed, hidden, classes)
+    res = run_search(pb, SearchOptions(method="certificate", delta=DELTA))
+    assert res.method == "certificate" and res.verified
+    assert truth(pb, res.epsilons) < -ROBUST_TOLERANCE
+    assert "certificate" in res.details and res.details["certificate"]["iterations"] >= 1
+    assert_refutations_rerun(pb, res)
+    uni = run_search(problem(seed, hidden, classes), SearchOptions(method="uniform", delta=DELTA))
+    assert res.size >= uni.size - 1e-9

@@ -174,7 +174,7 @@ def verify(
     k: int = typer.Option(2, "--k", help="The target must stay among the top-k labels."),
     weights: str = typer.Option("uniform", "--weights", help="Layer weights: uniform, count, or a file."),
     cutting: str = typer.Option("fixed", "--cutting", help="CEGIS cutting weights: fixed or sensitivity."),
-    method: str = typer.Option("optimize", "--method", help="optimize, layer-search or uniform."),
+    method: str = typer.Option("optimize", "--method", help="optimize, certificate, layer-search or uniform."),
     solver: str = typer.Option("highs", "--solver", help="MILP solver: highs, cbc, scip, gurobi, pyomo:NAME."),
     verifier: str = typer.Option("cascade", "--verifier", help="cascade, milp, bounds or attack."),
     time_limit: float = typer.Option(300.0, "--time-limit", help="Seconds for the whole search (or the check)."),

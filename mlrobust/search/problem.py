@@ -171,7 +171,8 @@ class SearchProblem:
         # the layer of every element of a flattened sample, sorted once: per-layer maxima by one reduceat
         elem_layer = np.asarray(neighborhood.layout.to_sample(
             np.broadcast_to(neighborhood.layers, neighborhood.image.shape).astype(np.float64))).ravel()
-        self._layer_order = np.argsort(elem_layer.astype(np.int64), kind="stable")
+        self.elem_layer = elem_layer.astype(np.int64)
+        self._layer_order = np.argsort(self.elem_layer, kind="stable")
         self._layer_starts = np.searchsorted(elem_layer[self._layer_order], np.arange(neighborhood.num_layers))
         # per layer, the object's epsilon below which the layer may not shrink (see SearchOptions.object_share)
         self.floor = np.zeros(neighborhood.num_layers)

@@ -10,13 +10,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from mlrobust.errors import InputError
-from mlrobust.search.baselines import (
-    bisect_scale,
-    floored_uniform,
-    layer_search,
-    uniform_search,
-)
+from mlrobust.search.baselines import bisect_scale, floored_uniform, layer_search, uniform_search
 from mlrobust.search.cegis import CUTTINGS, cutting_weights
+from mlrobust.search.certificate import certificate_search
 from mlrobust.search.intervals import apply_upper_bounds, attack_upper_bounds, gap_order
 from mlrobust.search.maximality import LayerMaximality, certify
 from mlrobust.search.optimizer import OptimizerOptions, optimize, shaped_starts
@@ -24,7 +20,9 @@ from mlrobust.search.problem import SearchProblem, status_of
 from mlrobust.search.result import SearchResult
 from mlrobust.verify.margin import topk_labels
 
-METHODS = ("optimize", "layer-search", "uniform")
+METHODS = ("optimize", "certificate", "layer-search", "uniform")
+#: Methods whose result may grow during the maximality check (the baselines are reported as they are).
+GROWING = ("optimize", "certificate")
 INITS = ("best", "uniform", "zero")
 #: The automatic tolerance: an eighth of the uniform robust radius (found by bisection to AUTO_PROBE_TOL on the
 #: cheap tiers), kept within [AUTO_DELTA_MIN, AUTO_DELTA_MAX].
@@ -127,7 +125,7 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
     if clean.is_not_robust:
         raise InputError(f"label {problem.target} is not among the top-{problem.k} labels on the clean image; "
                          f"the network predicts {clean_topk}")
-    grow = (opt.method == "optimize") if opt.grow is None else opt.grow
+    grow = (opt.method in GROWING) if opt.grow is None else opt.grow
     st = _State(np.zeros(n), opt.delta if opt.delta is not None else AUTO_DELTA_MAX)
     interrupted = False
     try:
@@ -161,7 +159,7 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
     total = time.perf_counter() - t0
     return SearchResult(
         method=opt.method,
-        cutting=opt.cutting if opt.method == "optimize" else None,
+        cutting=opt.cutting if opt.method in GROWING else None,
         target=problem.target,
         k=problem.k,
         epsilons=eps,
@@ -216,7 +214,7 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
     search_end = _deadline(problem, opt.refine_share) if opt.certify else None
     # The uniform radius on the cheap tiers: the optimizer's start, and the scale of the automatic tolerance.
     probe = np.zeros(n)
-    if opt.delta is None or (opt.method == "optimize" and opt.init != "zero"):
+    if opt.delta is None or (opt.method in GROWING and opt.init != "zero"):
         problem.use_cheap = cheap
         problem.deadline = _deadline(problem, opt.explore_share) if cheap else search_end
         probe = uniform_search(problem, AUTO_PROBE_TOL if opt.delta is None else opt.delta)
@@ -227,7 +225,7 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
     st.eps = problem.clip(probe)
     delta = st.delta
     optimizer = replace(opt.optimizer, delta=delta)
-    if opt.method == "optimize":
+    if opt.method in GROWING:
         cw = cutting_weights(problem, opt.cutting)
         st.details["cutting_weights"] = cw
         phases = []
@@ -248,6 +246,14 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
             name, start = max(candidates, key=lambda c: problem.size(c[1]))
             st.details["start"] = name
         st.eps = start
+        if opt.method == "certificate":
+            # along the bound's own certificate first; then the optimizer's steps from there
+            eps, crep = certificate_search(problem, start, delta)
+            st.eps = eps
+            st.details["certificate"] = {"iterations": crep.iterations, "accepted_steps": crep.accepted,
+                                         "rejected_steps": crep.rejected, "whole_regions": crep.whole_region,
+                                         "stop_reason": crep.stop_reason}
+            start = eps
         eps, report = optimize(problem, start, cw, optimizer)
         st.eps = eps
         phases.append(("explore" if cheap else "optimize", report))
