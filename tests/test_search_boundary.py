@@ -252,3 +252,31 @@ def test_certificate_method_is_robust_and_beats_uniform(seed, hidden, classes):
     assert_refutations_rerun(pb, res)
     uni = run_search(problem(seed, hidden, classes), SearchOptions(method="uniform", delta=DELTA))
     assert res.size >= uni.size - 1e-9
+
+
+@pytest.mark.slow
+def test_object_keeps_half_of_its_bound_proven_radius_on_a_shipped_model():
+    """On the PGD-trained example model: the default search's eps0 is at least half of the object's own robust
+    radius as the bounds prove it (a uniform search over the object alone with the bound verifier)."""
+    from pathlib import Path
+
+    from mlrobust import api
+    from mlrobust.search.baselines import bisect_scale
+
+    root = Path(__file__).resolve().parent.parent / "examples"
+    model = root / "models" / "mnist2_pgd.onnx"
+    image, mask = root / "images" / "ex00.png", root / "images" / "ex00_perturbed.png"
+    res = api.maximize(model, image, 1, object_mask=mask, time_limit=40, certify=False)
+    prep = api.prepare(model, image, 1, object_mask=mask)
+    pb = SearchProblem(prep.network, prep.nbhd, 1, api.make_verifier("bounds"), k=2, budget=Budget(time_limit=60))
+    n = pb.num_layers
+
+    def alone(v):
+        e = np.zeros(n)
+        e[0] = v
+        return pb.clip(e)
+
+    radius = bisect_scale(pb, alone, 0.0, float(pb.saturation[0]), res.delta, "object alone")
+    assert radius > 0 and res.verified
+    assert res.eps0 >= 0.5 * radius - res.delta
+    assert res.object_radius is not None and res.object_radius >= radius - res.delta

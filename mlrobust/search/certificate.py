@@ -196,7 +196,7 @@ def certificate_search(problem: SearchProblem, eps_start: np.ndarray, delta: flo
         if problem.size(cand) <= problem.size(eps) + 1e-3 * delta * float(np.max(w)):
             eta /= 2
             continue
-        verdict = problem.query(cand, purpose=f"certificate step {report.iterations}")
+        verdict = problem.query(cand, purpose=f"certificate step {report.iterations}", warm=False)
         if verdict.is_robust:
             eps = cand
             report.accepted += 1

@@ -343,11 +343,14 @@ class SearchProblem:
         return max(proven, key=self.size).copy()
 
     # --- the query --------------------------------------------------------------------------------------------
-    def query(self, eps: Sequence[float] | np.ndarray, purpose: str = "", mode: Mode | None = None) -> Verdict:
+    def query(self, eps: Sequence[float] | np.ndarray, purpose: str = "", mode: Mode | None = None,
+              warm: bool = True) -> Verdict:
         """Is the neighborhood of ``eps`` robust? Cached answers first; then the verifier, within the budget.
 
         A NotRobust verdict's counterexample is re-checked on the real network here as well (a custom verifier may
         not do it); an unconfirmed one turns the verdict into Unknown. A spent budget answers Unknown.
+        ``warm=False`` skips the search's own attack (for candidates a bound is expected to prove: the attack only
+        ever refutes, so skipping it changes what is found first, never what is proven).
         """
         eps = self.clip(eps)
         box = self.box(eps)
@@ -361,7 +364,8 @@ class SearchProblem:
                 verdict = Unknown(tier="budget", reason=f"search budget spent ({why})")
             else:
                 active = self.cheap if (self.use_cheap and self.cheap is not None) else self.verifier
-                verdict, warm_points = self._warm(box, cold=getattr(active, "use_attack", True) is False)
+                if warm:
+                    verdict, warm_points = self._warm(box, cold=getattr(active, "use_attack", True) is False)
         if verdict is None:
             limit = self.budget.query_time_limit
             rem = self.remaining()

@@ -51,7 +51,8 @@ class SearchOptions:
 
     ``object_share`` (optimizer only): the object's epsilon never falls below this share of the object's own robust
     radius (layer 0 alone, the rings at 0), so the rings cannot buy size by starving the object the question is
-    about; 0 lets the weights alone decide."""
+    about; 0 lets the weights alone decide. The radius is found on the cheap tiers, then by the full verifier for at
+    most ``object_refine_share`` of the time limit."""
 
     method: str = "optimize"
     cutting: str = "fixed"
@@ -66,6 +67,7 @@ class SearchOptions:
     refine_share: float = 0.7
     upper_share: float = 0.1
     object_share: float = 0.5
+    object_refine_share: float = 0.0
     optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
 
     def __post_init__(self) -> None:
@@ -79,6 +81,8 @@ class SearchOptions:
             raise InputError(f"the tolerance delta must be in (0, 1] (or automatic), got {self.delta!r}")
         if not 0 <= self.object_share <= 1:
             raise InputError(f"the object's share of its own radius must be in [0, 1], got {self.object_share!r}")
+        if not 0 <= self.object_refine_share <= 1:
+            raise InputError(f"object_refine_share must be in [0, 1], got {self.object_refine_share!r}")
         if not 0 <= self.upper_share <= 1:
             raise InputError(f"upper_share must be in [0, 1], got {self.upper_share!r}")
         if not 0 < self.explore_share <= self.refine_share <= 1:
@@ -202,6 +206,15 @@ def _object_floor(problem: SearchProblem, opt: SearchOptions, st: _State, lo: fl
         return problem.clip(e)
 
     radius = bisect_scale(problem, alone, lo, float(problem.saturation[0]), st.delta, "object alone")
+    if problem.use_cheap and opt.object_refine_share > 0:
+        # the bounds alone can understate the object's radius a lot (a small box, where the MILP is quick):
+        # the full verifier continues the bisection above it, for a short share of the budget
+        saved, limit = problem.deadline, problem.budget.time_limit
+        problem.use_cheap = False
+        if limit is not None:
+            problem.deadline = problem.elapsed() + opt.object_refine_share * limit
+        radius = bisect_scale(problem, alone, radius, float(problem.saturation[0]), st.delta, "object alone")
+        problem.use_cheap, problem.deadline = True, saved
     problem.floor = np.zeros(n)
     problem.floor[0] = opt.object_share * radius
     st.details["object"] = {"radius_alone": radius, "share": opt.object_share, "floor": float(problem.floor[0])}
@@ -212,6 +225,12 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
     n = problem.num_layers
     cheap = opt.explore and problem.cheap is not None
     search_end = _deadline(problem, opt.refine_share) if opt.certify else None
+    warm_saved = problem.warm_attack
+    if opt.method == "certificate" and cheap:
+        # the cheap phase of the certificate method asks the bounds only: its candidates are built for them, and
+        # the search's own attack costs several bound computations per query (the upper-bound pass and the full
+        # verifier's phases attack as before)
+        problem.warm_attack = False
     # The uniform radius on the cheap tiers: the optimizer's start, and the scale of the automatic tolerance.
     probe = np.zeros(n)
     if opt.delta is None or (opt.method in GROWING and opt.init != "zero"):
@@ -257,6 +276,7 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
         eps, report = optimize(problem, start, cw, optimizer)
         st.eps = eps
         phases.append(("explore" if cheap else "optimize", report))
+        problem.warm_attack = warm_saved
         if cheap:
             problem.use_cheap = False
             if opt.certify:
