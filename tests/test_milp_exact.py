@@ -181,7 +181,7 @@ def test_milp_between_attack_and_crown(seed, radius, data):
         assert optimum <= crown_bound + 1e-9
 
 
-@pytest.mark.parametrize("tightening", ["ibp", "crown", "lp"])
+@pytest.mark.parametrize("tightening", ["ibp", "crown", "alpha", "lp"])
 def test_every_tightening_gives_the_same_optimum(tightening):
     net = tiny_relu_net(7, residual=True)
     lower, upper = random_box(net, 7, 1.0)

@@ -97,7 +97,7 @@ def test_dual_lower_bound_is_valid_for_any_multipliers():
 def test_unknown_method_is_an_input_error():
     net = random_network("mlp", 0)
     lower, upper = random_box(net, 0, 0.1)
-    with pytest.raises(InputError, match="ibp, crown, lp"):
+    with pytest.raises(InputError, match="ibp, crown, alpha, lp"):
         tighten(net, lower, upper, "zonotope")
 
 

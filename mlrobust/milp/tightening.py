@@ -1,8 +1,13 @@
-"""Bound tightening before the MILP, as a named choice: "ibp", "crown" or "lp".
+"""Bound tightening before the MILP, as a named choice: "ibp", "crown", "alpha" or "lp".
 
 - ``ibp``: interval bounds (and the builder's interval of each affine form over the current columns).
 - ``crown``: CROWN bounds intersected with IBP, and CROWN margin bounds for the top-k objective; falls back to IBP
   (with a note in ``stats``) where CROWN is not available.
+- ``alpha``: ``crown``, then α-CROWN (:mod:`mlrobust.bounds.alpha_margin`) on the margins the top-k proof still
+  needs: optimised upper bounds of the open classes and, for k = 2, of convex combinations of pairs; the proven
+  bound on the k-th largest margin is kept in ``Tightened.kth_upper``. With ``AlphaOptions.optimize_intermediate``
+  the last ReLU pre-activation layer is re-bounded first (fewer unstable ReLUs for the MILP). Warm starts come from
+  an :class:`~mlrobust.bounds.alpha_margin.AlphaCache` the caller keeps per query family.
 - ``lp``: starts from ``crown`` and solves, layer by layer, two LPs (min and max) per still-unstable ReLU over the LP
   relaxation of the layers before it, then the LPs of the margins ``y_c - y_t``. Sound by construction: the new
   bound is computed from the LP's dual multipliers by weak duality (:func:`dual_lower_bound`), never taken from a
@@ -14,13 +19,15 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp
 
 from mlrobust.bounds import propagate
+from mlrobust.bounds.alpha_crown import AlphaOptions, tighten_intermediate
+from mlrobust.bounds.alpha_margin import AlphaCache, alpha_topk_bounds
 from mlrobust.bounds.ibp import interval_affine
 from mlrobust.bounds.result import Bounds
 from mlrobust.errors import InputError
@@ -30,7 +37,7 @@ from mlrobust.milp.encoding import AffineForm
 from mlrobust.milp.layers.relu import relu_split
 from mlrobust.milp.topk import margin_form
 
-METHODS = ("ibp", "crown", "lp")
+METHODS = ("ibp", "crown", "alpha", "lp")
 
 
 @contextmanager
@@ -64,6 +71,8 @@ class Tightened:
     target: int | None = None
     seconds: float = 0.0
     stats: dict = field(default_factory=dict)
+    kth_upper: float | None = None  # a proven upper bound of the k-th largest margin ("alpha": pairs included)
+    k: int | None = None
 
     @property
     def num_unstable(self) -> int:
@@ -243,22 +252,39 @@ def base_bounds(network: Network, lower: np.ndarray, upper: np.ndarray, method: 
 
 def tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str = "crown",
             target: int | None = None, time_budget: float | None = None,
-            threads: int | None = 1) -> Tightened:
+            threads: int | None = 1, *, k: int = 2, alpha_options: AlphaOptions | None = None,
+            alpha_cache: AlphaCache | None = None) -> Tightened:
     """Bounds over the box ``[lower, upper]`` with the named tightening; margin bounds too when ``target`` is given.
 
-    ``time_budget`` (seconds) caps the LP work of ``"lp"``; IBP and CROWN are not interrupted. ``threads`` is the
-    torch thread count for CROWN (None: leave torch's setting alone).
+    ``time_budget`` (seconds) caps the LP work of ``"lp"`` and the optimisation of ``"alpha"``; IBP and CROWN are not
+    interrupted. ``threads`` is the torch thread count for CROWN (None: leave torch's setting alone). ``k``,
+    ``alpha_options`` and ``alpha_cache`` (warm starts) are for ``"alpha"``.
     """
     if method not in METHODS:
         raise InputError(f"unknown bound tightening {method!r}; choose one of {', '.join(METHODS)}")
     with torch_threads(threads):
-        return _tighten(network, lower, upper, method, target, time_budget)
+        return _tighten(network, lower, upper, method, target, time_budget, k, alpha_options, alpha_cache)
+
+
+def _alpha_options(options: AlphaOptions | None, time_budget: float | None, start: float) -> AlphaOptions:
+    """The options with the time limit cut to what is left of ``time_budget``."""
+    options = options or AlphaOptions()
+    if time_budget is None:
+        return options
+    left = max(float(time_budget) - (time.perf_counter() - start), 0.0)
+    limit = left if options.time_limit is None else min(options.time_limit, left)
+    return replace(options, time_limit=limit)
 
 
 def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str, target: int | None,
-             time_budget: float | None) -> Tightened:
+             time_budget: float | None, k: int = 2, alpha_options: AlphaOptions | None = None,
+             alpha_cache: AlphaCache | None = None) -> Tightened:
     start = time.perf_counter()
     bounds, stats = base_bounds(network, lower, upper, "ibp" if method == "ibp" else "crown")
+    if method == "alpha" and alpha_options is not None and alpha_options.optimize_intermediate:
+        before = bounds.num_unstable
+        bounds, rows = tighten_intermediate(network, bounds, _alpha_options(alpha_options, time_budget, start))
+        stats.update({"alpha_intermediate_rows": rows, "unstable_before_alpha": before})
     stats["unstable_" + bounds.method.split("&")[0]] = bounds.num_unstable
     L = U = None
     if target is not None:
@@ -272,6 +298,13 @@ def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str
             except TypeError:
                 cl, cu = fn(network, bounds.input_lower, bounds.input_upper, target, method="crown")
             L, U = np.maximum(L, cl), np.minimum(U, cu)
+    if method == "alpha" and target is not None and L is not None and U is not None:
+        opts = _alpha_options(alpha_options, time_budget, start)
+        top = alpha_topk_bounds(network, bounds, target, k, L, U, options=opts, cache=alpha_cache,
+                                family=(id(network), int(target)))
+        stats.update(top.stats, crown_kth_upper=top.crown_kth_upper, alpha_seconds=top.seconds)
+        return Tightened(bounds, method, top.margin_lower, np.minimum(U, top.margin_upper), target,
+                         time.perf_counter() - start, stats, kth_upper=top.kth_upper, k=k)
     if method != "lp":
         return Tightened(bounds, method, L, U, target, time.perf_counter() - start, stats)
 

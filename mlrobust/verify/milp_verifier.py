@@ -32,7 +32,7 @@ class MilpVerifier:
     """Complete (up to the time limit) top-k verifier over a MILP solver backend.
 
     ``solver``: a backend name ("highs", "cbc", "scip", "gurobi", "pyomo:NAME", an entry point) or object.
-    ``tightening``: "ibp", "crown" or "lp" (``lp_time_budget`` seconds of LP tightening at most).
+    ``tightening``: "ibp", "crown", "alpha" or "lp" (``lp_time_budget`` seconds of LP tightening at most).
     ``pool``: in optimise mode, how many solutions beyond the maximiser to ask the solver for.
     ``margin_lp``: tighten the margin bounds ``y_c - y_t`` by LP over the encoded network before the top-k
     objective is added (two LPs per class; in decide mode only for classes that might still reach 0). Tight margin
@@ -58,11 +58,12 @@ class MilpVerifier:
         self.warm_start = warm_start
         self.last_problem: MilpProblem | None = None
 
-    def tighten(self, network: Network, box: Box, target: int, time_limit: float | None = None) -> Tightened:
+    def tighten(self, network: Network, box: Box, target: int, time_limit: float | None = None,
+                k: int = 2) -> Tightened:
         budget = self.lp_time_budget
         if time_limit is not None:
             budget = time_limit / 2 if budget is None else min(budget, time_limit / 2)
-        return tighten(network, box.lower, box.upper, self.tightening, target=target, time_budget=budget)
+        return tighten(network, box.lower, box.upper, self.tightening, target=target, time_budget=budget, k=k)
 
     def verify(self, network: Network, box: Box, target: int, k: int = 2, mode: Mode = "decide",
                time_limit: float | None = None, *, tightened: Tightened | None = None,
@@ -91,7 +92,7 @@ class MilpVerifier:
             hints = [p.x for p in attack.points[:1]]
         t0 = time.perf_counter()
         if tightened is None or tightened.target != target or tightened.margin_upper is None:
-            tightened = self.tighten(network, box, target, time_limit)
+            tightened = self.tighten(network, box, target, time_limit, k)
         t_tight = time.perf_counter() - t0
         builder = MilpBuilder(network, tightened.bounds).run()
         L, U = builder.margin_interval(target)
