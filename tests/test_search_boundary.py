@@ -221,6 +221,7 @@ def test_cli_writes_the_interrupted_result_and_exits_130(monkeypatch, capsys, tm
 # --- the certificate-gradient search ---------------------------------------------------------------------------
 @pytest.mark.parametrize("seed,hidden,classes", [(4, 3, 3), (0, 4, 4)])
 def test_certificate_matches_crown_and_bounds_every_sampled_margin(seed, hidden, classes):
+    from mlrobust.bounds.alpha_crown import AlphaOptions
     from mlrobust.bounds.margin import margin_bounds
     from mlrobust.search.certificate import certificate
 
@@ -233,6 +234,9 @@ def test_certificate_matches_crown_and_bounds_every_sampled_margin(seed, hidden,
     # concretised over its own box, the certificate is CROWN's back-substituted margin bound; the verifier's bound
     # also intersects it with the output intervals, so it is never looser than the certificate
     assert np.all(cert.upper(pb.clip(ref)) >= np.delete(hi, pb.target) - 1e-9)
+    # the α-CROWN certificate: never looser than CROWN's on its box
+    cert_a = certificate(pb, ref, AlphaOptions(iterations=10))
+    assert np.all(cert_a.upper(pb.clip(ref)) <= cert.upper(pb.clip(ref)) + 1e-6)
     for _ in range(3):
         eps = pb.clip(ref * rng.uniform(0, 1, pb.num_layers))  # a layered box inside the certificate's
         inner = pb.box(eps)
@@ -240,6 +244,7 @@ def test_certificate_matches_crown_and_bounds_every_sampled_margin(seed, hidden,
         logits = pb.network.logits(xs)
         margins = np.delete(logits - logits[:, [pb.target]], pb.target, axis=1)  # (N, C - 1) as the rows
         assert np.all(margins <= cert.upper(eps)[None, :] + 1e-9)
+        assert np.all(margins <= cert_a.upper(eps)[None, :] + 1e-9)
 
 
 @pytest.mark.parametrize("seed,hidden,classes", [(4, 3, 3), (6, 3, 3)])

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mlrobust.bounds.alpha_crown import AlphaOptions, alpha_bounds, initial_domain
 from mlrobust.bounds.crown import BackSubstitution, crown, torch_threads
 from mlrobust.search.problem import SearchProblem
 from mlrobust.verify.verdict import ROBUST_TOLERANCE
@@ -73,30 +74,42 @@ class Certificate:
         return out
 
 
-def certificate(problem: SearchProblem, eps_ref: np.ndarray) -> Certificate:
-    """CROWN on ``box(eps_ref)`` and the linear bound of every margin ``y_c - y_t`` before concretisation."""
+def certificate(problem: SearchProblem, eps_ref: np.ndarray, alpha: AlphaOptions | None = None) -> Certificate:
+    """The linear bound of every margin ``y_c - y_t`` on ``box(eps_ref)`` before concretisation: CROWN's, or with
+    ``alpha`` α-CROWN's (slopes optimised for these rows on this box, :mod:`mlrobust.bounds.alpha_crown`)."""
     network = problem.network
     eps_ref = problem.clip(eps_ref)
     box = problem.box(eps_ref)
-    bounds = crown(network, box.lower, box.upper)
-    engine = BackSubstitution(network, dict(bounds.lower), dict(bounds.upper))
-    engine.capture = []
     n_cls = network.num_classes
     classes = np.delete(np.arange(n_cls), problem.target)
     coeffs = np.zeros((classes.size, n_cls))
     coeffs[np.arange(classes.size), classes] = -1.0  # lower bound of -(y_c - y_t): an upper bound of the margin
     coeffs[:, problem.target] = 1.0
-    with torch_threads(1):
-        engine.lower_bounds(network.output_name, coeffs)
-    a_parts, b_parts = [], []
-    for coeff_x, bias, _ in engine.capture:
-        if coeff_x is None:  # the margin does not depend on the input
-            a_parts.append(torch.zeros((bias.shape[0], problem.x0.size), dtype=torch.float64))
+    bounds = crown(network, box.lower, box.upper)
+    if alpha is not None:
+        res = alpha_bounds(network, initial_domain(network, box.lower, box.upper, bounds), coeffs, options=alpha)
+        if res.input_coeffs is None:
+            a = np.zeros((classes.size, problem.x0.size))
         else:
-            a_parts.append(torch.as_tensor(coeff_x).reshape(bias.shape[0], -1))
-        b_parts.append(bias)
-    A = -torch.cat(a_parts).numpy()
-    b = -torch.cat(b_parts).numpy()
+            a = res.input_coeffs[0].reshape(classes.size, -1)
+        # lower = a . x* + const at the corner x* the bound picks (its outward rounding stays in const)
+        corner = np.where(a >= 0, box.lower.ravel()[None, :], box.upper.ravel()[None, :])
+        bias = res.lower[0] - (a * corner).sum(axis=1)
+    else:
+        engine = BackSubstitution(network, dict(bounds.lower), dict(bounds.upper))
+        engine.capture = []
+        with torch_threads(1):
+            engine.lower_bounds(network.output_name, coeffs)
+        a_parts, b_parts = [], []
+        for coeff_x, b_part, _ in engine.capture:
+            if coeff_x is None:  # the margin does not depend on the input
+                a_parts.append(torch.zeros((b_part.shape[0], problem.x0.size), dtype=torch.float64))
+            else:
+                a_parts.append(torch.as_tensor(coeff_x).reshape(b_part.shape[0], -1))
+            b_parts.append(b_part)
+        a = torch.cat(a_parts).numpy()
+        bias = torch.cat(b_parts).numpy()
+    A, b = -a, -bias
     x0 = problem.x0.ravel()
     room = np.where(A > 0, 1.0 - x0[None, :], x0[None, :])
     return Certificate(eps_ref, classes, b + A @ x0, np.abs(A), room, problem.elem_layer, problem.k)
@@ -145,8 +158,10 @@ class CertificateReport:
 
 
 def certificate_search(problem: SearchProblem, eps_start: np.ndarray, delta: float,
-                       radius: float | None = None, max_iterations: int = 500) -> tuple[np.ndarray, CertificateReport]:
-    """Grow the proven ``eps_start`` along the certificate (see the module doc); returns the largest proven vector."""
+                       radius: float | None = None, max_iterations: int = 500,
+                       alpha: AlphaOptions | None = None) -> tuple[np.ndarray, CertificateReport]:
+    """Grow the proven ``eps_start`` along the certificate (see the module doc); returns the largest proven vector.
+    ``alpha``: the trust region's certificate by α-CROWN with these options (the rates at ``eps*`` stay CROWN's)."""
     report = CertificateReport()
     w = problem.weights
     wn = w / np.max(w)
@@ -181,7 +196,7 @@ def certificate_search(problem: SearchProblem, eps_start: np.ndarray, delta: flo
             report.stop_reason = "no layer left to grow"
             break
         ref = problem.clip(np.minimum(eps + eta * ratio / ratio.max(), sat))
-        cert = certificate(problem, ref)
+        cert = certificate(problem, ref, alpha)
         floor = np.minimum(problem.floor, ref)
         if cert.violation(ref) <= 0:
             cand, whole = ref, True

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from mlrobust.bounds.alpha_crown import AlphaOptions
 from mlrobust.errors import InputError
 from mlrobust.search.baselines import bisect_scale, floored_uniform, layer_search, uniform_search
 from mlrobust.search.cegis import CUTTINGS, cutting_weights
@@ -68,6 +69,7 @@ class SearchOptions:
     upper_share: float = 0.1
     object_share: float = 0.5
     object_refine_share: float = 0.0
+    certificate_alpha: int = 0  # α-CROWN iterations for the certificate method's trust region (0: plain CROWN)
     optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
 
     def __post_init__(self) -> None:
@@ -267,7 +269,8 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
         st.eps = start
         if opt.method == "certificate":
             # along the bound's own certificate first; then the optimizer's steps from there
-            eps, crep = certificate_search(problem, start, delta)
+            alpha = AlphaOptions(iterations=opt.certificate_alpha) if opt.certificate_alpha > 0 else None
+            eps, crep = certificate_search(problem, start, delta, alpha=alpha)
             st.eps = eps
             st.details["certificate"] = {"iterations": crep.iterations, "accepted_steps": crep.accepted,
                                          "rejected_steps": crep.rejected, "whole_regions": crep.whole_region,
