@@ -49,7 +49,7 @@ def known_upper_bounds(problem: SearchProblem, eps: np.ndarray) -> list[LayerUpp
     n = problem.num_layers
     if not problem.counterexamples:
         return [None] * n
-    req = problem.required_eps(problem._cex_stack)  # (N, n)
+    req = problem.required_eps(problem.counterexample_points)  # (N, n)
     outside = req > eps[None, :] + INSIDE_SLACK
     n_out = outside.sum(axis=1)
     out: list[LayerUpper | None] = []
@@ -65,7 +65,7 @@ def known_upper_bounds(problem: SearchProblem, eps: np.ndarray) -> list[LayerUpp
     return out
 
 
-def _refuted_vector(problem: SearchProblem, eps: np.ndarray, d: int, value: float) -> np.ndarray:
+def _refuted_vector(eps: np.ndarray, d: int, value: float) -> np.ndarray:
     trial = eps.copy()
     trial[d] = value
     return trial
@@ -77,7 +77,7 @@ def _exact_value(problem: SearchProblem, eps: np.ndarray, d: int, up: LayerUpper
     x = problem.counterexamples[up.index].x.reshape(problem.x0.shape)
     value = up.eps
     for _ in range(4):
-        if problem.box(_refuted_vector(problem, eps, d, value)).contains(x):
+        if problem.box(_refuted_vector(eps, d, value)).contains(x):
             return value
         value = float(np.nextafter(value, np.inf)) + 1e-15
     return None
@@ -127,9 +127,9 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
     def attempt(d: int, value: float) -> float | None:
         """A confirmed counterexample in the box of ``eps`` grown to ``value`` in layer ``d``: its deviation in
         layer d (stored in the problem), or None."""
-        trial = _refuted_vector(problem, eps, d, value)
+        trial = _refuted_vector(eps, d, value)
         box = problem.box(trial)
-        starts = problem._warm_starts(box)
+        starts = problem.warm_starts(box)
         if starts:
             # clipped stored points first: a forward pass, no attack
             stats["projected"] += 1
@@ -144,8 +144,7 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
                      starts=starts, seed=int(stats["attacks"]))
         cex = result.counterexample
         if cex is None:
-            if result.points:
-                problem._weak.append((trial, [p.weak_point() for p in result.points[:2]]))
+            problem.add_weak_points(trial, [p.weak_point() for p in result.points[:2]])
             return None
         problem.add_counterexample(cex.x, cex.margin, trial, "attack")
         stats["found"] += 1

@@ -334,6 +334,20 @@ class SearchProblem:
         any other."""
         self._remember(np.asarray(eps, dtype=np.float64), NotRobust(tier=tier, counterexample=x, margin=margin))
 
+    @property
+    def counterexample_points(self) -> np.ndarray:
+        """The stored counterexamples as rows ``(N, P)`` (flattened samples), in storage order."""
+        return self._cex_stack
+
+    def warm_starts(self, box: Box) -> list[np.ndarray]:
+        """The strongest known points clipped into ``box`` (what the warm attack starts from)."""
+        return self._warm_starts(box)
+
+    def add_weak_points(self, eps: np.ndarray, points: list[WeakPoint]) -> None:
+        """Remember strong non-violating points of the box of ``eps`` (they seed later attacks)."""
+        if points:
+            self._weak.append((np.asarray(eps, dtype=np.float64).copy(), list(points)))
+
     def best_proven(self) -> np.ndarray:
         """The largest vector (by ``w . eps``) that a query proved robust so far (zeros if none)."""
         cands = [self.best_eps] + list(self.robust_eps)

@@ -19,6 +19,7 @@ from mlrobust.search.maximality import LayerMaximality, certify
 from mlrobust.search.optimizer import OptimizerOptions, optimize, shaped_starts
 from mlrobust.search.problem import SearchProblem, status_of
 from mlrobust.search.result import SearchResult
+from mlrobust.search.tiers import crown_tiers
 from mlrobust.verify.margin import topk_labels
 
 METHODS = ("optimize", "certificate", "layer-search", "uniform")
@@ -227,12 +228,13 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
     n = problem.num_layers
     cheap = opt.explore and problem.cheap is not None
     search_end = _deadline(problem, opt.refine_share) if opt.certify else None
-    warm_saved = problem.warm_attack
+    warm_saved, cheap_saved = problem.warm_attack, problem.cheap
     if opt.method == "certificate" and cheap:
-        # the cheap phase of the certificate method asks the bounds only: its candidates are built for them, and
-        # the search's own attack costs several bound computations per query (the upper-bound pass and the full
-        # verifier's phases attack as before)
+        # the cheap phase of the certificate method asks plain CROWN only: its candidates are built for CROWN, its
+        # steps are many and small, and the search's own attack (or α-CROWN on every undecided box) costs several
+        # CROWN passes per query; the full verifier's phases and the upper-bound pass use everything as before
         problem.warm_attack = False
+        problem.cheap = crown_tiers(problem.verifier) or problem.cheap
     # The uniform radius on the cheap tiers: the optimizer's start, and the scale of the automatic tolerance.
     probe = np.zeros(n)
     if opt.delta is None or (opt.method in GROWING and opt.init != "zero"):
@@ -279,7 +281,7 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
         eps, report = optimize(problem, start, cw, optimizer)
         st.eps = eps
         phases.append(("explore" if cheap else "optimize", report))
-        problem.warm_attack = warm_saved
+        problem.warm_attack, problem.cheap = warm_saved, cheap_saved
         if cheap:
             problem.use_cheap = False
             if opt.certify:
