@@ -240,7 +240,8 @@ def verify(
         console.print(f"size={result.size:.4f} eps0={result.eps0:.4f} verified={result.verified} "
                       f"certified={result.certified_layers}/{result.num_layers} median_gap={gap} "
                       f"queries={result.stats.total} milp={result.stats.milp_calls} "
-                      f"seconds={result.timings['total']:.1f}" + (" interrupted" if result.interrupted else ""))
+                      f"seconds={result.timings['total']:.1f}" + (" interrupted" if result.interrupted else ""),
+                      soft_wrap=True)  # one line for scripts, whatever the terminal's width
     else:
         render_result(result, console)
         for path, what in ((json_path, "JSON"), (heatmap, "heatmap")):

@@ -257,7 +257,8 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
         if opt.object_share > 0:
             _object_floor(problem, opt, st, float(probe[0]))
             if np.any(probe < problem.floor):
-                probe = floored_uniform(problem, min(AUTO_PROBE_TOL, delta))
+                # to delta only: the optimizer refines from here, and every bisection step is a bound computation
+                probe = floored_uniform(problem, delta)
         start = probe if opt.init != "zero" else problem.clip(problem.floor)
         if opt.init == "best":
             candidates = [("uniform", probe)] + shaped_starts(problem, tol=min(AUTO_PROBE_TOL, delta))
