@@ -234,6 +234,9 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
         # steps are many and small, and the search's own attack (or α-CROWN on every undecided box) costs several
         # CROWN passes per query; the full verifier's phases and the upper-bound pass use everything as before
         problem.warm_attack = False
+    if opt.method in GROWING and cheap:
+        # bisections (the uniform probe, the object's radius, the shaped starts) ask plain CROWN: a dozen quick
+        # bound computations each, where α-CROWN's optimisation on every undecided box near the answer costs ~10x
         problem.cheap = crown_tiers(problem.verifier) or problem.cheap
     # The uniform radius on the cheap tiers: the optimizer's start, and the scale of the automatic tolerance.
     probe = np.zeros(n)
@@ -270,6 +273,8 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
             name, start = max(candidates, key=lambda c: problem.size(c[1]))
             st.details["start"] = name
         st.eps = start
+        if opt.method == "optimize":
+            problem.cheap = cheap_saved  # the optimizer's exploration on the cascade's own bound tier
         if opt.method == "certificate":
             # along the bound's own certificate first; then the optimizer's steps from there
             alpha = AlphaOptions(iterations=opt.certificate_alpha) if opt.certificate_alpha > 0 else None
