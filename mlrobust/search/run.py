@@ -244,10 +244,18 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
         problem.use_cheap = cheap
         problem.deadline = _deadline(problem, opt.explore_share) if cheap else search_end
         probe = uniform_search(problem, AUTO_PROBE_TOL if opt.delta is None else opt.delta)
-        problem.use_cheap = False
         if opt.delta is None:
             st.delta = auto_delta(float(np.max(probe)))
             st.details["delta_auto"] = {"uniform_radius": float(np.max(probe)), "delta": st.delta}
+        if problem.cheap is not cheap_saved and opt.method == "optimize":
+            # the cascade's own (α) tier takes the uniform radius a few steps further: a short bisection above
+            # CROWN's answer (a handful of α queries instead of a dozen)
+            problem.cheap = cheap_saved
+            r = float(np.max(probe))
+            probe = uniform_search(problem, AUTO_PROBE_TOL if opt.delta is None else opt.delta, lo=r,
+                                   hi=1.5 * r + st.delta)
+            problem.cheap = crown_tiers(problem.verifier) or cheap_saved
+        problem.use_cheap = False
     st.eps = problem.clip(probe)
     delta = st.delta
     optimizer = replace(opt.optimizer, delta=delta)
