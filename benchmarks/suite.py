@@ -180,8 +180,8 @@ def step_bounds(log: Callable) -> dict:
 def run_suite(cfg: SuiteConfig, out: Path, work: Path, examples: Path, log: Callable = print) -> dict:
     """Run ``cfg``'s steps; write ``out/<name>.json`` and ``out/<name>.md``; return the results."""
     from benchmarks.suite_report import heatmaps, markdown
-    from mlrobust.jsonvalues import jsonable
     from benchmarks.suite_verifier import tiny_queries
+    from mlrobust.jsonvalues import jsonable
 
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)

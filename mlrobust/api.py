@@ -29,7 +29,7 @@ from mlrobust.verify.base import Verifier
 from mlrobust.verify.margin import topk_labels, topk_margin
 from mlrobust.verify.spec import TopK
 
-VERIFIERS = ("cascade", "milp", "bounds", "attack")
+VERIFIERS = ("cascade", "milp", "bounds", "attack", "bab", "cascade-bab")
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
@@ -95,6 +95,14 @@ def make_verifier(verifier: Verifier | str | None = None, solver: Any = "highs")
         from mlrobust.verify.cascade import Cascade
 
         return Cascade(solver=solver)
+    if name == "cascade-bab":
+        from mlrobust.verify.cascade import Cascade
+
+        return Cascade(solver=solver, use_bab=True)
+    if name == "bab":
+        from mlrobust.verify.bab import BabVerifier
+
+        return BabVerifier()
     if name == "milp":
         from mlrobust.verify.milp_verifier import MilpVerifier
 
@@ -136,7 +144,9 @@ def prepare(model: str | Path | Network, image: str | Path | np.ndarray, target:
         masks = [resolve_object(chw, mask=m).mask for m in object_mask]
         choice = ObjectChoice(np.logical_or.reduce(masks), object_label, "masks")
     else:
-        choice = resolve_object(chw, mask=object_mask, box=object_box, logits_fn=network.logits, target=int(target),
+        one_mask = (object_mask if object_mask is None or isinstance(object_mask, (str, Path, np.ndarray))
+                    else np.asarray(object_mask))  # a nested list of 0/1 rows
+        choice = resolve_object(chw, mask=one_mask, box=object_box, logits_fn=network.logits, target=int(target),
                                 object_label=object_label, sample_shape=network.sample_shape)
     nbhd = LayeredNeighborhood(chw, choice.mask, layout)
     prov = Provenance(model_path, model_sha, image_path, image_sha or sha256_array(chw), sha256_array(chw))

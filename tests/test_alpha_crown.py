@@ -355,3 +355,22 @@ def test_alpha_bound_tier_proves_what_crown_cannot_and_warm_starts_the_next_quer
     shrunk = Box(lo + 0.01 * (hi - lo), hi - 0.01 * (hi - lo))
     assert isinstance(check.verify(net, shrunk, 0, 2), Robust)
     assert check.alpha_cache.hits >= 2  # the second query started from the first one's slopes
+
+
+def test_a_split_against_a_neurons_bounds_makes_the_domain_empty():
+    net = random_network("mlp", 2)
+    lo, hi = random_box(net, 3, 0.05)
+    dom = initial_domain(net, lo, hi)
+    relu = next(n for n in net.nodes if isinstance(n.op, Relu))
+    u = dom.pre_upper[relu.inputs[0]][0].reshape(-1)
+    dead = np.flatnonzero(u < 0)
+    assert dead.size  # a stably inactive neuron, split active: z >= 0 contradicts z <= u < 0
+    splits = {k: v.copy() for k, v in dom.splits.items()}
+    splits[relu.name].reshape(1, -1)[0, dead[0]] = 1
+    both = DomainBatch(np.concatenate([dom.lower] * 2), np.concatenate([dom.upper] * 2),
+                       {k: np.concatenate([v] * 2) for k, v in dom.pre_lower.items()},
+                       {k: np.concatenate([v] * 2) for k, v in dom.pre_upper.items()},
+                       {k: np.concatenate([dom.splits[k], v]) for k, v in splits.items()})
+    res = alpha_bounds(net, both, _random_coeffs(net, 0), options=AlphaOptions(iterations=3))
+    assert res.infeasible is not None and list(res.infeasible) == [False, True]
+    assert np.all(np.isinf(res.lower[1])) and np.all(np.isfinite(res.lower[0]))

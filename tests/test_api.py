@@ -9,14 +9,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from test_search_oracles import ExactLpVerifier, exact_worst_margin, tiny_case
 
 import mlrobust
 from mlrobust.errors import InputError, ModelLoadError
 from mlrobust.neighborhood.image_io import write_image, write_mask
 from mlrobust.search.result import sha256_file
 from mlrobust.verify.verdict import ROBUST_TOLERANCE
-
-from test_search_oracles import ExactLpVerifier, exact_worst_margin, tiny_case
 
 
 def tiny_onnx(net, path):

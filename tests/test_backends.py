@@ -15,7 +15,7 @@ from ir_factories import NetBuilder, random_box, reference_network  # noqa: E402
 
 from mlrobust.backends import SolveResult, StopRule, available_backends, get_backend, register_backend  # noqa: E402
 from mlrobust.backends.base import OPTIMAL, STOPPED  # noqa: E402
-from mlrobust.backends.registry import ENTRY_POINT_GROUP, _REGISTERED  # noqa: E402
+from mlrobust.backends.registry import _REGISTERED, ENTRY_POINT_GROUP  # noqa: E402
 from mlrobust.errors import SolverLimitError, SolverNotAvailableError  # noqa: E402
 from mlrobust.milp.builder import build_topk_milp  # noqa: E402
 from mlrobust.milp.problem import MilpProblem  # noqa: E402

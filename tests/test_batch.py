@@ -297,7 +297,7 @@ def test_cli_interrupted_and_killed_resumes_without_losing_or_repeating_lines(tm
 def test_cli_summary_and_errors(tiny, tmp_path):
     from typer.testing import CliRunner
 
-    from mlrobust.cli import app, _register
+    from mlrobust.cli import _register, app
 
     _register()
     model, npz, _ = tiny

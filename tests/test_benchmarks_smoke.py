@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_batch import tiny_data, tiny_model
 
 from benchmarks.suite import SUITES, run_suite
 from benchmarks.suite_verifier import agreement, pairwise, tiny_queries, topk_vs_pairwise
 from mlrobust.backends.base import OPTIMAL, SolveResult
 from mlrobust.backends.registry import _REGISTERED
 from mlrobust.verify.verdict import Robust
-
-from test_batch import tiny_data, tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

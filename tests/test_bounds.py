@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from ir_factories import random_box, random_network, reference_network, sample_box
+
 from mlrobust.bounds import FP_REL, linear_bounds, margin_bounds, propagate
 from mlrobust.bounds.ibp import ibp
 from mlrobust.errors import InputError

@@ -7,10 +7,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from ir_factories import NetBuilder, random_box, random_network, reference_network, sample_box
+
 from mlrobust.bounds import propagate
-from mlrobust.bounds.crown import BackSubstitution, _patch_to_dense, _Patch, crown
+from mlrobust.bounds.crown import BackSubstitution, _Patch, _patch_to_dense, crown
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
 from mlrobust.ir.ops import Add, Dense, MaxPool2d, Relu

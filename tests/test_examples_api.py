@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_batch import tiny_data, tiny_model
 
 import mlrobust
 from benchmarks.suite_verifier import tiny_queries
@@ -17,8 +18,6 @@ from mlrobust.neighborhood.image_io import write_image, write_mask
 from mlrobust.verify.counterexample import TopKProperty, check_points
 from mlrobust.verify.milp_verifier import MilpVerifier
 from mlrobust.verify.verdict import ROBUST_TOLERANCE
-
-from test_batch import tiny_data, tiny_model
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from test_search_oracles import ExactLpVerifier, tiny_case
 
 import mlrobust
 from mlrobust.errors import InputError
 from mlrobust.neighborhood.layers import layer_index
 from mlrobust.viz.heatmap import heatmap_figure, save_heatmap
-
-from test_search_oracles import ExactLpVerifier, tiny_case
 
 
 def test_heatmap_figure_has_image_colour_bar_and_outline():

@@ -10,13 +10,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
+from onnx_factories import f32, make_model, single_node_model
 from typer.testing import CliRunner
 
 import mlrobust.cli.inspect_cmd  # noqa: F401  (registers the command on the app)
 from mlrobust import load_onnx
 from mlrobust.cli import app, main
 from mlrobust.ir.summary import summarize
-from onnx_factories import f32, make_model, single_node_model
 
 
 @pytest.fixture

@@ -11,11 +11,20 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from onnx_factories import (
+    NetSpec,
+    Normalize,
+    Residual,
+    ViewFlatten,
+    assert_equivalent,
+    export_dynamo,
+    export_legacy,
+    random_nets,
+    randomise_bn,
+)
 
 from mlrobust import load_onnx
 from mlrobust.ir.graph import Network
-from onnx_factories import (NetSpec, Normalize, Residual, ViewFlatten, assert_equivalent, export_dynamo,
-                            export_legacy, random_nets, randomise_bn)
 
 REPO = Path(__file__).resolve().parents[1]
 

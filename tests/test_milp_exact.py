@@ -98,7 +98,7 @@ def brute_force_max(net: Network, lower: np.ndarray, upper: np.ndarray, target: 
                 rows += [np.r_[r, 0.0] for r in A]
                 rhs += list(b)
             res = scipy.optimize.linprog(np.r_[np.zeros(n_in), -1.0], A_ub=np.array(rows), b_ub=np.array(rhs),
-                                         bounds=[(l, u) for l, u in zip(lower.reshape(-1), upper.reshape(-1))]
+                                         bounds=[(lo, u) for lo, u in zip(lower.reshape(-1), upper.reshape(-1))]
                                          + [(None, None)], method="highs")
             if res.status == 0:
                 best = max(best, -res.fun)

@@ -7,12 +7,20 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from onnx_factories import (
+    assert_equivalent,
+    const_node,
+    f32,
+    make_model,
+    mlp_matmul_add,
+    mlp_weight_first,
+    normalised_conv,
+    single_node_model,
+)
 
 from mlrobust import load_onnx
 from mlrobust.errors import MlrobustError, ModelLoadError, UnsupportedOpError
 from mlrobust.ir.onnx_import import SUPPORTED_OPS
-from onnx_factories import (assert_equivalent, const_node, f32, make_model, mlp_matmul_add, mlp_weight_first,
-                            normalised_conv, single_node_model)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_search_oracles import ExactLpVerifier, exact_worst_margin, tiny_case
 
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
@@ -17,8 +18,6 @@ from mlrobust.search.gradients import eps_gradient, layer_saliency, margin_gradi
 from mlrobust.search.problem import Budget, SearchProblem, layer_saturation
 from mlrobust.verify.margin import topk_margin
 from mlrobust.verify.verdict import NotRobust, Unknown, WeakPoint
-
-from test_search_oracles import ExactLpVerifier, exact_worst_margin, tiny_case
 
 
 def tiny_problem(seed=4, verifier=None, **kw):

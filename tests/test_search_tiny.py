@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_search_oracles import ExactLpVerifier, exact_worst_margin, tiny_case
 
 from mlrobust.neighborhood import LayeredNeighborhood
 from mlrobust.search.problem import Budget, SearchProblem
 from mlrobust.search.run import SearchOptions, run_search
 from mlrobust.verify.verdict import ROBUST_TOLERANCE
-
-from test_search_oracles import ExactLpVerifier, exact_worst_margin, tiny_case
 
 DELTA = 0.01
 

@@ -8,15 +8,14 @@ import sys
 
 import numpy as np
 import pytest
+from test_api import tiny_onnx
+from test_search_oracles import exact_worst_margin, tiny_case
 
 from mlrobust.cli import main
 from mlrobust.neighborhood import LayeredNeighborhood
 from mlrobust.neighborhood.image_io import read_image, write_image, write_mask
 from mlrobust.search.result import sha256_file
 from mlrobust.verify.verdict import ROBUST_TOLERANCE
-
-from test_api import tiny_onnx
-from test_search_oracles import exact_worst_margin, tiny_case
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +78,11 @@ def test_quiet_prints_one_line(monkeypatch, capsys, files):
     assert out.startswith("size=") and "verified=True" in out and "\n" not in out.strip()
 
 
-@pytest.mark.parametrize("eps,expected", [("0.01", "robust"), ("0.9", "not robust")])
-def test_check_one_neighborhood(monkeypatch, capsys, files, eps, expected):
+@pytest.mark.parametrize("eps,expected,exit_code", [("0.01", "robust", 0), ("0.9", "not robust", 10)])
+def test_check_one_neighborhood(monkeypatch, capsys, files, eps, expected, exit_code):
+    """The exit code is the verdict: 0 robust, 10 not robust (a counterexample)."""
     code, out, err = run_cli(monkeypatch, capsys, *base(files, "--eps", eps))
-    assert code == 0, err
+    assert code == exit_code, err
     assert out.startswith(expected)
 
 
@@ -98,8 +98,8 @@ def test_check_per_layer_epsilons_and_json(monkeypatch, capsys, files):
     (("--eps-layers", "0.1,0.2"), "expected 4 epsilons"),
     (("--eps-layers", "a,b"), "must be numbers"),
     (("--eps", "0.1", "--eps-layers", "0.1"), "either --eps or --eps-layers"),
-    (("--method", "bogus"), "unknown search method"),
-    (("--cutting", "bogus"), "unknown cutting weights"),
+    (("--method", "bogus"), "--method must be one of optimize, certificate, layer-search, uniform"),
+    (("--cutting", "bogus"), "--cutting must be one of fixed, sensitivity"),
     (("--solver", "nosuchsolver"), "nosuchsolver"),
 ])
 def test_bad_options(monkeypatch, capsys, files, extra, message):

@@ -17,7 +17,7 @@ from onnx_factories import export_legacy  # noqa: E402
 
 import mlrobust.cli.vnnlib_cmd  # noqa: E402,F401  (registers the command)
 from mlrobust import load_onnx  # noqa: E402
-from mlrobust.cli import app, main  # noqa: E402
+from mlrobust.cli import app, main, run  # noqa: E402
 from mlrobust.errors import InputError  # noqa: E402
 from mlrobust.verify.milp_verifier import MilpVerifier  # noqa: E402
 from mlrobust.verify.spec import Box  # noqa: E402
@@ -141,6 +141,7 @@ def test_cli_prints_sat_with_a_counterexample_and_unsat(model_path, tmp_path):
     result = CliRunner().invoke(app, ["vnnlib", str(model_path), str(wide), "--timeout", "60",
                                       "--out", str(out_file)])
     assert result.exit_code == 0, result.output
+    assert run(["vnnlib", str(model_path), str(wide), "--timeout", "60"]) == 10  # sat: a counterexample
     lines = result.output.splitlines()
     assert lines[0] == "sat" and lines[1].startswith("((X_0 ") and lines[-1].endswith("))")
     values = _counterexample(result.output)
@@ -153,6 +154,7 @@ def test_cli_prints_sat_with_a_counterexample_and_unsat(model_path, tmp_path):
     tight.write_text(robustness_property(x0, 1e-4, target, 3))
     result = CliRunner().invoke(app, ["vnnlib", str(model_path), str(tight), "--solver", "highs"])
     assert result.exit_code == 0 and result.output == "unsat\n"
+    assert run(["vnnlib", str(model_path), str(tight)]) == 0  # unsat: the property holds
 
 
 def test_cli_timeout(model_path, tmp_path):
@@ -172,6 +174,7 @@ def test_cli_timeout(model_path, tmp_path):
     path.write_text(robustness_property(x0, eps, target, 3))
     result = CliRunner().invoke(app, ["vnnlib", str(model_path), str(path), "--timeout", "1e-9"])
     assert result.exit_code == 0 and result.output == "timeout\n"
+    assert run(["vnnlib", str(model_path), str(path), "--timeout", "1e-9"]) == 20  # timeout
 
 
 def test_cli_errors_exit_2(model_path, tmp_path, monkeypatch, capsys):

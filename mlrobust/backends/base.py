@@ -53,10 +53,6 @@ class SolveResult:
     message: str = ""
     stats: dict = field(default_factory=dict)
 
-    @property
-    def has_solution(self) -> bool:
-        return self.x is not None
-
 
 @runtime_checkable
 class SolverBackend(Protocol):

@@ -15,10 +15,8 @@ import time
 
 import numpy as np
 
-from mlrobust.backends.base import (ERROR, INFEASIBLE, OPTIMAL, STOPPED, TIME_LIMIT, SolveResult, StopRule,
-                                    best_first)
+from mlrobust.backends.base import ERROR, INFEASIBLE, OPTIMAL, STOPPED, TIME_LIMIT, SolveResult, StopRule, best_first
 from mlrobust.milp.problem import MilpProblem
-
 
 _SCHEDULER_THREADS: int | None = None
 

@@ -12,6 +12,7 @@ inconsistent and reported as an error, never used. Where a solver reports no bou
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -28,10 +29,17 @@ def pyomo_knows(name: str) -> bool:
         from pyomo.opt.base.solvers import UnknownSolver
     except ImportError:
         return False
+    # Asked about a name it does not know, Pyomo logs a dozen lines of warnings and a traceback (on stdout) before
+    # answering; the answer is all that is wanted here.
+    log = logging.getLogger("pyomo")
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
     try:
         opt = pyo.SolverFactory(name)
     except Exception:
         return False
+    finally:
+        log.setLevel(level)
     return opt is not None and not isinstance(opt, UnknownSolver)
 
 

@@ -64,9 +64,7 @@ def register_backend(name: str, factory: Callable[..., SolverBackend]) -> None:
 
 
 def _entry_points() -> dict[str, metadata.EntryPoint]:
-    eps = metadata.entry_points()
-    selected = eps.select(group=ENTRY_POINT_GROUP) if hasattr(eps, "select") else eps.get(ENTRY_POINT_GROUP, [])
-    return {ep.name.lower(): ep for ep in selected}
+    return {ep.name.lower(): ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}  # Python >= 3.10
 
 
 def backend_names() -> list[str]:

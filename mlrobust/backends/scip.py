@@ -10,8 +10,7 @@ import time
 
 import numpy as np
 
-from mlrobust.backends.base import (ERROR, INFEASIBLE, OPTIMAL, STOPPED, TIME_LIMIT, SolveResult, StopRule,
-                                    best_first)
+from mlrobust.backends.base import ERROR, INFEASIBLE, OPTIMAL, STOPPED, TIME_LIMIT, SolveResult, StopRule, best_first
 from mlrobust.milp.problem import MilpProblem
 
 

@@ -92,7 +92,7 @@ class BatchSettings:
     time_limit: float | None = _D["time_limit"]
     query_time_limit: float | None = _D["query_time_limit"]
     max_queries: int | None = _D["max_queries"]
-    delta: float = _D["delta"]
+    delta: float | None = _D["delta"]  # None: automatic
     certify: bool = _D["certify"]
 
     def validate(self) -> "BatchSettings":

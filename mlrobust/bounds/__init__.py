@@ -29,16 +29,6 @@ from mlrobust.ir.graph import Network
 METHODS = ("ibp", "crown")
 
 
-def _as_sample(network: Network, arr: np.ndarray, what: str) -> np.ndarray:
-    """One bound array in the per-sample input shape (a leading batch axis of 1 is accepted)."""
-    arr = np.asarray(arr, dtype=np.float64)
-    if arr.shape == tuple(network.input_shape) and arr.shape[:1] == (1,):
-        arr = arr[0]
-    if arr.shape != network.sample_shape:
-        raise InputError(f"{what} bound has shape {arr.shape}; the model expects {network.sample_shape}")
-    return arr
-
-
 def propagate(network: Network, lower: np.ndarray, upper: np.ndarray, method: str = "crown") -> Bounds:
     """Sound bounds on every tensor of ``network`` for inputs in the box ``[lower, upper]``.
 

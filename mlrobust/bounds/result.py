@@ -85,10 +85,3 @@ class Bounds:
     @property
     def num_unstable(self) -> int:
         return sum(s["unstable"] for s in self.relu_status().values())
-
-    def intersect(self, other: "Bounds", method: str | None = None) -> "Bounds":
-        """Elementwise intersection with other sound bounds over the same box (both stay sound)."""
-        lower = {t: np.maximum(self.lower[t], other.lower[t]) for t in self.lower}
-        upper = {t: np.minimum(self.upper[t], other.upper[t]) for t in self.upper}
-        return Bounds(self.network, lower, upper, method or f"{self.method}&{other.method}",
-                      self.seconds + other.seconds, {**other.info, **self.info})

@@ -4,16 +4,18 @@ resumable, on local processes or a Dask cluster, with a progress bar and a summa
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from mlrobust.cli import app
+from mlrobust.cli import EXIT_INTERRUPTED, EXIT_OK, app
+from mlrobust.cli.files import atomic_write_text, input_file, output_file
+from mlrobust.errors import InputError
 
 
-@app.command("batch")
+@app.command("batch", epilog="Exit codes: 0 the batch finished (each image's answer is in its line), 2 usage or "
+             "input error, 130 interrupted (run the same command again to resume).")
 def batch(
     model: Path = typer.Argument(..., help="ONNX model file."),
     dataset: Path = typer.Argument(..., help="A folder with a manifest.json (the shipped examples, or a split "
@@ -32,7 +34,7 @@ def batch(
     cutting: str = typer.Option("fixed", "--cutting", help="CEGIS cutting weights: fixed or sensitivity."),
     weights: str = typer.Option("uniform", "--weights", help="Layer weights: uniform, count, or a file."),
     solver: str = typer.Option("highs", "--solver", help="MILP solver: highs, cbc, scip, gurobi, pyomo:NAME."),
-    verifier: str = typer.Option("cascade", "--verifier", help="cascade, milp, bounds or attack."),
+    verifier: str = typer.Option("cascade", "--verifier", help="cascade, cascade-bab (with branch and bound), bab, milp, bounds or attack."),
     time_limit: float = typer.Option(300.0, "--time-limit", help="Seconds per image (the whole search)."),
     query_time_limit: float = typer.Option(30.0, "--query-time-limit", help="Seconds per verifier call."),
     max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Verifier calls per image at most."),
@@ -42,20 +44,54 @@ def batch(
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Run again the images whose line is an error."),
     summary_json: Optional[Path] = typer.Option(None, "--summary-json", help="Also write the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; a one-line summary."),
-) -> None:
+) -> int:
     """Search the maximal robust layered neighborhood of every image of DATASET and append one JSON line per
     image to --out. Running the same command again skips the images already in the file."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from mlrobust.cli.verify_cmd import (
+        CUTTINGS,
+        METHODS,
+        VERIFIERS,
+        check_choice,
+        check_limits,
+        check_solver,
+        parse_delta,
+    )
+
+    input_file(model, "model file")
+    if not dataset.exists():
+        raise InputError(f"data set {str(dataset)!r} does not exist")
+    if weights not in ("uniform", "count", "pixels"):
+        input_file(Path(weights), "--weights file")
+    check_limits(k=k, time_limit=time_limit, query_time_limit=query_time_limit, max_queries=max_queries)
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, not {workers}")
+    if start < 0 or (limit is not None and limit < 0):
+        raise InputError("--start and --limit must be >= 0")
+    check_choice(method, METHODS, "--method")
+    check_choice(cutting, CUTTINGS, "--cutting")
+    check_choice(verifier, VERIFIERS, "--verifier")
+    delta_value = parse_delta(delta)
+    check_solver(solver)
+    output_file(out, "--out")
+    if summary_json is not None:
+        output_file(summary_json, "--summary-json")
 
     from mlrobust.batch import BatchSettings, load_jobs, render_summary, run_batch, summarize
-    from mlrobust.cli.verify_cmd import parse_delta
 
     console = Console()
     settings = BatchSettings(k=k, method=method, cutting=cutting, weights=weights, solver=solver, verifier=verifier,
                              time_limit=time_limit, query_time_limit=query_time_limit, max_queries=max_queries,
-                             delta=parse_delta(delta), certify=not no_certify)
+                             delta=delta_value, certify=not no_certify)
     jobs = load_jobs(dataset, split=split, side_rule=target_side, start=start, limit=limit)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[last]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -78,16 +114,19 @@ def batch(
                         on_start=on_start, on_line=on_line)
     summary = summarize(run.lines)
     if summary_json:
-        summary_json.write_text(json.dumps({"out": str(run.out), "written": run.written, "skipped": run.skipped,
+        atomic_write_text(summary_json, json.dumps({"out": str(run.out), "written": run.written, "skipped": run.skipped,
                                             "wall_seconds": run.wall_seconds, "executor": run.executor,
                                             **summary.to_dict()}, indent=1))
     if quiet:
         med = summary.stat(summary.sizes)["median"]
-        console.print(f"images={run.total} skipped={run.skipped} written={run.written} done={summary.done} "
-                      f"errors={summary.errors} verified={summary.verified} "
-                      f"median_size={'-' if med is None else f'{med:.4f}'} wall={run.wall_seconds:.1f}s")
+        # print, not the rich console: one line for scripts, whatever the terminal width (rich wraps at 80 columns
+        # when stdout is not a terminal)
+        print(f"images={run.total} skipped={run.skipped} written={run.written} done={summary.done} "
+              f"errors={summary.errors} verified={summary.verified} "
+              f"median_size={'-' if med is None else f'{med:.4f}'} wall={run.wall_seconds:.1f}s")
     else:
         render_summary(summary, run, console)
     if run.interrupted:
         console.print(f"interrupted: {run.written} line(s) written to {run.out}; run the same command to resume")
-        sys.exit(130)  # not typer.Exit: the app runs in non-standalone mode, where click returns its code instead
+        return EXIT_INTERRUPTED
+    return EXIT_OK

@@ -5,12 +5,11 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-import numpy as np
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from mlrobust.cli import app
+from mlrobust.cli.files import output_file
+from mlrobust.errors import InputError
 
 data_app = typer.Typer(help="Data sets: build Double-MNIST from the original MNIST files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -35,6 +34,16 @@ def double_mnist(
 ) -> None:
     """Compose two-digit 64x64 images (two different digits, one per 32-pixel slot) with multi-hot labels and
     per-digit masks."""
+    if not mnist_dir.is_dir():
+        raise InputError(f"--mnist-dir {str(mnist_dir)!r} is not a folder")
+    if fmt == OutputFormat.npz:
+        output_file(out, "--out", (".npz",))
+    elif out.exists() and not out.is_dir():
+        raise InputError(f"--out {str(out)!r} is a file; --format png writes a folder")
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
     from mlrobust.data.double_mnist import build_from_mnist_dir, save_npz, save_png
     from mlrobust.data.mnist import MNIST_MD5
 
@@ -57,6 +66,8 @@ def download_mnist_cmd(
     out: Path = typer.Argument(..., help="Folder to put the four MNIST .gz files in."),
 ) -> None:
     """Download the four original MNIST files (needs internet) and check their published MD5 sums."""
+    from rich.console import Console
+
     from mlrobust.data.mnist import download_mnist
 
     for path in download_mnist(out):

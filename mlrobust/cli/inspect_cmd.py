@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from mlrobust.cli import app
+from mlrobust.cli.files import input_file
 
 
 @app.command("inspect")
@@ -16,6 +17,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
 ) -> None:
     """Show the network as mlrobust reads it: nodes, shapes, neurons, ReLUs, and what the import folded or stripped."""
+    input_file(model, "model file")
     from rich.console import Console
 
     from mlrobust.ir.onnx_import import load_onnx

@@ -1,20 +1,49 @@
 """``mlrobust verify``: search the maximal robust layered neighborhood of a target label (or check one given
-neighborhood), with a live progress display, a result table, JSON and a heatmap."""
+neighborhood), with a live progress display, a result table, JSON and a heatmap.
+
+Every argument, input file and output path is checked before the model is loaded; the exit code tells the answer
+(:data:`mlrobust.cli.EXIT_CODES_HELP`).
+"""
 
 from __future__ import annotations
 
+import math
+import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
 
-import numpy as np
 import typer
 
-from mlrobust.cli import app
+from mlrobust.cli import (
+    EXIT_CODES_HELP,
+    EXIT_COUNTEREXAMPLE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNKNOWN,
+    app,
+    seconds_since_start,
+)
+from mlrobust.cli.files import IMAGE_SUFFIXES, atomic_path, atomic_write_text, input_file, output_file
 from mlrobust.errors import InputError
+
+#: Names the options accept (checked before anything is loaded; the API checks them again).
+METHODS = ("optimize", "certificate", "layer-search", "uniform")
+CUTTINGS = ("fixed", "sensitivity")
+VERIFIERS = ("cascade", "cascade-bab", "bab", "milp", "bounds", "attack")
+#: Exit code of each verdict of a check.
+CHECK_EXIT = {"robust": EXIT_OK, "not_robust": EXIT_COUNTEREXAMPLE, "unknown": EXIT_UNKNOWN}
 
 _STATUS_STYLE = {"refuted": "green", "saturated": "green", "unknown": "yellow", "not_maximal": "red",
                  "unchecked": "dim", "robust": "green", "not_robust": "red"}
+
+
+def _finite(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise InputError(f"{what} must be a finite number, not {value!r}")
+    return value
 
 
 def parse_eps_layers(text: str) -> list[float]:
@@ -26,18 +55,119 @@ def parse_eps_layers(text: str) -> list[float]:
         raise InputError(f"--eps-layers {text!r} must be numbers separated by commas (e0,e1,...)") from None
     if not values:
         raise InputError("--eps-layers needs at least one epsilon")
+    for v in values:
+        if not math.isfinite(v) or v < 0:
+            raise InputError(f"--eps-layers: every epsilon must be a finite number >= 0, not {v!r}")
     return values
 
 
 def parse_delta(text: str) -> float | None:
-    """``"auto"`` -> None (the automatic tolerance), else the number (its range is checked by the search options)."""
+    """``"auto"`` -> None (the automatic tolerance), else the number, which must lie in (0, 1]."""
     if text.strip().lower() == "auto":
         return None
     try:
         value = float(text)
     except ValueError:
         raise InputError(f"--delta {text!r} must be a number or 'auto'") from None
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise InputError(f"--delta must be in (0, 1] or 'auto', not {text!r}")
     return value
+
+
+def check_choice(value: str, choices: tuple[str, ...], option: str) -> str:
+    if value not in choices:
+        raise InputError(f"{option} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def check_limits(*, k: int | None = None, target: int | None = None, time_limit: float | None = None,
+                 query_time_limit: float | None = None, max_queries: int | None = None) -> None:
+    """The numeric options shared by ``verify`` and ``batch``, checked before anything is loaded."""
+    if k is not None and k < 1:
+        raise InputError(f"--k must be at least 1, not {k}")
+    if target is not None and target < 0:
+        raise InputError(f"--target must be a label index >= 0, not {target}")
+    for value, option in ((time_limit, "--time-limit"), (query_time_limit, "--query-time-limit")):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise InputError(f"{option} must be a positive number of seconds, not {value!r}")
+    if max_queries is not None and max_queries < 1:
+        raise InputError(f"--max-queries must be at least 1, not {max_queries}")
+
+
+#: The shipped solver backends (the keys of mlrobust.backends.registry's table; a test keeps them equal). Named
+#: here because importing the registry pulls in the MILP stack and torch (seconds).
+SHIPPED_SOLVERS = ("highs", "cbc", "scip", "gurobi")
+
+
+def check_solver(solver: str) -> None:
+    """An unknown solver name is an error now, before a model is loaded. A shipped name or ``pyomo:NAME`` costs
+    nothing here (whether the solver is installed is checked when the verifier is made); any other name (a plugin,
+    or one for Pyomo) is resolved by the registry, which takes a few seconds to import."""
+    key = solver.strip().lower()
+    if key in SHIPPED_SOLVERS or (key.startswith("pyomo:") and len(key) > len("pyomo:")):
+        return
+    from mlrobust.backends.registry import get_backend
+
+    get_backend(solver)
+
+
+def check_model_and_image(model: Path, image: Path) -> None:
+    """Load the model and read the image against its input size, with the light modules only (numpy, ONNX,
+    Pillow; no torch): a broken model or an image of the wrong size is reported in a fraction of a second."""
+    from mlrobust.ir.onnx_import import load_onnx
+    from mlrobust.neighborhood.image_io import load_image
+
+    with notes():
+        load_image(image, load_onnx(model).sample_shape)
+
+
+#: Seconds of a command's time limit kept back from the search (or check) for what the command does around it:
+#: loading the inputs before the search's clock starts, writing the outputs after it stops.
+RESERVE_SECONDS = 0.5
+
+
+def time_left(limit: float) -> float:
+    """The time the work may take: ``limit`` less the time the command has run so far (the limit counts from the
+    start of the process, see :func:`mlrobust.cli.seconds_since_start`) and less :data:`RESERVE_SECONDS`."""
+    return max(limit - seconds_since_start() - RESERVE_SECONDS, 0.01)
+
+
+@contextmanager
+def notes() -> Iterator[None]:
+    """Show Python warnings raised during the block as one ``note: ...`` line each on stderr (no source lines)."""
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        print(f"note: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
+
+
+def plain_zero(value: Any) -> Any:
+    """``value`` (plain JSON data) with every ``-0.0`` made ``0.0``: a counterexample pixel reads 0, not -0."""
+    if isinstance(value, float):
+        return value + 0.0
+    if isinstance(value, list):
+        return [plain_zero(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain_zero(v) for k, v in value.items()}
+    return value
+
+
+def write_json(data: dict, path: Path) -> None:
+    import json
+
+    atomic_write_text(path, json.dumps(plain_zero(data), indent=1))
+
+
+def write_heatmap(result: Any, path: Path, title: str | None = None) -> None:
+    from mlrobust.viz.heatmap import save_heatmap
+
+    with atomic_path(path) as tmp:
+        save_heatmap(result, tmp, title=title)
 
 
 class LiveProgress:
@@ -93,12 +223,14 @@ def _tiers(calls: dict) -> str:
 
 
 def render_result(result, console) -> None:
-    """The result table (one row per layer) and a summary."""
+    """The result table (one row per layer) and a summary (the footnote only when a row has its ``*``)."""
+    import numpy as np
     from rich.table import Table
 
+    full = [bool(result.epsilons[d] >= result.saturation[d]) for d in range(len(result.epsilons))]
     table = Table(title=f"Robust layered neighborhood of label {result.target} (top-{result.k})",
-                  title_justify="left", caption="* the layer spans the whole pixel range [0, 1]",
-                  caption_justify="left")
+                  title_justify="left", caption_justify="left",
+                  caption="* the layer spans the whole pixel range [0, 1]" if any(full) else None)
     table.add_column("layer", justify="right")
     table.add_column("pixels", justify="right")
     table.add_column("\u03b5", justify="right")
@@ -109,10 +241,10 @@ def render_result(result, console) -> None:
     table.add_column("by")
     for d, m in enumerate(result.maximality):
         eps = result.epsilons[d]
-        full = "*" if eps >= result.saturation[d] else " "
+        star = "*" if full[d] else " "
         style = _STATUS_STYLE.get(m.status, "")
         status = m.status.replace("_", " ")
-        table.add_row(str(d), str(int(result.layer_counts[d])), f"{eps:.4f}{full}",
+        table.add_row(str(d), str(int(result.layer_counts[d])), f"{eps:.4f}{star}",
                       "" if m.refuted_eps is None else f"{m.refuted_eps:.4f}",
                       f"[{style}]{status}[/]" if style else status,
                       "" if m.tried is None else f"{m.tried:.4f}",
@@ -147,6 +279,8 @@ def render_result(result, console) -> None:
 
 
 def render_check(res, console) -> None:
+    import numpy as np
+
     style = _STATUS_STYLE.get(res.status, "")
     console.print(f"[bold]{res.status.replace('_', ' ')}[/] " if not style else
                   f"[bold {style}]{res.status.replace('_', ' ')}[/]", end="")
@@ -160,7 +294,8 @@ def render_check(res, console) -> None:
     console.print(f"{len(res.epsilons)} layers, size w\u00b7\u03b5 = {res.size:.4f}")
 
 
-@app.command("verify")
+@app.command("verify", epilog=EXIT_CODES_HELP + " A search exits 0 when it finishes (its answer is in the table "
+             "and the JSON), 130 when interrupted (the outputs are still written if the search returned a result).")
 def verify(
     model: Path = typer.Argument(..., help="ONNX model file."),
     image: Path = typer.Argument(..., help="Image file (PNG, ... or .npy) with the model's input size."),
@@ -170,14 +305,17 @@ def verify(
     object_box: Optional[str] = typer.Option(None, "--object-box", help="The perturbed object as a box "
                                              "x0,y0,x1,y1 (x1, y1 exclusive)."),
     object_label: Optional[int] = typer.Option(None, "--object-label", help="With neither mask nor box: pick the "
-                                               "object whose removal lowers this label most."),
+                                               "object whose removal lowers this label most (a label the model "
+                                               "sees in the image)."),
     k: int = typer.Option(2, "--k", help="The target must stay among the top-k labels."),
     weights: str = typer.Option("uniform", "--weights", help="Layer weights: uniform, count, or a file."),
     cutting: str = typer.Option("fixed", "--cutting", help="CEGIS cutting weights: fixed or sensitivity."),
     method: str = typer.Option("optimize", "--method", help="optimize, certificate, layer-search or uniform."),
     solver: str = typer.Option("highs", "--solver", help="MILP solver: highs, cbc, scip, gurobi, pyomo:NAME."),
-    verifier: str = typer.Option("cascade", "--verifier", help="cascade, milp, bounds or attack."),
-    time_limit: float = typer.Option(300.0, "--time-limit", help="Seconds for the whole search (or the check)."),
+    verifier: str = typer.Option("cascade", "--verifier", help="cascade, cascade-bab (with branch and bound), bab, "
+                                 "milp, bounds or attack."),
+    time_limit: float = typer.Option(300.0, "--time-limit", help="Seconds of wall time for the whole command "
+                                     "(start-up included): the search, or the check."),
     query_time_limit: float = typer.Option(30.0, "--query-time-limit", help="Seconds per verifier call."),
     max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Verifier calls at most."),
     delta: str = typer.Option("auto", "--delta", help="Tolerance of steps and of the maximality check: a number, "
@@ -188,64 +326,94 @@ def verify(
     no_certify: bool = typer.Option(False, "--no-certify", help="Skip the per-layer maximality check."),
     object_share: float = typer.Option(0.5, "--object-share", help="The object's epsilon keeps at least this "
                                        "share of the object's own robust radius (0: the weights alone decide)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON here."),
-    heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Write the epsilon heatmap (PNG) here."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON here (its folder "
+                                             "is created)."),
+    heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Write the epsilon heatmap here (.png, .pdf, "
+                                           ".svg, ...; its folder is created)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; print a one-line summary."),
-) -> None:
+) -> int:
     """Find the largest layered neighborhood around the perturbed object in which TARGET stays among the top-k
     labels (or, with --eps / --eps-layers, check one neighborhood)."""
+    # --- everything that can be checked without loading the model, in the order of the command line
+    input_file(model, "model file")
+    input_file(image, "image file")
+    if object_mask is not None:
+        input_file(object_mask, "object mask")
+    if weights not in ("uniform", "count", "pixels"):
+        input_file(Path(weights), "--weights file")
+    if object_box is not None:
+        from mlrobust.neighborhood.objects import parse_box
+
+        parse_box(object_box)
+    check_limits(k=k, target=target, time_limit=time_limit, query_time_limit=query_time_limit,
+                 max_queries=max_queries)
+    check_choice(method, METHODS, "--method")
+    check_choice(cutting, CUTTINGS, "--cutting")
+    check_choice(verifier, VERIFIERS, "--verifier")
+    delta_value = parse_delta(delta)
+    if eps is not None and eps_layers is not None:
+        raise InputError("give either --eps or --eps-layers, not both")
+    if eps is not None and not (math.isfinite(eps) and eps >= 0):
+        raise InputError(f"--eps must be a finite number >= 0, not {eps!r}")
+    given = eps if eps is not None else (parse_eps_layers(eps_layers) if eps_layers is not None else None)
+    if json_path is not None and heatmap is not None and json_path.resolve() == heatmap.resolve():
+        raise InputError("--json and --heatmap name the same file")
+    if json_path is not None:
+        output_file(json_path, "--json")
+    if heatmap is not None:
+        output_file(heatmap, "--heatmap", IMAGE_SUFFIXES)
+    check_solver(solver)
+    check_model_and_image(model, image)
+
     from rich.console import Console
 
     from mlrobust import api
 
     console = Console()
-    err_console = Console(stderr=True)
-    delta_value = parse_delta(delta)
-    if eps is not None and eps_layers is not None:
-        raise InputError("give either --eps or --eps-layers, not both")
-    common = dict(object_mask=object_mask, object_box=object_box, object_label=object_label, k=k, weights=weights,
-                  verifier=verifier, solver=solver)
-    if eps is not None or eps_layers is not None:
-        given = eps if eps is not None else parse_eps_layers(eps_layers or "")
-        res = api.check(model, image, target, given, time_limit=time_limit, **common)
+    common: dict[str, Any] = dict(object_mask=object_mask, object_box=object_box, object_label=object_label, k=k,
+                                  weights=weights, verifier=verifier, solver=solver)
+    settings = {"solver": solver, "verifier": verifier, "time_limit": time_limit, "k": k, "weights": weights}
+    if given is not None:
+        with notes():
+            res = api.check(model, image, target, given, time_limit=time_left(time_limit), **common)
         if json_path:
-            res.write_json(json_path)
+            write_json({**res.to_json(), "settings": settings}, json_path)
         if heatmap:
-            from mlrobust.viz.heatmap import save_heatmap
-
-            save_heatmap(res, heatmap, title=f"target {target}: {res.status.replace('_', ' ')} "
-                                             f"(size {res.size:.3f})")
+            write_heatmap(res, heatmap, title=f"target {target}: {res.status.replace('_', ' ')} "
+                                              f"(size {res.size:.3f})")
         if quiet:
-            console.print(f"{res.status} tier={res.tier} size={res.size:.4f}")
+            print(f"{res.status} tier={res.tier} size={res.size:.4f}")
         else:
             render_check(res, console)
-        return
-    if quiet:
-        result = api.maximize(model, image, target, method=method, cutting=cutting, time_limit=time_limit,
-                              query_time_limit=query_time_limit, max_queries=max_queries, delta=delta_value,
-                              certify=not no_certify, object_share=object_share, **common)
-    else:
-        with LiveProgress(err_console) as live:
-            result = api.maximize(model, image, target, method=method, cutting=cutting, time_limit=time_limit,
-                                  query_time_limit=query_time_limit, max_queries=max_queries, delta=delta_value,
-                                  certify=not no_certify, object_share=object_share, progress=live, **common)
+        return CHECK_EXIT.get(res.status, EXIT_UNKNOWN)
+    search_args = dict(method=method, cutting=cutting, time_limit=time_left(time_limit),
+                       query_time_limit=query_time_limit, max_queries=max_queries, delta=delta_value,
+                       certify=not no_certify, object_share=object_share, **common)
+    settings.update({"method": method, "cutting": cutting, "query_time_limit": query_time_limit,
+                     "max_queries": max_queries, "delta": delta, "certify": not no_certify,
+                     "object_share": object_share})
+    with notes():
+        if quiet:
+            result = api.maximize(model, image, target, **search_args)
+        else:
+            with LiveProgress(Console(stderr=True)) as live:
+                result = api.maximize(model, image, target, progress=live, **search_args)
+    # A search stopped by Ctrl-C may still return the best proven neighborhood so far, flagged ``interrupted``:
+    # it is written and shown like any result, and the exit code says it was interrupted.
+    interrupted = bool(getattr(result, "interrupted", False))
     if json_path:
-        result.write_json(json_path)
+        write_json({**result.to_json(), "settings": settings, "interrupted": interrupted}, json_path)
     if heatmap:
-        from mlrobust.viz.heatmap import save_heatmap
-
-        save_heatmap(result, heatmap)
+        write_heatmap(result, heatmap)
     if quiet:
         gap = "none" if result.median_gap is None else f"{result.median_gap:.4g}"
-        console.print(f"size={result.size:.4f} eps0={result.eps0:.4f} verified={result.verified} "
-                      f"certified={result.certified_layers}/{result.num_layers} median_gap={gap} "
-                      f"queries={result.stats.total} milp={result.stats.milp_calls} "
-                      f"seconds={result.timings['total']:.1f}" + (" interrupted" if result.interrupted else ""),
-                      soft_wrap=True)  # one line for scripts, whatever the terminal's width
+        print(f"size={result.size:.4f} eps0={result.eps0:.4f} verified={result.verified} "
+              f"certified={result.certified_layers}/{result.num_layers} median_gap={gap} "
+              f"queries={result.stats.total} milp={result.stats.milp_calls} seconds={result.timings['total']:.1f}"
+              + (" interrupted=True" if interrupted else ""))
     else:
         render_result(result, console)
         for path, what in ((json_path, "JSON"), (heatmap, "heatmap")):
             if path:
                 console.print(f"{what} written to {path}")
-    if result.interrupted:
-        raise typer.Exit(130)  # the result is written; the exit code still says the search did not finish
+    return EXIT_INTERRUPTED if interrupted else EXIT_OK

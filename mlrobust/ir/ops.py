@@ -66,9 +66,9 @@ class Conv2d:
 
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
         kh, kw = self.kernel
-        t, l, b, r = self.padding
-        return (_out_size(h, kh, self.stride[0], t, b, self.dilation[0]),
-                _out_size(w, kw, self.stride[1], l, r, self.dilation[1]))
+        top, left, bottom, right = self.padding
+        return (_out_size(h, kh, self.stride[0], top, bottom, self.dilation[0]),
+                _out_size(w, kw, self.stride[1], left, right, self.dilation[1]))
 
     def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:
         n, c = x.shape[:2]
@@ -107,8 +107,9 @@ class MaxPool2d:
     kind = "MaxPool2d"
 
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
-        t, l, b, r = self.padding
-        return (_out_size(h, self.kernel[0], self.stride[0], t, b), _out_size(w, self.kernel[1], self.stride[1], l, r))
+        top, left, bottom, right = self.padding
+        return (_out_size(h, self.kernel[0], self.stride[0], top, bottom),
+                _out_size(w, self.kernel[1], self.stride[1], left, right))
 
     def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:
         win = _windows(x, self.kernel, self.stride, self.padding, (1, 1), -np.inf)
@@ -128,8 +129,9 @@ class AvgPool2d:
     kind = "AvgPool2d"
 
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
-        t, l, b, r = self.padding
-        return (_out_size(h, self.kernel[0], self.stride[0], t, b), _out_size(w, self.kernel[1], self.stride[1], l, r))
+        top, left, bottom, right = self.padding
+        return (_out_size(h, self.kernel[0], self.stride[0], top, bottom),
+                _out_size(w, self.kernel[1], self.stride[1], left, right))
 
     def divisor(self, h: int, w: int) -> np.ndarray:
         """(Ho, Wo) number of averaged entries per output position."""

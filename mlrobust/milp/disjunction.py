@@ -63,7 +63,7 @@ def add_disjunction(enc: Encoding, out: AffineForm, clauses: list[Clause], lower
     Every clause must have at least one row (a clause without rows always holds; callers decide it directly).
     """
     mins_U = np.array([np.min(u) for u in upper])
-    mins_L = np.array([np.min(l) for l in lower])
+    mins_L = np.array([np.min(lo) for lo in lower])
     dropped_upper = float("-inf")
     candidates = np.arange(len(clauses))
     if prune_below is not None and np.any(mins_U >= prune_below):

@@ -118,7 +118,9 @@ class Encoding:
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, sp.csr_matrix, np.ndarray, np.ndarray]:
         """``(col_lower, col_upper, integer, A, row_lower, row_upper)`` of everything appended so far."""
         if self._cache is None:
-            cat = (lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype=dtype))
+            def cat(parts: list, dtype: type) -> np.ndarray:
+                return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
             col_lower = cat(self._col_lower, np.float64)
             col_upper = cat(self._col_upper, np.float64)
             integer = cat(self._col_int, bool)
@@ -146,9 +148,3 @@ class Encoding:
 
     def row_kinds(self) -> np.ndarray:
         return np.concatenate(self._row_kind) if self._row_kind else np.zeros(0, dtype=object)
-
-    def set_col_bounds(self, idx: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
-        """Tighten existing columns (used when better bounds arrive after a column was made)."""
-        col_lower, col_upper, *_ = self.arrays()
-        col_lower[idx] = np.maximum(col_lower[idx], lower)
-        col_upper[idx] = np.minimum(col_upper[idx], upper)

@@ -82,6 +82,3 @@ class MilpProblem:
                            self.row_upper, self.objective, self.offset, self.input_cols, self.input_base,
                            self.input_shape, self.objective_col, self.col_kind, self.row_kind, dict(self.stats),
                            self.start)
-
-    def size_summary(self) -> str:
-        return f"{self.num_cols} variables ({self.num_binaries} binary), {self.num_rows} constraints, {self.nnz} nonzeros"

@@ -1,8 +1,7 @@
 """Bound tightening before the MILP, as a named choice: "ibp", "crown", "alpha" or "lp".
 
 - ``ibp``: interval bounds (and the builder's interval of each affine form over the current columns).
-- ``crown``: CROWN bounds intersected with IBP, and CROWN margin bounds for the top-k objective; falls back to IBP
-  (with a note in ``stats``) where CROWN is not available.
+- ``crown``: CROWN bounds intersected with IBP, and CROWN margin bounds for the top-k objective.
 - ``alpha``: ``crown``, then α-CROWN (:mod:`mlrobust.bounds.alpha_margin`) on the margins the top-k proof still
   needs: optimised upper bounds of the open classes and, for k = 2, of convex combinations of pairs; the proven
   bound on the k-th largest margin is kept in ``Tightened.kth_upper``. With ``AlphaOptions.optimize_intermediate``
@@ -25,7 +24,7 @@ from typing import Iterator
 import numpy as np
 import scipy.sparse as sp
 
-from mlrobust.bounds import propagate
+from mlrobust.bounds import margin_bounds, propagate
 from mlrobust.bounds.alpha_crown import AlphaOptions, tighten_intermediate
 from mlrobust.bounds.alpha_margin import AlphaCache, alpha_topk_bounds
 from mlrobust.bounds.ibp import interval_affine
@@ -77,22 +76,6 @@ class Tightened:
     @property
     def num_unstable(self) -> int:
         return self.bounds.num_unstable
-
-
-def crown_available() -> bool:
-    try:
-        import mlrobust.bounds.crown  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _margin_bounds_function():
-    try:
-        from mlrobust.bounds import margin_bounds  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return margin_bounds
 
 
 def interval_margins(bounds: Bounds, target: int) -> tuple[np.ndarray, np.ndarray]:
@@ -242,12 +225,8 @@ def lp_margins(builder: MilpBuilder, target: int, lower: np.ndarray, upper: np.n
 
 # --- the named choices ------------------------------------------------------------------------------------------
 def base_bounds(network: Network, lower: np.ndarray, upper: np.ndarray, method: str) -> tuple[Bounds, dict]:
-    """IBP or CROWN bounds (CROWN falls back to IBP with a note when unavailable)."""
-    if method == "ibp":
-        return propagate(network, lower, upper, method="ibp"), {}
-    if not crown_available():
-        return propagate(network, lower, upper, method="ibp"), {"note": "CROWN unavailable; used IBP"}
-    return propagate(network, lower, upper, method="crown"), {}
+    """IBP or CROWN bounds (``method`` "ibp", or anything else for CROWN) and a dict for notes about them."""
+    return propagate(network, lower, upper, method="ibp" if method == "ibp" else "crown"), {}
 
 
 def tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str = "crown",
@@ -291,12 +270,9 @@ def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str
         L, U = interval_margins(bounds, target)
         tL, tU = tail_margins(network, bounds, target)
         L, U = np.maximum(L, tL), np.minimum(U, tU)
-        fn = _margin_bounds_function()
-        if method != "ibp" and fn is not None and crown_available():
-            try:  # reuse the intermediate bounds just computed
-                cl, cu = fn(network, bounds.input_lower, bounds.input_upper, target, method="crown", bounds=bounds)
-            except TypeError:
-                cl, cu = fn(network, bounds.input_lower, bounds.input_upper, target, method="crown")
+        if method != "ibp":  # CROWN margin bounds, reusing the intermediate bounds just computed
+            cl, cu = margin_bounds(network, bounds.input_lower, bounds.input_upper, target, method="crown",
+                                   bounds=bounds)
             L, U = np.maximum(L, cl), np.minimum(U, cu)
     if method == "alpha" and target is not None and L is not None and U is not None:
         opts = _alpha_options(alpha_options, time_budget, start)
@@ -314,7 +290,8 @@ def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str
     skipped = 0
     while not builder.done:
         node = builder.next_node
-        assert node is not None
+        if node is None:  # not done, so a node is next; a check that survives ``python -O``
+            raise RuntimeError("the MILP builder reports more work but no next node")
         if node.kind == "Relu":
             t = node.inputs[0]
             builder.set_bounds(t, *builder.form_interval(t))
@@ -338,8 +315,7 @@ def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str
     lower_d, upper_d = builder.lower, builder.upper
     repropagate(network, lower_d, upper_d)
     tightened = Bounds(network, lower_d, upper_d, "lp", time.perf_counter() - start, dict(bounds.info))
-    if target is not None:
-        assert L is not None and U is not None
+    if target is not None and L is not None and U is not None:  # L and U are set whenever a target is given
         fL, fU = builder.margin_interval(target)
         L, U = np.maximum(L, fL), np.minimum(U, fU)
         L, U, solves = lp_margins(builder, target, L, U, deadline=deadline)

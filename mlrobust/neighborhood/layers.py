@@ -8,7 +8,6 @@ object itself. The distance map is computed by scipy's chessboard chamfer transf
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from mlrobust.errors import InputError
 
@@ -26,6 +25,8 @@ def chebyshev_distance(mask: np.ndarray) -> np.ndarray:
     mask = as_mask(mask)
     if not mask.any():
         raise InputError("object mask is empty: it selects no pixel")
+    from scipy import ndimage  # here, not at the top: scipy.ndimage takes 0.2 s to import (command-line start-up)
+
     # distance_transform_cdt measures, for every non-zero element, the distance to the nearest zero element; the
     # object's pixels are therefore the zeros of its input.
     dist = ndimage.distance_transform_cdt(~mask, metric="chessboard")

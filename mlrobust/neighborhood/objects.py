@@ -176,18 +176,23 @@ def find_object(
     own = [int(i) for i in np.argmax(drops, axis=1)]
 
     target_index = int(np.argmax(drops[:, target])) if target is not None and n > 1 else None
+    # The object's label is one the model sees in the clean image: among its top-k labels (top-(k+1) less the
+    # target when there is one). Removing a component also shifts unrelated labels a little; without this
+    # restriction such a shift can name a label that is not in the image at all.
+    ranked = [int(c) for c in np.argsort(-clean, kind="stable") if c != target]
+    allowed = np.zeros(num_classes, dtype=bool)
+    allowed[ranked[:k]] = True
     if object_label is not None:
-        index, label = int(np.argmax(drops[:, object_label])), object_label
         if target is not None and object_label == target:
             warnings.warn("the perturbed object's label is the target label itself", stacklevel=2)
+        elif not allowed[object_label]:
+            raise InputError(f"object label {object_label} is not among the labels the model sees in the image "
+                             f"({', '.join(map(str, ranked[:k]))}"
+                             + (f", besides the target {target}" if target is not None else "")
+                             + "): give one of those, or the object as a mask or box")
+        index, label = int(np.argmax(drops[:, object_label])), object_label
     else:
         candidates = np.arange(n)
-        # The object's label is one the model sees in the clean image: among its top-k labels (top-(k+1) less the
-        # target when there is one). Removing a component also shifts unrelated labels a little; without this
-        # restriction such a shift can name a label that is not in the image at all.
-        ranked = [int(c) for c in np.argsort(-clean, kind="stable") if c != target]
-        allowed = np.zeros(num_classes, dtype=bool)
-        allowed[ranked[:k]] = True
         scores = np.where(allowed[None, :], drops, -np.inf)
         if target is not None:
             if n == 1:

@@ -7,6 +7,7 @@ and the image with the versions of the tools, so a reader can rebuild the box an
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -40,14 +41,21 @@ def sha256_array(arr: np.ndarray) -> str:
 
 
 def network_hash(network: Any) -> str:
-    """Hash of a network's parameters in node order (for networks not read from a file)."""
+    """Hash of everything that defines a network's function (for networks not read from a file): its input, and
+    for every node in order its inputs, output, shape, op kind and *every* op attribute — arrays by dtype, shape and
+    bytes (float64), other values by ``repr`` (strides, paddings, groups, an Add's coefficient, ...). Two networks
+    that compute different functions never share a hash through a forgotten attribute."""
     h = hashlib.sha256()
+    h.update(f"input:{network.input_name}:{tuple(network.input_shape)}:output:{network.output_name}".encode())
     for node in network.nodes:
-        h.update(f"{node.name}:{node.op.kind}:{node.out_shape}".encode())
-        for attr in ("weight", "bias", "mul", "add"):
-            value = getattr(node.op, attr, None)
-            if value is not None:
-                h.update(np.ascontiguousarray(np.asarray(value, dtype=np.float64)).tobytes())
+        h.update(f"|{node.name}:{node.op.kind}:{tuple(node.inputs)}:{node.output}:{tuple(node.out_shape)}".encode())
+        for f in dataclasses.fields(node.op):
+            value = getattr(node.op, f.name)
+            if isinstance(value, np.ndarray):
+                h.update(f";{f.name}=array".encode())
+                h.update(sha256_array(value).encode())
+            else:
+                h.update(f";{f.name}={value!r}".encode())
     return h.hexdigest()
 
 
@@ -62,7 +70,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
 
 
 @dataclass

@@ -31,10 +31,8 @@ def cheap_tiers(verifier: Verifier, attack: bool = True, bounds: Verifier | None
     ``attack=False`` leaves the attack out as well (the search runs its own, warm-started from the points it knows,
     with random restarts; see :class:`~mlrobust.search.problem.SearchProblem`). ``bounds`` replaces the cascade's
     bound tier (e.g. plain CROWN where many quick queries matter more than the tightest bound)."""
-    try:
-        from mlrobust.verify.cascade import Cascade
-    except ImportError:  # pragma: no cover - the cascade ships with mlrobust
-        return None
+    from mlrobust.verify.cascade import Cascade
+
     if not isinstance(verifier, Cascade):
         return None
     cheap = Cascade(attack=verifier.attack, bounds=bounds or verifier.bounds, milp=_Undecided(),  # type: ignore[arg-type]

@@ -18,8 +18,15 @@ import torch
 from mlrobust.ir.graph import Network
 from mlrobust.milp.tightening import torch_threads
 from mlrobust.verify.base import Mode
-from mlrobust.verify.counterexample import (CheckedPoint, OutputProperty, TopKProperty, check_points, check_query,
-                                            torch_module, weak_points)
+from mlrobust.verify.counterexample import (
+    CheckedPoint,
+    OutputProperty,
+    TopKProperty,
+    check_points,
+    check_query,
+    torch_module,
+    weak_points,
+)
 from mlrobust.verify.spec import Box
 from mlrobust.verify.verdict import NotRobust, Unknown, Verdict
 

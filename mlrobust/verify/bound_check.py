@@ -35,7 +35,8 @@ from mlrobust.verify.verdict import (
 
 def margin_range(tight: Tightened, target: int, k: int) -> tuple[float, float]:
     """Proven ``(lower, upper)`` bounds on the k-th largest margin over the box."""
-    assert tight.margin_lower is not None and tight.margin_upper is not None
+    if tight.margin_lower is None or tight.margin_upper is None:  # a check that survives ``python -O``
+        raise ValueError("margin_range needs bounds tightened for a target (tighten(..., target=t))")
     others = np.delete(np.arange(tight.margin_lower.size), target)
     hi = kth_largest(tight.margin_upper[others], k)
     if tight.kth_upper is not None and tight.k == k:

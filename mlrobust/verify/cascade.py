@@ -1,8 +1,11 @@
-"""The verification cascade: PGD attack, then margin bounds, then the MILP only for what is still undecided.
+"""The verification cascade: PGD attack, then margin bounds, optionally branch and bound, then the MILP only for
+what is still undecided.
 
 Cheap tiers first: an attack refutes most non-robust boxes in milliseconds, CROWN margin bounds prove most clearly
-robust ones (α-CROWN tightens the margins CROWN leaves open), and only the boxes in between pay for a MILP. The bounds the second tier computes are handed to the
-MILP (no second CROWN pass). Every verdict names the tier that decided it and the seconds spent in each tier; in
+robust ones (α-CROWN tightens the margins CROWN leaves open), and only the boxes in between pay for a MILP. The
+bounds the second tier computes are handed to the MILP (no second CROWN pass). With ``use_bab`` a branch and bound
+(:mod:`mlrobust.verify.bab`) gets a share of the remaining time between the bounds and the MILP, starting from the
+same bounds. Every verdict names the tier that decided it and the seconds spent in each tier; in
 optimise mode its weak points merge the attack's best points with the MILP's solutions, largest margin first.
 """
 
@@ -13,6 +16,7 @@ import time
 from mlrobust.backends.base import SolverBackend
 from mlrobust.ir.graph import Network
 from mlrobust.verify.attack import PgdAttack
+from mlrobust.verify.bab import BabVerifier
 from mlrobust.verify.base import Mode
 from mlrobust.verify.bound_check import BoundCheck, verdict_from_bounds
 from mlrobust.verify.counterexample import check_query
@@ -30,14 +34,19 @@ def _merge(*lists: list[WeakPoint], limit: int | None = None) -> list[WeakPoint]
 
 
 class Cascade:
-    """attack -> bounds -> MILP. Tiers can be switched off; ``milp`` may be any verifier object."""
+    """attack -> bounds -> [BaB] -> MILP. Tiers can be switched off; ``milp`` may be any verifier object.
+
+    ``use_bab``: run ``bab`` (default options) after the bounds for ``bab_share`` of the time left (``bab``'s own
+    time limit when the call has none); the MILP gets what remains.
+    """
 
     name = "cascade"
 
     def __init__(self, solver: str | SolverBackend | None = "highs", tightening: str = "crown",
                  attack: PgdAttack | None = None, bounds: BoundCheck | None = None,
                  milp: MilpVerifier | None = None, use_attack: bool = True, use_bounds: bool = True,
-                 weak_point_limit: int = 8):
+                 weak_point_limit: int = 8, use_bab: bool = False, bab: BabVerifier | None = None,
+                 bab_share: float = 0.5):
         self.attack = attack or PgdAttack()
         # α-CROWN only runs where CROWN leaves the proof open, and gives up early when it cannot close it
         # (benchmarks/results/alpha.md: larger proven boxes for well under a second per undecided query)
@@ -46,7 +55,10 @@ class Cascade:
         self.use_attack = use_attack
         self.use_bounds = use_bounds
         self.weak_point_limit = weak_point_limit
-        self.calls = {"attack": 0, "bounds": 0, "milp": 0}
+        self.use_bab = use_bab
+        self.bab = bab or BabVerifier()
+        self.bab_share = bab_share
+        self.calls = {"attack": 0, "bounds": 0, "bab": 0, "milp": 0}
 
     def verify(self, network: Network, box: Box, target: int, k: int = 2, mode: Mode = "decide",
                time_limit: float | None = None) -> Verdict:
@@ -84,9 +96,23 @@ class Cascade:
                 verdict.stats = stats
                 verdict.weak_points = _merge(wps, verdict.weak_points, limit=self.weak_point_limit)
                 return verdict
+        if self.use_bab:
+            self.calls["bab"] += 1
+            remaining = left()
+            share = None if remaining is None else self.bab_share * remaining
+            verdict = self.bab.verify(network, box, target, k, mode, share, tightened=tight,
+                                      attack=not self.use_attack)
+            seconds.update(verdict.seconds)
+            stats.update(verdict.stats)
+            wps = _merge(wps, verdict.weak_points)
+            if isinstance(verdict, (Robust, NotRobust)):
+                verdict.seconds = seconds
+                verdict.stats = stats
+                verdict.weak_points = _merge(wps, limit=self.weak_point_limit)
+                return verdict
         remaining = left()
         if remaining is not None and remaining <= 0:
-            return Unknown(tier="bounds", seconds=seconds, stats=stats, weak_points=_merge(wps, limit=self.weak_point_limit),
+            return Unknown(tier="bab" if self.use_bab else "bounds", seconds=seconds, stats=stats, weak_points=_merge(wps, limit=self.weak_point_limit),
                            reason="time limit reached before the MILP")
         self.calls["milp"] += 1
         # α bounds contain CROWN's (same intermediate bounds, margins never looser): reuse them for a CROWN MILP

@@ -14,18 +14,19 @@ import time
 
 import numpy as np
 
-from mlrobust.backends.base import INFEASIBLE, OPTIMAL, STOPPED, TIME_LIMIT, SolverBackend, SolveResult, StopRule
+from mlrobust.backends.base import SolverBackend, SolveResult, StopRule
 from mlrobust.backends.registry import get_backend
+from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
 from mlrobust.milp.builder import MilpBuilder
 from mlrobust.milp.problem import MilpProblem
 from mlrobust.milp.tightening import METHODS, Tightened, lp_margins, tighten
 from mlrobust.verify.attack import pgd
 from mlrobust.verify.base import Mode
-from mlrobust.verify.counterexample import CheckedPoint, TopKProperty, check_points, check_query, weak_points
+from mlrobust.verify.counterexample import CheckedPoint, TopKProperty, check_query, weak_points
+from mlrobust.verify.decision import decide_after_solve
 from mlrobust.verify.spec import Box
 from mlrobust.verify.verdict import ROBUST_TOLERANCE, NotRobust, Robust, Unknown, Verdict
-from mlrobust.errors import InputError
 
 
 class MilpVerifier:
@@ -94,6 +95,8 @@ class MilpVerifier:
         if tightened is None or tightened.target != target or tightened.margin_upper is None:
             tightened = self.tighten(network, box, target, time_limit, k)
         t_tight = time.perf_counter() - t0
+        if tightened.margin_lower is None or tightened.margin_upper is None:  # tighten(target=...) sets both
+            raise ValueError("the tightened bounds carry no margin bounds for the target")
         builder = MilpBuilder(network, tightened.bounds).run()
         L, U = builder.margin_interval(target)
         L = np.maximum(L, tightened.margin_lower)
@@ -170,35 +173,18 @@ class MilpVerifier:
 
     def _verdict(self, network: Network, box: Box, prop: TopKProperty, problem: MilpProblem, result: SolveResult,
                  stats: dict, start: float, mode: Mode, polished: list[CheckedPoint] | None = None) -> Verdict:
-        solutions = ([result.x] if result.x is not None else []) + list(result.pool)
-        points: list[CheckedPoint] = check_points(network, box, [problem.input_from(v) for v in solutions], prop)
-        points += polished or []
-        cex = max((p for p in points if p.confirmed), key=lambda p: p.margin, default=None)
-        if cex is None and result.objective is not None and result.objective >= 0 and points:
-            # The solver's point violates the property in the MILP but not (yet) on the real network: a few PGD
-            # steps from it usually cross the boundary the solver reached within its tolerances.
-            polish = pgd(network, box, prop, restarts=1, steps=max(self.polish_steps, 1), starts=[points[0].x],
-                         step_scale=0.5, include_center=False)
-            points.extend(polish.points)
-            cex = polish.counterexample
+        decision = decide_after_solve(network, box, prop, problem, result, polish_steps=self.polish_steps,
+                                      polished=polished)
+        if decision.polished:
             stats["polished"] = True
-        wps = weak_points(points, None if mode == "optimize" else 1)
+        wps = weak_points(decision.points, None if mode == "optimize" else 1)
         seconds = {"milp": time.perf_counter() - start}
+        cex = decision.counterexample
         if cex is not None:
-            if result.bound < -ROBUST_TOLERANCE:
+            if decision.conflict:
                 stats["conflict"] = "solver bound below zero but a counterexample was confirmed"
             return NotRobust(tier="milp", seconds=seconds, stats=stats, weak_points=wps, counterexample=cex.x,
                              margin=cex.margin)
-        if result.status in (OPTIMAL, STOPPED, TIME_LIMIT) and result.bound < -ROBUST_TOLERANCE:
+        if decision.status == "holds":
             return Robust(tier="milp", seconds=seconds, stats=stats, weak_points=wps, bound=float(result.bound))
-        if result.status == TIME_LIMIT:
-            reason = f"time limit reached (best margin found {result.objective}, bound {result.bound:.4g})"
-        elif result.status == INFEASIBLE:
-            reason = "solver reported the MILP infeasible (numerical trouble: the box is never empty)"
-        elif result.status in (OPTIMAL, STOPPED):
-            reason = (f"optimum {result.objective} lies within the tolerance band [-{ROBUST_TOLERANCE}, 0) "
-                      f"or its point was not confirmed on the network")
-        else:
-            reason = f"solver {result.solver or 'backend'} failed: {result.message}"
-        return Unknown(tier="milp", seconds=seconds, stats=stats, weak_points=wps, reason=reason)
-
+        return Unknown(tier="milp", seconds=seconds, stats=stats, weak_points=wps, reason=decision.reason)

@@ -8,6 +8,9 @@ import numpy as np
 
 from mlrobust.errors import InputError
 
+#: How a VNN-LIB region is decided after the attack and the bounds: the MILP, branch and bound, or both in turn.
+VNNLIB_VERIFIERS = ("cascade", "bab", "cascade-bab")
+
 
 @dataclass(frozen=True, eq=False)
 class Box:

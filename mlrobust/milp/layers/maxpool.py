@@ -26,6 +26,7 @@ import scipy.sparse as sp
 from mlrobust.ir.ops import MaxPool2d
 from mlrobust.milp.encoding import INF, AffineForm, Encoding, unit_rows
 
+
 @dataclass
 class PoolColumns:
     """Windows with several candidates: their output column, and per candidate its window, input and binary."""
