@@ -160,23 +160,29 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
              method: str = "optimize", cutting: str = "fixed", verifier: Verifier | str | None = None,
              solver: Any = "highs", time_limit: float | None = 300.0, query_time_limit: float | None = 30.0,
              max_queries: int | None = None, delta: float | None = None, certify: bool = True, grow: bool | None = None,
-             init: str = "best", optimizer: OptimizerOptions | None = None,
+             init: str = "best", optimizer: OptimizerOptions | None = None, object_share: float = 0.5,
              progress: ProgressCallback | None = None) -> SearchResult:
     """The maximal robust layered neighborhood of ``target`` around the perturbed object.
 
     ``model``: ONNX path or Network. ``image``: a file or an array ((H, W), (C, H, W) or the model's input shape)
     in [0, 1]. The object: ``object_mask`` (file or (H, W) array, non-zero = object), ``object_box``
     (x0, y0, x1, y1), or found automatically (``object_label`` picks the object's label). ``method``:
-    "optimize" (optimizer + CEGIS with ``cutting`` "fixed" or "sensitivity"), "layer-search" or "uniform".
+    "optimize" (optimizer + CEGIS with ``cutting`` "fixed" or "sensitivity"), "certificate" (along the CROWN
+    certificate first, see :mod:`mlrobust.search.certificate`), "layer-search" or "uniform".
     ``verifier``: a Verifier object or "cascade" (default) / "milp" / "bounds" / "attack"; ``solver``: the MILP
     backend of the default verifiers. ``time_limit`` bounds the whole search, ``query_time_limit`` each verifier
     call, ``max_queries`` the calls that reach the verifier; ``delta`` is the tolerance of steps and maximality
-    (None: an eighth of the uniform robust radius, within [1e-4, 1e-2]).
+    (None: an eighth of the uniform robust radius, within [1e-4, 1e-2]). ``object_share``: the object's epsilon
+    keeps at least this share of the object's own robust radius (0: the weights alone decide).
+
+    Ctrl-C (KeyboardInterrupt) during the search returns the largest vector proven so far, with
+    ``result.interrupted`` set. Every layer's answer is two-sided: ``result.maximality[d].refuted_eps`` is the
+    smallest epsilon of the layer at which a confirmed counterexample is known (with it), or None.
     """
     prep = prepare(model, image, target, k=k, object_mask=object_mask, object_box=object_box,
                    object_label=object_label)
     options = SearchOptions(method=method, cutting=cutting, delta=delta, certify=certify, grow=grow, init=init,
-                            optimizer=optimizer or OptimizerOptions())
+                            optimizer=optimizer or OptimizerOptions(), object_share=object_share)
     ver = make_verifier(verifier, solver)
     budget = Budget(time_limit=time_limit, max_queries=max_queries, query_time_limit=query_time_limit)
     from mlrobust.search.tiers import cheap_tiers

@@ -95,6 +95,9 @@ class BackSubstitution:
         self._plans: dict[str, tuple[list[Node], int]] = {}
         self._pool_idx: dict[str, np.ndarray] = {}
         self.rows = 0  # specification rows back-substituted so far (a cost statistic)
+        # When a list: every pass appends (input coefficients, bias, magnitude) before concretisation, i.e. the
+        # linear bound itself, for callers that concretise it over other (smaller) boxes.
+        self.capture: list[tuple[torch.Tensor | _Patch | None, torch.Tensor, torch.Tensor]] | None = None
         self._peak_per_row = 1  # largest coefficient tensor per row seen in the last pass (sizes later chunks)
 
     # --- planning ----------------------------------------------------------------------------------------
@@ -168,6 +171,8 @@ class BackSubstitution:
                 held = acc[tensor].a if isinstance(acc[tensor], _Patch) else acc[tensor]
                 self._peak_per_row = max(self._peak_per_row, held.numel() // max(1, held.shape[0]))
         coeff_x = acc.pop(self.network.input_name, None)
+        if self.capture is not None:
+            self.capture.append((coeff_x, bias.clone(), mag.clone()))
         if coeff_x is not None:
             lo, hi = _t(self.lower[self.network.input_name]), _t(self.upper[self.network.input_name])
             a_x = coeff_x

@@ -30,7 +30,7 @@ from mlrobust.cli.files import IMAGE_SUFFIXES, atomic_path, atomic_write_text, i
 from mlrobust.errors import InputError
 
 #: Names the options accept (checked before anything is loaded; the API checks them again).
-METHODS = ("optimize", "layer-search", "uniform")
+METHODS = ("optimize", "certificate", "layer-search", "uniform")
 CUTTINGS = ("fixed", "sensitivity")
 VERIFIERS = ("cascade", "cascade-bab", "bab", "milp", "bounds", "attack")
 #: Exit code of each verdict of a check.
@@ -234,6 +234,7 @@ def render_result(result, console) -> None:
     table.add_column("layer", justify="right")
     table.add_column("pixels", justify="right")
     table.add_column("\u03b5", justify="right")
+    table.add_column("refuted \u03b5", justify="right")
     table.add_column("maximal?")
     table.add_column("tried \u03b5", justify="right")
     table.add_column("margin", justify="right")
@@ -244,6 +245,7 @@ def render_result(result, console) -> None:
         style = _STATUS_STYLE.get(m.status, "")
         status = m.status.replace("_", " ")
         table.add_row(str(d), str(int(result.layer_counts[d])), f"{eps:.4f}{star}",
+                      "" if m.refuted_eps is None else f"{m.refuted_eps:.4f}",
                       f"[{style}]{status}[/]" if style else status,
                       "" if m.tried is None else f"{m.tried:.4f}",
                       "" if m.margin is None else f"{m.margin:+.3g}", m.tier)
@@ -254,11 +256,18 @@ def render_result(result, console) -> None:
     summary.add_column()
     proof = f"proven robust ({result.proof_tier})" if result.verified else "[red]not proven[/]"
     summary.add_row("size w\u00b7\u03b5", f"{result.size:.4f}  {proof}")
+    alone = "" if result.object_radius is None else f" (object alone: {result.object_radius:.4f})"
+    summary.add_row("object \u03b5\u2080", f"{result.eps0:.4f}{alone}")
+    if result.interrupted:
+        summary.add_row("interrupted", "[yellow]the search was interrupted: the largest vector proven so far[/]")
     summary.add_row("method", result.method + (f", {result.cutting} cutting weights" if result.cutting else "")
                     + f", \u03b4 = {result.delta:.3g}" + (" (auto)" if "delta_auto" in result.details else ""))
     counts = result.maximality_counts()
     summary.add_row("maximality", f"{result.certified_layers}/{result.num_layers} layers certified maximal "
                     + _tiers({k.replace('_', ' '): v for k, v in counts.items()}))
+    gap = result.median_gap
+    summary.add_row("upper bounds", f"{result.upper_bounded_layers}/{result.num_layers} layers refuted above \u03b5*"
+                    + ("" if gap is None else f", median gap {gap:.4g}"))
     summary.add_row("queries", f"{st.total} {_tiers(dict(st.calls))}")
     summary.add_row("verifier calls", f"{st.verifier_calls} ({result.verifier}), MILP calls {st.milp_calls}")
     tm = result.timings
@@ -301,7 +310,7 @@ def verify(
     k: int = typer.Option(2, "--k", help="The target must stay among the top-k labels."),
     weights: str = typer.Option("uniform", "--weights", help="Layer weights: uniform, count, or a file."),
     cutting: str = typer.Option("fixed", "--cutting", help="CEGIS cutting weights: fixed or sensitivity."),
-    method: str = typer.Option("optimize", "--method", help="optimize, layer-search or uniform."),
+    method: str = typer.Option("optimize", "--method", help="optimize, certificate, layer-search or uniform."),
     solver: str = typer.Option("highs", "--solver", help="MILP solver: highs, cbc, scip, gurobi, pyomo:NAME."),
     verifier: str = typer.Option("cascade", "--verifier", help="cascade, cascade-bab (with branch and bound), bab, "
                                  "milp, bounds or attack."),
@@ -315,6 +324,8 @@ def verify(
     eps_layers: Optional[str] = typer.Option(None, "--eps-layers", help="Check these epsilons e0,e1,... "
                                              "(layer 0 = the object; no search)."),
     no_certify: bool = typer.Option(False, "--no-certify", help="Skip the per-layer maximality check."),
+    object_share: float = typer.Option(0.5, "--object-share", help="The object's epsilon keeps at least this "
+                                       "share of the object's own robust radius (0: the weights alone decide)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON here (its folder "
                                              "is created)."),
     heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Write the epsilon heatmap here (.png, .pdf, "
@@ -377,9 +388,10 @@ def verify(
         return CHECK_EXIT.get(res.status, EXIT_UNKNOWN)
     search_args = dict(method=method, cutting=cutting, time_limit=time_left(time_limit),
                        query_time_limit=query_time_limit, max_queries=max_queries, delta=delta_value,
-                       certify=not no_certify, **common)
+                       certify=not no_certify, object_share=object_share, **common)
     settings.update({"method": method, "cutting": cutting, "query_time_limit": query_time_limit,
-                     "max_queries": max_queries, "delta": delta, "certify": not no_certify})
+                     "max_queries": max_queries, "delta": delta, "certify": not no_certify,
+                     "object_share": object_share})
     with notes():
         if quiet:
             result = api.maximize(model, image, target, **search_args)
@@ -394,9 +406,10 @@ def verify(
     if heatmap:
         write_heatmap(result, heatmap)
     if quiet:
-        print(f"size={result.size:.4f} verified={result.verified} "
-              f"certified={result.certified_layers}/{result.num_layers} queries={result.stats.total} "
-              f"milp={result.stats.milp_calls} seconds={result.timings['total']:.1f}"
+        gap = "none" if result.median_gap is None else f"{result.median_gap:.4g}"
+        print(f"size={result.size:.4f} eps0={result.eps0:.4f} verified={result.verified} "
+              f"certified={result.certified_layers}/{result.num_layers} median_gap={gap} "
+              f"queries={result.stats.total} milp={result.stats.milp_calls} seconds={result.timings['total']:.1f}"
               + (" interrupted=True" if interrupted else ""))
     else:
         render_result(result, console)

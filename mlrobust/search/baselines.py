@@ -36,14 +36,26 @@ def bisect_scale(problem: SearchProblem, make, lo: float, hi: float, delta: floa
     return lo
 
 
-def uniform_search(problem: SearchProblem, delta: float, lo: float = 0.0) -> np.ndarray:
+def uniform_search(problem: SearchProblem, delta: float, lo: float = 0.0, hi: float | None = None) -> np.ndarray:
     """The largest single epsilon (to ``delta``) proven robust for all layers at once; ``lo`` is a value already
-    known to be robust (the search continues above it)."""
+    known to be robust (the search continues above it), ``hi`` an upper end to search below (default: saturation)."""
     problem.phase = "search"
     n = problem.num_layers
-    top = float(np.max(problem.saturation))
+    top = float(np.max(problem.saturation)) if hi is None else min(float(hi), float(np.max(problem.saturation)))
     best = bisect_scale(problem, lambda v: problem.clip(np.full(n, v)), float(lo), top, delta, "uniform")
     return problem.clip(np.full(n, best))
+
+
+def floored_uniform(problem: SearchProblem, delta: float) -> np.ndarray:
+    """The largest ``max(v, floor)`` vector (one ``v`` for every layer, none below the problem's floor) proven
+    robust, to ``delta``; the floor itself must be known robust."""
+    n = problem.num_layers
+    top = float(np.max(problem.saturation))
+
+    def make(v: float) -> np.ndarray:
+        return problem.clip(np.maximum(np.full(n, v), problem.floor))
+
+    return make(bisect_scale(problem, make, 0.0, top, delta, "uniform above the object's floor"))
 
 
 def layer_search(problem: SearchProblem, delta: float) -> np.ndarray:

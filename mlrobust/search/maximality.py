@@ -39,6 +39,13 @@ class LayerMaximality:
     margin: float | None = None
     counterexample: np.ndarray | None = None
     reason: str = ""
+    refuted_eps: float | None = None  # the smallest eps of the layer known refuted (others at eps*); see intervals
+    refuted_tier: str = ""  # who found the counterexample behind refuted_eps
+
+    @property
+    def gap(self) -> float | None:
+        """``refuted_eps - eps``: the layer's true boundary lies within this distance above ``eps``."""
+        return None if self.refuted_eps is None else float(self.refuted_eps - self.eps)
 
     @property
     def certified(self) -> bool:
@@ -46,8 +53,9 @@ class LayerMaximality:
         return self.status in ("refuted", "saturated")
 
     def to_dict(self, with_counterexample: bool = True) -> dict:
-        out = {"layer": self.layer, "status": self.status, "eps": self.eps, "tried": self.tried, "tier": self.tier,
-               "margin": self.margin, "reason": self.reason}
+        out = {"layer": self.layer, "status": self.status, "certified": self.certified, "eps": self.eps,
+               "refuted_eps": self.refuted_eps, "gap": self.gap, "refuted_by": self.refuted_tier or None,
+               "tried": self.tried, "tier": self.tier, "margin": self.margin, "reason": self.reason}
         if with_counterexample:
             out["counterexample"] = None if self.counterexample is None else self.counterexample.tolist()
         return out

@@ -77,24 +77,29 @@ def shaped_starts(problem: SearchProblem, powers: tuple[float, ...] = (0.25, 0.5
     G = eps_gradient(problem.nbhd, problem.box(np.zeros(n)), grads)[0]
     if not np.any(G > 0):
         return []
-    floor = 1e-6 * float(G.max())
+    g_min = 1e-6 * float(G.max())
     out = []
     for p in powers:
-        shape = (problem.weights / np.maximum(G, floor)) ** p
+        shape = (problem.weights / np.maximum(G, g_min)) ** p
         shape = shape / shape.max()
         top = float(np.max(problem.saturation / np.maximum(shape, 1e-12)))
-        scale = bisect_scale(problem, lambda v, shape=shape: problem.clip(v * shape), 0.0, top, tol,
-                             f"shape p={p:g}")
-        out.append((f"shape p={p:g}", problem.clip(scale * shape)))
+
+        def make(v: float, shape: np.ndarray = shape) -> np.ndarray:
+            return problem.clip(np.maximum(v * shape, problem.floor))
+
+        scale = bisect_scale(problem, make, 0.0, top, tol, f"shape p={p:g}")
+        out.append((f"shape p={p:g}", make(scale)))
     return out
 
 
-def _direction(w: np.ndarray, G: np.ndarray, theta: float, eps: np.ndarray, sat: np.ndarray) -> np.ndarray:
-    """``w - lambda * G`` projected onto the feasible moves, scaled to a max-norm of 1 (zeros: no move left)."""
+def _direction(w: np.ndarray, G: np.ndarray, theta: float, eps: np.ndarray, sat: np.ndarray,
+               floor: np.ndarray | None = None) -> np.ndarray:
+    """``w - lambda * G`` projected onto the feasible moves, scaled to a max-norm of 1 (zeros: no move left).
+    Layers at their ``floor`` (default 0) cannot shrink."""
     wn = w / np.max(w)
     gg = float(G @ G)
     d = wn - (theta * float(wn @ G) / gg) * G if gg > 0 else wn.copy()
-    d[(eps <= 0) & (d < 0)] = 0.0
+    d[(eps <= (0.0 if floor is None else floor)) & (d < 0)] = 0.0
     d[(eps >= sat) & (d > 0)] = 0.0
     top = float(np.max(np.abs(d)))
     return d / top if top > 0 else d
@@ -172,7 +177,7 @@ def optimize(problem: SearchProblem, eps_start: np.ndarray, cw: np.ndarray,
             break
         report.iterations += 1
         problem.iteration = report.iterations
-        d = _direction(w, G, theta, eps_star, sat)
+        d = _direction(w, G, theta, eps_star, sat, problem.floor)
         if not np.any(d):
             report.stop_reason = "no direction left (every layer at a bound)"
             break
@@ -181,7 +186,7 @@ def optimize(problem: SearchProblem, eps_start: np.ndarray, cw: np.ndarray,
         slope_eff = kappa * slope
         t_margin = (1.0 - opt.safety) * -m_star / slope_eff if slope_eff > 1e-12 and m_star < 0 else np.inf
         t = float(np.clip(t_margin, opt.delta, eta))
-        candidate = problem.clip(eps_star + t * d)
+        candidate = problem.clip(np.maximum(eps_star + t * d, problem.floor))
         gain = problem.size(candidate) - problem.size(eps_star)
         entry = {"iteration": report.iterations, "theta": theta, "eta": eta, "t": t, "margin": m_star,
                  "size": problem.size(eps_star), "kappa": kappa}

@@ -132,6 +132,7 @@ class StoredCounterexample:
     x: np.ndarray
     margin: float
     found_for: np.ndarray
+    tier: str = ""
 
 
 def layer_saturation(nbhd: LayeredNeighborhood) -> np.ndarray:
@@ -167,6 +168,14 @@ class SearchProblem:
         self.saturation = layer_saturation(neighborhood)
         self.prop = TopKProperty(self.target, self.k)
         self.x0 = np.asarray(neighborhood.x, dtype=np.float64)
+        # the layer of every element of a flattened sample, sorted once: per-layer maxima by one reduceat
+        elem_layer = np.asarray(neighborhood.layout.to_sample(
+            np.broadcast_to(neighborhood.layers, neighborhood.image.shape).astype(np.float64))).ravel()
+        self.elem_layer = elem_layer.astype(np.int64)
+        self._layer_order = np.argsort(self.elem_layer, kind="stable")
+        self._layer_starts = np.searchsorted(elem_layer[self._layer_order], np.arange(neighborhood.num_layers))
+        # per layer, the object's epsilon below which the layer may not shrink (see SearchOptions.object_share)
+        self.floor = np.zeros(neighborhood.num_layers)
         check_query(network, Box(self.x0, self.x0), self.target, self.k)
         self.records: list[QueryRecord] = []
         self.stats = QueryStats()
@@ -190,6 +199,13 @@ class SearchProblem:
         """``eps`` as a vector in [0, saturation] (larger values give the same box; steps may undershoot 0)."""
         return np.clip(self.nbhd.eps_vector(np.maximum(np.asarray(eps, dtype=np.float64), 0.0)), 0.0,
                        self.saturation)
+
+    def required_eps(self, xs: np.ndarray) -> np.ndarray:
+        """Per point and layer, the smallest epsilon whose box contains the point: the layer's largest
+        ``|x - x0|`` (``(N, *sample_shape)`` or ``(N, P)`` -> ``(N, r + 1)``). A point lies in the box of ``eps`` iff
+        this vector is componentwise ``<= eps`` (the box is clipped to [0, 1], where the points lie too)."""
+        dev = np.abs(np.asarray(xs, dtype=np.float64).reshape(len(xs), -1) - self.x0.ravel()[None])
+        return np.maximum.reduceat(dev[:, self._layer_order], self._layer_starts, axis=1)
 
     def size(self, eps: np.ndarray) -> float:
         return float(self.weights @ np.asarray(eps, dtype=np.float64))
@@ -307,17 +323,48 @@ class SearchProblem:
         elif verdict.is_not_robust and verdict.counterexample is not None:
             x = np.asarray(verdict.counterexample, dtype=np.float64).ravel()
             if not np.any(np.all(self._cex_stack == x, axis=1)):
-                self.counterexamples.append(StoredCounterexample(x, float(verdict.margin), eps.copy()))
+                self.counterexamples.append(StoredCounterexample(x, float(verdict.margin), eps.copy(),
+                                                                 verdict.tier))
                 self._cex_stack = np.vstack([self._cex_stack, x[None]])
         if verdict.weak_points:
             self._weak.append((eps.copy(), list(verdict.weak_points)))
 
+    def add_counterexample(self, x: np.ndarray, margin: float, eps: np.ndarray, tier: str) -> None:
+        """Store a counterexample confirmed on the network (both executors) outside a query: the caches use it as
+        any other."""
+        self._remember(np.asarray(eps, dtype=np.float64), NotRobust(tier=tier, counterexample=x, margin=margin))
+
+    @property
+    def counterexample_points(self) -> np.ndarray:
+        """The stored counterexamples as rows ``(N, P)`` (flattened samples), in storage order."""
+        return self._cex_stack
+
+    def warm_starts(self, box: Box) -> list[np.ndarray]:
+        """The strongest known points clipped into ``box`` (what the warm attack starts from)."""
+        return self._warm_starts(box)
+
+    def add_weak_points(self, eps: np.ndarray, points: list[WeakPoint]) -> None:
+        """Remember strong non-violating points of the box of ``eps`` (they seed later attacks)."""
+        if points:
+            self._weak.append((np.asarray(eps, dtype=np.float64).copy(), list(points)))
+
+    def best_proven(self) -> np.ndarray:
+        """The largest vector (by ``w . eps``) that a query proved robust so far (zeros if none)."""
+        cands = [self.best_eps] + list(self.robust_eps)
+        proven = [e for e in cands if self.known_robust(e) is not None]
+        if not proven:
+            return np.zeros(self.num_layers)
+        return max(proven, key=self.size).copy()
+
     # --- the query --------------------------------------------------------------------------------------------
-    def query(self, eps: Sequence[float] | np.ndarray, purpose: str = "", mode: Mode | None = None) -> Verdict:
+    def query(self, eps: Sequence[float] | np.ndarray, purpose: str = "", mode: Mode | None = None,
+              warm: bool = True) -> Verdict:
         """Is the neighborhood of ``eps`` robust? Cached answers first; then the verifier, within the budget.
 
         A NotRobust verdict's counterexample is re-checked on the real network here as well (a custom verifier may
         not do it); an unconfirmed one turns the verdict into Unknown. A spent budget answers Unknown.
+        ``warm=False`` skips the search's own attack (for candidates a bound is expected to prove: the attack only
+        ever refutes, so skipping it changes what is found first, never what is proven).
         """
         eps = self.clip(eps)
         box = self.box(eps)
@@ -331,7 +378,8 @@ class SearchProblem:
                 verdict = Unknown(tier="budget", reason=f"search budget spent ({why})")
             else:
                 active = self.cheap if (self.use_cheap and self.cheap is not None) else self.verifier
-                verdict, warm_points = self._warm(box, cold=getattr(active, "use_attack", True) is False)
+                if warm:
+                    verdict, warm_points = self._warm(box, cold=getattr(active, "use_attack", True) is False)
         if verdict is None:
             limit = self.budget.query_time_limit
             rem = self.remaining()

@@ -16,9 +16,9 @@ import numpy as np
 class ProgressEvent:
     """A snapshot of a running search.
 
-    ``phase`` is one of ``"start"``, ``"search"``, ``"cegis"``, ``"maximality"``, ``"done"``; ``kind`` says what just
-    happened (``"query"`` after a verifier query, ``"improved"`` when the best robust vector grew, ``"phase"`` at a
-    phase change). ``calls`` counts queries by the tier that decided them (``cache`` included).
+    ``phase`` is one of ``"start"``, ``"search"``, ``"cegis"``, ``"upper bounds"``, ``"maximality"``, ``"done"``;
+    ``kind`` says what just happened (``"query"`` after a verifier query, ``"improved"`` when the best robust vector
+    grew, ``"phase"`` at a phase change). ``calls`` counts queries by the tier that decided them (``cache`` included).
     """
 
     phase: str

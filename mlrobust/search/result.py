@@ -120,11 +120,44 @@ class SearchResult:
     trace: list[tuple[float, float]] = field(default_factory=list)
     provenance: Provenance | None = None
     details: dict = field(default_factory=dict)
+    interrupted: bool = False  # stopped by Ctrl-C: the largest vector proven so far, not a finished search
+    object_radius: float | None = None  # the object's own robust radius (layer 0 alone), where the search found it
 
     @property
     def size(self) -> float:
         """``w . eps*``."""
         return float(np.asarray(self.weights) @ np.asarray(self.epsilons))
+
+    @property
+    def eps0(self) -> float:
+        """The object's epsilon (layer 0): the answer to the question the user asks first."""
+        return float(self.epsilons[0])
+
+    @property
+    def upper_bounded_layers(self) -> int:
+        """Layers with a known refuted epsilon (or saturated: nothing above to find)."""
+        return sum(1 for m in self.maximality if m.refuted_eps is not None or m.status == "saturated")
+
+    @property
+    def median_gap(self) -> float | None:
+        """Median of ``refuted_eps - eps*`` over the layers with an upper bound (saturated ones count 0)."""
+        gaps = [0.0 if m.status == "saturated" else m.gap for m in self.maximality
+                if m.status == "saturated" or m.gap is not None]
+        return float(np.median(gaps)) if gaps else None
+
+    @property
+    def median_gap_ratio(self) -> float | None:
+        """Median of ``eps*_d / refuted_eps_d`` over the layers with an upper bound (1 = at the boundary)."""
+        ratios = [1.0 if m.status == "saturated" else (m.eps / m.refuted_eps if m.refuted_eps else 0.0)
+                  for m in self.maximality if m.status == "saturated" or m.refuted_eps is not None]
+        return float(np.median(ratios)) if ratios else None
+
+    def summary(self) -> dict:
+        """The headline numbers: size, the object's epsilon, certified layers, upper bounds and gaps."""
+        return {"size": self.size, "eps0": self.eps0, "object_radius_alone": self.object_radius,
+                "certified_layers": self.certified_layers, "layers": self.num_layers,
+                "upper_bounded_layers": self.upper_bounded_layers, "median_gap": self.median_gap,
+                "median_gap_ratio": self.median_gap_ratio, "interrupted": self.interrupted}
 
     @property
     def num_layers(self) -> int:
@@ -164,7 +197,10 @@ class SearchResult:
             "verified": self.verified,
             "proof_tier": self.proof_tier,
             "clean": {"margin": self.clean_margin, "top_k": self.clean_topk},
-            "object": {"source": self.object_source, "label": self.object_label,
+            "interrupted": self.interrupted,
+            "summary": self.summary(),
+            "object": {"source": self.object_source, "label": self.object_label, "eps": self.eps0,
+                       "radius_alone": self.object_radius,
                        "mask": self.mask.astype(np.uint8), "pixels": int(np.count_nonzero(self.mask))},
             "maximality": [m.to_dict(with_counterexamples) for m in self.maximality],
             "certified_layers": self.certified_layers,

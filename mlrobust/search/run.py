@@ -9,16 +9,22 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from mlrobust.bounds.alpha_crown import AlphaOptions
 from mlrobust.errors import InputError
-from mlrobust.search.baselines import layer_search, uniform_search
+from mlrobust.search.baselines import bisect_scale, floored_uniform, layer_search, uniform_search
 from mlrobust.search.cegis import CUTTINGS, cutting_weights
+from mlrobust.search.certificate import certificate_search
+from mlrobust.search.intervals import apply_upper_bounds, attack_upper_bounds, gap_order
 from mlrobust.search.maximality import LayerMaximality, certify
 from mlrobust.search.optimizer import OptimizerOptions, optimize, shaped_starts
 from mlrobust.search.problem import SearchProblem, status_of
 from mlrobust.search.result import SearchResult
+from mlrobust.search.tiers import crown_tiers
 from mlrobust.verify.margin import topk_labels
 
-METHODS = ("optimize", "layer-search", "uniform")
+METHODS = ("optimize", "certificate", "layer-search", "uniform")
+#: Methods whose result may grow during the maximality check (the baselines are reported as they are).
+GROWING = ("optimize", "certificate")
 INITS = ("best", "uniform", "zero")
 #: The automatic tolerance: an eighth of the uniform robust radius (found by bisection to AUTO_PROBE_TOL on the
 #: cheap tiers), kept within [AUTO_DELTA_MIN, AUTO_DELTA_MAX].
@@ -41,8 +47,14 @@ class SearchOptions:
     ``grow`` (let layers that can still grow do so during the maximality check) defaults to on for the optimizer and
     off for the baselines, whose results are reported as they are. With a cascade verifier the optimizer first
     ``explore``s on its cheap tiers (attack and bounds) until ``explore_share`` of the time limit, checks maximality
-    on them, then ``refine``s with the full verifier until ``refine_share``; the rest of the time goes to the
-    maximality check with the full verifier (the baselines search until ``refine_share``)."""
+    on them, then ``refine``s with the full verifier until ``refine_share``; then ``upper_share`` of the time limit
+    at most goes to upper bounds per layer by the attack alone (:mod:`mlrobust.search.intervals`), and the rest to
+    the maximality check with the full verifier, largest gap first (the baselines search until ``refine_share``).
+
+    ``object_share`` (optimizer only): the object's epsilon never falls below this share of the object's own robust
+    radius (layer 0 alone, the rings at 0), so the rings cannot buy size by starving the object the question is
+    about; 0 lets the weights alone decide. The radius is found on the cheap tiers, then by the full verifier for at
+    most ``object_refine_share`` of the time limit."""
 
     method: str = "optimize"
     cutting: str = "fixed"
@@ -55,6 +67,10 @@ class SearchOptions:
     explore_share: float = 0.4
     refine_patience: int | None = 2
     refine_share: float = 0.7
+    upper_share: float = 0.1
+    object_share: float = 0.5
+    object_refine_share: float = 0.0
+    certificate_alpha: int = 0  # α-CROWN iterations for the certificate method's trust region (0: plain CROWN)
     optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
 
     def __post_init__(self) -> None:
@@ -66,6 +82,12 @@ class SearchOptions:
             raise InputError(f"unknown initialisation {self.init!r}; choose one of {', '.join(INITS)}")
         if self.delta is not None and not (np.isfinite(self.delta) and 0 < self.delta <= 1):
             raise InputError(f"the tolerance delta must be in (0, 1] (or automatic), got {self.delta!r}")
+        if not 0 <= self.object_share <= 1:
+            raise InputError(f"the object's share of its own radius must be in [0, 1], got {self.object_share!r}")
+        if not 0 <= self.object_refine_share <= 1:
+            raise InputError(f"object_refine_share must be in [0, 1], got {self.object_refine_share!r}")
+        if not 0 <= self.upper_share <= 1:
+            raise InputError(f"upper_share must be in [0, 1], got {self.upper_share!r}")
         if not 0 < self.explore_share <= self.refine_share <= 1:
             raise InputError("time shares must satisfy 0 < explore_share <= refine_share <= 1, got "
                              f"{self.explore_share} and {self.refine_share}")
@@ -79,8 +101,25 @@ def _proof_tier(problem: SearchProblem, eps: np.ndarray) -> str:
     return "cache"
 
 
+@dataclass
+class _State:
+    """What a search has reached so far (kept up to date, so an interruption can report it)."""
+
+    eps: np.ndarray
+    delta: float
+    maximality: list[LayerMaximality] | None = None
+    details: dict = field(default_factory=dict)
+    iterations: int = 0
+    stop_reason: str = ""
+    t_search: float | None = None
+
+
 def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> SearchResult:
-    """Search ``problem`` and return the result (epsilons proven robust, maximality per layer, statistics)."""
+    """Search ``problem`` and return the result (epsilons proven robust, maximality per layer, statistics).
+
+    Anytime: Ctrl-C (KeyboardInterrupt) during the search or the maximality check stops it and returns the largest
+    vector proven so far, with the per-layer upper bounds the stored counterexamples give, flagged ``interrupted``.
+    """
     opt = options or SearchOptions()
     n = problem.num_layers
     t0 = time.perf_counter()
@@ -93,100 +132,41 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
     if clean.is_not_robust:
         raise InputError(f"label {problem.target} is not among the top-{problem.k} labels on the clean image; "
                          f"the network predicts {clean_topk}")
-    eps = np.zeros(n)
-    details: dict = {}
-    iterations = 0
-    stop_reason = ""
-    grow = (opt.method == "optimize") if opt.grow is None else opt.grow
-    limit = problem.budget.time_limit
-
-    def deadline(share: float) -> float | None:
-        return None if limit is None else share * limit
-
-    cheap = opt.explore and problem.cheap is not None
-    search_end = deadline(opt.refine_share) if opt.certify else None
-    maximality: list[LayerMaximality] | None = None
-    delta = opt.delta if opt.delta is not None else AUTO_DELTA_MAX
-    if not clean.is_robust:
-        stop_reason = f"the clean image itself is not proven ({getattr(clean, 'reason', '')})"
-    else:
-        # The uniform radius on the cheap tiers: the optimizer's start, and the scale of the automatic tolerance.
-        probe = np.zeros(n)
-        if opt.delta is None or (opt.method == "optimize" and opt.init != "zero"):
-            problem.use_cheap = cheap
-            problem.deadline = deadline(opt.explore_share) if cheap else search_end
-            probe = uniform_search(problem, AUTO_PROBE_TOL if opt.delta is None else opt.delta)
-            problem.use_cheap = False
-            if opt.delta is None:
-                delta = auto_delta(float(np.max(probe)))
-                details["delta_auto"] = {"uniform_radius": float(np.max(probe)), "delta": delta}
-        optimizer = replace(opt.optimizer, delta=delta)
-        if opt.method == "optimize":
-            cw = cutting_weights(problem, opt.cutting)
-            details["cutting_weights"] = cw
-            phases = []
-            problem.use_cheap = cheap
-            problem.deadline = deadline(opt.explore_share) if cheap else search_end
-            start = probe if opt.init != "zero" else np.zeros(n)
-            if opt.init == "best":
-                candidates = [("uniform", probe)] + shaped_starts(problem, tol=min(AUTO_PROBE_TOL, delta))
-                details["starts"] = {name: problem.size(e) for name, e in candidates}
-                name, start = max(candidates, key=lambda c: problem.size(c[1]))
-                details["start"] = name
-            eps, report = optimize(problem, start, cw, optimizer)
-            phases.append(("explore" if cheap else "optimize", report))
-            if cheap:
-                problem.use_cheap = False
-                if opt.certify:
-                    # maximality on the cheap tiers first: settles (and grows) every layer they can decide
-                    problem.use_cheap, problem.deadline = True, search_end
-                    eps, maximality = certify(problem, eps, delta, grow=grow)
-                    problem.use_cheap = False
-                if opt.refine and not problem.exhausted():
-                    # refinement with the full verifier (MILP included), small steps from where exploration stopped
-                    problem.phase, problem.deadline = "search", search_end
-                    eps, report = optimize(problem, eps, cw, optimizer, radius=4 * delta, theta=0.5,
-                                           patience=opt.refine_patience)
-                    phases.append(("refine", report))
-            iterations = sum(r.iterations for _, r in phases)
-            stop_reason = "; ".join(f"{name}: {r.stop_reason}" for name, r in phases)
-            details["optimizer"] = {name: {"iterations": r.iterations, "accepted_steps": r.accepted,
-                                           "refuted_steps": r.refuted_steps, "cuts": r.cuts,
-                                           "successful_cuts": r.cut_successes, "stop_reason": r.stop_reason}
-                                    for name, r in phases}
-        elif opt.method == "uniform":
-            # continues above the probe's radius (proven robust) with the full verifier
-            problem.deadline = search_end
-            eps = uniform_search(problem, delta, lo=float(np.max(probe)))
-            stop_reason = problem.exhausted() or f"binary search to delta = {delta:g}"
-            iterations = problem.iteration
+    grow = (opt.method in GROWING) if opt.grow is None else opt.grow
+    st = _State(np.zeros(n), opt.delta if opt.delta is not None else AUTO_DELTA_MAX)
+    interrupted = False
+    try:
+        if not clean.is_robust:
+            st.stop_reason = f"the clean image itself is not proven ({getattr(clean, 'reason', '')})"
         else:
-            problem.deadline = search_end
-            problem.best_eps = np.zeros(n)  # the baseline's own progress, not the probe's
-            eps = layer_search(problem, delta)
-            stop_reason = problem.exhausted() or f"per-layer binary searches to delta = {delta:g}"
-            iterations = problem.iteration
-    problem.use_cheap, problem.deadline = False, None
-    t_search = time.perf_counter() - t0
-    eps = problem.clip(eps)
-    if opt.certify and clean.is_robust:
-        if cheap and maximality is None:
-            problem.use_cheap = True
-            eps, maximality = certify(problem, eps, delta, grow=grow)
-            problem.use_cheap = False
-        # the full verifier for every layer the cheap tiers left open (settled ones are answered by the caches)
-        eps, maximality = certify(problem, eps, delta, grow=grow, previous=maximality)
-    else:
-        maximality = [LayerMaximality(d, "unchecked", float(eps[d]), reason="maximality check not run")
-                      for d in range(n)]
+            _search(problem, opt, st, grow)
+        problem.use_cheap, problem.deadline = False, None
+        st.t_search = time.perf_counter() - t0
+        st.eps = problem.clip(st.eps)
+        if opt.certify and clean.is_robust:
+            _certify(problem, opt, st, grow)
+        else:
+            st.maximality = [LayerMaximality(d, "unchecked", float(st.eps[d]), reason="maximality check not run")
+                             for d in range(n)]
+    except KeyboardInterrupt:
+        interrupted = True
+        problem.use_cheap, problem.deadline = False, None
+        # the largest vector a query proved (the caches' record), never one still being tried
+        st.eps = problem.best_proven()
+        st.stop_reason = "interrupted" + (f" (after {st.stop_reason})" if st.stop_reason else "")
+        st.maximality = [LayerMaximality(d, "unchecked", float(st.eps[d]), reason="interrupted before the check")
+                         for d in range(n)]
+    eps = st.eps
+    maximality = apply_upper_bounds(problem, eps, st.maximality or [], st.delta)
+    t_search = st.t_search if st.t_search is not None else time.perf_counter() - t0
     problem.best_eps = eps.copy()
     problem.phase = "done"
-    problem.notify("phase", "done")
+    problem.notify("phase", "interrupted" if interrupted else "done")
     verified = bool(clean.is_robust and problem.known_robust(eps) is not None)
     total = time.perf_counter() - t0
     return SearchResult(
         method=opt.method,
-        cutting=opt.cutting if opt.method == "optimize" else None,
+        cutting=opt.cutting if opt.method in GROWING else None,
         target=problem.target,
         k=problem.k,
         epsilons=eps,
@@ -200,12 +180,171 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
         maximality=maximality,
         stats=problem.stats,
         timings={"total": total, "search": t_search, "maximality": total - t_search},
-        stop_reason=stop_reason,
-        delta=delta,
+        stop_reason=st.stop_reason,
+        delta=st.delta,
         clean_margin=clean_margin,
         clean_topk=clean_topk,
         verifier=getattr(problem.verifier, "name", type(problem.verifier).__name__),
-        iterations=iterations,
+        iterations=st.iterations,
         trace=list(problem.trace),
-        details=details,
+        details=st.details,
+        interrupted=interrupted,
+        object_radius=st.details.get("object", {}).get("radius_alone"),
     )
+
+
+def _deadline(problem: SearchProblem, share: float) -> float | None:
+    limit = problem.budget.time_limit
+    return None if limit is None else share * limit
+
+
+def _object_floor(problem: SearchProblem, opt: SearchOptions, st: _State, lo: float) -> None:
+    """The object's own robust radius (layer 0 alone, the rings at 0; bisection above ``lo``, which is known robust)
+    and the floor ``object_share`` of it that layer 0 keeps for the rest of the search."""
+    n = problem.num_layers
+
+    def alone(v: float) -> np.ndarray:
+        e = np.zeros(n)
+        e[0] = v
+        return problem.clip(e)
+
+    radius = bisect_scale(problem, alone, lo, float(problem.saturation[0]), st.delta, "object alone")
+    if problem.use_cheap and opt.object_refine_share > 0:
+        # the bounds alone can understate the object's radius a lot (a small box, where the MILP is quick):
+        # the full verifier continues the bisection above it, for a short share of the budget
+        saved, limit = problem.deadline, problem.budget.time_limit
+        problem.use_cheap = False
+        if limit is not None:
+            problem.deadline = problem.elapsed() + opt.object_refine_share * limit
+        radius = bisect_scale(problem, alone, radius, float(problem.saturation[0]), st.delta, "object alone")
+        problem.use_cheap, problem.deadline = True, saved
+    problem.floor = np.zeros(n)
+    problem.floor[0] = opt.object_share * radius
+    st.details["object"] = {"radius_alone": radius, "share": opt.object_share, "floor": float(problem.floor[0])}
+
+
+def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) -> None:
+    """The search phases of ``opt.method``; ``st`` is updated as they go."""
+    n = problem.num_layers
+    cheap = opt.explore and problem.cheap is not None
+    search_end = _deadline(problem, opt.refine_share) if opt.certify else None
+    warm_saved, cheap_saved = problem.warm_attack, problem.cheap
+    if opt.method == "certificate" and cheap:
+        # the cheap phase of the certificate method asks plain CROWN only: its candidates are built for CROWN, its
+        # steps are many and small, and the search's own attack (or α-CROWN on every undecided box) costs several
+        # CROWN passes per query; the full verifier's phases and the upper-bound pass use everything as before
+        problem.warm_attack = False
+    if opt.method in GROWING and cheap:
+        # bisections (the uniform probe, the object's radius, the shaped starts) ask plain CROWN: a dozen quick
+        # bound computations each, where α-CROWN's optimisation on every undecided box near the answer costs ~10x
+        problem.cheap = crown_tiers(problem.verifier) or problem.cheap
+    # The uniform radius on the cheap tiers: the optimizer's start, and the scale of the automatic tolerance.
+    probe = np.zeros(n)
+    if opt.delta is None or (opt.method in GROWING and opt.init != "zero"):
+        problem.use_cheap = cheap
+        problem.deadline = _deadline(problem, opt.explore_share) if cheap else search_end
+        probe = uniform_search(problem, AUTO_PROBE_TOL if opt.delta is None else opt.delta)
+        if opt.delta is None:
+            st.delta = auto_delta(float(np.max(probe)))
+            st.details["delta_auto"] = {"uniform_radius": float(np.max(probe)), "delta": st.delta}
+        if problem.cheap is not cheap_saved and opt.method == "optimize":
+            # the cascade's own (α) tier takes the uniform radius a few steps further: a short bisection above
+            # CROWN's answer (a handful of α queries instead of a dozen)
+            problem.cheap = cheap_saved
+            r = float(np.max(probe))
+            probe = uniform_search(problem, AUTO_PROBE_TOL if opt.delta is None else opt.delta, lo=r,
+                                   hi=1.5 * r + st.delta)
+            problem.cheap = crown_tiers(problem.verifier) or cheap_saved
+        problem.use_cheap = False
+    st.eps = problem.clip(probe)
+    delta = st.delta
+    optimizer = replace(opt.optimizer, delta=delta)
+    if opt.method in GROWING:
+        cw = cutting_weights(problem, opt.cutting)
+        st.details["cutting_weights"] = cw
+        phases = []
+        problem.use_cheap = cheap
+        problem.deadline = _deadline(problem, opt.explore_share) if cheap else search_end
+        if opt.object_share > 0:
+            _object_floor(problem, opt, st, float(probe[0]))
+            if np.any(probe < problem.floor):
+                # to delta only: the optimizer refines from here, and every bisection step is a bound computation
+                probe = floored_uniform(problem, delta)
+        start = probe if opt.init != "zero" else problem.clip(problem.floor)
+        if opt.init == "best":
+            candidates = [("uniform", probe)] + shaped_starts(problem, tol=min(AUTO_PROBE_TOL, delta))
+            if "object" in st.details:
+                alone = np.zeros(n)
+                alone[0] = st.details["object"]["radius_alone"]
+                candidates.append(("object alone", problem.clip(alone)))
+            st.details["starts"] = {name: problem.size(e) for name, e in candidates}
+            name, start = max(candidates, key=lambda c: problem.size(c[1]))
+            st.details["start"] = name
+        st.eps = start
+        if opt.method == "optimize":
+            problem.cheap = cheap_saved  # the optimizer's exploration on the cascade's own bound tier
+        if opt.method == "certificate":
+            # along the bound's own certificate first; then the optimizer's steps from there
+            alpha = AlphaOptions(iterations=opt.certificate_alpha) if opt.certificate_alpha > 0 else None
+            eps, crep = certificate_search(problem, start, delta, alpha=alpha)
+            st.eps = eps
+            st.details["certificate"] = {"iterations": crep.iterations, "accepted_steps": crep.accepted,
+                                         "rejected_steps": crep.rejected, "whole_regions": crep.whole_region,
+                                         "stop_reason": crep.stop_reason}
+            start = eps
+        eps, report = optimize(problem, start, cw, optimizer)
+        st.eps = eps
+        phases.append(("explore" if cheap else "optimize", report))
+        problem.warm_attack, problem.cheap = warm_saved, cheap_saved
+        if cheap:
+            problem.use_cheap = False
+            if opt.certify:
+                # maximality on the cheap tiers first: settles (and grows) every layer they can decide
+                problem.use_cheap, problem.deadline = True, search_end
+                st.eps, st.maximality = certify(problem, st.eps, delta, grow=grow)
+                problem.use_cheap = False
+            if opt.refine and not problem.exhausted():
+                # refinement with the full verifier (MILP included), small steps from where exploration stopped
+                problem.phase, problem.deadline = "search", search_end
+                eps, report = optimize(problem, st.eps, cw, optimizer, radius=4 * delta, theta=0.5,
+                                       patience=opt.refine_patience)
+                st.eps = eps
+                phases.append(("refine", report))
+        st.iterations = sum(r.iterations for _, r in phases)
+        st.stop_reason = "; ".join(f"{name}: {r.stop_reason}" for name, r in phases)
+        st.details["optimizer"] = {name: {"iterations": r.iterations, "accepted_steps": r.accepted,
+                                          "refuted_steps": r.refuted_steps, "cuts": r.cuts,
+                                          "successful_cuts": r.cut_successes, "stop_reason": r.stop_reason}
+                                   for name, r in phases}
+    elif opt.method == "uniform":
+        # continues above the probe's radius (proven robust) with the full verifier
+        problem.deadline = search_end
+        st.eps = uniform_search(problem, delta, lo=float(np.max(probe)))
+        st.stop_reason = problem.exhausted() or f"binary search to delta = {delta:g}"
+        st.iterations = problem.iteration
+    else:
+        problem.deadline = search_end
+        problem.best_eps = np.zeros(n)  # the baseline's own progress, not the probe's
+        st.eps = np.zeros(n)
+        st.eps = layer_search(problem, delta)
+        st.stop_reason = problem.exhausted() or f"per-layer binary searches to delta = {delta:g}"
+        st.iterations = problem.iteration
+
+
+def _certify(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) -> None:
+    """Upper bounds per layer by the attack alone, then the maximality check with the verifier, largest gap first."""
+    cheap = opt.explore and problem.cheap is not None
+    delta = st.delta
+    if cheap and st.maximality is None:
+        problem.use_cheap = True
+        st.eps, st.maximality = certify(problem, st.eps, delta, grow=grow)
+        problem.use_cheap = False
+    problem.phase = "upper bounds"
+    problem.notify("phase", "upper bounds by the attack")
+    limit = problem.budget.time_limit
+    upper_end = None if limit is None else min(limit, problem.elapsed() + opt.upper_share * limit)
+    st.details["upper_bounds"] = attack_upper_bounds(problem, st.eps, delta, deadline=upper_end)
+    current = st.maximality or [LayerMaximality(d, "unchecked", float(st.eps[d])) for d in range(problem.num_layers)]
+    order = gap_order(st.eps, problem.saturation, apply_upper_bounds(problem, st.eps, current, delta))
+    # the full verifier for every layer still open, largest gap first (settled ones are answered by the caches)
+    st.eps, st.maximality = certify(problem, st.eps, delta, grow=grow, order=order, previous=st.maximality)

@@ -25,17 +25,25 @@ class _Undecided:
                                              "this phase)")
 
 
-def cheap_tiers(verifier: Verifier, attack: bool = True) -> Verifier | None:
+def cheap_tiers(verifier: Verifier, attack: bool = True, bounds: Verifier | None = None) -> Verifier | None:
     """The attack-and-bounds part of a :class:`~mlrobust.verify.cascade.Cascade`, or None for other verifiers.
 
     ``attack=False`` leaves the attack out as well (the search runs its own, warm-started from the points it knows,
-    with random restarts; see :class:`~mlrobust.search.problem.SearchProblem`)."""
+    with random restarts; see :class:`~mlrobust.search.problem.SearchProblem`). ``bounds`` replaces the cascade's
+    bound tier (e.g. plain CROWN where many quick queries matter more than the tightest bound)."""
     from mlrobust.verify.cascade import Cascade
 
     if not isinstance(verifier, Cascade):
         return None
-    cheap = Cascade(attack=verifier.attack, bounds=verifier.bounds, milp=_Undecided(),  # type: ignore[arg-type]
+    cheap = Cascade(attack=verifier.attack, bounds=bounds or verifier.bounds, milp=_Undecided(),  # type: ignore[arg-type]
                     use_attack=verifier.use_attack and attack, use_bounds=verifier.use_bounds,
                     weak_point_limit=verifier.weak_point_limit)
     cheap.name = "cascade without MILP" if attack else "bounds of the cascade"
     return cheap
+
+
+def crown_tiers(verifier: Verifier) -> Verifier | None:
+    """The cascade's cheap part with plain CROWN as its bound tier and no attack (None for other verifiers)."""
+    from mlrobust.verify.bound_check import BoundCheck
+
+    return cheap_tiers(verifier, attack=False, bounds=BoundCheck("crown"))

@@ -38,8 +38,10 @@ def outline_segments(mask: np.ndarray) -> np.ndarray:
 
 
 def heatmap_figure(image: np.ndarray, mask: np.ndarray, eps_map: np.ndarray, title: str = "",
-                   vmax: float | None = None, cmap: str = "inferno") -> Any:
-    """A figure of two panels: the image with the object outlined, and the epsilon map over the image."""
+                   vmax: float | None = None, cmap: str = "inferno", refuted_map: np.ndarray | None = None) -> Any:
+    """A figure of two panels: the image with the object outlined, and the epsilon map over the image; with
+    ``refuted_map`` (per pixel, the refuted epsilon of its layer, NaN where none is known) a third panel shows the
+    upper bounds on the same colour scale, so the two maps bracket the boundary."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -50,9 +52,15 @@ def heatmap_figure(image: np.ndarray, mask: np.ndarray, eps_map: np.ndarray, tit
     eps_map = np.asarray(eps_map, dtype=np.float64)
     if grey.shape != mask.shape or eps_map.shape != mask.shape:
         raise InputError(f"image {grey.shape}, mask {mask.shape} and epsilon map {eps_map.shape} differ in size")
-    top = float(vmax) if vmax is not None else max(float(eps_map.max()), 1e-6)
-    fig = Figure(figsize=(9.0, 4.4), dpi=110)
-    ax_img, ax_eps = fig.subplots(1, 2)
+    if refuted_map is not None:
+        refuted_map = np.asarray(refuted_map, dtype=np.float64)
+        if refuted_map.shape != mask.shape:
+            raise InputError(f"refuted map {refuted_map.shape} and mask {mask.shape} differ in size")
+    known = [] if refuted_map is None else refuted_map[np.isfinite(refuted_map)].ravel().tolist()
+    top = float(vmax) if vmax is not None else max(float(eps_map.max()), *known, 1e-6)
+    fig = Figure(figsize=(9.0 if refuted_map is None else 13.0, 4.4), dpi=110)
+    axes = list(fig.subplots(1, 2 if refuted_map is None else 3))
+    ax_img, ax_eps = axes[0], axes[1]
     from matplotlib.collections import LineCollection
 
     ax_img.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -64,15 +72,21 @@ def heatmap_figure(image: np.ndarray, mask: np.ndarray, eps_map: np.ndarray, tit
     ink[..., :3] = 1.0
     ink[..., 3] = 0.55 * np.clip(grey, 0.0, 1.0)
     ax_eps.imshow(ink, interpolation="nearest")
-    ax_eps.set_title("epsilon per pixel")
+    ax_eps.set_title("epsilon per pixel (proven)")
+    if refuted_map is not None:
+        ax_ref = axes[2]
+        bad = matplotlib.colormaps[cmap].with_extremes(bad="#5a5a5a")  # grey: no counterexample known
+        ax_ref.imshow(np.ma.masked_invalid(refuted_map), cmap=bad, vmin=0.0, vmax=top, interpolation="nearest")
+        ax_ref.imshow(ink, interpolation="nearest")
+        ax_ref.set_title("refuted epsilon per layer (grey: none)")
     segments = outline_segments(mask)
-    for ax in (ax_img, ax_eps):
+    for ax in axes:
         ax.add_collection(LineCollection(segments, colors="#00e5ff", linewidths=1.5))
         ax.set_xlim(-0.5, mask.shape[1] - 0.5)
         ax.set_ylim(mask.shape[0] - 0.5, -0.5)
         ax.set_xticks([])
         ax.set_yticks([])
-    bar = fig.colorbar(shown, ax=ax_eps, fraction=0.046, pad=0.04)
+    bar = fig.colorbar(shown, ax=axes[-1], fraction=0.046, pad=0.04)
     bar.set_label("epsilon (max. change of a pixel in [0, 1])")
     if title:
         fig.suptitle(title, fontsize=11)
@@ -97,7 +111,13 @@ def save_heatmap(result: Any, path: str | Path, title: str | None = None, vmax: 
             method += f", {result.cutting} cuts"
         title = (f"target {result.target} in top-{result.k}: size w\u00b7\u03b5 = {result.size:.3f} "
                  f"({len(eps)} layers, {method})")
-    fig = heatmap_figure(image, mask, eps_map, title, vmax=vmax)
+    refuted_map = None
+    maximality = getattr(result, "maximality", None)
+    if maximality:
+        refuted = np.array([np.nan if m.refuted_eps is None else m.refuted_eps for m in maximality])
+        if np.any(np.isfinite(refuted)):
+            refuted_map = refuted[layer_index(mask)]
+    fig = heatmap_figure(image, mask, eps_map, title, vmax=vmax, refuted_map=refuted_map)
     path = Path(path)
     fig.savefig(path)
     return path
