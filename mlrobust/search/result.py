@@ -141,7 +141,7 @@ class SearchResult:
     @property
     def median_gap(self) -> float | None:
         """Median of ``refuted_eps - eps*`` over the layers with an upper bound (saturated ones count 0)."""
-        gaps = [0.0 if m.status == "saturated" else m.gap for m in self.maximality
+        gaps = [0.0 if m.status == "saturated" or m.gap is None else float(m.gap) for m in self.maximality
                 if m.status == "saturated" or m.gap is not None]
         return float(np.median(gaps)) if gaps else None
 
