@@ -333,7 +333,8 @@ def test_object_label_not_in_the_image_is_an_error():
 
 
 def _fake_result(saturated: bool) -> SimpleNamespace:
-    layer = SimpleNamespace(status="refuted", tried=0.2, margin=0.1, tier="attack")
+    layer = SimpleNamespace(status="refuted", tried=0.2, margin=0.1, tier="attack", refuted_eps=0.2, gap=0.1,
+                            certified=False)
     return SimpleNamespace(
         target=1, k=2, epsilons=np.array([0.1, 1.0 if saturated else 0.1]), saturation=np.array([1.0, 1.0]),
         maximality=[layer, layer], layer_counts=np.array([4, 8]), stats=SimpleNamespace(
@@ -341,7 +342,8 @@ def _fake_result(saturated: bool) -> SimpleNamespace:
         size=0.2, method="optimize", cutting="fixed", delta=0.01, details={}, maximality_counts=lambda: {"refuted": 2},
         certified_layers=2, num_layers=2, verifier="cascade", timings={"total": 1.0, "search": 0.5,
                                                                        "maximality": 0.5},
-        stop_reason="done", mask=np.ones((2, 2), bool), object_source="mask", object_label=None)
+        stop_reason="done", mask=np.ones((2, 2), bool), object_source="mask", object_label=None, eps0=0.1,
+        object_radius=0.2, interrupted=False, median_gap=0.1, upper_bounded_layers=2)
 
 
 @pytest.mark.parametrize("saturated", [False, True])
