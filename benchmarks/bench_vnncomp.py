@@ -36,10 +36,11 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -129,6 +130,7 @@ def run_worker(spec: dict) -> dict:
     from mlrobust import load_onnx
     from mlrobust.verify.counterexample import torch_module
     from mlrobust.verify.spec import Box
+    from mlrobust.verify.verdict import NotRobust
     from mlrobust.verify.vnnlib import check_vnnlib, parse_vnnlib
 
     t0 = time.perf_counter()
@@ -164,8 +166,8 @@ def run_worker(spec: dict) -> dict:
         tier = verdict.tier
         if verdict.is_robust:
             continue
-        if verdict.is_not_robust:
-            status, x = "sat", np.asarray(verdict.counterexample).reshape(-1)  # type: ignore[attr-defined]
+        if isinstance(verdict, NotRobust) and verdict.counterexample is not None:
+            status, x = "sat", np.asarray(verdict.counterexample).reshape(-1)
             break
         elapsed = time.perf_counter() - start
         status = "timeout" if elapsed >= 0.98 * timeout else "unknown"
@@ -198,7 +200,8 @@ def run_one(folder: Path, inst: Instance, method: str, timeout: float, grace: fl
                            "property": inst.prop, "method": method, "timeout": timeout}
     try:
         proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_vnncomp", "--worker", json.dumps(spec)],
-                              capture_output=True, text=True, timeout=timeout + grace, env=env, cwd=ROOT)
+                              capture_output=True, text=True, timeout=timeout + grace, env=env, cwd=ROOT,
+                              check=False)
     except subprocess.TimeoutExpired:
         row.update(status="timeout", reason=f"killed after {timeout + grace:g} s", seconds=timeout,
                    wall_seconds=time.perf_counter() - start)
@@ -306,14 +309,15 @@ def markdown(results: dict) -> str:
     m = results["machine"]
     out = ["# VNN-COMP-style instances: solved count and median time per method", "",
            f"Command: `{results['command']}`  ",
-           f"Machine: {m['cpus']} CPUs ({m['processor']}), {m['platform']}, Python {m['python']}; one BLAS/torch "
-           f"thread per worker, {results['workers']} worker(s) at a time; load average at start "
-           f"{m.get('load_average_at_start')}; code {results.get('git', '?')}; run time "
-           f"{results['seconds'] / 60:.1f} min.  ",
+           (f"Machine: {m['cpus']} CPUs ({m['processor']}), {m['platform']}, Python {m['python']}; one BLAS/torch "
+            f"thread per worker, {results['workers']} worker(s) at a time; load average at start "
+            f"{m.get('load_average_at_start')}; code {results.get('git', '?')}; run time "
+            f"{results['seconds'] / 60:.1f} min.  "),
            f"Slice: {results['slice']}.  ",
-           f"Timeout {results['timeout_note']}; each (instance, method) in a fresh process, killed {results['grace']:g} s "
-           "after the timeout; time = verifier time after loading the model and parsing the property (as VNN-COMP "
-           "times run_instance after prepare_instance). Every sat counterexample is re-checked on onnxruntime.", ""]
+           (f"Timeout {results['timeout_note']}; each (instance, method) in a fresh process, killed "
+            f"{results['grace']:g} s after the timeout; time = verifier time after loading the model and parsing the "
+            "property (as VNN-COMP times run_instance after prepare_instance). Every sat counterexample is re-checked "
+            "on onnxruntime."), ""]
     out += ["Methods:", ""]
     from benchmarks.methods import METHODS
 
@@ -366,7 +370,8 @@ def markdown(results: dict) -> str:
 def select(instances: list[Instance], models: list[str] | None, families: list[str] | None,
            limit: int | None) -> list[Instance]:
     """Instances of the given models and families, the first ``limit`` of each (model, family)."""
-    out, seen = [], {}
+    out: list[Instance] = []
+    seen: dict[tuple[str, str], int] = {}
     for inst in instances:
         if models and inst.model_name not in models:
             continue
@@ -382,9 +387,9 @@ def select(instances: list[Instance], models: list[str] | None, families: list[s
 def _git() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                             timeout=10).stdout.strip()
+                             timeout=10, check=False).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=ROOT, timeout=10).stdout.strip()
+                               text=True, cwd=ROOT, timeout=10, check=False).stdout.strip()
         return rev + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "?"

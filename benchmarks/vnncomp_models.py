@@ -33,6 +33,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -55,7 +56,7 @@ ACAS_OUTPUTS = 5
 def mlp(sizes: tuple[int, ...]) -> nn.Sequential:
     """Dense layers with ReLU between them (none after the last)."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
@@ -118,8 +119,6 @@ def topk_vnnlib(lower: np.ndarray, upper: np.ndarray, n_out: int, target: int, k
     k = 1: a disjunction of ``Y_j >= Y_t``; k = n_out - 1: one conjunction ``Y_j >= Y_t`` for every j (for
     ``t = 0`` that is "output 0 is the minimum"). Other k: every k-subset of the other outputs.
     """
-    import itertools
-
     others = [j for j in range(n_out) if j != target]
     subsets = list(itertools.combinations(others, k))
     lines = [f"; {comment}"] + _declare(lower.size, n_out) + ["; input constraints"]
