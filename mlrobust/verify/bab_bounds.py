@@ -1,0 +1,311 @@
+"""Bounds on the sub-domains of a branch-and-bound: CROWN under ReLU split constraints and input sub-boxes.
+
+A sub-domain is an input box plus a sign for some ReLU pre-activations (``+1``: ``z >= 0``, ``-1``: ``z <= 0``,
+``0``: free). It is bounded soundly by clamping each split neuron's pre-activation bounds to its side and
+recomputing the bounds of everything downstream with CROWN over the domain's box: every bound so obtained holds
+on the subset of the box where the split signs hold, and the union of two children (``z >= 0`` / ``z <= 0``) is
+their parent. A child inherits its parent's bounds as priors (it is a subset, so they stay valid) and only the
+tensors downstream of what changed are back-substituted again. When clamping leaves an empty interval the domain
+holds no input at all (it is proven vacuously).
+
+The same pass records, for every objective row, its linear coefficients on each ReLU output and on the input: the
+branching heuristics score splits from them and the input corner minimising the linear bound is a good attack
+start. Stored bounds are rounded outward to float32 (half the memory per queued domain, still sound).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mlrobust.bounds.alpha_crown import AlphaOptions, AlphaState, DomainBatch, alpha_bounds
+from mlrobust.bounds.crown import BackSubstitution, maxpool_candidates, pool_index, torch_threads
+from mlrobust.bounds.ibp import interval_affine
+from mlrobust.ir.graph import Network, Node
+from mlrobust.ir.ops import AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale
+
+_MIXING = (Dense, Conv2d, AvgPool2d)
+_ELEMENTWISE = (Scale, Reshape, Relu)
+
+
+def down32(a: np.ndarray) -> np.ndarray:
+    """float32 copy of ``a`` rounded towards -inf (every entry ``<=`` the float64 value)."""
+    f = np.asarray(a, dtype=np.float32)
+    return np.where(f.astype(np.float64) > a, np.nextafter(f, np.float32(-np.inf)), f)
+
+
+def up32(a: np.ndarray) -> np.ndarray:
+    """float32 copy of ``a`` rounded towards +inf."""
+    f = np.asarray(a, dtype=np.float32)
+    return np.where(f.astype(np.float64) < a, np.nextafter(f, np.float32(np.inf)), f)
+
+
+@dataclass
+class Domain:
+    """One sub-domain: an input box, split signs per ReLU node, and bounds of every pre-activation tensor.
+
+    ``pre_lower``/``pre_upper`` map the input tensor of every ReLU/MaxPool to bounds valid on the domain (float32,
+    rounded outward); ``splits`` maps a ReLU node's name to int8 signs over its input's shape.
+    """
+
+    lower: np.ndarray
+    upper: np.ndarray
+    pre_lower: dict[str, np.ndarray]
+    pre_upper: dict[str, np.ndarray]
+    splits: dict[str, np.ndarray]
+    depth: int = 0
+    changed: frozenset[str] = frozenset()  # pre-activation tensors clamped since the bounds were computed
+    box_changed: bool = False  # the input box shrank since the bounds were computed (everything is stale)
+    value: float = float("inf")  # the spec's worst bound on this domain (see bab.OutputSpec.value)
+    row_upper: np.ndarray | None = None  # upper bounds of the spec's rows (a child's never exceed its parent's)
+    warm: object | None = None  # the bound engine's warm start for this domain's children
+    relu_coeff: dict[str, np.ndarray] = field(default_factory=dict)  # the binding row's coefficients per ReLU
+    input_coeff: np.ndarray | None = None  # the binding row's input coefficients
+
+    def child(self, node: str | None = None, tensor: str | None = None, index: int = 0, sign: int = 0,
+              lower: np.ndarray | None = None, upper: np.ndarray | None = None) -> "Domain":
+        """A child: ReLU ``node`` (input ``tensor``) at flat ``index`` fixed to ``sign``, or a new input box."""
+        splits = dict(self.splits)
+        changed = set(self.changed)
+        if node is not None and tensor is not None:
+            s = splits[node].copy()
+            s.reshape(-1)[index] = sign
+            splits[node] = s
+            changed.add(tensor)
+        return Domain(self.lower if lower is None else lower, self.upper if upper is None else upper,
+                      self.pre_lower, self.pre_upper, splits, self.depth + 1, frozenset(changed),
+                      box_changed=lower is not None or upper is not None, row_upper=self.row_upper,
+                      warm=self.warm)
+
+
+@dataclass
+class DomainBound:
+    """The result of bounding one domain: lower bounds of the objective rows, or ``feasible=False``."""
+
+    lower: np.ndarray  # (S,)
+    domain: Domain  # the domain with refreshed bounds
+    feasible: bool = True
+    relu_coeff: dict[str, np.ndarray] = field(default_factory=dict)  # node -> (S, *shape), lower-bound pass
+    input_coeff: np.ndarray | None = None  # (S, *input shape)
+
+
+class _Recorder(BackSubstitution):
+    """Back-substitution that keeps the coefficients each dense step receives on ReLU outputs and the input."""
+
+    def __init__(self, network: Network, lower: dict[str, np.ndarray], upper: dict[str, np.ndarray]):
+        super().__init__(network, lower, upper)
+        self.relu_coeff: dict[str, torch.Tensor] = {}
+        self.input_coeff: torch.Tensor | None = None
+        self.recording = False  # only the objective's pass is recorded, not the intermediate bounds'
+
+    def _step(self, node: Node, a: torch.Tensor):  # type: ignore[no-untyped-def]
+        if not self.recording:
+            return super()._step(node, a)
+        if isinstance(node.op, Relu):
+            self.relu_coeff[node.name] = a.detach().clone()
+        terms, bias, mag = super()._step(node, a)
+        for tensor, a_in in terms:
+            if tensor == self.network.input_name:
+                self.input_coeff = a_in if self.input_coeff is None else self.input_coeff + a_in
+        return terms, bias, mag
+
+
+class SplitCrown:
+    """CROWN bounds of linear objectives over sub-domains of one network (the plain-CROWN bound engine)."""
+
+    name = "crown"
+
+    def __init__(self, network: Network):
+        self.network = network
+        self.relu_nodes = [n for n in network.nodes if isinstance(n.op, Relu)]
+        self.pre_tensors = sorted({n.inputs[0] for n in network.nodes if isinstance(n.op, (Relu, MaxPool2d))})
+        producer = {n.output: n for n in network.nodes}
+        self._consumers: dict[str, list[Node]] = {}
+        for n in network.nodes:
+            for t in set(n.inputs):
+                self._consumers.setdefault(t, []).append(n)
+        self._needs_crown = {t: not _interval_exact(producer, t) for t in self.pre_tensors}
+        self._pool_idx = {n.name: pool_index(n.op, network.shape_of(n.inputs[0]))
+                          for n in network.nodes if isinstance(n.op, MaxPool2d)}
+
+    # --- domains ----------------------------------------------------------------------------------------------
+    def root(self, lower: np.ndarray, upper: np.ndarray, lows: dict[str, np.ndarray] | None = None,
+             ups: dict[str, np.ndarray] | None = None) -> Domain:
+        """The whole box as a domain; ``lows``/``ups`` (e.g. CROWN bounds of this box) are used as priors."""
+        pre_lo = {t: down32(lows[t]) for t in self.pre_tensors} if lows is not None else {}
+        pre_hi = {t: up32(ups[t]) for t in self.pre_tensors} if ups is not None else {}
+        splits = {n.name: np.zeros(self.network.shape_of(n.inputs[0]), dtype=np.int8) for n in self.relu_nodes}
+        return Domain(np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64), pre_lo, pre_hi,
+                      splits, box_changed=lows is None)
+
+    def bound(self, domains: list[Domain], coeffs: np.ndarray) -> list[DomainBound]:
+        """Lower bounds of ``coeffs @ y`` (``coeffs``: ``(S, C)``) on every domain, bounds refreshed."""
+        with torch_threads(1):
+            return [self._bound_one(d, coeffs) for d in domains]
+
+    def _bound_one(self, dom: Domain, coeffs: np.ndarray) -> DomainBound:
+        net = self.network
+        refreshed = self.refresh(dom)
+        if refreshed is None:
+            return DomainBound(np.full(coeffs.shape[0], np.inf), dom, feasible=False)
+        fresh, rec = refreshed
+        rec.recording = True
+        c = torch.as_tensor(np.asarray(coeffs, dtype=np.float64))
+        val = rec.lower_bounds(net.output_name, c.reshape(c.shape[0], *net.output_shape))
+        relu_coeff = {k: v.numpy() for k, v in rec.relu_coeff.items()}
+        input_coeff = None if rec.input_coeff is None else rec.input_coeff.numpy()
+        return DomainBound(val, fresh, True, relu_coeff, input_coeff)
+
+    def refresh(self, dom: Domain) -> tuple[Domain, "_Recorder"] | None:
+        """The domain with bounds recomputed downstream of what changed (None: the domain is empty), and the
+        back-substitution engine holding the fresh bounds of every tensor."""
+        net = self.network
+        lows: dict[str, np.ndarray] = {net.input_name: dom.lower}
+        ups: dict[str, np.ndarray] = {net.input_name: dom.upper}
+        rec = _Recorder(net, lows, ups)
+        dirty: set[str] = {net.input_name} if (dom.box_changed or not dom.pre_lower) else set()
+        sign_of = {n.inputs[0]: dom.splits[n.name] for n in self.relu_nodes}
+        for node in net.nodes:
+            out = node.output
+            lo, hi = interval_affine(node, [lows[t] for t in node.inputs], [ups[t] for t in node.inputs])
+            if any(t in dirty for t in node.inputs) or out in dom.changed:
+                dirty.add(out)
+            if out in dom.pre_lower:
+                lo = np.maximum(lo, dom.pre_lower[out])
+                hi = np.minimum(hi, dom.pre_upper[out])
+            if out in sign_of:
+                lo, hi = _clamp(lo, hi, sign_of[out])
+            if out in self._needs_crown and self._needs_crown[out] and out in dirty:
+                idx = self._refine_index(out, lo, hi)
+                if idx.size:
+                    c_lo, c_hi = rec.neuron_bounds(out, idx)
+                    flat_lo, flat_hi = lo.reshape(-1).copy(), hi.reshape(-1).copy()
+                    flat_lo[idx] = np.maximum(flat_lo[idx], c_lo)
+                    flat_hi[idx] = np.minimum(flat_hi[idx], c_hi)
+                    lo, hi = flat_lo.reshape(lo.shape), flat_hi.reshape(hi.shape)
+                    if out in sign_of:
+                        lo, hi = _clamp(lo, hi, sign_of[out])
+            if np.any(lo > hi):
+                # both bounds hold on every input of the domain, so no input satisfies its split constraints
+                return None
+            lows[out], ups[out] = lo, hi
+        fresh = Domain(dom.lower, dom.upper, {t: down32(lows[t]) for t in self.pre_tensors},
+                       {t: up32(ups[t]) for t in self.pre_tensors}, dom.splits, dom.depth, row_upper=dom.row_upper,
+                       warm=dom.warm)
+        return fresh, rec
+
+    def _refine_index(self, tensor: str, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Neurons of a pre-activation tensor whose relaxation depends on their bounds."""
+        parts = []
+        for user in self._consumers.get(tensor, []):
+            if isinstance(user.op, Relu):
+                parts.append(np.flatnonzero((lo < 0) & (hi > 0)))
+            elif isinstance(user.op, MaxPool2d):
+                parts.append(maxpool_candidates(self._pool_idx[user.name], lo, hi))
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _clamp(lo: np.ndarray, hi: np.ndarray, sign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-activation bounds restricted to the split side of each neuron."""
+    return np.where(sign > 0, np.maximum(lo, 0.0), lo), np.where(sign < 0, np.minimum(hi, 0.0), hi)
+
+
+def _interval_exact(producer: dict[str, Node], tensor: str) -> bool:
+    """True when IBP is exact for ``tensor``: one coordinate-mixing affine map of the box behind elementwise ops."""
+    mixing = 0
+    node = producer.get(tensor)
+    while node is not None:
+        if isinstance(node.op, _MIXING):
+            mixing += 1
+        elif not isinstance(node.op, _ELEMENTWISE):
+            return False
+        if mixing > 1:
+            return False
+        node = producer.get(node.inputs[0])
+    return True
+
+
+class AlphaEngine:
+    """α/β-CROWN bounds of a batch of domains in one call (:func:`mlrobust.bounds.alpha_crown.alpha_bounds`).
+
+    Split constraints enter the final bound through β multipliers; each child starts from its parent's optimised
+    parameters. With ``refresh`` the domains' intermediate bounds are first recomputed by CROWN under the splits
+    (:meth:`SplitCrown.refresh`, one domain at a time), which tightens what α/β start from at the price of the
+    intermediate back-substitutions; without it a child keeps its parent's intermediate bounds (sound: it is a
+    subset), with its split neurons clamped. Input coefficients are not available, so input bisection falls back
+    to the widest dimension.
+    """
+
+    name = "alpha"
+
+    def __init__(self, network: Network, options: AlphaOptions | None = None, refresh: bool = True,
+                 keep_warm: bool = True):
+        self.network = network
+        self.options = options or AlphaOptions(iterations=10)
+        self.crown = SplitCrown(network)
+        self.relu_nodes = self.crown.relu_nodes
+        self.pre_tensors = self.crown.pre_tensors
+        self.refresh_intermediate = refresh
+        self.keep_warm = keep_warm
+
+    def root(self, lower: np.ndarray, upper: np.ndarray, lows: dict[str, np.ndarray] | None = None,
+             ups: dict[str, np.ndarray] | None = None) -> Domain:
+        return self.crown.root(lower, upper, lows, ups)
+
+    def bound(self, domains: list[Domain], coeffs: np.ndarray) -> list[DomainBound]:
+        out: list[DomainBound | None] = [None] * len(domains)
+        live: list[Domain] = []
+        where: list[int] = []
+        with torch_threads(1):
+            for i, dom in enumerate(domains):
+                if self.refresh_intermediate or dom.box_changed or not dom.pre_lower:
+                    refreshed = self.crown.refresh(dom)
+                    if refreshed is None:
+                        out[i] = DomainBound(np.full(coeffs.shape[0], np.inf), dom, feasible=False)
+                        continue
+                    dom = refreshed[0]
+                live.append(dom)
+                where.append(i)
+        if live:
+            pre = self.pre_tensors
+            batch = DomainBatch(np.stack([d.lower for d in live]), np.stack([d.upper for d in live]),
+                                {t: np.stack([d.pre_lower[t] for d in live]).astype(np.float64) for t in pre},
+                                {t: np.stack([d.pre_upper[t] for d in live]).astype(np.float64) for t in pre},
+                                {n.name: np.stack([d.splits[n.name] for d in live]) for n in self.relu_nodes})
+            warm = _stack_states([d.warm for d in live]) if self.keep_warm else None
+            res = alpha_bounds(self.network, batch, coeffs, options=self.options, warm=warm)
+            infeasible = res.infeasible if res.infeasible is not None else np.zeros(len(live), dtype=bool)
+            for j, (i, dom) in enumerate(zip(where, live)):
+                if infeasible[j]:
+                    out[i] = DomainBound(np.full(coeffs.shape[0], np.inf), dom, feasible=False)
+                    continue
+                if self.keep_warm:
+                    st = res.state.select([j])
+                    # float32 halves the memory of a queued domain's warm start; any value in range is sound
+                    dom.warm = AlphaState({k: v.float() for k, v in st.alpha.items()},
+                                          {k: v.float() for k, v in st.pool.items()},
+                                          {k: v.float() for k, v in st.beta.items()})
+                coeff = {k: v[j] for k, v in res.relu_coeffs.items()}
+                out[i] = DomainBound(res.lower[j], dom, True, coeff, None)
+        return [o for o in out if o is not None]
+
+
+def _stack_states(states: list[object | None]) -> AlphaState | None:
+    """One warm start for a batch from the domains' own ones (None unless every domain has a compatible one)."""
+    if not states or any(not isinstance(s, AlphaState) for s in states):
+        return None
+    first = states[0]
+    assert isinstance(first, AlphaState)
+    out = AlphaState()
+    for group in ("alpha", "pool", "beta"):
+        keys = set(getattr(first, group))
+        for s in states:
+            keys &= set(getattr(s, group))
+        for k in keys:
+            parts = [getattr(s, group)[k] for s in states]
+            if any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+                continue
+            getattr(out, group)[k] = torch.cat(parts).double()
+    return out
