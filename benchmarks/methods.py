@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mlrobust.ir.graph import Network
+from mlrobust.milp.tightening import Tightened
 from mlrobust.verify.base import Mode, Verifier
 from mlrobust.verify.spec import Box
 from mlrobust.verify.verdict import NotRobust, Robust, Unknown, Verdict
@@ -67,7 +68,73 @@ def _bound_check(method: str) -> Verifier:
             import mlrobust.bounds.alpha_crown  # noqa: F401
         except ImportError:
             raise MethodUnavailable("mlrobust.bounds.alpha_crown is not installed") from None
+        try:
+            return probe(BoundCheck("alpha"))
+        except MethodUnavailable:
+            return probe(AlphaBoundCheck())  # the bound tier has no "alpha" yet: the same check built here
     return probe(BoundCheck(method))
+
+
+class AlphaBoundCheck:
+    """The bound tier on α-CROWN margin bounds (:func:`mlrobust.bounds.alpha_crown.alpha_margin_bounds`), for an
+    installed BoundCheck without an "alpha" method: CROWN intermediate bounds, α-optimised margins, the same verdict
+    rule as BoundCheck. ``last`` keeps the Tightened of the last call for a MILP after it."""
+
+    name = "bounds"
+
+    def __init__(self, iterations: int = 50):
+        self.iterations = iterations
+        self.last: Tightened | None = None
+
+    def tighten(self, network: Network, box: Box, target: int, time_limit: float | None = None) -> Tightened:
+        from mlrobust.bounds.alpha_crown import AlphaOptions, alpha_margin_bounds
+        from mlrobust.milp.tightening import tighten
+
+        start = time.perf_counter()
+        crown = tighten(network, box.lower, box.upper, "crown", target=target)
+        left = None if time_limit is None else max(time_limit - crown.seconds, 0.1)
+        lo, hi, _ = alpha_margin_bounds(network, box.lower, box.upper, target, intermediate=crown.bounds,
+                                        options=AlphaOptions(iterations=self.iterations, time_limit=left))
+        assert crown.margin_lower is not None and crown.margin_upper is not None
+        # both are sound: keep the tighter side of each
+        crown.margin_lower = np.maximum(crown.margin_lower, lo)
+        crown.margin_upper = np.minimum(crown.margin_upper, hi)
+        crown.method = "alpha"
+        crown.seconds = time.perf_counter() - start
+        self.last = crown
+        return crown
+
+    def verify(self, network: Network, box: Box, target: int, k: int = 2, mode: Mode = "decide",
+               time_limit: float | None = None) -> Verdict:
+        from mlrobust.verify.bound_check import verdict_from_bounds
+        from mlrobust.verify.counterexample import check_query
+
+        check_query(network, box, target, k)
+        start = time.perf_counter()
+        tight = self.tighten(network, box, target, time_limit)
+        return verdict_from_bounds(tight, network, box, target, k, time.perf_counter() - start)
+
+
+class MilpOnBounds:
+    """The MILP on the margin bounds of a bound tier run just before (``bounds.last``) or computed here."""
+
+    name = "milp"
+
+    def __init__(self, bounds: AlphaBoundCheck):
+        from mlrobust.verify.milp_verifier import MilpVerifier
+
+        self.bounds = bounds
+        self.milp = MilpVerifier("highs", "crown")
+
+    def verify(self, network: Network, box: Box, target: int, k: int = 2, mode: Mode = "decide",
+               time_limit: float | None = None) -> Verdict:
+        last = self.bounds.last
+        same = (last is not None and last.target == target
+                and np.array_equal(last.bounds.input_lower, box.lower)
+                and np.array_equal(last.bounds.input_upper, box.upper))
+        tight = last if same and last is not None else self.bounds.tighten(network, box, target, time_limit)
+        left = None if time_limit is None else max(time_limit - (0.0 if same else tight.seconds), 0.1)
+        return self.milp.verify(network, box, target, k, mode, left, tightened=tight)
 
 
 def _bab() -> Verifier:
@@ -82,6 +149,10 @@ def _milp(tightening: str) -> Verifier:
     from mlrobust.milp.tightening import METHODS
     from mlrobust.verify.milp_verifier import MilpVerifier
 
+    if tightening == "alpha" and "alpha" not in METHODS:
+        bounds = _bound_check("alpha")
+        if isinstance(bounds, AlphaBoundCheck):
+            return probe(MilpOnBounds(bounds))
     if tightening not in METHODS:
         raise MethodUnavailable(f"the MILP's bound tightening has no {tightening!r} (it has {', '.join(METHODS)})")
     return probe(MilpVerifier("highs", tightening))
@@ -97,23 +168,23 @@ def _cascade_alpha_bab() -> Verifier:
     """The cascade with α-CROWN bounds and the BaB tier where the installed Cascade offers one; otherwise the same
     tiers chained here (attack -> α-CROWN -> BaB -> MILP)."""
     from mlrobust.verify.attack import PgdAttack
-    from mlrobust.verify.bound_check import BoundCheck
     from mlrobust.verify.cascade import Cascade
 
     bounds = _bound_check("alpha")
     bab = _bab()
-    milp_tightening = "alpha"
-    try:
-        milp = _milp(milp_tightening)
-    except MethodUnavailable:
-        milp = _milp("crown")
+    if isinstance(bounds, AlphaBoundCheck):
+        milp: Verifier = MilpOnBounds(bounds)  # reuses the bound tier's α margins of the same box
+    else:
+        try:
+            milp = _milp("alpha")
+        except MethodUnavailable:
+            milp = _milp("crown")
     params = inspect.signature(Cascade).parameters
     if "bab" in params:
         kwargs: dict[str, Any] = {"bounds": bounds, "bab": bab, "milp": milp}
         if "use_bab" in params:
             kwargs["use_bab"] = True
         return probe(Cascade("highs", getattr(milp, "tightening", "crown"), **kwargs))
-    assert isinstance(bounds, BoundCheck)
     return probe(Chain([("attack", PgdAttack()), ("bounds", bounds), ("bab", bab), ("milp", milp)],
                        shares={"bab": 0.75}))
 
