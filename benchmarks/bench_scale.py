@@ -203,10 +203,12 @@ def markdown(results: dict) -> str:
     if results.get("whole_image"):
         limit = results.get("check_budget", results["budget"])
         out += ["", f"## Whole-image check: decided robust within {limit:g} s?", "",
-                "| model | image | method | scale | verdict | seconds | tier |", "|---|---|---|---|---|---|---|"]
+                "| model | image | method | scale | verdict | seconds | tier | seconds per tier |",
+                "|---|---|---|---|---|---|---|---|"]
         for w in results["whole_image"]:
+            per_tier = ", ".join(f"{t} {v:.1f}" for t, v in w.get("tier_seconds", {}).items())
             out.append(f"| {w['model']} | {w['image']} | {w['method']} | {w['scale']:g} | {w['verdict']} | "
-                       f"{w['seconds']:.1f} | {w['tier']} |")
+                       f"{w['seconds']:.1f} | {w['tier']} | {per_tier} |")
     out += ["", "## Queries", "", "Per method and image: scale → verdict (seconds).", ""]
     for r in results["rows"]:
         for n in live:
@@ -274,7 +276,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                         v = verifiers[n].verify(network, box(s), target, K, "decide", time_limit=args.check_budget)
                         whole.append({"model": model, "image": entry["id"], "method": n, "scale": s,
                                       "verdict": verdict_name(v), "seconds": time.perf_counter() - t0,
-                                      "tier": v.tier})
+                                      "tier": v.tier, "tier_seconds": dict(v.seconds)})
                         if v.is_robust and s >= a_scale:
                             violations.append(f"{model}/{entry['id']}: {n} proves x{s:g} beyond the attack's "
                                               f"x{a_scale:.4g}")

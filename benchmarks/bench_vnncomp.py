@@ -156,6 +156,7 @@ def run_worker(spec: dict) -> dict:
         return {"status": "n/a", "reason": str(exc), "seconds": 0.0, "load_seconds": load_seconds}
     start = time.perf_counter()
     status, tier, reason, x = "unsat", "", "", None
+    tiers: dict[str, float] = {}
     for region in prop.regions:
         left = timeout - (time.perf_counter() - start)
         if left <= 0:
@@ -164,6 +165,8 @@ def run_worker(spec: dict) -> dict:
         box = Box(region.lower.reshape(network.sample_shape), region.upper.reshape(network.sample_shape))
         verdict = verifier.verify(network, box, target, k, "decide", time_limit=left)
         tier = verdict.tier
+        for name, secs in verdict.seconds.items():  # seconds per tier, to see where the time went
+            tiers[name] = tiers.get(name, 0.0) + float(secs)
         if verdict.is_robust:
             continue
         if isinstance(verdict, NotRobust) and verdict.counterexample is not None:
@@ -175,7 +178,7 @@ def run_worker(spec: dict) -> dict:
         break
     seconds = time.perf_counter() - start
     out = {"status": status, "tier": tier, "reason": reason, "seconds": seconds, "load_seconds": load_seconds,
-           "target": target, "k": k, "x": None if x is None else x.tolist()}
+           "target": target, "k": k, "tier_seconds": tiers, "x": None if x is None else x.tolist()}
     if x is not None:
         with torch.no_grad():
             y = torch_module(network).logits(torch.as_tensor(x.reshape(1, *network.sample_shape),
