@@ -191,13 +191,14 @@ class AcasProperty:
     comment: str
 
 
-def acas_properties(model: nn.Module, seed: int, count: int) -> list[AcasProperty]:
+def acas_properties(model: nn.Module, seed: int, count: int, half_width: tuple[float, float] = (0.02, 0.15),
+                    first: int = 0) -> list[AcasProperty]:
     """Input boxes around random points where the property holds at the centre and at 200 samples of the box.
 
     Half are "output 0 is not the minimum" (k = 4, target 0) at points whose advisory is a turn, half are
-    "the advisory t stays the maximum" (k = 1). Half-widths are drawn from [0.02, 0.15] per input, so some boxes
-    are easy for bounds and some need splitting; boxes whose samples already break the property are skipped (a few
-    sat instances are still expected from attacks on the larger boxes).
+    "the advisory t stays the maximum" (k = 1). Half-widths are drawn from ``half_width`` per input (narrow boxes
+    are decided by bounds, wide ones need splitting); boxes whose samples already break the property are skipped
+    (sat instances are still expected from attacks on the wide boxes). Names are numbered from ``first``.
     """
     rng = np.random.default_rng(seed)
     props: list[AcasProperty] = []
@@ -206,7 +207,7 @@ def acas_properties(model: nn.Module, seed: int, count: int) -> list[AcasPropert
         tries += 1
         kind = "not_min0" if len(props) % 2 == 0 else "stays_max"
         centre = rng.uniform(-0.9, 0.9, 5)
-        half = rng.uniform(0.02, 0.15, 5)
+        half = rng.uniform(*half_width, 5)
         lower, upper = np.clip(centre - half, -1, 1), np.clip(centre + half, -1, 1)
         samples = np.vstack([centre, rng.uniform(lower, upper, (200, 5))])
         with torch.no_grad():
@@ -221,7 +222,7 @@ def acas_properties(model: nn.Module, seed: int, count: int) -> list[AcasPropert
             if np.any(out.argmax(axis=1) != target):
                 continue
             comment = f"ACAS-like: the advisory (output {target}) stays the maximal score"
-        name = f"acas_like_prop_{len(props):02d}_{kind}"
+        name = f"acas_like_prop_{first + len(props):02d}_{kind}"
         props.append(AcasProperty(name, lower, upper, target, k, comment))
     return props
 
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--acas-steps", type=int, default=6000)
-    parser.add_argument("--acas-properties", type=int, default=10)
+    parser.add_argument("--acas-properties", type=int, default=10, help="narrow boxes; as many wide ones follow")
     parser.add_argument("--timeout", type=float, default=60.0, help="timeout written to instances.csv")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -290,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     info["models"]["acas_like"] = {"layers": [5, *ACAS_HIDDEN, ACAS_OUTPUTS], "steps": args.acas_steps,
                                    "advisory_agreement": agree, "seed": args.seed + 10}
     info["acas_properties"] = []
-    for p in acas_properties(acas, args.seed + 20, args.acas_properties):
+    wide = acas_properties(acas, args.seed + 21, args.acas_properties, (0.15, 0.4), first=args.acas_properties)
+    for p in acas_properties(acas, args.seed + 20, args.acas_properties) + wide:
         (props_dir / f"{p.name}.vnnlib").write_text(topk_vnnlib(p.lower, p.upper, ACAS_OUTPUTS, p.target, p.k,
                                                                 p.comment))
         rows.append(("models/acas_like.onnx", f"vnnlib/{p.name}.vnnlib", args.timeout))
