@@ -5,10 +5,12 @@ For every shipped model (``examples/models``) and image (``examples/manifest.jso
 re-run skips it), then
 
 - the *attack scale*: the smallest scale s at which a strong PGD attack (``--restarts`` x ``--steps``) finds a
-  confirmed counterexample in the box of s·ε* (doubling from 1, then bisection); an upper bound on any proof;
+  confirmed counterexample in the box of s·ε* (doubling from 1, then bisection; stored with the neighborhood); an
+  upper bound on any proof;
 - for each method (:mod:`benchmarks.methods`: crown, alpha, bab, milp_alpha, crown_milp, alpha_bab_milp): the
-  largest s it proves robust by bisection between 0 and the attack scale, within ``--budget`` seconds in total per
-  method and image (each query at most ``--query-limit`` seconds; a timeout counts as not proven);
+  largest s it proves robust (scale 1, then growing steps of 5%, 10%, 20%, ... above the last proof, bisecting once
+  a step fails) below the attack scale, within ``--budget`` seconds in total per method and image (each query at
+  most ``--query-limit`` seconds; a timeout counts as not proven);
 - the *gap to the attack*: attack scale / proven scale (1 = the verifier proves everything the attack cannot break).
 
 Whole-image check: the cascades on the boxes of ``--check-model`` at ``--check-scales`` (1.05x and 1.5x of the
@@ -131,12 +133,21 @@ def verdict_name(v) -> str:
 
 
 def proven_scale(verifier, method: str, network, target: int, box, upper: float, budget: float, query_limit: float,
-                 tolerance: float = 1.02, max_queries: int = 10) -> ScaleResult:
-    """Bisection (geometric) of the largest proven scale in (0, upper) within ``budget`` seconds in total."""
+                 tolerance: float = 1.02, max_queries: int = 10, first_step: float = 0.05) -> ScaleResult:
+    """The largest proven scale in (0, upper) within ``budget`` seconds in total.
+
+    Scale 1 (the search's own result) first. Above the largest proven scale ``lo`` the next query is
+    ``lo * (1 + step)``: the step starts at ``first_step`` and doubles after a proof, so small gains are measured
+    before expensive large boxes (a bisection's first query halfway to the attack scale is usually a timeout that
+    spends the whole budget). Once a query fails, the next lies geometrically between ``lo`` and the failed scale.
+    Below a failed scale 1 the scale halves until a proof.
+    """
     start = time.perf_counter()
     lo, hi = 0.0, (upper if math.isfinite(upper) else MAX_SCALE)
     refuted: float | None = None
     queries: list[Query] = []
+    failed = False
+    step = first_step
     s = min(1.0, hi / 1.05)  # the search's own result first
     while len(queries) < max_queries:
         left = budget - (time.perf_counter() - start)
@@ -149,12 +160,18 @@ def proven_scale(verifier, method: str, network, target: int, box, upper: float,
         if q.verdict == "robust":
             lo = s
         else:
-            hi = s
+            hi, failed = s, True
             if q.verdict == "not robust":
                 refuted = s if refuted is None else min(refuted, s)
         if lo > 0 and hi / lo <= tolerance:
             break
-        s = math.sqrt(lo * hi) if lo > 0 else hi / 2
+        if lo == 0:
+            s = hi / 2
+        elif failed:
+            s = math.sqrt(lo * hi)
+        else:
+            s = min(lo * (1 + step), math.sqrt(lo * hi))
+            step *= 2
     return ScaleResult(method, lo, refuted, time.perf_counter() - start, queries)
 
 
@@ -254,7 +271,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             args.neighborhoods.write_text(json.dumps(cache, indent=1) + "\n")
             eps = np.asarray(nb["epsilons"], dtype=np.float64)
             network, target, box = box_factory(args.examples, model, entry, eps)
-            a_scale, a_secs = attack_scale(network, target, box, args.restarts, args.steps)
+            akey = f"attack_{args.restarts}x{args.steps}"
+            if akey not in nb:
+                a_scale, a_secs = attack_scale(network, target, box, args.restarts, args.steps)
+                nb[akey] = {"scale": a_scale, "seconds": a_secs}
+                args.neighborhoods.write_text(json.dumps(cache, indent=1) + "\n")
+            a_scale, a_secs = float(nb[akey]["scale"]), float(nb[akey]["seconds"])
             log(f"  attack breaks at x{_s(a_scale)} ({a_secs:.0f} s)")
             row: dict = {"model": model, "image": entry["id"], "layers": int(eps.size),
                          "size": float(nb["size"]), "attack_scale": a_scale, "attack_seconds": a_secs, "methods": {}}

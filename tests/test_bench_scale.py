@@ -47,8 +47,16 @@ def test_a_verifier_that_proves_nothing_below_one_reports_a_smaller_scale_or_zer
 def test_budget_and_query_cap_stop_the_bisection():
     v = ThresholdVerifier(1.37, 9.0)
     res = proven_scale(v, "t", None, 0, lambda s: s, upper=4.0, budget=60.0, query_limit=10.0, max_queries=2)
-    assert v.calls == 2 and res.proven == 1.0  # 1.0 proven, the next query (2.0) not
+    assert v.calls == 2 and res.proven == 1.05  # 1.0, then 5% more
     assert proven_scale(v, "t", None, 0, lambda s: s, upper=4.0, budget=0.0, query_limit=1.0).queries == []
+
+
+def test_scales_grow_in_doubling_steps_until_a_failure_then_bisect():
+    res = proven_scale(ThresholdVerifier(1.37, 9.0), "t", None, 0, lambda s: s, upper=4.0, budget=60.0,
+                       query_limit=10.0, max_queries=30)
+    scales = [q.scale for q in res.queries]
+    assert scales[:4] == [1.0, 1.05, 1.05 * 1.1, 1.05 * 1.1 * 1.2]  # 1.386 > 1.37 fails
+    assert all(1.05 * 1.1 < s < 1.05 * 1.1 * 1.2 for s in scales[4:])
 
 
 def test_geomean_ignores_zero_and_infinite():
