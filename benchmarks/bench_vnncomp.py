@@ -419,6 +419,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     args.work.parent.mkdir(parents=True, exist_ok=True)
     checker = OrtChecker()
     jobs = [(inst, m) for inst in instances for m in live]
+    if args.cached_only:  # a report of what ran before, nothing new
+        jobs = [(inst, m) for inst, m in jobs
+                if (inst.key, m, args.timeout if args.timeout is not None else inst.timeout) in cache]
     start = time.perf_counter()
 
     def job(item: tuple[Instance, str]) -> dict:
@@ -443,6 +446,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     for r in rows:
         r.pop("x", None)  # the counterexamples stay in the raw lines; the results JSON keeps their checks
         r.pop("y", None)
+    if args.cached_only:
+        ran = {inst.key for inst, _ in jobs}
+        instances = [inst for inst in instances if inst.key in ran]
     slice_note = (f"{len(instances)} instances" + (f" of models {args.models}" if args.models else "")
                   + (f", families {args.families}" if args.families else "")
                   + (f", first {args.limit} per model and family" if args.limit else ""))
@@ -468,6 +474,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=OUT, help="Markdown report (the JSON goes next to it)")
     p.add_argument("--work", type=Path, default=WORK, help="raw result lines, reused by a re-run")
     p.add_argument("--fresh", action="store_true", help="ignore earlier raw results")
+    p.add_argument("--cached-only", action="store_true", help="report the earlier raw results of the selection; "
+                                                                "run nothing")
     p.add_argument("--notes", default="", help="a paragraph for the report's Notes section")
     p.add_argument("--quiet", action="store_true")
     return p

@@ -132,7 +132,8 @@ def test_harness_end_to_end_on_two_instances(tmp_path):
     assert len(insts) == 2
     args = argparse.Namespace(methods="crown_milp,not_a_method", timeout=10.0, grace=30.0, instances=INSTANCES,
                               models="mnist_fc_256x2,acas_like", families="eps0.05,acas", limit=1, workers=1,
-                              out=tmp_path / "v.md", work=tmp_path / "raw.jsonl", fresh=True, notes="", argv=[])
+                              out=tmp_path / "v.md", work=tmp_path / "raw.jsonl", fresh=True, notes="", argv=[],
+                              cached_only=False)
     res = run(args, lambda msg: None)
     assert res["availability"]["not_a_method"].startswith("unknown method")
     rows = {r["instance"]: r for r in res["rows"]}
