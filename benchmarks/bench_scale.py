@@ -341,9 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--neighborhoods", type=Path, default=NEIGHBORHOODS, help="stored search results (JSON)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--notes", default="")
+    p.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     args.argv = argv
+    if args.notes_file is not None:
+        args.notes = args.notes_file.read_text().strip()
     if args.query_limit is None:
         args.query_limit = args.budget / 2
     if args.check_budget is None:

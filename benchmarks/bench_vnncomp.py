@@ -477,6 +477,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cached-only", action="store_true", help="report the earlier raw results of the selection; "
                                                                 "run nothing")
     p.add_argument("--notes", default="", help="a paragraph for the report's Notes section")
+    p.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -487,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
         return _worker_main(argv[1])
     args = parser().parse_args(argv)
     args.argv = argv
+    if args.notes_file is not None:
+        args.notes = args.notes_file.read_text().strip()
 
     def log(msg: str) -> None:
         if not args.quiet:
