@@ -419,9 +419,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     args.work.parent.mkdir(parents=True, exist_ok=True)
     checker = OrtChecker()
     jobs = [(inst, m) for inst in instances for m in live]
-    if args.cached_only:  # a report of what ran before, nothing new
-        jobs = [(inst, m) for inst, m in jobs
-                if (inst.key, m, args.timeout if args.timeout is not None else inst.timeout) in cache]
+    if args.cached_only:  # a report of what ran before, nothing new: the instances every method has run
+        def done(inst: Instance) -> bool:
+            timeout = args.timeout if args.timeout is not None else inst.timeout
+            return all((inst.key, m, timeout) in cache for m in live)
+
+        jobs = [(inst, m) for inst, m in jobs if done(inst)]
     start = time.perf_counter()
 
     def job(item: tuple[Instance, str]) -> dict:
@@ -451,7 +454,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         instances = [inst for inst in instances if inst.key in ran]
     slice_note = (f"{len(instances)} instances" + (f" of models {args.models}" if args.models else "")
                   + (f", families {args.families}" if args.families else "")
-                  + (f", first {args.limit} per model and family" if args.limit else ""))
+                  + (f", first {args.limit} per model and family" if args.limit else "")
+                  + ("; of the selection, the instances every method has run (earlier raw results)"
+                     if args.cached_only else ""))
     return {"command": "python -m benchmarks vnncomp " + " ".join(args.argv), "machine": machine(), "git": _git(),
             "methods": methods, "availability": avail, "workers": args.workers, "grace": args.grace,
             "timeout_note": f"{args.timeout:g} s per instance" if args.timeout is not None else "from instances.csv",
@@ -474,8 +479,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=OUT, help="Markdown report (the JSON goes next to it)")
     p.add_argument("--work", type=Path, default=WORK, help="raw result lines, reused by a re-run")
     p.add_argument("--fresh", action="store_true", help="ignore earlier raw results")
-    p.add_argument("--cached-only", action="store_true", help="report the earlier raw results of the selection; "
-                                                                "run nothing")
+    p.add_argument("--cached-only", action="store_true", help="report the earlier raw results of the selection's "
+                                                                "instances that every method has run; run nothing")
     p.add_argument("--notes", default="", help="a paragraph for the report's Notes section")
     p.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
     p.add_argument("--quiet", action="store_true")
