@@ -159,9 +159,14 @@ def _milp(tightening: str) -> Verifier:
 
 
 def _cascade_crown() -> Verifier:
+    from mlrobust.verify.bound_check import BoundCheck
     from mlrobust.verify.cascade import Cascade
 
-    return probe(Cascade("highs", "crown"))
+    # the bound tier named explicitly: "crown_milp" stays CROWN whatever the cascade's default bound tier becomes
+    kwargs: dict[str, Any] = {"bounds": BoundCheck("crown")}
+    if "use_bab" in inspect.signature(Cascade).parameters:
+        kwargs["use_bab"] = False
+    return probe(Cascade("highs", "crown", **kwargs))
 
 
 def _cascade_alpha_bab() -> Verifier:
