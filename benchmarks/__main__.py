@@ -5,6 +5,8 @@
     python -m benchmarks run --suite full --workers 2            # the committed figures (long)
     python -m benchmarks run --suite full --steps topk,backends  # only some steps
     python -m benchmarks report benchmarks/results/full.json     # the Markdown again, from the JSON
+    python -m benchmarks vnncomp --methods crown_milp,alpha_bab_milp --timeout 60   # VNN-COMP-style instances
+    python -m benchmarks scale --budget 120                      # largest proven scale of searched neighborhoods
 
 Single-threaded BLAS and torch (parallelism comes from ``--workers`` processes). The reference experiment's raw
 lines go to ``--work`` (default ``build/benchmarks/<suite>``) and are resumed by a re-run with the same settings.
@@ -26,6 +28,15 @@ from benchmarks.suite import ROOT, STEPS, SUITES, run_suite  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["vnncomp"]:
+        from benchmarks.bench_vnncomp import main as vnncomp_main
+
+        return vnncomp_main(argv[1:])
+    if argv[:1] == ["scale"]:
+        from benchmarks.bench_scale import main as scale_main
+
+        return scale_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--images", type=int, default=None, help="images of the reference experiment")
     run.add_argument("--models", default=None, help="comma-separated model names (default: all shipped)")
     run.add_argument("--quiet", action="store_true", help="no step log")
+    sub.add_parser("vnncomp", help="VNN-COMP-style instances (python -m benchmarks vnncomp --help)")
+    sub.add_parser("scale", help="largest proven scale per method (python -m benchmarks scale --help)")
     report = sub.add_parser("report", help="rewrite a suite's Markdown report from its JSON results")
     report.add_argument("results", type=Path, nargs="?", default=ROOT / "benchmarks" / "results" / "full.json")
     docs = sub.add_parser("docs", help="write docs/results.md from a suite's results")
