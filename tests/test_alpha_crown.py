@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from ir_factories import random_box, random_network, sample_box
 
@@ -117,6 +117,7 @@ def _satisfies(net: Network, xs: np.ndarray, splits: dict[str, np.ndarray]) -> n
 
 @SETTINGS
 @given(kind=st.sampled_from(["mlp", "cnn"]), seed=st.integers(0, 2**31), radius=st.sampled_from([0.05, 0.3]))
+@example(kind="cnn", seed=1, radius=0.05)  # parameters picked in float32 off their range by rounding: 1.2e-8 unsound
 def test_alpha_bounds_contain_samples_and_never_looser_than_crown(kind, seed, radius):
     net = random_network(kind, seed)
     lo, hi = random_box(net, seed + 1, radius)
@@ -147,6 +148,7 @@ def test_any_slopes_and_pool_weights_in_range_are_sound(kind, seed):
 
 @SETTINGS
 @given(kind=st.sampled_from(["mlp", "cnn"]), seed=st.integers(0, 2**31))
+@example(kind="cnn", seed=31262226)  # the same rounding, on a split domain (3.3e-9 unsound)
 def test_split_domains_with_any_beta_bound_the_points_that_satisfy_the_split(kind, seed):
     net = random_network(kind, seed)
     lo, hi = random_box(net, seed + 1, 0.3)

@@ -455,6 +455,9 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
             _project(params, ctx)
             iterations += 1
     best_state = best_state.map(lambda v: v.to(_F64))
+    # Parameters chosen in float32 sit in their ranges only up to float32 rounding (a pool weight vector may sum to
+    # 1 + 1e-7, a slope to 1 + 6e-8), and a lower line outside its family is not sound: project again in float64.
+    _project(best_state, ctx)
     ctx.params = best_state
     ctx.capture = capture
     with torch.no_grad():
