@@ -247,3 +247,28 @@ def test_relu_on_the_logits_keeps_crown_tight_output_bounds(kind, seed):
     plain, with_relu = crown(net, lo, hi), crown(relu_net, lo, hi)
     np.testing.assert_allclose(with_relu.output_lower, np.maximum(plain.output_lower, 0), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(with_relu.output_upper, np.maximum(plain.output_upper, 0), rtol=1e-9, atol=1e-9)
+
+
+def test_pool_winners_behind_a_relu_are_refined_on_a_shipped_model():
+    """The stably active neurons that can win an undecided MaxPool window get CROWN bounds too: on mnist2_pgd ex00
+    the whole-image box of radius 0.03 is then proven by the margin bounds alone (k-th margin bound 0.213 before)."""
+    from pathlib import Path
+
+    from mlrobust.bounds.margin import margin_bounds
+    from mlrobust.ir.onnx_import import load_onnx
+    from mlrobust.milp.topk import kth_largest
+    from mlrobust.neighborhood.image_io import read_image
+
+    root = Path(__file__).resolve().parent.parent / "examples"
+    net = load_onnx(root / "models" / "mnist2_pgd.onnx")
+    x = read_image(root / "images" / "ex00.png").reshape(net.sample_shape)
+    lo, hi = np.clip(x - 0.03, 0, 1), np.clip(x + 0.03, 0, 1)
+    b = crown(net, lo, hi)
+    relu = next(n for n in net.nodes if n.kind == "Relu" and any(c.kind == "MaxPool2d" for c in net.nodes
+                                                                   if n.output in c.inputs))
+    pre = relu.inputs[0]
+    assert b.info["refined"][pre] > int(np.sum((b.lower[pre] < 0) & (b.upper[pre] > 0)))  # more than the unstable
+    _, upper = margin_bounds(net, lo, hi, 1, bounds=b)
+    assert kth_largest(np.delete(upper, 1), 2) < -0.05
+    samples = sample_box(lo, hi, 200, 0)
+    assert np.all(net.forward(samples, return_all=True)[pre] <= b.upper[pre][None] + 1e-9)
