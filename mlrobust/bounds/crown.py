@@ -19,8 +19,10 @@ Relaxations (``l``, ``u``: pre-activation bounds):
 Which tensors get CROWN bounds: every pre-activation (input of a ReLU or MaxPool) and the output, except where
 intervals are already as tight as back-substitution can make them: a tensor that is a plain reindexing/scaling of a
 ReLU or MaxPool output, or a single affine map of the input box (IBP is exact there). With ``refine="unstable"``
-(default) only the neurons whose relaxation depends on their bounds are back-substituted: unstable ReLU inputs and
-MaxPool inputs that can win an undecided window; the others keep their (already sound) interval bounds.
+(default) only the neurons whose relaxation depends on their bounds are back-substituted: unstable ReLU inputs,
+MaxPool inputs that can win an undecided window, and the pre-activations behind a ReLU whose output can win one (a
+stably active neuron there needs no relaxation of its own, but its upper bound is an end point of the pool's chord);
+the others keep their (already sound) interval bounds.
 Every tensor's final bounds are the intersection with IBP's.
 
 Computation is vectorised in torch float64 (no loop over neurons); the rows of a specification are processed in
