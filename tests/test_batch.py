@@ -188,6 +188,30 @@ def test_run_writes_one_line_per_image_and_resumes(tiny, tmp_path):
         run_batch(model, jobs, out, BatchSettings(method="layer-search", delta=0.05, time_limit=20))
 
 
+def test_a_search_stopped_by_ctrl_c_ends_the_run_without_a_line(tiny, tmp_path, monkeypatch):
+    """Ctrl-C inside a search makes it return what it had proven, flagged interrupted: in a batch that must end the
+    run (130 from the command line) and leave the image for the resumed run, not be written as its answer."""
+    import mlrobust.api
+
+    model, npz, _ = tiny
+    jobs = load_jobs(npz, side_rule="right")[:3]
+    real = mlrobust.api.maximize
+    calls = []
+
+    def stopped_on_the_second(*args, **kwargs):
+        calls.append(1)
+        result = real(*args, **kwargs)
+        if len(calls) == 2:
+            result.interrupted = True
+        return result
+
+    monkeypatch.setattr(mlrobust.api, "maximize", stopped_on_the_second)
+    out = tmp_path / "r.jsonl"
+    run = run_batch(model, jobs, out, FAST)
+    assert run.interrupted and run.written == 1
+    assert [line["id"] for line in read_lines(out)] == [jobs[0].id]
+
+
 def test_bad_settings_fail_before_any_job(tiny, tmp_path):
     model, npz, _ = tiny
     jobs = load_jobs(npz, limit=1)

@@ -148,6 +148,10 @@ def run_job(model: ModelRef, job: Job, settings: BatchSettings, fingerprint: str
                           verifier=settings.verifier, solver=settings.solver, time_limit=settings.time_limit,
                           query_time_limit=settings.query_time_limit, max_queries=settings.max_queries,
                           delta=settings.delta, certify=settings.certify)
+        if getattr(result, "interrupted", False):
+            # Ctrl-C reached the search, which stops with what it had proven; in a batch that is not this image's
+            # answer but the run's end: no line (a resumed run searches the image again), and the runner says 130.
+            raise KeyboardInterrupt
         data = result_record(result)
         data["model"] = {"path": model.name, "sha256": model.sha256}
         record.update(status="done", result=data)
