@@ -42,6 +42,20 @@ def maxpool_candidates(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.nd
     return np.unique(idx[cand & undecided])
 
 
+def _window_winners(l_win: np.ndarray, u_win: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per window (last axis): the entry with the largest lower bound ``k_lo``, the one with the largest upper bound
+    ``k_up`` (both with a trailing axis, for ``take_along_axis``), that entry's bounds ``u_top``/``l_top``, the
+    largest upper bound of the others ``u_second`` (-inf for a one-input window) and whether ``k_up`` dominates."""
+    k_lo = np.argmax(l_win, axis=-1)[..., None]
+    k_up = np.argmax(u_win, axis=-1)[..., None]
+    u_top = np.take_along_axis(u_win, k_up, -1)[..., 0]
+    l_top = np.take_along_axis(l_win, k_up, -1)[..., 0]
+    others = u_win.copy()
+    np.put_along_axis(others, k_up, -np.inf, -1)
+    u_second = others.max(axis=-1)
+    return k_lo, k_up, u_top, l_top, u_second, l_top >= u_second
+
+
 def pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> PoolRelax:
     """Lower line ``x_i`` for the input with the largest lower bound; upper line the chord of
     ``max(x_j, U')`` on ``[l_j, u_j]`` (``j``: largest upper bound, ``U'``: the others' largest), or exactly ``x_j``
@@ -53,14 +67,7 @@ def pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> PoolRelax:
     if np.any((idx < 0).all(axis=-1)):
         raise InputError("a MaxPool window lies entirely in the padding; its output would be -inf")
     l_win, u_win = window_bounds(idx, lo, hi)
-    k_lo = np.argmax(l_win, axis=-1)[..., None]
-    k_up = np.argmax(u_win, axis=-1)[..., None]
-    u_top = np.take_along_axis(u_win, k_up, -1)[..., 0]
-    l_top = np.take_along_axis(l_win, k_up, -1)[..., 0]
-    others = u_win.copy()
-    np.put_along_axis(others, k_up, -np.inf, -1)
-    u_second = others.max(axis=-1)  # -inf when the window has one real input
-    dominated = l_top >= u_second
+    k_lo, k_up, u_top, l_top, u_second, dominated = _window_winners(l_win, u_win)
     u2 = np.where(dominated, 0.0, u_second)  # finite stand-ins where dominated (avoids inf - inf)
     lt = np.where(dominated, 0.0, l_top)
     slope = np.where(dominated, 1.0, (u_top - u2) / np.where(dominated, 1.0, u_top - lt))
@@ -105,14 +112,7 @@ def alpha_pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> AlphaPo
     safe = np.where(valid, flat_idx, 0)
     l_win = np.where(valid, lo.reshape(d, -1)[:, safe], -np.inf)  # (D, P, K)
     u_win = np.where(valid, hi.reshape(d, -1)[:, safe], -np.inf)
-    k_lo = np.argmax(l_win, axis=-1)[..., None]
-    k_up = np.argmax(u_win, axis=-1)[..., None]
-    u_top = np.take_along_axis(u_win, k_up, -1)[..., 0]
-    l_top = np.take_along_axis(l_win, k_up, -1)[..., 0]
-    others = u_win.copy()
-    np.put_along_axis(others, k_up, -np.inf, -1)
-    u_second = others.max(axis=-1)
-    dominated = l_top >= u_second
+    k_lo, k_up, u_top, l_top, u_second, dominated = _window_winners(l_win, u_win)
     tau = np.where(dominated, l_top, u_second)
     tau_lo = l_win.max(-1)
     span = u_top - tau_lo

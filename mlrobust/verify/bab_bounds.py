@@ -29,6 +29,7 @@ from mlrobust.bounds.alpha_crown import (
 )
 from mlrobust.bounds.crown import (
     BackSubstitution,
+    _interval_is_exact,
     pool_index,
     torch_threads,
 )
@@ -141,7 +142,7 @@ class SplitCrown:
         # Unlike crown(), ReLU outputs feeding a MaxPool are refined too: CROWN refines only unstable ReLU inputs,
         # so a stable active neuron keeps its interval bound, which back-substitution through the ReLU tightens
         # (often by half on the reference architecture) and which the MaxPool relaxation uses.
-        self._needs_crown = {t: not _interval_exact(producer, t) for t in self.pre_tensors}
+        self._needs_crown = {t: not _interval_is_exact(network, producer, t) for t in self.pre_tensors}
         self._pool_idx = {n.name: pool_index(n.op, network.shape_of(n.inputs[0]))
                           for n in network.nodes if n.op.activation and n.op.pooling}
 
@@ -263,21 +264,6 @@ class SplitCrown:
 def _clamp(lo: np.ndarray, hi: np.ndarray, sign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pre-activation bounds restricted to the split side of each neuron."""
     return np.where(sign > 0, np.maximum(lo, 0.0), lo), np.where(sign < 0, np.minimum(hi, 0.0), hi)
-
-
-def _interval_exact(producer: dict[str, Node], tensor: str) -> bool:
-    """True when IBP is exact for ``tensor``: one coordinate-mixing affine map of the box behind elementwise ops."""
-    mixing = 0
-    node = producer.get(tensor)
-    while node is not None:
-        if node.op.mixing:
-            mixing += 1
-        elif not node.op.elementwise:
-            return False
-        if mixing > 1:
-            return False
-        node = producer.get(node.inputs[0])
-    return True
 
 
 class AlphaEngine:
