@@ -18,6 +18,12 @@ float64) on the bound itself:
   ``f >= f - β s z``, so a lower bound of the right-hand side over the relaxation is a lower bound of ``f``
   (β-CROWN). A domain whose clamped bounds cross (``l > u``) is empty; its bound is ``+inf``.
 
+* Row mixtures (:class:`RowMix`): a specification row may be a convex combination ``Σ_r w_r b_r`` of base rows
+  whose weights ``w`` (on the simplex over the row's group) are optimised with the rest. A lower bound of ``-Σ w_r m_r``
+  below ``tolerance`` for some ``w >= 0`` proves ``min_r m_r < 0`` over the domain (``min_r m_r <= Σ w_r m_r / Σ w_r``),
+  so every weight vector in the simplex is a valid certificate; the top-k property for k = 2 is such a minimum over
+  pairs of margins (:mod:`mlrobust.bounds.alpha_margin`, :mod:`mlrobust.verify.bab`).
+
 Parameters are kept per domain and per specification row (each row's bound is a separate optimisation), so the sum
 of the bounds is the loss and rows never trade against each other. Every iteration's bound is sound for its
 parameters; the best parameters per row are kept, and the reported bound is one more evaluation with those
@@ -39,14 +45,16 @@ API::
     AlphaOptions(iterations=20, lr_alpha=0.1, lr_beta=0.05, time_limit=None, optimize_intermediate=False,
                  early_stop=None, intermediate_chunk=256, threads=1, lr_pool=0.3, lr_tau=0.0,
                  loop_dtype="float32")
-    AlphaState(alpha, pool, beta, tau)   # warm start; .select(idx), .select_rows(idx), .concat_rows(states),
+    AlphaState(alpha, pool, beta, tau, mix)   # warm start; .select(idx), .select_rows(idx), .concat_rows(states),
                                          # .domains, .rows
     DomainBatch(lower, upper, pre_lower, pre_upper, splits)   # .size, .select(idx)
     AlphaResult(lower, crown_lower, state, iterations, seconds, domains, relu_coeffs, infeasible, stats,
                 input_coeffs)
     initial_domain(network, lower, upper, intermediate=None) -> DomainBatch
     tighten_intermediate(network, bounds, options=None) -> (Bounds, rows)
-    alpha_bounds(network, domains, coeffs, *, options=AlphaOptions(), warm=None, stop=None) -> AlphaResult
+    RowMix(base, groups, init=None)   # rows as optimised convex combinations of base rows
+    alpha_bounds(network, domains, coeffs, *, options=AlphaOptions(), warm=None, stop=None, mix=None) -> AlphaResult
+    bounds_at(network, domains, coeffs, state) -> (D, S) lower bounds at given parameters (one pass)
     alpha_margin_bounds(network, lower, upper, target, *, options=AlphaOptions(), warm=None, intermediate=None)
         -> (margin_lower, margin_upper, state)
     margin_coeffs(num_classes, target) -> (rows e_c - e_target, classes)
@@ -92,7 +100,8 @@ class AlphaOptions:
     also optimise the bounds of the last refined ReLU pre-activation layer (costly: one row per unstable neuron and
     direction, ``intermediate_chunk`` rows at a time). ``threads``: torch intra-op threads (None: leave as is).
     Learning rates (Adam) per kind: ReLU slopes ``lr_alpha``, MaxPool lower-line weights ``lr_pool``, MaxPool
-    upper-line thresholds ``lr_tau`` (0: fixed at CROWN's), split multipliers ``lr_beta``. ``loop_dtype``
+    upper-line thresholds ``lr_tau`` (0: fixed at CROWN's), split multipliers ``lr_beta``, row-mixture weights
+    ``lr_mix`` (:class:`RowMix`). ``loop_dtype``
     ("float64" or "float32"): precision of the optimisation steps; CROWN's bound and the reported one are always
     evaluated in float64 with the outward widening.
     """
@@ -108,13 +117,14 @@ class AlphaOptions:
     lr_pool: float = 0.3
     lr_tau: float = 0.0
     loop_dtype: str = "float32"
+    lr_mix: float = 0.1
 
 
 @dataclass
 class AlphaState:
     """Optimised parameters per node, each ``(D, S, ...)``: ReLU slopes ``alpha``, MaxPool lower-line weights
     ``pool`` and upper-line thresholds ``tau`` (as a fraction of the range ``[max l, max u]`` of the window),
-    split multipliers ``beta``. Any values are sound; they only speed up
+    split multipliers ``beta``, row-mixture weights ``mix["rows"]`` ``(D, S, R)``. Any values are sound; they only speed up
     a later call on a similar box or on sub-domains.
     """
 
@@ -122,9 +132,10 @@ class AlphaState:
     pool: dict[str, Tensor] = field(default_factory=dict)
     beta: dict[str, Tensor] = field(default_factory=dict)
     tau: dict[str, Tensor] = field(default_factory=dict)
+    mix: dict[str, Tensor] = field(default_factory=dict)  # "rows": (D, S, R) weights of a RowMix
 
     def groups(self) -> tuple[dict[str, Tensor], ...]:
-        return (self.alpha, self.pool, self.beta, self.tau)
+        return (self.alpha, self.pool, self.beta, self.tau, self.mix)
 
     def _first(self) -> Tensor | None:
         for group in self.groups():
@@ -170,6 +181,40 @@ class AlphaState:
             return None
         return AlphaState(*({k: torch.cat([p.groups()[i][k] for p in parts], dim=1) for k in keys[i]}
                             for i in range(len(keys))))
+
+
+@dataclass
+class RowMix:
+    """Specification rows as convex combinations of base rows, with optimised weights.
+
+    ``base``: ``(R, C)`` coefficient rows; ``groups``: ``(S, R)`` bool, the base rows each specification row may
+    mix; ``init``: ``(S, R)`` starting weights (default: uniform over each group). Row ``s``'s coefficients are
+    ``Σ_r w[s, r] base[r]`` with ``w[s]`` in the simplex over ``groups[s]``; the final weights are the result's
+    ``state.mix["rows"]`` ``(D, S, R)``, and :meth:`coefficients` turns weights into rows.
+    """
+
+    base: np.ndarray
+    groups: np.ndarray
+    init: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.base = np.atleast_2d(np.asarray(self.base, dtype=np.float64))
+        self.groups = np.atleast_2d(np.asarray(self.groups, dtype=bool))
+        if self.groups.shape[1] != self.base.shape[0] or not self.groups.any(axis=1).all():
+            raise InputError(f"row mixture groups {self.groups.shape} must pick at least one of "
+                             f"{self.base.shape[0]} base rows per row")
+        if self.init is None:
+            self.init = self.groups / self.groups.sum(axis=1, keepdims=True)
+        self.init = np.where(self.groups, np.asarray(self.init, dtype=np.float64), 0.0)
+
+    @property
+    def rows(self) -> int:
+        return int(self.groups.shape[0])
+
+    def coefficients(self, weights: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``(..., S, C)`` for weights ``(..., S, R)`` (default: the initial weights)."""
+        w = self.init if weights is None else np.asarray(weights, dtype=np.float64)
+        return w @ self.base
 
 
 @dataclass
@@ -250,6 +295,9 @@ class _Context:
     params: AlphaState
     capture: dict[str, Tensor] | None = None
     dtype: torch.dtype = _F64
+    mix_base: Tensor | None = None  # (R, *shape of the bounded tensor): base rows of a RowMix
+    mix_valid: Tensor | None = None  # (1, S, R) bool
+    mix_init: Tensor | None = None  # (1, S, R)
     _consts: dict[int, tuple[object, Tensor]] = field(default_factory=dict)
 
     def const(self, arr: np.ndarray) -> Tensor:
@@ -270,7 +318,9 @@ class _Context:
                               None if r.sign is None else c(r.sign)) for k, r in self.relu.items()}
         pool = {k: _PoolRelax(r.win_idx, r.valid, r.n_in, c(r.l_win), c(r.u_win), c(r.tau_lo), c(r.tau_hi),
                               c(r.default_lam), c(r.default_tau)) for k, r in self.pool.items()}
-        return _Context(self.network, relu, pool, c(self.in_lower), c(self.in_upper), AlphaState(), None, dtype)
+        return _Context(self.network, relu, pool, c(self.in_lower), c(self.in_upper), AlphaState(), None, dtype,
+                        mix_base=None if self.mix_base is None else c(self.mix_base), mix_valid=self.mix_valid,
+                        mix_init=self.mix_init)
 
 
 def _plan(network: Network, start: str) -> list[Node]:
@@ -284,8 +334,19 @@ def _plan(network: Network, start: str) -> list[Node]:
     return nodes
 
 
+def _objective(ctx: _Context, a0: Tensor) -> Tensor:
+    """The rows being bounded: ``a0``, or with a row mixture its current weights times the base rows."""
+    w = ctx.params.mix.get("rows")
+    if ctx.mix_base is None or w is None:
+        return a0
+    base = ctx.mix_base
+    return (w.to(base.dtype) @ base.reshape(base.shape[0], -1)).reshape(*w.shape[:2], *base.shape[1:])
+
+
 def _backward(ctx: _Context, plan: list[Node], start: str, a0: Tensor) -> tuple[Tensor, Tensor]:
-    """Lower bound (unwidened) and term magnitude, both ``(D, S)``, of ``a0 · start`` over each domain."""
+    """Lower bound (unwidened) and term magnitude, both ``(D, S)``, of ``a0 · start`` over each domain (``a0``
+    replaced by the row mixture's current rows where there is one)."""
+    a0 = _objective(ctx, a0)
     d, s = ctx.in_lower.shape[0], a0.shape[1]
     acc: dict[str, Tensor] = {start: a0.expand(d, *a0.shape[1:])}
     bias = torch.zeros((d, s), dtype=ctx.dtype)
@@ -316,6 +377,8 @@ def _default_params(ctx: _Context, plan: list[Node], d: int, s: int) -> AlphaSta
     st = AlphaState()
     for node in plan:
         node.op.alpha_init(ctx, node, d, s, st)
+    if ctx.mix_base is not None and ctx.mix_init is not None:
+        st.mix["rows"] = ctx.mix_init.to(_F64).expand(d, -1, -1).clone()
     return st
 
 
@@ -349,13 +412,16 @@ def _project(st: AlphaState, ctx: _Context) -> None:
         v.clamp_(min=0.0)
     for v in st.tau.values():
         v.clamp_(0.0, 1.0)
+    if "rows" in st.mix and ctx.mix_valid is not None:
+        w = st.mix["rows"]
+        w.copy_(_project_simplex(w, ctx.mix_valid.expand_as(w)))
 
 
 def _param_groups(st: AlphaState, options: AlphaOptions) -> list[tuple[list[Tensor], float]]:
     """Adam parameter groups: one learning rate per kind of parameter (groups with lr 0 stay fixed)."""
     groups = []
     for values, lr in ((st.alpha, options.lr_alpha), (st.pool, options.lr_pool), (st.tau, options.lr_tau),
-                       (st.beta, options.lr_beta)):
+                       (st.beta, options.lr_beta), (st.mix, options.lr_mix)):
         if values and lr > 0:
             groups.append((list(values.values()), float(lr)))
     return groups
@@ -632,9 +698,12 @@ def _optimise_intermediate(network: Network, domains: DomainBatch, options: Alph
 
 # --- public entry points ----------------------------------------------------------------------------------------
 def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, options: AlphaOptions | None = None,
-                 warm: AlphaState | None = None, stop: Callable[[np.ndarray], bool] | None = None) -> AlphaResult:
+                 warm: AlphaState | None = None, stop: Callable[[np.ndarray], bool] | None = None,
+                 mix: RowMix | None = None) -> AlphaResult:
     """Sound lower bounds of ``coeffs[s] @ y`` (``y`` the flattened output) over each domain, α/β-optimised.
 
+    With ``mix`` the rows are its convex combinations, weights optimised per domain (``coeffs`` is then ignored and
+    may be None; the weights behind each bound are ``result.state.mix["rows"]``).
     ``coeffs``: ``(S, C)`` for every domain or ``(D, S, C)`` per domain. ``warm``: parameters of an earlier call
     (same S; D equal or 1), e.g. ``result.state.select(parent_of_each_child)``. Never looser than plain CROWN on
     the same intermediate bounds (``crown_lower``). ``stop(best)`` is asked after every step with the best sound
@@ -647,6 +716,10 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
         raise InputError(f"loop_dtype must be float64 or float32, not {options.loop_dtype!r}")
     _check_domains(network, domains)
     d = domains.size
+    if mix is not None:
+        if mix.base.shape[1] != network.num_classes:
+            raise InputError(f"row mixture base rows must have {network.num_classes} columns; got {mix.base.shape}")
+        coeffs = mix.coefficients()
     coeffs = np.asarray(coeffs, dtype=np.float64)
     if coeffs.ndim == 2:
         coeffs = coeffs[None]
@@ -660,6 +733,10 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
             used, rows_intermediate = _optimise_intermediate(network, used, options, deadline)
         ctx = _context(network, used)
         out = network.output_name
+        if mix is not None:
+            ctx.mix_base = torch.as_tensor(mix.base).reshape(mix.base.shape[0], *network.shape_of(out))
+            ctx.mix_valid = torch.as_tensor(mix.groups)[None]
+            ctx.mix_init = torch.as_tensor(mix.init)[None]
         plan = _plan(network, out)
         a0 = torch.as_tensor(coeffs).reshape(coeffs.shape[0], coeffs.shape[1], *network.shape_of(out))
         capture: dict[str, Tensor] = {}
@@ -673,6 +750,26 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
     return AlphaResult(lower, crown_lower, res.state, res.iterations, seconds, used,
                        {k: v.numpy() for k, v in capture.items()}, empty,
                        {"intermediate_rows": rows_intermediate}, None if a_x is None else a_x.numpy())
+
+
+def bounds_at(network: Network, domains: DomainBatch, coeffs: np.ndarray, state: AlphaState | None) -> np.ndarray:
+    """Sound lower bounds ``(D, S)`` of ``coeffs`` (``(S, C)`` or ``(D, S, C)``) at given parameters (projected into
+    range; missing ones are CROWN's): one backward pass, no optimisation and no comparison with CROWN — the cheap
+    estimate branching heuristics need (``+inf`` for an empty domain)."""
+    _check_domains(network, domains)
+    coeffs = np.asarray(coeffs, dtype=np.float64)
+    if coeffs.ndim == 2:
+        coeffs = coeffs[None]
+    with torch_threads(1), torch.no_grad():
+        used, empty = _clamped(network, domains)
+        ctx = _context(network, used)
+        out = network.output_name
+        plan = _plan(network, out)
+        a0 = torch.as_tensor(coeffs).reshape(coeffs.shape[0], coeffs.shape[1], *network.shape_of(out))
+        ctx.params = _adopt(_default_params(ctx, plan, domains.size, coeffs.shape[1]), state, ctx)
+        lower = _sound(*_backward(ctx, plan, out, a0)).numpy().copy()
+    lower[empty] = np.inf
+    return lower
 
 
 def tighten_intermediate(network: Network, bounds: Bounds, options: AlphaOptions | None = None) -> tuple[Bounds, int]:

@@ -7,8 +7,9 @@ from CROWN's margin bounds ``U_c``:
    row each), stopping as soon as the k-th largest upper bound is below ``-tolerance``.
 2. *Pairs* (k = 2 only): the second-largest margin is ``max over pairs {a, b} of min(m_a, m_b)`` and
    ``min(m_a, m_b) <= λ m_a + (1 - λ) m_b`` for every ``λ ∈ [0, 1]``; so for each pair of remaining candidates the
-   upper bounds of a few convex combinations are α-optimised (one row per ``λ`` of :data:`PAIR_WEIGHTS`; the shared
-   dependence of ``m_a`` and ``m_b`` on the input cancels, which per-class bounds cannot exploit).
+   upper bound of one convex combination is α-optimised, ``λ`` optimised with the slopes
+   (:class:`mlrobust.bounds.alpha_crown.RowMix`, starting from the margin with the smaller bound; the shared dependence of ``m_a`` and ``m_b``
+   on the input cancels, which per-class bounds cannot exploit).
 
 Hopeless optimisations stop early: after :data:`PATIENCE` steps, if the bound's mean progress per step, continued
 over every remaining step, would not reach a proof, the rows stop there (α's progress slows down as it goes, so
@@ -34,6 +35,7 @@ import numpy as np
 from mlrobust.bounds.alpha_crown import (
     AlphaOptions,
     AlphaState,
+    RowMix,
     alpha_bounds,
     initial_domain,
     margin_coeffs,
@@ -41,8 +43,6 @@ from mlrobust.bounds.alpha_crown import (
 from mlrobust.bounds.result import Bounds
 from mlrobust.ir.graph import Network
 
-#: Weights ``λ`` of the pair rows ``λ m_a + (1 - λ) m_b`` (the end points are the per-class rows).
-PAIR_WEIGHTS = (0.25, 0.5, 0.75)
 #: Pairs considered at most (more open candidates means the box is far from provable by bounds).
 MAX_PAIRS = 10
 #: Steps before a hopeless optimisation may be given up.
@@ -188,20 +188,24 @@ def alpha_topk_bounds(network: Network, bounds: Bounds, target: int, k: int, cro
     if (kth >= -tolerance and k == 2 and len(still) >= 2 and MAX_PAIRS > 0
             and (deadline is None or time.perf_counter() < deadline)):
         pairs = list(itertools.combinations(sorted(still), 2))[:MAX_PAIRS]
-        keys = [("pair", a, b, lam) for a, b in pairs for lam in PAIR_WEIGHTS]
-        coeffs = np.stack([-(lam * rows[row_of[a]] + (1 - lam) * rows[row_of[b]]) for a, b in pairs
-                           for lam in PAIR_WEIGHTS])
-        w = len(PAIR_WEIGHTS)
+        keys = [("pair", a, b) for a, b in pairs]
+        # base: every margin (the same for every box of a family, so cached weights fit); one row per pair
+        groups = np.zeros((len(pairs), rows.shape[0]), dtype=bool)
+        init = np.zeros(groups.shape)
+        for i, (a, b) in enumerate(pairs):
+            groups[i, [row_of[a], row_of[b]]] = True
+            init[i, row_of[a] if upper[a] <= upper[b] else row_of[b]] = 1.0  # the better single margin
+        mix = RowMix(-rows, groups, init)
 
         def pair_bounds(best: np.ndarray) -> dict[tuple[int, int], float]:
-            ub = -best[0].reshape(len(pairs), w).max(axis=1) if best.size else np.zeros(0)
-            # (max over λ of the lower bound of -(λ m_a + ...) = min over λ of the upper bound)
+            # the lower bound of -(λ m_a + (1 - λ) m_b) is minus an upper bound of min(m_a, m_b)
+            ub = -best[0] if best.size else np.zeros(0)
             return {p: float(v) for p, v in zip(pairs, ub)}
 
         progress = _Progress(lambda best: pair_kth_upper(upper, target, pair_bounds(best)), options.iterations,
                              tolerance, give_up)
         warm = cache.warm(family, keys) if cache is not None else None
-        res = alpha_bounds(network, domain, coeffs, options=left(), warm=warm, stop=progress)
+        res = alpha_bounds(network, domain, None, options=left(), warm=warm, stop=progress, mix=mix)
         stats["gave_up"] = progress.gave_up
         if cache is not None:
             cache.put(family, keys, res.state)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlrobust.bounds.alpha_crown import AlphaOptions
+from mlrobust.bounds.alpha_crown import AlphaOptions, RowMix
 from mlrobust.bounds.crown import crown
 from mlrobust.bounds.margin import linear_bounds
 from mlrobust.bounds.result import Bounds
@@ -68,6 +68,9 @@ class OutputSpec:
     ``certs[q, s]`` has an upper bound ``< -ROBUST_TOLERANCE``. With ``kth`` set (and no clauses) the value is
     instead the ``kth`` largest upper bound of the rows (top-k with too many candidate classes to enumerate).
     ``prop`` is the property's margin on concrete points (violated where ``>= 0``) for attacks and checks.
+    With ``mix`` each row is a convex combination of ``mix.base`` rows (``rows`` holds the starting weights') and
+    the weights are optimised per domain by the α/β engine: any weights certify the clause (the minimum of the
+    members is at most their weighted average), so the row's upper bound (and ``cap``) bound the clause's minimum.
     """
 
     rows: np.ndarray  # (S, C)
@@ -77,6 +80,11 @@ class OutputSpec:
     kth: int | None = None
     cap: np.ndarray | None = None  # (S,) upper bounds of the rows known on the whole box (so on every domain)
     floor: float = float("-inf")  # known bound of what the rows leave out (classes dropped from the clauses)
+    mix: RowMix | None = None  # rows that are convex combinations of mix.base with weights optimised per domain
+
+    def objective_mix(self) -> RowMix | None:
+        """The row mixture in the bound engine's terms (lower bounds of ``-rows``), or None."""
+        return None if self.mix is None else RowMix(-self.mix.base, self.mix.groups, self.mix.init)
 
     def upper(self, ub: np.ndarray) -> np.ndarray:
         """Row upper bounds of domains, capped by :attr:`cap`."""
@@ -105,14 +113,16 @@ class OutputSpec:
 
 
 def topk_spec(num_classes: int, target: int, k: int, margin_upper: np.ndarray | None = None,
-              pair_weights: tuple[float, ...] = PAIR_WEIGHTS) -> OutputSpec:
+              pair_weights: tuple[float, ...] = PAIR_WEIGHTS, mixed: bool = False) -> OutputSpec:
     """The top-k property of ``target``; ``margin_upper`` (``(C,)``): upper bounds of ``y_c - y_t`` known on the
     whole box (hence on every sub-domain).
 
     Classes whose known bound is below ``-ROBUST_TOLERANCE`` refute every clause they are in, so the rows are
     the margins of the other (candidate) classes and, for ``k = 2``, the combinations ``w m_a + (1-w) m_b`` of
     candidate pairs (``w`` in ``pair_weights``); for ``k > 2`` the average of each candidate k-subset (none at all
-    when ``pair_weights`` is empty). With fewer
+    when ``pair_weights`` is empty). With ``mixed`` (and ``pair_weights`` not empty) each candidate k-subset is one
+    row instead, a :class:`RowMix` of its margins starting from the member with the smallest known bound (the
+    average without known bounds), capped by that bound. With fewer
     candidates than ``k`` (already proven) or too many k-subsets, the rows are all margins and the value is the
     k-th largest upper bound.
     """
@@ -133,6 +143,22 @@ def topk_spec(num_classes: int, target: int, k: int, margin_upper: np.ndarray | 
                           cap=known[others].copy())
     singles = margins(cand)
     pos = {int(c): i for i, c in enumerate(cand)}
+    dropped = np.setdiff1d(others, cand)
+    # a clause with a dropped class is refuted by that class's known bound: the k-th largest margin is at most
+    # the spec's value or the largest such bound
+    floor = float(known[dropped].max()) if dropped.size else float("-inf")
+    if mixed and pair_weights:
+        subsets_idx = np.array([[pos[int(c)] for c in sub] for sub in itertools.combinations(cand, k)])
+        groups = np.zeros((len(subsets_idx), cand.size), dtype=bool)
+        np.put_along_axis(groups, subsets_idx, True, axis=1)
+        # start from each subset's member with the smallest known bound: never worse than that single margin,
+        # and the weights move towards a combination only where it is better
+        best = subsets_idx[np.arange(len(subsets_idx)), np.argmin(known[cand][subsets_idx], axis=1)]
+        init = np.zeros(groups.shape)
+        init[np.arange(len(best)), best] = 1.0
+        mix = RowMix(singles, groups, init if np.isfinite(known[cand]).all() else None)
+        return OutputSpec(mix.coefficients(), np.zeros(groups.shape[0]), np.eye(groups.shape[0], dtype=bool), prop,
+                          cap=known[cand][subsets_idx].min(axis=1), floor=floor, mix=mix)
     extra: list[np.ndarray] = []
     subsets = list(itertools.combinations([int(c) for c in cand], k))
     members: list[list[int]] = []
@@ -149,10 +175,6 @@ def topk_spec(num_classes: int, target: int, k: int, margin_upper: np.ndarray | 
         certs[q, mine] = True
     cap = np.full(rows.shape[0], np.inf)
     cap[: cand.size] = known[cand]
-    dropped = np.setdiff1d(others, cand)
-    # a clause with a dropped class is refuted by that class's known bound: the k-th largest margin is at most
-    # the spec's value or the largest such bound
-    floor = float(known[dropped].max()) if dropped.size else float("-inf")
     return OutputSpec(rows, np.zeros(rows.shape[0]), certs, prop, cap=cap, floor=floor)
 
 
@@ -195,7 +217,9 @@ class BabOptions:
     ReLU relaxation's intercept), "fsb" (the ``fsb_candidates`` best by that score, each tried by bounding its two
     children with plain CROWN on the parent's bounds; the split whose worse child is best wins) or "widest"
     (largest ``u - l``). ``input_split_max_dim``: inputs of at most this
-    many numbers are split by bisecting the box instead of ReLU phases. ``attack_every``: rounds between PGD runs
+    many numbers are split by bisecting the box instead of ReLU phases. ``mixed_rows``: for top-k, one row per
+    candidate k-subset whose margin weights the α/β engine optimises (instead of ``pair_weights``' fixed
+    combinations plus every single margin). ``attack_every``: rounds between PGD runs
     from the worst domains' corners. ``time_limit``: default seconds when the caller gives none.
     """
 
@@ -215,6 +239,8 @@ class BabOptions:
     fsb_candidates: int = 4
     milp_share: float = 0.3
     milp_max_domains: int = 8
+    mixed_rows: bool = True
+    fsb_batched: bool = True
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
@@ -363,9 +389,11 @@ class BabVerifier:
             known[others] = ub
             if margin_upper is not None:
                 known = np.minimum(known, np.asarray(margin_upper, dtype=np.float64))
-            spec = topk_spec(network.num_classes, target, k, known, opts.pair_weights)
+            spec = topk_spec(network.num_classes, target, k, known, opts.pair_weights,
+                             mixed=opts.mixed_rows and isinstance(engine, AlphaEngine))
         coeffs = _coeffs(spec)
-        rootb = engine.bound([root], coeffs)[0]
+        mix = spec.objective_mix()
+        rootb = engine.bound([root], coeffs, mix=mix)[0]
         stats["bound_seconds"] += time.perf_counter() - t0
         stats["domains"] += 1
         stats["mode"] = "input" if input_split else "relu"
@@ -402,13 +430,13 @@ class BabVerifier:
             stats["rounds"] = rounds
             batch = queue.pop(opts.batch_size)
             t0 = time.perf_counter()
-            children = [c for d in batch for c in self._branch(engine, d, input_split, coeffs)]
+            children = self._branch_all(engine, batch, input_split, coeffs)
             stats["branch_seconds"] += time.perf_counter() - t0
             if not children:  # nothing left to split yet unproven: only possible with degenerate bounds
                 return finish("unknown", max(d.value for d in batch), "a domain has no unstable ReLU to split "
                                                                        "and is not proven")
             t0 = time.perf_counter()
-            results = engine.bound(children, coeffs, deadline)
+            results = engine.bound(children, coeffs, deadline, mix=mix)
             stats["bound_seconds"] += time.perf_counter() - t0
             stats["domains"] += len(children)
             corners = []
@@ -512,9 +540,37 @@ class BabVerifier:
         dom.value = float(spec.value(ub[None])[0])
         row = spec.binding_row(ub)
         dom.binding = row
+        dom.objective = None if r.coeffs is None else r.coeffs[row]
         dom.relu_coeff = {n: c[row].astype(np.float32) for n, c in r.relu_coeff.items()}
         dom.input_coeff = None if r.input_coeff is None else r.input_coeff[row].astype(np.float32)
         return dom
+
+    def _branch_all(self, engine: SplitCrown | AlphaEngine, batch: list[Domain], input_split: bool,
+                    coeffs: np.ndarray) -> list[Domain]:
+        """The children of every domain of a batch. With FSB on the α/β engine the candidate splits of all the
+        domains are scored in one batched bound (from each parent's optimised parameters); otherwise one domain
+        at a time."""
+        if (input_split or self.options.branching != "fsb" or not isinstance(engine, AlphaEngine)
+                or not self.options.fsb_batched):
+            return [c for d in batch for c in self._branch(engine, d, input_split, coeffs)]
+        cands = [self._relu_candidates(engine, d) for d in batch]
+        scored = [i for i, c in enumerate(cands) if len(c) > 1 and batch[i].binding is not None]
+        picks: list[tuple[str, str, int] | None] = [c[0][1:] if c else None for c in cands]
+        if scored:
+            doms = [batch[i] for i in scored]
+            objectives = np.stack([d.objective if d.objective is not None else coeffs[d.binding] for d in doms])
+            choices = [[c[1:] for c in cands[i][: self.options.fsb_candidates]] for i in scored]
+            scores = engine.split_scores(doms, objectives, choices)
+            for i, mine, sc in zip(scored, choices, scores):
+                picks[i] = mine[int(np.argmax(sc.min(axis=1)))]
+        children: list[Domain] = []
+        for dom, pick in zip(batch, picks):
+            if pick is None:
+                children.extend(self._branch(engine, dom, True, coeffs))  # no unstable ReLU left: split the input
+            else:
+                node, tensor, idx = pick
+                children.extend([dom.child(node, tensor, idx, +1), dom.child(node, tensor, idx, -1)])
+        return children
 
     def _branch(self, engine: SplitCrown | AlphaEngine, dom: Domain, input_split: bool,
                 coeffs: np.ndarray | None = None) -> list[Domain]:
@@ -542,6 +598,20 @@ class BabVerifier:
                    coeffs: np.ndarray | None = None) -> tuple[str, str, int] | None:
         """The unstable, unsplit ReLU with the best score (vectorised per layer); with "fsb", the best of the top
         ``fsb_candidates`` by that score after bounding both children of each with plain CROWN."""
+        scored = self._relu_candidates(engine, dom)
+        if not scored:
+            return None
+        if self.options.branching != "fsb" or coeffs is None or dom.binding is None or len(scored) == 1:
+            return scored[0][1:]
+        objective = dom.objective if dom.objective is not None else coeffs[dom.binding]
+        choices = [c[1:] for c in scored[: self.options.fsb_candidates]]
+        crown_engine = engine if isinstance(engine, SplitCrown) else engine.crown
+        children = crown_engine.split_scores(dom, objective, choices)
+        return choices[int(np.argmax(children.min(axis=1)))]
+
+    def _relu_candidates(self, engine: SplitCrown | AlphaEngine, dom: Domain) -> list[tuple[float, str, str, int]]:
+        """Unstable, unsplit ReLUs ``(score, node, tensor, flat index)``, best first: the ``fsb_candidates`` best
+        of each layer by the heuristic score (BaBSR's, or the width for "widest")."""
         scored: list[tuple[float, str, str, int]] = []
         for n in engine.relu_nodes:
             t = n.inputs[0]
@@ -562,15 +632,8 @@ class BabVerifier:
                 score = np.where(free, width, -np.inf)
             top = np.argsort(-score)[: max(1, self.options.fsb_candidates)]
             scored.extend((float(score[i]), n.name, t, int(i)) for i in top if np.isfinite(score[i]))
-        if not scored:
-            return None
         scored.sort(key=lambda c: -c[0])
-        if self.options.branching != "fsb" or coeffs is None or dom.binding is None or len(scored) == 1:
-            return scored[0][1:]
-        choices = [c[1:] for c in scored[: self.options.fsb_candidates]]
-        crown_engine = engine if isinstance(engine, SplitCrown) else engine.crown
-        children = crown_engine.split_scores(dom, coeffs[dom.binding], choices)
-        return choices[int(np.argmax(children.min(axis=1)))]
+        return scored
 
 
 def _coeffs(spec: OutputSpec) -> np.ndarray:

@@ -25,7 +25,9 @@ from mlrobust.bounds.alpha_crown import (
     AlphaOptions,
     AlphaState,
     DomainBatch,
+    RowMix,
     alpha_bounds,
+    bounds_at,
 )
 from mlrobust.bounds.crown import (
     BackSubstitution,
@@ -76,6 +78,7 @@ class Domain:
     relu_coeff: dict[str, np.ndarray] = field(default_factory=dict)  # the binding row's coefficients per ReLU
     input_coeff: np.ndarray | None = None  # the binding row's input coefficients
     binding: int | None = None  # the spec row that decides the domain's value
+    objective: np.ndarray | None = None  # the binding row's lower-bound objective (C,) where it varies by domain
 
     def child(self, node: str | None = None, tensor: str | None = None, index: int = 0, sign: int = 0,
               lower: np.ndarray | None = None, upper: np.ndarray | None = None) -> Domain:
@@ -102,6 +105,7 @@ class DomainBound:
     feasible: bool = True
     relu_coeff: dict[str, np.ndarray] = field(default_factory=dict)  # node -> (S, *shape), lower-bound pass
     input_coeff: np.ndarray | None = None  # (S, *input shape)
+    coeffs: np.ndarray | None = None  # (S, C) the objective rows bounded, where a row mixture made them per domain
 
 
 class _Recorder(BackSubstitution):
@@ -156,10 +160,12 @@ class SplitCrown:
         return Domain(np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64), pre_lo, pre_hi,
                       splits, box_changed=True)
 
-    def bound(self, domains: list[Domain], coeffs: np.ndarray, deadline: float | None = None) -> list[DomainBound]:
+    def bound(self, domains: list[Domain], coeffs: np.ndarray, deadline: float | None = None,
+              mix: RowMix | None = None) -> list[DomainBound]:
         """Lower bounds of ``coeffs @ y`` (``coeffs``: ``(S, C)``) on every domain, bounds refreshed.
 
         Domains not reached by ``deadline`` get ``-inf`` (nothing proven; they keep their parent's row bounds).
+        ``mix`` is ignored: plain CROWN bounds ``coeffs`` (the mixture's starting rows) as they are.
         """
         out = []
         with torch_threads(1):
@@ -293,8 +299,10 @@ class AlphaEngine:
              ups: dict[str, np.ndarray] | None = None) -> Domain:
         return self.crown.root(lower, upper, lows, ups)
 
-    def bound(self, domains: list[Domain], coeffs: np.ndarray, deadline: float | None = None) -> list[DomainBound]:
-        """As :meth:`SplitCrown.bound`; the optimisation stops at ``deadline`` (its bounds stay sound)."""
+    def bound(self, domains: list[Domain], coeffs: np.ndarray, deadline: float | None = None,
+              mix: RowMix | None = None) -> list[DomainBound]:
+        """As :meth:`SplitCrown.bound`; the optimisation stops at ``deadline`` (its bounds stay sound). With
+        ``mix`` the rows' weights are optimised too and each result carries the rows it bounded."""
         out: list[DomainBound | None] = [None] * len(domains)
         live: list[Domain] = []
         where: list[int] = []
@@ -322,7 +330,9 @@ class AlphaEngine:
                 left = max(deadline - time.perf_counter(), 0.0)
                 options = replace(options, time_limit=left if options.time_limit is None
                                   else min(options.time_limit, left))
-            res = alpha_bounds(self.network, batch, coeffs, options=options, warm=warm)
+            res = alpha_bounds(self.network, batch, coeffs, options=options, warm=warm, mix=mix)
+            weights = res.state.mix.get("rows")
+            rows = None if mix is None or weights is None else mix.coefficients(weights.numpy())
             infeasible = res.infeasible if res.infeasible is not None else np.zeros(len(live), dtype=bool)
             for j, (i, dom) in enumerate(zip(where, live)):
                 if infeasible[j]:
@@ -333,10 +343,49 @@ class AlphaEngine:
                     # float32 halves the memory of a queued domain's warm start; any value in range is sound
                     dom.warm = AlphaState({k: v.float() for k, v in st.alpha.items()},
                                           {k: v.float() for k, v in st.pool.items()},
-                                          {k: v.float() for k, v in st.beta.items()})
+                                          {k: v.float() for k, v in st.beta.items()},
+                                          mix={k: v.float() for k, v in st.mix.items()})
                 coeff = {k: v[j] for k, v in res.relu_coeffs.items()}
-                out[i] = DomainBound(res.lower[j], dom, True, coeff, None)
+                out[i] = DomainBound(res.lower[j], dom, True, coeff, None, None if rows is None else rows[j])
         return [o for o in out if o is not None]
+
+
+    def split_scores(self, domains: list[Domain], objectives: np.ndarray,
+                     choices: list[list[tuple[str, str, int]]]) -> list[np.ndarray]:
+        """Lower bounds of ``objectives[i] · y`` on both children of each candidate split of domain ``i``, all
+        domains and candidates in one batch, from each domain's own intermediate bounds and its optimised α/β
+        (no steps, no refresh): one ``(len(choices[i]), 2)`` array per domain (``+inf`` for an empty child). A
+        domain that has no optimised state yet gets CROWN's parameters."""
+        net = self.network
+        owner: list[int] = []
+        kids: list[Domain] = []
+        for i, (dom, mine) in enumerate(zip(domains, choices)):
+            for node, tensor, index in mine:
+                for sign in (1, -1):
+                    kids.append(dom.child(node, tensor, index, sign))
+                    owner.append(i)
+        if not kids:
+            return [np.zeros((0, 2)) for _ in domains]
+        pre = self.pre_tensors
+        batch = DomainBatch(np.stack([d.lower for d in kids]), np.stack([d.upper for d in kids]),
+                            {t: np.stack([d.pre_lower[t] for d in kids]).astype(np.float64) for t in pre},
+                            {t: np.stack([d.pre_upper[t] for d in kids]).astype(np.float64) for t in pre},
+                            {n.name: np.stack([d.splits[n.name] for d in kids]) for n in self.relu_nodes})
+        rows = np.asarray([d.binding if d.binding is not None else 0 for d in domains])
+        warm = None
+        if self.keep_warm and all(isinstance(d.warm, AlphaState) for d in domains):
+            # each child starts from its parent's parameters of the row being scored
+            parents = _stack_states([d.warm.select_rows([int(r)]) for d, r in zip(domains, rows)])  # type: ignore[union-attr]
+            warm = None if parents is None else parents.select(owner)
+        coeffs = np.asarray(objectives, dtype=np.float64)[np.asarray(owner)][:, None, :]
+        lower = bounds_at(net, batch, coeffs, warm)[:, 0]
+        out: list[np.ndarray] = []
+        at = 0
+        for mine in choices:
+            n = 2 * len(mine)
+            out.append(lower[at:at + n].reshape(len(mine), 2))
+            at += n
+        return out
 
 
 def _stack_states(states: list[object | None]) -> AlphaState | None:
@@ -346,7 +395,7 @@ def _stack_states(states: list[object | None]) -> AlphaState | None:
     first = states[0]
     assert isinstance(first, AlphaState)
     out = AlphaState()
-    for group in ("alpha", "pool", "beta"):
+    for group in ("alpha", "pool", "beta", "mix"):
         keys = set(getattr(first, group))
         for s in states:
             keys &= set(getattr(s, group))
