@@ -26,6 +26,7 @@ from mlrobust.bounds.alpha_crown import (
     _sound,
     alpha_bounds,
     alpha_margin_bounds,
+    bounds_at,
     initial_domain,
 )
 from mlrobust.bounds.alpha_margin import AlphaCache, pair_kth_upper
@@ -418,3 +419,22 @@ def test_row_mixture_rejects_empty_groups_and_wrong_widths():
     with pytest.raises(InputError, match="columns"):
         alpha_bounds(net, initial_domain(net, lo, hi), None, mix=RowMix(np.eye(net.num_classes + 1), [[True] * (
             net.num_classes + 1)]))
+
+
+@FEW
+@given(kind=st.sampled_from(["mlp", "cnn"]), seed=st.integers(0, 2**31))
+def test_bounds_at_given_parameters_are_the_optimised_bound_and_sound_for_any_parameters(kind, seed):
+    """One pass at given parameters: at the optimised state it gives the optimiser's bound (when that beat
+    CROWN's), at random in-range parameters a bound that holds at every sample."""
+    net = random_network(kind, seed)
+    lo, hi = random_box(net, seed + 1, 0.3)
+    dom = initial_domain(net, lo, hi, crown(net, lo, hi))
+    coeffs = _random_coeffs(net, seed)
+    res = alpha_bounds(net, dom, coeffs, options=OPTS)
+    at = bounds_at(net, dom, coeffs, res.state)
+    better = res.lower > res.crown_lower + 1e-9
+    assert np.allclose(at[better], res.lower[better], rtol=1e-9, atol=1e-9)
+    assert np.all(at <= res.lower + 1e-9)
+    vals = _outputs(net, sample_box(lo, hi, 500, seed + 2)) @ coeffs.T
+    rand = bounds_at(net, dom, coeffs, _random_params(net, dom, coeffs.shape[0], seed, beta=False))
+    assert np.all(vals >= rand[0])

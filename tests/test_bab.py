@@ -25,8 +25,8 @@ from mlrobust.cli import app
 from mlrobust.errors import InputError
 from mlrobust.ir.ops import Relu
 from mlrobust.milp.disjunction import Clause
-from mlrobust.verify.bab import BabOptions, BabVerifier, clause_spec, topk_spec
-from mlrobust.verify.bab_bounds import AlphaEngine, SplitCrown
+from mlrobust.verify.bab import BabOptions, BabVerifier, _open_rows, clause_spec, topk_spec
+from mlrobust.verify.bab_bounds import AlphaEngine, Domain, SplitCrown
 from mlrobust.verify.bound_check import BoundCheck
 from mlrobust.verify.cascade import Cascade
 from mlrobust.verify.margin import topk_margin
@@ -171,6 +171,61 @@ def test_split_constraints_are_enforced_in_the_bounds():
     i = int(np.flatnonzero((root.pre_lower[t] < 0).reshape(-1) & (root.pre_upper[t] > 0).reshape(-1))[0])
     on, off = engine.bound([root.child(node.name, t, i, +1), root.child(node.name, t, i, -1)], np.eye(net.num_classes))
     assert on.domain.pre_lower[t].reshape(-1)[i] >= 0 and off.domain.pre_upper[t].reshape(-1)[i] <= 0
+
+
+@given(seed=st.integers(0, 400))
+@FAST
+def test_a_subset_of_rows_and_batched_split_scores_are_sound_and_keep_every_rows_warm_start(seed):
+    """Bounding only some rows: those rows' bounds hold at every point of the domain, the others are -inf (the
+    parent's stand), and the children's warm starts still hold every row. Split scores from the parent's α/β
+    bound every point of each child."""
+    net, box, _ = _query(seed, 0.4)
+    rng = np.random.default_rng(seed)
+    engine = AlphaEngine(net)
+    dom, xs, values = _random_split_domain(net, engine, box.lower, box.upper, rng)
+    coeffs = rng.normal(size=(4, net.num_classes))
+    parent = engine.bound([dom], coeffs)[0]
+    if not parent.feasible:
+        return
+    kid = parent.domain.child()
+    res = engine.bound([kid], coeffs, rows=np.array([1, 3]))[0]
+    assert np.all(np.isneginf(res.lower[[0, 2]])) and np.all(np.isfinite(res.lower[[1, 3]]))
+    assert res.rows is not None and list(res.rows) == [1, 3]
+    assert res.domain.warm is not None and res.domain.warm.rows == 4
+    if xs.shape[0] == 0:
+        return
+    out = values[net.output_name].reshape(xs.shape[0], -1)
+    assert np.all(out @ coeffs[[1, 3]].T >= res.lower[[1, 3]] - 1e-9)
+    # batched FSB scores: each candidate's two children bound the points on their side of the split
+    d = parent.domain
+    d.binding = 0
+    cands = []
+    for n in engine.relu_nodes:
+        t = n.inputs[0]
+        free = np.flatnonzero((d.pre_lower[t] < 0).reshape(-1) & (d.pre_upper[t] > 0).reshape(-1)
+                              & (d.splits[n.name].reshape(-1) == 0))
+        cands += [(n.name, t, int(i)) for i in free[:2]]
+    if not cands:
+        return
+    scores = engine.split_scores([d], coeffs[:1], [cands])[0]
+    assert scores.shape == (len(cands), 2)
+    for (node, t, i), (on, off) in zip(cands, scores):
+        z = values[t].reshape(xs.shape[0], -1)[:, i]
+        v = out @ coeffs[0]
+        assert np.all(v[z >= 0] >= on - 1e-9) and np.all(v[z <= 0] >= off - 1e-9)
+
+
+def test_open_rows_are_the_certificates_of_the_clauses_some_domain_has_not_refuted():
+    spec = topk_spec(5, 0, 2, margin_upper=np.array([0.0, 1.0, 1.0, 1.0, -1.0]), mixed=True)  # pairs of 1, 2, 3
+    assert spec.rows.shape[0] == 3
+    d1, d2 = (Domain(np.zeros(2), np.ones(2), {}, {}, {}) for _ in range(2))
+    d1.row_upper = np.array([-1.0, 0.5, -1.0])
+    d2.row_upper = np.array([-1.0, -1.0, 0.2])
+    assert list(_open_rows(spec, [d1, d2])) == [1, 2]
+    d2.row_upper = np.array([0.3, -1.0, 0.2])
+    assert _open_rows(spec, [d1, d2]) is None  # every row still open somewhere
+    d1.row_upper = d2.row_upper = np.full(3, -1.0)
+    assert _open_rows(spec, [d1, d2]).size == 0
 
 
 # --- verdicts against the exact MILP and sampling ----------------------------------------------------------------

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlrobust.bounds.alpha_crown import AlphaOptions, RowMix
+from mlrobust.bounds.alpha_crown import AlphaOptions, RowMix, tighten_intermediate
 from mlrobust.bounds.crown import crown
 from mlrobust.bounds.margin import linear_bounds
 from mlrobust.bounds.result import Bounds
@@ -58,6 +58,10 @@ from mlrobust.verify.verdict import (
 
 #: Above this many k-subsets of candidate classes the top-k spec keeps single margins and the k-th largest rule.
 MAX_CLAUSES = 256
+#: Largest cost (rows × numbers on the back-substitution path, see :func:`_intermediate_cost`) of re-bounding the
+#: last refined layer at the root: a fully connected 256x2 net on MNIST costs ~5e5 (0.6 s, its worst margin bound
+#: 2.63 -> 2.46); the reference CNN ~2e7 (10 s for one unstable neuron fewer), which the share would only cut short.
+ROOT_INTERMEDIATE_MAX_COST = 2_000_000
 #: Weights of the pairwise convex combinations tried for k = 2.
 PAIR_WEIGHTS = (0.25, 0.5, 0.75)
 
@@ -215,11 +219,14 @@ class BabOptions:
     ``batch_size``: domains split per round (their children are bounded together). ``max_domains``: domains
     bounded at most before giving up. ``branching``: "babsr" (score from the binding row's coefficients and the
     ReLU relaxation's intercept), "fsb" (the ``fsb_candidates`` best by that score, each tried by bounding its two
-    children with plain CROWN on the parent's bounds; the split whose worse child is best wins) or "widest"
-    (largest ``u - l``). ``input_split_max_dim``: inputs of at most this
+    children on the parent's bounds, with the parent's α/β in one batch for the whole round with ``fsb_batched``
+    and the α/β engine, else with plain CROWN one domain at a time; the split whose worse child is best wins) or
+    "widest" (largest ``u - l``). ``input_split_max_dim``: inputs of at most this
     many numbers are split by bisecting the box instead of ReLU phases. ``mixed_rows``: for top-k, one row per
     candidate k-subset whose margin weights the α/β engine optimises (instead of ``pair_weights``' fixed
-    combinations plus every single margin). ``attack_every``: rounds between PGD runs
+    combinations plus every single margin). ``root_intermediate``: share of the time limit spent once, before
+    branching, re-bounding the last refined pre-activation layer with α-CROWN (every domain inherits those bounds;
+    anytime, so a large layer only gets that share). ``attack_every``: rounds between PGD runs
     from the worst domains' corners. ``time_limit``: default seconds when the caller gives none.
     """
 
@@ -241,6 +248,7 @@ class BabOptions:
     milp_max_domains: int = 8
     mixed_rows: bool = True
     fsb_batched: bool = True
+    root_intermediate: float = 0.05
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
@@ -352,7 +360,8 @@ class BabVerifier:
             raise InputError("give a spec or topk=(target, k)")
         prop: OutputProperty = spec.prop if spec is not None else TopKProperty(*topk)  # type: ignore[misc]
         stats: dict = {"domains": 0, "max_depth": 0, "infeasible": 0, "attacks": 0, "rounds": 0,
-                       "bound_seconds": 0.0, "branch_seconds": 0.0, "attack_seconds": 0.0}
+                       "bound_seconds": 0.0, "branch_seconds": 0.0, "attack_seconds": 0.0,
+                       "rows_bounded": 0}
         best: list[CheckedPoint] = []
 
         def finish(status: str, bound: float, reason: str = "", cex: CheckedPoint | None = None) -> BabResult:
@@ -379,6 +388,12 @@ class BabVerifier:
         input_split = int(np.prod(network.sample_shape)) <= opts.input_split_max_dim
         engine = self._engine(network, input_split)
         rb = root_bounds if root_bounds is not None else crown(network, box.lower, box.upper)
+        if (opts.root_intermediate > 0 and isinstance(engine, AlphaEngine) and limit is not None
+                and _intermediate_cost(network, rb) <= ROOT_INTERMEDIATE_MAX_COST):
+            # the last refined pre-activation layer re-bounded by α-CROWN once: every domain inherits it
+            rb, rows = tighten_intermediate(network, rb, AlphaOptions(iterations=50,
+                                                                      time_limit=opts.root_intermediate * limit))
+            stats["root_intermediate_rows"] = rows
         root = engine.root(box.lower, box.upper, rb.lower, rb.upper)
         if spec is None:
             target, k = topk  # type: ignore[misc]
@@ -436,7 +451,9 @@ class BabVerifier:
                 return finish("unknown", max(d.value for d in batch), "a domain has no unstable ReLU to split "
                                                                        "and is not proven")
             t0 = time.perf_counter()
-            results = engine.bound(children, coeffs, deadline, mix=mix)
+            open_rows = _open_rows(spec, children)
+            stats["rows_bounded"] += len(children) * (spec.rows.shape[0] if open_rows is None else open_rows.size)
+            results = engine.bound(children, coeffs, deadline, mix=mix, rows=open_rows)
             stats["bound_seconds"] += time.perf_counter() - t0
             stats["domains"] += len(children)
             corners = []
@@ -540,9 +557,14 @@ class BabVerifier:
         dom.value = float(spec.value(ub[None])[0])
         row = spec.binding_row(ub)
         dom.binding = row
-        dom.objective = None if r.coeffs is None else r.coeffs[row]
-        dom.relu_coeff = {n: c[row].astype(np.float32) for n, c in r.relu_coeff.items()}
-        dom.input_coeff = None if r.input_coeff is None else r.input_coeff[row].astype(np.float32)
+        at = row if r.rows is None else np.flatnonzero(r.rows == row)
+        if r.rows is not None and at.size == 0:  # the binding row was not bounded: its clause was proven before
+            dom.objective, dom.relu_coeff, dom.input_coeff = None, {}, None
+            return dom
+        at = int(at) if r.rows is None else int(at[0])
+        dom.objective = None if r.coeffs is None else r.coeffs[at]
+        dom.relu_coeff = {n: c[at].astype(np.float32) for n, c in r.relu_coeff.items()}
+        dom.input_coeff = None if r.input_coeff is None else r.input_coeff[at].astype(np.float32)
         return dom
 
     def _branch_all(self, engine: SplitCrown | AlphaEngine, batch: list[Domain], input_split: bool,
@@ -634,6 +656,32 @@ class BabVerifier:
             scored.extend((float(score[i]), n.name, t, int(i)) for i in top if np.isfinite(score[i]))
         scored.sort(key=lambda c: -c[0])
         return scored
+
+
+def _open_rows(spec: OutputSpec, domains: list[Domain]) -> np.ndarray | None:
+    """The rows worth bounding for a batch: the certificate rows of every clause some domain has not refuted yet
+    (by its parent's bounds); None when that is every row (or the spec has no clauses, the k-th largest rule)."""
+    if spec.kth is not None or spec.certs.shape[0] == 0 or any(d.row_upper is None for d in domains):
+        return None
+    ub = spec.upper(np.stack([d.row_upper for d in domains]))  # (D, S)
+    refuted = np.where(spec.certs[None], ub[:, None, :], np.inf).min(axis=2) < -ROBUST_TOLERANCE  # (D, Q)
+    open_clauses = ~refuted.all(axis=0)
+    rows = np.flatnonzero(spec.certs[open_clauses].any(axis=0))
+    return None if rows.size == spec.rows.shape[0] else rows
+
+
+def _intermediate_cost(network: Network, bounds: Bounds) -> int:
+    """Work of one α step re-bounding the last refined pre-activation layer: two rows per unstable neuron times the
+    numbers of the tensors the back-substitution passes through (0 when there is no such layer)."""
+    from mlrobust.bounds.alpha_crown import _last_refined_relu_input
+
+    t = _last_refined_relu_input(network)
+    if t is None:
+        return 0
+    unstable = int(((bounds.lower[t] < 0) & (bounds.upper[t] > 0)).sum())
+    path = sum(int(np.prod(network.shape_of(n.output))) for n in network.nodes[: [n.output for n in network.nodes]
+                                                                                  .index(t)])
+    return 2 * unstable * (path + int(np.prod(network.sample_shape)))
 
 
 def _coeffs(spec: OutputSpec) -> np.ndarray:

@@ -105,7 +105,8 @@ class DomainBound:
     feasible: bool = True
     relu_coeff: dict[str, np.ndarray] = field(default_factory=dict)  # node -> (S, *shape), lower-bound pass
     input_coeff: np.ndarray | None = None  # (S, *input shape)
-    coeffs: np.ndarray | None = None  # (S, C) the objective rows bounded, where a row mixture made them per domain
+    coeffs: np.ndarray | None = None  # (S', C) the objective rows bounded, where a row mixture made them per domain
+    rows: np.ndarray | None = None  # the rows bounded (indices into the S rows; None: all), see AlphaEngine.bound
 
 
 class _Recorder(BackSubstitution):
@@ -161,11 +162,11 @@ class SplitCrown:
                       splits, box_changed=True)
 
     def bound(self, domains: list[Domain], coeffs: np.ndarray, deadline: float | None = None,
-              mix: RowMix | None = None) -> list[DomainBound]:
+              mix: RowMix | None = None, rows: np.ndarray | None = None) -> list[DomainBound]:
         """Lower bounds of ``coeffs @ y`` (``coeffs``: ``(S, C)``) on every domain, bounds refreshed.
 
         Domains not reached by ``deadline`` get ``-inf`` (nothing proven; they keep their parent's row bounds).
-        ``mix`` is ignored: plain CROWN bounds ``coeffs`` (the mixture's starting rows) as they are.
+        ``mix`` and ``rows`` are ignored: plain CROWN bounds every row of ``coeffs`` (a mixture's starting rows).
         """
         out = []
         with torch_threads(1):
@@ -300,9 +301,18 @@ class AlphaEngine:
         return self.crown.root(lower, upper, lows, ups)
 
     def bound(self, domains: list[Domain], coeffs: np.ndarray, deadline: float | None = None,
-              mix: RowMix | None = None) -> list[DomainBound]:
+              mix: RowMix | None = None, rows: np.ndarray | None = None) -> list[DomainBound]:
         """As :meth:`SplitCrown.bound`; the optimisation stops at ``deadline`` (its bounds stay sound). With
-        ``mix`` the rows' weights are optimised too and each result carries the rows it bounded."""
+        ``mix`` the rows' weights are optimised too and each result carries the rows it bounded. With ``rows``
+        (indices) only those rows are bounded (the others get ``-inf``: the parent's bounds stand), e.g. the rows
+        of the clauses still open in some domain of the batch; the warm starts keep every row, the others' as
+        the parent left them."""
+        full = coeffs.shape[0]
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+            coeffs = coeffs[rows]
+            if mix is not None:
+                mix = RowMix(mix.base, mix.groups[rows], None if mix.init is None else mix.init[rows])
         out: list[DomainBound | None] = [None] * len(domains)
         live: list[Domain] = []
         where: list[int] = []
@@ -325,6 +335,8 @@ class AlphaEngine:
                                 {t: np.stack([d.pre_upper[t] for d in live]).astype(np.float64) for t in pre},
                                 {n.name: np.stack([d.splits[n.name] for d in live]) for n in self.relu_nodes})
             warm = _stack_states([d.warm for d in live]) if self.keep_warm else None
+            if warm is not None and rows is not None:
+                warm = warm.select_rows(rows) if warm.rows == full else None
             options = self.options
             if deadline is not None:
                 left = max(deadline - time.perf_counter(), 0.0)
@@ -332,21 +344,22 @@ class AlphaEngine:
                                   else min(options.time_limit, left))
             res = alpha_bounds(self.network, batch, coeffs, options=options, warm=warm, mix=mix)
             weights = res.state.mix.get("rows")
-            rows = None if mix is None or weights is None else mix.coefficients(weights.numpy())
+            mixed = None if mix is None or weights is None else mix.coefficients(weights.numpy())
             infeasible = res.infeasible if res.infeasible is not None else np.zeros(len(live), dtype=bool)
             for j, (i, dom) in enumerate(zip(where, live)):
                 if infeasible[j]:
-                    out[i] = DomainBound(np.full(coeffs.shape[0], np.inf), dom, feasible=False)
+                    out[i] = DomainBound(np.full(full, np.inf), dom, feasible=False)
                     continue
                 if self.keep_warm:
-                    st = res.state.select([j])
                     # float32 halves the memory of a queued domain's warm start; any value in range is sound
-                    dom.warm = AlphaState({k: v.float() for k, v in st.alpha.items()},
-                                          {k: v.float() for k, v in st.pool.items()},
-                                          {k: v.float() for k, v in st.beta.items()},
-                                          mix={k: v.float() for k, v in st.mix.items()})
+                    st = res.state.select([j]).map(lambda v: v.float())
+                    dom.warm = st if rows is None else _scatter_rows(dom.warm, st, rows)
                 coeff = {k: v[j] for k, v in res.relu_coeffs.items()}
-                out[i] = DomainBound(res.lower[j], dom, True, coeff, None, None if rows is None else rows[j])
+                lower = res.lower[j]
+                if rows is not None:
+                    lower = np.full(full, -np.inf)
+                    lower[rows] = res.lower[j]
+                out[i] = DomainBound(lower, dom, True, coeff, None, None if mixed is None else mixed[j], rows)
         return [o for o in out if o is not None]
 
 
@@ -386,6 +399,26 @@ class AlphaEngine:
             out.append(lower[at:at + n].reshape(len(mine), 2))
             at += n
         return out
+
+
+def _scatter_rows(full: object | None, part: AlphaState, rows: np.ndarray) -> AlphaState | None:
+    """``full`` (one domain's state over every row) with ``rows`` replaced by ``part``'s; None when they do not
+    fit (the domain then starts from CROWN's parameters next time: sound, only slower)."""
+    if not isinstance(full, AlphaState):
+        return None
+    out = AlphaState()
+    idx = torch.as_tensor(rows)
+    for mine, theirs, new in zip(full.groups(), part.groups(), out.groups()):
+        if set(mine) != set(theirs):
+            return None
+        for k, v in mine.items():
+            w = theirs[k]
+            if v.shape[0] != w.shape[0] or v.shape[2:] != w.shape[2:] or w.shape[1] != idx.numel():
+                return None
+            v = v.clone()
+            v[:, idx] = w.to(v.dtype)
+            new[k] = v
+    return out
 
 
 def _stack_states(states: list[object | None]) -> AlphaState | None:
