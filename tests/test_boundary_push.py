@@ -161,3 +161,21 @@ def test_push_tiers_of_a_cascade_go_from_bounds_to_bab_to_milp():
     assert tiers[1].verifier.use_bab and not tiers[1].verifier.use_attack
     assert [t.name for t in push_tiers(Cascade(), None, milp=False)] == ["bounds", "bab"]
     assert len(push_tiers(Undecided(), 5.0)) == 1
+
+
+@pytest.mark.parametrize("seed,hidden,classes", CASES)
+def test_object_floor_is_half_of_the_refuted_radius_capped_at_the_proven_one(seed, hidden, classes):
+    from test_search_boundary import object_radius
+
+    pb = problem(seed, hidden, classes)
+    res = run_search(pb, SearchOptions(delta=DELTA))
+    obj = res.details["object"]
+    r_true = object_radius(pb)
+    proven, refuted = obj["radius_alone"], obj["refuted_alone"]
+    assert proven <= r_true + 1e-3  # proven: not above the true radius
+    if refuted is not None:
+        assert refuted >= r_true - 1e-3  # refuted by a counterexample: not below it
+        assert obj["floor"] == pytest.approx(min(0.5 * refuted, proven))
+    assert obj["floor"] >= 0.5 * proven and res.eps0 >= obj["floor"] - 1e-12
+    assert res.eps0 >= 0.5 * r_true - DELTA / 2
+    assert res.to_json()["object"]["refuted_alone"] == refuted

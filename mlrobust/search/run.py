@@ -15,7 +15,7 @@ from mlrobust.search.baselines import bisect_scale, floored_uniform, layer_searc
 from mlrobust.search.boundary import push_to_boundary
 from mlrobust.search.cegis import CUTTINGS, cutting_weights
 from mlrobust.search.certificate import certificate_search
-from mlrobust.search.intervals import apply_upper_bounds, attack_upper_bounds, gap_order
+from mlrobust.search.intervals import apply_upper_bounds, attack_upper_bounds, gap_order, known_upper_bounds
 from mlrobust.search.maximality import LayerMaximality, certify
 from mlrobust.search.optimizer import OptimizerOptions, optimize, shaped_starts
 from mlrobust.search.problem import SearchProblem, status_of
@@ -59,10 +59,11 @@ class SearchOptions:
     upper bounds, every layer is bisected between its proven and its refuted epsilon by the cheap verifier tiers
     first (bounds, then a short branch and bound, then the MILP with ``push_milp``), for the rest of the budget.
 
-    ``object_share`` (optimizer only): the object's epsilon never falls below this share of the object's own robust
+    ``object_share`` (growing methods only): the object's epsilon never falls below this share of the object's own robust
     radius (layer 0 alone, the rings at 0), so the rings cannot buy size by starving the object the question is
     about; 0 lets the weights alone decide. The radius is found on the cheap tiers, then by the full verifier for at
-    most ``object_refine_share`` of the time limit."""
+    most ``object_refine_share`` of the time limit; the share is taken of the attack's refuted radius (an upper
+    bound of the true one), capped at the proven radius (see ``_object_floor``)."""
 
     method: str = "optimize"
     cutting: str = "fixed"
@@ -216,7 +217,14 @@ def _deadline(problem: SearchProblem, share: float) -> float | None:
 
 def _object_floor(problem: SearchProblem, opt: SearchOptions, st: _State, lo: float) -> None:
     """The object's own robust radius (layer 0 alone, the rings at 0; bisection above ``lo``, which is known robust)
-    and the floor ``object_share`` of it that layer 0 keeps for the rest of the search."""
+    and the floor that layer 0 keeps for the rest of the search.
+
+    The floor is ``object_share`` of the object's *refuted* radius (the smallest object-alone epsilon at which the
+    attack found a confirmed counterexample: an upper bound of the true radius, found by bisection with the attack
+    alone), capped at the proven radius so that the floor itself stays proven. Half of a radius the bounds prove
+    would be half of a weaker radius than the complete verifier proves (on mnist2_pgd ex00 the bounds prove 0.07,
+    the MILP 0.128, the attack refutes 0.132); half of the refuted radius is at least half of the true one whenever
+    the proven radius reaches it."""
     n = problem.num_layers
 
     def alone(v: float) -> np.ndarray:
@@ -225,18 +233,25 @@ def _object_floor(problem: SearchProblem, opt: SearchOptions, st: _State, lo: fl
         return problem.clip(e)
 
     radius = bisect_scale(problem, alone, lo, float(problem.saturation[0]), st.delta, "object alone")
+    # the attack's upper bound of the radius (a few PGD runs on object-only boxes)
+    attack_upper_bounds(problem, alone(radius), st.delta, layers=[0])
+    up = known_upper_bounds(problem, alone(radius))[0]
+    refuted = None if up is None else up.eps
     if problem.use_cheap and opt.object_refine_share:
-        # the bounds alone can understate the object's radius a lot (a small box, where the MILP is quick):
-        # the full verifier continues the bisection above it, for a short share of the budget
+        # the bounds alone can understate the object's radius a lot: the full verifier continues the bisection
+        # between the proven and the refuted radius, for a short share of the budget
         saved, limit = problem.deadline, problem.budget.time_limit
         problem.use_cheap = False
         if limit is not None:
             problem.deadline = problem.elapsed() + float(opt.object_refine_share) * limit
-        radius = bisect_scale(problem, alone, radius, float(problem.saturation[0]), st.delta, "object alone")
+        top = float(problem.saturation[0]) if refuted is None else refuted
+        radius = bisect_scale(problem, alone, radius, top, st.delta, "object alone")
         problem.use_cheap, problem.deadline = True, saved
     problem.floor = np.zeros(n)
-    problem.floor[0] = opt.object_share * radius
-    st.details["object"] = {"radius_alone": radius, "share": opt.object_share, "floor": float(problem.floor[0])}
+    share = opt.object_share * (radius if refuted is None else refuted)
+    problem.floor[0] = min(share, radius)
+    st.details["object"] = {"radius_alone": radius, "refuted_alone": refuted, "share": opt.object_share,
+                            "floor": float(problem.floor[0])}
 
 
 def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) -> None:
