@@ -77,6 +77,8 @@ class _Layer:
     step: float = 0.0  # the next step above eps*_d (galloping: doubles after every proof at this tier)
     queries: int = 0
     stuck: bool = False
+    undecided_at: float | None = None  # the last value a tier left undecided, and that tier
+    undecided_tier: str = ""
 
 
 def push_to_boundary(problem: SearchProblem, eps: np.ndarray, delta: float, tiers: list[Tier],
@@ -170,7 +172,7 @@ def push_to_boundary(problem: SearchProblem, eps: np.ndarray, delta: float, tier
             break
         else:
             report.undecided += 1
-            s.frontier = mid
+            s.frontier, s.undecided_at, s.undecided_tier = mid, mid, tier.name
             s.step = delta
             if mid - eps[d] <= tol and s.level + 1 >= len(tiers):
                 s.stuck = True
@@ -199,6 +201,10 @@ def _statuses(problem: SearchProblem, eps: np.ndarray, delta: float, state: dict
                                              and s.frontier - eps[d] <= delta * (1 + REL))):
             out.append(LayerMaximality(d, "unknown", float(eps[d]), s.frontier, tiers[-1].name,
                                        reason=f"the strongest tier ({tiers[-1].name}) left eps + delta undecided"))
+        elif s is not None and s.undecided_at is not None:
+            out.append(LayerMaximality(d, "unknown", float(eps[d]), s.undecided_at, s.undecided_tier,
+                                       reason=f"undecided by the {s.undecided_tier} tier; the push stopped ({why}) "
+                                              "before a stronger tier settled it"))
         else:
             out.append(LayerMaximality(d, "unchecked", float(eps[d]),
                                        reason=f"the push stopped ({why}) before settling this layer"))

@@ -65,7 +65,7 @@ class SearchOptions:
     most ``object_refine_share`` of the time limit; the share is taken of the attack's refuted radius (an upper
     bound of the true one), capped at the proven radius (see ``_object_floor``)."""
 
-    method: str = "optimize"
+    method: str = "boundary"
     cutting: str = "fixed"
     delta: float | None = None  # None: automatic (see auto_delta)
     certify: bool = True
