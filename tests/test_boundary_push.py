@@ -168,7 +168,7 @@ def test_object_floor_is_half_of_the_refuted_radius_capped_at_the_proven_one(see
     from test_search_boundary import object_radius
 
     pb = problem(seed, hidden, classes)
-    res = run_search(pb, SearchOptions(delta=DELTA))
+    res = run_search(pb, SearchOptions(method="boundary", delta=DELTA))
     obj = res.details["object"]
     r_true = object_radius(pb)
     proven, refuted = obj["radius_alone"], obj["refuted_alone"]
@@ -179,3 +179,11 @@ def test_object_floor_is_half_of_the_refuted_radius_capped_at_the_proven_one(see
     assert obj["floor"] >= 0.5 * proven and res.eps0 >= obj["floor"] - 1e-12
     assert res.eps0 >= 0.5 * r_true - DELTA / 2
     assert res.to_json()["object"]["refuted_alone"] == refuted
+
+
+def test_the_other_methods_keep_the_floor_of_the_proven_radius():
+    pb = problem(4, 3, 3)
+    res = run_search(pb, SearchOptions(method="optimize", delta=DELTA))
+    obj = res.details["object"]
+    assert obj["refuted_alone"] is not None and obj["refuted_alone"] > obj["radius_alone"]
+    assert obj["floor"] == pytest.approx(0.5 * obj["radius_alone"])

@@ -62,8 +62,9 @@ class SearchOptions:
     ``object_share`` (growing methods only): the object's epsilon never falls below this share of the object's own robust
     radius (layer 0 alone, the rings at 0), so the rings cannot buy size by starving the object the question is
     about; 0 lets the weights alone decide. The radius is found on the cheap tiers, then by the full verifier for at
-    most ``object_refine_share`` of the time limit; the share is taken of the attack's refuted radius (an upper
-    bound of the true one), capped at the proven radius (see ``_object_floor``)."""
+    most ``object_refine_share`` of the time limit. With ``object_reference="refuted"`` (the boundary method's
+    default) the share is taken of the attack's refuted radius (an upper bound of the true one), capped at the
+    proven radius (see ``_object_floor``); with "proven" (the other methods', as before) of the proven radius."""
 
     method: str = "boundary"
     cutting: str = "fixed"
@@ -79,6 +80,7 @@ class SearchOptions:
     upper_share: float | None = None  # None: 0.2 for the boundary method (its upper bounds come first), else 0.1
     object_share: float = 0.5
     object_refine_share: float | None = None  # None: 0.1 for the boundary method, 0 for the others
+    object_reference: str | None = None  # "refuted" or "proven" radius; None: "refuted" for boundary only
     push: bool | None = None
     push_milp: bool = True
     certificate_alpha: int = 0  # α-CROWN iterations for the certificate method's trust region (0: plain CROWN)
@@ -97,6 +99,10 @@ class SearchOptions:
             raise InputError(f"the object's share of its own radius must be in [0, 1], got {self.object_share!r}")
         if self.object_refine_share is None:
             self.object_refine_share = 0.1 if self.method == "boundary" else 0.0
+        if self.object_reference is None:
+            self.object_reference = "refuted" if self.method == "boundary" else "proven"
+        if self.object_reference not in ("refuted", "proven"):
+            raise InputError(f"object_reference must be 'refuted' or 'proven', got {self.object_reference!r}")
         if self.upper_share is None:
             self.upper_share = 0.2 if self.method == "boundary" else 0.1
         if self.push is None:
@@ -219,7 +225,7 @@ def _object_floor(problem: SearchProblem, opt: SearchOptions, st: _State, lo: fl
     """The object's own robust radius (layer 0 alone, the rings at 0; bisection above ``lo``, which is known robust)
     and the floor that layer 0 keeps for the rest of the search.
 
-    The floor is ``object_share`` of the object's *refuted* radius (the smallest object-alone epsilon at which the
+    With ``object_reference="refuted"`` the floor is ``object_share`` of the object's *refuted* radius (the smallest object-alone epsilon at which the
     attack found a confirmed counterexample: an upper bound of the true radius, found by bisection with the attack
     alone), capped at the proven radius so that the floor itself stays proven. Half of a radius the bounds prove
     would be half of a weaker radius than the complete verifier proves (on mnist2_pgd ex00 the bounds prove 0.07,
@@ -248,7 +254,8 @@ def _object_floor(problem: SearchProblem, opt: SearchOptions, st: _State, lo: fl
         radius = bisect_scale(problem, alone, radius, top, st.delta, "object alone")
         problem.use_cheap, problem.deadline = True, saved
     problem.floor = np.zeros(n)
-    share = opt.object_share * (radius if refuted is None else refuted)
+    reference = radius if (refuted is None or opt.object_reference == "proven") else refuted
+    share = opt.object_share * reference
     problem.floor[0] = min(share, radius)
     st.details["object"] = {"radius_alone": radius, "refuted_alone": refuted, "share": opt.object_share,
                             "floor": float(problem.floor[0])}
