@@ -20,7 +20,7 @@ from test_search_boundary import (
 
 from mlrobust.search.boundary import Tier, push_to_boundary
 from mlrobust.search.intervals import apply_upper_bounds, known_upper_bounds
-from mlrobust.search.run import SearchOptions, run_search
+from mlrobust.search.run import OBJECT_FLOOR_CAP, SearchOptions, run_search
 from mlrobust.search.tiers import push_tiers
 from mlrobust.verify.cascade import Cascade
 from mlrobust.verify.verdict import ROBUST_TOLERANCE, Unknown
@@ -175,7 +175,7 @@ def test_object_floor_is_half_of_the_refuted_radius_capped_at_the_proven_one(see
     assert proven <= r_true + 1e-3  # proven: not above the true radius
     if refuted is not None:
         assert refuted >= r_true - 1e-3  # refuted by a counterexample: not below it
-        assert obj["floor"] == pytest.approx(min(0.5 * refuted, proven))
+        assert obj["floor"] == pytest.approx(min(0.5 * refuted, OBJECT_FLOOR_CAP * proven))
     assert obj["floor"] >= 0.5 * proven and res.eps0 >= obj["floor"] - 1e-12
     assert res.eps0 >= 0.5 * r_true - DELTA / 2
     assert res.to_json()["object"]["refuted_alone"] == refuted
