@@ -37,6 +37,7 @@ from mlrobust.search.intervals import known_upper_bounds
 from mlrobust.search.maximality import LayerMaximality
 from mlrobust.search.problem import SearchProblem
 from mlrobust.verify.base import Verifier
+from mlrobust.verify.verdict import Verdict
 
 #: Relative slack on delta comparisons (a gap of exactly delta, up to rounding, counts as within delta).
 REL = 1e-9
@@ -100,10 +101,6 @@ def push_to_boundary(problem: SearchProblem, eps: np.ndarray, delta: float, tier
     state = {d: _Layer(step=delta) for d in todo}
     tol = delta * (1 + REL)
     problem.phase = "boundary"
-
-    def upper(d: int) -> float | None:
-        up = known_upper_bounds(problem, eps)[d]
-        return None if up is None else up.eps
 
     def top(d: int, up: float | None) -> float:
         t = float(sat[d]) if up is None else float(up)
@@ -179,7 +176,7 @@ def push_to_boundary(problem: SearchProblem, eps: np.ndarray, delta: float, tier
     return eps, _statuses(problem, eps, delta, state, tiers, report.stop_reason), report
 
 
-def _outcome(verdict) -> str:
+def _outcome(verdict: Verdict) -> str:
     return "robust" if verdict.is_robust else ("not_robust" if verdict.is_not_robust else "unknown")
 
 
