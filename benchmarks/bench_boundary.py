@@ -3,9 +3,11 @@ object's ε_0 against its own robust radius, the attack scale (the smallest s at
 layers certified maximal, layers with an upper bound, the median per-layer gap ratio ε*_d / refuted_ε_d, time — and
 the soundness checks (ε* never broken by the attack; every refuted ε backed by a counterexample that re-runs).
 
-    python -m benchmarks.bench_boundary --models mnist2_pgd --images 0 --budget 60 --methods certificate,optimize,uniform
+    python -m benchmarks.bench_boundary --models mnist2_pgd --images 0 --budget 60,120 --methods boundary,optimize,uniform
 
-Writes ``benchmarks/results/boundary.json`` and ``boundary.md`` (``--out``). Single-threaded BLAS and torch.
+Writes ``benchmarks/results/boundary.json`` and ``boundary.md`` (``--out``) after every run, so an interrupted run
+keeps what it measured. The object's own radius is computed once per model and image (its own budget,
+``--object-budget``). Single-threaded BLAS and torch.
 """
 
 from __future__ import annotations
@@ -101,12 +103,14 @@ def run_one(model: str, entry: dict, method: str, budget: float, examples: Path)
     eps = np.asarray(res.epsilons)
     scale, broken = attack_scale(prep.network, prep.nbhd, res.target, res.k, eps)
     return {"model": model, "image": entry["id"], "method": method, "budget": budget, "size": res.size,
-            "eps0": res.eps0, "object_radius_search": res.object_radius, "attack_scale": scale,
+            "eps0": res.eps0, "object_radius_search": res.object_radius,
+            "object_refuted_search": res.details.get("object", {}).get("refuted_alone"), "attack_scale": scale,
             "proven_broken_by_attack": broken, "certified": res.certified_layers, "layers": res.num_layers,
             "upper_bounded": res.upper_bounded_layers, "median_gap": res.median_gap,
             "median_gap_ratio": res.median_gap_ratio, "refutations_rerun": refutations_rerun(res, prep.network, prep.nbhd),
             "verified": res.verified, "delta": res.delta, "seconds": seconds,
-            "milp_calls": res.stats.milp_calls, "stop_reason": res.stop_reason}
+            "milp_calls": res.stats.milp_calls, "stop_reason": res.stop_reason,
+            "push": res.details.get("push")}
 
 
 def fmt(v, spec: str = ".4f") -> str:
@@ -124,18 +128,26 @@ def markdown(data: dict) -> str:
               "maximality check). *object r* is the object's own robust radius (layer 0 alone, by bisection with "
               "the cascade, its own budget); *attack scale* is the smallest s at which PGD (10 restarts × 100 "
               "steps) breaks s·ε* (– : not even at 64); *upper* counts layers with a refuted ε (a confirmed "
-              "counterexample, others at ε*); *gap ratio* is the median of ε*_d / refuted_ε_d over them."), "",
-             ("| model | image | method | budget | w·ε* | ε_0 | object r | ε_0 / r | attack scale | certified | "
-              "upper | gap ratio | median gap | time s | MILP | sound |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "counterexample, others at ε*); *gap ratio* is the median of ε*_d / refuted_ε_d over them. *r↑* is "
+              "the object-alone radius the search's attack refuted (an upper bound of the true radius, so "
+              "ε_0 / r↑ is a lower bound of ε_0 over the true radius); *push* counts the push's proofs / "
+              "refutations / undecided queries (boundary method)."), "",
+             ("| model | image | method | budget | w·ε* | ε_0 | object r | ε_0 / r | r↑ | ε_0 / r↑ | attack scale | "
+              "certified | upper | gap ratio | median gap | push | time s | MILP | sound |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["runs"]:
         ratio = (r["eps0"] / r["object_radius"]) if r.get("object_radius") else None
         sound = r["verified"] and not r["proven_broken_by_attack"] and r["refutations_rerun"]
+        up = r.get("object_refuted_search")
+        ratio_up = (r["eps0"] / up) if up else None
+        push = r.get("push")
+        push_s = "–" if not push else f"{push['proven']}/{push['refuted']}/{push['undecided']}"
         lines.append(f"| {r['model']} | {r['image']} | {r['method']} | {r['budget']:g} | {fmt(r['size'])} | "
-                     f"{fmt(r['eps0'])} | {fmt(r.get('object_radius'))} | {fmt(ratio, '.2f')} | "
+                     f"{fmt(r['eps0'])} | {fmt(r.get('object_radius'))} | {fmt(ratio, '.2f')} | {fmt(up)} | "
+                     f"{fmt(ratio_up, '.2f')} | "
                      f"{fmt(r['attack_scale'], '.2f')} | {r['certified']}/{r['layers']} | "
                      f"{r['upper_bounded']}/{r['layers']} | {fmt(r['median_gap_ratio'], '.2f')} | "
-                     f"{fmt(r['median_gap'])} | {r['seconds']:.0f} | {r['milp_calls']} | {fmt(sound)} |")
+                     f"{fmt(r['median_gap'])} | {push_s} | {r['seconds']:.0f} | {r['milp_calls']} | {fmt(sound)} |")
     lines += ["", ("Soundness: *sound* = the result is proven, the attack never broke ε*, and every refuted ε has a "
                    "counterexample inside its box that violates top-k when re-run on the network."), ""]
     return "\n".join(lines)
@@ -151,35 +163,37 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="mnist2_pgd", help="comma-separated shipped model names")
     parser.add_argument("--images", default="0", help="comma-separated indices into examples/manifest.json")
-    parser.add_argument("--budget", type=float, default=60.0, help="seconds per search")
-    parser.add_argument("--methods", default="certificate,optimize,uniform")
+    parser.add_argument("--budget", default="60", help="comma-separated seconds per search")
+    parser.add_argument("--object-budget", type=float, default=60.0, help="seconds for the object's own radius")
+    parser.add_argument("--methods", default="boundary,optimize,uniform")
     parser.add_argument("--examples", type=Path, default=ROOT / "examples")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     manifest = json.loads((args.examples / "manifest.json").read_text())
-    runs = []
-    for model in args.models.split(","):
-        for idx in (int(i) for i in args.images.split(",")):
-            entry = manifest["images"][idx]
-            radius = None
-            for method in args.methods.split(","):
-                r = run_one(model, entry, method, args.budget, args.examples)
-                if radius is None:
-                    from mlrobust import api
-
-                    prep = api.prepare(args.examples / "models" / f"{model}.onnx", args.examples / entry["file"],
-                                       int(entry["target_label"]), object_mask=args.examples / entry["mask"])
-                    radius = object_radius(prep.network, prep.nbhd, int(entry["target_label"]), 2, r["delta"],
-                                           args.budget)
-                r["object_radius"] = radius
-                runs.append(r)
-                print(json.dumps(r), flush=True)
+    runs: list[dict] = []
+    radii: dict[tuple[str, int], float] = {}
     data = {"command": "python -m benchmarks.bench_boundary " + " ".join(sys.argv[1:] if argv is None else argv),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)", "date": time.strftime("%Y-%m-%d"),
             "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "boundary.json").write_text(json.dumps(data, indent=1))
-    (args.out / "boundary.md").write_text(markdown(data))
+    for budget in (float(b) for b in args.budget.split(",")):
+        for model in args.models.split(","):
+            for idx in (int(i) for i in args.images.split(",")):
+                entry = manifest["images"][idx]
+                for method in args.methods.split(","):
+                    r = run_one(model, entry, method, budget, args.examples)
+                    if (model, idx) not in radii:
+                        from mlrobust import api
+
+                        prep = api.prepare(args.examples / "models" / f"{model}.onnx", args.examples / entry["file"],
+                                           int(entry["target_label"]), object_mask=args.examples / entry["mask"])
+                        radii[model, idx] = object_radius(prep.network, prep.nbhd, int(entry["target_label"]), 2,
+                                                          r["delta"], args.object_budget)
+                    r["object_radius"] = radii[model, idx]
+                    runs.append(r)
+                    print(json.dumps(r), flush=True)
+                    (args.out / "boundary.json").write_text(json.dumps(data, indent=1))
+                    (args.out / "boundary.md").write_text(markdown(data))
     print(f"wrote {args.out / 'boundary.md'}")
     return 1 if any(r["proven_broken_by_attack"] or not r["refutations_rerun"] for r in runs) else 0
 

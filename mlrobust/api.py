@@ -157,7 +157,7 @@ def prepare(model: str | Path | Network, image: str | Path | np.ndarray, target:
 def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target: int, *,
              object_mask: str | Path | np.ndarray | None = None, object_box: Sequence[int] | str | None = None,
              object_label: int | None = None, k: int = 2, weights: WeightSpec = "uniform",
-             method: str = "optimize", cutting: str = "fixed", verifier: Verifier | str | None = None,
+             method: str = "boundary", cutting: str = "fixed", verifier: Verifier | str | None = None,
              solver: Any = "highs", time_limit: float | None = 300.0, query_time_limit: float | None = 30.0,
              max_queries: int | None = None, delta: float | None = None, certify: bool = True, grow: bool | None = None,
              init: str = "best", optimizer: OptimizerOptions | None = None, object_share: float = 0.5,
@@ -167,7 +167,9 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
     ``model``: ONNX path or Network. ``image``: a file or an array ((H, W), (C, H, W) or the model's input shape)
     in [0, 1]. The object: ``object_mask`` (file or (H, W) array, non-zero = object), ``object_box``
     (x0, y0, x1, y1), or found automatically (``object_label`` picks the object's label). ``method``:
-    "optimize" (optimizer + CEGIS with ``cutting`` "fixed" or "sensitivity"), "certificate" (along the CROWN
+    "boundary" (the default: along the CROWN certificate, then every layer pushed to its boundary between proven
+    and refuted epsilons, see :mod:`mlrobust.search.boundary`), "optimize" (optimizer + CEGIS with ``cutting``
+    "fixed" or "sensitivity"), "certificate" (along the CROWN
     certificate first, see :mod:`mlrobust.search.certificate`), "layer-search" or "uniform".
     ``verifier``: a Verifier object or "cascade" (default) / "milp" / "bounds" / "attack"; ``solver``: the MILP
     backend of the default verifiers. ``time_limit`` bounds the whole search, ``query_time_limit`` each verifier

@@ -309,3 +309,20 @@ def test_ctrl_c_inside_a_highs_callback_is_not_swallowed():
         except KeyboardInterrupt:
             raised += 1
     assert calls and raised == len(calls)  # every incumbent offered raised, and every one reached us
+
+
+def test_ctrl_c_while_highs_runs_is_recorded_and_the_handler_restored():
+    """A SIGINT during HiGHS's run is kept for the callbacks (which stop the solve) and raised afterwards, never
+    swallowed by HiGHS; the default handler is back once the solve is over."""
+    import os
+    import signal
+
+    from mlrobust.backends.highs import _deferred_sigint
+
+    raised: list[BaseException] = []
+    with _deferred_sigint(raised):
+        os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode: recorded, not raised
+        for _ in range(1000):
+            pass
+    assert len(raised) == 1 and isinstance(raised[0], KeyboardInterrupt)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

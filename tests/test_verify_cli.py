@@ -98,7 +98,7 @@ def test_check_per_layer_epsilons_and_json(monkeypatch, capsys, files):
     (("--eps-layers", "0.1,0.2"), "expected 4 epsilons"),
     (("--eps-layers", "a,b"), "must be numbers"),
     (("--eps", "0.1", "--eps-layers", "0.1"), "either --eps or --eps-layers"),
-    (("--method", "bogus"), "--method must be one of optimize, certificate, layer-search, uniform"),
+    (("--method", "bogus"), "--method must be one of boundary, optimize, certificate, layer-search, uniform"),
     (("--cutting", "bogus"), "--cutting must be one of fixed, sensitivity"),
     (("--solver", "nosuchsolver"), "nosuchsolver"),
 ])

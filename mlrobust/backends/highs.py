@@ -11,7 +11,11 @@ target or the dual bound falls below the threshold, and it enforces the wall-clo
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 
@@ -19,6 +23,28 @@ from mlrobust.backends.base import ERROR, INFEASIBLE, OPTIMAL, STOPPED, TIME_LIM
 from mlrobust.milp.problem import MilpProblem
 
 _SCHEDULER_THREADS: int | None = None
+
+
+@contextmanager
+def _deferred_sigint(raised: list[BaseException]) -> Iterator[None]:
+    """While HiGHS runs, Ctrl-C is recorded in ``raised`` instead of raised at once: Python runs the signal handler
+    at the next callback, where a KeyboardInterrupt raised by the default handler before the callback's own
+    ``try`` would be swallowed by HiGHS (the solve would end as an error and the search go on). The callbacks see
+    the record and stop the solve; the caller raises it after ``run()``. Only the default handler, in the main
+    thread, is replaced (and restored)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def record(signum, frame) -> None:
+        raised.append(KeyboardInterrupt())
+
+    signal.signal(signal.SIGINT, record)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _use_threads(n: int) -> None:
@@ -125,7 +151,8 @@ class HighsBackend:
         h.cbMipImprovingSolution.subscribe(on_solution)
         h.cbMipInterrupt.subscribe(on_interrupt)  # polls the stop rule, the time limit and failed callbacks
         build = time.perf_counter() - start
-        h.run()
+        with _deferred_sigint(raised):
+            h.run()
         if raised:
             raise raised[0]
         seconds = time.perf_counter() - start

@@ -30,7 +30,7 @@ def batch(
     start: int = typer.Option(0, "--start", help="Skip the first N images of the data set."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Take at most N images (after --start)."),
     k: int = typer.Option(2, "--k", help="The target must stay among the top-k labels."),
-    method: str = typer.Option("optimize", "--method", help="optimize, layer-search or uniform."),
+    method: str = typer.Option("boundary", "--method", help="boundary (default), optimize, certificate, layer-search or uniform."),
     cutting: str = typer.Option("fixed", "--cutting", help="CEGIS cutting weights: fixed or sensitivity."),
     weights: str = typer.Option("uniform", "--weights", help="Layer weights: uniform, count, or a file."),
     solver: str = typer.Option("highs", "--solver", help="MILP solver: highs, cbc, scip, gurobi, pyomo:NAME."),

@@ -30,7 +30,7 @@ from mlrobust.cli.files import IMAGE_SUFFIXES, atomic_path, atomic_write_text, i
 from mlrobust.errors import InputError
 
 #: Names the options accept (checked before anything is loaded; the API checks them again).
-METHODS = ("optimize", "certificate", "layer-search", "uniform")
+METHODS = ("boundary", "optimize", "certificate", "layer-search", "uniform")
 CUTTINGS = ("fixed", "sensitivity")
 VERIFIERS = ("cascade", "cascade-bab", "bab", "milp", "bounds", "attack")
 #: Exit code of each verdict of a check.
@@ -310,7 +310,7 @@ def verify(
     k: int = typer.Option(2, "--k", help="The target must stay among the top-k labels."),
     weights: str = typer.Option("uniform", "--weights", help="Layer weights: uniform, count, or a file."),
     cutting: str = typer.Option("fixed", "--cutting", help="CEGIS cutting weights: fixed or sensitivity."),
-    method: str = typer.Option("optimize", "--method", help="optimize, certificate, layer-search or uniform."),
+    method: str = typer.Option("boundary", "--method", help="boundary (default), optimize, certificate, layer-search or uniform."),
     solver: str = typer.Option("highs", "--solver", help="MILP solver: highs, cbc, scip, gurobi, pyomo:NAME."),
     verifier: str = typer.Option("cascade", "--verifier", help="cascade, cascade-bab (with branch and bound), bab, "
                                  "milp, bounds or attack."),

@@ -150,30 +150,32 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
         stats["found"] += 1
         return float(problem.required_eps(cex.x[None])[0, d])
 
-    for d in order:
+    # Breadth first: every layer gets its first upper bound (the whole range) before any layer is bisected, then
+    # bisection steps go round the layers, largest gap first, so a short deadline still leaves a bound on most
+    # layers. ``lo`` is the largest value at which the attack failed (a hint, not a proof).
+    lo = {d: float(eps[d]) for d in order if eps[d] < sat[d]}
+    steps = {d: 0 for d in lo}
+    for d in list(lo):
         if over():
             break
-        if eps[d] >= sat[d]:
-            continue
-        known = known_upper_bounds(problem, eps)[d]
-        hi = sat[d] if known is None else known.eps
-        if hi - eps[d] <= delta:
-            continue
-        if known is None:
-            found = attempt(d, float(sat[d]))
-            if found is None:
-                continue  # not even the full range of the layer breaks: nothing for the attack here
-            hi = found
-        lo = float(eps[d])
-        for _ in range(UPPER_BISECTIONS):
-            if hi - lo <= delta or over():
+        if known_upper_bounds(problem, eps)[d] is None and attempt(d, float(sat[d])) is None:
+            del lo[d]  # not even the full range of the layer breaks: nothing for the attack here
+    while lo and not over():
+        uppers = known_upper_bounds(problem, eps)
+        gaps = {d: (uppers[d].eps - lo[d]) for d in lo if uppers[d] is not None}
+        open_ = [d for d, g in gaps.items() if g > delta and steps[d] < UPPER_BISECTIONS]
+        if not open_:
+            break
+        for d in sorted(open_, key=lambda d: -gaps[d]):
+            if over():
                 break
-            mid = (lo + hi) / 2
-            found = attempt(d, mid)
-            if found is None:
-                lo = mid
-            else:
-                hi = min(hi, found)
+            hi = known_upper_bounds(problem, eps)[d]
+            if hi is None or hi.eps - lo[d] <= delta:
+                continue
+            mid = (lo[d] + hi.eps) / 2
+            steps[d] += 1
+            if attempt(d, mid) is None:
+                lo[d] = mid
     stats["seconds"] = time.perf_counter() - start
     problem.stats.seconds["upper-bounds"] = problem.stats.seconds.get("upper-bounds", 0.0) + stats["seconds"]
     return stats

@@ -358,13 +358,15 @@ class SearchProblem:
 
     # --- the query --------------------------------------------------------------------------------------------
     def query(self, eps: Sequence[float] | np.ndarray, purpose: str = "", mode: Mode | None = None,
-              warm: bool = True) -> Verdict:
+              warm: bool = True, verifier: Verifier | None = None, time_limit: float | None = None) -> Verdict:
         """Is the neighborhood of ``eps`` robust? Cached answers first; then the verifier, within the budget.
 
         A NotRobust verdict's counterexample is re-checked on the real network here as well (a custom verifier may
         not do it); an unconfirmed one turns the verdict into Unknown. A spent budget answers Unknown.
         ``warm=False`` skips the search's own attack (for candidates a bound is expected to prove: the attack only
-        ever refutes, so skipping it changes what is found first, never what is proven).
+        ever refutes, so skipping it changes what is found first, never what is proven). ``verifier`` and
+        ``time_limit`` replace the phase's verifier and the budget's per-query limit for this query (a tier of a
+        push, :mod:`mlrobust.search.boundary`).
         """
         eps = self.clip(eps)
         box = self.box(eps)
@@ -377,15 +379,16 @@ class SearchProblem:
             if why is not None:
                 verdict = Unknown(tier="budget", reason=f"search budget spent ({why})")
             else:
-                active = self.cheap if (self.use_cheap and self.cheap is not None) else self.verifier
+                active = verifier or (self.cheap if (self.use_cheap and self.cheap is not None) else self.verifier)
                 if warm:
                     verdict, warm_points = self._warm(box, cold=getattr(active, "use_attack", True) is False)
         if verdict is None:
-            limit = self.budget.query_time_limit
+            limit = self.budget.query_time_limit if time_limit is None else time_limit
             rem = self.remaining()
             if rem is not None:
                 limit = max(rem, 0.0) if limit is None else max(min(limit, rem), 0.0)
-            verifier = self.cheap if (self.use_cheap and self.cheap is not None) else self.verifier
+            if verifier is None:
+                verifier = self.cheap if (self.use_cheap and self.cheap is not None) else self.verifier
             verdict = verifier.verify(self.network, box, self.target, self.k, mode or self.mode, limit)
             verdict = self._confirmed(box, verdict)
             if warm_points:

@@ -201,6 +201,7 @@ class SearchResult:
             "summary": self.summary(),
             "object": {"source": self.object_source, "label": self.object_label, "eps": self.eps0,
                        "radius_alone": self.object_radius,
+                       "refuted_alone": self.details.get("object", {}).get("refuted_alone"),
                        "mask": self.mask.astype(np.uint8), "pixels": int(np.count_nonzero(self.mask))},
             "maximality": [m.to_dict(with_counterexamples) for m in self.maximality],
             "certified_layers": self.certified_layers,

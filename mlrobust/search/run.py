@@ -12,19 +12,22 @@ import numpy as np
 from mlrobust.bounds.alpha_crown import AlphaOptions
 from mlrobust.errors import InputError
 from mlrobust.search.baselines import bisect_scale, floored_uniform, layer_search, uniform_search
+from mlrobust.search.boundary import push_to_boundary
 from mlrobust.search.cegis import CUTTINGS, cutting_weights
 from mlrobust.search.certificate import certificate_search
-from mlrobust.search.intervals import apply_upper_bounds, attack_upper_bounds, gap_order
+from mlrobust.search.intervals import apply_upper_bounds, attack_upper_bounds, gap_order, known_upper_bounds
 from mlrobust.search.maximality import LayerMaximality, certify
 from mlrobust.search.optimizer import OptimizerOptions, optimize, shaped_starts
 from mlrobust.search.problem import SearchProblem, status_of
 from mlrobust.search.result import SearchResult
-from mlrobust.search.tiers import crown_tiers
+from mlrobust.search.tiers import crown_tiers, push_tiers
 from mlrobust.verify.margin import topk_labels
 
-METHODS = ("optimize", "certificate", "layer-search", "uniform")
+METHODS = ("boundary", "optimize", "certificate", "layer-search", "uniform")
 #: Methods whose result may grow during the maximality check (the baselines are reported as they are).
-GROWING = ("optimize", "certificate")
+GROWING = ("boundary", "optimize", "certificate")
+#: Methods that grow along the bound's certificate first (mlrobust.search.certificate).
+ALONG_CERTIFICATE = ("boundary", "certificate")
 INITS = ("best", "uniform", "zero")
 #: The automatic tolerance: an eighth of the uniform robust radius (found by bisection to AUTO_PROBE_TOL on the
 #: cheap tiers), kept within [AUTO_DELTA_MIN, AUTO_DELTA_MAX].
@@ -32,6 +35,9 @@ AUTO_PROBE_TOL = 1e-4
 AUTO_DELTA_MIN = 1e-4
 AUTO_DELTA_MAX = 1e-2
 AUTO_DELTA_FRACTION = 1 / 8
+#: The object's floor from its refuted radius is capped at this share of its proven radius: at the proven radius
+#: itself the bounds leave the rings no room (mnist2_pgd, image ex01: 9 of 43 layers stayed at 0).
+OBJECT_FLOOR_CAP = 0.8
 
 
 def auto_delta(uniform_radius: float) -> float:
@@ -51,12 +57,19 @@ class SearchOptions:
     at most goes to upper bounds per layer by the attack alone (:mod:`mlrobust.search.intervals`), and the rest to
     the maximality check with the full verifier, largest gap first (the baselines search until ``refine_share``).
 
-    ``object_share`` (optimizer only): the object's epsilon never falls below this share of the object's own robust
+    ``push`` (default: on for the ``boundary`` method, which also skips the refinement) replaces that maximality
+    check by the push to the boundary (:mod:`mlrobust.search.boundary`): after the exploration and the attack's
+    upper bounds, every layer is bisected between its proven and its refuted epsilon by the cheap verifier tiers
+    first (bounds, then a short branch and bound, then the MILP with ``push_milp``), for the rest of the budget.
+
+    ``object_share`` (growing methods only): the object's epsilon never falls below this share of the object's own robust
     radius (layer 0 alone, the rings at 0), so the rings cannot buy size by starving the object the question is
     about; 0 lets the weights alone decide. The radius is found on the cheap tiers, then by the full verifier for at
-    most ``object_refine_share`` of the time limit."""
+    most ``object_refine_share`` of the time limit. With ``object_reference="refuted"`` (the boundary method's
+    default) the share is taken of the attack's refuted radius (an upper bound of the true one), capped at the
+    proven radius (see ``_object_floor``); with "proven" (the other methods', as before) of the proven radius."""
 
-    method: str = "optimize"
+    method: str = "boundary"
     cutting: str = "fixed"
     delta: float | None = None  # None: automatic (see auto_delta)
     certify: bool = True
@@ -67,9 +80,12 @@ class SearchOptions:
     explore_share: float = 0.4
     refine_patience: int | None = 2
     refine_share: float = 0.7
-    upper_share: float = 0.1
+    upper_share: float | None = None  # None: 0.2 for the boundary method (its upper bounds come first), else 0.1
     object_share: float = 0.5
-    object_refine_share: float = 0.0
+    object_refine_share: float | None = None  # None: 0.1 for the boundary method, 0 for the others
+    object_reference: str | None = None  # "refuted" or "proven" radius; None: "refuted" for boundary only
+    push: bool | None = None
+    push_milp: bool = True
     certificate_alpha: int = 0  # α-CROWN iterations for the certificate method's trust region (0: plain CROWN)
     optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
 
@@ -84,6 +100,16 @@ class SearchOptions:
             raise InputError(f"the tolerance delta must be in (0, 1] (or automatic), got {self.delta!r}")
         if not 0 <= self.object_share <= 1:
             raise InputError(f"the object's share of its own radius must be in [0, 1], got {self.object_share!r}")
+        if self.object_refine_share is None:
+            self.object_refine_share = 0.1 if self.method == "boundary" else 0.0
+        if self.object_reference is None:
+            self.object_reference = "refuted" if self.method == "boundary" else "proven"
+        if self.object_reference not in ("refuted", "proven"):
+            raise InputError(f"object_reference must be 'refuted' or 'proven', got {self.object_reference!r}")
+        if self.upper_share is None:
+            self.upper_share = 0.2 if self.method == "boundary" else 0.1
+        if self.push is None:
+            self.push = self.method == "boundary"
         if not 0 <= self.object_refine_share <= 1:
             raise InputError(f"object_refine_share must be in [0, 1], got {self.object_refine_share!r}")
         if not 0 <= self.upper_share <= 1:
@@ -200,7 +226,15 @@ def _deadline(problem: SearchProblem, share: float) -> float | None:
 
 def _object_floor(problem: SearchProblem, opt: SearchOptions, st: _State, lo: float) -> None:
     """The object's own robust radius (layer 0 alone, the rings at 0; bisection above ``lo``, which is known robust)
-    and the floor ``object_share`` of it that layer 0 keeps for the rest of the search."""
+    and the floor that layer 0 keeps for the rest of the search.
+
+    With ``object_reference="refuted"`` the floor is ``object_share`` of the object's *refuted* radius (the smallest object-alone epsilon at which the
+    attack found a confirmed counterexample: an upper bound of the true radius, found by bisection with the attack
+    alone), capped at OBJECT_FLOOR_CAP of the proven radius so that the floor itself stays proven and the rings keep
+    some room. Half of a radius the bounds prove
+    would be half of a weaker radius than the complete verifier proves (on mnist2_pgd ex00 the bounds prove 0.07,
+    the MILP 0.128, the attack refutes 0.132); half of the refuted radius is at least half of the true one whenever
+    the proven radius reaches it."""
     n = problem.num_layers
 
     def alone(v: float) -> np.ndarray:
@@ -209,27 +243,37 @@ def _object_floor(problem: SearchProblem, opt: SearchOptions, st: _State, lo: fl
         return problem.clip(e)
 
     radius = bisect_scale(problem, alone, lo, float(problem.saturation[0]), st.delta, "object alone")
-    if problem.use_cheap and opt.object_refine_share > 0:
-        # the bounds alone can understate the object's radius a lot (a small box, where the MILP is quick):
-        # the full verifier continues the bisection above it, for a short share of the budget
+    # the attack's upper bound of the radius (a few PGD runs on object-only boxes)
+    attack_upper_bounds(problem, alone(radius), st.delta, layers=[0])
+    up = known_upper_bounds(problem, alone(radius))[0]
+    refuted = None if up is None else up.eps
+    if problem.use_cheap and opt.object_refine_share:
+        # the bounds alone can understate the object's radius a lot: the full verifier continues the bisection
+        # between the proven and the refuted radius, for a short share of the budget
         saved, limit = problem.deadline, problem.budget.time_limit
         problem.use_cheap = False
         if limit is not None:
-            problem.deadline = problem.elapsed() + opt.object_refine_share * limit
-        radius = bisect_scale(problem, alone, radius, float(problem.saturation[0]), st.delta, "object alone")
+            problem.deadline = problem.elapsed() + float(opt.object_refine_share) * limit
+        top = float(problem.saturation[0]) if refuted is None else refuted
+        radius = bisect_scale(problem, alone, radius, top, st.delta, "object alone")
         problem.use_cheap, problem.deadline = True, saved
     problem.floor = np.zeros(n)
-    problem.floor[0] = opt.object_share * radius
-    st.details["object"] = {"radius_alone": radius, "share": opt.object_share, "floor": float(problem.floor[0])}
+    reference = radius if (refuted is None or opt.object_reference == "proven") else refuted
+    share = opt.object_share * reference
+    problem.floor[0] = min(share, radius if opt.object_reference == "proven" else OBJECT_FLOOR_CAP * radius)
+    st.details["object"] = {"radius_alone": radius, "refuted_alone": refuted, "share": opt.object_share,
+                            "floor": float(problem.floor[0])}
 
 
 def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) -> None:
     """The search phases of ``opt.method``; ``st`` is updated as they go."""
     n = problem.num_layers
     cheap = opt.explore and problem.cheap is not None
-    search_end = _deadline(problem, opt.refine_share) if opt.certify else None
+    # with the push, the search ends with the exploration (the push refines every layer with the full verifier)
+    search_end = (_deadline(problem, opt.explore_share if opt.push and grow else opt.refine_share)
+                  if opt.certify else None)
     warm_saved, cheap_saved = problem.warm_attack, problem.cheap
-    if opt.method == "certificate" and cheap:
+    if opt.method in ALONG_CERTIFICATE and cheap:
         # the cheap phase of the certificate method asks plain CROWN only: its candidates are built for CROWN, its
         # steps are many and small, and the search's own attack (or α-CROWN on every undecided box) costs several
         # CROWN passes per query; the full verifier's phases and the upper-bound pass use everything as before
@@ -283,7 +327,7 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
         st.eps = start
         if opt.method == "optimize":
             problem.cheap = cheap_saved  # the optimizer's exploration on the cascade's own bound tier
-        if opt.method == "certificate":
+        if opt.method in ALONG_CERTIFICATE:
             # along the bound's own certificate first; then the optimizer's steps from there
             alpha = AlphaOptions(iterations=opt.certificate_alpha) if opt.certificate_alpha > 0 else None
             eps, crep = certificate_search(problem, start, delta, alpha=alpha)
@@ -296,7 +340,7 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
         st.eps = eps
         phases.append(("explore" if cheap else "optimize", report))
         problem.warm_attack, problem.cheap = warm_saved, cheap_saved
-        if cheap:
+        if cheap and not opt.push:
             problem.use_cheap = False
             if opt.certify:
                 # maximality on the cheap tiers first: settles (and grows) every layer they can decide
@@ -335,6 +379,9 @@ def _certify(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool)
     """Upper bounds per layer by the attack alone, then the maximality check with the verifier, largest gap first."""
     cheap = opt.explore and problem.cheap is not None
     delta = st.delta
+    if opt.push and grow:
+        _push(problem, opt, st)
+        return
     if cheap and st.maximality is None:
         problem.use_cheap = True
         st.eps, st.maximality = certify(problem, st.eps, delta, grow=grow)
@@ -342,9 +389,27 @@ def _certify(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool)
     problem.phase = "upper bounds"
     problem.notify("phase", "upper bounds by the attack")
     limit = problem.budget.time_limit
-    upper_end = None if limit is None else min(limit, problem.elapsed() + opt.upper_share * limit)
+    upper_end = None if limit is None else min(limit, problem.elapsed() + float(opt.upper_share) * limit)
     st.details["upper_bounds"] = attack_upper_bounds(problem, st.eps, delta, deadline=upper_end)
     current = st.maximality or [LayerMaximality(d, "unchecked", float(st.eps[d])) for d in range(problem.num_layers)]
     order = gap_order(st.eps, problem.saturation, apply_upper_bounds(problem, st.eps, current, delta))
     # the full verifier for every layer still open, largest gap first (settled ones are answered by the caches)
     st.eps, st.maximality = certify(problem, st.eps, delta, grow=grow, order=order, previous=st.maximality)
+
+
+def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
+    """Upper bounds per layer by the attack alone, then the push to the boundary for the rest of the budget."""
+    delta = st.delta
+    problem.phase = "upper bounds"
+    problem.notify("phase", "upper bounds by the attack")
+    limit = problem.budget.time_limit
+    upper_end = None if limit is None else min(limit, problem.elapsed() + float(opt.upper_share) * limit)
+    st.details["upper_bounds"] = attack_upper_bounds(problem, st.eps, delta, deadline=upper_end)
+    problem.notify("phase", "pushing every layer to its boundary")
+    tiers = push_tiers(problem.verifier, problem.budget.query_time_limit, milp=opt.push_milp)
+
+    def keep(eps: np.ndarray) -> None:
+        st.eps = eps  # an interruption reports the latest proven vector
+
+    st.eps, st.maximality, report = push_to_boundary(problem, st.eps, delta, tiers, on_improve=keep)
+    st.details["push"] = dict(report.to_dict(), tiers=[t.name for t in tiers])

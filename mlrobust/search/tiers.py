@@ -47,3 +47,32 @@ def crown_tiers(verifier: Verifier) -> Verifier | None:
     from mlrobust.verify.bound_check import BoundCheck
 
     return cheap_tiers(verifier, attack=False, bounds=BoundCheck("crown"))
+
+
+#: Per-query seconds of the push's cheap tiers (mlrobust.search.boundary): the bound tier answers in well under a
+#: second on the shipped models, a short branch and bound decides what is close to it or gives up.
+PUSH_BOUNDS_LIMIT = 10.0
+PUSH_BAB_LIMIT = 4.0
+
+
+def push_tiers(verifier: Verifier, query_time_limit: float | None, milp: bool = True) -> list:
+    """The verifier tiers of the push to the boundary, cheapest first: for a cascade its bound tier (no attack:
+    the search's warm attack runs before every call), then its branch and bound with a short limit, then (with
+    ``milp``) the whole cascade with the MILP; any other verifier is one tier."""
+    from mlrobust.search.boundary import Tier
+    from mlrobust.verify.cascade import Cascade
+
+    def limit(cap: float) -> float:
+        return cap if query_time_limit is None else min(cap, query_time_limit)
+
+    if not isinstance(verifier, Cascade):
+        return [Tier(getattr(verifier, "name", type(verifier).__name__), verifier, query_time_limit)]
+    bounds = cheap_tiers(verifier, attack=False)
+    bab = Cascade(attack=verifier.attack, bounds=verifier.bounds, milp=_Undecided(),  # type: ignore[arg-type]
+                  use_attack=False, use_bounds=verifier.use_bounds, use_bab=True, bab=verifier.bab, bab_share=1.0,
+                  weak_point_limit=verifier.weak_point_limit)
+    bab.name = "bounds and branch and bound of the cascade"
+    tiers = [Tier("bounds", bounds, limit(PUSH_BOUNDS_LIMIT)), Tier("bab", bab, limit(PUSH_BAB_LIMIT))]
+    if milp:
+        tiers.append(Tier("milp", verifier, query_time_limit))
+    return tiers

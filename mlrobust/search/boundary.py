@@ -1,0 +1,208 @@
+"""Push a proven vector to the boundary, one layer at a time: bisect every layer's epsilon between what is proven
+(``eps*_d``) and what is refuted (``refuted_eps_d``, a confirmed counterexample with the other layers at ``eps*``),
+the other layers staying where they are.
+
+Why it is sound and why it converges:
+
+- every accepted value is proven by a query of the whole vector (a sound verifier tier); the vector only grows;
+- a refutation of ``eps* + t e_d`` stays a refutation while the other layers grow: the box only gets larger, so the
+  counterexample stays inside it. A layer pushed to within ``delta`` of a confirmed counterexample is therefore
+  *certified maximal* at resolution ``delta`` for the final vector too, whatever the later layers did.
+
+``delta`` is an absolute resolution in epsilon (the same unit as the epsilons, the [0, 1] pixel range), one number
+for every layer: "certified" says that ``eps*_d + delta`` is refuted, with the other layers at their final value.
+By default it is an eighth of the uniform robust radius (:func:`mlrobust.search.run.auto_delta`), so it scales with
+the network's robustness, not with each layer's own ``eps*_d`` — a relative resolution would call a layer with a
+tiny ``eps*_d`` certified while its absolute gap is large, and demand needless precision from a large one.
+
+Verifier tiers are tried cheapest first (e.g. the bound tier, then branch and bound with a short limit, then the
+MILP): each tier gallops up from ``eps*_d`` (steps of ``delta``, doubling after each proof, then bisection below
+the first value it could not prove) until it can no longer prove a step of ``delta`` (its own *frontier*); then the
+next tier takes the layer over from there. The search's warm attack (PGD from the last
+counterexamples and weak points, :class:`~mlrobust.search.problem.SearchProblem`) runs before every verifier call,
+so refutations move ``refuted_eps`` down as the proofs move ``eps*`` up. Layers are scheduled cheapest tier first,
+the object first among equals, then by the smallest open interval: the layers closest to settled get the verifier's
+time first (the widest intervals rarely close within a budget and are the expensive ones to close).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from mlrobust.search.intervals import known_upper_bounds
+from mlrobust.search.maximality import LayerMaximality
+from mlrobust.search.problem import SearchProblem
+from mlrobust.verify.base import Verifier
+from mlrobust.verify.verdict import Verdict
+
+#: Relative slack on delta comparisons (a gap of exactly delta, up to rounding, counts as within delta).
+REL = 1e-9
+
+
+@dataclass
+class Tier:
+    """One verifier of the push: its name, the verifier (None: the problem's own) and its per-query time limit."""
+
+    name: str
+    verifier: Verifier | None
+    time_limit: float | None
+
+
+@dataclass
+class PushReport:
+    """What the push did: queries by tier and outcome, layers it settled, why it stopped."""
+
+    queries: Counter = field(default_factory=Counter)
+    proven: int = 0
+    refuted: int = 0
+    undecided: int = 0
+    escalations: int = 0
+    stop_reason: str = ""
+
+    def to_dict(self) -> dict:
+        return {"queries": dict(self.queries), "proven": self.proven, "refuted": self.refuted,
+                "undecided": self.undecided, "escalations": self.escalations, "stop_reason": self.stop_reason}
+
+
+@dataclass
+class _Layer:
+    """The push's state of one layer: the tier it is at and that tier's frontier (the smallest value the tier
+    left undecided; None: none yet)."""
+
+    level: int = 0
+    frontier: float | None = None
+    step: float = 0.0  # the next step above eps*_d (galloping: doubles after every proof at this tier)
+    queries: int = 0
+    stuck: bool = False
+    undecided_at: float | None = None  # the last value a tier left undecided, and that tier
+    undecided_tier: str = ""
+
+
+def push_to_boundary(problem: SearchProblem, eps: np.ndarray, delta: float, tiers: list[Tier],
+                     deadline: float | None = None, layers: list[int] | None = None,
+                     on_improve: Callable[[np.ndarray], None] | None = None
+                     ) -> tuple[np.ndarray, list[LayerMaximality], PushReport]:
+    """Push the proven ``eps`` to the boundary (see the module doc) until every layer is settled, ``deadline``
+    (seconds since the search started) or the budget. Returns the grown vector (always proven), the per-layer
+    statuses (``refuted_eps`` is filled afterwards from the stored counterexamples by
+    :func:`~mlrobust.search.intervals.apply_upper_bounds`) and a report. ``on_improve`` sees every accepted vector
+    (an interruption then still holds the latest one)."""
+    if not tiers:
+        raise ValueError("push_to_boundary needs at least one verifier tier")
+    eps = problem.clip(eps).copy()
+    sat = problem.saturation
+    n = problem.num_layers
+    report = PushReport()
+    todo = list(range(n)) if layers is None else list(layers)
+    state = {d: _Layer(step=delta) for d in todo}
+    tol = delta * (1 + REL)
+    problem.phase = "boundary"
+
+    def top(d: int, up: float | None) -> float:
+        t = float(sat[d]) if up is None else float(up)
+        f = state[d].frontier
+        return t if f is None else min(t, f)
+
+    def is_open(d: int, up: float | None) -> bool:
+        s = state[d]
+        if s.stuck or eps[d] >= sat[d]:
+            return False
+        if up is not None and up - eps[d] <= tol:
+            return False  # certified: a confirmed counterexample within delta
+        return top(d, up) - eps[d] > tol or s.level + 1 < len(tiers)
+
+    while True:
+        if problem.exhausted():
+            report.stop_reason = str(problem.exhausted())
+            break
+        if deadline is not None and problem.elapsed() >= deadline:
+            report.stop_reason = "the push's deadline"
+            break
+        uppers = known_upper_bounds(problem, eps)
+        cands = []
+        for d in todo:
+            up = None if uppers[d] is None else uppers[d].eps
+            if is_open(d, up):
+                # cheapest tier first, then the object, then the layer closest to settled (fewest bisection steps
+                # left: the verifier's time goes where it buys certified layers first)
+                cands.append((state[d].level, d != 0, top(d, up) - eps[d], d, up))
+        if not cands:
+            report.stop_reason = "every layer settled"
+            break
+        level, _, _, d, up = min(cands)
+        s = state[d]
+        hi = top(d, up)
+        if hi - eps[d] <= tol:
+            # this tier cannot prove a delta step above eps*_d: the next tier takes the layer over
+            s.level, s.frontier, s.step = s.level + 1, None, delta
+            report.escalations += 1
+            continue
+        if up is None and s.frontier is None and s.queries == 0 and s.level == 0:
+            mid = float(sat[d])  # no refutation known: the whole range first (far layers often stay robust)
+        else:
+            # gallop up from eps*_d (delta, 2 delta, 4 delta, ...), never past the middle of the interval: the
+            # first step tells at once whether this tier can move the layer at all
+            mid = float(min(eps[d] + min(s.step, max(delta, (hi - eps[d]) / 2)), hi))
+        trial = eps.copy()
+        trial[d] = mid
+        tier = tiers[level]
+        problem.iteration = d
+        s.queries += 1
+        verdict = problem.query(trial, purpose=f"boundary of layer {d} ({tier.name})", verifier=tier.verifier,
+                                time_limit=tier.time_limit)
+        report.queries[f"{tier.name}:{_outcome(verdict)}"] += 1
+        if verdict.is_robust:
+            eps = problem.clip(trial)
+            s.step *= 2
+            report.proven += 1
+            problem.improve(eps)
+            if on_improve is not None:
+                on_improve(eps.copy())
+        elif verdict.is_not_robust:
+            report.refuted += 1  # the query stored the (confirmed) counterexample: the upper bound moves down
+        elif verdict.tier == "budget":
+            report.stop_reason = getattr(verdict, "reason", "budget")
+            break
+        else:
+            report.undecided += 1
+            s.frontier, s.undecided_at, s.undecided_tier = mid, mid, tier.name
+            s.step = delta
+            if mid - eps[d] <= tol and s.level + 1 >= len(tiers):
+                s.stuck = True
+    return eps, _statuses(problem, eps, delta, state, tiers, report.stop_reason), report
+
+
+def _outcome(verdict: Verdict) -> str:
+    return "robust" if verdict.is_robust else ("not_robust" if verdict.is_not_robust else "unknown")
+
+
+def _statuses(problem: SearchProblem, eps: np.ndarray, delta: float, state: dict[int, _Layer], tiers: list[Tier],
+              why: str) -> list[LayerMaximality]:
+    """Per layer after the push: saturated, within delta of a refutation (reported ``refuted`` by
+    apply_upper_bounds from the stored counterexample), undecided by the strongest tier, or not reached."""
+    sat = problem.saturation
+    uppers = known_upper_bounds(problem, eps)
+    out = []
+    for d in range(problem.num_layers):
+        s = state.get(d)
+        up = uppers[d]
+        if eps[d] >= sat[d]:
+            out.append(LayerMaximality(d, "saturated", float(eps[d]), reason="the layer spans all of [0, 1]"))
+        elif up is not None and up.eps - eps[d] <= delta * (1 + REL):
+            out.append(LayerMaximality(d, "unchecked", float(eps[d]), reason="within delta of a counterexample"))
+        elif s is not None and (s.stuck or (s.level == len(tiers) - 1 and s.frontier is not None
+                                             and s.frontier - eps[d] <= delta * (1 + REL))):
+            out.append(LayerMaximality(d, "unknown", float(eps[d]), s.frontier, tiers[-1].name,
+                                       reason=f"the strongest tier ({tiers[-1].name}) left eps + delta undecided"))
+        elif s is not None and s.undecided_at is not None:
+            out.append(LayerMaximality(d, "unknown", float(eps[d]), s.undecided_at, s.undecided_tier,
+                                       reason=f"undecided by the {s.undecided_tier} tier; the push stopped ({why}) "
+                                              "before a stronger tier settled it"))
+        else:
+            out.append(LayerMaximality(d, "unchecked", float(eps[d]),
+                                       reason=f"the push stopped ({why}) before settling this layer"))
+    return out

@@ -1,0 +1,189 @@
+"""The push to the boundary (mlrobust.search.boundary): every vector it reports is proven (checked by the exact
+oracle), every layer it certifies has a confirmed counterexample within delta of its epsilon (and the true
+boundary lies within delta), cheap tiers hand layers over to stronger ones, and Ctrl-C during the push still
+returns a proven vector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_search_boundary import (
+    DELTA,
+    InterruptAfter,
+    assert_refutations_rerun,
+    layer_boundary,
+    problem,
+    truth,
+)
+
+from mlrobust.search.boundary import Tier, push_to_boundary
+from mlrobust.search.intervals import apply_upper_bounds, known_upper_bounds
+from mlrobust.search.run import OBJECT_FLOOR_CAP, SearchOptions, run_search
+from mlrobust.search.tiers import push_tiers
+from mlrobust.verify.cascade import Cascade
+from mlrobust.verify.verdict import ROBUST_TOLERANCE, Unknown
+
+#: (seed, hidden, classes) of tiny nets whose layers break inside the full range
+CASES = [(4, 3, 3), (6, 3, 3)]
+#: The boundary method with its search cut short (a few queries): the push does the work from a small vector.
+SHORT = dict(method="boundary", delta=DELTA, explore_share=0.0005, refine_share=0.0005)
+
+
+class Undecided:
+    """A sound but useless tier: it never decides anything (counts its calls)."""
+
+    name = "undecided"
+
+    def __init__(self):
+        self.calls = 0
+
+    def verify(self, network, box, target, k=2, mode="decide", time_limit=None):
+        self.calls += 1
+        return Unknown(tier="undecided", reason="never decides")
+
+
+def start(pb, scale=0.3):
+    """A proven vector well inside the robust region: ``scale`` times the uniform radius (exact bisection)."""
+    lo, hi = 0.0, float(np.max(pb.saturation))
+    while hi - lo > 1e-3:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if truth(pb, np.full(pb.num_layers, mid)) < -ROBUST_TOLERANCE else (lo, mid)
+    eps = pb.clip(np.full(pb.num_layers, scale * lo))
+    assert pb.query(eps).is_robust
+    return eps
+
+
+@pytest.mark.parametrize("seed,hidden,classes", CASES)
+def test_push_reaches_the_boundary_of_every_layer_with_an_exact_verifier(seed, hidden, classes):
+    pb = problem(seed, hidden, classes)
+    eps0 = start(pb)
+    eps, statuses, report = push_to_boundary(pb, eps0, DELTA, [Tier("exact", None, None)])
+    assert np.all(eps >= eps0) and truth(pb, eps) < -ROBUST_TOLERANCE  # grown, and proven
+    assert pb.known_robust(eps) is not None  # by a query of the exact vector (or one above it)
+    assert report.stop_reason == "every layer settled" and report.proven >= 1
+    res = apply_upper_bounds(pb, eps, statuses, DELTA)
+    for d, m in enumerate(res):
+        lo, hi = layer_boundary(pb, eps, d)
+        # the exact verifier decides every query: every layer ends saturated or within delta of a counterexample
+        assert m.status in ("refuted", "saturated"), (d, m.status, m.reason)
+        if m.status == "refuted":
+            assert m.refuted_eps - eps[d] <= DELTA * (1 + 1e-9)
+            assert lo - eps[d] <= DELTA + 1e-3  # the true boundary is within delta (bisection tolerance 1e-3)
+            assert m.refuted_eps >= lo  # a refutation is never below a robust value
+
+
+@settings(max_examples=6, deadline=None)
+@given(scale=st.floats(0.0, 0.9), seed=st.sampled_from([4, 6]), order=st.permutations(range(4)))
+def test_push_never_reports_an_unproven_vector(scale, seed, order):
+    """Whatever the start and the order of the layers, the pushed vector is robust (exact oracle) and every upper
+    bound stays above the true boundary."""
+    pb = problem(seed, 3, 3)
+    eps0 = start(pb, scale)
+    layers = [d for d in order if d < pb.num_layers]
+    eps, statuses, _ = push_to_boundary(pb, eps0, DELTA, [Tier("exact", None, None)], layers=layers)
+    assert truth(pb, eps) < -ROBUST_TOLERANCE
+    for d, up in enumerate(known_upper_bounds(pb, eps)):
+        if up is not None:
+            assert truth(pb, np.where(np.arange(pb.num_layers) == d, up.eps, eps)) >= 0
+
+
+def test_a_tier_that_cannot_decide_hands_the_layers_to_the_next():
+    pb = problem(4, 3, 3)
+    eps0 = start(pb)
+    useless = Undecided()
+    eps, statuses, report = push_to_boundary(pb, eps0, DELTA, [Tier("undecided", useless, 1.0),
+                                                               Tier("exact", None, None)])
+    assert useless.calls >= 1 and report.escalations >= 1
+    assert report.queries["undecided:unknown"] == useless.calls
+    assert any(k.startswith("exact:") for k in report.queries)
+    res = apply_upper_bounds(pb, eps, statuses, DELTA)
+    assert all(m.status in ("refuted", "saturated") for m in res)
+    assert truth(pb, eps) < -ROBUST_TOLERANCE
+
+
+def test_only_undecided_tiers_leave_the_vector_and_say_unknown():
+    pb = problem(4, 3, 3)
+    eps0 = start(pb)
+    # warm attack off: nothing refutes, nothing proves
+    pb.warm_attack = False
+    eps, statuses, report = push_to_boundary(pb, eps0, DELTA, [Tier("undecided", Undecided(), 1.0)])
+    assert np.array_equal(eps, eps0) and report.proven == 0
+    unknown = [m for m in statuses if m.status == "unknown"]
+    assert unknown and all(m.tier == "undecided" for m in unknown)
+
+
+@pytest.mark.parametrize("seed,hidden,classes", CASES)
+def test_boundary_method_certifies_layers_with_confirmed_counterexamples(seed, hidden, classes):
+    pb = problem(seed, hidden, classes)
+    res = run_search(pb, SearchOptions(**SHORT))
+    assert res.method == "boundary" and res.verified and truth(pb, res.epsilons) < -ROBUST_TOLERANCE
+    assert "push" in res.details and res.details["push"]["tiers"] == ["exact-lp"]
+    assert res.details["push"]["proven"] >= 1 and res.details["push"]["stop_reason"] == "every layer settled"
+    assert assert_refutations_rerun(pb, res) >= 1  # every refuted eps re-runs, certified ones within delta
+    eps = np.asarray(res.epsilons)
+    certified = [m for m in res.maximality if m.certified]
+    assert len(certified) == res.num_layers  # the exact verifier settles every layer of a tiny net
+    for m in certified:
+        if m.status == "refuted":
+            lo, _ = layer_boundary(pb, eps, m.layer)
+            assert lo - eps[m.layer] <= DELTA + 1e-3
+
+
+@pytest.mark.parametrize("after", [3, 8])
+def test_ctrl_c_during_the_push_returns_a_proven_vector(after):
+    """Ctrl-C once the push has started: the result is the best proven vector, flagged, its refutations re-run."""
+    pb = problem(4, 3, 3)
+    calls = {"n": 0}
+    interrupt = InterruptAfter(after)
+
+    def progress(event):
+        if event.phase == "boundary":
+            calls["n"] += 1
+            interrupt(event)
+
+    pb.progress = progress
+    res = run_search(pb, SearchOptions(**SHORT))
+    assert calls["n"] >= after  # it was the push that got interrupted
+    assert res.interrupted and res.verified
+    assert truth(pb, res.epsilons) < -ROBUST_TOLERANCE
+    proven = [r.eps for r in pb.records if r.verdict.is_robust]
+    assert res.size >= max(pb.size(e) for e in proven) - 1e-12
+    assert_refutations_rerun(pb, res)
+
+
+def test_push_tiers_of_a_cascade_go_from_bounds_to_bab_to_milp():
+    tiers = push_tiers(Cascade(), query_time_limit=30.0)
+    assert [t.name for t in tiers] == ["bounds", "bab", "milp"]
+    assert tiers[0].time_limit <= 30.0 and tiers[1].time_limit <= tiers[0].time_limit
+    assert tiers[2].time_limit == 30.0
+    assert tiers[1].verifier.use_bab and not tiers[1].verifier.use_attack
+    assert [t.name for t in push_tiers(Cascade(), None, milp=False)] == ["bounds", "bab"]
+    assert len(push_tiers(Undecided(), 5.0)) == 1
+
+
+@pytest.mark.parametrize("seed,hidden,classes", CASES)
+def test_object_floor_is_half_of_the_refuted_radius_capped_at_the_proven_one(seed, hidden, classes):
+    from test_search_boundary import object_radius
+
+    pb = problem(seed, hidden, classes)
+    res = run_search(pb, SearchOptions(method="boundary", delta=DELTA))
+    obj = res.details["object"]
+    r_true = object_radius(pb)
+    proven, refuted = obj["radius_alone"], obj["refuted_alone"]
+    assert proven <= r_true + 1e-3  # proven: not above the true radius
+    if refuted is not None:
+        assert refuted >= r_true - 1e-3  # refuted by a counterexample: not below it
+        assert obj["floor"] == pytest.approx(min(0.5 * refuted, OBJECT_FLOOR_CAP * proven))
+    assert obj["floor"] >= 0.5 * proven and res.eps0 >= obj["floor"] - 1e-12
+    assert res.eps0 >= 0.5 * r_true - DELTA / 2
+    assert res.to_json()["object"]["refuted_alone"] == refuted
+
+
+def test_the_other_methods_keep_the_floor_of_the_proven_radius():
+    pb = problem(4, 3, 3)
+    res = run_search(pb, SearchOptions(method="optimize", delta=DELTA))
+    obj = res.details["object"]
+    assert obj["refuted_alone"] is not None and obj["refuted_alone"] > obj["radius_alone"]
+    assert obj["floor"] == pytest.approx(0.5 * obj["radius_alone"])
