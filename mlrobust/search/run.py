@@ -243,6 +243,7 @@ def _object_floor(problem: SearchProblem, opt: SearchOptions, st: _State, lo: fl
         return problem.clip(e)
 
     radius = bisect_scale(problem, alone, lo, float(problem.saturation[0]), st.delta, "object alone")
+    by_bounds = radius
     # the attack's upper bound of the radius (a few PGD runs on object-only boxes)
     attack_upper_bounds(problem, alone(radius), st.delta, layers=[0])
     up = known_upper_bounds(problem, alone(radius))[0]
@@ -261,7 +262,8 @@ def _object_floor(problem: SearchProblem, opt: SearchOptions, st: _State, lo: fl
     reference = radius if (refuted is None or opt.object_reference == "proven") else refuted
     share = opt.object_share * reference
     problem.floor[0] = min(share, radius if opt.object_reference == "proven" else OBJECT_FLOOR_CAP * radius)
-    st.details["object"] = {"radius_alone": radius, "refuted_alone": refuted, "share": opt.object_share,
+    st.details["object"] = {"radius_alone": radius, "radius_bounds": by_bounds, "refuted_alone": refuted,
+                            "share": opt.object_share,
                             "floor": float(problem.floor[0])}
 
 
@@ -319,7 +321,9 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
             candidates = [("uniform", probe)] + shaped_starts(problem, tol=min(AUTO_PROBE_TOL, delta))
             if "object" in st.details:
                 alone = np.zeros(n)
-                alone[0] = st.details["object"]["radius_alone"]
+                # the radius the cheap tiers proved: the search's phases run on them, and from the complete
+                # verifier's radius they cannot grow any ring (mnist2_l0 ex00 at 120 s stayed at the object alone)
+                alone[0] = st.details["object"]["radius_bounds"]
                 candidates.append(("object alone", problem.clip(alone)))
             st.details["starts"] = {name: problem.size(e) for name, e in candidates}
             name, start = max(candidates, key=lambda c: problem.size(c[1]))
