@@ -357,3 +357,18 @@ def test_open_domains_are_handed_to_the_milp():
     assert isinstance(v, Robust) and v.stats["bab"]["milp_domains"] > 1 and v.bound < -ROBUST_TOLERANCE
     xs = sample_box(box.lower, box.upper, 2000, 3)
     assert np.all(topk_margin(net.logits(xs), target, 2) < 0)
+
+
+def test_a_stalled_branch_and_bound_hands_over_and_an_improving_one_does_not():
+    """stall_progress is the share of the root's gap the worst bound must close once stall_share of the time has
+    passed: demanding all of it at once stalls at the first round, demanding none never does (the worst open bound
+    never rises above the root's)."""
+    net, box, target = _query(12, 0.4)
+    stalled = BabVerifier(root_attack=False, stall_share=0.0, stall_progress=1.0).verify(net, box, target, 2,
+                                                                                        time_limit=30)
+    assert not stalled.is_robust and not stalled.is_not_robust
+    assert stalled.reason.startswith("stalled") and stalled.stats["bab"]["stalled"]
+    assert stalled.stats["bab"]["domains"] == 1  # only the root was bounded
+    patient = BabVerifier(root_attack=False, stall_share=0.0, stall_progress=0.0).verify(net, box, target, 2,
+                                                                                        time_limit=30)
+    assert isinstance(patient, Robust)

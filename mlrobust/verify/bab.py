@@ -229,7 +229,10 @@ class BabOptions:
     anytime, so a large layer only gets that share). ``refresh_intermediate``: recompute each child's intermediate
     bounds by CROWN under its splits before α/β (off: a child keeps its parent's, with the split neurons clamped,
     and β carries the split constraints; measured faster to a proof on the reference CNN and MNIST 256x2, e.g.
-    ``mnist2_pgd`` at 1.08× its searched neighborhood 17 s against 59 s). ``attack_every``: rounds between PGD runs
+    ``mnist2_pgd`` at 1.08× its searched neighborhood 17 s against 59 s). ``stall_share``: give up (Unknown, reason
+    "stalled") once that share of the time limit has passed while the worst open bound has closed less than
+    ``stall_progress`` of the root's gap to ``-ROBUST_TOLERANCE`` — for a verifier after which another tier (the
+    cascade's MILP) may still decide the query; None: never. ``attack_every``: rounds between PGD runs
     from the worst domains' corners. ``time_limit``: default seconds when the caller gives none.
     """
 
@@ -252,6 +255,8 @@ class BabOptions:
     mixed_rows: bool = True
     fsb_batched: bool = True
     root_intermediate: float = 0.05
+    stall_share: float | None = None
+    stall_progress: float = 0.1
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
@@ -441,6 +446,13 @@ class BabVerifier:
             if out_of_time():
                 return finish("unknown", queue.worst(), f"time limit with {len(queue)} domains open "
                                                            f"(worst bound {queue.worst():.4g})")
+            if (opts.stall_share is not None and limit is not None
+                    and time.perf_counter() - start >= opts.stall_share * limit
+                    and queue.worst() > root_dom.value - opts.stall_progress * (root_dom.value + ROBUST_TOLERANCE)):
+                stats["stalled"] = True
+                return finish("unknown", queue.worst(), f"stalled: the worst bound went from {root_dom.value:.4g} "
+                                                           f"to {queue.worst():.4g} in {opts.stall_share:.0%} of the "
+                                                           "time")
             if stats["domains"] >= opts.max_domains:
                 return finish("unknown", queue.worst(), f"domain limit {opts.max_domains} reached "
                                                            f"(worst bound {queue.worst():.4g})")

@@ -33,6 +33,9 @@ def _merge(*lists: list[WeakPoint], limit: int | None = None) -> list[WeakPoint]
     return out if limit is None else out[:limit]
 
 
+#: Share of the BaB tier's time after which it hands over to the MILP when its worst bound has barely moved.
+STALL_SHARE = 0.25
+
 class Cascade:
     """attack -> bounds -> [BaB] -> MILP. Tiers can be switched off; ``milp`` may be any verifier object.
 
@@ -56,7 +59,9 @@ class Cascade:
         self.use_bounds = use_bounds
         self.weak_point_limit = weak_point_limit
         self.use_bab = use_bab
-        self.bab = bab or BabVerifier()
+        # the MILP after it can still decide a query the BaB makes no headway on (e.g. a counterexample the
+        # attack missed): a stalled BaB hands over early
+        self.bab = bab or BabVerifier(stall_share=STALL_SHARE)
         self.bab_share = bab_share
         self.calls = {"attack": 0, "bounds": 0, "bab": 0, "milp": 0}
 
