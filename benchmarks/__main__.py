@@ -24,7 +24,7 @@ import sys  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchmarks.suite import ROOT, STEPS, SUITES, run_suite  # noqa: E402
+from benchmarks.suite import ROOT, STEPS, SUITES, report_violations, run_suite  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,10 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_suite(cfg, args.out, work, args.examples, log)
     print(f"wrote {args.out / (cfg.name + '.json')} and {args.out / (cfg.name + '.md')} "
           f"({results['seconds']:.0f} s)", flush=True)
-    if results["violations"]:
-        print(f"SOUNDNESS VIOLATIONS: {len(results['violations'])}", file=sys.stderr)
-        for v in results["violations"]:
-            print(f"  {v}", file=sys.stderr)
+    if report_violations(results["violations"]):
         return 1
     print("soundness checks passed", flush=True)
     return 0

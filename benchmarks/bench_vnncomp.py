@@ -500,21 +500,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(msg, flush=True)
 
+    from benchmarks.suite import report_violations, write_results
+
     results = run(args, log)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    args.out.write_text(markdown(results))
-    print(f"wrote {args.out} and {args.out.with_suffix('.json')} ({results['seconds']:.0f} s)", flush=True)
+    path = write_results(args.out, results, markdown(results))
+    print(f"wrote {args.out} and {path} ({results['seconds']:.0f} s)", flush=True)
     for s in results["summary"]:
         if s["model"] == "all":
             med = "–" if s["median_s"] is None else f"{s['median_s']:.1f} s"
             print(f"  {s['method']}: solved {s['solved']}/{s['instances']}, median {med}", flush=True)
-    if results["violations"]:
-        print(f"SOUNDNESS VIOLATIONS: {len(results['violations'])}", file=sys.stderr)
-        for v in results["violations"]:
-            print(f"  {v}", file=sys.stderr)
-        return 1
-    return 0
+    return report_violations(results["violations"])
 
 
 if __name__ == "__main__":

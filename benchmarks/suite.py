@@ -80,6 +80,26 @@ def machine() -> dict:
 
 
 # --- steps ----------------------------------------------------------------------------------------------------------
+def write_results(out: Path, results: dict, text: str) -> Path:
+    """Write the Markdown report ``text`` to ``out`` and ``results`` to its ``.json`` sibling (folder created);
+    returns the JSON path."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.with_suffix(".json")
+    path.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    out.write_text(text)
+    return path
+
+
+def report_violations(violations: list) -> int:
+    """Print soundness violations to stderr; the exit status a benchmark ends with (1 if there are any)."""
+    if not violations:
+        return 0
+    print(f"SOUNDNESS VIOLATIONS: {len(violations)}", file=sys.stderr)
+    for v in violations:
+        print(f"  {v}", file=sys.stderr)
+    return 1
+
+
 def step_reference(cfg: SuiteConfig, examples: Path, work: Path, log: Callable) -> dict:
     from benchmarks.suite_reference import aggregate, cascade_rates, run_reference, which_model
 
