@@ -216,6 +216,10 @@ class RowMix:
         w = self.init if weights is None else np.asarray(weights, dtype=np.float64)
         return w @ self.base
 
+    def select(self, rows: np.ndarray) -> RowMix:
+        """The mixture of specification rows ``rows`` only (same base rows)."""
+        return RowMix(self.base, self.groups[rows], None if self.init is None else self.init[rows])
+
 
 @dataclass
 class DomainBatch:
@@ -697,6 +701,18 @@ def _optimise_intermediate(network: Network, domains: DomainBatch, options: Alph
 
 
 # --- public entry points ----------------------------------------------------------------------------------------
+def _output_rows(network: Network, coeffs: np.ndarray, d: int) -> Tensor:
+    """``coeffs`` (``(S, C)`` for every domain or ``(D, S, C)`` per domain) checked and shaped as the backward
+    pass's starting coefficients on the output, ``(1 or D, S, *output shape)``."""
+    coeffs = np.asarray(coeffs, dtype=np.float64)
+    if coeffs.ndim == 2:
+        coeffs = coeffs[None]
+    c = network.num_classes
+    if coeffs.ndim != 3 or coeffs.shape[2] != c or coeffs.shape[0] not in (1, d):
+        raise InputError(f"coeffs must have shape (S, {c}) or ({d}, S, {c}); got {coeffs.shape}")
+    return torch.as_tensor(coeffs).reshape(coeffs.shape[0], coeffs.shape[1], *network.shape_of(network.output_name))
+
+
 def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, options: AlphaOptions | None = None,
                  warm: AlphaState | None = None, stop: Callable[[np.ndarray], bool] | None = None,
                  mix: RowMix | None = None) -> AlphaResult:
@@ -720,12 +736,7 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
         if mix.base.shape[1] != network.num_classes:
             raise InputError(f"row mixture base rows must have {network.num_classes} columns; got {mix.base.shape}")
         coeffs = mix.coefficients()
-    coeffs = np.asarray(coeffs, dtype=np.float64)
-    if coeffs.ndim == 2:
-        coeffs = coeffs[None]
-    c = network.num_classes
-    if coeffs.ndim != 3 or coeffs.shape[2] != c or coeffs.shape[0] not in (1, d):
-        raise InputError(f"coeffs must have shape (S, {c}) or ({d}, S, {c}); got {coeffs.shape}")
+    a0 = _output_rows(network, coeffs, d)
     with torch_threads(options.threads):
         used, empty = _clamped(network, domains)
         rows_intermediate = 0
@@ -738,7 +749,6 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
             ctx.mix_valid = torch.as_tensor(mix.groups)[None]
             ctx.mix_init = torch.as_tensor(mix.init)[None]
         plan = _plan(network, out)
-        a0 = torch.as_tensor(coeffs).reshape(coeffs.shape[0], coeffs.shape[1], *network.shape_of(out))
         capture: dict[str, Tensor] = {}
         res = _optimise(ctx, plan, out, a0, options, warm, deadline, capture, stop)
     lower = res.lower.numpy().copy()
@@ -757,16 +767,13 @@ def bounds_at(network: Network, domains: DomainBatch, coeffs: np.ndarray, state:
     range; missing ones are CROWN's): one backward pass, no optimisation and no comparison with CROWN — the cheap
     estimate branching heuristics need (``+inf`` for an empty domain)."""
     _check_domains(network, domains)
-    coeffs = np.asarray(coeffs, dtype=np.float64)
-    if coeffs.ndim == 2:
-        coeffs = coeffs[None]
+    a0 = _output_rows(network, coeffs, domains.size)
     with torch_threads(1), torch.no_grad():
         used, empty = _clamped(network, domains)
         ctx = _context(network, used)
         out = network.output_name
         plan = _plan(network, out)
-        a0 = torch.as_tensor(coeffs).reshape(coeffs.shape[0], coeffs.shape[1], *network.shape_of(out))
-        ctx.params = _adopt(_default_params(ctx, plan, domains.size, coeffs.shape[1]), state, ctx)
+        ctx.params = _adopt(_default_params(ctx, plan, domains.size, a0.shape[1]), state, ctx)
         lower = _sound(*_backward(ctx, plan, out, a0)).numpy().copy()
     lower[empty] = np.inf
     return lower

@@ -572,11 +572,13 @@ class BabVerifier:
         dom.value = float(spec.value(ub[None])[0])
         row = spec.binding_row(ub)
         dom.binding = row
-        at = row if r.rows is None else np.flatnonzero(r.rows == row)
-        if r.rows is not None and at.size == 0:  # the binding row was not bounded: its clause was proven before
-            dom.objective, dom.relu_coeff, dom.input_coeff = None, {}, None
-            return dom
-        at = int(at) if r.rows is None else int(at[0])
+        at = row  # the binding row's place among the rows bounded
+        if r.rows is not None:
+            hit = np.flatnonzero(r.rows == row)
+            if hit.size == 0:  # the binding row was not bounded: its clause was proven before
+                dom.objective, dom.relu_coeff, dom.input_coeff = None, {}, None
+                return dom
+            at = int(hit[0])
         dom.objective = None if r.coeffs is None else r.coeffs[at]
         dom.relu_coeff = {n: c[at].astype(np.float32) for n, c in r.relu_coeff.items()}
         dom.input_coeff = None if r.input_coeff is None else r.input_coeff[at].astype(np.float32)
@@ -694,9 +696,12 @@ def _intermediate_cost(network: Network, bounds: Bounds) -> int:
     if t is None:
         return 0
     unstable = int(((bounds.lower[t] < 0) & (bounds.upper[t] > 0)).sum())
-    path = sum(int(np.prod(network.shape_of(n.output))) for n in network.nodes[: [n.output for n in network.nodes]
-                                                                                  .index(t)])
-    return 2 * unstable * (path + int(np.prod(network.sample_shape)))
+    path = int(np.prod(network.sample_shape))
+    for node in network.nodes:  # the tensors computed before t
+        if node.output == t:
+            break
+        path += int(np.prod(network.shape_of(node.output)))
+    return 2 * unstable * path
 
 
 def _coeffs(spec: OutputSpec) -> np.ndarray:

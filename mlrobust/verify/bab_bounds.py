@@ -312,7 +312,7 @@ class AlphaEngine:
             rows = np.asarray(rows, dtype=np.int64)
             coeffs = coeffs[rows]
             if mix is not None:
-                mix = RowMix(mix.base, mix.groups[rows], None if mix.init is None else mix.init[rows])
+                mix = mix.select(rows)
         out: list[DomainBound | None] = [None] * len(domains)
         live: list[Domain] = []
         where: list[int] = []
@@ -329,11 +329,7 @@ class AlphaEngine:
                 live.append(dom)
                 where.append(i)
         if live:
-            pre = self.pre_tensors
-            batch = DomainBatch(np.stack([d.lower for d in live]), np.stack([d.upper for d in live]),
-                                {t: np.stack([d.pre_lower[t] for d in live]).astype(np.float64) for t in pre},
-                                {t: np.stack([d.pre_upper[t] for d in live]).astype(np.float64) for t in pre},
-                                {n.name: np.stack([d.splits[n.name] for d in live]) for n in self.relu_nodes})
+            batch = self._batch(live)
             warm = _stack_states([d.warm for d in live]) if self.keep_warm else None
             if warm is not None and rows is not None:
                 warm = warm.select_rows(rows) if warm.rows == full else None
@@ -363,6 +359,14 @@ class AlphaEngine:
         return [o for o in out if o is not None]
 
 
+    def _batch(self, domains: list[Domain]) -> DomainBatch:
+        """The domains stacked for one α/β call (their float32 bounds widened to float64 exactly)."""
+        pre = self.pre_tensors
+        return DomainBatch(np.stack([d.lower for d in domains]), np.stack([d.upper for d in domains]),
+                           {t: np.stack([d.pre_lower[t] for d in domains]).astype(np.float64) for t in pre},
+                           {t: np.stack([d.pre_upper[t] for d in domains]).astype(np.float64) for t in pre},
+                           {n.name: np.stack([d.splits[n.name] for d in domains]) for n in self.relu_nodes})
+
     def split_scores(self, domains: list[Domain], objectives: np.ndarray,
                      choices: list[list[tuple[str, str, int]]]) -> list[np.ndarray]:
         """Lower bounds of ``objectives[i] · y`` on both children of each candidate split of domain ``i``, all
@@ -379,11 +383,7 @@ class AlphaEngine:
                     owner.append(i)
         if not kids:
             return [np.zeros((0, 2)) for _ in domains]
-        pre = self.pre_tensors
-        batch = DomainBatch(np.stack([d.lower for d in kids]), np.stack([d.upper for d in kids]),
-                            {t: np.stack([d.pre_lower[t] for d in kids]).astype(np.float64) for t in pre},
-                            {t: np.stack([d.pre_upper[t] for d in kids]).astype(np.float64) for t in pre},
-                            {n.name: np.stack([d.splits[n.name] for d in kids]) for n in self.relu_nodes})
+        batch = self._batch(kids)
         rows = np.asarray([d.binding if d.binding is not None else 0 for d in domains])
         warm = None
         if self.keep_warm and all(isinstance(d.warm, AlphaState) for d in domains):
