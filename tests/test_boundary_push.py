@@ -18,8 +18,9 @@ from test_search_boundary import (
     truth,
 )
 
-from mlrobust.search.boundary import Tier, push_to_boundary
+from mlrobust.search.boundary import Tier, push_to_boundary, rescaled_statuses, scale_to_boundary
 from mlrobust.search.intervals import apply_upper_bounds, known_upper_bounds
+from mlrobust.search.maximality import LayerMaximality
 from mlrobust.search.run import OBJECT_FLOOR_CAP, SearchOptions, run_search
 from mlrobust.search.tiers import push_tiers
 from mlrobust.verify.cascade import Cascade
@@ -187,3 +188,43 @@ def test_the_other_methods_keep_the_floor_of_the_proven_radius():
     obj = res.details["object"]
     assert obj["refuted_alone"] is not None and obj["refuted_alone"] > obj["radius_alone"]
     assert obj["floor"] == pytest.approx(0.5 * obj["radius_alone"])
+
+
+@pytest.mark.parametrize("seed,hidden,classes", CASES)
+def test_scale_step_grows_the_whole_vector_to_within_its_resolution_of_the_boundary(seed, hidden, classes):
+    """With an exact verifier the common factor ends proven, and one doubled final step above it is not robust."""
+    pb = problem(seed, hidden, classes)
+    eps0 = start(pb, scale=0.5)
+    eps, report = scale_to_boundary(pb, eps0, Tier("exact", None, None), first_step=0.05, min_step=0.01)
+    assert report.scale > 1.0 and report.queries["robust"] >= 1
+    assert np.allclose(eps, pb.clip(eps0 * report.scale))
+    assert truth(pb, eps) < -ROBUST_TOLERANCE and pb.known_robust(eps) is not None
+    above = pb.clip(eps0 * report.scale * 1.02)  # the last failed step was below twice the smallest step
+    assert not np.array_equal(above, eps) and truth(pb, above) >= -ROBUST_TOLERANCE
+    assert report.stop_reason.startswith("step below")
+
+
+def test_scale_step_never_queries_past_a_known_refutation():
+    pb = problem(4, 3, 3)
+    eps0 = start(pb, scale=0.5)
+    _, _, _ = push_to_boundary(pb, eps0, DELTA, [Tier("exact", None, None)], layers=[0])  # refutes layer 0
+    up = known_upper_bounds(pb, eps0)[0]
+    assert up is not None and eps0[0] > 0
+    cap = up.eps / eps0[0]
+    tier = Undecided()
+    eps, report = scale_to_boundary(pb, eps0, Tier("undecided", tier, None), first_step=4 * cap, min_step=0.01)
+    # every query it made (undecided ones) stayed below the refutation's factor; none is accepted
+    assert np.array_equal(eps, pb.clip(eps0)) and report.scale == 1.0
+    assert tier.calls == report.queries["unknown"] >= 1 and report.queries["robust"] == 0
+    scaled = [r for r in pb.records if r.purpose.startswith("scale")]
+    # (the search's warm attack may refute some before the tier is asked)
+    assert len(scaled) == sum(report.queries.values()) and all(r.eps[0] < up.eps for r in scaled)
+
+
+def test_statuses_about_values_the_scale_step_passed_become_unchecked():
+    before = [LayerMaximality(0, "unknown", 0.10, tried=0.11, tier="milp"),
+              LayerMaximality(1, "unknown", 0.10, tried=0.20, tier="milp"),
+              LayerMaximality(2, "refuted", 0.10, tried=0.11, tier="attack")]
+    after = rescaled_statuses(before, np.array([0.12, 0.12, 0.12]))
+    assert [m.status for m in after] == ["unchecked", "unknown", "refuted"]
+    assert [m.eps for m in after] == [0.12, 0.12, 0.12] and after[1].tried == 0.20

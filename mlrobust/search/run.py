@@ -12,7 +12,7 @@ import numpy as np
 from mlrobust.bounds.alpha_crown import AlphaOptions
 from mlrobust.errors import InputError
 from mlrobust.search.baselines import bisect_scale, floored_uniform, layer_search, uniform_search
-from mlrobust.search.boundary import push_to_boundary
+from mlrobust.search.boundary import push_to_boundary, rescaled_statuses, scale_to_boundary
 from mlrobust.search.cegis import CUTTINGS, cutting_weights
 from mlrobust.search.certificate import certificate_search
 from mlrobust.search.intervals import apply_upper_bounds, attack_upper_bounds, gap_order, known_upper_bounds
@@ -60,7 +60,10 @@ class SearchOptions:
     ``push`` (default: on for the ``boundary`` method, which also skips the refinement) replaces that maximality
     check by the push to the boundary (:mod:`mlrobust.search.boundary`): after the exploration and the attack's
     upper bounds, every layer is bisected between its proven and its refuted epsilon by the cheap verifier tiers
-    first (bounds, then a short branch and bound, then the MILP with ``push_milp``), for the rest of the budget.
+    first (bounds, then a short branch and bound, then the MILP with ``push_milp``), until the last ``scale_share``
+    of the time limit, which goes to growing the whole vector by a common factor with the strongest tier
+    (:func:`~mlrobust.search.boundary.scale_to_boundary`: the MILP proves a few percent more of the vector where
+    no bound does).
 
     ``object_share`` (growing methods only): the object's epsilon never falls below this share of the object's own robust
     radius (layer 0 alone, the rings at 0), so the rings cannot buy size by starving the object the question is
@@ -86,6 +89,7 @@ class SearchOptions:
     object_reference: str | None = None  # "refuted" or "proven" radius; None: "refuted" for boundary only
     push: bool | None = None
     push_milp: bool = True
+    scale_share: float = 0.25
     certificate_alpha: int = 0  # α-CROWN iterations for the certificate method's trust region (0: plain CROWN)
     optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
 
@@ -112,6 +116,8 @@ class SearchOptions:
             self.push = self.method == "boundary"
         if not 0 <= self.object_refine_share <= 1:
             raise InputError(f"object_refine_share must be in [0, 1], got {self.object_refine_share!r}")
+        if not 0 <= self.scale_share < 1:
+            raise InputError(f"scale_share must be in [0, 1), got {self.scale_share!r}")
         if not 0 <= self.upper_share <= 1:
             raise InputError(f"upper_share must be in [0, 1], got {self.upper_share!r}")
         if not 0 < self.explore_share <= self.refine_share <= 1:
@@ -415,5 +421,14 @@ def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
     def keep(eps: np.ndarray) -> None:
         st.eps = eps  # an interruption reports the latest proven vector
 
-    st.eps, st.maximality, report = push_to_boundary(problem, st.eps, delta, tiers, on_improve=keep)
+    scale_from = None
+    if opt.scale_share > 0 and limit is not None and len(tiers) > 1:
+        scale_from = limit * (1 - float(opt.scale_share))
+    st.eps, st.maximality, report = push_to_boundary(problem, st.eps, delta, tiers, deadline=scale_from,
+                                                     on_improve=keep)
     st.details["push"] = dict(report.to_dict(), tiers=[t.name for t in tiers])
+    if scale_from is not None:
+        problem.notify("phase", "scaling the whole vector with the complete verifier")
+        st.eps, scaled = scale_to_boundary(problem, st.eps, tiers[-1], deadline=limit, on_improve=keep)
+        st.maximality = rescaled_statuses(st.maximality, st.eps)
+        st.details["scale"] = scaled.to_dict()
