@@ -177,6 +177,12 @@ def _cascade_alpha_bab() -> Verifier:
 
     bounds = _bound_check("alpha")
     bab = _bab()
+    try:  # as the cascade builds its own tier: a stalled BaB hands the rest of the time to the MILP
+        from mlrobust.verify.cascade import STALL_SHARE
+
+        bab.options.stall_share = STALL_SHARE  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        pass
     if isinstance(bounds, AlphaBoundCheck):
         milp: Verifier = MilpOnBounds(bounds)  # reuses the bound tier's α margins of the same box
     else:
