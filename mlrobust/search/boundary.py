@@ -202,8 +202,10 @@ def scale_to_boundary(problem: SearchProblem, eps: np.ndarray, tier: Tier, deadl
     eps = problem.clip(eps).copy()
     report = ScaleReport()
     uppers = known_upper_bounds(problem, eps)
-    caps = [u.eps / eps[d] for d, u in enumerate(uppers) if u is not None and eps[d] > 0]
-    cap = min(caps) if caps else float("inf")
+    cap = float("inf")
+    for d, up in enumerate(uppers):
+        if up is not None and eps[d] > 0:
+            cap = min(cap, float(up.eps / eps[d]))
     step = float(first_step)
     problem.phase = "boundary"
     while True:
