@@ -110,7 +110,7 @@ def run_one(model: str, entry: dict, method: str, budget: float, examples: Path)
             "median_gap_ratio": res.median_gap_ratio, "refutations_rerun": refutations_rerun(res, prep.network, prep.nbhd),
             "verified": res.verified, "delta": res.delta, "seconds": seconds,
             "milp_calls": res.stats.milp_calls, "stop_reason": res.stop_reason,
-            "push": res.details.get("push")}
+            "push": res.details.get("push"), "scale": res.details.get("scale")}
 
 
 def fmt(v, spec: str = ".4f") -> str:
@@ -131,7 +131,8 @@ def markdown(data: dict) -> str:
               "counterexample, others at ε*); *gap ratio* is the median of ε*_d / refuted_ε_d over them. *r↑* is "
               "the object-alone radius the search's attack refuted (an upper bound of the true radius, so "
               "ε_0 / r↑ is a lower bound of ε_0 over the true radius); *push* counts the push's proofs / "
-              "refutations / undecided queries (boundary method)."), "",
+              "refutations / undecided queries (boundary method), then the common factor its final scale step "
+              "proved with the complete verifier."), "",
              ("| model | image | method | budget | w·ε* | ε_0 | object r | ε_0 / r | r↑ | ε_0 / r↑ | attack scale | "
               "certified | upper | gap ratio | median gap | push | time s | MILP | sound |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -142,6 +143,8 @@ def markdown(data: dict) -> str:
         ratio_up = (r["eps0"] / up) if up else None
         push = r.get("push")
         push_s = "–" if not push else f"{push['proven']}/{push['refuted']}/{push['undecided']}"
+        if r.get("scale"):
+            push_s += f", ×{r['scale']['scale']:.3g}"
         lines.append(f"| {r['model']} | {r['image']} | {r['method']} | {r['budget']:g} | {fmt(r['size'])} | "
                      f"{fmt(r['eps0'])} | {fmt(r.get('object_radius'))} | {fmt(ratio, '.2f')} | {fmt(up)} | "
                      f"{fmt(ratio_up, '.2f')} | "

@@ -228,3 +228,19 @@ def test_statuses_about_values_the_scale_step_passed_become_unchecked():
     after = rescaled_statuses(before, np.array([0.12, 0.12, 0.12]))
     assert [m.status for m in after] == ["unchecked", "unknown", "refuted"]
     assert [m.eps for m in after] == [0.12, 0.12, 0.12] and after[1].tried == 0.20
+
+
+def test_boundary_method_bounds_every_layer_again_at_the_final_vector():
+    """The last share of the budget re-runs the attack's upper bounds from the final vector; every refuted eps it
+    reports still re-runs on the network, and no layer's gap is negative."""
+    pb = problem(4, 3, 3)
+    res = run_search(pb, SearchOptions(**SHORT, final_upper_share=0.05))
+    final = res.details["final_upper_bounds"]
+    assert final["seconds"] >= 0 and final["found"] <= final["projected"] + final["attacks"]
+    assert assert_refutations_rerun(pb, res) >= 1
+    eps = np.asarray(res.epsilons)
+    for m in res.maximality:
+        if m.refuted_eps is not None:
+            assert m.refuted_eps >= eps[m.layer] - 1e-12
+    off = run_search(problem(4, 3, 3), SearchOptions(**SHORT, final_upper_share=0.0))
+    assert "final_upper_bounds" not in off.details

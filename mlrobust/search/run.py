@@ -63,7 +63,8 @@ class SearchOptions:
     first (bounds, then a short branch and bound, then the MILP with ``push_milp``), until the last ``scale_share``
     of the time limit, which goes to growing the whole vector by a common factor with the strongest tier
     (:func:`~mlrobust.search.boundary.scale_to_boundary`: the MILP proves a few percent more of the vector where
-    no bound does).
+    no bound does); the last ``final_upper_share`` goes to the attack's upper bounds once more, now with the other
+    layers at their final values.
 
     ``object_share`` (growing methods only): the object's epsilon never falls below this share of the object's own robust
     radius (layer 0 alone, the rings at 0), so the rings cannot buy size by starving the object the question is
@@ -90,6 +91,7 @@ class SearchOptions:
     push: bool | None = None
     push_milp: bool = True
     scale_share: float = 0.25
+    final_upper_share: float = 0.05
     certificate_alpha: int = 0  # α-CROWN iterations for the certificate method's trust region (0: plain CROWN)
     optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
 
@@ -116,8 +118,9 @@ class SearchOptions:
             self.push = self.method == "boundary"
         if not 0 <= self.object_refine_share <= 1:
             raise InputError(f"object_refine_share must be in [0, 1], got {self.object_refine_share!r}")
-        if not 0 <= self.scale_share < 1:
-            raise InputError(f"scale_share must be in [0, 1), got {self.scale_share!r}")
+        if not 0 <= self.scale_share < 1 or not 0 <= self.final_upper_share < 1:
+            raise InputError(f"scale_share and final_upper_share must be in [0, 1), got {self.scale_share!r} and "
+                             f"{self.final_upper_share!r}")
         if not 0 <= self.upper_share <= 1:
             raise InputError(f"upper_share must be in [0, 1], got {self.upper_share!r}")
         if not 0 < self.explore_share <= self.refine_share <= 1:
@@ -427,8 +430,15 @@ def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
     st.eps, st.maximality, report = push_to_boundary(problem, st.eps, delta, tiers, deadline=scale_from,
                                                      on_improve=keep)
     st.details["push"] = dict(report.to_dict(), tiers=[t.name for t in tiers])
+    final_upper = None if limit is None else limit * (1 - float(opt.final_upper_share))
     if scale_from is not None:
         problem.notify("phase", "scaling the whole vector with the complete verifier")
-        st.eps, scaled = scale_to_boundary(problem, st.eps, tiers[-1], deadline=limit, on_improve=keep)
+        st.eps, scaled = scale_to_boundary(problem, st.eps, tiers[-1], deadline=final_upper, on_improve=keep)
         st.maximality = rescaled_statuses(st.maximality, st.eps)
         st.details["scale"] = scaled.to_dict()
+    if limit is not None and opt.final_upper_share > 0 and problem.elapsed() < limit:
+        # the first upper bounds were found with the other layers at the pre-push vector: with them at their final
+        # values a layer breaks earlier, so the attack bisects again from the final vector (cheap, PGD only)
+        problem.phase = "upper bounds"
+        problem.notify("phase", "upper bounds by the attack, at the final vector")
+        st.details["final_upper_bounds"] = attack_upper_bounds(problem, st.eps, delta, deadline=limit)
