@@ -132,7 +132,7 @@ def test_boundary_method_certifies_layers_with_confirmed_counterexamples(seed, h
             assert lo - eps[m.layer] <= DELTA + 1e-3
 
 
-@pytest.mark.parametrize("after", [3, 8])
+@pytest.mark.parametrize("after", [3, 5])  # a normal push here sends ~17 boundary events
 def test_ctrl_c_during_the_push_returns_a_proven_vector(after):
     """Ctrl-C once the push has started: the result is the best proven vector, flagged, its refutations re-run."""
     pb = problem(4, 3, 3)
