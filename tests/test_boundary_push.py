@@ -244,3 +244,14 @@ def test_boundary_method_bounds_every_layer_again_at_the_final_vector():
             assert m.refuted_eps >= eps[m.layer] - 1e-12
     off = run_search(problem(4, 3, 3), SearchOptions(**SHORT, final_upper_share=0.0))
     assert "final_upper_bounds" not in off.details
+
+
+def test_push_stops_before_a_tier_the_caller_keeps_for_the_whole_vector():
+    """With ``stop_before``, the push ends once every open layer waits for that tier, without asking it."""
+    pb = problem(4, 3, 3)
+    eps0 = start(pb)
+    cheap, strong = Undecided(), Undecided()
+    eps, statuses, report = push_to_boundary(pb, eps0, DELTA, [Tier("cheap", cheap, None), Tier("strong", strong, None)],
+                                             stop_before=1)
+    assert report.stop_reason == "cheap tiers exhausted" and strong.calls == 0 and cheap.calls >= 1
+    assert np.array_equal(eps, pb.clip(eps0)) and report.escalations >= 1

@@ -84,13 +84,15 @@ class _Layer:
 
 def push_to_boundary(problem: SearchProblem, eps: np.ndarray, delta: float, tiers: list[Tier],
                      deadline: float | None = None, layers: list[int] | None = None,
-                     on_improve: Callable[[np.ndarray], None] | None = None
+                     on_improve: Callable[[np.ndarray], None] | None = None, stop_before: int | None = None
                      ) -> tuple[np.ndarray, list[LayerMaximality], PushReport]:
     """Push the proven ``eps`` to the boundary (see the module doc) until every layer is settled, ``deadline``
     (seconds since the search started) or the budget. Returns the grown vector (always proven), the per-layer
     statuses (``refuted_eps`` is filled afterwards from the stored counterexamples by
     :func:`~mlrobust.search.intervals.apply_upper_bounds`) and a report. ``on_improve`` sees every accepted vector
-    (an interruption then still holds the latest one)."""
+    (an interruption then still holds the latest one). ``stop_before``: stop (reason "cheap tiers exhausted") once
+    every open layer waits for tier ``stop_before`` or a later one — for a caller that spends that tier's time on
+    the whole vector instead (:func:`scale_to_boundary`)."""
     if not tiers:
         raise ValueError("push_to_boundary needs at least one verifier tier")
     eps = problem.clip(eps).copy()
@@ -134,6 +136,9 @@ def push_to_boundary(problem: SearchProblem, eps: np.ndarray, delta: float, tier
             report.stop_reason = "every layer settled"
             break
         level, _, _, d, up = min(cands)
+        if stop_before is not None and level >= stop_before:
+            report.stop_reason = "cheap tiers exhausted"
+            break
         s = state[d]
         hi = top(d, up)
         if hi - eps[d] <= tol:

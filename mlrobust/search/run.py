@@ -60,11 +60,11 @@ class SearchOptions:
     ``push`` (default: on for the ``boundary`` method, which also skips the refinement) replaces that maximality
     check by the push to the boundary (:mod:`mlrobust.search.boundary`): after the exploration and the attack's
     upper bounds, every layer is bisected between its proven and its refuted epsilon by the cheap verifier tiers
-    first (bounds, then a short branch and bound, then the MILP with ``push_milp``), until the last ``scale_share``
-    of the time limit, which goes to growing the whole vector by a common factor with the strongest tier
-    (:func:`~mlrobust.search.boundary.scale_to_boundary`: the MILP proves a few percent more of the vector where
-    no bound does); the last ``final_upper_share`` goes to the attack's upper bounds once more, now with the other
-    layers at their final values.
+    first (bounds, then a short branch and bound, then the MILP with ``push_milp``). With ``scale`` (and a
+    cascade), once no layer is left to the cheaper tiers the MILP's time goes to growing the whole vector by a
+    common factor instead of one layer at a time (:func:`~mlrobust.search.boundary.scale_to_boundary`: the MILP
+    proves a few percent more of the vector where no bound does). The last ``final_upper_share`` of the time limit
+    goes to the attack's upper bounds once more, now with the other layers at their final values.
 
     ``object_share`` (growing methods only): the object's epsilon never falls below this share of the object's own robust
     radius (layer 0 alone, the rings at 0), so the rings cannot buy size by starving the object the question is
@@ -90,7 +90,7 @@ class SearchOptions:
     object_reference: str | None = None  # "refuted" or "proven" radius; None: "refuted" for boundary only
     push: bool | None = None
     push_milp: bool = True
-    scale_share: float = 0.25
+    scale: bool = True
     final_upper_share: float = 0.05
     certificate_alpha: int = 0  # α-CROWN iterations for the certificate method's trust region (0: plain CROWN)
     optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
@@ -118,9 +118,8 @@ class SearchOptions:
             self.push = self.method == "boundary"
         if not 0 <= self.object_refine_share <= 1:
             raise InputError(f"object_refine_share must be in [0, 1], got {self.object_refine_share!r}")
-        if not 0 <= self.scale_share < 1 or not 0 <= self.final_upper_share < 1:
-            raise InputError(f"scale_share and final_upper_share must be in [0, 1), got {self.scale_share!r} and "
-                             f"{self.final_upper_share!r}")
+        if not 0 <= self.final_upper_share < 1:
+            raise InputError(f"final_upper_share must be in [0, 1), got {self.final_upper_share!r}")
         if not 0 <= self.upper_share <= 1:
             raise InputError(f"upper_share must be in [0, 1], got {self.upper_share!r}")
         if not 0 < self.explore_share <= self.refine_share <= 1:
@@ -424,14 +423,14 @@ def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
     def keep(eps: np.ndarray) -> None:
         st.eps = eps  # an interruption reports the latest proven vector
 
-    scale_from = None
-    if opt.scale_share > 0 and limit is not None and len(tiers) > 1:
-        scale_from = limit * (1 - float(opt.scale_share))
-    st.eps, st.maximality, report = push_to_boundary(problem, st.eps, delta, tiers, deadline=scale_from,
-                                                     on_improve=keep)
-    st.details["push"] = dict(report.to_dict(), tiers=[t.name for t in tiers])
     final_upper = None if limit is None else limit * (1 - float(opt.final_upper_share))
-    if scale_from is not None:
+    # with a complete last tier (the cascade's MILP), its time goes to the whole vector (the scale step) once the
+    # cheaper tiers have nothing left: single-layer MILP queries at the bound's frontier buy a few delta each
+    scale = opt.scale and opt.push_milp and len(tiers) > 1
+    st.eps, st.maximality, report = push_to_boundary(problem, st.eps, delta, tiers, deadline=final_upper,
+                                                     on_improve=keep, stop_before=len(tiers) - 1 if scale else None)
+    st.details["push"] = dict(report.to_dict(), tiers=[t.name for t in tiers])
+    if scale and report.stop_reason == "cheap tiers exhausted":
         problem.notify("phase", "scaling the whole vector with the complete verifier")
         st.eps, scaled = scale_to_boundary(problem, st.eps, tiers[-1], deadline=final_upper, on_improve=keep)
         st.maximality = rescaled_statuses(st.maximality, st.eps)
