@@ -207,7 +207,7 @@ def test_scale_step_grows_the_whole_vector_to_within_its_resolution_of_the_bound
 def test_scale_step_never_queries_past_a_known_refutation():
     pb = problem(4, 3, 3)
     eps0 = start(pb, scale=0.5)
-    _, _, _ = push_to_boundary(pb, eps0, DELTA, [Tier("exact", None, None)], layers=[0])  # refutes layer 0
+    push_to_boundary(pb, eps0, DELTA, [Tier("exact", None, None)], layers=[0])  # refutes layer 0
     up = known_upper_bounds(pb, eps0)[0]
     assert up is not None and eps0[0] > 0
     cap = up.eps / eps0[0]

@@ -41,6 +41,8 @@ from mlrobust.verify.verdict import Verdict
 
 #: Relative slack on delta comparisons (a gap of exactly delta, up to rounding, counts as within delta).
 REL = 1e-9
+#: The push's stop reason with ``stop_before``: every open layer waits for the tier kept for the whole vector.
+CHEAP_TIERS_EXHAUSTED = "cheap tiers exhausted"
 
 
 @dataclass
@@ -90,7 +92,7 @@ def push_to_boundary(problem: SearchProblem, eps: np.ndarray, delta: float, tier
     (seconds since the search started) or the budget. Returns the grown vector (always proven), the per-layer
     statuses (``refuted_eps`` is filled afterwards from the stored counterexamples by
     :func:`~mlrobust.search.intervals.apply_upper_bounds`) and a report. ``on_improve`` sees every accepted vector
-    (an interruption then still holds the latest one). ``stop_before``: stop (reason "cheap tiers exhausted") once
+    (an interruption then still holds the latest one). ``stop_before``: stop (CHEAP_TIERS_EXHAUSTED) once
     every open layer waits for tier ``stop_before`` or a later one — for a caller that spends that tier's time on
     the whole vector instead (:func:`scale_to_boundary`)."""
     if not tiers:
@@ -118,11 +120,9 @@ def push_to_boundary(problem: SearchProblem, eps: np.ndarray, delta: float, tier
         return top(d, up) - eps[d] > tol or s.level + 1 < len(tiers)
 
     while True:
-        if problem.exhausted():
-            report.stop_reason = str(problem.exhausted())
-            break
-        if deadline is not None and problem.elapsed() >= deadline:
-            report.stop_reason = "the push's deadline"
+        spent = _spent(problem, deadline, "the push's deadline")
+        if spent:
+            report.stop_reason = spent
             break
         uppers = known_upper_bounds(problem, eps)
         cands = []
@@ -137,7 +137,7 @@ def push_to_boundary(problem: SearchProblem, eps: np.ndarray, delta: float, tier
             break
         level, _, _, d, up = min(cands)
         if stop_before is not None and level >= stop_before:
-            report.stop_reason = "cheap tiers exhausted"
+            report.stop_reason = CHEAP_TIERS_EXHAUSTED
             break
         s = state[d]
         hi = top(d, up)
@@ -214,11 +214,9 @@ def scale_to_boundary(problem: SearchProblem, eps: np.ndarray, tier: Tier, deadl
     step = float(first_step)
     problem.phase = "boundary"
     while True:
-        if problem.exhausted():
-            report.stop_reason = str(problem.exhausted())
-            break
-        if deadline is not None and problem.elapsed() >= deadline:
-            report.stop_reason = "time limit"
+        spent = _spent(problem, deadline, "time limit")
+        if spent:
+            report.stop_reason = spent
             break
         if step < min_step:
             report.stop_reason = f"step below {min_step:g}"
@@ -267,6 +265,17 @@ def rescaled_statuses(maximality: list[LayerMaximality], eps: np.ndarray) -> lis
             m.eps = e
             out.append(m)
     return out
+
+
+def _spent(problem: SearchProblem, deadline: float | None, past_deadline: str) -> str | None:
+    """Why a loop of queries must stop now (the search's budget, or ``past_deadline`` once ``deadline``, in seconds
+    since the search started, has passed), or None."""
+    why = problem.exhausted()
+    if why:
+        return why
+    if deadline is not None and problem.elapsed() >= deadline:
+        return past_deadline
+    return None
 
 
 def _outcome(verdict: Verdict) -> str:

@@ -12,7 +12,12 @@ import numpy as np
 from mlrobust.bounds.alpha_crown import AlphaOptions
 from mlrobust.errors import InputError
 from mlrobust.search.baselines import bisect_scale, floored_uniform, layer_search, uniform_search
-from mlrobust.search.boundary import push_to_boundary, rescaled_statuses, scale_to_boundary
+from mlrobust.search.boundary import (
+    CHEAP_TIERS_EXHAUSTED,
+    push_to_boundary,
+    rescaled_statuses,
+    scale_to_boundary,
+)
 from mlrobust.search.cegis import CUTTINGS, cutting_weights
 from mlrobust.search.certificate import certificate_search
 from mlrobust.search.intervals import apply_upper_bounds, attack_upper_bounds, gap_order, known_upper_bounds
@@ -430,7 +435,7 @@ def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
     st.eps, st.maximality, report = push_to_boundary(problem, st.eps, delta, tiers, deadline=final_upper,
                                                      on_improve=keep, stop_before=len(tiers) - 1 if scale else None)
     st.details["push"] = dict(report.to_dict(), tiers=[t.name for t in tiers])
-    if scale and report.stop_reason == "cheap tiers exhausted":
+    if scale and report.stop_reason == CHEAP_TIERS_EXHAUSTED:
         problem.notify("phase", "scaling the whole vector with the complete verifier")
         st.eps, scaled = scale_to_boundary(problem, st.eps, tiers[-1], deadline=final_upper, on_improve=keep)
         st.maximality = rescaled_statuses(st.maximality, st.eps)
