@@ -189,7 +189,7 @@ class LayeredNeighborhood:
             if len({m.shape for m in masks}) != 1:
                 raise InputError(f"object masks have different shapes: {sorted({m.shape for m in masks})}")
             mask = np.logical_or.reduce(masks)
-        mask = as_mask(mask)
+        mask = as_mask(np.asarray(mask))
         if sample_shape is None:
             chw = as_chw(image)
             layout = ImageLayout(chw.shape, *chw.shape)

@@ -69,7 +69,8 @@ def parse_box(text: str) -> tuple[int, int, int, int]:
         raise InputError(f"object box {text!r} must be four integers x0,y0,x1,y1") from None
     if len(values) != 4:
         raise InputError(f"object box {text!r} must be four integers x0,y0,x1,y1")
-    return values  # type: ignore[return-value]
+    x0, y0, x1, y1 = values
+    return x0, y0, x1, y1
 
 
 def mask_from_box(

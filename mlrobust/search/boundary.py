@@ -127,7 +127,8 @@ def push_to_boundary(problem: SearchProblem, eps: np.ndarray, delta: float, tier
         uppers = known_upper_bounds(problem, eps)
         cands = []
         for d in todo:
-            up = None if uppers[d] is None else uppers[d].eps
+            known = uppers[d]
+            up = None if known is None else known.eps
             if is_open(d, up):
                 # cheapest tier first, then the object, then the layer closest to settled (fewest bisection steps
                 # left: the verifier's time goes where it buys certified layers first)

@@ -162,7 +162,7 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
             del lo[d]  # not even the full range of the layer breaks: nothing for the attack here
     while lo and not over():
         uppers = known_upper_bounds(problem, eps)
-        gaps = {d: (uppers[d].eps - lo[d]) for d in lo if uppers[d] is not None}
+        gaps = {d: (u.eps - lo[d]) for d in lo if (u := uppers[d]) is not None}
         open_ = [d for d, g in gaps.items() if g > delta and steps[d] < UPPER_BISECTIONS]
         if not open_:
             break

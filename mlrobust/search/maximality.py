@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlrobust.search.problem import SearchProblem
+from mlrobust.verify.verdict import NotRobust
 
 STATUSES = ("refuted", "saturated", "unknown", "not_maximal", "unchecked")
 
@@ -111,7 +112,7 @@ def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bo
                 expanding = False
                 step = max(delta, step / 2)
                 continue
-            if verdict.is_not_robust:
+            if isinstance(verdict, NotRobust):
                 results[d] = LayerMaximality(d, "refuted", float(eps[d]), float(trial[d]), verdict.tier,
                                              float(verdict.margin), np.asarray(verdict.counterexample))
             elif verdict.tier == "budget":

@@ -34,6 +34,7 @@ import numpy as np
 from mlrobust.search.cegis import cegis
 from mlrobust.search.gradients import worst_case_gradient
 from mlrobust.search.problem import SearchProblem
+from mlrobust.verify.verdict import NotRobust
 
 
 @dataclass
@@ -188,7 +189,7 @@ def optimize(problem: SearchProblem, eps_start: np.ndarray, cw: np.ndarray,
         t = float(np.clip(t_margin, opt.delta, eta))
         candidate = problem.clip(np.maximum(eps_star + t * d, problem.floor))
         gain = problem.size(candidate) - problem.size(eps_star)
-        entry = {"iteration": report.iterations, "theta": theta, "eta": eta, "t": t, "margin": m_star,
+        entry: dict[str, object] = {"iteration": report.iterations, "theta": theta, "eta": eta, "t": t, "margin": m_star,
                  "size": problem.size(eps_star), "kappa": kappa}
         predicted = slope * t
         if gain <= 1e-12:
@@ -216,7 +217,7 @@ def optimize(problem: SearchProblem, eps_start: np.ndarray, cw: np.ndarray,
             report.cuts += cut.cuts
             entry["outcome"] = "refuted" if verdict.is_not_robust else "unknown"
             # the margin the verifier can prove reached at least 0 (Unknown), or the counterexample's (refuted)
-            reached = float(verdict.margin) if verdict.is_not_robust else 0.0
+            reached = float(verdict.margin) if isinstance(verdict, NotRobust) else 0.0
             kappa = max(kappa, learn(kappa, predicted, reached - m_star))
             entry["cuts"] = cut.statuses
             gained = 0.0

@@ -320,7 +320,7 @@ class SearchProblem:
         if verdict.is_robust:
             if self.known_robust(eps) is None:
                 self.robust_eps = [r for r in self.robust_eps if not np.all(r <= eps)] + [eps.copy()]
-        elif verdict.is_not_robust and verdict.counterexample is not None:
+        elif isinstance(verdict, NotRobust) and verdict.counterexample is not None:
             x = np.asarray(verdict.counterexample, dtype=np.float64).ravel()
             if not np.any(np.all(self._cex_stack == x, axis=1)):
                 self.counterexamples.append(StoredCounterexample(x, float(verdict.margin), eps.copy(),
@@ -403,7 +403,7 @@ class SearchProblem:
         return verdict
 
     def _confirmed(self, box: Box, verdict: Verdict) -> Verdict:
-        if not verdict.is_not_robust:
+        if not isinstance(verdict, NotRobust):
             return verdict
         if verdict.counterexample is None:
             return Unknown(tier=verdict.tier, seconds=verdict.seconds, stats=verdict.stats,

@@ -100,6 +100,11 @@ class SearchOptions:
     certificate_alpha: int = 0  # α-CROWN iterations for the certificate method's trust region (0: plain CROWN)
     optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
 
+    @property
+    def upper_time_share(self) -> float:
+        """``upper_share`` as resolved for the method (set by ``__post_init__``)."""
+        return 0.1 if self.upper_share is None else float(self.upper_share)
+
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InputError(f"unknown search method {self.method!r}; choose one of {', '.join(METHODS)}")
@@ -406,7 +411,7 @@ def _certify(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool)
     problem.phase = "upper bounds"
     problem.notify("phase", "upper bounds by the attack")
     limit = problem.budget.time_limit
-    upper_end = None if limit is None else min(limit, problem.elapsed() + float(opt.upper_share) * limit)
+    upper_end = None if limit is None else min(limit, problem.elapsed() + opt.upper_time_share * limit)
     st.details["upper_bounds"] = attack_upper_bounds(problem, st.eps, delta, deadline=upper_end)
     current = st.maximality or [LayerMaximality(d, "unchecked", float(st.eps[d])) for d in range(problem.num_layers)]
     order = gap_order(st.eps, problem.saturation, apply_upper_bounds(problem, st.eps, current, delta))
@@ -420,7 +425,7 @@ def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
     problem.phase = "upper bounds"
     problem.notify("phase", "upper bounds by the attack")
     limit = problem.budget.time_limit
-    upper_end = None if limit is None else min(limit, problem.elapsed() + float(opt.upper_share) * limit)
+    upper_end = None if limit is None else min(limit, problem.elapsed() + opt.upper_time_share * limit)
     st.details["upper_bounds"] = attack_upper_bounds(problem, st.eps, delta, deadline=upper_end)
     problem.notify("phase", "pushing every layer to its boundary")
     tiers = push_tiers(problem.verifier, problem.budget.query_time_limit, milp=opt.push_milp)

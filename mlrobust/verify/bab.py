@@ -681,7 +681,7 @@ def _open_rows(spec: OutputSpec, domains: list[Domain]) -> np.ndarray | None:
     (by its parent's bounds); None when that is every row (or the spec has no clauses, the k-th largest rule)."""
     if spec.kth is not None or spec.certs.shape[0] == 0 or any(d.row_upper is None for d in domains):
         return None
-    ub = spec.upper(np.stack([d.row_upper for d in domains]))  # (D, S)
+    ub = spec.upper(np.stack([d.row_upper for d in domains if d.row_upper is not None]))  # (D, S)
     refuted = np.where(spec.certs[None], ub[:, None, :], np.inf).min(axis=2) < -ROBUST_TOLERANCE  # (D, Q)
     open_clauses = ~refuted.all(axis=0)
     rows = np.flatnonzero(spec.certs[open_clauses].any(axis=0))

@@ -118,7 +118,7 @@ class _Recorder(BackSubstitution):
         self.input_coeff: torch.Tensor | None = None
         self.recording = False  # only the objective's pass is recorded, not the intermediate bounds'
 
-    def _step(self, node: Node, a: torch.Tensor):  # type: ignore[no-untyped-def]
+    def _step(self, node: Node, a: torch.Tensor):
         if not self.recording:
             return super()._step(node, a)
         if node.op.splittable:
@@ -388,7 +388,8 @@ class AlphaEngine:
         warm = None
         if self.keep_warm and all(isinstance(d.warm, AlphaState) for d in domains):
             # each child starts from its parent's parameters of the row being scored
-            parents = _stack_states([d.warm.select_rows([int(r)]) for d, r in zip(domains, rows)])  # type: ignore[union-attr]
+            parents = _stack_states([d.warm.select_rows([int(r)]) for d, r in zip(domains, rows)
+                                     if isinstance(d.warm, AlphaState)])
             warm = None if parents is None else parents.select(owner)
         coeffs = np.asarray(objectives, dtype=np.float64)[np.asarray(owner)][:, None, :]
         lower = bounds_at(net, batch, coeffs, warm)[:, 0]

@@ -81,7 +81,7 @@ def heatmap_figure(image: np.ndarray, mask: np.ndarray, eps_map: np.ndarray, tit
         ax_ref.set_title("refuted epsilon per layer (grey: none)")
     segments = outline_segments(mask)
     for ax in axes:
-        ax.add_collection(LineCollection(segments, colors="#00e5ff", linewidths=1.5))
+        ax.add_collection(LineCollection(list(segments), colors="#00e5ff", linewidths=1.5))
         ax.set_xlim(-0.5, mask.shape[1] - 0.5)
         ax.set_ylim(mask.shape[0] - 0.5, -0.5)
         ax.set_xticks([])
