@@ -104,6 +104,39 @@ def test_a_tier_that_cannot_decide_hands_the_layers_to_the_next():
     assert truth(pb, eps) < -ROBUST_TOLERANCE
 
 
+class LayerProbe:
+    """An undecided tier that tells which layer a query grew (against ``base``) and reports a fixed margin bound per
+    layer, as the cascade's bound tier does in ``stats["bounds"]["margin_upper"]``."""
+
+    name = "probe"
+
+    def __init__(self, pb, base, margins=None):
+        self.pb, self.base, self.margins, self.layers = pb, base, margins, []
+
+    def verify(self, network, box, target, k=2, mode="decide", time_limit=None):
+        grown = self.pb.required_eps(np.maximum(box.upper, 0)[None])[0] > self.base + 1e-9
+        d = int(np.flatnonzero(grown)[0])
+        self.layers.append(d)
+        stats = {} if self.margins is None else {"bounds": {"margin_upper": float(self.margins[d])}}
+        return Unknown(tier="probe", stats=stats, reason="never decides")
+
+
+def test_a_costlier_tier_takes_the_layers_with_the_smallest_margin_bound_first():
+    pb = problem(4, 3, 3)
+    pb.warm_attack = False  # nothing refutes: every layer reaches the second tier
+    eps0 = start(pb)
+    n = pb.num_layers
+    margins = np.linspace(1.0, 0.1, n)  # the farthest layer is the closest to a proof
+    cheap, costly = LayerProbe(pb, eps0, margins), LayerProbe(pb, eps0)
+    push_to_boundary(pb, eps0, DELTA, [Tier("cheap", cheap, 1.0), Tier("costly", costly, 1.0)])
+    open_layers = sorted(set(cheap.layers))
+    assert len(open_layers) >= 3
+    first_visits = list(dict.fromkeys(costly.layers))
+    # the object first (the question asked), then the others by the cheap tier's margin bound, smallest first
+    expected = [0] + sorted((d for d in open_layers if d != 0), key=lambda d: margins[d])
+    assert first_visits == expected
+
+
 def test_only_undecided_tiers_leave_the_vector_and_say_unknown():
     pb = problem(4, 3, 3)
     eps0 = start(pb)

@@ -21,8 +21,10 @@ the first value it could not prove) until it can no longer prove a step of ``del
 next tier takes the layer over from there. The search's warm attack (PGD from the last
 counterexamples and weak points, :class:`~mlrobust.search.problem.SearchProblem`) runs before every verifier call,
 so refutations move ``refuted_eps`` down as the proofs move ``eps*`` up. Layers are scheduled cheapest tier first,
-the object first among equals, then by the smallest open interval: the layers closest to settled get the verifier's
-time first (the widest intervals rarely close within a budget and are the expensive ones to close).
+the object first among equals, then at the bound tier by the smallest open interval (the layers closest to settled
+get the verifier's time first: the widest intervals rarely close within a budget) and at a costlier tier by the
+margin bound the bound tier left at the layer's last undecided value (the smallest gap to close first: most branch
+and bound or MILP queries near the boundary end undecided, so they go where a proof is likeliest).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class _Layer:
     stuck: bool = False
     undecided_at: float | None = None  # the last value a tier left undecided, and that tier
     undecided_tier: str = ""
+    margin: float | None = None  # the bound tier's upper bound on the k-th largest margin at that value
 
 
 def push_to_boundary(problem: SearchProblem, eps: np.ndarray, delta: float, tiers: list[Tier],
@@ -130,13 +133,17 @@ def push_to_boundary(problem: SearchProblem, eps: np.ndarray, delta: float, tier
             known = uppers[d]
             up = None if known is None else known.eps
             if is_open(d, up):
-                # cheapest tier first, then the object, then the layer closest to settled (fewest bisection steps
-                # left: the verifier's time goes where it buys certified layers first)
-                cands.append((state[d].level, d != 0, top(d, up) - eps[d], d, up))
+                # cheapest tier first, then the object; at the bound tier the layer closest to settled (fewest
+                # bisection steps left: the verifier's time goes where it buys certified layers first), at a
+                # costlier tier the layer whose last undecided query had the smallest margin bound (the gap the
+                # tier must close there: the likeliest proof for seconds of branch and bound or MILP)
+                s = state[d]
+                closeness = 0.0 if s.level == 0 else (np.inf if s.margin is None else s.margin)
+                cands.append((s.level, d != 0, closeness, top(d, up) - eps[d], d, up))
         if not cands:
             report.stop_reason = "every layer settled"
             break
-        level, _, _, d, up = min(cands)
+        level, _, _, _, d, up = min(cands)
         if stop_before is not None and level >= stop_before:
             report.stop_reason = CHEAP_TIERS_EXHAUSTED
             break
@@ -176,6 +183,7 @@ def push_to_boundary(problem: SearchProblem, eps: np.ndarray, delta: float, tier
         else:
             report.undecided += 1
             s.frontier, s.undecided_at, s.undecided_tier = mid, mid, tier.name
+            s.margin = _margin_bound(verdict, s.margin)
             s.step = delta
             if mid - eps[d] <= tol and s.level + 1 >= len(tiers):
                 s.stuck = True
@@ -277,6 +285,13 @@ def _spent(problem: SearchProblem, deadline: float | None, past_deadline: str) -
     if deadline is not None and problem.elapsed() >= deadline:
         return past_deadline
     return None
+
+
+def _margin_bound(verdict: Verdict, previous: float | None) -> float | None:
+    """The proven upper bound on the k-th largest margin an undecided verdict's bound tier reported (``previous``
+    where it reported none)."""
+    value = verdict.stats.get("bounds", {}).get("margin_upper")
+    return previous if value is None or not np.isfinite(value) else float(value)
 
 
 def _outcome(verdict: Verdict) -> str:
