@@ -75,13 +75,13 @@ import torch
 from mlrobust.bounds.crown import (
     _needs_crown,
     crown,
-    torch_threads,
 )
 from mlrobust.bounds.ibp import FP_REL, interval_affine
 from mlrobust.bounds.margin import _interval_linear
 from mlrobust.bounds.result import Bounds, check_box
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
+from mlrobust.ir.torch_exec import torch_threads
 from mlrobust.ops.coeffs import rows as _rows
 from mlrobust.ops.maxpool2d import AlphaPoolRelax as _PoolRelax
 from mlrobust.ops.relu import AlphaReluRelax as _ReluRelax

@@ -33,8 +33,7 @@ default). Every bound is widened outward by ``FP_REL`` times the magnitude of it
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +42,7 @@ from mlrobust.bounds.ibp import FP_REL, ibp, interval_affine
 from mlrobust.bounds.result import Bounds, check_box
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
+from mlrobust.ir.torch_exec import torch_threads
 from mlrobust.ops.coeffs import Patch as _Patch
 from mlrobust.ops.coeffs import conv_adjoint as _conv_adjoint
 from mlrobust.ops.coeffs import fit as _fit
@@ -54,29 +54,12 @@ from mlrobust.ops.coeffs import unbroadcast as _unbroadcast
 from mlrobust.ops.maxpool2d import maxpool_candidates, pool_index
 
 __all__ = ["DEFAULT_CHUNK_ELEMENTS", "REFINE_CHOICES", "BackSubstitution", "crown", "maxpool_candidates", "pool_index",
-           "torch_threads", "_conv_adjoint", "_unbroadcast"]
+           "_conv_adjoint", "_unbroadcast"]
 
 #: Largest coefficient tensor (numbers) of one chunk of specification rows: 2^24 float64 = 128 MiB.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
 
 REFINE_CHOICES = ("unstable", "all")
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run torch ops with ``n`` intra-op threads (None: leave torch's setting), restoring it afterwards.
-
-    Back-substitution is many medium-sized tensor ops; on a busy 2-core machine two intra-op threads made the
-    reference-architecture bounds ~10x slower than one (threads waiting on each other), so the default is one.
-    """
-    old = torch.get_num_threads()
-    if n is not None and n != old:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != old:
-            torch.set_num_threads(old)
-
 
 class BackSubstitution:
     """Lower bounds of linear functions of any tensor over an input box, by CROWN back-substitution.

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlrobust.bounds.crown import BackSubstitution, crown, torch_threads
+from mlrobust.bounds.crown import BackSubstitution, crown
 from mlrobust.bounds.ibp import FP_REL, ibp
 from mlrobust.bounds.result import Bounds, check_box
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
+from mlrobust.ir.torch_exec import torch_threads
 
 MARGIN_METHODS = ("crown", "ibp")
 

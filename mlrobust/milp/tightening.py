@@ -17,9 +17,7 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,32 +29,13 @@ from mlrobust.bounds.ibp import interval_affine
 from mlrobust.bounds.result import Bounds
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
+from mlrobust.ir.torch_exec import torch_threads
 from mlrobust.milp.builder import MilpBuilder
 from mlrobust.milp.encoding import AffineForm
 from mlrobust.milp.layers.relu import relu_split
 from mlrobust.milp.topk import margin_form
 
 METHODS = ("ibp", "crown", "alpha", "lp")
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run torch with ``n`` intra-op threads, restoring the previous setting afterwards.
-
-    The networks here are small: on a busy 2-core machine torch's thread pool made CROWN and PGD 10-30x slower
-    than one thread (measured: PGD 2.9 s vs 0.08 s), so the verifier's torch work defaults to one thread.
-    """
-    if n is None:
-        yield
-        return
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @dataclass

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from mlrobust.bounds.alpha_crown import AlphaOptions, alpha_bounds, initial_domain
-from mlrobust.bounds.crown import BackSubstitution, crown, torch_threads
+from mlrobust.bounds.crown import BackSubstitution, crown
+from mlrobust.ir.torch_exec import torch_threads
 from mlrobust.search.problem import SearchProblem
 from mlrobust.verify.verdict import ROBUST_TOLERANCE
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mlrobust.ir.graph import Network
-from mlrobust.milp.tightening import torch_threads
+from mlrobust.ir.torch_exec import torch_threads
 from mlrobust.verify.base import Mode
 from mlrobust.verify.counterexample import (
     CheckedPoint,

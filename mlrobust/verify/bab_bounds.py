@@ -33,10 +33,10 @@ from mlrobust.bounds.crown import (
     BackSubstitution,
     _interval_is_exact,
     pool_index,
-    torch_threads,
 )
 from mlrobust.bounds.ibp import interval_affine
 from mlrobust.ir.graph import Network, Node
+from mlrobust.ir.torch_exec import torch_threads
 
 
 def _clamp_safe(node: Node) -> bool:

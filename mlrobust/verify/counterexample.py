@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mlrobust.ir.graph import Network
-from mlrobust.ir.torch_exec import TorchNetwork, to_torch
+from mlrobust.ir.torch_exec import TorchNetwork, to_torch, torch_threads
 from mlrobust.verify.margin import topk_margin
 from mlrobust.verify.spec import Box
 from mlrobust.verify.verdict import WeakPoint
@@ -105,7 +105,7 @@ def check_points(network: Network, box: Box, xs: list[np.ndarray] | np.ndarray, 
     batch = np.stack([snap_into_box(box, x) for x in xs])
     m64 = prop.margin(network.logits(batch))
     net = torch_net or torch_module(network)
-    with torch.no_grad():
+    with torch_threads(1), torch.no_grad():
         logits32 = net.logits(torch.as_tensor(batch, dtype=torch.float32))
         m32 = prop.margin(logits32.double().numpy())
     return [CheckedPoint(batch[i], float(m64[i]), float(m32[i])) for i in range(batch.shape[0])]
