@@ -25,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+#: First word(s) of the answer a page shows -> the exit code of the command.
+ANSWER_CODES = (("not robust", 10), ("not_robust", 10), ("sat", 10), ("unknown", 20), ("timeout", 20))
 FENCE = re.compile(r"^```console[^\n]*\n(.*?)^```", re.S | re.M)
 
 
@@ -41,6 +43,18 @@ class Command:
     def expects_error(self) -> bool:
         """The page shows this command failing (its output starts with ``error:``): exit code 2."""
         return bool(self.output) and self.output[0].startswith("error:")
+
+    @property
+    def expected_code(self) -> int:
+        """The exit code the output the page shows implies: 2 for an ``error:`` line, 10 for a counterexample (not
+        robust / sat), 20 for unknown / timeout, else 0 (docs/cli.md, "Exit codes")."""
+        if self.expects_error:
+            return 2
+        first = self.output[0].strip() if self.output else ""
+        for answer, code in ANSWER_CODES:
+            if first == answer or first.startswith(answer + " "):
+                return code
+        return 0
 
     @property
     def argv(self) -> list[str]:
@@ -145,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for cmd in commands(page):
             code, output, secs = run(cmd, cwd)
-            want = 2 if cmd.expects_error else 0
-            ok = code == want
+            ok = code == cmd.expected_code
             failed += not ok
             print(f"{'ok ' if ok else 'FAIL'} {page.name}: $ {cmd.text}  (exit {code}, {secs:.1f} s)", flush=True)
             if not ok:

@@ -155,6 +155,7 @@ def test_boundary_method_certifies_layers_with_confirmed_counterexamples(seed, h
     assert res.method == "boundary" and res.verified and truth(pb, res.epsilons) < -ROBUST_TOLERANCE
     assert "push" in res.details and res.details["push"]["tiers"] == ["exact-lp"]
     assert res.details["push"]["proven"] >= 1 and res.details["push"]["stop_reason"] == "every layer settled"
+    assert res.stop_reason.endswith("push: every layer settled")  # the stop line says how the push ended
     assert assert_refutations_rerun(pb, res) >= 1  # every refuted eps re-runs, certified ones within delta
     eps = np.asarray(res.epsilons)
     certified = [m for m in res.maximality if m.certified]

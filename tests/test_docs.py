@@ -1,6 +1,6 @@
 """The documentation cannot rot: every ``$ command`` of every console block in docs/*.md and every ``python`` block
 runs (in page order, in a sandbox that looks like the repository root) with the exit code the answer the page shows
-implies (see :func:`expected_code`), and
+implies (``Command.expected_code``), and
 docs/cli.md names every command and option the CLI has.
 
 Commands not run here, each with the test that covers it instead, are listed in ``COVERED_ELSEWHERE``; commands
@@ -81,27 +81,11 @@ def test_console_command(cmd: Command, where: Path, monkeypatch, capsys):
         code, output = run_in_process(cmd.argv[1:], where, monkeypatch, capsys)
     else:
         code, output, _ = run(cmd, where)
-    want = expected_code(cmd)
+    want = cmd.expected_code
     assert code == want, f"$ {cmd.text}\n{output[-3000:]}"
     if cmd.expects_error:
         # the same message the page shows (paths and numbers may differ in a sandbox)
         assert output.splitlines()[0].split(":")[0] == cmd.output[0].split(":")[0]
-
-
-#: First word(s) of the answer a page shows -> the exit code of the command (docs/cli.md, "Exit codes").
-ANSWER_CODES = (("not robust", 10), ("not_robust", 10), ("sat", 10), ("unknown", 20), ("timeout", 20))
-
-
-def expected_code(cmd: Command) -> int:
-    """The exit code the output a page shows implies: 2 for an ``error:`` line, 10 for a counterexample (not
-    robust / sat), 20 for unknown / timeout, else 0."""
-    if cmd.expects_error:
-        return 2
-    first = cmd.output[0].strip() if cmd.output else ""
-    for answer, code in ANSWER_CODES:
-        if first == answer or first.startswith(answer + " "):
-            return code
-    return 0
 
 
 def run_in_process(args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str]:

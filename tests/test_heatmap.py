@@ -42,6 +42,22 @@ def test_heatmap_figure_has_image_colour_bar_and_outline():
     assert fig._suptitle.get_text() == "title"
 
 
+def test_refuted_panel_shares_a_square_root_colour_scale_with_the_proven_one():
+    mask = np.zeros((12, 12), dtype=bool)
+    mask[4:7, 4:7] = True
+    layers = layer_index(mask)
+    eps = np.full(int(layers.max()) + 1, 0.02)
+    refuted = np.full(eps.shape, 0.5)
+    refuted[-1] = np.nan  # no counterexample known for the outermost layer
+    fig = heatmap_figure(np.zeros((12, 12)), mask, eps[layers], refuted_map=refuted[layers])
+    eps_ax, ref_ax = fig.get_axes()[1:3]
+    proven, upper = eps_ax.get_images()[0], ref_ax.get_images()[0]
+    assert proven.norm is upper.norm and proven.get_clim() == pytest.approx((0.0, 0.5))
+    # 0.02 of 0.5 lands a fifth of the way up the colour map (sqrt(0.04)), not 4 % of it: the proven map stays visible
+    assert float(proven.norm(0.02)) == pytest.approx(0.2)
+    assert np.ma.getmaskarray(upper.get_array())[layers == layers.max()].all()  # drawn grey
+
+
 def test_heatmap_rejects_mismatched_shapes():
     with pytest.raises(InputError, match="differ in size"):
         heatmap_figure(np.zeros((1, 8, 8)), np.ones((8, 8), bool), np.zeros((7, 8)))

@@ -440,11 +440,15 @@ def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
     st.eps, st.maximality, report = push_to_boundary(problem, st.eps, delta, tiers, deadline=final_upper,
                                                      on_improve=keep, stop_before=len(tiers) - 1 if scale else None)
     st.details["push"] = dict(report.to_dict(), tiers=[t.name for t in tiers])
+    # the stop line names every phase that ran, the push last (it usually ends the search)
+    phases = [st.stop_reason, f"push: {report.stop_reason}"]
     if scale and report.stop_reason == CHEAP_TIERS_EXHAUSTED:
         problem.notify("phase", "scaling the whole vector with the complete verifier")
         st.eps, scaled = scale_to_boundary(problem, st.eps, tiers[-1], deadline=final_upper, on_improve=keep)
         st.maximality = rescaled_statuses(st.maximality, st.eps)
         st.details["scale"] = scaled.to_dict()
+        phases.append(f"scale: {scaled.stop_reason}")
+    st.stop_reason = "; ".join(p for p in phases if p)
     if limit is not None and opt.final_upper_share > 0 and problem.elapsed() < limit:
         # the first upper bounds were found with the other layers at the pre-push vector: with them at their final
         # values a layer breaks earlier, so the attack bisects again from the final vector (cheap, PGD only)

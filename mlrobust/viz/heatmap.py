@@ -41,10 +41,12 @@ def heatmap_figure(image: np.ndarray, mask: np.ndarray, eps_map: np.ndarray, tit
                    vmax: float | None = None, cmap: str = "inferno", refuted_map: np.ndarray | None = None) -> Any:
     """A figure of two panels: the image with the object outlined, and the epsilon map over the image; with
     ``refuted_map`` (per pixel, the refuted epsilon of its layer, NaN where none is known) a third panel shows the
-    upper bounds on the same colour scale, so the two maps bracket the boundary."""
+    upper bounds on the same colour scale, so the two maps bracket the boundary. That scale is then a square-root
+    one: refuted epsilons are often ten times the proven ones, and on a linear scale the proven map would be black."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    from matplotlib.colors import Normalize, PowerNorm
     from matplotlib.figure import Figure
 
     grey = _grey(image)
@@ -65,7 +67,8 @@ def heatmap_figure(image: np.ndarray, mask: np.ndarray, eps_map: np.ndarray, tit
 
     ax_img.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax_img.set_title("image and perturbed object")
-    shown = ax_eps.imshow(eps_map, cmap=cmap, vmin=0.0, vmax=top, interpolation="nearest")
+    norm = Normalize(0.0, top) if refuted_map is None else PowerNorm(0.5, vmin=0.0, vmax=top)
+    shown = ax_eps.imshow(eps_map, cmap=cmap, norm=norm, interpolation="nearest")
     # the image on top as white ink whose opacity is the pixel's brightness: strokes stay visible, and where the
     # image is dark the colour of epsilon shows unmixed
     ink = np.zeros((*grey.shape, 4))
@@ -76,7 +79,7 @@ def heatmap_figure(image: np.ndarray, mask: np.ndarray, eps_map: np.ndarray, tit
     if refuted_map is not None:
         ax_ref = axes[2]
         bad = matplotlib.colormaps[cmap].with_extremes(bad="#5a5a5a")  # grey: no counterexample known
-        ax_ref.imshow(np.ma.masked_invalid(refuted_map), cmap=bad, vmin=0.0, vmax=top, interpolation="nearest")
+        ax_ref.imshow(np.ma.masked_invalid(refuted_map), cmap=bad, norm=norm, interpolation="nearest")
         ax_ref.imshow(ink, interpolation="nearest")
         ax_ref.set_title("refuted epsilon per layer (grey: none)")
     segments = outline_segments(mask)
@@ -87,7 +90,7 @@ def heatmap_figure(image: np.ndarray, mask: np.ndarray, eps_map: np.ndarray, tit
         ax.set_xticks([])
         ax.set_yticks([])
     bar = fig.colorbar(shown, ax=axes[-1], fraction=0.046, pad=0.04)
-    bar.set_label("epsilon (max. change of a pixel in [0, 1])")
+    bar.set_label("epsilon (max. change of a pixel in [0, 1])" + ("" if refuted_map is None else ", square-root scale"))
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
