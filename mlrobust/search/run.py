@@ -102,8 +102,11 @@ class SearchOptions:
 
     @property
     def upper_time_share(self) -> float:
-        """``upper_share`` as resolved for the method (set by ``__post_init__``)."""
-        return 0.1 if self.upper_share is None else float(self.upper_share)
+        """``upper_share``, or the method's default where it is None: 0.2 for the boundary method (its upper bounds
+        come first), else 0.1."""
+        if self.upper_share is not None:
+            return float(self.upper_share)
+        return 0.2 if self.method == "boundary" else 0.1
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -122,8 +125,7 @@ class SearchOptions:
             self.object_reference = "refuted" if self.method == "boundary" else "proven"
         if self.object_reference not in ("refuted", "proven"):
             raise InputError(f"object_reference must be 'refuted' or 'proven', got {self.object_reference!r}")
-        if self.upper_share is None:
-            self.upper_share = 0.2 if self.method == "boundary" else 0.1
+        self.upper_share = self.upper_time_share
         if self.push is None:
             self.push = self.method == "boundary"
         if not 0 <= self.object_refine_share <= 1:
@@ -408,25 +410,27 @@ def _certify(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool)
         problem.use_cheap = True
         st.eps, st.maximality = certify(problem, st.eps, delta, grow=grow)
         problem.use_cheap = False
-    problem.phase = "upper bounds"
-    problem.notify("phase", "upper bounds by the attack")
-    limit = problem.budget.time_limit
-    upper_end = None if limit is None else min(limit, problem.elapsed() + opt.upper_time_share * limit)
-    st.details["upper_bounds"] = attack_upper_bounds(problem, st.eps, delta, deadline=upper_end)
+    _upper_bounds(problem, opt, st)
     current = st.maximality or [LayerMaximality(d, "unchecked", float(st.eps[d])) for d in range(problem.num_layers)]
     order = gap_order(st.eps, problem.saturation, apply_upper_bounds(problem, st.eps, current, delta))
     # the full verifier for every layer still open, largest gap first (settled ones are answered by the caches)
     st.eps, st.maximality = certify(problem, st.eps, delta, grow=grow, order=order, previous=st.maximality)
 
 
-def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
-    """Upper bounds per layer by the attack alone, then the push to the boundary for the rest of the budget."""
-    delta = st.delta
+def _upper_bounds(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
+    """The attack's upper bounds on every layer at ``st.eps``, for ``upper_share`` of the time limit."""
     problem.phase = "upper bounds"
     problem.notify("phase", "upper bounds by the attack")
     limit = problem.budget.time_limit
     upper_end = None if limit is None else min(limit, problem.elapsed() + opt.upper_time_share * limit)
-    st.details["upper_bounds"] = attack_upper_bounds(problem, st.eps, delta, deadline=upper_end)
+    st.details["upper_bounds"] = attack_upper_bounds(problem, st.eps, st.delta, deadline=upper_end)
+
+
+def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
+    """Upper bounds per layer by the attack alone, then the push to the boundary for the rest of the budget."""
+    delta = st.delta
+    _upper_bounds(problem, opt, st)
+    limit = problem.budget.time_limit
     problem.notify("phase", "pushing every layer to its boundary")
     tiers = push_tiers(problem.verifier, problem.budget.query_time_limit, milp=opt.push_milp)
 
