@@ -353,7 +353,8 @@ def test_integer_input_is_rejected():
     ("Mul", {}, {}, ["x"], "not piecewise linear"),
     ("Div", {}, {"c": f32([1.0, 0.0, 2.0])}, ["c"], "contains zeros"),
     ("Squeeze", {}, {}, [], "would also remove the batch axis"),
-    ("Transpose", dict(perm=[0, 2, 1]), {}, [], "reorders the data"),
+    ("Transpose", dict(perm=[1, 0, 2]), {}, [], "moves the batch axis"),
+    ("Pad", dict(mode="reflect"), {"p": np.array([0, 0, 1, 1, 0, 0, 1, 1])}, ["p"], "only constant padding"),
     ("Conv", {}, {"W": f32(np.ones((1, 1, 2)))}, ["W"], "only 2-D convolutions"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_unsupported_attribute_values(op_type, attrs, inits, extra, fragment):

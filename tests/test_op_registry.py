@@ -24,9 +24,13 @@ from mlrobust.ops.coeffs import AlphaStep
 RULES = ("forward", "forward_torch", "interval", "crown_step", "crown_step_patch", "alpha_step", "encode_milp")
 
 
-def test_the_eight_kinds_are_registered() -> None:
-    assert set(OP_CLASSES) == {"Dense", "Conv2d", "Relu", "MaxPool2d", "AvgPool2d", "Reshape", "Scale", "Add"}
-    assert AFFINE_KINDS == {"Dense", "Conv2d", "AvgPool2d", "Reshape", "Scale", "Add"}
+STRUCTURAL = {"Pad", "Slice", "Transpose", "Concat", "ReduceSum", "ConvTranspose2d"}
+
+
+def test_the_shipped_kinds_are_registered() -> None:
+    assert set(OP_CLASSES) == {"Dense", "Conv2d", "Relu", "MaxPool2d", "AvgPool2d", "Reshape", "Scale",
+                               "Add"} | STRUCTURAL
+    assert AFFINE_KINDS == {"Dense", "Conv2d", "AvgPool2d", "Reshape", "Scale", "Add"} | STRUCTURAL
 
 
 @pytest.mark.parametrize("kind", sorted(OP_CLASSES))
@@ -58,8 +62,9 @@ def test_traits_are_consistent(kind: str) -> None:
     if cls.arity > 1:
         assert not cls.elementwise and not cls.mixing
     # exactly the kinds the engines used to list by hand
-    assert cls.mixing == (kind in {"Dense", "Conv2d", "AvgPool2d"})
-    assert cls.elementwise == (kind in {"Scale", "Reshape", "Relu"})
+    assert cls.mixing == (kind in {"Dense", "Conv2d", "AvgPool2d", "ReduceSum", "ConvTranspose2d"})
+    # coordinate selections (Pad, Slice, Transpose) map a box onto a box, as Reshape does
+    assert cls.elementwise == (kind in {"Scale", "Reshape", "Relu", "Pad", "Slice", "Transpose"})
     assert cls.activation == (kind in {"Relu", "MaxPool2d"})
 
 

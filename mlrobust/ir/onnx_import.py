@@ -23,18 +23,43 @@ import numpy as np
 from mlrobust.errors import ModelLoadError, UnsupportedOpError
 from mlrobust.ir.graph import Network, Node
 from mlrobust.ir.ops import Op
-from mlrobust.ops import Add, AvgPool2d, Conv2d, Dense, MaxPool2d, Relu, Reshape, Scale
+from mlrobust.ops import (
+    Add,
+    AvgPool2d,
+    Concat,
+    Conv2d,
+    ConvTranspose2d,
+    Dense,
+    MaxPool2d,
+    Pad,
+    ReduceSum,
+    Relu,
+    Reshape,
+    Scale,
+    Slice,
+    Transpose,
+)
 
 #: ONNX op types accepted on the data path (the path from the input to the output). Any op whose inputs are all
 #: constants is evaluated at load time, whatever its type.
 SUPPORTED_OPS: tuple[str, ...] = (
-    "Add", "AveragePool", "BatchNormalization", "Cast", "Constant", "Conv", "Div", "Dropout", "Flatten", "Gemm",
-    "GlobalAveragePool", "GlobalMaxPool", "Identity", "LogSoftmax", "MatMul", "MaxPool", "Mul", "Neg", "Relu",
-    "Reshape", "Shape", "Sigmoid", "Size", "Softmax", "Squeeze", "Sub", "Transpose", "Unsqueeze",
+    "Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "ConvTranspose", "Div",
+    "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Identity", "LogSoftmax", "MatMul", "MaxPool",
+    "Mul", "Neg", "Pad", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Size", "Slice", "Softmax",
+    "Split", "Squeeze", "Sub", "Transpose", "Unsqueeze",
 )
+
+#: Ops that turn scores into labels, masks or integers (a segmentation or classification "tail"). mlrobust verifies
+#: the scores themselves, so such a node is refused with the tensor to cut the graph at (``--output``).
+OUTPUT_TAIL_OPS = ("ArgMax", "ArgMin", "Equal", "Greater", "GreaterOrEqual", "Hardmax", "Less", "LessOrEqual",
+                   "OneHot", "TopK")
 
 #: Ops that may end the network and are stripped (monotone: the order of the outputs, hence the top-k, is kept).
 STRIPPABLE_OPS = ("Softmax", "LogSoftmax", "Sigmoid")
+
+#: Ops accepted on the data path of a rank-1 input (read as one sample with an implicit batch axis): those without
+#: axis arguments, whose ONNX shapes are the IR's shapes without that axis.
+RANK1_OPS = ("Add", "Cast", "Div", "Dropout", "Identity", "MatMul", "Mul", "Neg", "Relu", "Sigmoid", "Sub", "Tanh")
 
 #: A Dense weight built for a MatMul over a multi-row tensor is materialised; refuse absurd sizes with a clear error.
 MAX_DENSE_ENTRIES = 200_000_000
@@ -52,10 +77,13 @@ class _Data:
     stripped_by: tuple[str, str] | None = None
 
 
-def load_onnx(path_or_model: Union[str, os.PathLike, "onnx.ModelProto"]) -> Network:  # noqa: F821
+def load_onnx(path_or_model: Union[str, os.PathLike, "onnx.ModelProto"],  # noqa: F821
+              output: str | None = None) -> Network:
     """Load an ONNX classifier as a :class:`Network`.
 
-    ``path_or_model`` is a path to an ``.onnx`` file or an ``onnx.ModelProto``. Raises :class:`ModelLoadError`
+    ``path_or_model`` is a path to an ``.onnx`` file or an ``onnx.ModelProto``. ``output`` names the tensor (or the
+    node, for its first output) to use as the network's output instead of the graph's own: the scores in front of
+    a post-processing tail, say. Raises :class:`ModelLoadError`
     (file missing, not ONNX, several inputs/outputs, dynamic non-batch dimensions, ...) or
     :class:`UnsupportedOpError` (op type or attribute values the IR cannot represent).
     """
@@ -71,7 +99,7 @@ def load_onnx(path_or_model: Union[str, os.PathLike, "onnx.ModelProto"]) -> Netw
     except Exception as exc:  # onnx raises ValidationError / C++ errors with useful first lines
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{where}not a valid ONNX model: {first}") from None
-    network = _Importer(model, where).run()
+    network = _Importer(model, where, output).run()
     network.source = source
     return network
 
@@ -148,8 +176,10 @@ def _auto_pads(auto_pad: str, hw: tuple[int, int], kernel: tuple[int, int], stri
 class _Importer:
     """One pass over an ONNX graph, building IR nodes; see the module docstring."""
 
-    def __init__(self, model, where: str):
+    def __init__(self, model, where: str, output: str | None = None):
         self.model = model
+        self.output_override = output
+        self.implicit_batch = False
         self.graph = model.graph
         self.where = where
         self.opsets = {o.domain or "": o.version for o in model.opset_import}
@@ -187,11 +217,16 @@ class _Importer:
             names = ", ".join(repr(i.name) for i in real_inputs) or "none"
             raise self.fail(f"the model must have exactly one input that is not an initializer; it has "
                             f"{len(real_inputs)} ({names})")
-        if len(g.output) != 1:
-            names = ", ".join(repr(o.name) for o in g.output)
-            raise self.fail(f"the model must have exactly one output; it has {len(g.output)} ({names})")
+        output = self._output_tensor()
         inp = real_inputs[0]
         full_shape = self._input_shape(inp)
+        # A rank-1 input (n,) has no batch axis: it is read as one sample (1, n), and every data tensor carries that
+        # implicit axis (see _batched and rank1_ops).
+        self.implicit_batch = len(full_shape) == 1
+        if self.implicit_batch:
+            full_shape = (1, *full_shape)
+            self.notes.append(f"rank-1 input {inp.name!r} of shape ({full_shape[1]},) read as one sample "
+                              f"(1, {full_shape[1]})")
         # Shapes are computed at the model's own batch size (its fixed one, or 1 for a symbolic batch axis); the
         # Network itself is per sample, and records the input shape with a batch of 1.
         self.batch = full_shape[0]
@@ -200,7 +235,6 @@ class _Importer:
         self.data[inp.name] = _Data(inp.name, full_shape)
         self._infer_shapes(inp.name)
 
-        output = g.output[0].name
         live = self._live_nodes(output)
         handlers = self._handlers()
         for index, node in live:
@@ -217,6 +251,9 @@ class _Importer:
                     self._fold(node, label)
                 self.folded[node.op_type] = self.folded.get(node.op_type, 0) + 1
                 continue
+            if node.domain in ("", "ai.onnx") and (node.op_type in OUTPUT_TAIL_OPS or (
+                    node.op_type == "Cast" and _attrs(node).get("to") not in _FLOAT_TYPES)):
+                raise self.output_tail(node, label, data_in[0])
             for t in data_in:
                 stripped = self.data[t].stripped_by
                 if stripped and node.op_type not in ("Identity", "Dropout", "Cast"):
@@ -224,6 +261,9 @@ class _Importer:
                         stripped[0], stripped[1], SUPPORTED_OPS,
                         f"only supported as the last op of the network, but its output feeds {node.op_type} {label!r}")
             handler = handlers.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            if self.implicit_batch and node.op_type not in RANK1_OPS:
+                raise self.unsupported(node, label, "on a rank-1 input (no batch axis) only "
+                                       f"{', '.join(RANK1_OPS)} are supported")
             if handler is None:
                 raise self.unsupported(node, label, "the intermediate graph has no equivalent on the data path")
             try:
@@ -247,6 +287,30 @@ class _Importer:
         return Network(input_name=self.input_name, input_shape=input_shape, nodes=self.nodes,
                        output_name=output_ir, notes=self.notes)
 
+    def _output_tensor(self) -> str:
+        """The tensor verified: the graph's one output, or the tensor/node named by ``output``."""
+        g = self.graph
+        name = self.output_override
+        if name is None:
+            if len(g.output) != 1:
+                names = ", ".join(repr(o.name) for o in g.output)
+                raise self.fail(f"the model must have exactly one output; it has {len(g.output)} ({names}); "
+                                "name the one to verify with --output")
+            return g.output[0].name
+        produced = {t for n in g.node for t in n.output if t}
+        if name in produced:
+            return name
+        by_node = [n for n in g.node if n.name == name and n.output and n.output[0]]
+        if by_node:
+            return by_node[0].output[0]
+        raise self.fail(f"--output {name!r} names no tensor and no node of the graph")
+
+    def output_tail(self, node, label: str, data_in: str) -> UnsupportedOpError:
+        """The error for a post-processing node: which tensor holds the scores to verify instead."""
+        return self.unsupported(
+            node, label, f"it turns the scores into labels, masks or integers, which is not piecewise linear; verify "
+            f"the scores in front of it instead: cut the graph at tensor {data_in!r} (--output {data_in})")
+
     def _input_shape(self, inp) -> tuple[int, ...]:
         ttype = inp.type.tensor_type
         if not inp.type.HasField("tensor_type"):
@@ -255,6 +319,11 @@ class _Importer:
             raise self.fail(f"the input {inp.name!r} has element type {ttype.elem_type}; a float tensor is expected")
         if not ttype.HasField("shape") or len(ttype.shape.dim) == 0:
             raise self.fail(f"the input {inp.name!r} has no static shape; mlrobust needs (N, ...) with a batch axis")
+        if len(ttype.shape.dim) == 1:  # a rank-1 input is one sample; its only axis must be fixed
+            d = ttype.shape.dim[0]
+            if not (d.HasField("dim_value") and d.dim_value > 0):
+                raise self.fail(f"the rank-1 input {inp.name!r} has a dynamic size; export it with a fixed size")
+            return (int(d.dim_value),)
         dims = []
         for axis, d in enumerate(ttype.shape.dim):
             if d.HasField("dim_value") and d.dim_value > 0:
@@ -345,8 +414,9 @@ class _Importer:
         return self.consts[name]
 
     # --- emitting IR nodes -------------------------------------------------------------------------------------
-    def emit(self, node, label: str, op: Op, inputs: list[str], shape: tuple[int, ...]) -> None:
-        out = node.output[0]
+    def emit(self, node, label: str, op: Op, inputs: list[str], shape: tuple[int, ...], out: str | None = None) -> None:
+        """Append an IR node computing ``node``'s output ``out`` (its first by default) from data tensors."""
+        out = node.output[0] if out is None else out
         self.check_shape(node, label, out, shape)
         self.nodes.append(Node(name=label, op=op, inputs=tuple(self.data[t].ir_name for t in inputs), output=out,
                                out_shape=tuple(shape[1:])))
@@ -374,6 +444,8 @@ class _Importer:
             self.untrusted.add(out)
             return
         known = self.inferred.get(out)
+        if known is not None and self.implicit_batch and known == tuple(shape[1:]):
+            return  # ONNX's shape of a tensor of a rank-1 input has no batch axis
         if known is not None and known != tuple(shape):
             raise self.fail(f"node {label!r} ({node.op_type}): computed output shape {tuple(shape)} differs from "
                             f"ONNX shape inference {known}")
@@ -400,6 +472,8 @@ class _Importer:
             "Add": self.binary, "Sub": self.binary, "Mul": self.binary, "Div": self.binary, "Neg": self.neg,
             "BatchNormalization": self.batchnorm, "Identity": self.identity, "Dropout": self.identity,
             "Cast": self.identity, "Softmax": self.strip, "LogSoftmax": self.strip, "Sigmoid": self.strip,
+            "Pad": self.pad, "Concat": self.concat, "Slice": self.slice, "Split": self.split,
+            "ReduceSum": self.reduce, "ReduceMean": self.reduce, "ConvTranspose": self.conv_transpose,
         }
 
     def relu(self, node, label):
@@ -518,6 +592,12 @@ class _Importer:
             self._check_dense_size(node, label, rows * m, rows * k)
             # y[r, j] = sum_l x[r, l] W[l, j] on the flattened sample: block diagonal of W^T.
             weight = np.kron(np.eye(rows), w.T) if rows > 1 else w.T.copy()
+        elif self.implicit_batch and len(x) == 2:  # W @ x of a rank-1 x is x @ Wᵀ
+            m, k = w.shape
+            if x[-1] != k:
+                raise self.fail(f"node {label!r} (MatMul): input {x[1:]} does not fit the weight {w.shape}")
+            out = (1, m)
+            weight = w.copy()
         else:
             m, k = w.shape
             if len(x) < 3 or x[-2] != k:
@@ -725,12 +805,214 @@ class _Importer:
 
     def transpose(self, node, label):
         name, d = self.data_input(node, label)
-        perm = list(_attrs(node).get("perm", range(len(d.shape) - 1, -1, -1)))
+        perm = [int(p) for p in _attrs(node).get("perm", range(len(d.shape) - 1, -1, -1))]
+        if sorted(perm) != list(range(len(d.shape))):
+            raise self.fail(f"node {label!r} (Transpose): perm={perm} is not a permutation of the axes of {d.shape}")
+        if perm[0] != 0:
+            raise self.unsupported(node, label, f"perm={perm} moves the batch axis")
+        shape = tuple(d.shape[p] for p in perm)
         moved = [p for p in perm if d.shape[p] != 1]
-        if perm[0] != 0 or moved != sorted(moved):
-            raise self.unsupported(node, label, f"perm={perm} on shape {d.shape} reorders the data (only transposes "
-                                   "that keep the batch axis and move size-1 axes are supported)")
-        self._reshape_to(node, label, name, tuple(d.shape[p] for p in perm))
+        if moved == sorted(moved):  # only size-1 axes move: the data keeps its order
+            self._reshape_to(node, label, name, shape)
+            return
+        self.emit(node, label, Transpose(perm=tuple(p - 1 for p in perm[1:])), [name], shape)
+
+    # --- exact index maps and reductions ------------------------------------------------------------------------
+    def _sample_axis(self, node, label, axis: int, rank: int) -> int:
+        """A per-sample axis (0 = the first axis after the batch) from an ONNX axis of a rank-``rank`` tensor."""
+        axis = int(axis)
+        full = axis + rank if axis < 0 else axis
+        if not 0 <= full < rank:
+            raise self.fail(f"node {label!r} ({node.op_type}): axis {axis} is out of range for rank {rank}")
+        if full == 0:
+            raise self.unsupported(node, label, "it acts along the batch axis")
+        return full - 1
+
+    def _optional_const(self, node, index: int) -> np.ndarray | None:
+        if index < len(node.input) and node.input[index]:
+            if node.input[index] not in self.consts:
+                raise self.unsupported(node, _node_label(node, 0), f"its input {node.input[index]!r} depends on the "
+                                       "network input; it must be a constant")
+            return np.asarray(self.consts[node.input[index]])
+        return None
+
+    def pad(self, node, label):
+        name, d = self.data_input(node, label)
+        a = _attrs(node)
+        mode = a.get("mode", "constant")
+        if mode != "constant":
+            raise self.unsupported(node, label, f"mode={mode!r} (only constant padding is supported)")
+        rank = len(d.shape)
+        if self.opset < 11:
+            pads = [int(p) for p in a.get("pads", [])]
+            value = float(a.get("value", 0.0))
+            axes = list(range(rank))
+        else:
+            pads = [int(p) for p in self.const(node, label, 1, "pads").reshape(-1)]
+            const = self._optional_const(node, 2)
+            value = float(const.reshape(-1)[0]) if const is not None and const.size else 0.0
+            axes_in = self._optional_const(node, 3)
+            axes = ([int(v) + rank if int(v) < 0 else int(v) for v in axes_in.reshape(-1)] if axes_in is not None
+                    else list(range(rank)))
+        if len(pads) != 2 * len(axes):
+            raise self.fail(f"node {label!r} (Pad): {len(pads)} pads for {len(axes)} axes")
+        per_axis = {ax: (pads[i], pads[i + len(axes)]) for i, ax in enumerate(axes)}
+        if per_axis.get(0, (0, 0)) != (0, 0):
+            raise self.unsupported(node, label, f"pads={pads} pad the batch axis")
+        op = Pad(pads=tuple(per_axis.get(ax, (0, 0)) for ax in range(1, rank)), value=value)
+        shape = (d.shape[0], *op.out_shape_for([d.shape[1:]]))
+        if all(p == (0, 0) for p in op.pads):
+            self.alias(node, label, name)
+            return
+        self.emit(node, label, op, [name], shape)
+
+    def concat(self, node, label):
+        names = [t for t in node.input if t]
+        consts = [t for t in names if t not in self.data]
+        if consts:
+            raise self.unsupported(node, label, f"it joins the constant {consts[0]!r} to data (only tensors that "
+                                   "depend on the input can be joined)")
+        shapes = [self.data[t].shape for t in names]
+        rank = len(shapes[0])
+        axis = self._sample_axis(node, label, _attrs(node)["axis"], rank)
+        if any(len(sh) != rank or sh[:axis + 1] + sh[axis + 2:] != shapes[0][:axis + 1] + shapes[0][axis + 2:]
+               for sh in shapes):
+            raise self.fail(f"node {label!r} (Concat): shapes {shapes} do not match off axis {axis + 1}")
+        if len(names) == 1:
+            self.alias(node, label, names[0])
+            return
+        op = Concat(axis=axis)
+        self.emit(node, label, op, names, (shapes[0][0], *op.out_shape_for([sh[1:] for sh in shapes])))
+
+    def slice(self, node, label):
+        name, d = self.data_input(node, label)
+        rank = len(d.shape)
+        if self.opset < 10:
+            a = _attrs(node)
+            starts, ends = list(a["starts"]), list(a["ends"])
+            axes = list(a.get("axes", range(len(starts))))
+            steps = [1] * len(starts)
+        else:
+            starts = [int(v) for v in self.const(node, label, 1, "starts").reshape(-1)]
+            ends = [int(v) for v in self.const(node, label, 2, "ends").reshape(-1)]
+            axes_in, steps_in = self._optional_const(node, 3), self._optional_const(node, 4)
+            axes = [int(v) for v in axes_in.reshape(-1)] if axes_in is not None else list(range(len(starts)))
+            steps = [int(v) for v in steps_in.reshape(-1)] if steps_in is not None else [1] * len(starts)
+        if not len(starts) == len(ends) == len(axes) == len(steps):
+            raise self.fail(f"node {label!r} (Slice): starts, ends, axes and steps differ in length")
+        ranges = [(0, n, 1) for n in d.shape]
+        for start, end, axis, step in zip(starts, ends, axes, steps):
+            axis = axis + rank if axis < 0 else axis
+            if step == 0:
+                raise self.fail(f"node {label!r} (Slice): step 0")
+            # Python's slice resolution clamps and wraps exactly as ONNX specifies for Slice
+            ranges[axis] = slice(start, end, step).indices(d.shape[axis])
+        if ranges[0] != (0, d.shape[0], 1):
+            raise self.unsupported(node, label, "it slices the batch axis")
+        op = Slice(ranges=tuple(tuple(int(v) for v in r) for r in ranges[1:]))
+        shape = (d.shape[0], *op.out_shape_for([d.shape[1:]]))
+        if shape == d.shape and all(r[2] == 1 for r in op.ranges):
+            self.check_shape(node, label, node.output[0], shape)
+            self.alias(node, label, name)
+            return
+        self.emit(node, label, op, [name], shape)
+
+    def split(self, node, label):
+        """Split as one Slice per output that is used (the IR's nodes have one output each)."""
+        name, d = self.data_input(node, label)
+        a = _attrs(node)
+        rank = len(d.shape)
+        axis = self._sample_axis(node, label, a.get("axis", 0), rank)
+        size = d.shape[axis + 1]
+        outs = list(node.output)
+        if "split" in a:
+            parts = [int(v) for v in a["split"]]
+        elif (given := self._optional_const(node, 1)) is not None:
+            parts = [int(v) for v in given.reshape(-1)]
+        else:
+            count = int(a.get("num_outputs", len(outs)))
+            chunk = -(-size // count)  # ONNX: equal parts, the last one smaller when it does not divide
+            parts = [min(chunk, size - i * chunk) for i in range(count)]
+        if len(parts) != len(outs) or sum(parts) != size or min(parts) < 0:
+            raise self.fail(f"node {label!r} (Split): parts {parts} do not split {size} into {len(outs)} outputs")
+        used = {t for n in self.graph.node for t in n.input} | {o.name for o in self.graph.output}
+        start = 0
+        for i, (out, part) in enumerate(zip(outs, parts)):
+            ranges = [(0, n, 1) for n in d.shape[1:]]
+            ranges[axis] = (start, start + part, 1)
+            start += part
+            if not out or out not in used:
+                continue
+            shape = (d.shape[0], *(len(range(*r)) for r in ranges))
+            self.emit(node, self._unique(f"{label}_{i}"), Slice(ranges=tuple(ranges)), [name], shape, out=out)
+
+    def reduce(self, node, label):
+        name, d = self.data_input(node, label)
+        a = _attrs(node)
+        rank = len(d.shape)
+        if "axes" in a:
+            axes_list = [int(v) for v in a["axes"]]
+        else:
+            given = self._optional_const(node, 1)
+            axes_list = [int(v) for v in given.reshape(-1)] if given is not None else []
+        if not axes_list:
+            if a.get("noop_with_empty_axes", 0):
+                self.alias(node, label, name)
+                return
+            raise self.unsupported(node, label, "no axes: it would reduce over the batch axis too")
+        axes = tuple(sorted({self._sample_axis(node, label, ax, rank) for ax in axes_list}))
+        keepdims = bool(a.get("keepdims", 1))
+        count = int(np.prod([d.shape[ax + 1] for ax in axes]))
+        op = ReduceSum(axes=axes, keepdims=keepdims, scale=1.0 if node.op_type == "ReduceSum" else 1.0 / count)
+        shape = [1 if k - 1 in axes else n for k, n in enumerate(d.shape)]
+        if not keepdims:
+            shape = [n for k, n in enumerate(shape) if k - 1 not in axes]
+        self.emit(node, label, op, [name], tuple(shape))
+
+    def conv_transpose(self, node, label):
+        name, d = self.data_input(node, label)
+        a = _attrs(node)
+        if len(d.shape) != 4:
+            raise self.unsupported(node, label, f"only 2-D transposed convolutions are supported (input {d.shape})")
+        w = self.const(node, label, 1, "weight").astype(np.float64)
+        groups = int(a.get("group", 1))
+        c_out = int(w.shape[1]) * groups
+        b = (self.const(node, label, 2, "bias").astype(np.float64).reshape(c_out) if len(node.input) > 2 and
+             node.input[2] else np.zeros(c_out))
+        if d.shape[1] != w.shape[0] or w.shape[0] % groups:
+            raise self.fail(f"node {label!r} (ConvTranspose): weight {w.shape} with group={groups} does not fit "
+                            f"input {d.shape}")
+        kernel = (int(w.shape[2]), int(w.shape[3]))
+        stride = tuple(int(v) for v in a.get("strides", (1, 1)))
+        dilation = tuple(int(v) for v in a.get("dilations", (1, 1)))
+        out_pad = tuple(int(v) for v in a.get("output_padding", (0, 0)))
+        if len(stride) != 2 or len(dilation) != 2 or len(out_pad) != 2:
+            raise self.unsupported(node, label, "strides, dilations and output_padding must be 2-D")
+        _positive(label, "ConvTranspose", strides=stride, dilations=dilation)
+        auto_pad = a.get("auto_pad", "NOTSET")
+        target = [int(v) for v in a["output_shape"]][-2:] if "output_shape" in a else None
+        if target is None and auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            target = [d.shape[2] * stride[0], d.shape[3] * stride[1]]
+        if target is not None:  # ONNX: pads follow from the requested output size
+            begins, ends = [], []
+            for i in range(2):
+                total = (stride[i] * (d.shape[2 + i] - 1) + out_pad[i] + (kernel[i] - 1) * dilation[i] + 1
+                         - target[i])
+                if total < 0:
+                    raise self.unsupported(node, label, f"output_shape {target} larger than the full output")
+                small, large = total // 2, total - total // 2
+                begin, end = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+                begins.append(begin)
+                ends.append(end)
+            pads = (begins[0], begins[1], ends[0], ends[1])
+        elif auto_pad == "VALID":
+            pads = (0, 0, 0, 0)
+        else:
+            pads = _pads_2d(a.get("pads"), label, "ConvTranspose")
+        op = ConvTranspose2d(weight=w, bias=b, stride=stride, padding=pads, output_padding=out_pad,
+                             dilation=dilation, groups=groups)
+        ho, wo = op.output_hw(*d.shape[2:])
+        self.emit(node, label, op, [name], (d.shape[0], c_out, ho, wo))
 
 
 # --- folding of elementwise affine ops into the op in front of them ----------------------------------------------
@@ -760,6 +1042,12 @@ def _merge(prev: Node, scale: Scale) -> Op | None:
             return None
         return Conv2d(weight=op.weight * m[:, None, None, None], bias=op.bias * m + a, stride=op.stride,
                       padding=op.padding, dilation=op.dilation, groups=op.groups)
+    if isinstance(op, ConvTranspose2d) and op.groups == 1:
+        m, a = _channel_vector(scale.mul, shape), _channel_vector(scale.add, shape)
+        if m is None or a is None:
+            return None
+        return ConvTranspose2d(weight=op.weight * m[None, :, None, None], bias=op.bias * m + a, stride=op.stride,
+                               padding=op.padding, output_padding=op.output_padding, dilation=op.dilation)
     if isinstance(op, Scale):
         return Scale(mul=np.asarray(op.mul * scale.mul, dtype=np.float64),
                      add=np.asarray(op.add * scale.mul + scale.add, dtype=np.float64))
@@ -767,7 +1055,7 @@ def _merge(prev: Node, scale: Scale) -> Op | None:
 
 
 def _fuse(nodes: list[Node], output: str, origin: dict[str, str], notes: list[str]) -> str:
-    """Fold each Scale into the Dense/Conv/Scale in front of it when that op's output feeds nothing else.
+    """Fold each Scale into the Dense/Conv/ConvTranspose/Scale in front of it when that op's output feeds nothing else.
 
     Works in place on ``nodes``; returns the (possibly renamed) output tensor.
     """

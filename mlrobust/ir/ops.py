@@ -7,7 +7,24 @@ MILP encodings see the same numbers the forward pass uses.
 
 from __future__ import annotations
 
-from mlrobust.ops import OP_CLASSES, Add, AvgPool2d, Conv2d, Dense, MaxPool2d, OpRules, Relu, Reshape, Scale
+from mlrobust.ops import (
+    OP_CLASSES,
+    Add,
+    AvgPool2d,
+    Concat,
+    Conv2d,
+    ConvTranspose2d,
+    Dense,
+    MaxPool2d,
+    OpRules,
+    Pad,
+    ReduceSum,
+    Relu,
+    Reshape,
+    Scale,
+    Slice,
+    Transpose,
+)
 
 #: The type of a node's op: any op kind (its rules and traits are on :class:`OpRules`).
 Op = OpRules
@@ -15,5 +32,5 @@ Op = OpRules
 #: Ops that are affine maps of their (single or summed) inputs; bounds and MILP treat them alike.
 AFFINE_KINDS = frozenset(k for k, c in OP_CLASSES.items() if c.affine)
 
-__all__ = ["AFFINE_KINDS", "Add", "AvgPool2d", "Conv2d", "Dense", "MaxPool2d", "Op", "OpRules", "Relu", "Reshape",
-           "Scale"]
+__all__ = ["AFFINE_KINDS", "Add", "AvgPool2d", "Concat", "Conv2d", "ConvTranspose2d", "Dense", "MaxPool2d", "Op",
+           "OpRules", "Pad", "ReduceSum", "Relu", "Reshape", "Scale", "Slice", "Transpose"]

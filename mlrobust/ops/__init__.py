@@ -11,12 +11,18 @@ from __future__ import annotations
 from mlrobust.ops.add import Add
 from mlrobust.ops.avgpool2d import AvgPool2d
 from mlrobust.ops.base import FP_REL, OpRules
+from mlrobust.ops.concat import Concat
 from mlrobust.ops.conv2d import Conv2d
+from mlrobust.ops.conv_transpose import ConvTranspose2d
 from mlrobust.ops.dense import Dense
 from mlrobust.ops.maxpool2d import MaxPool2d
+from mlrobust.ops.pad import Pad
+from mlrobust.ops.reduce import ReduceSum
 from mlrobust.ops.relu import Relu
 from mlrobust.ops.reshape import Reshape
 from mlrobust.ops.scale import Scale
+from mlrobust.ops.slice import Slice
+from mlrobust.ops.transpose import Transpose
 
 #: Every op kind, by name.
 OP_CLASSES: dict[str, type[OpRules]] = {}
@@ -37,7 +43,8 @@ def unregister(kind: str) -> None:
     OP_CLASSES.pop(kind, None)
 
 
-for _cls in (Dense, Conv2d, Relu, MaxPool2d, AvgPool2d, Reshape, Scale, Add):
+for _cls in (Dense, Conv2d, Relu, MaxPool2d, AvgPool2d, Reshape, Scale, Add, Pad, Slice, Transpose, Concat,
+             ReduceSum, ConvTranspose2d):
     register(_cls)
 
 
@@ -46,5 +53,6 @@ def affine_kinds() -> frozenset[str]:
     return frozenset(k for k, c in OP_CLASSES.items() if c.affine)
 
 
-__all__ = ["FP_REL", "OP_CLASSES", "OpRules", "Add", "AvgPool2d", "Conv2d", "Dense", "MaxPool2d", "Relu", "Reshape",
-           "Scale", "affine_kinds", "register", "unregister"]
+__all__ = ["FP_REL", "OP_CLASSES", "OpRules", "Add", "AvgPool2d", "Concat", "Conv2d", "ConvTranspose2d", "Dense",
+           "MaxPool2d", "Pad", "ReduceSum", "Relu", "Reshape", "Scale", "Slice", "Transpose", "affine_kinds",
+           "register", "unregister"]
