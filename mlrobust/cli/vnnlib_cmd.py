@@ -45,6 +45,8 @@ def vnnlib(
                                                             "(the VNN-COMP result file; its folder is created)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print which tier decided and the time (to "
                                                                "stderr)."),
+    output: Optional[str] = typer.Option(None, "--output", help="Verify this tensor (or node) of the graph instead "
+                                         "of its output, e.g. the scores in front of an ArgMax tail."),
 ) -> int:
     """Decide a VNN-LIB property: print unsat, sat with a counterexample, timeout or unknown."""
     from mlrobust.cli.verify_cmd import check_solver, notes, time_left
@@ -78,7 +80,7 @@ def vnnlib(
 
     watchdog = None if timeout is None else hard_deadline(timeout, give_up)
     with notes():
-        network = load_onnx(model)
+        network = load_onnx(model, output=output)
         result = check_vnnlib(network, spec, solver=solver, tightening=tightening, verifier=verifier,
                               timeout=None if timeout is None else time_left(timeout))
     with ANSWER_LOCK:

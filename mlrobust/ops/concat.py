@@ -36,5 +36,5 @@ class Concat(GatherOp):
         return np.concatenate(blocks, axis=self.axis)
 
     def describe(self, node: Node, network: Network) -> str:
-        parts = ", ".join(f"{t} ({shape_text(network.shape_of(t))})" for t in node.inputs)
-        return f"axis {self.axis}: {parts}"
+        sizes = " + ".join(shape_text(network.shape_of(t)) for t in node.inputs)
+        return f"axis {self.axis}: {sizes}"

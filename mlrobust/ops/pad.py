@@ -40,4 +40,4 @@ class Pad(GatherOp):
 
     def describe(self, node: Node, network: Network) -> str:
         pads = ",".join(f"{b}/{e}" for b, e in self.pads)
-        return f"pads (begin/end per axis) {pads}, value {self.value:g}"
+        return f"pads {pads} (begin/end per axis) value {self.value:g}"

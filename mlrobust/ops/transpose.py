@@ -29,4 +29,4 @@ class Transpose(GatherOp):
         return np.arange(int(np.prod(shape, dtype=np.int64))).reshape(shape).transpose(self.perm)
 
     def describe(self, node: Node, network: Network) -> str:
-        return "perm " + ",".join(str(p) for p in self.perm) + " (per-sample axes)"
+        return "perm " + ",".join(str(p) for p in self.perm)
