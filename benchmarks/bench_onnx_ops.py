@@ -102,10 +102,10 @@ def markdown(results: dict) -> str:
     load = results.get("load")
     lines = ["# ONNX patterns: `mlrobust vnnlib` on one small network per pattern", "",
              "Written by `python -m benchmarks onnx-ops` (`benchmarks/bench_onnx_ops.py`); the networks and "
-             "properties are built by `benchmarks/onnx_patterns/` (seeded random weights, L-inf boxes of radius "
-             "0.005, 0.02, 0.06 and 0.2 around one input; the property: the top output stays the top one, for the U-Net "
-             "among one pixel's class scores). 'verify' is the time `mlrobust vnnlib --verbose` reports "
-             "for deciding the property (after the model is loaded); 'process' the wall time of the whole process "
+             "properties are built by `benchmarks/onnx_patterns/` (seeded random weights, L-inf boxes of "
+             "four radii per pattern around one input, chosen around the radius where the answer turns; the "
+             "property: the top output stays the top one, for the U-Net among one pixel's class scores). "
+             "'verify' is the time `mlrobust vnnlib --verbose` reports for deciding the property (after the model is loaded); 'process' the wall time of the whole process "
              "(Python start-up, imports, model import and property parsing included), "
              f"with `--timeout {results['timeout']:g}`. Every sat counterexample is re-run on onnxruntime: it must "
              f"lie in the box and reach the output region (margin >= -{ORT_TOLERANCE:g}).", "",

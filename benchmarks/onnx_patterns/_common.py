@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-#: Radii of the L-inf boxes of each pattern's properties: a small one (usually unsat), a larger one (usually sat).
+#: Default radii of the L-inf boxes of a pattern's properties; patterns pass their own, chosen around the radius
+#: where the answer turns from unsat to sat, so that some properties need more than the bounds or the attack.
 EPSILONS = (0.005, 0.02, 0.06, 0.2)
 
 
@@ -59,8 +60,9 @@ def argmax_vnnlib(lower: np.ndarray, upper: np.ndarray, n_out: int, target: int,
 
 
 def label_properties(model: Path, center: np.ndarray, out_dir: Path, stem: str, lo: float = 0.0,
-                     hi: float = 1.0, groups: list[list[int]] | None = None) -> list[tuple[Path, Path]]:
-    """One property per radius of :data:`EPSILONS`: the top output at ``center`` stays the top one over the box.
+                     hi: float = 1.0, groups: list[list[int]] | None = None,
+                     epsilons: tuple[float, ...] = EPSILONS) -> list[tuple[Path, Path]]:
+    """One property per radius of ``epsilons``: the top output at ``center`` stays the top one over the box.
 
     ``groups`` splits the outputs into competing sets (the classes of one pixel of a segmenter); the property then
     holds for the first group's winner against its own group. Inputs are clipped to ``[lo, hi]``.
@@ -69,7 +71,7 @@ def label_properties(model: Path, center: np.ndarray, out_dir: Path, stem: str, 
     group = groups[0] if groups else list(range(y.size))
     target = group[int(np.argmax(y[group]))]
     pairs = []
-    for eps in EPSILONS:
+    for eps in epsilons:
         x = center.reshape(-1).astype(np.float64)
         lower, upper = np.clip(x - eps, lo, hi), np.clip(x + eps, lo, hi)
         text = argmax_vnnlib(lower, upper, y.size, target, [j for j in group if j != target],

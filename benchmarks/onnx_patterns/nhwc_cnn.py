@@ -9,6 +9,7 @@ import numpy as np
 from benchmarks.onnx_patterns._common import export, label_properties
 
 NAME = "nhwc_cnn"
+EPSILONS = (0.001, 0.002, 0.0025, 0.003)
 
 
 def build(out_dir: Path) -> list[tuple[Path, Path]]:
@@ -30,4 +31,4 @@ def build(out_dir: Path) -> list[tuple[Path, Path]]:
     torch.manual_seed(0)
     model = export(Net(), (8, 8, 3), out_dir / f"{NAME}.onnx")
     center = np.random.default_rng(0).uniform(0, 1, (8, 8, 3))
-    return label_properties(model, center, out_dir, NAME)
+    return label_properties(model, center, out_dir, NAME, epsilons=EPSILONS)

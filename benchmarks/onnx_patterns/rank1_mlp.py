@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from benchmarks.onnx_patterns._common import label_properties, save
 
 NAME = "rank1_mlp"
+EPSILONS = (0.1, 0.3, 0.4, 0.5)
 
 
 def build(out_dir: Path) -> list[tuple[Path, Path]]:
@@ -28,4 +29,5 @@ def build(out_dir: Path) -> list[tuple[Path, Path]]:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     path = save(model, out_dir / f"{NAME}.onnx")
-    return label_properties(path, np.array([0.3, -0.4]), out_dir, NAME, lo=-1.0, hi=1.0)
+    return label_properties(path, np.array([0.3, -0.4]), out_dir, NAME, lo=-1.0, hi=1.0,
+                            epsilons=EPSILONS)

@@ -10,6 +10,7 @@ import numpy as np
 from benchmarks.onnx_patterns._common import export, label_properties
 
 NAME = "set_encoder"
+EPSILONS = (0.01, 0.03, 0.035, 0.04)
 ELEMENTS, FEATURES, QUERY = 5, 4, 3
 
 
@@ -34,4 +35,4 @@ def build(out_dir: Path) -> list[tuple[Path, Path]]:
     torch.manual_seed(2)
     model = export(Net(), (ELEMENTS * FEATURES + QUERY,), out_dir / f"{NAME}.onnx")
     center = np.random.default_rng(2).uniform(0, 1, ELEMENTS * FEATURES + QUERY)
-    return label_properties(model, center, out_dir, NAME)
+    return label_properties(model, center, out_dir, NAME, epsilons=EPSILONS)

@@ -79,7 +79,7 @@ def tail_margins(network: Network, bounds: Bounds, target: int) -> tuple[np.ndar
     tensor = network.output_name
     while True:
         node = network.producer(tensor)
-        if node is None or node.kind not in ("Dense", "Conv2d", "AvgPool2d", "Reshape", "Scale"):
+        if node is None or not node.op.affine or len(node.inputs) != 1:  # single-input affine ops have a matrix
             break
         W, b = affine_matrix(node, network.shape_of(node.inputs[0]))
         c = M @ b + c
