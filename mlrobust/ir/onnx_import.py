@@ -346,7 +346,8 @@ class _Importer:
         model = onnx.ModelProto()
         model.CopyFrom(self.model)
         for i in model.graph.input:
-            if i.name == input_name and i.type.tensor_type.HasField("shape"):
+            # a rank-1 input has no batch axis: its only axis is a fixed size already
+            if i.name == input_name and i.type.tensor_type.HasField("shape") and not self.implicit_batch:
                 d0 = i.type.tensor_type.shape.dim[0]
                 d0.Clear()
                 d0.dim_value = self.batch
