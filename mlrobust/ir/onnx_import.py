@@ -221,7 +221,7 @@ class _Importer:
         inp = real_inputs[0]
         full_shape = self._input_shape(inp)
         # A rank-1 input (n,) has no batch axis: it is read as one sample (1, n), and every data tensor carries that
-        # implicit axis (see _batched and rank1_ops).
+        # implicit axis; only ops without axis arguments may follow (RANK1_OPS).
         self.implicit_batch = len(full_shape) == 1
         if self.implicit_batch:
             full_shape = (1, *full_shape)

@@ -132,11 +132,8 @@ class ConvTranspose2d(OpRules):
         """``(R, C_out, Ho, Wo) -> (R, C_in, H, W)``: the adjoint convolution on coefficient rows."""
         import torch.nn.functional as F
 
-        from mlrobust.ir.torch_exec import pad2d
-
         top, left, bottom, right = self.adjoint_padding
-        padded = F.pad(a, (left, right, top, bottom)) if min(self.adjoint_padding) < 0 else pad2d(
-            a, self.adjoint_padding, 0.0)
+        padded = F.pad(a, (left, right, top, bottom))  # a negative end pad crops (the output padding's strip)
         return F.conv2d(padded, weight, stride=self.stride, dilation=self.dilation, groups=self.groups)
 
     def crown_step(self, engine: Any, node: Node, a: torch.Tensor) -> CrownStep:
