@@ -99,9 +99,10 @@ def test_summary_csv_holds_the_numbers_of_the_lines(rendered):
     assert float(value(rows, **a, metric="uniform_size", statistic="median")) == pytest.approx(0.105)  # 3 r
     assert float(value(rows, **a, metric="seconds", statistic="median")) == pytest.approx(25.0)
     assert float(value(rows, **a, metric="seconds", statistic="sum")) == pytest.approx(100.0)
-    assert float(value(rows, **a, metric="layers_proven", statistic="share")) == pytest.approx(0.5833, abs=1e-4)
-    assert float(value(rows, **a, metric="layers_refuted", statistic="share")) == pytest.approx(0.5)
-    assert float(value(rows, **a, metric="layers_certified", statistic="share")) == pytest.approx(0.3333, abs=1e-4)
+    # 7, 6 and 4 of the 12 layers: proven ε > 0, a refuted ε known, certified maximal
+    assert value(rows, **a, metric="layers_proven", statistic="percent") == "58.33"
+    assert value(rows, **a, metric="layers_refuted", statistic="percent") == "50"
+    assert value(rows, **a, metric="layers_certified", statistic="percent") == "33.33"
     # no uniform baseline in model b's lines: no such rows
     assert not [r for r in rows if r["run"] == "model_b" and r["metric"] == "uniform_size"]
     # the profile: distance 0 proven .1 .3 .2 .05, refuted .2 .4 .1 (one unknown); distance 1 proven .05 .1 0 0
@@ -140,7 +141,7 @@ def test_the_page_and_the_api_show_the_csv_numbers(rendered):
     for r in rows:
         if r["section"] == "run" and r["value"]:
             assert f"<td>{r['value']}</td>" in page, r  # the overview table: the CSV's own text
-    assert "median w·ε 0.175" in page and "<script" not in page
+    assert "median w·ε 0.175" in page and "33.33% certified maximal" in page and "<script" not in page
     for src in re.findall(r'<img[^>]* src="([^"]+)"', page):
         assert (out / src).is_file(), src
     summary = load([a, b], table="summary")

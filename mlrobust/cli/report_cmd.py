@@ -55,7 +55,7 @@ def report(
         # one line per model, the CSV's own text of each number
         print(f"{run}: images={g('images', 'count')} median_size={g('size', 'median')} "
               f"median_eps0={g('eps0', 'median')} median_seconds={g('seconds', 'median')} "
-              f"certified_share={g('layers_certified', 'share')}")
+              f"certified_percent={g('layers_certified', 'percent')}")
     if files.missing_pictures:
         print(f"note: {files.missing_pictures} thumbnail(s) left out: their images were not found (give --dataset)")
     print(f"wrote {files.index} ({len(files.figures)} figures), {files.summary_csv.name}, {files.images_csv.name}")

@@ -78,7 +78,8 @@ def signed_rank_p(diff: np.ndarray) -> float:
 
 
 def run_rows(images: Table, layers: Table, run: str, errors: int) -> list[dict]:
-    """Section ``run``: sizes, the object's ε, the uniform baseline, time, and the shares of layers."""
+    """Section ``run``: sizes, the object's ε, the uniform baseline, time, and the shares of layers (in percent of
+    all layers of all images)."""
     im = images.where(images["run"] == run)
     ly = layers.where(layers["run"] == run)
     rows = [_row("run", run, "images", "count", len(im), len(im)), _row("run", run, "errors", "count", errors, errors),
@@ -100,10 +101,10 @@ def run_rows(images: Table, layers: Table, run: str, errors: int) -> list[dict]:
     total = len(ly)
     if total:
         rows += [
-            _row("run", run, "layers_proven", "share", np.count_nonzero(ly["eps"] > 0) / total, total),
-            _row("run", run, "layers_refuted", "share", np.count_nonzero(np.isfinite(ly["refuted_eps"])) / total,
-                 total),
-            _row("run", run, "layers_certified", "share", np.count_nonzero(ly["certified"]) / total, total),
+            _row("run", run, "layers_proven", "percent", 100 * np.count_nonzero(ly["eps"] > 0) / total, total),
+            _row("run", run, "layers_refuted", "percent",
+                 100 * np.count_nonzero(np.isfinite(ly["refuted_eps"])) / total, total),
+            _row("run", run, "layers_certified", "percent", 100 * np.count_nonzero(ly["certified"]) / total, total),
         ]
     return rows
 

@@ -87,12 +87,12 @@ def time_and_layers(images: Table, summary: Table, runs: Sequence[str]) -> Any:
              ("layers_certified", "certified maximal", "#2ca02c"))
     width = 0.8 / len(kinds)
     for j, (metric, label, colour) in enumerate(kinds):
-        shares = [lookup(summary, "run", run, metric, "share") or 0.0 for run in runs]
+        shares = [(lookup(summary, "run", run, metric, "percent") or 0.0) / 100 for run in runs]
         xs = np.arange(len(runs)) + (j - (len(kinds) - 1) / 2) * width
         bars = ax_share.bar(xs, shares, width, color=colour, label=label)
         ax_share.bar_label(bars, [f"{s:.0%}" for s in shares], fontsize=7)
     ax_share.set_xticks(range(len(runs)), list(runs), rotation=20, ha="right", fontsize=8)
-    ax_share.set_ylim(0, 1.12)
+    ax_share.set_ylim(0, 1.3)  # room for the legend above the bars
     ax_share.set_ylabel("share of all layers")
     ax_share.set_title("layers: proven, refuted, certified")
     ax_share.legend(fontsize=7, loc="upper left", ncols=3)
@@ -211,6 +211,6 @@ def comparison(images: Table, summary: Table, a: str, b: str, ia: int, ib: int) 
     ax_diff.set_xlabel("images, sorted by the difference")
     ax_diff.set_ylabel(f"w·ε: {a} − {b}")
     ax_diff.set_title(f"per image: above 0, {a} larger", fontsize=9)
-    ax_diff.legend(fontsize=7, loc="upper left")
+    ax_diff.legend(fontsize=7, loc="best")
     ax_diff.grid(axis="y", alpha=0.3)
     return fig

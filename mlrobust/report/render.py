@@ -88,8 +88,8 @@ OVERVIEW = (("images", "count", "images"), ("errors", "count", "errors"), ("veri
             ("uniform_size", "median", "uniform w·ε median"), ("size_over_uniform", "median", "w·ε / uniform median"),
             ("eps0", "median", "ε₀ median"), ("eps0", "q25", "ε₀ q25"), ("eps0", "q75", "ε₀ q75"),
             ("seconds", "median", "s / image median"), ("seconds", "max", "s / image max"),
-            ("layers_proven", "share", "layers proven ε>0"), ("layers_refuted", "share", "layers refuted"),
-            ("layers_certified", "share", "layers certified maximal"))
+            ("layers_proven", "percent", "% layers proven ε>0"), ("layers_refuted", "percent", "% layers refuted"),
+            ("layers_certified", "percent", "% layers certified maximal"))
 
 
 def overview(summary: Table, runs: Sequence[str]) -> str:
@@ -119,8 +119,9 @@ def headline(summary: Table, run: str) -> str:
             f"(quartiles {g('size', 'q25')}–{g('size', 'q75')}), median ε₀ {g('eps0', 'median')}")
     if lookup(summary, "run", run, "uniform_size", "median") is not None:
         text += f", uniform baseline median w·ε {g('uniform_size', 'median')}"
-    text += (f"; median {g('seconds', 'median')} s per image; layers: {g('layers_proven', 'share')} proven ε>0, "
-             f"{g('layers_refuted', 'share')} with a refuted ε, {g('layers_certified', 'share')} certified maximal.")
+    text += (f"; median {g('seconds', 'median')} s per image; layers: {g('layers_proven', 'percent')}% proven ε>0, "
+             f"{g('layers_refuted', 'percent')}% with a refuted ε, {g('layers_certified', 'percent')}% certified "
+             "maximal.")
     return text
 
 
@@ -168,10 +169,10 @@ def comparison_text(summary: Table, a: str, b: str) -> str:
               and (low > 0 or high < 0))
     verdict = ("the difference holds beyond noise: the 95% bootstrap interval of the mean excludes 0"
                if beyond else "the difference is within noise: the 95% bootstrap interval of the mean includes 0")
-    return (f"<p>w·ε of <b>{esc(a)}</b> − <b>{esc(b)}</b>: mean {num(mean)} (95% bootstrap interval {num(low)} to "
+    return (f"w·ε of <b>{esc(a)}</b> − <b>{esc(b)}</b>: mean {num(mean)} (95% bootstrap interval {num(low)} to "
             f"{num(high)}; Wilcoxon signed-rank p = {num(p)}); {esc(a)} is larger on {num(wins)} images, "
             f"{esc(b)} on {num(losses)}. <b>{esc(larger)}</b> has the larger neighborhoods on average; "
-            f"{verdict}.</p>")
+            f"{verdict}.")
 
 
 def comparison_table(summary: Table, a: str, b: str) -> str:
@@ -197,7 +198,9 @@ def by_target_table(summary: Table, a: str, b: str) -> str:
 def page(title: str, intro: str, summary: Table, runs: Sequence[str], figures: Figures,
          run_notes: dict[str, str], files: Sequence[tuple[str, str]]) -> str:
     """The whole page."""
-    parts = ["<h2>Headline</h2>", "<ul>" + "".join(f"<li>{headline(summary, r)}</li>" for r in runs) + "</ul>"]
+    pairs = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]]
+    parts = ["<h2>Headline</h2>", "<ul>" + "".join(f"<li>{headline(summary, r)}</li>" for r in runs)
+             + "".join(f"<li>{comparison_text(summary, a, b)}</li>" for a, b in pairs) + "</ul>"]
     parts += ["<h2>1. Per model: sizes, the object's ε, time and layers</h2>",
               "<p>w·ε is the size of the proven neighborhood (the weighted sum of the per-layer ε); ε₀ is the "
               "perturbed object's own ε (layer 0). The grey boxes are the uniform baseline: one ε for every pixel, "
@@ -244,7 +247,7 @@ def page(title: str, intro: str, summary: Table, runs: Sequence[str], figures: F
         for i, a in enumerate(runs):
             for b in runs[i + 1:]:
                 parts.append(f"<h3>{esc(a)} (a) vs {esc(b)} (b)</h3>")
-                parts.append(comparison_text(summary, a, b))
+                parts.append(f"<p>{comparison_text(summary, a, b)}</p>")
                 parts.append(comparison_table(summary, a, b))
                 if figures.comparisons and (a, b) in figures.comparisons:
                     parts.append(figure_html(figures.comparisons[(a, b)], f"{a} against {b}"))
