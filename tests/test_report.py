@@ -259,3 +259,14 @@ def test_every_image_of_the_page_loads_in_a_browser(rendered, tmp_path):
     images = json.loads(found.group(1).replace("&quot;", '"'))
     assert len(images) >= 6
     assert not [src for src, width in images if width <= 0], images
+
+
+def test_the_results_page_quotes_the_report_as_its_csv_writes_it(rendered):
+    from benchmarks.report_page import report_section
+
+    _, _, out = rendered
+    section = report_section(out / "summary.csv", "report/index.html")
+    assert "[The report](report/index.html)" in section
+    assert "| model_a | 4 | 0.175 | 0.105 | 0.15 | 25 | 58.33 | 50 | 33.33 |" in section
+    assert "| model_a | model_b | 4 | -0.2125 | [" in section and "| 0 / 3 |" in section
+    assert report_section(out / "no_such.csv", "x") == ""

@@ -131,7 +131,8 @@ def label_rows(images: Table, run: str) -> list[dict]:
     """Section ``labels``: per target label and perturbed-object label, the median ε₀ and w·ε, with counts."""
     im = images.where(images["run"] == run)
     rows: list[dict] = []
-    labels = im["object_label"].astype(np.float64)
+    # a label column with a missing label is an object column (ints and None): NaN stands for the missing ones
+    labels = np.array([np.nan if v is None else float(v) for v in im["object_label"]], dtype=np.float64)
     for t in np.unique(im["target"]):
         for o in np.unique(labels[np.isfinite(labels)]):
             at = (im["target"] == t) & (labels == o)

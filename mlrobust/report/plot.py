@@ -135,11 +135,15 @@ def profile(summary: Table, runs: Sequence[str]) -> Any:
     return fig
 
 
-def label_matrix(summary: Table, run: str, labels: Sequence[int] = tuple(range(10))) -> Any:
-    """Target label × perturbed-object label: the median ε₀ and the median w·ε, each cell with its count."""
+def label_matrix(summary: Table, run: str, labels: Sequence[int] | None = None) -> Any:
+    """Target label × perturbed-object label: the median ε₀ and the median w·ε, each cell with its count. The labels
+    are 0..9 (Double-MNIST's digits) or, where others occur, every label that does."""
     fig = _figure(9.0, 4.2)
     axes = fig.subplots(1, 2)
     rows = summary.where((summary["section"] == "labels") & (summary["run"] == run))
+    if labels is None:
+        seen = {int(v) for v in (*rows["target"], *rows["object_label"]) if v is not None}
+        labels = list(range(10)) if seen <= set(range(10)) else sorted(seen)
     index = {int(label): i for i, label in enumerate(labels)}
     for ax, metric, title in zip(axes, ("eps0", "size"), ("median ε₀ (the object's ε)", "median w·ε")):
         grid = np.full((len(labels), len(labels)), np.nan)
