@@ -7,7 +7,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-#: How docs/report was made (models, data, limits); the raw lines are committed in benchmarks/results/report/.
+#: How docs/report was made (models, data, limits), and on what machine; the raw lines are committed in
+#: benchmarks/results/report/.
+MACHINE = "a 2-core machine shared with other jobs (load average 8 to 14 during the runs)"
 COMMANDS = """\
 mlrobust data double-mnist --mnist-dir data/mnist --out build/dm.npz --n-train 0 --n-test 100
 for m in mnist2_nodefense mnist2_l0 mnist2_pgd; do
@@ -64,6 +66,14 @@ def report_section(summary_csv: Path, link: str) -> str:
                 "mean_difference", "ci_low", "ci_high", "p_value", "wins", "losses")}
             lines.append(f"| {a} | {b} | {n} | {g['mean_difference']} | [{g['ci_low']}, {g['ci_high']}] | "
                          f"{g['p_value']} | {g['wins']} / {g['losses']} |")
-    lines += ["", "Made with (30 s per image, one process, on a shared 2-core machine; the time per image is the "
-              "limit the search runs to):", "", "```bash", COMMANDS, "```", ""]
+    counts = [(int(_value(rows, "run", run, "errors", "count")), int(_value(rows, "run", run, "images", "count")))
+              for run in runs]
+    low, high = min(e for e, _ in counts), max(e for e, _ in counts)
+    errors = f"{low if low == high else f'{low} to {high}'} of the {counts[0][0] + counts[0][1]}"
+    lines += ["", "Made with the commands below: 30 s per image, one process per model, the models one after the other, "
+              f"on {MACHINE}, so the searches had less CPU than 30 s and their sizes are lower than on an idle "
+              "machine; every search ran to its time limit. Images whose target the model does not rank among its "
+              f"top-2 are error lines and left out ({errors} per model); the comparisons pair the images finished "
+              "under both models.", "",
+              "```bash", COMMANDS, "```", ""]
     return "\n".join(lines)
