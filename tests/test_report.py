@@ -270,3 +270,20 @@ def test_the_results_page_quotes_the_report_as_its_csv_writes_it(rendered):
     assert "| model_a | 4 | 0.175 | 0.105 | 0.15 | 25 | 58.33 | 50 | 33.33 |" in section
     assert "| model_a | model_b | 4 | -0.2125 | [" in section and "| 0 / 3 |" in section
     assert report_section(out / "no_such.csv", "x") == ""
+
+
+def test_the_committed_report_is_what_the_committed_lines_give():
+    """docs/report (the results page) was written from benchmarks/results/report/*.jsonl: its summary.csv is what
+    the API computes from those lines now, and the page shows the CSV's own text."""
+    root = Path(__file__).resolve().parent.parent
+    runs = [root / "benchmarks" / "results" / "report" / f"{m}.jsonl" for m in ("mnist2_nodefense", "mnist2_l0",
+                                                                                  "mnist2_pgd")]
+    summary = load(runs, table="summary")
+    assert summary.to_csv() == (root / "docs" / "report" / "summary.csv").read_text()
+    page = (root / "docs" / "report" / "index.html").read_text()
+    for r in csv_rows(root / "docs" / "report" / "summary.csv"):
+        if r["section"] == "run" and r["value"]:
+            assert f"<td>{r['value']}</td>" in page, r
+    assert min(int(v) for r, v in zip(summary["metric"], summary["value"]) if r == "images") >= 20
+    for src in re.findall(r'<img[^>]* src="([^"]+)"', page):
+        assert (root / "docs" / "report" / src).is_file(), src
