@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_results_page(results_path: Path, out: Path) -> int:
-    """docs/results.md: how to reproduce, then the suite's report with links into benchmarks/results/."""
+    """docs/results.md: how to reproduce, then the suite's report with links into benchmarks/results/, and the
+    headline numbers of the committed data-set report (docs/report/summary.csv) where there is one."""
     import json
     import os
 
@@ -127,9 +128,13 @@ def write_results_page(results_path: Path, out: Path) -> int:
         "```\n\n"
         "The smoke suite (a few minutes; CI runs it through `tests/test_benchmarks_smoke.py` and fails on any "
         "soundness violation) is `python -m benchmarks run --suite smoke`.\n")
+    from benchmarks.report_page import report_section
+
     body = markdown(results, link_prefix=prefix, title="Results")
     head, rest = body.split("\n", 1)
-    out.write_text(head + "\n\n" + intro + rest)
+    # the data-set report (mlrobust report) lives in docs/report/ and is linked from the docs folder
+    section = report_section(ROOT / "docs" / "report" / "summary.csv", "report/index.html")
+    out.write_text(head + "\n\n" + intro + rest + ("\n" + section if section else ""))
     print(f"wrote {out}")
     return 0
 

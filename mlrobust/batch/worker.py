@@ -123,14 +123,19 @@ class BatchSettings:
 
 def result_record(result: Any) -> dict:
     """The compact JSON of a search result for a batch line: no counterexample images, no mask rows (the job's
-    source names the mask; its pixel count and hash stay), no improvement trace."""
+    source names the mask; its pixel count and hash stay), no improvement trace; of the search's details only the
+    uniform radius it probed first (``baseline``, where the automatic tolerance measured it)."""
     data = result.to_json(with_counterexamples=False)
     obj = data.get("object", {})
     mask = np.asarray(obj.pop("mask", []), dtype=np.uint8)
     if mask.size:
         obj["mask_sha256"] = hashlib.sha256(np.packbits(mask.astype(bool)).tobytes()).hexdigest()
     data.pop("trace", None)
-    data.pop("details", None)
+    details = data.pop("details", None) or {}
+    # the uniform radius the search probed first (proven on the cheap bound tiers): the report's baseline
+    radius = details.get("delta_auto", {}).get("uniform_radius")
+    if radius is not None:
+        data["baseline"] = {"uniform_radius": radius}
     return data
 
 

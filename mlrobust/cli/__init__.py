@@ -141,7 +141,7 @@ def _root(
     _start_clock()
 
 
-_COMMANDS = ("inspect_cmd", "data_cmd", "verify_cmd", "vnnlib_cmd", "batch_cmd")
+_COMMANDS = ("inspect_cmd", "data_cmd", "verify_cmd", "vnnlib_cmd", "batch_cmd", "report_cmd")
 
 
 def _register() -> None:
