@@ -24,8 +24,9 @@ from mlrobust.ops.coeffs import AlphaStep
 RULES = ("forward", "forward_torch", "interval", "crown_step", "crown_step_patch", "alpha_step", "encode_milp")
 
 
-def test_the_eight_kinds_are_registered() -> None:
-    assert set(OP_CLASSES) == {"Dense", "Conv2d", "Relu", "MaxPool2d", "AvgPool2d", "Reshape", "Scale", "Add"}
+def test_the_ten_kinds_are_registered() -> None:
+    assert set(OP_CLASSES) == {"Dense", "Conv2d", "Relu", "MaxPool2d", "AvgPool2d", "Reshape", "Scale", "Add",
+                               "Sigmoid", "Tanh"}
     assert AFFINE_KINDS == {"Dense", "Conv2d", "AvgPool2d", "Reshape", "Scale", "Add"}
 
 
@@ -59,8 +60,8 @@ def test_traits_are_consistent(kind: str) -> None:
         assert not cls.elementwise and not cls.mixing
     # exactly the kinds the engines used to list by hand
     assert cls.mixing == (kind in {"Dense", "Conv2d", "AvgPool2d"})
-    assert cls.elementwise == (kind in {"Scale", "Reshape", "Relu"})
-    assert cls.activation == (kind in {"Relu", "MaxPool2d"})
+    assert cls.elementwise == (kind in {"Scale", "Reshape", "Relu", "Sigmoid", "Tanh"})
+    assert cls.activation == (kind in {"Relu", "MaxPool2d", "Sigmoid", "Tanh"})
 
 
 def test_unknown_rule_is_a_clear_error() -> None:

@@ -85,6 +85,7 @@ from mlrobust.ir.torch_exec import torch_threads
 from mlrobust.ops.coeffs import rows as _rows
 from mlrobust.ops.maxpool2d import AlphaPoolRelax as _PoolRelax
 from mlrobust.ops.relu import AlphaReluRelax as _ReluRelax
+from mlrobust.ops.smooth import AlphaSmoothRelax as _SmoothRelax
 
 Tensor = torch.Tensor
 _F64 = torch.float64
@@ -302,6 +303,7 @@ class _Context:
     mix_base: Tensor | None = None  # (R, *shape of the bounded tensor): base rows of a RowMix
     mix_valid: Tensor | None = None  # (1, S, R) bool
     mix_init: Tensor | None = None  # (1, S, R)
+    smooth: dict[str, _SmoothRelax] = field(default_factory=dict)  # Sigmoid/Tanh nodes
     _consts: dict[int, tuple[object, Tensor]] = field(default_factory=dict)
 
     def const(self, arr: np.ndarray) -> Tensor:
@@ -324,7 +326,7 @@ class _Context:
                               c(r.default_lam), c(r.default_tau)) for k, r in self.pool.items()}
         return _Context(self.network, relu, pool, c(self.in_lower), c(self.in_upper), AlphaState(), None, dtype,
                         mix_base=None if self.mix_base is None else c(self.mix_base), mix_valid=self.mix_valid,
-                        mix_init=self.mix_init)
+                        mix_init=self.mix_init, smooth={k: r.cast(dtype) for k, r in self.smooth.items()})
 
 
 def _plan(network: Network, start: str) -> list[Node]:
@@ -620,12 +622,13 @@ def _clamped(network: Network, domains: DomainBatch) -> tuple[DomainBatch, np.nd
 def _context(network: Network, domains: DomainBatch) -> _Context:
     relu: dict[str, _ReluRelax] = {}
     pool: dict[str, _PoolRelax] = {}
-    groups: dict[str, dict] = {"relu": relu, "pool": pool}
+    smooth: dict[str, _SmoothRelax] = {}
+    groups: dict[str, dict] = {"relu": relu, "pool": pool, "smooth": smooth}
     for node in network.nodes:
         if node.op.alpha_group is not None:  # the op's relaxation, in the dict its parameters are named in
             groups[node.op.alpha_group][node.name] = node.op.alpha_relax(network, node, domains)
     return _Context(network, relu, pool, torch.as_tensor(domains.lower, dtype=_F64)[:, None],
-                    torch.as_tensor(domains.upper, dtype=_F64)[:, None], AlphaState())
+                    torch.as_tensor(domains.upper, dtype=_F64)[:, None], AlphaState(), smooth=smooth)
 
 
 def _propagate_intervals(network: Network, domains: DomainBatch, after: str) -> DomainBatch:

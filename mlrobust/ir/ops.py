@@ -7,7 +7,20 @@ MILP encodings see the same numbers the forward pass uses.
 
 from __future__ import annotations
 
-from mlrobust.ops import OP_CLASSES, Add, AvgPool2d, Conv2d, Dense, MaxPool2d, OpRules, Relu, Reshape, Scale
+from mlrobust.ops import (
+    OP_CLASSES,
+    Add,
+    AvgPool2d,
+    Conv2d,
+    Dense,
+    MaxPool2d,
+    OpRules,
+    Relu,
+    Reshape,
+    Scale,
+    Sigmoid,
+    Tanh,
+)
 
 #: The type of a node's op: any op kind (its rules and traits are on :class:`OpRules`).
 Op = OpRules
@@ -16,4 +29,4 @@ Op = OpRules
 AFFINE_KINDS = frozenset(k for k, c in OP_CLASSES.items() if c.affine)
 
 __all__ = ["AFFINE_KINDS", "Add", "AvgPool2d", "Conv2d", "Dense", "MaxPool2d", "Op", "OpRules", "Relu", "Reshape",
-           "Scale"]
+           "Scale", "Sigmoid", "Tanh"]

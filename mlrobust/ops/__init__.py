@@ -17,6 +17,7 @@ from mlrobust.ops.maxpool2d import MaxPool2d
 from mlrobust.ops.relu import Relu
 from mlrobust.ops.reshape import Reshape
 from mlrobust.ops.scale import Scale
+from mlrobust.ops.smooth import Sigmoid, Tanh
 
 #: Every op kind, by name.
 OP_CLASSES: dict[str, type[OpRules]] = {}
@@ -37,7 +38,7 @@ def unregister(kind: str) -> None:
     OP_CLASSES.pop(kind, None)
 
 
-for _cls in (Dense, Conv2d, Relu, MaxPool2d, AvgPool2d, Reshape, Scale, Add):
+for _cls in (Dense, Conv2d, Relu, MaxPool2d, AvgPool2d, Reshape, Scale, Add, Sigmoid, Tanh):
     register(_cls)
 
 
@@ -47,4 +48,4 @@ def affine_kinds() -> frozenset[str]:
 
 
 __all__ = ["FP_REL", "OP_CLASSES", "OpRules", "Add", "AvgPool2d", "Conv2d", "Dense", "MaxPool2d", "Relu", "Reshape",
-           "Scale", "affine_kinds", "register", "unregister"]
+           "Scale", "Sigmoid", "Tanh", "affine_kinds", "register", "unregister"]
