@@ -55,10 +55,13 @@ def test_crown_lines_are_sound_on_the_whole_interval(name: str, bounds: tuple[fl
     r = smooth_lines(fn, np.array([lo]), np.array([hi]))
     assert _dense_check(fn, lo, hi, r.lo_slope, r.lo_icpt, "lower") <= 0.0
     assert _dense_check(fn, lo, hi, r.up_slope, r.up_icpt, "upper") <= 0.0
-    # the MILP's extra tangents too
-    lo_s, lo_c, up_s, up_c = milp_lines(fn, np.array([lo]), np.array([hi]))
-    assert _dense_check(fn, lo, hi, lo_s, lo_c, "lower") <= 0.0
-    assert _dense_check(fn, lo, hi, up_s, up_c, "upper") <= 0.0
+    # the MILP's lines too (none where the output range is a point: the column bounds hold it)
+    (lo_n, lo_s, lo_c), (up_n, up_s, up_c) = milp_lines(fn, np.array([lo]), np.array([hi]))
+    if lo_n.size:
+        assert _dense_check(fn, lo, hi, lo_s, lo_c, "lower") <= 0.0
+        assert _dense_check(fn, lo, hi, up_s, up_c, "upper") <= 0.0
+    else:
+        assert fn.f(hi) - fn.f(lo) <= 1e-9 and up_n.size == 0
 
 
 @settings(max_examples=200, deadline=None)
@@ -96,6 +99,8 @@ def test_crossing_tangents_touch_the_curve_and_pass_through_the_far_end(name: st
     k = (fn.f(0.05) - fn.f(-0.2)) / 0.25
     left = smooth_lines(fn, np.array([-0.2]), np.array([0.05]))
     assert left.lo_tangent[0] and not left.up_tangent[0] and left.up_slope[0] == pytest.approx(k)
+    (lo_n, _, _), (up_n, _, _) = milp_lines(fn, np.array([-3.0, -0.2]), np.array([2.5, 0.05]))
+    assert lo_n.tolist() == [0, 1, 0, 1, 0, 1] and up_n.tolist() == [1, 0, 0, 0]  # 3 tangents or the one chord
     right = smooth_lines(fn, np.array([-0.05]), np.array([0.2]))
     assert not right.lo_tangent[0] and right.up_tangent[0] and right.lo_slope[0] == pytest.approx(k)
 

@@ -12,6 +12,8 @@ float64) on the bound itself:
   each ``relu(x_i - τ)`` replaced by its chord over ``[l_i, u_i]``; CROWN's chord is one choice of ``τ``. ``τ`` can
   be optimised too (``lr_tau``), but on the shipped models it never helped (CROWN's ``τ`` sits at a kink that
   gradient steps only leave for worse), so it is off by default.
+* Sigmoid/Tanh: the tangent points of the lines, one ``t ∈ [0, 1]`` per neuron and line mapped onto the range
+  where the tangent stays sound (:mod:`mlrobust.ops.smooth`); ``alpha[node]`` is ``(D, S, 2, *shape)``.
 * Split constraints (branch and bound): a ReLU split active (``z >= 0``) or inactive (``z <= 0``) has its
   pre-activation bounds clamped (``l := max(l, 0)`` / ``u := min(u, 0)``), which makes it linear, and the constraint
   ``s z >= 0`` (``s = ±1``) enters the objective with a Lagrange multiplier ``β >= 0``: on the sub-domain

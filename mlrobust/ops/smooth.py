@@ -17,7 +17,7 @@ all the relaxations use. Over a pre-activation interval ``[l, u]`` (auto_LiRPA's
 ``FP_REL (1 + (u - l) + f'max · max(|l|, |u|))``, which covers the float64 rounding of ``f``, ``f'`` and the line.
 
 The MILP gets a sound outer approximation (no binaries): a continuous column per neuron, bounded by
-``[f(l), f(u)]``, above three lower lines of the family and below three upper ones. A MILP bound below zero is then
+``[f(l), f(u)]``, above three tangents of the lower family (or its fixed chord) and below three of the upper one. A MILP bound below zero is then
 a proof; a MILP point is only a candidate, which the verifier re-runs through the network before it reports it.
 Branch and bound splits a pre-activation at the inflection point 0 (``splittable``): each side is convex or concave,
 where the lines are much tighter.
@@ -249,37 +249,50 @@ def alpha_smooth_relax(fn: SmoothFunction, lo: np.ndarray, hi: np.ndarray,
 # --- MILP -------------------------------------------------------------------------------------------------------------
 @dataclass
 class SmoothColumns:
-    """Where a Sigmoid/Tanh layer lives in the MILP: flat neuron index and output column of every neuron."""
+    """Where a Sigmoid/Tanh layer lives in the MILP: flat neuron index, pre-activation column and output column of
+    every neuron."""
 
     fn: SmoothFunction
     neurons: np.ndarray
+    z: np.ndarray
     y: np.ndarray
 
     def assign(self, v: np.ndarray, pre: np.ndarray) -> None:
         """Write the values a real pre-activation ``pre`` (flattened) implies into ``v``."""
+        v[self.z] = pre[self.neurons]
         v[self.y] = self.fn.f(pre[self.neurons])
 
 
-def milp_lines(fn: SmoothFunction, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                             np.ndarray]:
-    """Slopes and intercepts ``(P, n)`` of sound lower and upper lines per neuron (CROWN's and the tangents at
-    :data:`MILP_TANGENT_POINTS` of each family): their intersection is the MILP's outer approximation."""
+def milp_lines(fn: SmoothFunction, lo: np.ndarray, hi: np.ndarray) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray,
+                                                                                                       ...]]:
+    """Sound lower and upper lines of every neuron whose output range is not a point, as ``(neuron, slope,
+    intercept)`` arrays per side: the tangents at :data:`MILP_TANGENT_POINTS` of a tangent family (CROWN's line is
+    one of them), or the one fixed chord. Their intersection with the column bounds ``[f(l), f(u)]`` is the MILP's
+    outer approximation; a neuron whose ``f(u) - f(l)`` is below 1e-9 gets no line (its bounds are as tight), and
+    no line is written twice (repeated rows only make the LP degenerate)."""
     r = smooth_lines(fn, lo, hi)
-    lo_s, lo_c, up_s, up_c = [r.lo_slope], [r.lo_icpt], [r.up_slope], [r.up_icpt]
-    for frac in MILP_TANGENT_POINTS:
-        s, c = tangent(fn, r.lo_d0 + frac * (r.lo_d1 - r.lo_d0))
-        lo_s.append(np.where(r.lo_tangent, s, r.lo_slope))
-        lo_c.append(np.where(r.lo_tangent, c - r.delta, r.lo_icpt))
-        s, c = tangent(fn, r.up_d0 + frac * (r.up_d1 - r.up_d0))
-        up_s.append(np.where(r.up_tangent, s, r.up_slope))
-        up_c.append(np.where(r.up_tangent, c + r.delta, r.up_icpt))
-    return np.stack(lo_s), np.stack(lo_c), np.stack(up_s), np.stack(up_c)
+    open_range = fn.f(hi) - fn.f(lo) > 1e-9
+    sides = []
+    for tan, d0, d1, slope, icpt, sign in ((r.lo_tangent, r.lo_d0, r.lo_d1, r.lo_slope, r.lo_icpt, -1.0),
+                                           (r.up_tangent, r.up_d0, r.up_d1, r.up_slope, r.up_icpt, 1.0)):
+        fixed = np.flatnonzero(open_range & ~tan)
+        parts = [(fixed, slope[fixed], icpt[fixed])]
+        family = np.flatnonzero(open_range & tan)
+        for frac in MILP_TANGENT_POINTS:
+            s, c = tangent(fn, d0[family] + frac * (d1[family] - d0[family]))
+            parts.append((family, s, c + sign * r.delta[family]))
+        sides.append(tuple(np.concatenate([p[i] for p in parts]) for i in range(3)))
+    return sides[0], sides[1]
 
 
 def encode_smooth(enc: Any, fn: SmoothFunction, x: Any, lower: np.ndarray, upper: np.ndarray) -> tuple[Any, dict,
                                                                                                       SmoothColumns]:
     """``y = fn(x)`` as a continuous column per neuron inside the lines of :func:`milp_lines` (an outer
-    approximation: every real ``(x, fn(x))`` is feasible)."""
+    approximation: every real ``(x, fn(x))`` is feasible).
+
+    The pre-activation gets a column of its own (``z = x``, one row per neuron): the lines then have two nonzeros
+    each instead of the whole form of ``x`` (on a 6×200 Sigmoid network 0.26 instead of 1.7 million nonzeros).
+    """
     import scipy.sparse as sp
 
     from mlrobust.milp.encoding import INF, AffineForm, unit_rows
@@ -287,18 +300,18 @@ def encode_smooth(enc: Any, fn: SmoothFunction, x: Any, lower: np.ndarray, upper
     lower, upper = lower.reshape(-1).astype(np.float64), upper.reshape(-1).astype(np.float64)
     n = lower.size
     neurons = np.arange(n)
+    z = enc.add_columns(lower, upper, False, f"{fn.name.lower()}_input")
     y = enc.add_columns(np.maximum(fn.f(lower) - VALUE_EPS, fn.low), np.minimum(fn.f(upper) + VALUE_EPS, fn.high),
                         False, fn.name.lower())
     ncols = enc.ncols
     xf = x.rows(neurons, ncols)
-    ey = unit_rows(y, ncols)
-    lo_s, lo_c, up_s, up_c = milp_lines(fn, lower, upper)
-    for s, c in zip(lo_s, lo_c):  # y >= s x + c  <=>  y - s A v >= s c_x + c
-        enc.add_rows(ey - xf.A.multiply(s[:, None]).tocsr(), s * xf.c + c, INF, f"{fn.name.lower()}_lower")
-    for s, c in zip(up_s, up_c):
-        enc.add_rows(ey - xf.A.multiply(s[:, None]).tocsr(), -INF, s * xf.c + c, f"{fn.name.lower()}_upper")
+    enc.add_rows(unit_rows(z, ncols) - xf.A, xf.c, xf.c, f"{fn.name.lower()}_input")  # z - A v = c_x
+    (lo_n, lo_s, lo_c), (up_n, up_s, up_c) = milp_lines(fn, lower, upper)
+    # y >= s z + c  and  y <= s z + c
+    enc.add_rows(unit_rows(y[lo_n], ncols) - unit_rows(z[lo_n], ncols, lo_s), lo_c, INF, f"{fn.name.lower()}_lower")
+    enc.add_rows(unit_rows(y[up_n], ncols) - unit_rows(z[up_n], ncols, up_s), -INF, up_c, f"{fn.name.lower()}_upper")
     out = AffineForm(sp.csr_matrix((np.ones(n), (neurons, y)), shape=(n, ncols)), np.zeros(n))
-    return out, {"neurons": n, "lines": int(lo_s.shape[0] + up_s.shape[0])}, SmoothColumns(fn, neurons, y)
+    return out, {"neurons": n, "lines": int(lo_n.size + up_n.size)}, SmoothColumns(fn, neurons, z, y)
 
 
 # --- the op family ------------------------------------------------------------------------------------------------
@@ -319,7 +332,7 @@ class SmoothActivation(OpRules):
         return self.function.f_torch(args[0])
 
     def describe(self, node: Node, network: Network) -> str:
-        return "S-shaped: tangent/chord lines, MILP outer approximation"
+        return "tangent/chord lines; MILP outer approximation"
 
     def interval(self, node: Node, lows: list[np.ndarray], ups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         fn = self.function
