@@ -297,7 +297,7 @@ def test_outer_approximation_point_is_rerun_and_not_reported(act: type) -> None:
     assert isinstance(BabVerifier().verify(net, box, 1, 1, "decide", 20), Robust)
 
 
-def _brute_force_margin(net: Network, box: Box, target: int, n: int = 4001) -> float:
+def _brute_force_margin(net: Network, box: Box, target: int, n: int = 201 ** 2) -> float:
     grid = np.stack(np.meshgrid(*[np.linspace(a, b, int(round(n ** (1 / box.lower.size))))
                                   for a, b in zip(box.lower, box.upper)], indexing="ij"), -1).reshape(-1, box.lower.size)
     logits = net.forward(grid).reshape(len(grid), -1)
@@ -321,7 +321,9 @@ def test_verdicts_agree_with_brute_force_on_tiny_nets(seed: int, radius: float) 
             assert v.counterexample is not None
             logits = net.forward(np.asarray(v.counterexample)[None]).reshape(-1)
             assert np.delete(logits - logits[target], target).max() >= 0
-        if isinstance(verifier, BabVerifier) and abs(worst) > 1e-2:  # complete on a 2-D input within the limit
+        # complete on a 2-D input within the limit; the grid's spacing (<= 0.01) keeps its maximum within a few
+        # hundredths of the true one on these small networks
+        if isinstance(verifier, BabVerifier) and abs(worst) > 0.05:
             assert isinstance(v, Robust if worst < 0 else NotRobust), worst
 
 
