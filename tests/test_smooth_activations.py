@@ -340,3 +340,31 @@ def test_milp_encoding_admits_every_real_point() -> None:
         row = A @ v
         assert (row >= r_lo - 1e-7).all() and (row <= r_hi + 1e-7).all()
     assert any(s["kind"] in ("Sigmoid", "Tanh") for s in builder.layer_stats.values())
+
+
+@pytest.mark.parametrize("act", [Sigmoid, Tanh])
+def test_conv_network_patches_match_dense_coefficients(act: type) -> None:
+    """A Sigmoid/Tanh between convolutions: CROWN's patch rule gives the dense rule's bounds, and both contain the
+    sampled values."""
+    rng = np.random.default_rng(5)
+    b = NetBuilder((2, 6, 6), rng)
+    b.conv(3, padding=(1, 1, 1, 1))
+    b._add(act(), (b.cur,), b.shape)
+    b.conv(3)
+    b._add(act(), (b.cur,), b.shape)
+    b.flatten()
+    b.dense(4)
+    net = b.build()
+    centre = rng.uniform(0, 1, net.sample_shape)
+    lo, hi = centre - 0.1, centre + 0.1
+    with_patches, dense = crown(net, lo, hi, refine="all"), crown(net, lo, hi, refine="all", patches=False)
+    xs = sample_box(lo, hi, 100, 0)
+    values = net.forward(xs, return_all=True)
+    for t in net.tensors:
+        np.testing.assert_allclose(with_patches.lower[t], dense.lower[t], rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(with_patches.upper[t], dense.upper[t], rtol=1e-9, atol=1e-9)
+        v = values[t].reshape(len(xs), *net.shape_of(t))
+        assert (v >= with_patches.lower[t]).all() and (v <= with_patches.upper[t]).all(), t
+    out = net.output_name
+    i_lo, i_hi = ibp(net, lo, hi)
+    assert (with_patches.upper[out] - with_patches.lower[out] < i_hi[out] - i_lo[out]).all()
