@@ -87,11 +87,11 @@ def test_missing_file_exits_2_without_traceback(monkeypatch, capsys, tmp_path):
 
 
 def test_unsupported_op_exits_2_naming_the_op(monkeypatch, capsys, tmp_path):
-    path = tmp_path / "tanh.onnx"
-    onnx.save(single_node_model("Tanh", [1, 4]), str(path))
+    path = tmp_path / "erf.onnx"
+    onnx.save(single_node_model("Erf", [1, 4]), str(path))
     code, out, err = _run_main(monkeypatch, capsys, "inspect", str(path))
     assert code == 2
-    assert "unsupported ONNX op 'Tanh' at node 'tanh_node'" in err and "Supported ops:" in err
+    assert "unsupported ONNX op 'Erf' at node 'erf_node'" in err and "Supported ops:" in err
 
 
 def test_console_script(cnn_path, tmp_path):

@@ -29,7 +29,7 @@ STRUCTURAL = {"Pad", "Slice", "Transpose", "Concat", "ReduceSum", "ConvTranspose
 
 def test_the_shipped_kinds_are_registered() -> None:
     assert set(OP_CLASSES) == {"Dense", "Conv2d", "Relu", "MaxPool2d", "AvgPool2d", "Reshape", "Scale",
-                               "Add"} | STRUCTURAL
+                               "Add", "Sigmoid", "Tanh"} | STRUCTURAL
     assert AFFINE_KINDS == {"Dense", "Conv2d", "AvgPool2d", "Reshape", "Scale", "Add"} | STRUCTURAL
 
 
@@ -64,8 +64,8 @@ def test_traits_are_consistent(kind: str) -> None:
     # exactly the kinds the engines used to list by hand
     assert cls.mixing == (kind in {"Dense", "Conv2d", "AvgPool2d", "ReduceSum", "ConvTranspose2d"})
     # coordinate selections (Pad, Slice, Transpose) map a box onto a box, as Reshape does
-    assert cls.elementwise == (kind in {"Scale", "Reshape", "Relu", "Pad", "Slice", "Transpose"})
-    assert cls.activation == (kind in {"Relu", "MaxPool2d"})
+    assert cls.elementwise == (kind in {"Scale", "Reshape", "Relu", "Pad", "Slice", "Transpose", "Sigmoid", "Tanh"})
+    assert cls.activation == (kind in {"Relu", "MaxPool2d", "Sigmoid", "Tanh"})
 
 
 def test_unknown_rule_is_a_clear_error() -> None:

@@ -12,6 +12,8 @@ float64) on the bound itself:
   each ``relu(x_i - τ)`` replaced by its chord over ``[l_i, u_i]``; CROWN's chord is one choice of ``τ``. ``τ`` can
   be optimised too (``lr_tau``), but on the shipped models it never helped (CROWN's ``τ`` sits at a kink that
   gradient steps only leave for worse), so it is off by default.
+* Sigmoid/Tanh: the tangent points of the lines, one ``t ∈ [0, 1]`` per neuron and line mapped onto the range
+  where the tangent stays sound (:mod:`mlrobust.ops.smooth`); ``alpha[node]`` is ``(D, S, 2, *shape)``.
 * Split constraints (branch and bound): a ReLU split active (``z >= 0``) or inactive (``z <= 0``) has its
   pre-activation bounds clamped (``l := max(l, 0)`` / ``u := min(u, 0)``), which makes it linear, and the constraint
   ``s z >= 0`` (``s = ±1``) enters the objective with a Lagrange multiplier ``β >= 0``: on the sub-domain
@@ -85,6 +87,7 @@ from mlrobust.ir.torch_exec import torch_threads
 from mlrobust.ops.coeffs import rows as _rows
 from mlrobust.ops.maxpool2d import AlphaPoolRelax as _PoolRelax
 from mlrobust.ops.relu import AlphaReluRelax as _ReluRelax
+from mlrobust.ops.smooth import AlphaSmoothRelax as _SmoothRelax
 
 Tensor = torch.Tensor
 _F64 = torch.float64
@@ -302,6 +305,7 @@ class _Context:
     mix_base: Tensor | None = None  # (R, *shape of the bounded tensor): base rows of a RowMix
     mix_valid: Tensor | None = None  # (1, S, R) bool
     mix_init: Tensor | None = None  # (1, S, R)
+    smooth: dict[str, _SmoothRelax] = field(default_factory=dict)  # Sigmoid/Tanh nodes
     _consts: dict[int, tuple[object, Tensor]] = field(default_factory=dict)
 
     def const(self, arr: np.ndarray) -> Tensor:
@@ -324,7 +328,7 @@ class _Context:
                               c(r.default_lam), c(r.default_tau)) for k, r in self.pool.items()}
         return _Context(self.network, relu, pool, c(self.in_lower), c(self.in_upper), AlphaState(), None, dtype,
                         mix_base=None if self.mix_base is None else c(self.mix_base), mix_valid=self.mix_valid,
-                        mix_init=self.mix_init)
+                        mix_init=self.mix_init, smooth={k: r.cast(dtype) for k, r in self.smooth.items()})
 
 
 def _plan(network: Network, start: str) -> list[Node]:
@@ -620,12 +624,13 @@ def _clamped(network: Network, domains: DomainBatch) -> tuple[DomainBatch, np.nd
 def _context(network: Network, domains: DomainBatch) -> _Context:
     relu: dict[str, _ReluRelax] = {}
     pool: dict[str, _PoolRelax] = {}
-    groups: dict[str, dict] = {"relu": relu, "pool": pool}
+    smooth: dict[str, _SmoothRelax] = {}
+    groups: dict[str, dict] = {"relu": relu, "pool": pool, "smooth": smooth}
     for node in network.nodes:
         if node.op.alpha_group is not None:  # the op's relaxation, in the dict its parameters are named in
             groups[node.op.alpha_group][node.name] = node.op.alpha_relax(network, node, domains)
     return _Context(network, relu, pool, torch.as_tensor(domains.lower, dtype=_F64)[:, None],
-                    torch.as_tensor(domains.upper, dtype=_F64)[:, None], AlphaState())
+                    torch.as_tensor(domains.upper, dtype=_F64)[:, None], AlphaState(), smooth=smooth)
 
 
 def _propagate_intervals(network: Network, domains: DomainBatch, after: str) -> DomainBatch:

@@ -15,6 +15,8 @@ Relaxations (``l``, ``u``: pre-activation bounds):
   ``max(x) <= max(x_j, U')``, a convex function of ``x_j`` alone, bounded by its chord on ``[l_j, u_j]``:
   ``U' + (u_j - U') (x_j - l_j) / (u_j - l_j)`` (pointwise at or below the constant ``u_j``). When ``l_j >= U'`` the
   window is dominated by ``j`` and the pool is exactly ``x_j``.
+* Sigmoid/Tanh: tangent and chord lines chosen by the interval (:mod:`mlrobust.ops.smooth`); every neuron with
+  ``l < u`` is refined, since every line depends on both bounds.
 
 Which tensors get CROWN bounds: every pre-activation (input of a ReLU or MaxPool) and the output, except where
 intervals are already as tight as back-substitution can make them: a tensor that is a plain reindexing/scaling of a

@@ -7,8 +7,9 @@ as 1 (a fixed one keeps its size), so shape arithmetic (``Shape -> Gather -> Con
 constants; every data tensor must keep the batch axis first, which is what lets the IR run each sample on its own.
 
 After the walk, elementwise affine ops (normalisation, BatchNormalization, ``+ bias``) are folded into the Dense,
-Conv or Scale op in front of them where that op's output has no other use, and a trailing Softmax, LogSoftmax or
-Sigmoid is stripped: each is monotone, so the top-k set of labels is unchanged. ``Network.notes`` records all of it.
+Conv or Scale op in front of them where that op's output has no other use, and a trailing Softmax, LogSoftmax,
+Sigmoid or Tanh is stripped: each is monotone, so the top-k set of labels is unchanged. A Sigmoid or Tanh anywhere
+else becomes an IR op of its own. ``Network.notes`` records all of it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from mlrobust.ops import (
     Relu,
     Reshape,
     Scale,
+    Sigmoid,
     Slice,
+    Tanh,
     Transpose,
 )
 
@@ -46,7 +49,7 @@ SUPPORTED_OPS: tuple[str, ...] = (
     "Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "ConvTranspose", "Div",
     "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Identity", "LogSoftmax", "MatMul", "MaxPool",
     "Mul", "Neg", "Pad", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Size", "Slice", "Softmax",
-    "Split", "Squeeze", "Sub", "Transpose", "Unsqueeze",
+    "Split", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
 )
 
 #: Ops that turn scores into labels, masks or integers (a segmentation or classification "tail"). mlrobust verifies
@@ -55,7 +58,10 @@ OUTPUT_TAIL_OPS = ("ArgMax", "ArgMin", "Equal", "Greater", "GreaterOrEqual", "Ha
                    "OneHot", "TopK")
 
 #: Ops that may end the network and are stripped (monotone: the order of the outputs, hence the top-k, is kept).
-STRIPPABLE_OPS = ("Softmax", "LogSoftmax", "Sigmoid")
+STRIPPABLE_OPS = ("Softmax", "LogSoftmax", "Sigmoid", "Tanh")
+
+#: Ops that may sit on the path from a stripped op to the output.
+_TRAILING_OPS = ("Identity", "Dropout", "Cast", *STRIPPABLE_OPS)
 
 #: Ops accepted on the data path of a rank-1 input (read as one sample with an implicit batch axis): those without
 #: axis arguments, whose ONNX shapes are the IR's shapes without that axis.
@@ -236,6 +242,8 @@ class _Importer:
         self._infer_shapes(inp.name)
 
         live = self._live_nodes(output)
+        self.output = output
+        self.live = [n for _, n in live]
         handlers = self._handlers()
         for index, node in live:
             label = self._unique(_node_label(node, index))
@@ -256,7 +264,7 @@ class _Importer:
                 raise self.output_tail(node, label, data_in[0])
             for t in data_in:
                 stripped = self.data[t].stripped_by
-                if stripped and node.op_type not in ("Identity", "Dropout", "Cast"):
+                if stripped and node.op_type not in _TRAILING_OPS:
                     raise UnsupportedOpError(
                         stripped[0], stripped[1], SUPPORTED_OPS,
                         f"only supported as the last op of the network, but its output feeds {node.op_type} {label!r}")
@@ -472,7 +480,8 @@ class _Importer:
             "Squeeze": self.squeeze, "Unsqueeze": self.squeeze, "Transpose": self.transpose,
             "Add": self.binary, "Sub": self.binary, "Mul": self.binary, "Div": self.binary, "Neg": self.neg,
             "BatchNormalization": self.batchnorm, "Identity": self.identity, "Dropout": self.identity,
-            "Cast": self.identity, "Softmax": self.strip, "LogSoftmax": self.strip, "Sigmoid": self.strip,
+            "Cast": self.identity, "Softmax": self.strip, "LogSoftmax": self.strip, "Sigmoid": self.smooth,
+            "Tanh": self.smooth,
             "Pad": self.pad, "Concat": self.concat, "Slice": self.slice, "Split": self.split,
             "ReduceSum": self.reduce, "ReduceMean": self.reduce, "ConvTranspose": self.conv_transpose,
         }
@@ -514,6 +523,25 @@ class _Importer:
                 raise self.unsupported(node, label, f"axis={axis} does not normalise over all outputs of the "
                                        f"sample (shape {d.shape}), so it may change the top-k labels")
         self.alias(node, label, name, stripped_by=(node.op_type, label))
+
+    def _trailing(self, tensor: str) -> bool:
+        """True when ``tensor`` reaches the output only through no-op and strippable (monotone) nodes."""
+        if tensor == self.output:
+            return True
+        users = [n for n in self.live if tensor in n.input]
+        return bool(users) and all(n.op_type in _TRAILING_OPS and self._trailing(n.output[0]) for n in users)
+
+    def smooth(self, node, label):
+        """Sigmoid/Tanh: stripped at the end of the network (monotone), an IR activation anywhere else."""
+        if self._trailing(node.output[0]):
+            self.strip(node, label)
+            return
+        name, d = self.data_input(node, label)
+        if d.stripped_by:  # a monotone op before it was only stripped because it seemed to end the network
+            raise UnsupportedOpError(d.stripped_by[0], d.stripped_by[1], SUPPORTED_OPS,
+                                     f"only supported as the last op of the network, but its output feeds "
+                                     f"{node.op_type} {label!r}")
+        self.emit(node, label, Sigmoid() if node.op_type == "Sigmoid" else Tanh(), [name], d.shape)
 
     def conv(self, node, label):
         name, d = self.data_input(node, label)

@@ -22,7 +22,9 @@ from mlrobust.ops import (
     Relu,
     Reshape,
     Scale,
+    Sigmoid,
     Slice,
+    Tanh,
     Transpose,
 )
 
@@ -33,4 +35,4 @@ Op = OpRules
 AFFINE_KINDS = frozenset(k for k, c in OP_CLASSES.items() if c.affine)
 
 __all__ = ["AFFINE_KINDS", "Add", "AvgPool2d", "Concat", "Conv2d", "ConvTranspose2d", "Dense", "MaxPool2d", "Op",
-           "OpRules", "Pad", "ReduceSum", "Relu", "Reshape", "Scale", "Slice", "Transpose"]
+           "OpRules", "Pad", "ReduceSum", "Relu", "Reshape", "Scale", "Sigmoid", "Slice", "Tanh", "Transpose"]

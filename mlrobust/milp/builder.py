@@ -21,6 +21,7 @@ from mlrobust.milp.layers.maxpool import PoolColumns
 from mlrobust.milp.layers.relu import ReluColumns
 from mlrobust.milp.problem import MilpProblem
 from mlrobust.milp.topk import TopKObjective, add_topk, margin_form
+from mlrobust.ops.smooth import SmoothColumns
 
 
 class MilpBuilder:
@@ -37,7 +38,7 @@ class MilpBuilder:
         self.upper: dict[str, np.ndarray] = dict(bounds.upper)
         self.forms: dict[str, AffineForm] = {}
         self.layer_stats: dict[str, dict] = {}
-        self.columns: dict[str, ReluColumns | PoolColumns] = {}
+        self.columns: dict[str, ReluColumns | PoolColumns | SmoothColumns] = {}
         # ReLUs whose output only feeds MaxPools are encoded inside the pool (max(0, window)): relu output -> input
         self.fused: dict[str, str] = {}
         self.topk: TopKObjective | None = None
@@ -148,10 +149,10 @@ class MilpBuilder:
         for node in self.network.nodes:
             cols = self.columns.get(node.name)
             pre = values[self.fused.get(node.inputs[0], node.inputs[0])][0].reshape(-1)
-            if isinstance(cols, ReluColumns):
-                cols.assign(v, pre)
-            elif isinstance(cols, PoolColumns):
+            if isinstance(cols, PoolColumns):
                 cols.assign(v, pre, values[node.output][0].reshape(-1))
+            elif cols is not None:  # ReLU and Sigmoid/Tanh columns: values of the pre-activation
+                cols.assign(v, pre)
         if self.topk is not None:
             logits = values[self.network.output_name][0].reshape(-1)
             d = logits[self.topk.classes] - logits[self.target]

@@ -22,6 +22,7 @@ from mlrobust.ops.relu import Relu
 from mlrobust.ops.reshape import Reshape
 from mlrobust.ops.scale import Scale
 from mlrobust.ops.slice import Slice
+from mlrobust.ops.smooth import Sigmoid, Tanh
 from mlrobust.ops.transpose import Transpose
 
 #: Every op kind, by name.
@@ -44,7 +45,7 @@ def unregister(kind: str) -> None:
 
 
 for _cls in (Dense, Conv2d, Relu, MaxPool2d, AvgPool2d, Reshape, Scale, Add, Pad, Slice, Transpose, Concat,
-             ReduceSum, ConvTranspose2d):
+             ReduceSum, ConvTranspose2d, Sigmoid, Tanh):
     register(_cls)
 
 
@@ -54,5 +55,5 @@ def affine_kinds() -> frozenset[str]:
 
 
 __all__ = ["FP_REL", "OP_CLASSES", "OpRules", "Add", "AvgPool2d", "Concat", "Conv2d", "ConvTranspose2d", "Dense",
-           "MaxPool2d", "Pad", "ReduceSum", "Relu", "Reshape", "Scale", "Slice", "Transpose", "affine_kinds",
-           "register", "unregister"]
+           "MaxPool2d", "Pad", "ReduceSum", "Relu", "Reshape", "Scale", "Sigmoid", "Slice", "Tanh", "Transpose",
+           "affine_kinds", "register", "unregister"]

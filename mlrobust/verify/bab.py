@@ -1,5 +1,8 @@
 """Branch and bound: split the box (ReLU phases, or input intervals for small inputs) until bounds decide each part.
 
+Sigmoid/Tanh pre-activations are split like ReLUs, at their inflection point 0 (each side is then convex or
+concave); a neuron is split once, after which the input is bisected.
+
 The property is an :class:`OutputSpec`: a disjunction of *clauses*, each a conjunction ``g_j(y) >= 0`` of affine
 functions of the logits; the property is violated where some clause holds. A domain is proven when every clause
 has a certificate row (one of its ``g_j``, or a convex combination of them, since ``min_j g_j <= Σ λ_j g_j``)
