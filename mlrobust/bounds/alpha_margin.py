@@ -182,6 +182,8 @@ def alpha_topk_bounds(network: Network, bounds: Bounds, target: int, k: int, cro
     stats["alpha_rows"] += len(cand)
     stats["alpha_iterations"] += res.iterations
     kth = _kth_largest(upper[others], k)
+    if res.domains is not None:  # intermediate bounds tightened by a joint optimisation are valid for the pairs too
+        domain = res.domains
     # 2. pairs, k = 2
     still = [c for c in cand if upper[c] >= -tolerance]
     # (even when the per-class rows gave up: a pair's combination can be provable where neither margin alone is)

@@ -225,8 +225,9 @@ def tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str 
 
 
 def _alpha_options(options: AlphaOptions | None, time_budget: float | None, start: float) -> AlphaOptions:
-    """The options with the time limit cut to what is left of ``time_budget``."""
-    options = options or AlphaOptions()
+    """The options with the time limit cut to what is left of ``time_budget`` (default: the tier's, intermediate
+    bounds optimised jointly where that is cheap, ``joint_intermediate="auto"``)."""
+    options = options or AlphaOptions(joint_intermediate="auto")
     if time_budget is None:
         return options
     left = max(float(time_budget) - (time.perf_counter() - start), 0.0)
