@@ -371,8 +371,9 @@ class JointLayer:
         # The values are the intersection; the gradient is the pass's own, also where the given bound is tighter
         # (at CROWN's slopes the pass reproduces CROWN's bounds up to the widening, so the intersection alone would
         # pass no gradient at the start).
-        new_lo = val[:n] + (new_lo - val[:n]).detach()
-        new_hi = -val[n:] + (new_hi + val[n:]).detach()
+        # (``v - v.detach()`` is exactly 0, so the values are exactly the intersection)
+        new_lo = new_lo.detach() + (val[:n] - val[:n].detach())
+        new_hi = new_hi.detach() - (val[n:] - val[n:].detach())
         lo = f_lo.index_put((idx,), new_lo)
         hi = f_hi.index_put((idx,), new_hi)
         if dtype != _F64:
