@@ -33,9 +33,11 @@ Warm starts (a state from an earlier call: a similar box, or a parent domain for
 they hold; rows whose warm start is worse than CROWN's start from CROWN's.
 
 Intermediate bounds come from the caller (CROWN's by default, or a parent domain's: sound for a sub-domain). With
-``AlphaOptions.optimize_intermediate`` the last ReLU pre-activation layer that CROWN refines is re-bounded first with
-its own optimised parameters (one row per unstable neuron and direction, in chunks), and interval propagation then
-carries the tighter bounds to the later pre-activations.
+``AlphaOptions.joint_intermediate`` ("on", or "auto" below a work cap) the last ReLU pre-activation layer that CROWN
+refines is re-derived at every step of the same optimisation with slopes of its own, driven by the output objective
+(:mod:`mlrobust.bounds.alpha_joint`; one domain). With ``AlphaOptions.optimize_intermediate`` that layer is instead
+re-bounded first, separately, with its own optimised parameters (one row per unstable neuron and direction, in
+chunks), and interval propagation then carries the tighter bounds to the later pre-activations.
 
 Coefficients are dense ``(D, S, *tensor_shape)`` torch tensors (D domains, S rows); each op kind's backward rule is its
 ``alpha_step`` (in its module of :mod:`mlrobust.ops`), which reads the relaxations and parameters of ``_Context``.
@@ -44,7 +46,7 @@ API::
 
     AlphaOptions(iterations=20, lr_alpha=0.1, lr_beta=0.05, time_limit=None, optimize_intermediate=False,
                  early_stop=None, intermediate_chunk=256, threads=1, lr_pool=0.3, lr_tau=0.0,
-                 loop_dtype="float32")
+                 loop_dtype="float32", lr_mix=0.1, joint_intermediate="off")
     AlphaState(alpha, pool, beta, tau, mix)   # warm start; .select(idx), .select_rows(idx), .concat_rows(states),
                                          # .domains, .rows
     DomainBatch(lower, upper, pre_lower, pre_upper, splits)   # .size, .select(idx)
@@ -92,8 +94,8 @@ _F64 = torch.float64
 
 JOINT_CHOICES = ("off", "on", "auto")
 #: "auto" optimises the intermediate bounds jointly while their pass holds at most this many coefficients per step
-#: (benchmarks/results/bound_tier.md: on the shipped models the pass holds 0.1-0.3 M and a joint step costs
-#: 1.2-1.6 frozen steps, for margin bounds lower by up to ~1; far larger rows would outgrow the 1 s per query).
+#: (benchmarks/results/bound_tier.md: on the shipped models the pass holds ~0.1 M and a joint step costs
+#: 1.1-1.5 frozen steps, for margin bounds lower by up to ~1; far larger rows would outgrow the 1 s per query).
 JOINT_MAX_WORK = 1 << 22
 
 

@@ -4,7 +4,9 @@
 - ``crown``: CROWN bounds intersected with IBP, and CROWN margin bounds for the top-k objective.
 - ``alpha``: ``crown``, then α-CROWN (:mod:`mlrobust.bounds.alpha_margin`) on the margins the top-k proof still
   needs: optimised upper bounds of the open classes and, for k = 2, of convex combinations of pairs; the proven
-  bound on the k-th largest margin is kept in ``Tightened.kth_upper``. With ``AlphaOptions.optimize_intermediate``
+  bound on the k-th largest margin is kept in ``Tightened.kth_upper``. By default (``alpha_options`` None) the
+  last refined pre-activation's bounds are optimised jointly with the margins where that is cheap
+  (``joint_intermediate="auto"``, :mod:`mlrobust.bounds.alpha_joint`). With ``AlphaOptions.optimize_intermediate``
   the last ReLU pre-activation layer is re-bounded first (fewer unstable ReLUs for the MILP). Warm starts come from
   an :class:`~mlrobust.bounds.alpha_margin.AlphaCache` the caller keeps per query family.
 - ``lp``: starts from ``crown`` and solves, layer by layer, two LPs (min and max) per still-unstable ReLU over the LP
