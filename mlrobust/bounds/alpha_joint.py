@@ -9,11 +9,13 @@ their gradient from the output objective only (no optimisation row per neuron): 
 milliseconds per step.
 
 * Rows: the neurons of ``t`` CROWN refines (unstable, and those whose ReLU output can win an undecided MaxPool
-  window: the chord's end points), as one-hot rows in both directions, kept as patches on conv tensors
-  (:class:`mlrobust.ops.coeffs.Patch`), so a row costs a few dozen numbers.
+  window: the chord's end points) less the stably inactive ones, as one-hot rows in both directions. For the chain
+  conv2 <- ReLU <- conv1 <- input the pass is a few dense im2col operations over all rows (:class:`_ConvPair`);
+  other chains keep each row as a patch (:class:`mlrobust.ops.coeffs.Patch`) or a dense row.
 * Slopes per start neuron (each row's own lower-line slopes on its receptive field), or shared by every neuron of a
-  channel of ``t`` once more than :data:`SHARE_ABOVE` neurons are selected (auto_LiRPA's rule; the sharing bounds the
-  parameter count, the rows stay per neuron).
+  channel of ``t`` (the rows stay per neuron): in the conv-pair pass when the per-neuron slopes would outnumber one
+  slope map per channel, in the generic pass above :data:`SHARE_ABOVE` selected neurons (auto_LiRPA's threshold,
+  whose per-neuron slopes span the whole ReLU layer).
 * Soundness: every step's bounds of ``t`` are computed in float64 with the outward widening of
   :mod:`mlrobust.bounds` and intersected with the given (CROWN) bounds, so each is sound for its slopes; the bounds
   kept for the certificate are the elementwise best over the steps (an intersection of sound bounds). The later
@@ -45,7 +47,7 @@ from mlrobust.ops.relu import AlphaReluRelax
 Tensor = torch.Tensor
 _F64 = torch.float64
 
-#: Selected neurons above which the slopes of the intermediate pass are shared per channel of the bounded tensor.
+#: Selected neurons above which the generic pass shares its slopes per channel of the bounded tensor.
 SHARE_ABOVE = 512
 #: Op kinds a chain from the bounded tensor back to the input may hold (their CROWN step needs no relaxation).
 _AFFINE_KINDS = ("Conv2d", "Dense", "Scale", "Reshape", "AvgPool2d")

@@ -176,6 +176,7 @@ def alpha_topk_bounds(network: Network, bounds: Bounds, target: int, k: int, cro
     res = alpha_bounds(network, domain, coeffs, options=left(), warm=warm, stop=progress)
     stats["gave_up"] = progress.gave_up
     stats["class_iterations"] = res.iterations
+    stats["joint"] = res.stats.get("joint", "off")  # intermediate bounds optimised jointly ("on"), or why not
     if cache is not None:
         cache.put(family, keys, res.state)
     upper[cand] = np.minimum(upper[cand], -res.lower[0])
