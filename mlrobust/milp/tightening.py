@@ -261,6 +261,13 @@ def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str
         top = alpha_topk_bounds(network, bounds, target, k, L, U, options=opts, cache=alpha_cache,
                                 family=(id(network), int(target)))
         stats.update(top.stats, crown_kth_upper=top.crown_kth_upper, alpha_seconds=top.seconds)
+        if top.intermediate:  # jointly optimised pre-activation bounds: hand them on (the MILP's big-M, BaB's root)
+            lows, ups = dict(bounds.lower), dict(bounds.upper)
+            for t, (lo, hi) in top.intermediate.items():
+                lows[t], ups[t] = np.maximum(lows[t], lo), np.minimum(ups[t], hi)
+            repropagate(network, lows, ups)
+            bounds = Bounds(network, lows, ups, bounds.method, bounds.seconds, dict(bounds.info))
+            stats["unstable_alpha"] = bounds.num_unstable
         return Tightened(bounds, method, top.margin_lower, np.minimum(U, top.margin_upper), target,
                          time.perf_counter() - start, stats, kth_upper=top.kth_upper, k=k)
     if method != "lp":
