@@ -6,7 +6,9 @@
   needs: optimised upper bounds of the open classes and, for k = 2, of convex combinations of pairs; the proven
   bound on the k-th largest margin is kept in ``Tightened.kth_upper``. By default (``alpha_options`` None) the
   last refined pre-activation's bounds are optimised jointly with the margins where that is cheap
-  (``joint_intermediate="auto"``, :mod:`mlrobust.bounds.alpha_joint`). With ``AlphaOptions.optimize_intermediate``
+  (``joint_intermediate="auto"``, :mod:`mlrobust.bounds.alpha_joint`); the pre-activation bounds that optimisation
+  tightened replace CROWN's in ``Tightened.bounds`` (re-propagated by intervals), so the MILP and branch and bound
+  start from them. With ``AlphaOptions.optimize_intermediate``
   the last ReLU pre-activation layer is re-bounded first (fewer unstable ReLUs for the MILP). Warm starts come from
   an :class:`~mlrobust.bounds.alpha_margin.AlphaCache` the caller keeps per query family.
 - ``lp``: starts from ``crown`` and solves, layer by layer, two LPs (min and max) per still-unstable ReLU over the LP
