@@ -8,6 +8,7 @@
     python -m benchmarks vnncomp --methods crown_milp,alpha_bab_milp --timeout 60   # VNN-COMP-style instances
     python -m benchmarks scale --budget 120                      # largest proven scale of searched neighborhoods
     python -m benchmarks onnx-ops --timeout 60                   # mlrobust vnnlib on one network per ONNX pattern
+    python -m benchmarks bound-tier                              # bound tier: frozen vs joint intermediate bounds
 
 Single-threaded BLAS and torch (parallelism comes from ``--workers`` processes). The reference experiment's raw
 lines go to ``--work`` (default ``build/benchmarks/<suite>``) and are resumed by a re-run with the same settings.
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.bench_scale import main as scale_main
 
         return scale_main(argv[1:])
+    if argv[:1] == ["bound-tier"]:
+        from benchmarks.bench_bound_tier import main as bound_tier_main
+
+        return bound_tier_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("vnncomp", help="VNN-COMP-style instances (python -m benchmarks vnncomp --help)")
     sub.add_parser("scale", help="largest proven scale per method (python -m benchmarks scale --help)")
     sub.add_parser("onnx-ops", help="mlrobust vnnlib per ONNX pattern (python -m benchmarks onnx-ops --help)")
+    sub.add_parser("bound-tier", help="bound tier, frozen vs joint intermediate bounds "
+                                      "(python -m benchmarks bound-tier --help)")
     report = sub.add_parser("report", help="rewrite a suite's Markdown report from its JSON results")
     report.add_argument("results", type=Path, nargs="?", default=ROOT / "benchmarks" / "results" / "full.json")
     docs = sub.add_parser("docs", help="write docs/results.md from a suite's results")

@@ -35,9 +35,11 @@ Warm starts (a state from an earlier call: a similar box, or a parent domain for
 they hold; rows whose warm start is worse than CROWN's start from CROWN's.
 
 Intermediate bounds come from the caller (CROWN's by default, or a parent domain's: sound for a sub-domain). With
-``AlphaOptions.optimize_intermediate`` the last ReLU pre-activation layer that CROWN refines is re-bounded first with
-its own optimised parameters (one row per unstable neuron and direction, in chunks), and interval propagation then
-carries the tighter bounds to the later pre-activations.
+``AlphaOptions.joint_intermediate`` ("on", or "auto" below a work cap) the last ReLU pre-activation layer that CROWN
+refines is re-derived at every step of the same optimisation with slopes of its own, driven by the output objective
+(:mod:`mlrobust.bounds.alpha_joint`; one domain). With ``AlphaOptions.optimize_intermediate`` that layer is instead
+re-bounded first, separately, with its own optimised parameters (one row per unstable neuron and direction, in
+chunks), and interval propagation then carries the tighter bounds to the later pre-activations.
 
 Coefficients are dense ``(D, S, *tensor_shape)`` torch tensors (D domains, S rows); each op kind's backward rule is its
 ``alpha_step`` (in its module of :mod:`mlrobust.ops`), which reads the relaxations and parameters of ``_Context``.
@@ -46,7 +48,7 @@ API::
 
     AlphaOptions(iterations=20, lr_alpha=0.1, lr_beta=0.05, time_limit=None, optimize_intermediate=False,
                  early_stop=None, intermediate_chunk=256, threads=1, lr_pool=0.3, lr_tau=0.0,
-                 loop_dtype="float32")
+                 loop_dtype="float32", lr_mix=0.1, joint_intermediate="off")
     AlphaState(alpha, pool, beta, tau, mix)   # warm start; .select(idx), .select_rows(idx), .concat_rows(states),
                                          # .domains, .rows
     DomainBatch(lower, upper, pre_lower, pre_upper, splits)   # .size, .select(idx)
@@ -74,6 +76,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from mlrobust.bounds.alpha_joint import JointLayer, joint_layer, pool_relax_of, relu_relax_of
 from mlrobust.bounds.crown import (
     _needs_crown,
     crown,
@@ -92,6 +95,12 @@ from mlrobust.ops.smooth import AlphaSmoothRelax as _SmoothRelax
 Tensor = torch.Tensor
 _F64 = torch.float64
 
+JOINT_CHOICES = ("off", "on", "auto")
+#: "auto" optimises the intermediate bounds jointly while their pass holds at most this many coefficients per step
+#: (benchmarks/results/bound_tier.md: on the shipped models the pass holds ~0.1 M and a joint step costs
+#: 1.1-1.5 frozen steps, for margin bounds lower by up to ~1; far larger rows would outgrow the 1 s per query).
+JOINT_MAX_WORK = 1 << 22
+
 
 # --- public data types ------------------------------------------------------------------------------------------
 @dataclass
@@ -104,7 +113,10 @@ class AlphaOptions:
     direction, ``intermediate_chunk`` rows at a time). ``threads``: torch intra-op threads (None: leave as is).
     Learning rates (Adam) per kind: ReLU slopes ``lr_alpha``, MaxPool lower-line weights ``lr_pool``, MaxPool
     upper-line thresholds ``lr_tau`` (0: fixed at CROWN's), split multipliers ``lr_beta``, row-mixture weights
-    ``lr_mix`` (:class:`RowMix`). ``loop_dtype``
+    ``lr_mix`` (:class:`RowMix`). ``joint_intermediate`` ("off", "on", "auto"): re-derive the bounds of the last
+    refined ReLU pre-activation at every step of the same optimisation, with slopes of their own driven by the output
+    objective (:mod:`mlrobust.bounds.alpha_joint`; one domain only); "auto" does so unless their pass
+    holds more than ``JOINT_MAX_WORK`` coefficients. ``loop_dtype``
     ("float64" or "float32"): precision of the optimisation steps; CROWN's bound and the reported one are always
     evaluated in float64 with the outward widening.
     """
@@ -121,6 +133,7 @@ class AlphaOptions:
     lr_tau: float = 0.0
     loop_dtype: str = "float32"
     lr_mix: float = 0.1
+    joint_intermediate: str = "off"
 
 
 @dataclass
@@ -465,16 +478,36 @@ class _Optimised:
     crown_lower: Tensor  # (D, S) sound (widened)
     state: AlphaState
     iterations: int
+    joint: str = "off"  # whether the intermediate bounds were optimised jointly ("on", "off" or why skipped)
 
 
 def _sound(bound: Tensor, mag: Tensor) -> Tensor:
     return bound - FP_REL * mag
 
 
+def _install_joint(ctx: _Context, joint: JointLayer, lo: Tensor, hi: Tensor, lr_tau: float) -> None:
+    """Rebuild the relaxations that read the jointly optimised bounds (``lo``/``hi`` of ``joint.tensor``, flat) in
+    ``ctx``; with a fixed MaxPool threshold (``lr_tau`` 0) the threshold follows CROWN's chord on the new bounds."""
+    carried = joint.carried(lo, hi)
+    for node in ctx.network.nodes:
+        x = node.inputs[0] if node.inputs else None
+        if node.op.alpha_group is None or x not in carried:
+            continue
+        lo_x, hi_x = carried[x]
+        if node.name in ctx.relu:
+            ctx.relu[node.name] = relu_relax_of(lo_x, hi_x, ctx.relu[node.name], ctx.dtype)
+        elif node.name in ctx.pool:
+            ctx.pool[node.name], theta = pool_relax_of(lo_x, hi_x, ctx.pool[node.name], ctx.dtype)
+            kept = ctx.params.tau.get(node.name)
+            if lr_tau <= 0 and kept is not None:
+                ctx.params.tau[node.name] = theta.to(kept.dtype).expand_as(kept).contiguous()
+
+
 def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: AlphaOptions,
               warm: AlphaState | None, deadline: float | None, capture: dict[str, Tensor] | None = None,
-              stop: Callable[[np.ndarray], bool] | None = None) -> _Optimised:
-    """Projected gradient ascent on the bounds of the rows of ``a0`` (``(D or 1, S, *shape of start)``)."""
+              stop: Callable[[np.ndarray], bool] | None = None, joint: JointLayer | None = None) -> _Optimised:
+    """Projected gradient ascent on the bounds of the rows of ``a0`` (``(D or 1, S, *shape of start)``); with
+    ``joint`` the bounds of its tensor are re-derived at every step (:mod:`mlrobust.bounds.alpha_joint`)."""
     d, s = ctx.in_lower.shape[0], a0.shape[1]
     init = _default_params(ctx, plan, d, s)
     ctx.params = init
@@ -500,6 +533,15 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
         params = params.map(lambda v: v.to(loop.dtype))
     a_loop = a0.to(loop.dtype)
     groups = _param_groups(params, options)
+    joint_note = "off" if joint is None else "on"
+    if joint is not None and options.joint_intermediate == "auto" and joint.work > JOINT_MAX_WORK:
+        joint_note = f"skipped: {joint.work} coefficients per step"
+        joint = None
+    if joint is not None and options.iterations > 0:
+        joint.param_dtype = loop.dtype
+        joint.bounds()  # creates the intermediate pass's slopes (CROWN's) before the optimiser takes them
+        if options.lr_alpha > 0 and joint.parameters():
+            groups.append((joint.parameters(), float(options.lr_alpha)))
     iterations = 0
     if options.iterations > 0 and groups:
         for ps, _ in groups:
@@ -507,10 +549,15 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
                 v.requires_grad_(True)
         opt = _Adam(groups)
         loop.params = params
+        joint_best, joint_snapshot = float("-inf"), None
         for it in range(options.iterations + 1):
+            if joint is not None:
+                _install_joint(loop, joint, *joint.bounds(loop.dtype), options.lr_tau)
             bound, mag = _backward(loop, plan, start, a_loop)
             with torch.no_grad():
                 value = _sound(bound, mag)
+                if joint is not None and float(value.sum()) > joint_best:
+                    joint_best, joint_snapshot = float(value.sum()), joint.snapshot()
                 better = value > best
                 best = torch.where(better, value, best)
                 for mine, kept in zip(params.groups(), best_state.groups()):
@@ -527,7 +574,15 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
                 break
             opt.step(-bound.sum())
             _project(params, ctx)
+            if joint is not None:
+                joint.project()
             iterations += 1
+        if joint is not None:
+            with torch.no_grad():  # the sound (float64) bounds of the last and of the best step's slopes are kept
+                joint.bounds()
+                if joint_snapshot is not None:
+                    joint.restore(joint_snapshot)
+                    joint.bounds()
     best_state = best_state.map(lambda v: v.to(_F64))
     # Parameters chosen in float32 sit in their ranges only up to float32 rounding (a pool weight vector may sum to
     # 1 + 1e-7, a slope to 1 + 6e-8), and a lower line outside its family is not sound: project again in float64.
@@ -535,6 +590,9 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
     ctx.params = best_state
     ctx.capture = capture
     with torch.no_grad():
+        if joint is not None and joint.best_lo is not None and joint.best_hi is not None:
+            # the certificate: the kept (elementwise best, each sound) intermediate bounds, evaluated in float64
+            _install_joint(ctx, joint, joint.best_lo, joint.best_hi, options.lr_tau)
         final = _sound(*_backward(ctx, plan, start, a0))
         # Steps in float32 pick the best parameters by float32 values: where that choice is worse in float64 than
         # the start, keep the start (evaluated above) and evaluate once more, so the result never drops below it.
@@ -546,7 +604,9 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
             final = _sound(*_backward(ctx, plan, start, a0))
     ctx.capture = None
     lower = torch.maximum(final, crown_lower)
-    return _Optimised(lower, crown_lower, best_state, iterations)
+    if joint is not None:  # the start's bound (frozen intermediate bounds) was evaluated soundly too
+        lower = torch.maximum(lower, start_best)
+    return _Optimised(lower, crown_lower, best_state, iterations, joint_note)
 
 
 # --- domains ----------------------------------------------------------------------------------------------------
@@ -735,6 +795,9 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
     deadline = None if options.time_limit is None else start_time + float(options.time_limit)
     if options.loop_dtype not in ("float64", "float32"):
         raise InputError(f"loop_dtype must be float64 or float32, not {options.loop_dtype!r}")
+    if options.joint_intermediate not in JOINT_CHOICES:
+        raise InputError(f"joint_intermediate must be one of {', '.join(JOINT_CHOICES)}, not "
+                         f"{options.joint_intermediate!r}")
     _check_domains(network, domains)
     d = domains.size
     if mix is not None:
@@ -755,7 +818,13 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
             ctx.mix_init = torch.as_tensor(mix.init)[None]
         plan = _plan(network, out)
         capture: dict[str, Tensor] = {}
-        res = _optimise(ctx, plan, out, a0, options, warm, deadline, capture, stop)
+        joint = (joint_layer(network, used) if options.joint_intermediate != "off" and options.iterations > 0
+                 else None)
+        res = _optimise(ctx, plan, out, a0, options, warm, deadline, capture, stop, joint)
+        stats: dict = {"intermediate_rows": rows_intermediate, "joint": res.joint}
+        if joint is not None and res.joint == "on":
+            stats.update(joint_rows=joint.rows, joint_shared=joint.shared, joint_steps=joint.steps)
+            used = _with_joint_bounds(used, joint)
     lower = res.lower.numpy().copy()
     crown_lower = res.crown_lower.numpy().copy()
     lower[empty] = np.inf
@@ -763,8 +832,20 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
     seconds = time.perf_counter() - start_time
     a_x = capture.pop(network.input_name, None)
     return AlphaResult(lower, crown_lower, res.state, res.iterations, seconds, used,
-                       {k: v.numpy() for k, v in capture.items()}, empty,
-                       {"intermediate_rows": rows_intermediate}, None if a_x is None else a_x.numpy())
+                       {k: v.numpy() for k, v in capture.items()}, empty, stats,
+                       None if a_x is None else a_x.numpy())
+
+
+def _with_joint_bounds(domains: DomainBatch, joint: JointLayer) -> DomainBatch:
+    """The (one) domain with the joint optimisation's kept bounds for its tensor and the tensors carried from it."""
+    if joint.best_lo is None or joint.best_hi is None:
+        return domains
+    pre_lo, pre_hi = dict(domains.pre_lower), dict(domains.pre_upper)
+    with torch.no_grad():
+        for t, (lo, hi) in joint.carried(joint.best_lo, joint.best_hi).items():
+            if t in pre_lo:
+                pre_lo[t], pre_hi[t] = lo.numpy()[None].copy(), hi.numpy()[None].copy()
+    return DomainBatch(domains.lower, domains.upper, pre_lo, pre_hi, domains.splits)
 
 
 def bounds_at(network: Network, domains: DomainBatch, coeffs: np.ndarray, state: AlphaState | None) -> np.ndarray:

@@ -95,6 +95,9 @@ class TopKBound:
     crown_kth_upper: float
     seconds: float
     stats: dict = field(default_factory=dict)
+    # pre-activation bounds (per-sample shapes) the optimisation tightened (joint intermediate bounds), all sound
+    # over the box; empty when none moved
+    intermediate: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def _kth_largest(values: np.ndarray, k: int) -> float:
@@ -176,12 +179,15 @@ def alpha_topk_bounds(network: Network, bounds: Bounds, target: int, k: int, cro
     res = alpha_bounds(network, domain, coeffs, options=left(), warm=warm, stop=progress)
     stats["gave_up"] = progress.gave_up
     stats["class_iterations"] = res.iterations
+    stats["joint"] = res.stats.get("joint", "off")  # intermediate bounds optimised jointly ("on"), or why not
     if cache is not None:
         cache.put(family, keys, res.state)
     upper[cand] = np.minimum(upper[cand], -res.lower[0])
     stats["alpha_rows"] += len(cand)
     stats["alpha_iterations"] += res.iterations
     kth = _kth_largest(upper[others], k)
+    if res.domains is not None:  # intermediate bounds tightened by a joint optimisation are valid for the pairs too
+        domain = res.domains
     # 2. pairs, k = 2
     still = [c for c in cand if upper[c] >= -tolerance]
     # (even when the per-class rows gave up: a pair's combination can be provable where neither margin alone is)
@@ -213,6 +219,10 @@ def alpha_topk_bounds(network: Network, bounds: Bounds, target: int, k: int, cro
         stats["pair_iterations"] = res.iterations
         stats["alpha_iterations"] += res.iterations
         kth = min(kth, pair_kth_upper(upper, target, pair_bounds(res.lower)))
+        if res.domains is not None:
+            domain = res.domains
     upper[target] = lower[target] = 0.0
     stats["alpha_cache_hits"] = cache.hits if cache is not None else 0
-    return TopKBound(lower, upper, kth, crown_kth, time.perf_counter() - start, stats)
+    moved = {t: (domain.pre_lower[t][0], domain.pre_upper[t][0]) for t in domain.pre_lower
+             if np.any(domain.pre_lower[t][0] > bounds.lower[t]) or np.any(domain.pre_upper[t][0] < bounds.upper[t])}
+    return TopKBound(lower, upper, kth, crown_kth, time.perf_counter() - start, stats, moved)

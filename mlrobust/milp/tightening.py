@@ -4,7 +4,11 @@
 - ``crown``: CROWN bounds intersected with IBP, and CROWN margin bounds for the top-k objective.
 - ``alpha``: ``crown``, then α-CROWN (:mod:`mlrobust.bounds.alpha_margin`) on the margins the top-k proof still
   needs: optimised upper bounds of the open classes and, for k = 2, of convex combinations of pairs; the proven
-  bound on the k-th largest margin is kept in ``Tightened.kth_upper``. With ``AlphaOptions.optimize_intermediate``
+  bound on the k-th largest margin is kept in ``Tightened.kth_upper``. By default (``alpha_options`` None) the
+  last refined pre-activation's bounds are optimised jointly with the margins where that is cheap
+  (``joint_intermediate="auto"``, :mod:`mlrobust.bounds.alpha_joint`); the pre-activation bounds that optimisation
+  tightened replace CROWN's in ``Tightened.bounds`` (re-propagated by intervals), so the MILP and branch and bound
+  start from them. With ``AlphaOptions.optimize_intermediate``
   the last ReLU pre-activation layer is re-bounded first (fewer unstable ReLUs for the MILP). Warm starts come from
   an :class:`~mlrobust.bounds.alpha_margin.AlphaCache` the caller keeps per query family.
 - ``lp``: starts from ``crown`` and solves, layer by layer, two LPs (min and max) per still-unstable ReLU over the LP
@@ -225,8 +229,9 @@ def tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str 
 
 
 def _alpha_options(options: AlphaOptions | None, time_budget: float | None, start: float) -> AlphaOptions:
-    """The options with the time limit cut to what is left of ``time_budget``."""
-    options = options or AlphaOptions()
+    """The options with the time limit cut to what is left of ``time_budget`` (default: the tier's, intermediate
+    bounds optimised jointly where that is cheap, ``joint_intermediate="auto"``)."""
+    options = options or AlphaOptions(joint_intermediate="auto")
     if time_budget is None:
         return options
     left = max(float(time_budget) - (time.perf_counter() - start), 0.0)
@@ -258,6 +263,13 @@ def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str
         top = alpha_topk_bounds(network, bounds, target, k, L, U, options=opts, cache=alpha_cache,
                                 family=(id(network), int(target)))
         stats.update(top.stats, crown_kth_upper=top.crown_kth_upper, alpha_seconds=top.seconds)
+        if top.intermediate:  # jointly optimised pre-activation bounds: hand them on (the MILP's big-M, BaB's root)
+            lows, ups = dict(bounds.lower), dict(bounds.upper)
+            for t, (lo, hi) in top.intermediate.items():
+                lows[t], ups[t] = np.maximum(lows[t], lo), np.minimum(ups[t], hi)
+            repropagate(network, lows, ups)
+            bounds = Bounds(network, lows, ups, bounds.method, bounds.seconds, dict(bounds.info))
+            stats["unstable_alpha"] = bounds.num_unstable
         return Tightened(bounds, method, top.margin_lower, np.minimum(U, top.margin_upper), target,
                          time.perf_counter() - start, stats, kth_upper=top.kth_upper, k=k)
     if method != "lp":

@@ -2,7 +2,9 @@
 what is still undecided.
 
 Cheap tiers first: an attack refutes most non-robust boxes in milliseconds, CROWN margin bounds prove most clearly
-robust ones (α-CROWN tightens the margins CROWN leaves open), and only the boxes in between pay for a MILP. The
+robust ones (α-CROWN tightens the margins CROWN leaves open, by default with the conv2 pre-activation bounds
+optimised in the same optimisation where that pass is cheap: ``joint_intermediate="auto"``), and only the boxes in
+between pay for a MILP. The
 bounds the second tier computes are handed to the MILP (no second CROWN pass). With ``use_bab`` a branch and bound
 (:mod:`mlrobust.verify.bab`) gets a share of the remaining time between the bounds and the MILP, starting from the
 same bounds. Every verdict names the tier that decided it and the seconds spent in each tier; in
@@ -52,7 +54,9 @@ class Cascade:
                  bab_share: float = 0.5):
         self.attack = attack or PgdAttack()
         # α-CROWN only runs where CROWN leaves the proof open, and gives up early when it cannot close it
-        # (benchmarks/results/alpha.md: larger proven boxes for well under a second per undecided query)
+        # (benchmarks/results/alpha.md: larger proven boxes for well under a second per undecided query); its
+        # intermediate bounds are optimised jointly where the pass is cheap (AlphaOptions' "auto", the tier's
+        # default: benchmarks/results/bound_tier.md, lower k-th margin bounds for ~1.5x the time)
         self.bounds = bounds or BoundCheck("alpha")
         self.milp = milp or MilpVerifier(solver, tightening)
         self.use_attack = use_attack
