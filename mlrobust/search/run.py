@@ -236,7 +236,39 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
         details=st.details,
         interrupted=interrupted,
         object_radius=st.details.get("object", {}).get("radius_alone"),
+        never_tried=never_tried(opt, st.details, maximality, grow, searched=bool(clean.is_robust)),
     )
+
+
+def never_tried(opt: SearchOptions, details: dict, maximality: list[LayerMaximality], grow: bool,
+                searched: bool = True) -> list[str]:
+    """The parts of the search that never ran (the time limit, or an interruption, came first), in words: a result
+    cut short says what it is missing. ``details`` are the search's records of the phases it ran."""
+    if not searched:
+        return ["the search (the clean image itself was not proven)"]
+    out = []
+    if opt.method in GROWING and opt.object_share > 0 and "object" not in details:
+        out.append("the object's own radius (so no floor for the object's ε)")
+    if opt.certify and opt.push and grow:
+        if "upper_bounds" not in details:
+            out.append("the attack's upper bounds per layer")
+        if "push" not in details:
+            out.append("pushing each layer to its boundary")
+    unchecked = [m.layer for m in maximality if m.status == "unchecked"]
+    if opt.certify and unchecked:
+        out.append(f"{'layer' if len(unchecked) == 1 else 'layers'} {layer_ranges(unchecked)} never checked")
+    return out
+
+
+def layer_ranges(layers: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0–2, 5, 7–8"``."""
+    runs: list[list[int]] = []
+    for d in sorted(layers):
+        if runs and d == runs[-1][1] + 1:
+            runs[-1][1] = d
+        else:
+            runs.append([d, d])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)
 
 
 def _deadline(problem: SearchProblem, share: float) -> float | None:
