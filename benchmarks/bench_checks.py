@@ -21,6 +21,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -37,11 +38,13 @@ def timed_queries() -> list[dict]:
     log: list[dict] = []
     original = SearchProblem.query
 
-    def query(self, eps, *args, **kwargs):
+    def query(self, eps, purpose="", *args, **kwargs):
         phase = self.phase
         start = time.perf_counter()
-        verdict = original(self, eps, *args, **kwargs)
-        log.append({"phase": phase, "status": status_of(verdict), "tier": verdict.tier or "",
+        verdict = original(self, eps, purpose, *args, **kwargs)
+        # the kind of question: the purpose without its layer number ("boundary of layer (bab)")
+        kind = re.sub(r"[0-9.]+", "", purpose).replace("  ", " ").strip()
+        log.append({"phase": phase, "kind": kind, "status": status_of(verdict), "tier": verdict.tier or "",
                     "seconds": time.perf_counter() - start})
         return verdict
 
@@ -52,15 +55,18 @@ def timed_queries() -> list[dict]:
 def summarise(log: list[dict], total: float) -> dict:
     """Seconds by phase and outcome; the undecided ones (an *unknown* that was not the spent budget) are wasted."""
     by_phase: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    by_kind: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     wasted = 0.0
     for q in log:
         by_phase[q["phase"]][q["status"]] += q["seconds"]
+        by_kind[q["kind"]][q["status"]] += q["seconds"]
         if q["status"] == "unknown" and q["tier"] != "budget":
             wasted += q["seconds"]
     return {"wasted_seconds": wasted, "wasted_share": wasted / total if total > 0 else 0.0,
             "queries": len(log), "undecided_queries": sum(q["status"] == "unknown" and q["tier"] != "budget"
                                                           for q in log),
-            "seconds_by_phase": {p: {s: round(v, 3) for s, v in d.items()} for p, d in by_phase.items()}}
+            "seconds_by_phase": {p: {s: round(v, 3) for s, v in d.items()} for p, d in by_phase.items()},
+            "seconds_by_question": {p: {s: round(v, 3) for s, v in d.items()} for p, d in by_kind.items()}}
 
 
 def run_one(model: str, method: str, budget: float) -> dict:

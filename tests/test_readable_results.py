@@ -156,7 +156,7 @@ def make_result(statuses: list[str], eps: list[float], refuted: list[float | Non
                 ) -> SearchResult:
     n = len(statuses)
     maximality = [LayerMaximality(d, s, eps[d], tried=None if s == "unchecked" else eps[d] + 0.0038,
-                                  tier=tiers[d], margin=None if s == "unchecked" else 0.0123456 + d,
+                                  tier=tiers[d], open_by=None if s == "unchecked" else 0.0123456 + d, margin=9.0,
                                   refuted_eps=refuted[d]) for d, s in enumerate(statuses)]
     stats = QueryStats()
     stats.calls.update({"bounds": 5})
@@ -294,3 +294,99 @@ def test_inspect_lines_are_not_wrapped_in_a_file():
     assert proc.returncode == 0, proc.stderr  # python -m mlrobust runs the command line
     conv = [line for line in proc.stdout.splitlines() if "/conv1/Conv" in line]
     assert len(conv) == 1 and conv[0].rstrip().endswith("pad 1,1,1,1")
+
+
+# --- 6. the checks earn their time -------------------------------------------------------------------------------
+@settings(max_examples=80, deadline=None)
+@given(a=st.floats(0.0, 0.5), width=st.floats(0.01, 0.5), curve=st.floats(0.0, 20.0), offset=st.floats(0.05, 2.0),
+       frac=st.floats(0.05, 0.95))
+def test_the_secant_of_a_convex_bound_never_overshoots_its_crossing(a, width, curve, offset, frac):
+    from mlrobust.search.boundary import secant_reach
+
+    # a convex margin bound f(e) = -offset + slope (e - a) + curve (e - a)^2 crossing 0 at `root` inside (a, u)
+    u = a + width
+    root = a + frac * width
+    slope = (offset - curve * (root - a) ** 2) / (root - a)
+    f = lambda e: -offset + slope * (e - a) + curve * (e - a) ** 2  # noqa: E731
+    reach = secant_reach(a, u, f(u), f(a))
+    assert reach is not None and a < reach <= root + 1e-9
+    assert secant_reach(a, None, 1.0, -1.0) is None and secant_reach(a, u, -0.1, -1.0) is None
+
+
+def test_a_costly_tier_that_proves_nothing_is_given_up_after_three_layers():
+    from test_boundary_push import LayerProbe, Undecided, start
+    from test_search_boundary import DELTA, problem, truth
+
+    from mlrobust.search.boundary import GIVE_UP_AFTER, Tier, push_to_boundary
+    from mlrobust.search.intervals import apply_upper_bounds
+    from mlrobust.verify.verdict import ROBUST_TOLERANCE
+
+    pb = problem(4, 3, 3)
+    pb.warm_attack = False  # nothing refutes: every layer reaches the costly tiers
+    eps0 = start(pb)
+    cheap, useless = LayerProbe(pb, eps0), Undecided()
+    eps, statuses, report = push_to_boundary(pb, eps0, DELTA, [Tier("cheap", cheap, 1.0),
+                                                               Tier("useless", useless, 1.0),
+                                                               Tier("exact", None, None)])
+    assert pb.num_layers > GIVE_UP_AFTER
+    assert report.skipped_tiers == ["useless"] and report.skipped_layers == pb.num_layers - GIVE_UP_AFTER
+    assert useless.calls == report.queries["useless:unknown"] <= 3 * GIVE_UP_AFTER  # no question to the others
+    assert any(k.startswith("exact:robust") for k in report.queries)  # the time went to the tier that decides
+    assert truth(pb, eps) < -ROBUST_TOLERANCE
+    assert all(m.status in ("refuted", "saturated") for m in apply_upper_bounds(pb, eps, statuses, DELTA))
+
+
+def test_the_bound_tier_is_not_asked_a_step_its_own_trend_puts_out_of_reach():
+    from test_boundary_push import LayerProbe, start
+    from test_search_boundary import DELTA, problem
+
+    from mlrobust.search.boundary import Tier, push_to_boundary
+
+    pb = problem(4, 3, 3)
+    pb.warm_attack = False
+    eps0 = start(pb)
+    assert pb.proven_bound(eps0) is not None and pb.proven_bound(eps0) < 0
+    # the bound tier's margin bound at every undecided value is huge: a delta step is predicted far out of reach
+    cheap = LayerProbe(pb, eps0, margins=np.full(pb.num_layers, 1e6))
+    _, _, report = push_to_boundary(pb, eps0, DELTA, [Tier("bounds", cheap, 1.0), Tier("exact", None, None)])
+    assert report.predicted_out_of_reach == len(set(cheap.layers)) >= 1
+    assert len(cheap.layers) == len(set(cheap.layers))  # one question per layer, not a bisection of undecided ones
+
+
+def test_the_maximality_check_stops_asking_after_undecided_layers_in_a_row():
+    from test_boundary_push import Undecided
+    from test_search_boundary import DELTA, problem
+
+    from mlrobust.search.maximality import certify
+
+    pb = problem(4, 3, 3, warm_attack=False)
+    pb.verifier = Undecided()
+    _, statuses = certify(pb, np.zeros(pb.num_layers), DELTA, give_up_after=2)
+    assert [m.status for m in statuses[:2]] == ["unknown", "unknown"]
+    assert all(m.status == "unchecked" and "left layers 0, 1 undecided" in m.reason for m in statuses[2:])
+    assert pb.verifier.calls == 2
+
+
+# --- 5. the object's floor is a visible choice -------------------------------------------------------------------
+def test_the_summary_says_what_the_objects_floor_costs():
+    result = make_result(["unknown"] * 3, [0.07, 0.0, 0.01], [0.1, 0.2, 0.3], ["bounds"] * 3)
+    result.details.update({"object": {"floor": 0.066, "refuted_alone": 0.13},
+                           "delta_auto": {"uniform_radius": 0.031}})
+    summary = result.summary()
+    assert summary["uniform_size"] == pytest.approx(0.093) and summary["object_floor"] == 0.066
+    text = render_text(result)
+    assert "one ε for every layer (0.0310) was proven up to w·ε = 0.0930, larger, but below the object's floor" in text
+    assert "--object-share 0" in text
+
+
+def test_an_interrupted_search_reports_a_vector_that_keeps_the_floor():
+    from test_search_boundary import problem
+
+    pb = problem(4, 3, 3)
+    n = pb.num_layers
+    uniform, object_first = pb.clip(np.full(n, 0.02)), pb.clip(np.r_[0.03, np.zeros(n - 1)])
+    pb.robust_eps += [uniform, object_first]
+    assert pb.size(uniform) > pb.size(object_first) and object_first[0] > uniform[0]
+    assert np.array_equal(pb.best_proven(), uniform)  # no floor: the larger one
+    pb.floor = np.r_[object_first[0], np.zeros(n - 1)]
+    assert np.array_equal(pb.best_proven(), object_first)  # the floor kept, as a finished search keeps it

@@ -85,7 +85,7 @@ def table_rows(result: Any, full: bool = False) -> list[Row]:
             first=start, last=d - 1, pixels=int(np.sum(result.layer_counts[start:d])),
             eps=(float(np.min(result.epsilons[start:d])), float(np.max(result.epsilons[start:d]))),
             refuted=_span([m.refuted_eps for m in ms]), status=keys[start][0], tried=_span(tried),
-            margin=_span([m.margin if m.tried is not None and m.status == "unknown" else None for m in ms]),
+            margin=_span([m.open_by if m.tried is not None and m.status == "unknown" else None for m in ms]),
             tier=keys[start][1],
             full_range=bool(np.all(result.epsilons[start:d] >= result.saturation[start:d]))))
         start = d
@@ -157,6 +157,17 @@ def summary_lines(result: Any) -> list[tuple[str, str]]:
         if refuted_alone is not None:
             obj += f" and refuted at {refuted_alone:.4f}"
     lines.append(("object ε₀", obj))
+    floor, uniform = s.get("object_floor"), s.get("uniform_size")
+    radius = result.details.get("delta_auto", {}).get("uniform_radius")
+    if uniform is not None and uniform > result.size + 1e-9:
+        # the simplest baseline did better: say why (the object's floor is a choice with a price), or that it did
+        if floor and radius is not None and radius < floor:
+            lines.append(("trade", f"one ε for every layer ({radius:.4f}) was proven up to w·ε = {uniform:.4f}, "
+                                   f"larger, but below the object's floor ε₀ ≥ {floor:.4f} (--object-share); "
+                                   f"--object-share 0 lets size alone decide"))
+        else:
+            lines.append(("baseline", f"one ε for every layer ({radius:.4f}) was proven up to w·ε = {uniform:.4f}, "
+                                      "larger than this search reached within its time limit"))
     lines.append(("method", result.method + (f", {result.cutting} cutting weights" if result.cutting else "")
                   + f", δ = {result.delta:.3g}" + (" (automatic)" if "delta_auto" in result.details else "")))
     counts = s["statuses"]

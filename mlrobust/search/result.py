@@ -141,6 +141,15 @@ class SearchResult:
         return not bool(np.any(np.asarray(self.epsilons) > 0))
 
     @property
+    def uniform_size(self) -> float | None:
+        """``w . eps`` of one epsilon for every layer, at the uniform robust radius the search proved first (on its
+        cheap tiers, without the object's floor), or None where it did not: the simplest baseline, for comparison."""
+        radius = self.details.get("delta_auto", {}).get("uniform_radius")
+        if radius is None:
+            return None
+        return float(np.asarray(self.weights) @ np.minimum(float(radius), np.asarray(self.saturation)))
+
+    @property
     def refuted_layers(self) -> int:
         """Layers with a known refuted epsilon (a confirmed counterexample above their epsilon)."""
         return sum(1 for m in self.maximality if m.refuted_eps is not None)
@@ -179,6 +188,7 @@ class SearchResult:
                 "saturated_layers": self.saturated_layers, "statuses": self.maximality_counts(),
                 "median_gap": self.median_gap, "median_gap_ratio": self.median_gap_ratio,
                 "nothing_proven": self.nothing_proven, "never_tried": list(self.never_tried),
+                "object_floor": self.details.get("object", {}).get("floor"), "uniform_size": self.uniform_size,
                 "interrupted": self.interrupted}
 
     @property

@@ -14,6 +14,7 @@ from mlrobust.errors import InputError
 from mlrobust.search.baselines import bisect_scale, floored_uniform, layer_search, uniform_search
 from mlrobust.search.boundary import (
     CHEAP_TIERS_EXHAUSTED,
+    GIVE_UP_AFTER,
     push_to_boundary,
     rescaled_statuses,
     scale_to_boundary,
@@ -445,8 +446,15 @@ def _certify(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool)
     _upper_bounds(problem, opt, st)
     current = st.maximality or [LayerMaximality(d, "unchecked", float(st.eps[d])) for d in range(problem.num_layers)]
     order = gap_order(st.eps, problem.saturation, apply_upper_bounds(problem, st.eps, current, delta))
-    # the full verifier for every layer still open, largest gap first (settled ones are answered by the caches)
-    st.eps, st.maximality = certify(problem, st.eps, delta, grow=grow, order=order, previous=st.maximality)
+    # the full verifier for every layer still open, largest gap first (settled ones are answered by the caches);
+    # it stops asking after GIVE_UP_AFTER undecided layers in a row, and the time left narrows the gaps from above
+    st.eps, st.maximality = certify(problem, st.eps, delta, grow=grow, order=order, previous=st.maximality,
+                                    give_up_after=GIVE_UP_AFTER)
+    limit = problem.budget.time_limit
+    if limit is not None and problem.elapsed() < limit and any(m.status == "unchecked" for m in st.maximality):
+        problem.phase = "upper bounds"
+        problem.notify("phase", "upper bounds by the attack, at the final vector")
+        st.details["final_upper_bounds"] = attack_upper_bounds(problem, st.eps, delta, deadline=limit)
 
 
 def _upper_bounds(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
