@@ -5,6 +5,7 @@
 - Never cut: numbers are printed in full, whatever the width (outside a terminal there is no width limit at all).
 - Three formats: ``table`` (rich, for a terminal), ``text`` (plain aligned columns, for logs) and ``json`` (one
   JSON object per row and one for the summary, for scripts).
+- Only the standard library at import (the command line's rule: errors come back before numpy is loaded).
 - The margin column says what it means: "open by 0.03" (the best bound left the target's margin 0.03 short of a
   proof at the tried ε); the counts are those of the JSON's ``summary``.
 """
@@ -15,8 +16,6 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 FORMATS = ("auto", "table", "text", "json")
 
@@ -69,6 +68,8 @@ def _span(values: list[float | None]) -> tuple[float, float] | None:
 def table_rows(result: Any, full: bool = False) -> list[Row]:
     """The table's rows: one per layer with ``full``, else one per run of consecutive layers with the same status
     and the same deciding tier."""
+    import numpy as np
+
     n = len(result.epsilons)
     keys = []
     for m in result.maximality:
@@ -143,6 +144,8 @@ def plain_stop_reason(text: str) -> str:
 
 def summary_lines(result: Any) -> list[tuple[str, str]]:
     """The summary under the table as (label, text) pairs, in plain words; its counts are the JSON summary's."""
+    import numpy as np
+
     s = result.summary()
     lines: list[tuple[str, str]] = []
     if s["nothing_proven"]:
