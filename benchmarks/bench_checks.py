@@ -141,6 +141,15 @@ if __name__ == "__main__":
     main()
 
 
+def load_text(records: list[dict]) -> str:
+    """The 1-minute load averages over the runs, as "lo-hi"."""
+    loads = [r["load"][0] for r in records if r.get("load")]
+    if not loads:
+        return "unknown"
+    lo, hi = f"{min(loads):.0f}", f"{max(loads):.0f}"
+    return f"about {lo}" if lo == hi else f"{lo}-{hi}"
+
+
 def results_section(records: list[dict], link: str) -> str:
     """The section of docs/results.md on the default method: boundary against the uniform baseline per model and
     budget (w·ε, the object's ε₀), and the share of each run spent in questions the verifier left undecided."""
@@ -155,7 +164,11 @@ def results_section(records: list[dict], link: str) -> str:
              "(`--object-share 0.5`): where the uniform baseline's w·ε is larger, its ε₀ is smaller — the size it "
              "wins is bought by starving the object the question is about, a trade the summary of `mlrobust verify` "
              "names (`trade`) and `--object-share 0` declines. \"Undecided\" is the share of the run spent in "
-             "verifier questions that came back unknown.", "",
+             "verifier questions that came back unknown. The machine was shared with other work (load average "
+             f"{load_text(records)} on 2 cores): the search phase of the default gets fewer queries than on an idle "
+             "machine, and where it did not prove the floored starts in time it grew from the object alone and "
+             "ended far below the baseline (the summary's `not tried` line names what the time limit cut off).",
+             "",
              "| model | budget s | default w·ε | default ε₀ | uniform w·ε | uniform ε₀ | default undecided | "
              "uniform undecided |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for model in models:
