@@ -232,6 +232,13 @@ def test_the_summary_counts_as_the_json_does_in_plain_words():
         [0, 0], [1, 1], [2, 3], [4, 4]]
 
 
+def test_a_bound_within_the_tolerance_of_a_proof_reads_open_by_zero():
+    from mlrobust.cli.summary_table import open_by
+
+    assert open_by((-4.73e-05, 0.0339)) == "open by 0–0.0339" and open_by((0.02, 0.02)) == "open by 0.02"
+    assert open_by(None) == ""
+
+
 def test_stop_reasons_in_plain_words():
     assert plain_stop_reason("explore: converged (step below delta = 0.00382233); push: the push's deadline") == (
         "growth on the bounds: converged (no step of δ or more was proven); pushing each layer to its boundary: "

@@ -107,7 +107,8 @@ def open_by(span: tuple[float, float] | None) -> str:
     0 ("open by 0.03": 0.03 short of a proof)."""
     if span is None:
         return ""
-    lo, hi = span
+    # a bound at or just below 0 that still did not prove (it must clear a rounding tolerance) reads as 0
+    lo, hi = (max(v, 0.0) for v in span)
     text = f"{lo:.3g}" if f"{lo:.3g}" == f"{hi:.3g}" else f"{lo:.3g}–{hi:.3g}"
     return f"open by {text}"
 
@@ -201,7 +202,7 @@ def summary_lines(result: Any) -> list[tuple[str, str]]:
 TITLE = "Robust layered neighborhood of label {target} (top-{k})"
 FOOTNOTES = ("status: maximal = a counterexample lies within δ above the proven ε; open = the verifier could not "
              "decide the next step; not checked = the time ran out first. 'open by m': at the tried ε the best "
-             "bound left the target's margin m short of a proof.")
+             "bound left the target's margin m short of a proof (0: within the rounding tolerance of one).")
 STAR_NOTE = "* the layer spans the whole pixel range [0, 1]"
 
 
