@@ -221,4 +221,4 @@ def check(model: str | Path | Network, image: str | Path | np.ndarray, target: i
         counterexample=getattr(verdict, "counterexample", None), margin=getattr(verdict, "margin", None),
         reason=getattr(verdict, "reason", ""), clean_margin=prep.clean_margin, clean_topk=prep.clean_topk,
         verifier=getattr(ver, "name", type(ver).__name__), verdict=verdict, provenance=prep.provenance,
-        image=np.asarray(nbhd.image).copy())
+        image=np.asarray(nbhd.image).copy(), object_source=prep.choice.source, object_label=prep.choice.label)

@@ -42,6 +42,9 @@ class LayerMaximality:
     reason: str = ""
     refuted_eps: float | None = None  # the smallest eps of the layer known refuted (others at eps*); see intervals
     refuted_tier: str = ""  # who found the counterexample behind refuted_eps
+    # the best proven upper bound on the target's top-k margin at ``tried`` where it stayed undecided: a proof needs
+    # it below 0, so a positive value says by how much the question stayed open (``margin`` is the counterexample's)
+    open_by: float | None = None
 
     @property
     def gap(self) -> float | None:
@@ -56,21 +59,25 @@ class LayerMaximality:
     def to_dict(self, with_counterexample: bool = True) -> dict:
         out = {"layer": self.layer, "status": self.status, "certified": self.certified, "eps": self.eps,
                "refuted_eps": self.refuted_eps, "gap": self.gap, "refuted_by": self.refuted_tier or None,
-               "tried": self.tried, "tier": self.tier, "margin": self.margin, "reason": self.reason}
+               "tried": self.tried, "tier": self.tier, "margin": self.margin, "open_by": self.open_by,
+               "reason": self.reason}
         if with_counterexample:
             out["counterexample"] = None if self.counterexample is None else self.counterexample.tolist()
         return out
 
 
 def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bool = True,
-            order: list[int] | None = None, previous: list[LayerMaximality] | None = None
-            ) -> tuple[np.ndarray, list[LayerMaximality]]:
+            order: list[int] | None = None, previous: list[LayerMaximality] | None = None,
+            give_up_after: int | None = None) -> tuple[np.ndarray, list[LayerMaximality]]:
     """Check every layer of the robust ``eps_star``; with ``grow`` a layer that can grow does, until refuted.
 
     ``previous`` statuses of an earlier pass are kept for layers they settled (``refuted`` is re-checked through
     the caches, which answer it at no cost while its counterexample still lies in the grown box; ``not_maximal``
-    and ``saturated`` are kept); the others are checked again. Returns the (possibly grown, always proven robust)
-    vector and the per-layer statuses.
+    and ``saturated`` are kept); the others are checked again. ``give_up_after``: once that many layers in a row
+    came back undecided (no refutation, no growth between them), the remaining layers are not asked — the verifier
+    that could not decide those will not decide their neighbours either, and the time is better spent elsewhere;
+    they are reported ``unchecked`` with the reason. Returns the (possibly grown, always proven robust) vector and
+    the per-layer statuses.
     """
     eps = problem.clip(eps_star).copy()
     sat = problem.saturation
@@ -82,8 +89,14 @@ def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bo
                 results[m.layer] = m
         layers = [d for d in layers if d not in results]
     problem.phase = "maximality"
+    undecided_run: list[int] = []
     for d in layers:
         problem.iteration = d
+        if give_up_after is not None and len(undecided_run) >= give_up_after and d not in results:
+            results[d] = _kept(previous, d) or LayerMaximality(
+                d, "unchecked", float(eps[d]),
+                reason=f"not asked: the verifier left layers {', '.join(map(str, undecided_run))} undecided in a row")
+            continue
         if eps[d] >= sat[d]:
             results[d] = LayerMaximality(d, "saturated", float(eps[d]), reason="the layer spans all of [0, 1]")
             continue
@@ -121,8 +134,10 @@ def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bo
                     reason=_unchecked_reason(previous, d, getattr(verdict, "reason", "")))
             else:
                 results[d] = LayerMaximality(d, "unknown", float(eps[d]), float(trial[d]), verdict.tier,
-                                             reason=getattr(verdict, "reason", ""))
+                                             reason=getattr(verdict, "reason", ""),
+                                             open_by=verdict.stats.get("bounds", {}).get("margin_upper"))
             break
+        undecided_run = undecided_run + [d] if results[d].status == "unknown" else []
     # Layers checked before a later one grew keep their status; report the final epsilons.
     out = []
     for d in range(problem.num_layers):

@@ -122,6 +122,7 @@ class SearchResult:
     details: dict = field(default_factory=dict)
     interrupted: bool = False  # stopped by Ctrl-C: the largest vector proven so far, not a finished search
     object_radius: float | None = None  # the object's own robust radius (layer 0 alone), where the search found it
+    never_tried: list[str] = field(default_factory=list)  # parts of the search the time limit cut off, in words
 
     @property
     def size(self) -> float:
@@ -132,6 +133,31 @@ class SearchResult:
     def eps0(self) -> float:
         """The object's epsilon (layer 0): the answer to the question the user asks first."""
         return float(self.epsilons[0])
+
+    @property
+    def nothing_proven(self) -> bool:
+        """Whether no layer got an epsilon above 0: the search proved nothing but the clean image (a time limit
+        too short for it, or a network too large for its verifier). Such a result is *unknown*, not robust."""
+        return not bool(np.any(np.asarray(self.epsilons) > 0))
+
+    @property
+    def uniform_size(self) -> float | None:
+        """``w . eps`` of one epsilon for every layer, at the uniform robust radius the search proved first (on its
+        cheap tiers, without the object's floor), or None where it did not: the simplest baseline, for comparison."""
+        radius = self.details.get("delta_auto", {}).get("uniform_radius")
+        if radius is None:
+            return None
+        return float(np.asarray(self.weights) @ np.minimum(float(radius), np.asarray(self.saturation)))
+
+    @property
+    def refuted_layers(self) -> int:
+        """Layers with a known refuted epsilon (a confirmed counterexample above their epsilon)."""
+        return sum(1 for m in self.maximality if m.refuted_eps is not None)
+
+    @property
+    def saturated_layers(self) -> int:
+        """Layers whose epsilon already spans the whole pixel range."""
+        return sum(1 for m in self.maximality if m.status == "saturated")
 
     @property
     def upper_bounded_layers(self) -> int:
@@ -153,11 +179,17 @@ class SearchResult:
         return float(np.median(ratios)) if ratios else None
 
     def summary(self) -> dict:
-        """The headline numbers: size, the object's epsilon, certified layers, upper bounds and gaps."""
+        """The headline numbers: size, the object's epsilon, certified layers, layers by status, upper bounds
+        (``refuted_layers``: with a counterexample; ``upper_bounded_layers`` counts the saturated ones too) and
+        gaps, whether anything was proven, and what the time limit cut off."""
         return {"size": self.size, "eps0": self.eps0, "object_radius_alone": self.object_radius,
                 "certified_layers": self.certified_layers, "layers": self.num_layers,
-                "upper_bounded_layers": self.upper_bounded_layers, "median_gap": self.median_gap,
-                "median_gap_ratio": self.median_gap_ratio, "interrupted": self.interrupted}
+                "upper_bounded_layers": self.upper_bounded_layers, "refuted_layers": self.refuted_layers,
+                "saturated_layers": self.saturated_layers, "statuses": self.maximality_counts(),
+                "median_gap": self.median_gap, "median_gap_ratio": self.median_gap_ratio,
+                "nothing_proven": self.nothing_proven, "never_tried": list(self.never_tried),
+                "object_floor": self.details.get("object", {}).get("floor"), "uniform_size": self.uniform_size,
+                "interrupted": self.interrupted}
 
     @property
     def num_layers(self) -> int:
@@ -245,6 +277,8 @@ class CheckResult:
     verdict: Any = None
     provenance: Provenance | None = None
     image: np.ndarray | None = None
+    object_source: str = ""  # how the perturbed object was chosen (mask, box, auto, ...)
+    object_label: int | None = None  # the label the automatically chosen object was picked for
 
     @property
     def robust(self) -> bool:
@@ -257,7 +291,9 @@ class CheckResult:
                 "bound": self.bound, "margin": self.margin, "reason": self.reason,
                 "counterexample": self.counterexample, "clean": {"margin": self.clean_margin,
                                                                  "top_k": self.clean_topk},
-                "verifier": self.verifier}
+                "verifier": self.verifier,
+                "object": {"source": self.object_source, "label": self.object_label,
+                           "pixels": int(np.count_nonzero(self.mask))}}
         if self.provenance is not None:
             data.update(self.provenance.to_dict())
         return jsonable(data)

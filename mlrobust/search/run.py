@@ -14,6 +14,7 @@ from mlrobust.errors import InputError
 from mlrobust.search.baselines import bisect_scale, floored_uniform, layer_search, uniform_search
 from mlrobust.search.boundary import (
     CHEAP_TIERS_EXHAUSTED,
+    GIVE_UP_AFTER,
     push_to_boundary,
     rescaled_statuses,
     scale_to_boundary,
@@ -236,7 +237,39 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
         details=st.details,
         interrupted=interrupted,
         object_radius=st.details.get("object", {}).get("radius_alone"),
+        never_tried=never_tried(opt, st.details, maximality, grow, searched=bool(clean.is_robust)),
     )
+
+
+def never_tried(opt: SearchOptions, details: dict, maximality: list[LayerMaximality], grow: bool,
+                searched: bool = True) -> list[str]:
+    """The parts of the search that never ran (the time limit, or an interruption, came first), in words: a result
+    cut short says what it is missing. ``details`` are the search's records of the phases it ran."""
+    if not searched:
+        return ["the search (the clean image itself was not proven)"]
+    out = []
+    if opt.method in GROWING and opt.object_share > 0 and "object" not in details:
+        out.append("the object's own radius (so no floor for the object's ε)")
+    if opt.certify and opt.push and grow:
+        if "upper_bounds" not in details:
+            out.append("the attack's upper bounds per layer")
+        if "push" not in details:
+            out.append("pushing each layer to its boundary")
+    unchecked = [m.layer for m in maximality if m.status == "unchecked"]
+    if opt.certify and unchecked:
+        out.append(f"{'layer' if len(unchecked) == 1 else 'layers'} {layer_ranges(unchecked)} never checked")
+    return out
+
+
+def layer_ranges(layers: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0–2, 5, 7–8"``."""
+    runs: list[list[int]] = []
+    for d in sorted(layers):
+        if runs and d == runs[-1][1] + 1:
+            runs[-1][1] = d
+        else:
+            runs.append([d, d])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)
 
 
 def _deadline(problem: SearchProblem, share: float) -> float | None:
@@ -413,8 +446,15 @@ def _certify(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool)
     _upper_bounds(problem, opt, st)
     current = st.maximality or [LayerMaximality(d, "unchecked", float(st.eps[d])) for d in range(problem.num_layers)]
     order = gap_order(st.eps, problem.saturation, apply_upper_bounds(problem, st.eps, current, delta))
-    # the full verifier for every layer still open, largest gap first (settled ones are answered by the caches)
-    st.eps, st.maximality = certify(problem, st.eps, delta, grow=grow, order=order, previous=st.maximality)
+    # the full verifier for every layer still open, largest gap first (settled ones are answered by the caches);
+    # it stops asking after GIVE_UP_AFTER undecided layers in a row, and the time left narrows the gaps from above
+    st.eps, st.maximality = certify(problem, st.eps, delta, grow=grow, order=order, previous=st.maximality,
+                                    give_up_after=GIVE_UP_AFTER)
+    limit = problem.budget.time_limit
+    if limit is not None and problem.elapsed() < limit and any(m.status == "unchecked" for m in st.maximality):
+        problem.phase = "upper bounds"
+        problem.notify("phase", "upper bounds by the attack, at the final vector")
+        st.details["final_upper_bounds"] = attack_upper_bounds(problem, st.eps, delta, deadline=limit)
 
 
 def _upper_bounds(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
