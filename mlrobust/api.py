@@ -211,7 +211,14 @@ def check(model: str | Path | Network, image: str | Path | np.ndarray, target: i
     ver = make_verifier(verifier, solver)
     problem = SearchProblem(prep.network, nbhd, int(target), ver, k=int(k), weights=weights,
                             budget=Budget(time_limit=time_limit, query_time_limit=time_limit))
-    verdict = problem.query(eps_vec, purpose="check")
+    from mlrobust.search.deadline import TimeLimitReached, hard_stop
+    from mlrobust.verify.verdict import Unknown
+
+    try:
+        with hard_stop(time_limit):  # a verifier stage that overruns the limit is cut: the verdict is unknown
+            verdict = problem.query(eps_vec, purpose="check")
+    except TimeLimitReached:
+        verdict = Unknown(tier="budget", reason=f"time limit ({time_limit:g} s) reached before a verdict")
     status = status_of(verdict)
     size = problem.size(eps_vec)
     return CheckResult(

@@ -368,6 +368,7 @@ def verify(
     from rich.console import Console
 
     from mlrobust import api
+    from mlrobust.search.outputs import json_with_side_file
 
     console = Console()
     common: dict[str, Any] = dict(object_mask=object_mask, object_box=object_box, object_label=object_label, k=k,
@@ -377,7 +378,7 @@ def verify(
         with notes():
             res = api.check(model, image, target, given, time_limit=time_left(time_limit), **common)
         if json_path:
-            write_json({**res.to_json(), "settings": settings}, json_path)
+            write_json(json_with_side_file(res, json_path, {"settings": settings}), json_path)
         if heatmap:
             write_heatmap(res, heatmap, title=f"target {target}: {res.status.replace('_', ' ')} "
                                               f"(size {res.size:.3f})")
@@ -402,7 +403,8 @@ def verify(
     # it is written and shown like any result, and the exit code says it was interrupted.
     interrupted = bool(getattr(result, "interrupted", False))
     if json_path:
-        write_json({**result.to_json(), "settings": settings, "interrupted": interrupted}, json_path)
+        write_json(json_with_side_file(result, json_path, {"settings": settings, "interrupted": interrupted}),
+                   json_path)
     if heatmap:
         write_heatmap(result, heatmap)
     if quiet:

@@ -87,7 +87,8 @@ class Rung:
 # Training sets are small on purpose: a few CPU minutes each on one thread (the RGB images cost 270 kB each).
 RUNGS: dict[str, Rung] = {
     "triple-mnist": Rung("triple_mnist", TripleMnistNet, (1, 84, 84), build_triple_mnist, 20000, 2000, 6),
-    "rgb-objects": Rung("rgb_objects", RgbObjectsNet, (3, 300, 300), build_rgb_objects, 3000, 300, 8),
+    "rgb-objects": Rung("rgb_objects", RgbObjectsNet, (3, 300, 300), build_rgb_objects, 3000, 300, 15, lr=3e-3,
+                        batch_size=32),
 }
 
 
