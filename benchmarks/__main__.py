@@ -7,6 +7,7 @@
     python -m benchmarks report benchmarks/results/full.json     # the Markdown again, from the JSON
     python -m benchmarks vnncomp --methods crown_milp,alpha_bab_milp --timeout 60   # VNN-COMP-style instances
     python -m benchmarks scale --budget 120                      # largest proven scale of searched neighborhoods
+    python -m benchmarks scale-ladder --budgets 120 --images 1   # 64x64, 84x84 top-3, 3x300x300 at real budgets
 
 Single-threaded BLAS and torch (parallelism comes from ``--workers`` processes). The reference experiment's raw
 lines go to ``--work`` (default ``build/benchmarks/<suite>``) and are resumed by a re-run with the same settings.
@@ -33,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.bench_vnncomp import main as vnncomp_main
 
         return vnncomp_main(argv[1:])
+    if argv[:1] == ["scale-ladder"]:
+        from benchmarks.bench_ladder import main as ladder_main
+
+        return ladder_main(argv[1:])
     if argv[:1] == ["scale"]:
         from benchmarks.bench_scale import main as scale_main
 
@@ -52,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="no step log")
     sub.add_parser("vnncomp", help="VNN-COMP-style instances (python -m benchmarks vnncomp --help)")
     sub.add_parser("scale", help="largest proven scale per method (python -m benchmarks scale --help)")
+    sub.add_parser("scale-ladder", help="the three sizes at real budgets (python -m benchmarks scale-ladder --help)")
     report = sub.add_parser("report", help="rewrite a suite's Markdown report from its JSON results")
     report.add_argument("results", type=Path, nargs="?", default=ROOT / "benchmarks" / "results" / "full.json")
     docs = sub.add_parser("docs", help="write docs/results.md from a suite's results")

@@ -3,7 +3,9 @@
 
 Layout: the canvas is cut into a 2x2 grid of 150-pixel cells; an image holds 2, 3 or 4 digits of different classes
 (uniform), each in its own cell (so objects never overlap), scaled 3x or 4x (84 or 112 pixels, nearest neighbour)
-and pasted at a uniform offset inside the cell. A digit's ink is its alpha: pixel = (1 - a) * background + a * colour,
+and pasted near the cell's centre (a uniform jitter of up to ``JITTER`` pixels each way): like Double-MNIST's slots,
+the fixed slots let a small network whose dense layer sees every position separately learn from a few thousand
+images. A digit's ink is its alpha: pixel = (1 - a) * background + a * colour,
 with a bright, saturated colour per object. The background is a dark random colour plus a smooth random field, a
 random grating and per-pixel Gaussian noise (also added over the objects).
 
@@ -26,6 +28,7 @@ CHANNELS = 3
 CELL = CANVAS // 2
 MAX_OBJECTS = 4
 SCALES = (3, 4)
+JITTER = 12
 _COARSE = 7  # the smooth background field is a 7x7 grid per channel, interpolated bilinearly
 
 
@@ -76,8 +79,8 @@ def _compose_one(
         scale = int(rng.choice(SCALES))
         alpha = np.kron(mnist_images[source[j]].astype(np.float64) / 255.0, np.ones((scale, scale)))
         size_y, size_x = alpha.shape
-        y0 = (cells[j] // 2) * CELL + int(rng.integers(0, CELL - size_y + 1))
-        x0 = (cells[j] % 2) * CELL + int(rng.integers(0, CELL - size_x + 1))
+        y0 = (cells[j] // 2) * CELL + (CELL - size_y) // 2 + int(rng.integers(-JITTER, JITTER + 1))
+        x0 = (cells[j] % 2) * CELL + (CELL - size_x) // 2 + int(rng.integers(-JITTER, JITTER + 1))
         colour = _hsv_to_rgb(rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.8, 1.0))
         window = pixels[:, y0 : y0 + size_y, x0 : x0 + size_x]
         window[:] = (1.0 - alpha) * window + alpha * colour[:, None, None]
@@ -105,7 +108,7 @@ def build_rgb_objects(
         raise InputError(f"the number of images and the start must be >= 0, not {n} and {start}")
     if mnist_images.ndim != 3 or mnist_images.shape[0] != mnist_labels.shape[0]:
         raise InputError(f"MNIST images {mnist_images.shape} and labels {mnist_labels.shape} do not match")
-    if max(mnist_images.shape[1:]) * max(SCALES) > CELL:
+    if max(mnist_images.shape[1:]) * max(SCALES) + 2 * JITTER > CELL:
         raise InputError(f"digits of {mnist_images.shape[1:]} pixels scaled {max(SCALES)}x do not fit a {CELL} cell")
     classes = np.unique(mnist_labels)
     if classes.size < MAX_OBJECTS:
