@@ -191,7 +191,7 @@ def write_ladder_examples(out: Path, rung: Rung, data: DoubleMnist, chosen: list
             "mask": f"images/{name}_perturbed.png",
             "target_mask": f"images/{name}_target.png",
             "digits": present,
-            "objects": list(names),
+            "objects": list(names[: len(present)]),
             "labels": [int(v) for v in data.labels[i]],
             "k": len(present),
             "target": {"object": names[0], "digit": present[0]},
