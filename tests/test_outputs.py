@@ -36,6 +36,10 @@ def test_search_result_arrays_go_to_the_side_file(result, tmp_path):
     # The JSON names the side file and holds no image: every array is a reference.
     assert data["arrays"]["file"] == "r.npz"
     assert data["object"]["mask"] == {"array": "object_mask"}
+    # Counterexamples are stored as their bits XOR the clean image's (zero where a pixel is unchanged).
+    assert set(data["arrays"]["xor_keys"]) == {f"counterexample_layer{m.layer}" for m in refuted}
+    raw = np.load(side)
+    assert raw[data["arrays"]["xor_keys"][0]].dtype == np.uint64 and "clean_image" in raw.files
     for layer in data["maximality"]:
         assert layer["counterexample"] in (None, {"array": f"counterexample_layer{layer['layer']}"})
     loaded = mlrobust.load_result(tmp_path / "r.json")
