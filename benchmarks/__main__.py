@@ -9,6 +9,7 @@
     python -m benchmarks scale --budget 120                      # largest proven scale of searched neighborhoods
     python -m benchmarks onnx-ops --timeout 60                   # mlrobust vnnlib on one network per ONNX pattern
     python -m benchmarks bound-tier                              # bound tier: frozen vs joint intermediate bounds
+    python -m benchmarks scale-ladder --budgets 120 --images 1   # 64x64, 84x84 top-3, 3x300x300 at real budgets
 
 Single-threaded BLAS and torch (parallelism comes from ``--workers`` processes). The reference experiment's raw
 lines go to ``--work`` (default ``build/benchmarks/<suite>``) and are resumed by a re-run with the same settings.
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.bench_onnx_ops import main as onnx_ops_main
 
         return onnx_ops_main(argv[1:])
+    if argv[:1] == ["scale-ladder"]:
+        from benchmarks.bench_ladder import main as ladder_main
+
+        return ladder_main(argv[1:])
     if argv[:1] == ["scale"]:
         from benchmarks.bench_scale import main as scale_main
 
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("onnx-ops", help="mlrobust vnnlib per ONNX pattern (python -m benchmarks onnx-ops --help)")
     sub.add_parser("bound-tier", help="bound tier, frozen vs joint intermediate bounds "
                                       "(python -m benchmarks bound-tier --help)")
+    sub.add_parser("scale-ladder", help="the three sizes at real budgets (python -m benchmarks scale-ladder --help)")
     report = sub.add_parser("report", help="rewrite a suite's Markdown report from its JSON results")
     report.add_argument("results", type=Path, nargs="?", default=ROOT / "benchmarks" / "results" / "full.json")
     docs = sub.add_parser("docs", help="write docs/results.md from a suite's results")

@@ -157,7 +157,8 @@ def test_missing_output_folders_are_created(capsys, files, tmp_path):  # noqa: F
     code, _, err = cli(capsys, *base(files, "--eps", "0.01", "--json", out_json, "--heatmap", out_png))
     assert code == 0, err
     assert json.loads(out_json.read_text())["status"] == "robust" and out_png.stat().st_size > 1000
-    assert sorted(p.name for p in out_json.parent.iterdir()) == ["r.json"]  # no temporary file left behind
+    # the JSON and its side file of arrays; no temporary file left behind
+    assert sorted(p.name for p in out_json.parent.iterdir()) == ["r.json", "r.npz"]
 
 
 def test_the_command_line_knows_the_shipped_solvers():

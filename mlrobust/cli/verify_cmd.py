@@ -371,6 +371,7 @@ def _check(outputs: Outputs, model: Path, image: Path, target: int, given: Any, 
            time_limit: float, view: View) -> int:
     """``verify --eps/--eps-layers``: one neighborhood decided, the answer printed, then the files written."""
     from mlrobust import api
+    from mlrobust.search.outputs import json_with_side_file
 
     with notes():
         res = api.check(model, image, target, given, time_limit=time_left(time_limit), **common)
@@ -379,7 +380,7 @@ def _check(outputs: Outputs, model: Path, image: Path, target: int, given: Any, 
     else:
         render_check(res, answer_console())
     json_path, heatmap = (dict((w, p) for p, w in outputs.files).get(w) for w in ("--json", "--heatmap"))
-    outputs.write(json_path, "--json", lambda p: write_json({**res.to_json(), "settings": settings}, p))
+    outputs.write(json_path, "--json", lambda p: write_json(json_with_side_file(res, p, {"settings": settings}), p))
     outputs.write(heatmap, "--heatmap", lambda p: write_heatmap(
         res, p, title=f"target {target}: {res.status.replace('_', ' ')} (size {res.size:.3f})"))
     return _report_failures(outputs) or CHECK_EXIT.get(res.status, EXIT_UNKNOWN)
@@ -392,6 +393,7 @@ def _search(outputs: Outputs, model: Path, image: Path, target: int, search_args
     from rich.console import Console
 
     from mlrobust import api
+    from mlrobust.search.outputs import json_with_side_file
 
     console = answer_console()
     quiet, full_table, output_format = view.quiet, view.full, view.output_format
@@ -420,7 +422,7 @@ def _search(outputs: Outputs, model: Path, image: Path, target: int, search_args
     else:
         render_table(result, console, full_table)
     written = [(outputs.write(json_path, "--json", lambda p: write_json(
-        {**result.to_json(), "settings": settings, "interrupted": interrupted}, p)), "JSON"),
+        json_with_side_file(result, p, {"settings": settings, "interrupted": interrupted}), p)), "JSON"),
         (outputs.write(heatmap, "--heatmap", lambda p: write_heatmap(result, p)), "heatmap")]
     if not quiet and output_format != "json":
         for path, what in written:

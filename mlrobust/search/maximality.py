@@ -19,6 +19,7 @@ the counterexample still lies in it (the problem's cache answers such re-checks 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -56,12 +57,18 @@ class LayerMaximality:
         """Whether the layer is proven unable to grow by the tolerance (refuted, or already saturated)."""
         return self.status in ("refuted", "saturated")
 
-    def to_dict(self, with_counterexample: bool = True) -> dict:
-        out = {"layer": self.layer, "status": self.status, "certified": self.certified, "eps": self.eps,
+    def to_dict(self, with_counterexample: bool = True, arrays: dict[str, np.ndarray] | None = None) -> dict:
+        """The layer's answer as JSON data; with ``arrays`` its counterexample goes there as
+        ``counterexample_layer<d>`` (an image per layer is too large for JSON text at real sizes)."""
+        out: dict[str, Any] = {"layer": self.layer, "status": self.status, "certified": self.certified, "eps": self.eps,
                "refuted_eps": self.refuted_eps, "gap": self.gap, "refuted_by": self.refuted_tier or None,
                "tried": self.tried, "tier": self.tier, "margin": self.margin, "open_by": self.open_by,
                "reason": self.reason}
-        if with_counterexample:
+        if with_counterexample and arrays is not None and self.counterexample is not None:
+            key = f"counterexample_layer{self.layer}"
+            arrays[key] = np.asarray(self.counterexample)
+            out["counterexample"] = {"array": key}
+        elif with_counterexample:
             out["counterexample"] = None if self.counterexample is None else self.counterexample.tolist()
         return out
 

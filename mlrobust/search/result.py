@@ -213,7 +213,14 @@ class SearchResult:
             out[m.status] = out.get(m.status, 0) + 1
         return out
 
-    def to_json(self, with_counterexamples: bool = True) -> dict:
+    def to_json(self, with_counterexamples: bool = True, arrays: dict[str, np.ndarray] | None = None) -> dict:
+        """The result as plain JSON data. With ``arrays`` (a dict to fill), the object mask, the per-pixel epsilons
+        and the counterexamples go there instead, each replaced by ``{"array": key}`` (see :mod:`outputs`)."""
+        mask: Any = self.mask.astype(np.uint8)
+        if arrays is not None:
+            arrays["object_mask"] = np.asarray(self.mask, dtype=bool)
+            arrays["eps_map"] = self.eps_map
+            mask = {"array": "object_mask"}
         data = {
             "schema": SCHEMA,
             "method": self.method,
@@ -234,8 +241,8 @@ class SearchResult:
             "object": {"source": self.object_source, "label": self.object_label, "eps": self.eps0,
                        "radius_alone": self.object_radius,
                        "refuted_alone": self.details.get("object", {}).get("refuted_alone"),
-                       "mask": self.mask.astype(np.uint8), "pixels": int(np.count_nonzero(self.mask))},
-            "maximality": [m.to_dict(with_counterexamples) for m in self.maximality],
+                       "mask": mask, "pixels": int(np.count_nonzero(self.mask))},
+            "maximality": [m.to_dict(with_counterexamples, arrays) for m in self.maximality],
             "certified_layers": self.certified_layers,
             "statistics": self.stats.to_dict(),
             "timings": self.timings,
@@ -249,8 +256,12 @@ class SearchResult:
             data.update(self.provenance.to_dict())
         return jsonable(data)
 
-    def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+    def write_json(self, path: str | Path) -> Path:
+        """Write the JSON and its ``.npz`` side file (the arrays); returns the side file's path."""
+        from mlrobust.search.outputs import json_with_side_file, side_file_path
+
+        Path(path).write_text(json.dumps(json_with_side_file(self, path), indent=1))
+        return side_file_path(path)
 
 
 @dataclass
@@ -284,12 +295,22 @@ class CheckResult:
     def robust(self) -> bool:
         return self.status == "robust"
 
-    def to_json(self) -> dict:
+    def to_json(self, arrays: dict[str, np.ndarray] | None = None) -> dict:
+        """The verdict as plain JSON data; with ``arrays`` the mask and the counterexample go there (see
+        :meth:`SearchResult.to_json`)."""
+        mask: Any = self.mask.astype(np.uint8)
+        counterexample: Any = self.counterexample
+        if arrays is not None:
+            arrays["mask"] = np.asarray(self.mask, dtype=bool)
+            mask = {"array": "mask"}
+            if self.counterexample is not None:
+                arrays["counterexample"] = np.asarray(self.counterexample)
+                counterexample = {"array": "counterexample"}
         data = {"schema": "mlrobust.check/1", "status": self.status, "tier": self.tier, "target": self.target,
                 "k": self.k, "epsilons": self.epsilons, "weights": self.weights, "size": self.size,
-                "layer_counts": self.layer_counts, "mask": self.mask.astype(np.uint8), "seconds": self.seconds,
+                "layer_counts": self.layer_counts, "mask": mask, "seconds": self.seconds,
                 "bound": self.bound, "margin": self.margin, "reason": self.reason,
-                "counterexample": self.counterexample, "clean": {"margin": self.clean_margin,
+                "counterexample": counterexample, "clean": {"margin": self.clean_margin,
                                                                  "top_k": self.clean_topk},
                 "verifier": self.verifier,
                 "object": {"source": self.object_source, "label": self.object_label,
@@ -298,5 +319,9 @@ class CheckResult:
             data.update(self.provenance.to_dict())
         return jsonable(data)
 
-    def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+    def write_json(self, path: str | Path) -> Path:
+        """Write the JSON and its ``.npz`` side file (the arrays); returns the side file's path."""
+        from mlrobust.search.outputs import json_with_side_file, side_file_path
+
+        Path(path).write_text(json.dumps(json_with_side_file(self, path), indent=1))
+        return side_file_path(path)

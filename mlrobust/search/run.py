@@ -21,6 +21,7 @@ from mlrobust.search.boundary import (
 )
 from mlrobust.search.cegis import CUTTINGS, cutting_weights
 from mlrobust.search.certificate import certificate_search
+from mlrobust.search.deadline import TimeLimitReached, hard_stop
 from mlrobust.search.intervals import apply_upper_bounds, attack_upper_bounds, gap_order, known_upper_bounds
 from mlrobust.search.maximality import LayerMaximality, certify
 from mlrobust.search.optimizer import OptimizerOptions, optimize, shaped_starts
@@ -28,6 +29,7 @@ from mlrobust.search.problem import SearchProblem, status_of
 from mlrobust.search.result import SearchResult
 from mlrobust.search.tiers import crown_tiers, push_tiers
 from mlrobust.verify.margin import topk_labels
+from mlrobust.verify.verdict import Unknown
 
 METHODS = ("boundary", "optimize", "certificate", "layer-search", "uniform")
 #: Methods whose result may grow during the maximality check (the baselines are reported as they are).
@@ -172,7 +174,12 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
     t0 = time.perf_counter()
     problem.phase = "start"
     problem.notify("phase", "proving the clean image")
-    clean = problem.query(np.zeros(n), purpose="clean image")
+    limit = problem.budget.time_limit
+    try:
+        with hard_stop(None if limit is None else limit - problem.elapsed()):
+            clean = problem.query(np.zeros(n), purpose="clean image")
+    except TimeLimitReached:
+        clean = Unknown(tier="budget", reason="time limit reached before the clean image was proven")
     logits = problem.network.logits(problem.x0[None])
     clean_margin = float(problem.prop.margin(logits)[0])
     clean_topk = topk_labels(logits, problem.k)[0]
@@ -183,18 +190,28 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
     st = _State(np.zeros(n), opt.delta if opt.delta is not None else AUTO_DELTA_MAX)
     interrupted = False
     try:
-        if not clean.is_robust:
-            st.stop_reason = f"the clean image itself is not proven ({getattr(clean, 'reason', '')})"
-        else:
-            _search(problem, opt, st, grow)
+        # The hard stop behind the phases' own deadlines: a stage that overruns the budget is cut (see deadline).
+        with hard_stop(None if limit is None else limit - problem.elapsed()):
+            if not clean.is_robust:
+                st.stop_reason = f"the clean image itself is not proven ({getattr(clean, 'reason', '')})"
+            else:
+                _search(problem, opt, st, grow)
+            problem.use_cheap, problem.deadline = False, None
+            st.t_search = time.perf_counter() - t0
+            st.eps = problem.clip(st.eps)
+            if opt.certify and clean.is_robust:
+                _certify(problem, opt, st, grow)
+            else:
+                st.maximality = [LayerMaximality(d, "unchecked", float(st.eps[d]),
+                                                 reason="maximality check not run") for d in range(n)]
+    except TimeLimitReached:
+        # Not an interruption by the user: the result is final, but parts of the search were never tried.
         problem.use_cheap, problem.deadline = False, None
-        st.t_search = time.perf_counter() - t0
-        st.eps = problem.clip(st.eps)
-        if opt.certify and clean.is_robust:
-            _certify(problem, opt, st, grow)
-        else:
-            st.maximality = [LayerMaximality(d, "unchecked", float(st.eps[d]), reason="maximality check not run")
-                             for d in range(n)]
+        st.eps = problem.best_proven()
+        cut = f"time limit: stopped during {problem.phase}"
+        st.stop_reason = cut + (f" (after {st.stop_reason})" if st.stop_reason else "")
+        st.maximality = [LayerMaximality(d, "unchecked", float(st.eps[d]), reason="time limit before the check")
+                         for d in range(n)]
     except KeyboardInterrupt:
         interrupted = True
         problem.use_cheap, problem.deadline = False, None
