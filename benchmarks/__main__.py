@@ -7,6 +7,7 @@
     python -m benchmarks report benchmarks/results/full.json     # the Markdown again, from the JSON
     python -m benchmarks vnncomp --methods crown_milp,alpha_bab_milp --timeout 60   # VNN-COMP-style instances
     python -m benchmarks scale --budget 120                      # largest proven scale of searched neighborhoods
+    python -m benchmarks anchor --abcrown DIR                    # against α,β-CROWN on the same instances
 
 Single-threaded BLAS and torch (parallelism comes from ``--workers`` processes). The reference experiment's raw
 lines go to ``--work`` (default ``build/benchmarks/<suite>``) and are resumed by a re-run with the same settings.
@@ -33,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.bench_vnncomp import main as vnncomp_main
 
         return vnncomp_main(argv[1:])
+    if argv[:1] == ["anchor"]:
+        from benchmarks.bench_anchor import main as anchor_main
+
+        return anchor_main(argv[1:])
     if argv[:1] == ["scale"]:
         from benchmarks.bench_scale import main as scale_main
 
@@ -52,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="no step log")
     sub.add_parser("vnncomp", help="VNN-COMP-style instances (python -m benchmarks vnncomp --help)")
     sub.add_parser("scale", help="largest proven scale per method (python -m benchmarks scale --help)")
+    sub.add_parser("anchor", help="against α,β-CROWN (python -m benchmarks anchor --help)")
     report = sub.add_parser("report", help="rewrite a suite's Markdown report from its JSON results")
     report.add_argument("results", type=Path, nargs="?", default=ROOT / "benchmarks" / "results" / "full.json")
     docs = sub.add_parser("docs", help="write docs/results.md from a suite's results")
