@@ -78,15 +78,27 @@ def test_run_abc_reads_a_fake_run_one(tmp_path):
     prop = tmp_path / "prop.vnnlib"
     prop.write_text(prop_text)
     inst = anchor.AnchorInstance("ours", ROOT / "examples" / "models" / "mnist2_pgd.onnx", prop, 60.0)
-    tag = anchor._tag(inst)
-    (abc / "run_one.sh").write_text(
-        f'mkdir -p "{abc}/logs"\nprintf "(X_0 0.5)\\n(X_1 0.25)\\n(Y_0 1.0)\\n" > "{abc}/logs/abc_$4.cex"\n'
-        'echo "config=$ABC_CONFIG"\necho "RESULT sat 4.5"\n')
+    logs = abc / "logs"
+
+    def fake(result: str, verdict: str, own_time: float, cex: bool = False) -> None:
+        """A run_one.sh that leaves α,β-CROWN's files (log with its Time:, verdict file, counterexample)."""
+        lines = [f'mkdir -p "{logs}"', f'echo "Time: {own_time}" > "{logs}/abc_$4.log"',
+                 f'printf "{verdict}\\n" > "{logs}/abc_$4.out"']
+        if cex:
+            lines.append(f'printf "(X_0 0.5)\\n(X_1 0.25)\\n(Y_0 1.0)\\n" > "{logs}/abc_$4.cex"')
+        (abc / "run_one.sh").write_text("\n".join(lines + [f'echo "RESULT {result}"']) + "\n")
+
+    fake("sat 9.5", "sat", 4.5, cex=True)
     row = anchor.run_abc(abc, inst, tmp_path / "work", grace=5)
     assert row["status"] == "sat" and row["seconds"] == 4.5 and row["config"] == "conv64_cpu.yaml"
     assert row["x"] == [0.5, 0.25]
-    assert (abc / "logs" / f"abc_{tag}.cex").is_file()
-    (abc / "run_one.sh").write_text('echo "RESULT unsat 75.0"\n')  # over the 60 s timeout: not an answer
+    assert (logs / f"abc_{anchor._tag(inst)}.cex").is_file()
+    fake("unsat 90.0", "unsat", 75.0)  # over the 60 s timeout by its own clock: not an answer
+    assert anchor.run_abc(abc, inst, tmp_path / "work", grace=5)["status"] == "timeout"
+    fake("timeout 90.0", "unsat", 20.0)  # verdict written in time, then the process hung until killed
+    row = anchor.run_abc(abc, inst, tmp_path / "work", grace=5)
+    assert row["status"] == "unsat" and row["seconds"] == 20.0 and "hung" in row["reason"]
+    fake("timeout 90.0", "timeout", 60.0)
     assert anchor.run_abc(abc, inst, tmp_path / "work", grace=5)["status"] == "timeout"
 
 
@@ -129,3 +141,18 @@ def test_summary_counts_decisions_times_and_wrong_verdicts():
 def test_missing_abcrown_folder_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="run_one.sh not found"):
         anchor.main(["--abcrown", str(tmp_path), "--groups", "ours"])
+
+
+def test_the_shipped_development_set_is_complete():
+    folder = ROOT / "benchmarks" / "devset"
+    manifest = json.loads((folder / "models" / "manifest.json").read_text())
+    assert len(manifest["models"]) >= 4
+    assert len({m["defense"] for m in manifest["models"].values()}) >= 3
+    for name, entry in manifest["models"].items():
+        assert (folder / "models" / entry["file"]).is_file(), name
+        assert entry["seed"] not in (0, 1, 2)  # the shipped models' seeds
+        assert entry["ir_vs_onnxruntime_max_abs_diff"] < 1e-4
+    rows = anchor.csv_instances("devset", folder, None)
+    assert rows and all(r.model.is_file() and r.prop.is_file() for r in rows)
+    assert {r.model.stem for r in rows} == set(manifest["models"])
+    assert {"linf", "layered"} <= {r.prop.stem.split("_")[0] for r in rows}

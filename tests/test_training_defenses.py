@@ -94,4 +94,7 @@ def test_devset_builder_writes_models_and_manifest(tmp_path, monkeypatch):
     assert 0.0 <= entry["exact_set_accuracy"] <= 1.0 and entry["ir_vs_onnxruntime_max_abs_diff"] < 1e-4
     assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == manifest
     assert load_onnx(tmp_path / "out" / "b.onnx").num_classes == 10
+    # a later build of another model adds to the manifest, reusing the stored state dicts
+    again = devset.build(data, tmp_path / "out", tmp_path / "work", ["a"], attack_n=8, reuse=True, log=lambda s: None)
+    assert set(again["models"]) == {"a", "b"} and again["models"]["b"] == entry
     assert devset.main(["--data", str(data), "--models", "nope"]) == 2

@@ -59,13 +59,13 @@ def build(data: str | Path, out: str | Path, work: str | Path, names: list[str] 
     xt = torch.from_numpy(sets["test"].float_images())
     yt = torch.from_numpy(sets["test"].labels.astype(np.float32))
     manifest_path = out / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"models": {}}
-    manifest.update({
+    header = {
         "description": "Double-MNIST classifiers of the reference architecture (mlrobust.training.model) trained "
         "with other seeds and defenses than the shipped examples; built by python -m mlrobust.training.devset",
         "torch": torch.__version__,
         "dataset": {"file": Path(data).name, "seed": sets["test"].seed, "test_images": len(xt)},
-    })
+    }
+    manifest: dict = {}
     trained: dict[str, torch.nn.Module] = {}
     wanted = names or list(DEVSET)
     order = [n for n in DEVSET if n in wanted or any(DEVSET[w].warm_start == n for w in wanted)]
@@ -88,7 +88,7 @@ def build(data: str | Path, out: str | Path, work: str | Path, names: list[str] 
         # float32 rounding of logits of a few tens differs by ~1e-5 between torch and onnxruntime
         path = export_onnx(model, out / f"{name}.onnx", check_inputs=xt[:256].numpy(), atol=1e-4)
         ort = onnx_logits(path, xt[:16].numpy())
-        manifest["models"][name] = {
+        entry = {
             "file": path.name,
             "defense": config.defense,
             "seed": config.seed,
@@ -100,8 +100,11 @@ def build(data: str | Path, out: str | Path, work: str | Path, names: list[str] 
             "ir_vs_onnxruntime_max_abs_diff": _ir_difference(path, xt[:16].numpy(), ort),
         }
         log(f"{name}: exact-set accuracy {result['exact_set_accuracy']:.4f}; PGD {result['pgd']['accuracy']}")
-    manifest["models"] = dict(sorted(manifest["models"].items()))
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+        # read again and written at once after every model: builds of other models may share the manifest
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"models": {}}
+        manifest.update(header)
+        manifest["models"] = dict(sorted({**manifest["models"], name: entry}.items()))
+        manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
