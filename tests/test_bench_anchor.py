@@ -156,3 +156,34 @@ def test_the_shipped_development_set_is_complete():
     assert rows and all(r.model.is_file() and r.prop.is_file() for r in rows)
     assert {r.model.stem for r in rows} == set(manifest["models"])
     assert {"linf", "layered"} <= {r.prop.stem.split("_")[0] for r in rows}
+
+
+def test_a_counterexample_a_rounding_error_outside_its_box_is_checked_clipped(tmp_path):
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text("(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n"
+                    "(assert (<= X_0 0.5))\n(assert (>= X_0 0.0))\n(assert (<= X_1 1.0))\n(assert (>= X_1 0.0))\n"
+                    "(assert (>= Y_0 0.0))\n")
+    inst = anchor.AnchorInstance("vnncomp", ROOT / "benchmarks" / "vnncomp" / "models" / "acas_like.onnx", prop, 60.0)
+
+    class Checker:  # Y_0 = X_1 - 0.1: the property is violated where X_1 >= 0.1; points outside the box are wrong
+        def outputs(self, model, x):
+            return np.array([x[1] - 0.1])
+
+        def check(self, folder, inst, x):
+            inside = 0.0 <= x[0] <= 0.5 and 0.0 <= x[1] <= 1.0
+            margin = float(self.outputs(None, x)[0])
+            return {"verdict": "confirmed" if inside and margin >= 0 else "wrong", "in_box": inside,
+                    "ort_margin": margin}
+
+    row = {"status": "sat", "x": [0.5 + 2e-8, 0.25]}  # float32 rounding of the bound 0.5
+    anchor.check_sat(Checker(), inst, row)
+    assert row["ort"]["verdict"] == "confirmed" and row["ort"]["outside_by"] == pytest.approx(2e-8)
+    row = {"status": "sat", "x": [0.5 + 2e-8, 0.05]}  # just outside, and not in the output region
+    anchor.check_sat(Checker(), inst, row)
+    assert row["ort"]["verdict"] == "wrong"
+    row = {"status": "sat", "x": [0.5 + 1e-3, 0.25]}
+    anchor.check_sat(Checker(), inst, row)
+    assert row["ort"]["verdict"] == "wrong"
+    row = {"status": "sat"}
+    anchor.check_sat(Checker(), inst, row)
+    assert row["ort"]["verdict"] == "wrong"
