@@ -8,11 +8,12 @@ the attack's weak points.
 
 The cascade's tier runs the *diversified* variant (``diversify=True``), as strong attacks on verification
 benchmarks do. A property's margin is the largest of its clauses' margins (a top-k property: one clause per k-subset
-of competitors), and its gradient only ever follows the clause that leads now; so every random restart aims at one
-clause instead, the most promising clauses first. Random starts are spread by output-diversified initialisation
-(Tashiro et al., 2020: a few steps along a random direction of the logits), and a restart whose own objective has
-stopped improving starts again elsewhere, aiming at the next clause. The full margin of every iterate is tracked, so
-a counterexample counts whichever restart stumbles on it.
+of competitors), and its gradient only ever follows the clause that leads now; so every other random restart aims at
+one clause instead, the most promising clauses first (the others climb the margin from uniform starts, as in the
+plain attack). The aimed restarts start from points spread by output-diversified initialisation (Tashiro et al.,
+2020: a few steps along a random direction of the logits), and a random restart whose own objective has stopped
+improving starts again elsewhere, an aimed one at the next clause. The full margin of every iterate is tracked, so a
+counterexample counts whichever restart stumbles on it.
 """
 
 from __future__ import annotations
@@ -182,8 +183,9 @@ def _diversified_pgd(network: Network, box: Box, prop: OutputProperty, restarts:
     last_gain = torch.zeros(n, dtype=torch.long)
     patience = max(int(STUCK_SHARE * steps), MIN_PATIENCE)
     alpha = step_scale * half / max(int(steps), 1)
-    # output-diversified steps still to take, per restart (random starts and every fresh start after being stuck)
-    odi_left = torch.where(random_rows, min(ODI_STEPS, max(int(steps) - 1, 0)), 0)
+    # output-diversified steps still to take, per restart: the aimed restarts' random starts and fresh starts after
+    # being stuck (the restarts on the whole margin start uniformly, as the plain attack's do)
+    odi_left = torch.where(aiming, min(ODI_STEPS, max(int(steps) - 1, 0)), 0)
     restarted = 0
     steps_run = 0
     for step in range(int(steps) + 1):
@@ -223,7 +225,7 @@ def _diversified_pgd(network: Network, box: Box, prop: OutputProperty, restarts:
             if count:
                 X[stuck] = lo + torch.rand((count, *box.shape), generator=gen) * (hi - lo)
                 directions[stuck] = torch.rand((count, directions.shape[1]), generator=gen) * 2 - 1
-                odi_left[stuck] = ODI_STEPS
+                odi_left[stuck & aiming] = ODI_STEPS
                 moving = stuck & aiming
                 if n_clauses > 1 and bool(moving.any()):
                     n_moving = int(moving.sum())
