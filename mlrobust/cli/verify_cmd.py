@@ -24,6 +24,7 @@ from mlrobust.cli import (
     EXIT_OK,
     EXIT_UNKNOWN,
     app,
+    check_device_option,
     seconds_since_start,
 )
 from mlrobust.cli.files import IMAGE_SUFFIXES, atomic_path, atomic_write_text, input_file, output_file
@@ -317,6 +318,8 @@ def verify(
     time_limit: float = typer.Option(300.0, "--time-limit", help="Seconds of wall time for the whole command "
                                      "(start-up included): the search, or the check."),
     query_time_limit: float = typer.Option(30.0, "--query-time-limit", help="Seconds per verifier call."),
+    device: str = typer.Option("cpu", "--device", help="Where the branch and bound (bab, cascade-bab) runs its "
+                                                       "α/β bounds: cpu or cuda (a GPU torch sees)."),
     max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Verifier calls at most."),
     delta: str = typer.Option("auto", "--delta", help="Tolerance of steps and of the maximality check: a number, "
                               "or auto (an eighth of the uniform robust radius, within [1e-4, 1e-2])."),
@@ -350,6 +353,7 @@ def verify(
     check_choice(method, METHODS, "--method")
     check_choice(cutting, CUTTINGS, "--cutting")
     check_choice(verifier, VERIFIERS, "--verifier")
+    check_device_option(device)
     delta_value = parse_delta(delta)
     if eps is not None and eps_layers is not None:
         raise InputError("give either --eps or --eps-layers, not both")
@@ -371,7 +375,7 @@ def verify(
 
     console = Console()
     common: dict[str, Any] = dict(object_mask=object_mask, object_box=object_box, object_label=object_label, k=k,
-                                  weights=weights, verifier=verifier, solver=solver)
+                                  weights=weights, verifier=verifier, solver=solver, device=device)
     settings = {"solver": solver, "verifier": verifier, "time_limit": time_limit, "k": k, "weights": weights}
     if given is not None:
         with notes():
