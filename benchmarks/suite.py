@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("reference", "verifier", "topk", "backends", "bounds")
+STEPS = ("reference", "verifier", "topk", "backends", "bounds", "ladder")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class SuiteConfig:
 
 SUITES = {
     "smoke": SuiteConfig(
-        name="smoke", steps=("reference", "topk", "backends"), images=1,
+        name="smoke", steps=("reference", "topk", "backends", "ladder"), images=1,
         methods=("optimize-fixed",), time_limit=10.0, query_time_limit=4.0, delta=0.02,
         attack_restarts=16, attack_steps=60, tiny_queries=4, tiny_factors=(1.2, 1.5, 2.0), model_images=0,
         factors=(1.25,),
@@ -197,6 +197,22 @@ def step_bounds(log: Callable) -> dict:
 
 
 # --- the suite --------------------------------------------------------------------------------------------------------
+def step_ladder(cfg: SuiteConfig, examples: Path, work: Path, log: Callable) -> dict:
+    """The scale ladder's smallest rung (``python -m benchmarks scale-ladder``) as a user runs it: one image, the
+    suite's time limit, the suite's attack on the returned neighborhood (broken at scale 1 = a violation)."""
+    from benchmarks.bench_ladder import RUNGS, run_one, rung_images
+
+    rung = RUNGS[0]
+    rows = [run_one(examples, rung, entry, cfg.time_limit, work, cfg.attack_restarts, cfg.attack_steps)
+            for entry in rung_images(examples, rung, 1)]
+    for row in rows:
+        log(f"ladder {row['rung']} {row['image']}: exit {row['exit_code']}, {row['wall_s']:.1f} s, "
+            f"{row['peak_rss_mb']:.0f} MB, attack scale {row.get('attack_scale')}")
+    violations = [{"kind": "ladder neighborhood broken", "rung": r["rung"], "image": r["image"]}
+                  for r in rows if r.get("violation")]
+    return {"rows": rows, "violations": violations}
+
+
 def run_suite(cfg: SuiteConfig, out: Path, work: Path, examples: Path, log: Callable = print) -> dict:
     """Run ``cfg``'s steps; write ``out/<name>.json`` and ``out/<name>.md``; return the results."""
     from benchmarks.suite_report import heatmaps, markdown
@@ -214,7 +230,7 @@ def run_suite(cfg: SuiteConfig, out: Path, work: Path, examples: Path, log: Call
     queries = None
     for step in cfg.steps:
         t0 = time.perf_counter()
-        if step in ("reference",) and not has_models:
+        if step in ("reference", "ladder") and not has_models:
             log(f"{step}: skipped ({examples}/manifest.json not found)")
             continue
         if step == "reference":
@@ -234,6 +250,8 @@ def run_suite(cfg: SuiteConfig, out: Path, work: Path, examples: Path, log: Call
                 results["topk"] = step_topk(cfg, queries["tiny"] + queries["model"], log)
         elif step == "bounds":
             results["bounds"] = step_bounds(log)
+        elif step == "ladder":
+            results["ladder"] = step_ladder(cfg, examples, work, log)
         step_seconds[step] = time.perf_counter() - t0
         results["violations"] += results.get(step, {}).get("violations", [])
     results["step_seconds"] = step_seconds

@@ -253,7 +253,17 @@ def markdown(results: dict, link_prefix: str = "", title: str | None = None) -> 
                               f"{', '.join(results[key]['solvers'])}")
         if "topk" in results:
             checks.append(f"{len(results['topk']['rows'])} one-MILP/pairwise runs without conflict")
+        if "ladder" in results:
+            checks.append(f"{len(results['ladder']['rows'])} scale-ladder neighborhood(s) unbroken")
         parts.append("No violation: " + "; ".join(checks) + ".\n")
+    if "ladder" in results:
+        parts.append("## Scale ladder, smallest rung\n\n| image | budget s | exit | wall s | peak RSS MB | JSON kB | "
+                     "side kB | layers ε>0 | attack scale |\n|---|---|---|---|---|---|---|---|---|\n"
+                     + "".join(f"| {r['image']} | {r['budget']:g} | {r['exit_code']} | {r['wall_s']:.1f} | "
+                               f"{r['peak_rss_mb']:.0f} | {r.get('json_kb')} | {r.get('side_kb')} | "
+                               f"{r.get('layers_eps_pos')}/{r.get('layers')} | {r.get('attack_scale')} |\n"
+                               for r in results["ladder"]["rows"])
+                     + "\nThe whole ladder: `python -m benchmarks scale-ladder` (benchmarks/results/scale_ladder.md).\n")
     if "reference" in results:
         parts.append(reference_section(results["reference"]))
         if results.get("heatmaps"):

@@ -5,6 +5,10 @@ Networks (torch, CPU, fixed seeds, normally trained — no adversarial training)
 
 - ``mnist_fc_256x2`` (784-256-256-10) and ``mnist_fc_256x4`` (784-256-256-256-256-10), like VNN-COMP's ``mnistfc``:
   flat 784-pixel input in [0, 1] (pixels/255, no normalisation layer), ReLU hidden layers, 10 logits.
+- ``mnist_conv_small``: a small convolutional net on the same 784 pixels as a (1, 28, 28) image: Conv(1->8, k4, s2,
+  p1), ReLU, Conv(8->16, k4, s2, p1), ReLU, flatten (784), Dense(784->10); added to an existing instance folder with
+  ``--add-conv`` (the MLPs and their properties stay as they are). It shares the MNIST property files; an image it
+  misclassifies gets no instance.
 - ``acas_like`` (5-50x6-5, the ACAS Xu shape): trained to imitate a smooth synthetic "advisory score" function of
   five normalised inputs in [-1, 1] (distance, two angles, two speeds); the advisory is the output with the
   *largest* score.
@@ -22,6 +26,7 @@ Raw MNIST is read only here (``--mnist-dir``); the project ships the outputs (a 
 run or test time.
 
     python -m benchmarks.vnncomp_models --mnist-dir /path/to/mnist [--out benchmarks/vnncomp] [--epochs 3]
+    python -m benchmarks.vnncomp_models --mnist-dir /path/to/mnist --add-conv     # only the conv net
 """
 
 from __future__ import annotations
@@ -63,11 +68,18 @@ def mlp(sizes: tuple[int, ...]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def export_onnx(model: nn.Module, n_inputs: int, path: Path) -> None:
-    """TorchScript exporter (``dynamo=False``): plain Gemm/Relu graphs with a (1, n_inputs) input."""
+def conv_small() -> nn.Sequential:
+    """The small MNIST conv net: (1, 28, 28) -> 10 logits."""
+    return nn.Sequential(nn.Conv2d(1, 8, 4, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 4, stride=2, padding=1),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
+
+
+def export_onnx(model: nn.Module, input_shape: int | tuple[int, ...], path: Path) -> None:
+    """TorchScript exporter (``dynamo=False``): plain graphs with a (1, *input_shape) input."""
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
-    torch.onnx.export(model, (torch.zeros(1, n_inputs),), str(path), input_names=["input"], output_names=["output"],
+    shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    torch.onnx.export(model, (torch.zeros(1, *shape),), str(path), input_names=["input"], output_names=["output"],
                       dynamo=False, opset_version=13)
 
 
@@ -77,7 +89,13 @@ def train_mnist(images: np.ndarray, labels: np.ndarray, hidden: tuple[int, ...],
     """Plain cross-entropy training with Adam (lr 1e-3, batch 128)."""
     torch.manual_seed(seed)
     model = mlp((784, *hidden, 10))
-    x = torch.as_tensor(images.reshape(len(images), -1), dtype=torch.float32) / 255.0
+    return fit(model, images.reshape(len(images), -1), labels, seed, epochs, log)
+
+
+def fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, seed: int, epochs: int, log) -> nn.Module:
+    """Cross-entropy training of ``model`` on ``images`` (uint8, in the model's input shape) with Adam (lr 1e-3,
+    batch 128)."""
+    x = torch.as_tensor(images, dtype=torch.float32) / 255.0
     y = torch.as_tensor(labels, dtype=torch.long)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
@@ -95,10 +113,14 @@ def train_mnist(images: np.ndarray, labels: np.ndarray, hidden: tuple[int, ...],
     return model.eval()
 
 
-def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
+def predictions(model: nn.Module, images: np.ndarray, shape: tuple[int, ...] = (784,)) -> np.ndarray:
     with torch.no_grad():
-        x = torch.as_tensor(images.reshape(len(images), -1), dtype=torch.float32) / 255.0
-        return float((model(x).argmax(1).numpy() == labels).mean())
+        x = torch.as_tensor(images.reshape(len(images), *shape), dtype=torch.float32) / 255.0
+        return model(x).argmax(1).numpy()
+
+
+def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, shape: tuple[int, ...] = (784,)) -> float:
+    return float((predictions(model, images, shape) == labels).mean())
 
 
 def _declare(n_in: int, n_out: int) -> list[str]:
@@ -237,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--acas-properties", type=int, default=10, help="narrow boxes; as many wide ones follow")
     parser.add_argument("--timeout", type=float, default=60.0, help="timeout written to instances.csv")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--add-conv", action="store_true", help="only train mnist_conv_small and add its instances "
+                                                                "to the existing folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from mlrobust.data.mnist import load_mnist
@@ -251,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.add_conv:
+        return add_conv(args, train_x, train_y, test_x, test_y, log)
     start = time.perf_counter()
     models_dir, props_dir = args.out / "models", args.out / "vnnlib"
     props_dir.mkdir(parents=True, exist_ok=True)
@@ -303,6 +329,40 @@ def main(argv: list[str] | None = None) -> int:
     info["seconds"] = time.perf_counter() - start
     (args.out / "info.json").write_text(json.dumps(info, indent=1) + "\n")
     log(f"wrote {len(rows)} instances to {args.out} ({info['seconds']:.0f} s)")
+    return 0
+
+
+def add_conv(args: argparse.Namespace, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+             test_y: np.ndarray, log) -> int:
+    """Train ``mnist_conv_small`` and pair it with the existing MNIST property files of the images it classifies
+    correctly (appended to ``instances.csv``; ``info.json`` records it)."""
+    start = time.perf_counter()
+    name, shape = "mnist_conv_small", (1, 28, 28)
+    info = json.loads((args.out / "info.json").read_text())
+    seed = args.seed + len(MNIST_MODELS)
+    log(f"training {name} ({args.epochs} epochs)")
+    torch.manual_seed(seed)
+    model = fit(conv_small(), train_x.reshape(len(train_x), *shape), train_y, seed, args.epochs, log)
+    acc = accuracy(model, test_x, test_y, shape)
+    log(f"  test accuracy {acc:.4f}")
+    export_onnx(model, shape, args.out / "models" / f"{name}.onnx")
+    images = [e["test_index"] for e in info["mnist_images"]]
+    right = predictions(model, test_x[images], shape) == test_y[images]
+    model_path = f"models/{name}.onnx"
+    with (args.out / "instances.csv").open() as fh:
+        rows = [r for r in csv.reader(fh) if r and r[0] != model_path]
+    timeout = float(rows[0][2]) if rows else args.timeout
+    for index, ok in zip(images, right):
+        if ok:
+            rows += [[model_path, f"vnnlib/mnist_img{index}_eps{eps:g}.vnnlib", f"{timeout:g}"] for eps in MNIST_EPS]
+    with (args.out / "instances.csv").open("w", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(rows)
+    info["models"][name] = {"layers": "conv(1->8,k4,s2,p1)-relu-conv(8->16,k4,s2,p1)-relu-dense(784->10)",
+                            "input_shape": list(shape), "epochs": args.epochs, "test_accuracy": acc, "seed": seed,
+                            "images_misclassified": [int(i) for i, ok in zip(images, right) if not ok],
+                            "command": "python -m benchmarks.vnncomp_models " + " ".join(sys.argv[1:])}
+    (args.out / "info.json").write_text(json.dumps(info, indent=1) + "\n")
+    log(f"added {int(right.sum()) * len(MNIST_EPS)} instances of {name} ({time.perf_counter() - start:.0f} s)")
     return 0
 
 

@@ -8,6 +8,7 @@ default verification cascade.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -184,6 +185,7 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
     ``result.interrupted`` set. Every layer's answer is two-sided: ``result.maximality[d].refuted_eps`` is the
     smallest epsilon of the layer at which a confirmed counterexample is known (with it), or None.
     """
+    entered = time.perf_counter()
     prep = prepare(model, image, target, k=k, object_mask=object_mask, object_box=object_box,
                    object_label=object_label)
     options = SearchOptions(method=method, cutting=cutting, delta=delta, certify=certify, grow=grow, init=init,
@@ -194,6 +196,7 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
 
     problem = SearchProblem(prep.network, prep.nbhd, int(target), ver, k=int(k), weights=weights, budget=budget,
                             progress=progress, cheap=cheap_tiers(ver, attack=False))
+    problem.start = entered  # the time limit counts from the call: loading the model and image is part of it
     result = run_search(problem, options)
     result.object_source = prep.choice.source
     result.object_label = prep.choice.label
@@ -208,6 +211,7 @@ def check(model: str | Path | Network, image: str | Path | np.ndarray, target: i
           time_limit: float | None = 300.0, device: str = "cpu") -> CheckResult:
     """Is the layered neighborhood ``eps`` (one epsilon for all layers, or one per layer 0..r) robust? ``device``:
     as in :func:`maximize`."""
+    entered = time.perf_counter()
     prep = prepare(model, image, target, k=k, object_mask=object_mask, object_box=object_box,
                    object_label=object_label)
     nbhd = prep.nbhd
@@ -215,7 +219,17 @@ def check(model: str | Path | Network, image: str | Path | np.ndarray, target: i
     ver = make_verifier(verifier, solver, device)
     problem = SearchProblem(prep.network, nbhd, int(target), ver, k=int(k), weights=weights,
                             budget=Budget(time_limit=time_limit, query_time_limit=time_limit))
-    verdict = problem.query(eps_vec, purpose="check")
+    problem.start = entered  # the time limit counts from the call, loading included
+    spent = time.perf_counter() - entered
+    from mlrobust.search.deadline import TimeLimitReached, hard_stop
+    from mlrobust.verify.verdict import Unknown
+
+    try:
+        # a verifier stage that overruns the limit is cut: the verdict is unknown
+        with hard_stop(None if time_limit is None else time_limit - spent):
+            verdict = problem.query(eps_vec, purpose="check")
+    except TimeLimitReached:
+        verdict = Unknown(tier="budget", reason=f"time limit ({time_limit:g} s) reached before a verdict")
     status = status_of(verdict)
     size = problem.size(eps_vec)
     return CheckResult(
@@ -225,4 +239,4 @@ def check(model: str | Path | Network, image: str | Path | np.ndarray, target: i
         counterexample=getattr(verdict, "counterexample", None), margin=getattr(verdict, "margin", None),
         reason=getattr(verdict, "reason", ""), clean_margin=prep.clean_margin, clean_topk=prep.clean_topk,
         verifier=getattr(ver, "name", type(ver).__name__), verdict=verdict, provenance=prep.provenance,
-        image=np.asarray(nbhd.image).copy())
+        image=np.asarray(nbhd.image).copy(), object_source=prep.choice.source, object_label=prep.choice.label)

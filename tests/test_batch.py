@@ -357,3 +357,40 @@ def test_batch_searches_with_the_defaults_of_verify():
     assert defaults["batch"]["delta"] == defaults["verify"]["delta"] == "auto"
     assert parse_delta("auto") is None is settings.delta
     assert parse_delta("0.01") == 0.01
+
+
+def test_jobs_name_any_object_of_multi_object_images(tmp_path):
+    """Triple-MNIST and RGB objects: a target by name or index, the perturbed object by rule, and the RGB set's own
+    k per image (its object count)."""
+    from mlrobust.data import build_rgb_objects, build_triple_mnist, save_npz, save_png
+
+    rng = np.random.default_rng(0)
+    digits = np.zeros((30, 28, 28), np.uint8)
+    digits[:, 8:20, 8:20] = rng.integers(1, 256, size=(30, 12, 12))
+    labels = np.arange(30) % 10
+    triple = build_triple_mnist(digits, labels, 4, seed=1, split="test")
+    save_npz(tmp_path / "t.npz", {"test": triple})
+    jobs = load_jobs(tmp_path / "t.npz", side_rule="middle")
+    assert [j.id for j in jobs] == [f"test/{i:05d}/middle" for i in range(4)]
+    assert all(j.target == triple.digits[i, 1] and np.array_equal(j.mask, triple.masks[i, 2]) and j.k is None
+               for i, j in enumerate(jobs))
+    by_index = load_jobs(tmp_path / "t.npz", side_rule="2", perturbed_rule="left", limit=1)[0]
+    assert by_index.target == triple.digits[0, 2] and np.array_equal(by_index.mask, triple.masks[0, 0])
+    each = load_jobs(tmp_path / "t.npz", side_rule="each", limit=1)
+    assert [j.source["perturbed_side"] for j in each] == ["middle", "right", "left"]
+    assert [j.id for j in load_jobs(tmp_path / "t.npz", side_rule="alternate")][:3] == [
+        "test/00000/left", "test/00001/middle", "test/00002/right"]
+    with pytest.raises(InputError, match="also the target"):
+        load_jobs(tmp_path / "t.npz", side_rule="left", perturbed_rule="0")
+    with pytest.raises(InputError, match="unknown target side"):
+        load_jobs(tmp_path / "t.npz", side_rule="obj3")
+
+    rgb = build_rgb_objects(digits, labels, 3, seed=0, split="test")
+    save_png(tmp_path / "rgb", {"test": rgb})
+    jobs = load_jobs(tmp_path / "rgb", side_rule="obj0")
+    counts = rgb.object_counts()
+    assert [j.k for j in jobs] == [None] * 3  # a PNG folder names no k per image: the run's --k applies
+    save_npz(tmp_path / "rgb.npz", {"test": rgb})
+    jobs = load_jobs(tmp_path / "rgb.npz", side_rule="obj0")
+    assert [j.k for j in jobs] == counts.tolist()
+    assert all(np.array_equal(j.mask, rgb.masks[i, 1]) and j.image.shape == (3, 300, 300) for i, j in enumerate(jobs))

@@ -40,6 +40,7 @@ def test_instance_list_covers_the_models_and_families():
     for model in ("mnist_fc_256x2", "mnist_fc_256x4"):
         for eps in ("0.02", "0.03", "0.05"):
             assert counts[(model, f"eps{eps}")] == 15
+        assert counts[("mnist_conv_small", f"eps{eps}")] >= 10  # the images the conv net classifies correctly
     assert counts[("acas_like", "acas")] >= 6
     size = sum(p.stat().st_size for p in INSTANCES.rglob("*") if p.is_file())
     assert size < 8_000_000, f"the shipped instances take {size / 1e6:.1f} MB"

@@ -128,7 +128,8 @@ def test_a_costlier_tier_takes_the_layers_with_the_smallest_margin_bound_first()
     n = pb.num_layers
     margins = np.linspace(1.0, 0.1, n)  # the farthest layer is the closest to a proof
     cheap, costly = LayerProbe(pb, eps0, margins), LayerProbe(pb, eps0)
-    push_to_boundary(pb, eps0, DELTA, [Tier("cheap", cheap, 1.0), Tier("costly", costly, 1.0)])
+    push_to_boundary(pb, eps0, DELTA, [Tier("cheap", cheap, 1.0), Tier("costly", costly, 1.0)],
+                     give_up_after=None)
     open_layers = sorted(set(cheap.layers))
     assert len(open_layers) >= 3
     first_visits = list(dict.fromkeys(costly.layers))

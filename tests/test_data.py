@@ -259,3 +259,86 @@ def test_cli_double_mnist(mnist_dir, tmp_path, monkeypatch, capsys):
     assert run_cli(monkeypatch, args + ["--skip-md5", "--format", "png", "--out", str(tmp_path / "png")]) == 0
     assert (tmp_path / "png" / "train" / "manifest.json").is_file()
     assert len(list((tmp_path / "png" / "test" / "masks").glob("*.png"))) == 14
+
+
+# --- Triple-MNIST and RGB objects ------------------------------------------------------------------------------
+def test_triple_mnist_layout(mnist_dir):
+    from mlrobust.data import build_triple_mnist
+
+    images, labels = load_mnist(mnist_dir, "train", checksums=None)
+    data = build_triple_mnist(images, labels, 120, seed=2, split="train")
+    n = len(data)
+    assert data.images.shape == (n, 84, 84) and data.masks.shape == (n, 3, 84, 84) and data.digits.shape == (n, 3)
+    # Three different classes per image, a multi-hot label of exactly those, each from an MNIST image of its class.
+    assert all(len(set(row)) == 3 for row in data.digits.tolist())
+    np.testing.assert_array_equal(data.labels.sum(axis=1), 3)
+    np.testing.assert_array_equal(labels[data.source], data.digits)
+    np.testing.assert_array_equal(data.object_counts(), 3)
+    # Side by side as MultiDigitMNIST's triple_mnist: x = 0, 28, 56 exactly, y anywhere in 0..55.
+    np.testing.assert_array_equal(data.positions[..., 1], np.tile([0, 28, 56], (n, 1)))
+    ys = data.positions[..., 0]
+    assert ys.min() >= 0 and ys.max() <= 55 and ys.max() >= 45 and ys.min() <= 10
+    for i in range(0, n, 7):
+        for side in range(3):
+            y, x = data.positions[i, side]
+            digit = images[data.source[i, side]]
+            np.testing.assert_array_equal(data.images[i, y : y + 28, x : x + 28], digit)
+            mask = np.zeros((84, 84), dtype=bool)
+            mask[y : y + 28, x : x + 28] = digit > 0
+            np.testing.assert_array_equal(data.masks[i, side], mask)
+        np.testing.assert_array_equal(data.images[i] > 0, data.masks[i].any(axis=0))
+    # Deterministic, and Double-MNIST of the same seed is unchanged by the new builder (its own stream).
+    again = build_triple_mnist(images, labels, 120, seed=2, split="train")
+    np.testing.assert_array_equal(again.images, data.images)
+    assert not np.array_equal(build_triple_mnist(images, labels, 120, seed=3).images, data.images)
+    with pytest.raises(InputError, match="fewer than three"):
+        build_triple_mnist(*fake_digits(np.random.default_rng(0), 10, classes=[1, 2]), 3)
+
+
+def test_rgb_objects_layout_and_determinism(mnist_dir):
+    from mlrobust.data import build_rgb_objects
+
+    images, labels = load_mnist(mnist_dir, "test", checksums=None)
+    data = build_rgb_objects(images, labels, 12, seed=4, split="test")
+    assert data.images.shape == (12, 3, 300, 300) and data.images.dtype == np.uint8
+    assert data.masks.shape == (12, 4, 300, 300) and data.labels.shape == (12, 10)
+    counts = data.object_counts()
+    assert counts.min() >= 2 and counts.max() <= 4 and len(set(counts.tolist())) > 1
+    for i in range(12):
+        present = data.digits[i][data.digits[i] >= 0].astype(int)
+        assert len(present) == counts[i] == len(set(present.tolist())) == data.labels[i].sum()
+        np.testing.assert_array_equal(np.flatnonzero(data.labels[i]), np.sort(present))
+        np.testing.assert_array_equal(labels[data.source[i, : counts[i]]], present)
+        # Each present object has ink, objects never overlap, absent slots have no mask.
+        assert all(data.masks[i, j].sum() > 50 for j in range(counts[i]))
+        assert data.masks[i].sum(axis=0).max() == 1 and not data.masks[i, counts[i]:].any()
+        # Each object lies in its own 150-pixel cell.
+        for j in range(counts[i]):
+            ys, xs = np.nonzero(data.masks[i, j])
+            assert ys.min() // 150 == ys.max() // 150 and xs.min() // 150 == xs.max() // 150
+    # Coloured objects on a textured, noisy background: the channels differ and the background is not flat.
+    assert np.abs(data.images[:, 0].astype(int) - data.images[:, 1]).mean() > 3
+    background = data.images[0][:, ~data.masks[0].any(axis=0)]
+    assert background.std(axis=1).min() > 5
+    # Deterministic, and any range can be built on its own with the same pixels.
+    part = build_rgb_objects(images, labels, 4, seed=4, split="test", start=5)
+    np.testing.assert_array_equal(part.images, data.images[5:9])
+    np.testing.assert_array_equal(part.masks, data.masks[5:9])
+    other = build_rgb_objects(images, labels, 2, seed=5, split="test")
+    assert not np.array_equal(other.images, data.images[:2])
+    assert data.float_images().shape == (12, 3, 300, 300)
+
+
+def test_cli_triple_mnist_and_rgb_objects(mnist_dir, tmp_path, monkeypatch):
+    out = tmp_path / "tm.npz"
+    assert run_cli(monkeypatch, ["data", "triple-mnist", "--mnist-dir", str(mnist_dir), "--out", str(out),
+                                 "--n-train", "5", "--n-test", "4", "--skip-md5"]) == 0
+    sets = load_npz(out)
+    assert sets["test"].images.shape == (4, 84, 84) and sets["train"].masks.shape == (5, 3, 84, 84)
+    png = tmp_path / "rgb"
+    assert run_cli(monkeypatch, ["data", "rgb-objects", "--mnist-dir", str(mnist_dir), "--out", str(png),
+                                 "--n-train", "0", "--n-test", "3", "--skip-md5", "--format", "png"]) == 0
+    manifest = json.loads((png / "test" / "manifest.json").read_text())
+    entry = manifest["images"][0]
+    assert len(entry["masks"]) == len(entry["digits"]) >= 2 and entry["masks"][0].endswith("_obj0.png")
+    assert np.asarray(Image.open(png / "test" / entry["file"])).shape == (300, 300, 3)

@@ -180,6 +180,8 @@ def test_results_pages_are_what_the_committed_results_produce(tmp_path):
     copy = tmp_path / "benchmarks" / "results" / "full.json"
     copy.parent.mkdir(parents=True)
     shutil.copy(results, copy)
+    if results.with_name("checks.json").is_file():  # the default method's section, first on the page
+        shutil.copy(results.with_name("checks.json"), copy.with_name("checks.json"))
     (tmp_path / "docs").mkdir()
     assert bench_main(["docs", "--results", str(copy), "--out", str(tmp_path / "docs" / "results.md")]) == 0
     assert (tmp_path / "docs" / "results.md").read_text() == (DOCS / "results.md").read_text()

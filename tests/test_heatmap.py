@@ -14,23 +14,20 @@ from mlrobust.neighborhood.layers import layer_index
 from mlrobust.viz.heatmap import heatmap_figure, save_heatmap
 
 
-def test_heatmap_figure_has_image_colour_bar_and_outline():
+def test_heatmap_figure_has_image_colour_bar_outline_and_legend():
     rng = np.random.default_rng(0)
     image = rng.uniform(size=(1, 16, 16))
     mask = np.zeros((16, 16), dtype=bool)
     mask[3:7, 4:9] = True
     eps = np.linspace(0.3, 0.0, int(layer_index(mask).max()) + 1)
     emap = eps[layer_index(mask)]
-    fig = heatmap_figure(image, mask, emap, "title")
-    axes = fig.get_axes()
-    assert len(axes) == 3  # image, epsilon map, colour bar
-    img_ax, eps_ax, bar = axes
-    shown = eps_ax.get_images()
-    assert len(shown) == 2  # the epsilon map, and the image as translucent ink above it
-    np.testing.assert_allclose(np.asarray(shown[0].get_array()), emap)
-    assert shown[0].get_clim() == pytest.approx((0.0, 0.3))
-    ink = np.asarray(shown[1].get_array())
-    np.testing.assert_allclose(ink[..., 3], 0.55 * image[0])
+    fig = heatmap_figure(image, mask, emap, "title", target_note="target: label 1 stays among the top-2")
+    img_ax, eps_ax = fig.get_axes()  # image and epsilon map, the colour bar inside the map's panel
+    (bar,) = eps_ax.child_axes
+    (shown,) = eps_ax.get_images()  # the image's strokes are contour lines, not a tint over the colours
+    np.testing.assert_allclose(np.asarray(shown.get_array()), emap)
+    assert shown.get_clim() == pytest.approx((0.0, 0.3))
+    assert "square-root scale, 0 to 0.3" in bar.get_ylabel()
     # the object's outline on both panels: one segment per boundary edge of the 4x5 block, on pixel edges
     for ax in (img_ax, eps_ax):
         (lines,) = [c for c in ax.collections if type(c).__name__ == "LineCollection"]
@@ -40,22 +37,32 @@ def test_heatmap_figure_has_image_colour_bar_and_outline():
         ys = np.concatenate([s[:, 1] for s in segs])
         assert xs.min() == 3.5 and xs.max() == 8.5 and ys.min() == 2.5 and ys.max() == 6.5
     assert fig._suptitle.get_text() == "title"
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[0].startswith("outline: the perturbed object") and "target: label 1" in legend[-1]
 
 
-def test_refuted_panel_shares_a_square_root_colour_scale_with_the_proven_one():
+def test_each_panel_has_its_own_scale_equal_size_and_full_range_layers_stand_out():
     mask = np.zeros((12, 12), dtype=bool)
     mask[4:7, 4:7] = True
     layers = layer_index(mask)
     eps = np.full(int(layers.max()) + 1, 0.02)
+    eps[0] = 0.08
+    eps[-1] = 1.0  # the outermost ring spans the whole range
+    full = (eps >= 1.0)[layers]
     refuted = np.full(eps.shape, 0.5)
-    refuted[-1] = np.nan  # no counterexample known for the outermost layer
-    fig = heatmap_figure(np.zeros((12, 12)), mask, eps[layers], refuted_map=refuted[layers])
-    eps_ax, ref_ax = fig.get_axes()[1:3]
+    refuted[-2] = np.nan  # no counterexample known for this layer
+    fig = heatmap_figure(np.zeros((12, 12)), mask, eps[layers], refuted_map=refuted[layers], full_map=full)
+    img_ax, eps_ax, ref_ax = fig.get_axes()[:3]
     proven, upper = eps_ax.get_images()[0], ref_ax.get_images()[0]
-    assert proven.norm is upper.norm and proven.get_clim() == pytest.approx((0.0, 0.5))
-    # 0.02 of 0.5 lands a fifth of the way up the colour map (sqrt(0.04)), not 4 % of it: the proven map stays visible
-    assert float(proven.norm(0.02)) == pytest.approx(0.2)
-    assert np.ma.getmaskarray(upper.get_array())[layers == layers.max()].all()  # drawn grey
+    # the proven scale stops at the largest epsilon below the full range, not at 1 (nor at the refuted 0.5)
+    assert proven.get_clim() == pytest.approx((0.0, 0.08)) and upper.get_clim() == pytest.approx((0.0, 0.5))
+    assert float(proven.norm(0.02)) == pytest.approx(0.5)  # square root: a quarter of the top is half-way up
+    assert np.all(np.asarray(proven.get_array())[full] > 0.08)  # drawn in the "over" colour
+    assert np.ma.getmaskarray(upper.get_array())[layers == layers.max() - 1].all()  # the "none" colour
+    sizes = {tuple(np.round(ax.get_position().size, 3)) for ax in (img_ax, eps_ax, ref_ax)}
+    assert len(sizes) == 1  # the three panels are the same size
+    legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+    assert "no counterexample known" in legend and "whole range [0, 1]" in legend
 
 
 def test_heatmap_rejects_mismatched_shapes():

@@ -11,6 +11,7 @@ import pytest
 from test_api import tiny_onnx
 from test_search_oracles import exact_worst_margin, tiny_case
 
+import mlrobust
 from mlrobust.cli import main
 from mlrobust.neighborhood import LayeredNeighborhood
 from mlrobust.neighborhood.image_io import read_image, write_image, write_mask
@@ -50,8 +51,8 @@ def test_search_writes_table_json_and_heatmap(monkeypatch, capsys, files):
     code, out, err = run_cli(monkeypatch, capsys, *base(files, "--json", out_json, "--heatmap", out_png,
                                                          time_limit="8"))
     assert code == 0, err
-    assert "Robust layered neighborhood of label" in out and "size w·ε" in out and "MILP calls" in out
-    assert "layers certified maximal" in out and "Traceback" not in out + err
+    assert "Robust layered neighborhood of label" in out and "size w·ε" in out and "MILP" in out
+    assert "certified maximal within δ" in out and "Traceback" not in out + err
     data = json.loads(out_json.read_text())
     assert data["target"] == files["target"] and data["k"] == 2 and data["verified"] is True
     assert len(data["epsilons"]) == len(data["weights"]) == len(data["maximality"]) == 4
@@ -61,7 +62,9 @@ def test_search_writes_table_json_and_heatmap(monkeypatch, capsys, files):
     assert out_png.stat().st_size > 5000
     # the JSON is enough to re-check the result independently: rebuild the box and solve it exactly
     image = read_image(files["image"])
-    mask = np.asarray(data["object"]["mask"], dtype=bool)
+    # the arrays (the object mask, the counterexamples) sit in the side file the JSON names
+    assert (files["dir"] / data["arrays"]["file"]).is_file()
+    mask = np.asarray(mlrobust.load_result(out_json)["object"]["mask"], dtype=bool)
     assert np.array_equal(mask, files["mask_array"])
     nbhd = LayeredNeighborhood.build(image, mask, files["net"].sample_shape)
     m, _ = exact_worst_margin(files["net"], nbhd.box(data["epsilons"]), data["target"], 2)

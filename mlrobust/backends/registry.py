@@ -125,8 +125,14 @@ def get_backend(spec: str | SolverBackend | None = None, **options: Any) -> Solv
     if not backend.available():
         hint = getattr(backend, "install_hint", None) or INSTALL_HINTS.get(key, "")
         raise SolverNotAvailableError(
-            f"solver {name!r} is not installed" + (f"; install it with: {hint}" if hint else ""))
+            f"solver {name!r} is not installed" + (f"; {install_phrase(hint)}" if hint else ""))
     return backend
+
+
+def install_phrase(hint: str) -> str:
+    """A backend's install hint as the end of the "not installed" sentence: a command reads "install it with:
+    pip install ...", a pointer to the documentation ("see https://...") reads as it is."""
+    return hint if hint.lower().startswith("see ") else f"install it with: {hint}"
 
 
 def available_backends() -> list[str]:

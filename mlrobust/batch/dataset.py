@@ -2,14 +2,20 @@
 self-contained jobs — image, perturbed-object mask and target label — with stable ids.
 
 Each job carries its pixels and mask as arrays, so a worker (a local process or a Dask worker on another machine)
-needs neither the data set's files nor its layout. Which digit is the target and which one is perturbed is chosen
-per image by a *side rule*:
+needs neither the data set's files nor its layout. Which object is the target is chosen per image by a *side
+rule*:
 
 - ``manifest``: the manifest's own choice (``target_label`` and ``mask`` of the shipped examples);
-- ``left`` / ``right``: that digit is the target, the other one is perturbed;
-- ``alternate``: left for even positions in the data set, right for odd ones (how the shipped examples were made);
-- ``both``: two jobs per image, one per side;
+- an object's name — ``left`` / ``right`` (Double-MNIST), ``left`` / ``middle`` / ``right`` (Triple-MNIST),
+  ``obj0`` .. ``obj3`` (RGB objects) — or its 0-based index: that object is the target;
+- ``alternate``: the objects in turn (left for even positions in the data set, right for odd ones with two objects:
+  how the shipped examples were made);
+- ``both`` (or ``each``): one job per object;
 - ``auto`` (default): ``manifest`` where the manifest names a target, else ``alternate``.
+
+The perturbed object is chosen by a *perturbed rule*: ``next`` (default; the next object after the target, cyclically,
+so with two objects the other one), or an object's name or index. A data set whose images hold different numbers of
+objects (the RGB set) gives each job its own ``k`` (its object count), and so does a manifest entry with a ``k``.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ import numpy as np
 
 from mlrobust.errors import InputError
 
-SIDE_RULES = ("auto", "manifest", "left", "right", "alternate", "both")
+SIDE_RULES = ("auto", "manifest", "left", "right", "middle", "alternate", "both", "each")
 SIDES = ("left", "right")
+PERTURBED_RULES = ("next",)
 
 
 def compact(image: np.ndarray) -> np.ndarray:
@@ -50,6 +57,7 @@ class Job:
     mask: np.ndarray
     target: int
     source: dict[str, Any] = field(default_factory=dict)
+    k: int | None = None  # the image's own top-k (its object count) where the data set says so; else the run's
 
     def pixels(self) -> np.ndarray:
         """The image as float64 in [0, 1]."""
@@ -58,19 +66,41 @@ class Job:
         return np.asarray(self.image, dtype=np.float64)
 
 
-def _sides(rule: str, position: int) -> list[str]:
-    if rule in SIDES:
-        return [rule]
+def _named(rule: str, names: tuple[str, ...], present: list[int], what: str) -> int:
+    """The object index ``rule`` names (a name of ``names`` or a 0-based index) among the ``present`` objects."""
+    index = int(rule) if rule.isdigit() else (names.index(rule) if rule in names else None)
+    if index is None or index not in present:
+        have = ", ".join(names[j] for j in present)
+        raise InputError(f"unknown {what} {rule!r} for an image with the objects {have} (name one, or give its "
+                         "0-based index)")
+    return index
+
+
+def _pairs(rule: str, perturbed_rule: str, names: tuple[str, ...], present: list[int],
+           position: int) -> list[tuple[int, int]]:
+    """(target, perturbed) object indices of one image under the side and perturbed rules."""
     if rule == "alternate":
-        return [SIDES[position % 2]]
-    if rule == "both":
-        return list(SIDES)
-    raise InputError(f"unknown target side rule {rule!r}; choose one of {', '.join(SIDE_RULES)}")
+        targets = [present[position % len(present)]]
+    elif rule in ("both", "each"):
+        targets = list(present)
+    else:
+        targets = [_named(rule, names, present, "target side")]
+    pairs = []
+    for t in targets:
+        if perturbed_rule == "next":
+            p = present[(present.index(t) + 1) % len(present)]
+        else:
+            p = _named(perturbed_rule, names, present, "perturbed side")
+            if p == t:
+                raise InputError(f"the perturbed object {perturbed_rule!r} is also the target; choose another one")
+        pairs.append((t, p))
+    return pairs
 
 
 def _check_rule(rule: str) -> None:
-    if rule not in SIDE_RULES:
-        raise InputError(f"unknown target side rule {rule!r}; choose one of {', '.join(SIDE_RULES)}")
+    if rule not in SIDE_RULES and not rule.isdigit() and not (rule.startswith("obj") and rule[3:].isdigit()):
+        raise InputError(f"unknown target side rule {rule!r}; choose one of {', '.join(SIDE_RULES)}, an object "
+                         "name (obj0, ...) or a 0-based index")
 
 
 def _select(n: int, start: int, limit: int | None) -> range:
@@ -84,30 +114,38 @@ def _select(n: int, start: int, limit: int | None) -> range:
 
 # --- npz from ``mlrobust data double-mnist`` -------------------------------------------------------------------------
 def npz_jobs(path: Path, split: str = "test", side_rule: str = "auto", start: int = 0,
-             limit: int | None = None) -> Iterator[Job]:
-    """Jobs from a Double-MNIST npz: image ``i`` of ``split`` with the target digit chosen by ``side_rule``."""
-    from mlrobust.data.double_mnist import load_npz
+             limit: int | None = None, perturbed_rule: str = "next") -> Iterator[Job]:
+    """Jobs from a data-builder npz: image ``i`` of ``split`` with the target object chosen by ``side_rule`` and
+    the perturbed one by ``perturbed_rule``."""
+    from mlrobust.data.double_mnist import load_npz, object_names
 
     _check_rule(side_rule)
     if side_rule == "manifest":
-        raise InputError("an npz data set names no target per image; use --target-side left, right, alternate "
-                         "or both")
+        raise InputError("an npz data set names no target per image; use --target-side with an object name, "
+                         "alternate or both")
     sets = load_npz(path)
     if split not in sets:
         raise InputError(f"{path} has no split {split!r}; it holds {', '.join(sorted(sets))}")
     data = sets[split]
     rule = "alternate" if side_rule == "auto" else side_rule
+    names = object_names(data.masks.shape[1])
+    digits_all = np.asarray(data.digits).astype(np.int64)
+    counts = data.object_counts()
+    varying = bool(len(data)) and bool(np.any(counts != data.masks.shape[1]))
     for i in _select(len(data), start, limit):
         image = np.asarray(data.images[i], dtype=np.uint8)
-        for side in _sides(rule, i):
-            t, p = SIDES.index(side), 1 - SIDES.index(side)
+        digits = digits_all[i]
+        present = [int(j) for j in np.flatnonzero(digits >= 0)]
+        for t, p in _pairs(rule, perturbed_rule, names, present, i):
             yield Job(
-                id=f"{split}/{i:05d}/{side}",
+                id=f"{split}/{i:05d}/{names[t]}",
                 image=image,
                 mask=np.asarray(data.masks[i, p], dtype=bool),
-                target=int(data.digits[i, t]),
-                source={"dataset": str(path), "split": split, "index": int(i), "target_side": side,
-                        "digits": [int(d) for d in data.digits[i]], "perturbed_label": int(data.digits[i, p])},
+                target=int(digits[t]),
+                source={"dataset": str(path), "split": split, "index": int(i), "target_side": names[t],
+                        "perturbed_side": names[p], "digits": [int(digits[j]) for j in present],
+                        "perturbed_label": int(digits[p])},
+                k=len(present) if varying else None,
             )
 
 
@@ -121,13 +159,15 @@ def find_manifest(path: Path, split: str = "test") -> Path:
         if candidate.is_file():
             return candidate
     raise InputError(f"{path} holds no manifest.json (nor {split}/manifest.json); a batch data set is a folder "
-                     "with a manifest or an npz file from 'mlrobust data double-mnist'")
+                     "with a manifest or an npz file from 'mlrobust data'")
 
 
 def _entry_masks(entry: dict, root: Path) -> dict[str, Path] | None:
-    """The per-side mask files of an entry, where the manifest says which side each is (else None)."""
-    if isinstance(entry.get("masks"), list) and len(entry["masks"]) == 2:  # data builder: [left, right]
-        return {"left": root / entry["masks"][0], "right": root / entry["masks"][1]}
+    """The per-object mask files of an entry by object name, where the manifest says which object each is (else
+    None)."""
+    if isinstance(entry.get("masks"), list) and len(entry["masks"]) >= 2:  # data builder: one per object, in order
+        # The builder names each mask file <image>_<object>.png.
+        return {Path(m).stem.rsplit("_", 1)[-1]: root / m for m in entry["masks"]}
     if "mask" in entry and "target_mask" in entry and isinstance(entry.get("target"), dict):
         t_side = entry["target"].get("side")
         if t_side in SIDES:
@@ -137,7 +177,7 @@ def _entry_masks(entry: dict, root: Path) -> dict[str, Path] | None:
 
 
 def manifest_jobs(path: Path, split: str = "test", side_rule: str = "auto", start: int = 0,
-                  limit: int | None = None) -> Iterator[Job]:
+                  limit: int | None = None, perturbed_rule: str = "next") -> Iterator[Job]:
     """Jobs from a manifest (the shipped examples' format, or the data builder's PNG folders)."""
     from mlrobust.neighborhood.image_io import read_image, read_mask
 
@@ -168,31 +208,33 @@ def manifest_jobs(path: Path, split: str = "test", side_rule: str = "auto", star
             perturbed = entry.get("perturbed", {}).get("digit") if isinstance(entry.get("perturbed"), dict) else None
             yield Job(base, image, read_mask(mask_file, image.shape[-2:]), int(entry["target_label"]),
                       {"manifest": str(manifest_path), "file": entry["file"], "mask": entry["mask"],
-                       "digits": digits, "perturbed_label": perturbed, "target_side": "manifest"})
+                       "digits": digits, "perturbed_label": perturbed, "target_side": "manifest"},
+                      k=int(entry["k"]) if "k" in entry else None)
             continue
         masks = _entry_masks(entry, root)
-        if masks is None or not isinstance(digits, list) or len(digits) != 2:
-            raise InputError(f"{manifest_path}: entry {base!r} has no per-side masks and digits, so "
+        if masks is None or not isinstance(digits, list) or len(digits) != len(masks):
+            raise InputError(f"{manifest_path}: entry {base!r} has no per-object masks and digits, so "
                              f"--target-side {side_rule} cannot choose a target")
-        for side in _sides(rule, pos):
-            t, p = SIDES.index(side), 1 - SIDES.index(side)
-            other = SIDES[p]
-            yield Job(f"{base}/{side}", image, read_mask(masks[other], image.shape[-2:]), int(digits[t]),
+        names = tuple(masks)
+        for t, p in _pairs(rule, perturbed_rule, names, list(range(len(names))), pos):
+            mask_path = masks[names[p]]
+            yield Job(f"{base}/{names[t]}", image, read_mask(mask_path, image.shape[-2:]), int(digits[t]),
                       {"manifest": str(manifest_path), "file": entry["file"],
-                       "mask": str(masks[other].relative_to(root)), "digits": [int(d) for d in digits],
-                       "perturbed_label": int(digits[p]), "target_side": side})
+                       "mask": str(mask_path.relative_to(root)), "digits": [int(d) for d in digits],
+                       "perturbed_label": int(digits[p]), "target_side": names[t], "perturbed_side": names[p]},
+                      k=int(entry["k"]) if "k" in entry else None)
 
 
 def load_jobs(dataset: str | Path, split: str = "test", side_rule: str = "auto", start: int = 0,
-              limit: int | None = None) -> list[Job]:
+              limit: int | None = None, perturbed_rule: str = "next") -> list[Job]:
     """Every job of ``dataset`` (an ``.npz`` file, a manifest, or a folder with one), in data-set order."""
     path = Path(dataset)
     if not path.exists():
         raise InputError(f"data set {str(path)!r} does not exist")
     if path.is_file() and path.suffix == ".npz":
-        jobs = list(npz_jobs(path, split, side_rule, start, limit))
+        jobs = list(npz_jobs(path, split, side_rule, start, limit, perturbed_rule))
     else:
-        jobs = list(manifest_jobs(path, split, side_rule, start, limit))
+        jobs = list(manifest_jobs(path, split, side_rule, start, limit, perturbed_rule))
     seen: set[str] = set()
     for job in jobs:
         if job.id in seen:

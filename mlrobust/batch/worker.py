@@ -146,10 +146,13 @@ def run_job(model: ModelRef, job: Job, settings: BatchSettings, fingerprint: str
     start = time.perf_counter()
     record: dict[str, Any] = {"schema": SCHEMA, "id": job.id, "config": fingerprint, "target": int(job.target),
                               "source": job.source}
+    k = settings.k if job.k is None else int(job.k)  # an image that names its own top-k (its object count) keeps it
+    if job.k is not None:
+        record["k"] = k
     try:
         network = model.network()
         result = maximize(network, job.pixels(), int(job.target), object_mask=np.asarray(job.mask, dtype=bool),
-                          k=settings.k, weights=settings.weights, method=settings.method, cutting=settings.cutting,
+                          k=k, weights=settings.weights, method=settings.method, cutting=settings.cutting,
                           verifier=settings.verifier, solver=settings.solver, time_limit=settings.time_limit,
                           query_time_limit=settings.query_time_limit, max_queries=settings.max_queries,
                           delta=settings.delta, certify=settings.certify)

@@ -25,11 +25,15 @@ def batch(
     dask: Optional[str] = typer.Option(None, "--dask", help="Address of a running Dask scheduler "
                                        "(e.g. tcp://10.0.0.5:8786): run the jobs there instead."),
     split: str = typer.Option("test", "--split", help="Split of an npz file or of a data-builder folder."),
-    target_side: str = typer.Option("auto", "--target-side", help="Which digit is the target (the other one is "
-                                    "perturbed): auto, manifest, left, right, alternate, both."),
+    target_side: str = typer.Option("auto", "--target-side", help="Which object is the target: auto, manifest, "
+                                    "alternate, both (one job per object), or an object's name (left, right; left, "
+                                    "middle, right for Triple-MNIST; obj0..obj3 for RGB objects) or 0-based index."),
+    perturbed_side: str = typer.Option("next", "--perturbed-side", help="Which object is perturbed: next (the next "
+                                       "object after the target; with two objects the other one), or a name or index."),
     start: int = typer.Option(0, "--start", help="Skip the first N images of the data set."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Take at most N images (after --start)."),
-    k: int = typer.Option(2, "--k", help="The target must stay among the top-k labels."),
+    k: int = typer.Option(2, "--k", help="The target must stay among the top-k labels (an image whose data set "
+                          "names its own k, as the RGB objects set and the ladder examples do, keeps it)."),
     method: str = typer.Option("boundary", "--method", help="boundary (default), optimize, certificate, layer-search or uniform."),
     cutting: str = typer.Option("fixed", "--cutting", help="CEGIS cutting weights: fixed or sensitivity."),
     weights: str = typer.Option("uniform", "--weights", help="Layer weights: uniform, count, or a file."),
@@ -92,7 +96,8 @@ def batch(
     settings = BatchSettings(k=k, method=method, cutting=cutting, weights=weights, solver=solver, verifier=verifier,
                              time_limit=time_limit, query_time_limit=query_time_limit, max_queries=max_queries,
                              delta=delta_value, certify=not no_certify)
-    jobs = load_jobs(dataset, split=split, side_rule=target_side, start=start, limit=limit)
+    jobs = load_jobs(dataset, split=split, side_rule=target_side, start=start, limit=limit,
+                     perturbed_rule=perturbed_side)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[last]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=Console(stderr=True), disable=quiet, transient=False)

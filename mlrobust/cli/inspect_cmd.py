@@ -21,8 +21,7 @@ def inspect(
 ) -> None:
     """Show the network as mlrobust reads it: nodes, shapes, neurons, ReLUs, and what the import folded or stripped."""
     input_file(model, "model file")
-    from rich.console import Console
-
+    from mlrobust.cli.outputs import answer_console
     from mlrobust.ir.onnx_import import load_onnx
     from mlrobust.ir.summary import render, summarize
 
@@ -30,4 +29,4 @@ def inspect(
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
     else:
-        render(summary, Console())
+        render(summary, answer_console())

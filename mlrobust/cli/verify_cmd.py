@@ -12,6 +12,7 @@ import sys
 import time
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -23,11 +24,14 @@ from mlrobust.cli import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_UNKNOWN,
+    EXIT_USAGE,
     app,
     check_device_option,
     seconds_since_start,
 )
-from mlrobust.cli.files import IMAGE_SUFFIXES, atomic_path, atomic_write_text, input_file, output_file
+from mlrobust.cli.files import IMAGE_SUFFIXES, atomic_path, atomic_write_text, check_output_path, input_file
+from mlrobust.cli.outputs import Outputs, answer_console, prepared_outputs
+from mlrobust.cli.summary_table import FORMATS, render_json_lines, render_table, render_text
 from mlrobust.errors import InputError
 
 #: Names the options accept (checked before anything is loaded; the API checks them again).
@@ -112,14 +116,21 @@ def check_solver(solver: str) -> None:
     get_backend(solver)
 
 
-def check_model_and_image(model: Path, image: Path) -> None:
+def check_model_and_image(model: Path, image: Path, target: int | None = None) -> None:
     """Load the model and read the image against its input size, with the light modules only (numpy, ONNX,
-    Pillow; no torch): a broken model or an image of the wrong size is reported in a fraction of a second."""
+    Pillow; no torch): a broken model, an image of the wrong size or a target the model has no label for is
+    reported in a fraction of a second. Warnings (a colour image read as grey) are left to the real load, which
+    repeats this one: shown here too, they would print twice."""
     from mlrobust.ir.onnx_import import load_onnx
     from mlrobust.neighborhood.image_io import load_image
 
-    with notes():
-        load_image(image, load_onnx(model).sample_shape)
+    network = load_onnx(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load_image(image, network.sample_shape)
+    if target is not None and target >= network.num_classes:
+        raise InputError(f"--target {target} is not a label of the model: it has {network.num_classes} labels "
+                         f"(0 to {network.num_classes - 1})")
 
 
 #: Seconds of a command's time limit kept back from the search (or check) for what the command does around it:
@@ -223,62 +234,6 @@ def _tiers(calls: dict) -> str:
     return escape("[" + ", ".join(f"{t} {n}" for t, n in sorted(calls.items())) + "]")
 
 
-def render_result(result, console) -> None:
-    """The result table (one row per layer) and a summary (the footnote only when a row has its ``*``)."""
-    import numpy as np
-    from rich.table import Table
-
-    full = [bool(result.epsilons[d] >= result.saturation[d]) for d in range(len(result.epsilons))]
-    table = Table(title=f"Robust layered neighborhood of label {result.target} (top-{result.k})",
-                  title_justify="left", caption_justify="left",
-                  caption="* the layer spans the whole pixel range [0, 1]" if any(full) else None)
-    table.add_column("layer", justify="right")
-    table.add_column("pixels", justify="right")
-    table.add_column("\u03b5", justify="right")
-    table.add_column("refuted \u03b5", justify="right")
-    table.add_column("maximal?")
-    table.add_column("tried \u03b5", justify="right")
-    table.add_column("margin", justify="right")
-    table.add_column("by")
-    for d, m in enumerate(result.maximality):
-        eps = result.epsilons[d]
-        star = "*" if full[d] else " "
-        style = _STATUS_STYLE.get(m.status, "")
-        status = m.status.replace("_", " ")
-        table.add_row(str(d), str(int(result.layer_counts[d])), f"{eps:.4f}{star}",
-                      "" if m.refuted_eps is None else f"{m.refuted_eps:.4f}",
-                      f"[{style}]{status}[/]" if style else status,
-                      "" if m.tried is None else f"{m.tried:.4f}",
-                      "" if m.margin is None else f"{m.margin:+.3g}", m.tier)
-    console.print(table)
-    st = result.stats
-    summary = Table.grid(padding=(0, 2))
-    summary.add_column(style="bold")
-    summary.add_column()
-    proof = f"proven robust ({result.proof_tier})" if result.verified else "[red]not proven[/]"
-    summary.add_row("size w\u00b7\u03b5", f"{result.size:.4f}  {proof}")
-    alone = "" if result.object_radius is None else f" (object alone: {result.object_radius:.4f})"
-    summary.add_row("object \u03b5\u2080", f"{result.eps0:.4f}{alone}")
-    if result.interrupted:
-        summary.add_row("interrupted", "[yellow]the search was interrupted: the largest vector proven so far[/]")
-    summary.add_row("method", result.method + (f", {result.cutting} cutting weights" if result.cutting else "")
-                    + f", \u03b4 = {result.delta:.3g}" + (" (auto)" if "delta_auto" in result.details else ""))
-    counts = result.maximality_counts()
-    summary.add_row("maximality", f"{result.certified_layers}/{result.num_layers} layers certified maximal "
-                    + _tiers({k.replace('_', ' '): v for k, v in counts.items()}))
-    gap = result.median_gap
-    summary.add_row("upper bounds", f"{result.upper_bounded_layers}/{result.num_layers} layers refuted above \u03b5*"
-                    + ("" if gap is None else f", median gap {gap:.4g}"))
-    summary.add_row("queries", f"{st.total} {_tiers(dict(st.calls))}")
-    summary.add_row("verifier calls", f"{st.verifier_calls} ({result.verifier}), MILP calls {st.milp_calls}")
-    tm = result.timings
-    summary.add_row("time", f"{tm['total']:.1f} s (search {tm['search']:.1f} s, maximality {tm['maximality']:.1f} s)")
-    summary.add_row("stopped", result.stop_reason)
-    summary.add_row("object", f"{int(np.count_nonzero(result.mask))} pixels ({result.object_source}"
-                    + (f", label {result.object_label}" if result.object_label is not None else "") + ")")
-    console.print(summary)
-
-
 def render_check(res, console) -> None:
     import numpy as np
 
@@ -293,10 +248,14 @@ def render_check(res, console) -> None:
     if res.reason:
         console.print(f"reason: {res.reason}")
     console.print(f"{len(res.epsilons)} layers, size w\u00b7\u03b5 = {res.size:.4f}")
+    console.print(f"object: {int(np.count_nonzero(res.mask))} pixels ({res.object_source}"
+                  + (f", label {res.object_label}" if res.object_label is not None else "") + ")")
 
 
-@app.command("verify", epilog=EXIT_CODES_HELP + " A search exits 0 when it finishes (its answer is in the table "
-             "and the JSON), 130 when interrupted (the outputs are still written if the search returned a result).")
+@app.command("verify", epilog=EXIT_CODES_HELP + " A search exits 0 when it finishes with a proven neighborhood "
+             "(its answer is in the table and the JSON), 20 when it proved nothing within the time limit (no layer "
+             "got an epsilon above 0), 130 when interrupted (the outputs are still written if the search returned "
+             "a result).")
 def verify(
     model: Path = typer.Argument(..., help="ONNX model file."),
     image: Path = typer.Argument(..., help="Image file (PNG, ... or .npy) with the model's input size."),
@@ -334,6 +293,11 @@ def verify(
     heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Write the epsilon heatmap here (.png, .pdf, "
                                            ".svg, ...; its folder is created)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; print a one-line summary."),
+    full_table: bool = typer.Option(False, "--full-table", help="One table row per layer (default: consecutive "
+                                    "layers with the same status share a row)."),
+    output_format: str = typer.Option("auto", "--format", help="How the result is printed: table (rich), text "
+                                      "(plain columns, never cut: for logs), json (one JSON object per row, then "
+                                      "the summary) or auto (table on a terminal, text otherwise)."),
 ) -> int:
     """Find the largest layered neighborhood around the perturbed object in which TARGET stays among the top-k
     labels (or, with --eps / --eps-layers, check one neighborhood)."""
@@ -354,6 +318,7 @@ def verify(
     check_choice(cutting, CUTTINGS, "--cutting")
     check_choice(verifier, VERIFIERS, "--verifier")
     check_device_option(device)
+    check_choice(output_format, FORMATS, "--format")
     delta_value = parse_delta(delta)
     if eps is not None and eps_layers is not None:
         raise InputError("give either --eps or --eps-layers, not both")
@@ -363,39 +328,81 @@ def verify(
     if json_path is not None and heatmap is not None and json_path.resolve() == heatmap.resolve():
         raise InputError("--json and --heatmap name the same file")
     if json_path is not None:
-        output_file(json_path, "--json")
+        check_output_path(json_path, "--json")
     if heatmap is not None:
-        output_file(heatmap, "--heatmap", IMAGE_SUFFIXES)
+        check_output_path(heatmap, "--heatmap", IMAGE_SUFFIXES)
     check_solver(solver)
-    check_model_and_image(model, image)
+    check_model_and_image(model, image, target)
+    # the outputs' folders are made, and a file written in each, now that the inputs are known good; an input error
+    # found later (by the search's own checks) removes the folders again
+    common: dict[str, Any] = dict(object_mask=object_mask, object_box=object_box, object_label=object_label, k=k,
+                                  weights=weights, verifier=verifier, solver=solver, device=device)
+    settings: dict[str, Any] = {"solver": solver, "verifier": verifier, "time_limit": time_limit, "k": k,
+                                "weights": weights}
+    search_args: dict[str, Any] = dict(method=method, cutting=cutting, query_time_limit=query_time_limit,
+                                       max_queries=max_queries, delta=delta_value, certify=not no_certify,
+                                       object_share=object_share)
+    if output_format == "auto":
+        output_format = "table" if sys.stdout.isatty() else "text"
+    view = View(quiet, full_table, output_format)
+    with prepared_outputs([(json_path, "--json"), (heatmap, "--heatmap")]) as outputs:
+        if given is not None:
+            return _check(outputs, model, image, target, given, common, settings, time_limit, view)
+        settings.update(method=method, cutting=cutting, query_time_limit=query_time_limit, max_queries=max_queries,
+                        delta=delta, certify=not no_certify, object_share=object_share)
+        return _search(outputs, model, image, target, {**common, **search_args}, settings, time_limit, view)
 
+
+@dataclass
+class View:
+    """How the answer is printed: ``quiet`` (one line), else the table in ``output_format`` (``full``: every
+    layer)."""
+
+    quiet: bool
+    full: bool
+    output_format: str
+
+
+def _report_failures(outputs: Outputs) -> int | None:
+    """The output files that could not be written (each went to a fallback file, which the line names): one
+    ``error:`` line each and the exit code of an input error, or None when every output was written."""
+    for failure in outputs.failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return EXIT_USAGE if outputs.failures else None
+
+
+def _check(outputs: Outputs, model: Path, image: Path, target: int, given: Any, common: dict, settings: dict,
+           time_limit: float, view: View) -> int:
+    """``verify --eps/--eps-layers``: one neighborhood decided, the answer printed, then the files written."""
+    from mlrobust import api
+    from mlrobust.search.outputs import json_with_side_file
+
+    with notes():
+        res = api.check(model, image, target, given, time_limit=time_left(time_limit), **common)
+    if view.quiet:
+        print(f"{res.status} tier={res.tier} size={res.size:.4f}")
+    else:
+        render_check(res, answer_console())
+    json_path, heatmap = (dict((w, p) for p, w in outputs.files).get(w) for w in ("--json", "--heatmap"))
+    outputs.write(json_path, "--json", lambda p: write_json(json_with_side_file(res, p, {"settings": settings}), p))
+    outputs.write(heatmap, "--heatmap", lambda p: write_heatmap(
+        res, p, title=f"target {target}: {res.status.replace('_', ' ')} (size {res.size:.3f})"))
+    return _report_failures(outputs) or CHECK_EXIT.get(res.status, EXIT_UNKNOWN)
+
+
+def _search(outputs: Outputs, model: Path, image: Path, target: int, search_args: dict, settings: dict,
+            time_limit: float, view: View) -> int:
+    """The search: the answer printed first (a failed write must not hide it), then the files written; the exit
+    code says whether anything was proven."""
     from rich.console import Console
 
     from mlrobust import api
+    from mlrobust.search.outputs import json_with_side_file
 
-    console = Console()
-    common: dict[str, Any] = dict(object_mask=object_mask, object_box=object_box, object_label=object_label, k=k,
-                                  weights=weights, verifier=verifier, solver=solver, device=device)
-    settings = {"solver": solver, "verifier": verifier, "time_limit": time_limit, "k": k, "weights": weights}
-    if given is not None:
-        with notes():
-            res = api.check(model, image, target, given, time_limit=time_left(time_limit), **common)
-        if json_path:
-            write_json({**res.to_json(), "settings": settings}, json_path)
-        if heatmap:
-            write_heatmap(res, heatmap, title=f"target {target}: {res.status.replace('_', ' ')} "
-                                              f"(size {res.size:.3f})")
-        if quiet:
-            print(f"{res.status} tier={res.tier} size={res.size:.4f}")
-        else:
-            render_check(res, console)
-        return CHECK_EXIT.get(res.status, EXIT_UNKNOWN)
-    search_args = dict(method=method, cutting=cutting, time_limit=time_left(time_limit),
-                       query_time_limit=query_time_limit, max_queries=max_queries, delta=delta_value,
-                       certify=not no_certify, object_share=object_share, **common)
-    settings.update({"method": method, "cutting": cutting, "query_time_limit": query_time_limit,
-                     "max_queries": max_queries, "delta": delta, "certify": not no_certify,
-                     "object_share": object_share})
+    console = answer_console()
+    quiet, full_table, output_format = view.quiet, view.full, view.output_format
+    json_path, heatmap = (dict((w, p) for p, w in outputs.files).get(w) for w in ("--json", "--heatmap"))
+    search_args = dict(search_args, time_limit=time_left(time_limit))
     with notes():
         if quiet:
             result = api.maximize(model, image, target, **search_args)
@@ -405,19 +412,29 @@ def verify(
     # A search stopped by Ctrl-C may still return the best proven neighborhood so far, flagged ``interrupted``:
     # it is written and shown like any result, and the exit code says it was interrupted.
     interrupted = bool(getattr(result, "interrupted", False))
-    if json_path:
-        write_json({**result.to_json(), "settings": settings, "interrupted": interrupted}, json_path)
-    if heatmap:
-        write_heatmap(result, heatmap)
     if quiet:
         gap = "none" if result.median_gap is None else f"{result.median_gap:.4g}"
+        answer = "unknown" if result.nothing_proven else "proven"
         print(f"size={result.size:.4f} eps0={result.eps0:.4f} verified={result.verified} "
               f"certified={result.certified_layers}/{result.num_layers} median_gap={gap} "
               f"queries={result.stats.total} milp={result.stats.milp_calls} seconds={result.timings['total']:.1f}"
-              + (" interrupted=True" if interrupted else ""))
+              f" answer={answer}" + (" interrupted=True" if interrupted else ""))
+    elif output_format == "json":
+        print(render_json_lines(result, full_table))
+    elif output_format == "text":
+        print(render_text(result, full_table))
     else:
-        render_result(result, console)
-        for path, what in ((json_path, "JSON"), (heatmap, "heatmap")):
-            if path:
-                console.print(f"{what} written to {path}")
-    return EXIT_INTERRUPTED if interrupted else EXIT_OK
+        render_table(result, console, full_table)
+    written = [(outputs.write(json_path, "--json", lambda p: write_json(
+        json_with_side_file(result, p, {"settings": settings, "interrupted": interrupted}), p)), "JSON"),
+        (outputs.write(heatmap, "--heatmap", lambda p: write_heatmap(result, p)), "heatmap")]
+    if not quiet and output_format != "json":
+        for path, what in written:
+            if path is not None and not outputs.failures:
+                console.print(f"{what} written to {path}", soft_wrap=True)
+    failed = _report_failures(outputs)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if failed is not None:
+        return failed
+    return EXIT_UNKNOWN if result.nothing_proven else EXIT_OK

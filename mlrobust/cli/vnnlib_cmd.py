@@ -35,8 +35,9 @@ VNNLIB_EXIT = {"unsat": EXIT_OK, "sat": EXIT_COUNTEREXAMPLE, "timeout": EXIT_UNK
 def vnnlib(
     model: Path = typer.Argument(..., help="ONNX model file."),
     prop: Path = typer.Argument(..., help="VNN-LIB property file (.vnnlib)."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Time limit in seconds of wall time, start-up "
-                                            "included (default: none)."),
+    timeout: Optional[float] = typer.Option(None, "--time-limit", "--timeout", help="Time limit in seconds of wall "
+                                            "time, start-up included (default: none; --timeout is the same "
+                                            "option, the name VNN-COMP scripts use)."),
     solver: str = typer.Option("highs", "--solver", help="MILP solver backend: highs, cbc, scip, gurobi, "
                                                            "pyomo:NAME or an installed plugin."),
     tightening: str = typer.Option("crown", "--tightening", help="Bounds before the MILP: ibp or crown."),
@@ -59,7 +60,7 @@ def vnnlib(
     if tightening not in ("ibp", "crown"):
         raise InputError(f"--tightening must be ibp or crown, not {tightening!r}")
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-        raise InputError(f"--timeout must be a positive number of seconds, not {timeout!r}")
+        raise InputError(f"--time-limit must be a positive number of seconds, not {timeout!r}")
     if verifier not in VNNLIB_VERIFIERS:
         raise InputError(f"--verifier must be one of {', '.join(VNNLIB_VERIFIERS)}, not {verifier!r}")
     check_solver(solver)

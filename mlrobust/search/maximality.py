@@ -19,6 +19,7 @@ the counterexample still lies in it (the problem's cache answers such re-checks 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,9 @@ class LayerMaximality:
     reason: str = ""
     refuted_eps: float | None = None  # the smallest eps of the layer known refuted (others at eps*); see intervals
     refuted_tier: str = ""  # who found the counterexample behind refuted_eps
+    # the best proven upper bound on the target's top-k margin at ``tried`` where it stayed undecided: a proof needs
+    # it below 0, so a positive value says by how much the question stayed open (``margin`` is the counterexample's)
+    open_by: float | None = None
 
     @property
     def gap(self) -> float | None:
@@ -53,24 +57,34 @@ class LayerMaximality:
         """Whether the layer is proven unable to grow by the tolerance (refuted, or already saturated)."""
         return self.status in ("refuted", "saturated")
 
-    def to_dict(self, with_counterexample: bool = True) -> dict:
-        out = {"layer": self.layer, "status": self.status, "certified": self.certified, "eps": self.eps,
+    def to_dict(self, with_counterexample: bool = True, arrays: dict[str, np.ndarray] | None = None) -> dict:
+        """The layer's answer as JSON data; with ``arrays`` its counterexample goes there as
+        ``counterexample_layer<d>`` (an image per layer is too large for JSON text at real sizes)."""
+        out: dict[str, Any] = {"layer": self.layer, "status": self.status, "certified": self.certified, "eps": self.eps,
                "refuted_eps": self.refuted_eps, "gap": self.gap, "refuted_by": self.refuted_tier or None,
-               "tried": self.tried, "tier": self.tier, "margin": self.margin, "reason": self.reason}
-        if with_counterexample:
+               "tried": self.tried, "tier": self.tier, "margin": self.margin, "open_by": self.open_by,
+               "reason": self.reason}
+        if with_counterexample and arrays is not None and self.counterexample is not None:
+            key = f"counterexample_layer{self.layer}"
+            arrays[key] = np.asarray(self.counterexample)
+            out["counterexample"] = {"array": key}
+        elif with_counterexample:
             out["counterexample"] = None if self.counterexample is None else self.counterexample.tolist()
         return out
 
 
 def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bool = True,
-            order: list[int] | None = None, previous: list[LayerMaximality] | None = None
-            ) -> tuple[np.ndarray, list[LayerMaximality]]:
+            order: list[int] | None = None, previous: list[LayerMaximality] | None = None,
+            give_up_after: int | None = None) -> tuple[np.ndarray, list[LayerMaximality]]:
     """Check every layer of the robust ``eps_star``; with ``grow`` a layer that can grow does, until refuted.
 
     ``previous`` statuses of an earlier pass are kept for layers they settled (``refuted`` is re-checked through
     the caches, which answer it at no cost while its counterexample still lies in the grown box; ``not_maximal``
-    and ``saturated`` are kept); the others are checked again. Returns the (possibly grown, always proven robust)
-    vector and the per-layer statuses.
+    and ``saturated`` are kept); the others are checked again. ``give_up_after``: once that many layers in a row
+    came back undecided (no refutation, no growth between them), the remaining layers are not asked — the verifier
+    that could not decide those will not decide their neighbours either, and the time is better spent elsewhere;
+    they are reported ``unchecked`` with the reason. Returns the (possibly grown, always proven robust) vector and
+    the per-layer statuses.
     """
     eps = problem.clip(eps_star).copy()
     sat = problem.saturation
@@ -82,8 +96,14 @@ def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bo
                 results[m.layer] = m
         layers = [d for d in layers if d not in results]
     problem.phase = "maximality"
+    undecided_run: list[int] = []
     for d in layers:
         problem.iteration = d
+        if give_up_after is not None and len(undecided_run) >= give_up_after and d not in results:
+            results[d] = _kept(previous, d) or LayerMaximality(
+                d, "unchecked", float(eps[d]),
+                reason=f"not asked: the verifier left layers {', '.join(map(str, undecided_run))} undecided in a row")
+            continue
         if eps[d] >= sat[d]:
             results[d] = LayerMaximality(d, "saturated", float(eps[d]), reason="the layer spans all of [0, 1]")
             continue
@@ -121,8 +141,10 @@ def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bo
                     reason=_unchecked_reason(previous, d, getattr(verdict, "reason", "")))
             else:
                 results[d] = LayerMaximality(d, "unknown", float(eps[d]), float(trial[d]), verdict.tier,
-                                             reason=getattr(verdict, "reason", ""))
+                                             reason=getattr(verdict, "reason", ""),
+                                             open_by=verdict.stats.get("bounds", {}).get("margin_upper"))
             break
+        undecided_run = undecided_run + [d] if results[d].status == "unknown" else []
     # Layers checked before a later one grew keep their status; report the final epsilons.
     out = []
     for d in range(problem.num_layers):

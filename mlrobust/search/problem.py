@@ -349,12 +349,16 @@ class SearchProblem:
             self._weak.append((np.asarray(eps, dtype=np.float64).copy(), list(points)))
 
     def best_proven(self) -> np.ndarray:
-        """The largest vector (by ``w . eps``) that a query proved robust so far (zeros if none)."""
+        """The largest vector (by ``w . eps``) that a query proved robust so far (zeros if none), among those that
+        keep the object's floor (:attr:`floor`) where any does: an interrupted search reports the same trade between
+        the object and the size as a finished one (the uniform probe, proven before the floor was set, is often
+        larger and would otherwise win)."""
         cands = [self.best_eps] + list(self.robust_eps)
         proven = [e for e in cands if self.known_robust(e) is not None]
         if not proven:
             return np.zeros(self.num_layers)
-        return max(proven, key=self.size).copy()
+        floored = [e for e in proven if np.all(e >= self.floor - 1e-12)]
+        return max(floored or proven, key=self.size).copy()
 
     # --- the query --------------------------------------------------------------------------------------------
     def query(self, eps: Sequence[float] | np.ndarray, purpose: str = "", mode: Mode | None = None,

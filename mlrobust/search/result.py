@@ -122,6 +122,7 @@ class SearchResult:
     details: dict = field(default_factory=dict)
     interrupted: bool = False  # stopped by Ctrl-C: the largest vector proven so far, not a finished search
     object_radius: float | None = None  # the object's own robust radius (layer 0 alone), where the search found it
+    never_tried: list[str] = field(default_factory=list)  # parts of the search the time limit cut off, in words
 
     @property
     def size(self) -> float:
@@ -132,6 +133,31 @@ class SearchResult:
     def eps0(self) -> float:
         """The object's epsilon (layer 0): the answer to the question the user asks first."""
         return float(self.epsilons[0])
+
+    @property
+    def nothing_proven(self) -> bool:
+        """Whether no layer got an epsilon above 0: the search proved nothing but the clean image (a time limit
+        too short for it, or a network too large for its verifier). Such a result is *unknown*, not robust."""
+        return not bool(np.any(np.asarray(self.epsilons) > 0))
+
+    @property
+    def uniform_size(self) -> float | None:
+        """``w . eps`` of one epsilon for every layer, at the uniform robust radius the search proved first (on its
+        cheap tiers, without the object's floor), or None where it did not: the simplest baseline, for comparison."""
+        radius = self.details.get("delta_auto", {}).get("uniform_radius")
+        if radius is None:
+            return None
+        return float(np.asarray(self.weights) @ np.minimum(float(radius), np.asarray(self.saturation)))
+
+    @property
+    def refuted_layers(self) -> int:
+        """Layers with a known refuted epsilon (a confirmed counterexample above their epsilon)."""
+        return sum(1 for m in self.maximality if m.refuted_eps is not None)
+
+    @property
+    def saturated_layers(self) -> int:
+        """Layers whose epsilon already spans the whole pixel range."""
+        return sum(1 for m in self.maximality if m.status == "saturated")
 
     @property
     def upper_bounded_layers(self) -> int:
@@ -153,11 +179,17 @@ class SearchResult:
         return float(np.median(ratios)) if ratios else None
 
     def summary(self) -> dict:
-        """The headline numbers: size, the object's epsilon, certified layers, upper bounds and gaps."""
+        """The headline numbers: size, the object's epsilon, certified layers, layers by status, upper bounds
+        (``refuted_layers``: with a counterexample; ``upper_bounded_layers`` counts the saturated ones too) and
+        gaps, whether anything was proven, and what the time limit cut off."""
         return {"size": self.size, "eps0": self.eps0, "object_radius_alone": self.object_radius,
                 "certified_layers": self.certified_layers, "layers": self.num_layers,
-                "upper_bounded_layers": self.upper_bounded_layers, "median_gap": self.median_gap,
-                "median_gap_ratio": self.median_gap_ratio, "interrupted": self.interrupted}
+                "upper_bounded_layers": self.upper_bounded_layers, "refuted_layers": self.refuted_layers,
+                "saturated_layers": self.saturated_layers, "statuses": self.maximality_counts(),
+                "median_gap": self.median_gap, "median_gap_ratio": self.median_gap_ratio,
+                "nothing_proven": self.nothing_proven, "never_tried": list(self.never_tried),
+                "object_floor": self.details.get("object", {}).get("floor"), "uniform_size": self.uniform_size,
+                "interrupted": self.interrupted}
 
     @property
     def num_layers(self) -> int:
@@ -181,7 +213,14 @@ class SearchResult:
             out[m.status] = out.get(m.status, 0) + 1
         return out
 
-    def to_json(self, with_counterexamples: bool = True) -> dict:
+    def to_json(self, with_counterexamples: bool = True, arrays: dict[str, np.ndarray] | None = None) -> dict:
+        """The result as plain JSON data. With ``arrays`` (a dict to fill), the object mask, the per-pixel epsilons
+        and the counterexamples go there instead, each replaced by ``{"array": key}`` (see :mod:`outputs`)."""
+        mask: Any = self.mask.astype(np.uint8)
+        if arrays is not None:
+            arrays["object_mask"] = np.asarray(self.mask, dtype=bool)
+            arrays["eps_map"] = self.eps_map
+            mask = {"array": "object_mask"}
         data = {
             "schema": SCHEMA,
             "method": self.method,
@@ -202,8 +241,8 @@ class SearchResult:
             "object": {"source": self.object_source, "label": self.object_label, "eps": self.eps0,
                        "radius_alone": self.object_radius,
                        "refuted_alone": self.details.get("object", {}).get("refuted_alone"),
-                       "mask": self.mask.astype(np.uint8), "pixels": int(np.count_nonzero(self.mask))},
-            "maximality": [m.to_dict(with_counterexamples) for m in self.maximality],
+                       "mask": mask, "pixels": int(np.count_nonzero(self.mask))},
+            "maximality": [m.to_dict(with_counterexamples, arrays) for m in self.maximality],
             "certified_layers": self.certified_layers,
             "statistics": self.stats.to_dict(),
             "timings": self.timings,
@@ -217,8 +256,12 @@ class SearchResult:
             data.update(self.provenance.to_dict())
         return jsonable(data)
 
-    def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+    def write_json(self, path: str | Path) -> Path:
+        """Write the JSON and its ``.npz`` side file (the arrays); returns the side file's path."""
+        from mlrobust.search.outputs import json_with_side_file, side_file_path
+
+        Path(path).write_text(json.dumps(json_with_side_file(self, path), indent=1))
+        return side_file_path(path)
 
 
 @dataclass
@@ -245,22 +288,40 @@ class CheckResult:
     verdict: Any = None
     provenance: Provenance | None = None
     image: np.ndarray | None = None
+    object_source: str = ""  # how the perturbed object was chosen (mask, box, auto, ...)
+    object_label: int | None = None  # the label the automatically chosen object was picked for
 
     @property
     def robust(self) -> bool:
         return self.status == "robust"
 
-    def to_json(self) -> dict:
+    def to_json(self, arrays: dict[str, np.ndarray] | None = None) -> dict:
+        """The verdict as plain JSON data; with ``arrays`` the mask and the counterexample go there (see
+        :meth:`SearchResult.to_json`)."""
+        mask: Any = self.mask.astype(np.uint8)
+        counterexample: Any = self.counterexample
+        if arrays is not None:
+            arrays["mask"] = np.asarray(self.mask, dtype=bool)
+            mask = {"array": "mask"}
+            if self.counterexample is not None:
+                arrays["counterexample"] = np.asarray(self.counterexample)
+                counterexample = {"array": "counterexample"}
         data = {"schema": "mlrobust.check/1", "status": self.status, "tier": self.tier, "target": self.target,
                 "k": self.k, "epsilons": self.epsilons, "weights": self.weights, "size": self.size,
-                "layer_counts": self.layer_counts, "mask": self.mask.astype(np.uint8), "seconds": self.seconds,
+                "layer_counts": self.layer_counts, "mask": mask, "seconds": self.seconds,
                 "bound": self.bound, "margin": self.margin, "reason": self.reason,
-                "counterexample": self.counterexample, "clean": {"margin": self.clean_margin,
+                "counterexample": counterexample, "clean": {"margin": self.clean_margin,
                                                                  "top_k": self.clean_topk},
-                "verifier": self.verifier}
+                "verifier": self.verifier,
+                "object": {"source": self.object_source, "label": self.object_label,
+                           "pixels": int(np.count_nonzero(self.mask))}}
         if self.provenance is not None:
             data.update(self.provenance.to_dict())
         return jsonable(data)
 
-    def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+    def write_json(self, path: str | Path) -> Path:
+        """Write the JSON and its ``.npz`` side file (the arrays); returns the side file's path."""
+        from mlrobust.search.outputs import json_with_side_file, side_file_path
+
+        Path(path).write_text(json.dumps(json_with_side_file(self, path), indent=1))
+        return side_file_path(path)

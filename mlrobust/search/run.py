@@ -14,12 +14,14 @@ from mlrobust.errors import InputError
 from mlrobust.search.baselines import bisect_scale, floored_uniform, layer_search, uniform_search
 from mlrobust.search.boundary import (
     CHEAP_TIERS_EXHAUSTED,
+    GIVE_UP_AFTER,
     push_to_boundary,
     rescaled_statuses,
     scale_to_boundary,
 )
 from mlrobust.search.cegis import CUTTINGS, cutting_weights
 from mlrobust.search.certificate import certificate_search
+from mlrobust.search.deadline import TimeLimitReached, hard_stop
 from mlrobust.search.intervals import apply_upper_bounds, attack_upper_bounds, gap_order, known_upper_bounds
 from mlrobust.search.maximality import LayerMaximality, certify
 from mlrobust.search.optimizer import OptimizerOptions, optimize, shaped_starts
@@ -27,6 +29,7 @@ from mlrobust.search.problem import SearchProblem, status_of
 from mlrobust.search.result import SearchResult
 from mlrobust.search.tiers import crown_tiers, push_tiers
 from mlrobust.verify.margin import topk_labels
+from mlrobust.verify.verdict import Unknown
 
 METHODS = ("boundary", "optimize", "certificate", "layer-search", "uniform")
 #: Methods whose result may grow during the maximality check (the baselines are reported as they are).
@@ -171,7 +174,12 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
     t0 = time.perf_counter()
     problem.phase = "start"
     problem.notify("phase", "proving the clean image")
-    clean = problem.query(np.zeros(n), purpose="clean image")
+    limit = problem.budget.time_limit
+    try:
+        with hard_stop(None if limit is None else limit - problem.elapsed()):
+            clean = problem.query(np.zeros(n), purpose="clean image")
+    except TimeLimitReached:
+        clean = Unknown(tier="budget", reason="time limit reached before the clean image was proven")
     logits = problem.network.logits(problem.x0[None])
     clean_margin = float(problem.prop.margin(logits)[0])
     clean_topk = topk_labels(logits, problem.k)[0]
@@ -182,18 +190,28 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
     st = _State(np.zeros(n), opt.delta if opt.delta is not None else AUTO_DELTA_MAX)
     interrupted = False
     try:
-        if not clean.is_robust:
-            st.stop_reason = f"the clean image itself is not proven ({getattr(clean, 'reason', '')})"
-        else:
-            _search(problem, opt, st, grow)
+        # The hard stop behind the phases' own deadlines: a stage that overruns the budget is cut (see deadline).
+        with hard_stop(None if limit is None else limit - problem.elapsed()):
+            if not clean.is_robust:
+                st.stop_reason = f"the clean image itself is not proven ({getattr(clean, 'reason', '')})"
+            else:
+                _search(problem, opt, st, grow)
+            problem.use_cheap, problem.deadline = False, None
+            st.t_search = time.perf_counter() - t0
+            st.eps = problem.clip(st.eps)
+            if opt.certify and clean.is_robust:
+                _certify(problem, opt, st, grow)
+            else:
+                st.maximality = [LayerMaximality(d, "unchecked", float(st.eps[d]),
+                                                 reason="maximality check not run") for d in range(n)]
+    except TimeLimitReached:
+        # Not an interruption by the user: the result is final, but parts of the search were never tried.
         problem.use_cheap, problem.deadline = False, None
-        st.t_search = time.perf_counter() - t0
-        st.eps = problem.clip(st.eps)
-        if opt.certify and clean.is_robust:
-            _certify(problem, opt, st, grow)
-        else:
-            st.maximality = [LayerMaximality(d, "unchecked", float(st.eps[d]), reason="maximality check not run")
-                             for d in range(n)]
+        st.eps = problem.best_proven()
+        cut = f"time limit: stopped during {problem.phase}"
+        st.stop_reason = cut + (f" (after {st.stop_reason})" if st.stop_reason else "")
+        st.maximality = [LayerMaximality(d, "unchecked", float(st.eps[d]), reason="time limit before the check")
+                         for d in range(n)]
     except KeyboardInterrupt:
         interrupted = True
         problem.use_cheap, problem.deadline = False, None
@@ -236,7 +254,39 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
         details=st.details,
         interrupted=interrupted,
         object_radius=st.details.get("object", {}).get("radius_alone"),
+        never_tried=never_tried(opt, st.details, maximality, grow, searched=bool(clean.is_robust)),
     )
+
+
+def never_tried(opt: SearchOptions, details: dict, maximality: list[LayerMaximality], grow: bool,
+                searched: bool = True) -> list[str]:
+    """The parts of the search that never ran (the time limit, or an interruption, came first), in words: a result
+    cut short says what it is missing. ``details`` are the search's records of the phases it ran."""
+    if not searched:
+        return ["the search (the clean image itself was not proven)"]
+    out = []
+    if opt.method in GROWING and opt.object_share > 0 and "object" not in details:
+        out.append("the object's own radius (so no floor for the object's ε)")
+    if opt.certify and opt.push and grow:
+        if "upper_bounds" not in details:
+            out.append("the attack's upper bounds per layer")
+        if "push" not in details:
+            out.append("pushing each layer to its boundary")
+    unchecked = [m.layer for m in maximality if m.status == "unchecked"]
+    if opt.certify and unchecked:
+        out.append(f"{'layer' if len(unchecked) == 1 else 'layers'} {layer_ranges(unchecked)} never checked")
+    return out
+
+
+def layer_ranges(layers: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0–2, 5, 7–8"``."""
+    runs: list[list[int]] = []
+    for d in sorted(layers):
+        if runs and d == runs[-1][1] + 1:
+            runs[-1][1] = d
+        else:
+            runs.append([d, d])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)
 
 
 def _deadline(problem: SearchProblem, share: float) -> float | None:
@@ -413,8 +463,15 @@ def _certify(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool)
     _upper_bounds(problem, opt, st)
     current = st.maximality or [LayerMaximality(d, "unchecked", float(st.eps[d])) for d in range(problem.num_layers)]
     order = gap_order(st.eps, problem.saturation, apply_upper_bounds(problem, st.eps, current, delta))
-    # the full verifier for every layer still open, largest gap first (settled ones are answered by the caches)
-    st.eps, st.maximality = certify(problem, st.eps, delta, grow=grow, order=order, previous=st.maximality)
+    # the full verifier for every layer still open, largest gap first (settled ones are answered by the caches);
+    # it stops asking after GIVE_UP_AFTER undecided layers in a row, and the time left narrows the gaps from above
+    st.eps, st.maximality = certify(problem, st.eps, delta, grow=grow, order=order, previous=st.maximality,
+                                    give_up_after=GIVE_UP_AFTER)
+    limit = problem.budget.time_limit
+    if limit is not None and problem.elapsed() < limit and any(m.status == "unchecked" for m in st.maximality):
+        problem.phase = "upper bounds"
+        problem.notify("phase", "upper bounds by the attack, at the final vector")
+        st.details["final_upper_bounds"] = attack_upper_bounds(problem, st.eps, delta, deadline=limit)
 
 
 def _upper_bounds(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:

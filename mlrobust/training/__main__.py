@@ -1,6 +1,7 @@
 """Rebuild the shipped reference classifiers and example images.
 
     python -m mlrobust.training build --data double_mnist.npz --out examples
+    python -m mlrobust.training ladder --rung triple-mnist --mnist-dir DIR --out examples   (or --rung rgb-objects)
 
 trains the three models (CPU, one thread, fixed seeds), evaluates them on the whole test split, exports ONNX
 (checked against onnxruntime and mlrobust's own import), picks the example images and writes the metrics.
@@ -144,7 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--n-examples", type=int, default=20)
     b.add_argument("--attack-n", type=int, default=2000, help="test images attacked with PGD")
     b.add_argument("--attack-steps", type=int, default=20)
+    lad = sub.add_parser("ladder", help="train, evaluate and export a scale-ladder model (Triple-MNIST or RGB "
+                         "objects); write its example images")
+    lad.add_argument("--rung", required=True, choices=["triple-mnist", "rgb-objects"])
+    lad.add_argument("--mnist-dir", required=True, help="folder with the four MNIST IDX files")
+    lad.add_argument("--out", default="examples", help="examples folder (models/ and images/ go inside)")
+    lad.add_argument("--threads", type=int, default=1)
+    lad.add_argument("--n-train", type=int, default=0, help="training images (0 = the rung's default)")
+    lad.add_argument("--n-examples", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.command == "ladder":
+        from mlrobust.training.ladder import build_ladder
+
+        build_ladder(args.rung, args.mnist_dir, args.out, n_examples=args.n_examples, threads=args.threads,
+                     n_train=args.n_train or None)
+        return 0
     return build(args)
 
 

@@ -53,3 +53,44 @@ def pgd_bce(
             adv = torch.min(torch.max(adv, x - eps), x + eps).clamp(0.0, 1.0)
     model.train(was_training)
     return adv.detach()
+
+
+def _binary_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """Per-image sum over labels of KL(Bernoulli(sigmoid(p)) || Bernoulli(sigmoid(q))), from logits (stable)."""
+    p = torch.sigmoid(p_logits)
+    return (p * (F.logsigmoid(p_logits) - F.logsigmoid(q_logits))
+            + (1 - p) * (F.logsigmoid(-p_logits) - F.logsigmoid(-q_logits))).sum(dim=1)
+
+
+def trades_adversary(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: float,
+    steps: int,
+    step_size: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """TRADES's inner maximisation (Zhang et al., 2019) for a multi-label model: signed-gradient ascent on the
+    divergence between the clean and the perturbed per-label probabilities (Bernoulli KL summed over labels), from a
+    small random start in the L-inf ball of radius ``eps`` (clipped to [0, 1]). Needs no labels: it pushes the
+    prediction away from the model's own, so the loss smooths the model around every training image."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        clean = model(x)
+    adv = (x + 0.001 * torch.randn(x.shape, generator=generator)).clamp(0.0, 1.0)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(_binary_kl(clean, model(adv)).sum(), adv)
+        with torch.no_grad():
+            adv = adv + step_size * grad.sign()
+            adv = torch.min(torch.max(adv, x - eps), x + eps).clamp(0.0, 1.0)
+    model.train(was_training)
+    return adv.detach()
+
+
+def trades_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    """TRADES's objective for multi-label outputs: the clean binary cross-entropy plus ``beta`` times the mean
+    Bernoulli KL between the clean and the adversarial prediction (the robustness / accuracy trade-off)."""
+    natural = F.binary_cross_entropy_with_logits(clean_logits, y)
+    return natural + beta * _binary_kl(clean_logits, adv_logits).mean()

@@ -15,13 +15,19 @@ OUTPUT_NAME = "logits"
 OPSET = 17
 
 
-def export_onnx(model: nn.Module, path: str | Path, check_inputs: np.ndarray | None = None, atol: float = 1e-5) -> Path:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    check_inputs: np.ndarray | None = None,
+    atol: float = 1e-5,
+    input_shape: tuple[int, ...] = INPUT_SHAPE,
+) -> Path:
     """Write ``model`` as ONNX (opset 17, legacy exporter, dynamic batch axis) and, with ``check_inputs``
-    (N, 1, 64, 64), check that onnxruntime reproduces torch's logits within ``atol``."""
+    (N, *input_shape), check that onnxruntime reproduces torch's logits within ``atol``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().float()
-    dummy = torch.zeros((1,) + INPUT_SHAPE)
+    dummy = torch.zeros((1,) + tuple(input_shape))
     torch.onnx.export(
         model,
         (dummy,),

@@ -1,5 +1,6 @@
-"""Training loops of the three reference classifiers: no defense, L0 defense (random black rectangles), and PGD
-adversarial training (L-inf), all on the multi-label binary cross-entropy over the 10 digits."""
+"""Training loops of the reference classifiers: no defense, L0 defense (random black rectangles), PGD adversarial
+training (L-inf) and TRADES (L-inf), all on the multi-label binary cross-entropy over the 10 digits, optionally with
+weight decay."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from mlrobust.training.defenses import black_rectangles, pgd_bce
+from mlrobust.training.defenses import black_rectangles, pgd_bce, trades_adversary, trades_loss
 from mlrobust.training.model import DoubleMnistNet, build_model
 
-DEFENSES = ("none", "l0", "pgd")
+DEFENSES = ("none", "l0", "pgd", "trades")
 
 
 @dataclass
@@ -25,15 +26,19 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 3e-3
     seed: int = 0
+    # L2 penalty on the weights (Adam's weight_decay); 0 = none.
+    weight_decay: float = 0.0
     # L0 defense: rectangle sides uniform in rect_min..rect_max pixels.
     rect_min: int = 4
     rect_max: int = 16
-    # PGD defense: radius, steps, step size (Madry's 2.5 * eps / steps when None), and the fraction of the first
+    # PGD and TRADES defenses: radius, steps, step size (Madry's 2.5 * eps / steps when None), and the fraction of the first
     # epoch over which eps ramps up linearly from 0 (a warm-started model adapts without collapsing).
     pgd_eps: float = 0.1
     pgd_steps: int = 7
     pgd_step_size: float | None = None
     pgd_ramp: float = 0.5
+    # TRADES: weight of the clean-vs-adversarial divergence (Zhang et al. use 1..6).
+    trades_beta: float = 6.0
     # The name of a model in MODELS to start from (the PGD model starts from the undefended one).
     warm_start: str | None = None
 
@@ -55,7 +60,7 @@ def train(
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     model = copy.deepcopy(init) if init is not None else build_model(config.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batches = (len(x) + config.batch_size - 1) // config.batch_size
     total = config.epochs * batches
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -73,13 +78,20 @@ def train(
             xb, yb = x[idx], y[idx]
             if config.defense == "l0":
                 xb = black_rectangles(xb, gen, config.rect_min, config.rect_max)
-            elif config.defense == "pgd":
+            elif config.defense in ("pgd", "trades"):
                 ramp = min(1.0, (step + 1) / max(1, config.pgd_ramp * batches)) if config.pgd_ramp > 0 else 1.0
                 eps = config.pgd_eps * ramp
-                xb = pgd_bce(model, xb, yb, eps, config.pgd_steps, 2.5 * eps / config.pgd_steps
-                             if config.pgd_step_size is None else config.pgd_step_size * ramp, gen)
+                step_size = (2.5 * eps / config.pgd_steps if config.pgd_step_size is None
+                             else config.pgd_step_size * ramp)
+                if config.defense == "pgd":
+                    xb = pgd_bce(model, xb, yb, eps, config.pgd_steps, step_size, gen)
+                else:
+                    adv = trades_adversary(model, xb, eps, config.pgd_steps, step_size, gen)
             logits = model(xb)
-            loss = F.binary_cross_entropy_with_logits(logits, yb)
+            if config.defense == "trades":
+                loss = trades_loss(logits, model(adv), yb, config.trades_beta)
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -108,11 +120,15 @@ def config_dict(config: TrainConfig) -> dict:
     d = asdict(config)
     if config.defense != "l0":
         d.pop("rect_min"), d.pop("rect_max")
-    if config.defense == "pgd":
+    if config.defense in ("pgd", "trades"):
         d["pgd_step_size"] = config.step_size()
     else:
         for key in ("pgd_eps", "pgd_steps", "pgd_step_size", "pgd_ramp"):
             d.pop(key)
+    if config.defense != "trades":
+        d.pop("trades_beta")
+    if not config.weight_decay:
+        d.pop("weight_decay")
     return d
 
 

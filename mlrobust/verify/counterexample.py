@@ -8,9 +8,11 @@ float64 numpy IR and in the float32 torch executor. The margin of a top-k proper
 
 from __future__ import annotations
 
+import itertools
+import math
 import weakref
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -45,6 +47,20 @@ class OutputProperty(Protocol):
         ...
 
 
+@runtime_checkable
+class ClauseMargins(Protocol):
+    """An output property that is a disjunction of clauses: violated where some clause's margin is ``>= 0``, its
+    margin the largest clause margin. Attacks aim single restarts at single clauses through it."""
+
+    def clause_margins_torch(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, C) tensor -> (N, n_clauses) clause margins, whose row-wise maximum is ``margin_torch``."""
+        ...
+
+
+#: Above this many k-subsets a top-k property is attacked as one clause (its k-th margin), not clause by clause.
+MAX_TOPK_CLAUSES = 256
+
+
 @dataclass(frozen=True)
 class TopKProperty:
     """"``target`` is among the top-``k``" — violated where the k-th largest ``y_c - y_t`` is ``>= 0``."""
@@ -56,9 +72,21 @@ class TopKProperty:
         return topk_margin(logits, self.target, self.k)
 
     def margin_torch(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.topk(self._others(logits), self.k, dim=1).values[:, -1]
+
+    def _others(self, logits: torch.Tensor) -> torch.Tensor:
         diffs = logits - logits[:, self.target : self.target + 1]
-        others = torch.cat([diffs[:, : self.target], diffs[:, self.target + 1 :]], dim=1)
-        return torch.topk(others, self.k, dim=1).values[:, -1]
+        return torch.cat([diffs[:, : self.target], diffs[:, self.target + 1 :]], dim=1)
+
+    def clause_margins_torch(self, logits: torch.Tensor) -> torch.Tensor:
+        """One clause per k-subset S of the other labels, margin ``min_{c in S} (y_c - y_t)`` (the k-th largest
+        difference is the largest of them); a single clause when there are more than :data:`MAX_TOPK_CLAUSES`."""
+        others = self._others(logits)
+        n_others = others.shape[1]
+        if self.k > n_others or math.comb(n_others, self.k) > MAX_TOPK_CLAUSES:
+            return self.margin_torch(logits)[:, None]
+        subsets = torch.as_tensor(list(itertools.combinations(range(n_others), self.k)), dtype=torch.long)
+        return others[:, subsets].min(dim=2).values
 
 
 def snap_into_box(box: Box, x: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ def run_attack(network: Network, box: Box, prop: OutputProperty, attack: PgdAtta
     cascade's own)."""
     settings = attack or PgdAttack()
     return pgd(network, box, prop, restarts=settings.restarts, steps=settings.steps, seed=settings.seed,
-               time_limit=time_limit)
+               time_limit=time_limit, diversify=settings.diversify)
 
 
 @dataclass

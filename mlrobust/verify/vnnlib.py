@@ -50,12 +50,16 @@ class ClauseProperty:
         return clause_margin(logits, list(self.clauses))
 
     def margin_torch(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.clause_margins_torch(logits).max(dim=1).values
+
+    def clause_margins_torch(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, n_clauses): each clause's margin ``min_j g_ij`` (the attack aims restarts at single clauses)."""
         vals = []
         for cl in self.clauses:
             G = torch.as_tensor(cl.G, dtype=logits.dtype)
             h = torch.as_tensor(cl.h, dtype=logits.dtype)
             vals.append((h[None, :] - logits @ G.T).min(dim=1).values)
-        return torch.stack(vals, dim=1).max(dim=1).values
+        return torch.stack(vals, dim=1)
 
 
 @dataclass
