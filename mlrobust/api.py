@@ -190,7 +190,7 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
                    object_label=object_label)
     options = SearchOptions(method=method, cutting=cutting, delta=delta, certify=certify, grow=grow, init=init,
                             optimizer=optimizer or OptimizerOptions(), object_share=object_share)
-    ver = make_verifier(verifier, solver, device)
+    ver = make_verifier(verifier, solver, device=device)
     budget = Budget(time_limit=time_limit, max_queries=max_queries, query_time_limit=query_time_limit)
     from mlrobust.search.tiers import cheap_tiers
 
@@ -216,7 +216,7 @@ def check(model: str | Path | Network, image: str | Path | np.ndarray, target: i
                    object_label=object_label)
     nbhd = prep.nbhd
     eps_vec = nbhd.eps_vector(eps)
-    ver = make_verifier(verifier, solver, device)
+    ver = make_verifier(verifier, solver, device=device)
     problem = SearchProblem(prep.network, nbhd, int(target), ver, k=int(k), weights=weights,
                             budget=Budget(time_limit=time_limit, query_time_limit=time_limit))
     problem.start = entered  # the time limit counts from the call, loading included
