@@ -85,8 +85,9 @@ def clean_prediction(network: Network, x: np.ndarray, target: int, k: int) -> tu
     return margin, labels
 
 
-def make_verifier(verifier: Verifier | str | None = None, solver: Any = "highs") -> Verifier:
-    """A verifier object: a given one as is, or one of ``VERIFIERS`` by name (default: the cascade) on ``solver``."""
+def make_verifier(verifier: Verifier | str | None = None, solver: Any = "highs", device: str = "cpu") -> Verifier:
+    """A verifier object: a given one as is, or one of ``VERIFIERS`` by name (default: the cascade) on ``solver``;
+    ``device`` ("cpu" or "cuda") is where the branch and bound of "bab" and "cascade-bab" runs its α/β bounds."""
     if verifier is not None and not isinstance(verifier, str):
         if not callable(getattr(verifier, "verify", None)):
             raise InputError("a custom verifier needs a verify(network, box, target, k, mode, time_limit) method")
@@ -97,13 +98,14 @@ def make_verifier(verifier: Verifier | str | None = None, solver: Any = "highs")
 
         return Cascade(solver=solver)
     if name == "cascade-bab":
-        from mlrobust.verify.cascade import Cascade
+        from mlrobust.verify.bab import BabVerifier
+        from mlrobust.verify.cascade import STALL_SHARE, Cascade
 
-        return Cascade(solver=solver, use_bab=True)
+        return Cascade(solver=solver, use_bab=True, bab=BabVerifier(stall_share=STALL_SHARE, device=device))
     if name == "bab":
         from mlrobust.verify.bab import BabVerifier
 
-        return BabVerifier()
+        return BabVerifier(device=device)
     if name == "milp":
         from mlrobust.verify.milp_verifier import MilpVerifier
 
@@ -162,7 +164,7 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
              solver: Any = "highs", time_limit: float | None = 300.0, query_time_limit: float | None = 30.0,
              max_queries: int | None = None, delta: float | None = None, certify: bool = True, grow: bool | None = None,
              init: str = "best", optimizer: OptimizerOptions | None = None, object_share: float = 0.5,
-             progress: ProgressCallback | None = None) -> SearchResult:
+             progress: ProgressCallback | None = None, device: str = "cpu") -> SearchResult:
     """The maximal robust layered neighborhood of ``target`` around the perturbed object.
 
     ``model``: ONNX path or Network. ``image``: a file or an array ((H, W), (C, H, W) or the model's input shape)
@@ -176,7 +178,8 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
     backend of the default verifiers. ``time_limit`` bounds the whole search, ``query_time_limit`` each verifier
     call, ``max_queries`` the calls that reach the verifier; ``delta`` is the tolerance of steps and maximality
     (None: an eighth of the uniform robust radius, within [1e-4, 1e-2]). ``object_share``: the object's epsilon
-    keeps at least this share of the object's own robust radius (0: the weights alone decide).
+    keeps at least this share of the object's own robust radius (0: the weights alone decide). ``device``: where
+    the branch and bound of "bab"/"cascade-bab" runs its α/β bounds ("cpu" or "cuda", see :func:`make_verifier`).
 
     Ctrl-C (KeyboardInterrupt) during the search returns the largest vector proven so far, with
     ``result.interrupted`` set. Every layer's answer is two-sided: ``result.maximality[d].refuted_eps`` is the
@@ -187,7 +190,7 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
                    object_label=object_label)
     options = SearchOptions(method=method, cutting=cutting, delta=delta, certify=certify, grow=grow, init=init,
                             optimizer=optimizer or OptimizerOptions(), object_share=object_share)
-    ver = make_verifier(verifier, solver)
+    ver = make_verifier(verifier, solver, device=device)
     budget = Budget(time_limit=time_limit, max_queries=max_queries, query_time_limit=query_time_limit)
     from mlrobust.search.tiers import cheap_tiers
 
@@ -205,14 +208,15 @@ def check(model: str | Path | Network, image: str | Path | np.ndarray, target: i
           eps: float | Sequence[float] | np.ndarray, *, object_mask: str | Path | np.ndarray | None = None,
           object_box: Sequence[int] | str | None = None, object_label: int | None = None, k: int = 2,
           weights: WeightSpec = "uniform", verifier: Verifier | str | None = None, solver: Any = "highs",
-          time_limit: float | None = 300.0) -> CheckResult:
-    """Is the layered neighborhood ``eps`` (one epsilon for all layers, or one per layer 0..r) robust?"""
+          time_limit: float | None = 300.0, device: str = "cpu") -> CheckResult:
+    """Is the layered neighborhood ``eps`` (one epsilon for all layers, or one per layer 0..r) robust? ``device``:
+    as in :func:`maximize`."""
     entered = time.perf_counter()
     prep = prepare(model, image, target, k=k, object_mask=object_mask, object_box=object_box,
                    object_label=object_label)
     nbhd = prep.nbhd
     eps_vec = nbhd.eps_vector(eps)
-    ver = make_verifier(verifier, solver)
+    ver = make_verifier(verifier, solver, device=device)
     problem = SearchProblem(prep.network, nbhd, int(target), ver, k=int(k), weights=weights,
                             budget=Budget(time_limit=time_limit, query_time_limit=time_limit))
     problem.start = entered  # the time limit counts from the call, loading included

@@ -5,6 +5,7 @@ sampling on tiny nets, splitting that improves the bound, input bisection on sma
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -372,3 +373,52 @@ def test_a_stalled_branch_and_bound_hands_over_and_an_improving_one_does_not():
     patient = BabVerifier(root_attack=False, stall_share=0.0, stall_progress=0.0).verify(net, box, target, 2,
                                                                                         time_limit=30)
     assert isinstance(patient, Robust)
+
+
+# --- deadlines -----------------------------------------------------------------------------------------------------
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_a_slow_bound_step_does_not_carry_the_root_past_the_deadline(monkeypatch):
+    """Every CROWN back-substitution of a domain refresh made to take 1 s: the root's refresh stops refining at the
+    deadline (interval bounds and priors, still sound), so a 0.5 s call ends after at most one such step. Without
+    the deadline the root refreshed every refined layer, twice."""
+    from mlrobust.verify import bab_bounds
+
+    net, box, target = _query(12, 0.4)
+    calls = []
+    real = bab_bounds._Recorder.neuron_bounds
+
+    def slow(self, tensor, idx):
+        calls.append(tensor)
+        time.sleep(1.0)
+        return real(self, tensor, idx)
+
+    monkeypatch.setattr(bab_bounds._Recorder, "neuron_bounds", slow)
+    limit = 0.5
+    start = time.perf_counter()
+    v = BabVerifier(root_attack=False).verify(net, box, target, 2, time_limit=limit)
+    elapsed = time.perf_counter() - start
+    assert not v.is_robust and not v.is_not_robust and "time limit" in v.reason
+    assert len(calls) == 1  # one step started before the deadline, none after
+    assert elapsed < limit + 1.0 + 2.0  # the one slow step plus generous slack for a loaded machine
+
+
+def test_a_tiny_budget_on_a_shipped_model_gives_unknown_within_the_budget():
+    """mnist2_pgd, a whole-image box the root cannot prove: 0.25 s gives Unknown at the root, well within T + 2 s
+    (before the root's refresh and α runs took the deadline, ~2.4 s)."""
+    from PIL import Image
+
+    from mlrobust.ir.onnx_import import load_onnx
+
+    net = load_onnx(EXAMPLES / "models" / "mnist2_pgd.onnx")
+    x = np.asarray(Image.open(EXAMPLES / "images" / "ex00.png"), dtype=np.float64)[None] / 255.0
+    target = int(np.argmax(net.logits(x[None])[0]))
+    box = Box(np.clip(x - 0.05, 0, 1), np.clip(x + 0.05, 0, 1))
+    limit = 0.25
+    start = time.perf_counter()
+    v = BabVerifier(root_attack=False).verify(net, box, target, 2, time_limit=limit)
+    elapsed = time.perf_counter() - start
+    assert not v.is_robust and not v.is_not_robust and "time limit" in v.reason
+    assert v.stats["bab"]["final_bound"] > -ROBUST_TOLERANCE
+    assert elapsed < limit + 2.0

@@ -117,7 +117,7 @@ def test_a_broken_robustness_claim_is_a_violation(tiny_examples, tmp_path, monke
     assert ok["violations"] == [] and len(ok["reference"]["rows"]) == 2
     import mlrobust.api
 
-    monkeypatch.setattr(mlrobust.api, "make_verifier", lambda verifier=None, solver="highs": AlwaysRobust())
+    monkeypatch.setattr(mlrobust.api, "make_verifier", lambda verifier=None, solver="highs", device="cpu": AlwaysRobust())
     bad = run_suite(CFG, tmp_path / "bad", tmp_path / "work-bad", tiny_examples, log=lambda m: None)
     kinds = {v["kind"] for v in bad["violations"]}
     assert kinds == {"attack broke a proven neighborhood"}

@@ -48,7 +48,7 @@ API::
 
     AlphaOptions(iterations=20, lr_alpha=0.1, lr_beta=0.05, time_limit=None, optimize_intermediate=False,
                  early_stop=None, intermediate_chunk=256, threads=1, lr_pool=0.3, lr_tau=0.0,
-                 loop_dtype="float32", lr_mix=0.1, joint_intermediate="off")
+                 loop_dtype="float32", lr_mix=0.1, joint_intermediate="off", device="cpu")
     AlphaState(alpha, pool, beta, tau, mix)   # warm start; .select(idx), .select_rows(idx), .concat_rows(states),
                                          # .domains, .rows
     DomainBatch(lower, upper, pre_lower, pre_upper, splits)   # .size, .select(idx)
@@ -58,7 +58,7 @@ API::
     tighten_intermediate(network, bounds, options=None) -> (Bounds, rows)
     RowMix(base, groups, init=None)   # rows as optimised convex combinations of base rows
     alpha_bounds(network, domains, coeffs, *, options=AlphaOptions(), warm=None, stop=None, mix=None) -> AlphaResult
-    bounds_at(network, domains, coeffs, state) -> (D, S) lower bounds at given parameters (one pass)
+    bounds_at(network, domains, coeffs, state, *, device="cpu") -> (D, S) lower bounds at given parameters (one pass)
     alpha_margin_bounds(network, lower, upper, target, *, options=AlphaOptions(), warm=None, intermediate=None)
         -> (margin_lower, margin_upper, state)
     margin_coeffs(num_classes, target) -> (rows e_c - e_target, classes)
@@ -86,7 +86,7 @@ from mlrobust.bounds.margin import _interval_linear
 from mlrobust.bounds.result import Bounds, check_box
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
-from mlrobust.ir.torch_exec import torch_threads
+from mlrobust.ir.torch_exec import check_device, torch_device, torch_threads
 from mlrobust.ops.coeffs import rows as _rows
 from mlrobust.ops.maxpool2d import AlphaPoolRelax as _PoolRelax
 from mlrobust.ops.relu import AlphaReluRelax as _ReluRelax
@@ -118,7 +118,8 @@ class AlphaOptions:
     objective (:mod:`mlrobust.bounds.alpha_joint`; one domain only); "auto" does so unless their pass
     holds more than ``JOINT_MAX_WORK`` coefficients. ``loop_dtype``
     ("float64" or "float32"): precision of the optimisation steps; CROWN's bound and the reported one are always
-    evaluated in float64 with the outward widening.
+    evaluated in float64 with the outward widening. ``device`` ("cpu" or "cuda"): where the tensors of the passes
+    live (results come back as numpy arrays either way; the optimised state stays on the device).
     """
 
     iterations: int = 20
@@ -134,6 +135,7 @@ class AlphaOptions:
     loop_dtype: str = "float32"
     lr_mix: float = 0.1
     joint_intermediate: str = "off"
+    device: str = "cpu"
 
 
 @dataclass
@@ -568,7 +570,7 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
                 break
             if options.early_stop is not None and bool((best > options.early_stop).all()):
                 break
-            if stop is not None and stop(best.numpy()):
+            if stop is not None and stop(best.cpu().numpy()):
                 break
             if deadline is not None and time.perf_counter() >= deadline:
                 break
@@ -751,7 +753,7 @@ def _optimise_intermediate(network: Network, domains: DomainBatch, options: Alph
         a0[0, r + torch.arange(r), torch.as_tensor(sel)] = -1.0
         a0 = a0.reshape(1, 2 * r, *network.shape_of(t))
         res = _optimise(ctx, plan, t, a0, replace(options, early_stop=None), None, deadline)
-        val = res.lower.numpy()
+        val = res.lower.cpu().numpy()
         new_lo[:, sel] = np.maximum(new_lo[:, sel], val[:, :r])
         new_hi[:, sel] = np.minimum(new_hi[:, sel], -val[:, r:])
         done += 2 * r
@@ -798,6 +800,7 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
     if options.joint_intermediate not in JOINT_CHOICES:
         raise InputError(f"joint_intermediate must be one of {', '.join(JOINT_CHOICES)}, not "
                          f"{options.joint_intermediate!r}")
+    check_device(options.device)
     _check_domains(network, domains)
     d = domains.size
     if mix is not None:
@@ -805,7 +808,7 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
             raise InputError(f"row mixture base rows must have {network.num_classes} columns; got {mix.base.shape}")
         coeffs = mix.coefficients()
     a0 = _output_rows(network, coeffs, d)
-    with torch_threads(options.threads):
+    with torch_threads(options.threads), torch_device(options.device):
         used, empty = _clamped(network, domains)
         rows_intermediate = 0
         if options.optimize_intermediate:
@@ -825,15 +828,15 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
         if joint is not None and res.joint == "on":
             stats.update(joint_rows=joint.rows, joint_shared=joint.shared, joint_steps=joint.steps)
             used = _with_joint_bounds(used, joint)
-    lower = res.lower.numpy().copy()
-    crown_lower = res.crown_lower.numpy().copy()
+    lower = res.lower.cpu().numpy().copy()
+    crown_lower = res.crown_lower.cpu().numpy().copy()
     lower[empty] = np.inf
     crown_lower[empty] = np.inf
     seconds = time.perf_counter() - start_time
     a_x = capture.pop(network.input_name, None)
     return AlphaResult(lower, crown_lower, res.state, res.iterations, seconds, used,
-                       {k: v.numpy() for k, v in capture.items()}, empty, stats,
-                       None if a_x is None else a_x.numpy())
+                       {k: v.cpu().numpy() for k, v in capture.items()}, empty, stats,
+                       None if a_x is None else a_x.cpu().numpy())
 
 
 def _with_joint_bounds(domains: DomainBatch, joint: JointLayer) -> DomainBatch:
@@ -844,23 +847,25 @@ def _with_joint_bounds(domains: DomainBatch, joint: JointLayer) -> DomainBatch:
     with torch.no_grad():
         for t, (lo, hi) in joint.carried(joint.best_lo, joint.best_hi).items():
             if t in pre_lo:
-                pre_lo[t], pre_hi[t] = lo.numpy()[None].copy(), hi.numpy()[None].copy()
+                pre_lo[t], pre_hi[t] = lo.cpu().numpy()[None].copy(), hi.cpu().numpy()[None].copy()
     return DomainBatch(domains.lower, domains.upper, pre_lo, pre_hi, domains.splits)
 
 
-def bounds_at(network: Network, domains: DomainBatch, coeffs: np.ndarray, state: AlphaState | None) -> np.ndarray:
+def bounds_at(network: Network, domains: DomainBatch, coeffs: np.ndarray, state: AlphaState | None, *,
+              device: str = "cpu") -> np.ndarray:
     """Sound lower bounds ``(D, S)`` of ``coeffs`` (``(S, C)`` or ``(D, S, C)``) at given parameters (projected into
     range; missing ones are CROWN's): one backward pass, no optimisation and no comparison with CROWN — the cheap
-    estimate branching heuristics need (``+inf`` for an empty domain)."""
+    estimate branching heuristics need (``+inf`` for an empty domain). ``device``: as ``AlphaOptions.device``."""
+    check_device(device)
     _check_domains(network, domains)
     a0 = _output_rows(network, coeffs, domains.size)
-    with torch_threads(1), torch.no_grad():
+    with torch_threads(1), torch_device(device), torch.no_grad():
         used, empty = _clamped(network, domains)
         ctx = _context(network, used)
         out = network.output_name
         plan = _plan(network, out)
         ctx.params = _adopt(_default_params(ctx, plan, domains.size, a0.shape[1]), state, ctx)
-        lower = _sound(*_backward(ctx, plan, out, a0)).numpy().copy()
+        lower = _sound(*_backward(ctx, plan, out, a0)).cpu().numpy().copy()
     lower[empty] = np.inf
     return lower
 
@@ -872,7 +877,8 @@ def tighten_intermediate(network: Network, bounds: Bounds, options: AlphaOptions
     deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
     start = time.perf_counter()
     dom = initial_domain(network, bounds.input_lower, bounds.input_upper, bounds)
-    with torch_threads(options.threads):
+    check_device(options.device)
+    with torch_threads(options.threads), torch_device(options.device):
         dom, rows = _optimise_intermediate(network, dom, options, deadline)
     lows, ups = dict(bounds.lower), dict(bounds.upper)
     for t in dom.pre_lower:

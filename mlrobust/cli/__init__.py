@@ -104,6 +104,16 @@ def hard_deadline(limit: float, give_up: Callable[[], int]) -> Optional[threadin
     timer.start()
     return timer
 
+def check_device_option(device: str) -> str:
+    """``--device``: "cpu" (checked without importing torch, so bad input is still reported at once) or "cuda",
+    which needs a GPU torch sees."""
+    if device != "cpu":
+        from mlrobust.ir.torch_exec import check_device
+
+        check_device(device)
+    return device
+
+
 EXIT_OK = 0
 EXIT_COUNTEREXAMPLE = 10
 EXIT_UNKNOWN = 20

@@ -26,6 +26,7 @@ from mlrobust.cli import (
     EXIT_UNKNOWN,
     EXIT_USAGE,
     app,
+    check_device_option,
     seconds_since_start,
 )
 from mlrobust.cli.files import IMAGE_SUFFIXES, atomic_path, atomic_write_text, check_output_path, input_file
@@ -276,6 +277,8 @@ def verify(
     time_limit: float = typer.Option(300.0, "--time-limit", help="Seconds of wall time for the whole command "
                                      "(start-up included): the search, or the check."),
     query_time_limit: float = typer.Option(30.0, "--query-time-limit", help="Seconds per verifier call."),
+    device: str = typer.Option("cpu", "--device", help="Where the branch and bound (bab, cascade-bab) runs its "
+                                                       "α/β bounds: cpu or cuda (a GPU torch sees)."),
     max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Verifier calls at most."),
     delta: str = typer.Option("auto", "--delta", help="Tolerance of steps and of the maximality check: a number, "
                               "or auto (an eighth of the uniform robust radius, within [1e-4, 1e-2])."),
@@ -314,6 +317,7 @@ def verify(
     check_choice(method, METHODS, "--method")
     check_choice(cutting, CUTTINGS, "--cutting")
     check_choice(verifier, VERIFIERS, "--verifier")
+    check_device_option(device)
     check_choice(output_format, FORMATS, "--format")
     delta_value = parse_delta(delta)
     if eps is not None and eps_layers is not None:
@@ -332,7 +336,7 @@ def verify(
     # the outputs' folders are made, and a file written in each, now that the inputs are known good; an input error
     # found later (by the search's own checks) removes the folders again
     common: dict[str, Any] = dict(object_mask=object_mask, object_box=object_box, object_label=object_label, k=k,
-                                  weights=weights, verifier=verifier, solver=solver)
+                                  weights=weights, verifier=verifier, solver=solver, device=device)
     settings: dict[str, Any] = {"solver": solver, "verifier": verifier, "time_limit": time_limit, "k": k,
                                 "weights": weights}
     search_args: dict[str, Any] = dict(method=method, cutting=cutting, query_time_limit=query_time_limit,

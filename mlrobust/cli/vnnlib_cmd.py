@@ -20,6 +20,7 @@ from mlrobust.cli import (
     EXIT_OK,
     EXIT_UNKNOWN,
     app,
+    check_device_option,
     hard_deadline,
 )
 from mlrobust.cli.files import atomic_write_text, input_file, output_file
@@ -42,6 +43,8 @@ def vnnlib(
     tightening: str = typer.Option("crown", "--tightening", help="Bounds before the MILP: ibp or crown."),
     verifier: str = typer.Option("cascade", "--verifier", help="After the attack and the bounds: cascade (MILP), "
                                                               "bab (branch and bound) or cascade-bab (both)."),
+    device: str = typer.Option("cpu", "--device", help="Where the branch and bound (bab, cascade-bab) runs its "
+                                                       "α/β bounds: cpu or cuda (a GPU torch sees)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the result to this file "
                                                             "(the VNN-COMP result file; its folder is created)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print which tier decided and the time (to "
@@ -61,6 +64,7 @@ def vnnlib(
     if verifier not in VNNLIB_VERIFIERS:
         raise InputError(f"--verifier must be one of {', '.join(VNNLIB_VERIFIERS)}, not {verifier!r}")
     check_solver(solver)
+    check_device_option(device)
     if out is not None:
         output_file(out, "--out")
 
@@ -82,7 +86,7 @@ def vnnlib(
     watchdog = None if timeout is None else hard_deadline(timeout, give_up)
     with notes():
         network = load_onnx(model, output=output)
-        result = check_vnnlib(network, spec, solver=solver, tightening=tightening, verifier=verifier,
+        result = check_vnnlib(network, spec, solver=solver, tightening=tightening, verifier=verifier, device=device,
                               timeout=None if timeout is None else time_left(timeout))
     with ANSWER_LOCK:
         if watchdog is not None:

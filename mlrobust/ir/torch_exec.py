@@ -12,7 +12,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
+
+#: Devices the bound engines' tensors can live on.
+DEVICES = ("cpu", "cuda")
+
+
+def check_device(name: str) -> str:
+    """``name`` if torch can put tensors there, else a clear :class:`InputError` (a GPU asked for where torch sees
+    none is an input error, not a failure deep inside the first bound)."""
+    if name not in DEVICES:
+        raise InputError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device cuda asked for, but torch sees no GPU (torch.cuda.is_available() is False); "
+                         "use --device cpu")
+    return name
+
+
+@contextmanager
+def torch_device(name: str) -> Iterator[None]:
+    """Create the tensors made inside on device ``name``. On the CPU nothing is installed: a device mode sends every
+    torch call through Python dispatch, which the many small ops of a bound pass would pay for."""
+    if name == "cpu":
+        yield
+        return
+    with torch.device(check_device(name)):
+        yield
 
 
 @contextmanager

@@ -111,7 +111,7 @@ class GatherOp(OpRules):
 
         shapes = [network.shape_of(t) for t in node.inputs]
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-        idx = torch.from_numpy(self.index(shapes).copy())  # the cached index is read-only
+        idx = torch.from_numpy(self.index(shapes).copy()).to(a.device)  # the cached index is read-only
         rows = a.shape[:lead]
         flat = a.reshape(*rows, -1)
         total = sum(sizes)

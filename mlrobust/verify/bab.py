@@ -27,7 +27,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from mlrobust.bounds.margin import linear_bounds
 from mlrobust.bounds.result import Bounds
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
+from mlrobust.ir.torch_exec import check_device
 from mlrobust.milp.tightening import Tightened, tighten
 from mlrobust.verify.attack import pgd
 from mlrobust.verify.bab_bounds import AlphaEngine, Domain, DomainBound, SplitCrown
@@ -237,7 +238,9 @@ class BabOptions:
     "stalled") once that share of the time limit has passed while the worst open bound has closed less than
     ``stall_progress`` of the root's gap to ``-ROBUST_TOLERANCE`` — for a verifier after which another tier (the
     cascade's MILP) may still decide the query; None: never. ``attack_every``: rounds between PGD runs
-    from the worst domains' corners. ``time_limit``: default seconds when the caller gives none.
+    from the worst domains' corners. ``time_limit``: default seconds when the caller gives none (honoured at the
+    root and in every round: see :meth:`BabVerifier.run`). ``device``: where the α/β engine's tensors live ("cpu" or
+    "cuda"; plain CROWN, the attacks and the MILP stay on the CPU).
     """
 
     batch_size: int = 32
@@ -261,6 +264,7 @@ class BabOptions:
     root_intermediate: float = 0.05
     stall_share: float | None = None
     stall_progress: float = 0.1
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
@@ -269,6 +273,7 @@ class BabOptions:
             raise InputError(f"unknown bound engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.batch_size < 1 or self.max_domains < 1:
             raise InputError("batch_size and max_domains must be positive")
+        check_device(self.device)
 
 
 BRANCHING = ("babsr", "fsb", "widest")
@@ -359,7 +364,15 @@ class BabVerifier:
         """Branch and bound on ``spec`` over ``box`` (or, with ``topk=(target, k)``, the top-k spec built after the
         root bound so that classes the root already proves are left out of the clauses; ``margin_upper`` are
         known upper bounds of ``y_c - y_t`` on the box that help that pruning). ``root_bounds``: bounds of every
-        tensor over the box (CROWN's), else computed here."""
+        tensor over the box (CROWN's), else computed here.
+
+        The time limit holds at the root and in every round: the attacks, the root's α-CROWN re-bounding, CROWN
+        refreshes and α/β optimisations all stop at the deadline (their bounds stay sound), the root gives Unknown
+        if its first bound ends past it, and a round is not started when less time is left than the last round's
+        splitting took. What can still run past it is work already started that is not anytime: one CROWN
+        back-substitution layer of a refresh, the few fixed passes of one α/β call (CROWN's start, the warm start,
+        the final float64 evaluation), one round's splitting, and CROWN over the box when ``root_bounds`` is not
+        given."""
         opts = self.options
         start = time.perf_counter()
         limit = opts.time_limit if time_limit is None else time_limit
@@ -403,14 +416,22 @@ class BabVerifier:
         if (opts.root_intermediate > 0 and isinstance(engine, AlphaEngine) and limit is not None
                 and _intermediate_cost(network, rb) <= ROOT_INTERMEDIATE_MAX_COST):
             # the last refined pre-activation layer re-bounded by α-CROWN once: every domain inherits it
-            rb, rows = tighten_intermediate(network, rb, AlphaOptions(iterations=50,
-                                                                      time_limit=opts.root_intermediate * limit))
+            share = min(opts.root_intermediate * limit, _time_left(deadline))
+            rb, rows = tighten_intermediate(network, rb, replace(engine.options, iterations=50, time_limit=share))
             stats["root_intermediate_rows"] = rows
         root = engine.root(box.lower, box.upper, rb.lower, rb.upper)
         if spec is None:
             target, k = topk  # type: ignore[misc]
             singles = topk_spec(network.num_classes, target, k, pair_weights=())  # every margin, no combinations
-            ub = _upper(engine.bound([root], _coeffs(singles))[0], singles)
+            first = engine.bound([root], _coeffs(singles), deadline)[0]
+            ub = _upper(first, singles)
+            if out_of_time():
+                at_root = float(singles.value(ub)[0])
+                return finish("unknown", at_root, f"time limit at the root (worst bound {at_root:.4g})")
+            if first.feasible:
+                # the refreshed root: the second bound below need not refresh it again (its warm start is for
+                # other rows, so it is dropped)
+                root = replace(first.domain, warm=None)
             others = np.delete(np.arange(network.num_classes), target)
             known = np.full(network.num_classes, np.inf)
             known[others] = ub
@@ -420,7 +441,7 @@ class BabVerifier:
                              mixed=opts.mixed_rows and isinstance(engine, AlphaEngine))
         coeffs = _coeffs(spec)
         mix = spec.objective_mix()
-        rootb = engine.bound([root], coeffs, mix=mix)[0]
+        rootb = engine.bound([root], coeffs, deadline, mix=mix)[0]
         stats["bound_seconds"] += time.perf_counter() - t0
         stats["domains"] += 1
         stats["mode"] = "input" if input_split else "relu"
@@ -434,6 +455,7 @@ class BabVerifier:
         queue.push(root_dom)
         proven_max = float("-inf")
         rounds = 0
+        last_branch_seconds = 0.0  # what the last round's splitting took: the next one is not started without it
         while len(queue):
             handoff = self.milp is not None and topk is not None and len(queue) <= opts.milp_max_domains and (
                 stats["domains"] >= opts.max_domains
@@ -460,12 +482,22 @@ class BabVerifier:
             if stats["domains"] >= opts.max_domains:
                 return finish("unknown", queue.worst(), f"domain limit {opts.max_domains} reached "
                                                            f"(worst bound {queue.worst():.4g})")
+            if deadline is not None and _time_left(deadline) < last_branch_seconds:
+                # picking the splits is not anytime: a round that cannot finish it would only overrun the deadline
+                return finish("unknown", queue.worst(), f"time limit with {len(queue)} domains open "
+                                                           f"(worst bound {queue.worst():.4g})")
             rounds += 1
             stats["rounds"] = rounds
             batch = queue.pop(opts.batch_size)
             t0 = time.perf_counter()
             children = self._branch_all(engine, batch, input_split, coeffs)
-            stats["branch_seconds"] += time.perf_counter() - t0
+            last_branch_seconds = time.perf_counter() - t0
+            stats["branch_seconds"] += last_branch_seconds
+            if out_of_time():
+                for dom in batch:  # not split after all: they stay open
+                    queue.push(dom)
+                return finish("unknown", queue.worst(), f"time limit with {len(queue)} domains open "
+                                                           f"(worst bound {queue.worst():.4g})")
             if not children:  # nothing left to split yet unproven: only possible with degenerate bounds
                 return finish("unknown", max(d.value for d in batch), "a domain has no unstable ReLU to split "
                                                                        "and is not proven")
@@ -563,7 +595,8 @@ class BabVerifier:
         name = opts.engine if opts.engine != "auto" else ("crown" if input_split else "alpha")
         if name == "crown":
             return SplitCrown(network)
-        return AlphaEngine(network, AlphaOptions(iterations=opts.alpha_iterations), refresh=opts.refresh_intermediate)
+        return AlphaEngine(network, AlphaOptions(iterations=opts.alpha_iterations, device=opts.device),
+                           refresh=opts.refresh_intermediate)
 
     @staticmethod
     def _absorb(r: DomainBound, spec: OutputSpec) -> Domain:
@@ -706,6 +739,11 @@ def _intermediate_cost(network: Network, bounds: Bounds) -> int:
             break
         path += int(np.prod(network.shape_of(node.output)))
     return 2 * unstable * path
+
+
+def _time_left(deadline: float | None) -> float:
+    """Seconds until ``deadline`` (never negative; infinite without one)."""
+    return float("inf") if deadline is None else max(deadline - time.perf_counter(), 0.0)
 
 
 def _coeffs(spec: OutputSpec) -> np.ndarray:

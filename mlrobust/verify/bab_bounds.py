@@ -174,12 +174,12 @@ class SplitCrown:
                 if deadline is not None and time.perf_counter() >= deadline:
                     out.append(DomainBound(np.full(coeffs.shape[0], -np.inf), d))
                 else:
-                    out.append(self._bound_one(d, coeffs))
+                    out.append(self._bound_one(d, coeffs, deadline))
         return out
 
-    def _bound_one(self, dom: Domain, coeffs: np.ndarray) -> DomainBound:
+    def _bound_one(self, dom: Domain, coeffs: np.ndarray, deadline: float | None = None) -> DomainBound:
         net = self.network
-        refreshed = self.refresh(dom)
+        refreshed = self.refresh(dom, deadline)
         if refreshed is None:
             return DomainBound(np.full(coeffs.shape[0], np.inf), dom, feasible=False)
         fresh, rec = refreshed
@@ -190,9 +190,13 @@ class SplitCrown:
         input_coeff = None if rec.input_coeff is None else rec.input_coeff.numpy()
         return DomainBound(val, fresh, True, relu_coeff, input_coeff)
 
-    def refresh(self, dom: Domain) -> tuple[Domain, _Recorder] | None:
+    def refresh(self, dom: Domain, deadline: float | None = None) -> tuple[Domain, _Recorder] | None:
         """The domain with bounds recomputed downstream of what changed (None: the domain is empty), and the
-        back-substitution engine holding the fresh bounds of every tensor."""
+        back-substitution engine holding the fresh bounds of every tensor.
+
+        Past ``deadline`` no further back-substitution starts: the remaining tensors keep their interval bounds
+        intersected with the domain's priors (sound, only looser), so a refresh overruns a deadline by at most one
+        layer's back-substitution."""
         net = self.network
         lows: dict[str, np.ndarray] = {net.input_name: dom.lower}
         ups: dict[str, np.ndarray] = {net.input_name: dom.upper}
@@ -216,7 +220,7 @@ class SplitCrown:
                 hi = np.minimum(hi, dom.pre_upper[out])
             if out in sign_of:
                 lo, hi = _clamp(lo, hi, sign_of[out])
-            if stale and self._needs_crown.get(out, False):
+            if stale and self._needs_crown.get(out, False) and (deadline is None or time.perf_counter() < deadline):
                 idx = self._refine_index(out, lo, hi)
                 if idx.size:
                     c_lo, c_hi = rec.neuron_bounds(out, idx)
@@ -281,7 +285,8 @@ class AlphaEngine:
     (:meth:`SplitCrown.refresh`, one domain at a time), which tightens what α/β start from at the price of the
     intermediate back-substitutions; without it a child keeps its parent's intermediate bounds (sound: it is a
     subset), with its split neurons clamped. Input coefficients are not available, so input bisection falls back
-    to the widest dimension.
+    to the widest dimension. The α/β passes run on ``options.device``, and the queued domains' warm starts stay
+    there; the CROWN refreshes and the domains' bounds stay on the CPU (numpy).
     """
 
     name = "alpha"
@@ -321,7 +326,7 @@ class AlphaEngine:
                 # past the deadline the inherited bounds are used as they are (sound for a sub-domain)
                 late = deadline is not None and time.perf_counter() >= deadline
                 if not late and (self.refresh_intermediate or dom.box_changed or not dom.pre_lower):
-                    refreshed = self.crown.refresh(dom)
+                    refreshed = self.crown.refresh(dom, deadline)
                     if refreshed is None:
                         out[i] = DomainBound(np.full(coeffs.shape[0], np.inf), dom, feasible=False)
                         continue
@@ -340,7 +345,7 @@ class AlphaEngine:
                                   else min(options.time_limit, left))
             res = alpha_bounds(self.network, batch, coeffs, options=options, warm=warm, mix=mix)
             weights = res.state.mix.get("rows")
-            mixed = None if mix is None or weights is None else mix.coefficients(weights.numpy())
+            mixed = None if mix is None or weights is None else mix.coefficients(weights.cpu().numpy())
             infeasible = res.infeasible if res.infeasible is not None else np.zeros(len(live), dtype=bool)
             for j, (i, dom) in enumerate(zip(where, live)):
                 if infeasible[j]:
@@ -392,7 +397,7 @@ class AlphaEngine:
                                      if isinstance(d.warm, AlphaState)])
             warm = None if parents is None else parents.select(owner)
         coeffs = np.asarray(objectives, dtype=np.float64)[np.asarray(owner)][:, None, :]
-        lower = bounds_at(net, batch, coeffs, warm)[:, 0]
+        lower = bounds_at(net, batch, coeffs, warm, device=self.options.device)[:, 0]
         out: list[np.ndarray] = []
         at = 0
         for mine in choices:
@@ -417,7 +422,7 @@ def _scatter_rows(full: object | None, part: AlphaState, rows: np.ndarray) -> Al
             if v.shape[0] != w.shape[0] or v.shape[2:] != w.shape[2:] or w.shape[1] != idx.numel():
                 return None
             v = v.clone()
-            v[:, idx] = w.to(v.dtype)
+            v[:, idx.to(v.device)] = w.to(v.dtype)
             new[k] = v
     return out
 

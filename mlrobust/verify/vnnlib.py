@@ -111,12 +111,12 @@ def _clause_bounds(network: Network, box: Box, builder: MilpBuilder, clauses: li
 
 def decide_region(network: Network, region: VnnlibRegion, solver: str | SolverBackend | None = "highs",
                   time_limit: float | None = None, attack: PgdAttack | None = None,
-                  tightening: str = "crown", verifier: str = "cascade") -> VnnlibResult:
+                  tightening: str = "crown", verifier: str = "cascade", device: str = "cpu") -> VnnlibResult:
     """Decide one region with the pipeline ``verify`` uses (:mod:`mlrobust.verify.decision`): the attack (with
     ``attack``'s settings, by default the cascade's), bounds, then the MILP and the same verdict rule.
 
     ``verifier``: "cascade" (as above), "bab" (branch and bound instead of the MILP) or "cascade-bab" (branch and
-    bound for half the time left, then the MILP).
+    bound for half the time left, then the MILP). ``device``: where the branch and bound runs its α/β bounds.
     """
     if verifier not in VNNLIB_VERIFIERS:
         raise InputError(f"unknown verifier {verifier!r}; choose one of {', '.join(VNNLIB_VERIFIERS)}")
@@ -161,7 +161,7 @@ def decide_region(network: Network, region: VnnlibRegion, solver: str | SolverBa
         spec.cap = np.concatenate([_cert_caps(h) for h in highs])  # the bounds above, sound on every sub-domain
         remaining = left()
         share = remaining if remaining is None or verifier == "bab" else remaining / 2
-        bab = BabVerifier().run(network, box, spec, share, attack=False,
+        bab = BabVerifier(device=device).run(network, box, spec, share, attack=False,
                                 root_bounds=bounds if bounds.method.startswith("crown") else None)
         stats["bab"] = bab.stats
         if bab.status == "violated" and bab.counterexample is not None:
@@ -196,10 +196,12 @@ def _cert_caps(highs: np.ndarray) -> np.ndarray:
 
 
 def check_vnnlib(network: Network, prop: VnnlibProperty | str | Path, solver: str | SolverBackend | None = "highs",
-                 timeout: float | None = None, tightening: str = "crown", verifier: str = "cascade") -> VnnlibResult:
+                 timeout: float | None = None, tightening: str = "crown", verifier: str = "cascade",
+                 device: str = "cpu") -> VnnlibResult:
     """Decide a whole VNN-LIB property: sat as soon as one region is sat, unsat when every region is unsat.
 
-    ``verifier``: how each region is decided after the attack and the bounds (see :func:`decide_region`).
+    ``verifier``: how each region is decided after the attack and the bounds (see :func:`decide_region`);
+    ``device``: where its branch and bound runs the α/β bounds ("cpu" or "cuda").
     """
     if verifier not in VNNLIB_VERIFIERS:
         raise InputError(f"unknown verifier {verifier!r}; choose one of {', '.join(VNNLIB_VERIFIERS)}")
@@ -220,7 +222,7 @@ def check_vnnlib(network: Network, prop: VnnlibProperty | str | Path, solver: st
         if left is not None and left <= 0:
             results.append(VnnlibResult("timeout", reason="no time left for this region"))
             break
-        res = decide_region(network, region, solver, left, tightening=tightening, verifier=verifier)
+        res = decide_region(network, region, solver, left, tightening=tightening, verifier=verifier, device=device)
         if res.status == "sat":
             res.seconds = time.perf_counter() - start
             return res
