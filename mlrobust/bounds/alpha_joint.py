@@ -42,7 +42,7 @@ from mlrobust.ir.graph import Network, Node
 from mlrobust.ops.coeffs import Patch, gather
 from mlrobust.ops.conv2d import Conv2d
 from mlrobust.ops.maxpool2d import AlphaPoolRelax, maxpool_candidates, pool_index
-from mlrobust.ops.relu import AlphaReluRelax
+from mlrobust.ops.relu import AlphaReluRelax, relu_triangle
 
 Tensor = torch.Tensor
 _F64 = torch.float64
@@ -118,13 +118,7 @@ class _FrozenRelu:
 
 
 def _frozen_relu(lo: np.ndarray, hi: np.ndarray) -> _FrozenRelu:
-    active, inactive = lo >= 0, hi <= 0
-    unstable = ~active & ~inactive
-    width = np.where(unstable, hi - lo, 1.0)
-    slope = np.where(active, 1.0, np.where(unstable, hi / width, 0.0))
-    icpt = np.where(unstable, -slope * lo, 0.0)
-    alpha = np.where(active | (unstable & (hi >= -lo)), 1.0, 0.0)
-    return _FrozenRelu(*(torch.as_tensor(np.ascontiguousarray(v)) for v in (active, unstable, slope, icpt, alpha)))
+    return _FrozenRelu(*(torch.as_tensor(np.ascontiguousarray(v)) for v in relu_triangle(lo, hi)))
 
 
 class _ConvPair:

@@ -50,16 +50,23 @@ class AlphaReluRelax:
     sign: torch.Tensor | None  # split sign as float, None when no neuron of this node is split
 
 
-def alpha_relu_relax(lo: np.ndarray, hi: np.ndarray, split: np.ndarray | None) -> AlphaReluRelax:
-    """Relaxation of a ReLU from ``(D, *shape)`` bounds already clamped by the splits."""
-    import torch
-
+def relu_triangle(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The triangle relaxation of a ReLU from bounds of any shape: ``(active, unstable, up_slope, up_icpt,
+    default_alpha)``, the lower slope starting at 1 where ``hi >= -lo`` (CROWN's adaptive choice), else 0."""
     active, inactive = lo >= 0, hi <= 0
     unstable = ~active & ~inactive
     width = np.where(unstable, hi - lo, 1.0)
     slope = np.where(active, 1.0, np.where(unstable, hi / width, 0.0))
     icpt = np.where(unstable, -slope * lo, 0.0)
     alpha = np.where(active | (unstable & (hi >= -lo)), 1.0, 0.0)
+    return active, unstable, slope, icpt, alpha
+
+
+def alpha_relu_relax(lo: np.ndarray, hi: np.ndarray, split: np.ndarray | None) -> AlphaReluRelax:
+    """Relaxation of a ReLU from ``(D, *shape)`` bounds already clamped by the splits."""
+    import torch
+
+    active, unstable, slope, icpt, alpha = relu_triangle(lo, hi)
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a))[:, None]
