@@ -15,6 +15,21 @@ if TYPE_CHECKING:
     from mlrobust.ir.graph import Network, Node
 
 
+def conv_text(op: Any, in_channels: int, out_channels: int, output_padding: tuple[int, ...] = ()) -> str:
+    """``inspect``'s summary of a convolution or transposed convolution: channels, kernel, stride, and the padding,
+    output padding, dilation and groups where they are not the defaults."""
+    parts = [f"{in_channels} → {out_channels}", f"k{op.kernel[0]}×{op.kernel[1]}",
+             f"stride {op.stride[0]},{op.stride[1]}"]
+    if any(op.padding):
+        parts.append("pad " + ",".join(map(str, op.padding)))
+    if any(output_padding):
+        parts.append("output pad " + ",".join(map(str, output_padding)))
+    if op.dilation != (1, 1):
+        parts.append(f"dilation {op.dilation[0]},{op.dilation[1]}")
+    if op.groups != 1:
+        parts.append(f"groups {op.groups}")
+    return " ".join(parts)
+
 @dataclass(eq=False)
 class Conv2d(OpRules):
     """2-D convolution (cross-correlation) with bias, strides, pads (top, left, bottom, right), dilations, groups."""
@@ -54,15 +69,7 @@ class Conv2d(OpRules):
         return self.weight.size + self.bias.size
 
     def describe(self, node: Node, network: Network) -> str:
-        parts = [f"{self.weight.shape[1] * self.groups} → {self.weight.shape[0]}", f"k{self.kernel[0]}×{self.kernel[1]}",
-                 f"stride {self.stride[0]},{self.stride[1]}"]
-        if any(self.padding):
-            parts.append("pad " + ",".join(map(str, self.padding)))
-        if self.dilation != (1, 1):
-            parts.append(f"dilation {self.dilation[0]},{self.dilation[1]}")
-        if self.groups != 1:
-            parts.append(f"groups {self.groups}")
-        return " ".join(parts)
+        return conv_text(self, self.weight.shape[1] * self.groups, self.weight.shape[0])
 
     def torch_buffers(self, network: Network, node: Node) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "bias": self.bias}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlrobust.ops.base import FP_REL, CrownStep, OpRules
-from mlrobust.ops.conv2d import Conv2d
+from mlrobust.ops.conv2d import Conv2d, conv_text
 
 if TYPE_CHECKING:
     import torch
@@ -92,17 +92,7 @@ class ConvTranspose2d(OpRules):
         return self.weight.size + self.bias.size
 
     def describe(self, node: Node, network: Network) -> str:
-        parts = [f"{self.weight.shape[0]} → {self.out_channels}", f"k{self.kernel[0]}×{self.kernel[1]}",
-                 f"stride {self.stride[0]},{self.stride[1]}"]
-        if any(self.padding):
-            parts.append("pad " + ",".join(map(str, self.padding)))
-        if any(self.output_padding):
-            parts.append("output pad " + ",".join(map(str, self.output_padding)))
-        if self.dilation != (1, 1):
-            parts.append(f"dilation {self.dilation[0]},{self.dilation[1]}")
-        if self.groups != 1:
-            parts.append(f"groups {self.groups}")
-        return " ".join(parts)
+        return conv_text(self, self.weight.shape[0], self.out_channels, self.output_padding)
 
     def torch_buffers(self, network: Network, node: Node) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "bias": self.bias}
