@@ -22,7 +22,6 @@ from mlrobust.bounds.alpha_crown import (
     _clamped,
     _context,
     _plan,
-    _project,
     _sound,
     alpha_bounds,
     alpha_margin_bounds,
@@ -30,6 +29,7 @@ from mlrobust.bounds.alpha_crown import (
     initial_domain,
 )
 from mlrobust.bounds.alpha_margin import AlphaCache, pair_kth_upper
+from mlrobust.bounds.alpha_params import project
 from mlrobust.bounds.crown import BackSubstitution, crown
 from mlrobust.bounds.margin import margin_bounds
 from mlrobust.errors import InputError
@@ -60,14 +60,14 @@ def _random_params(net: Network, domains: DomainBatch, rows: int, seed: int, bet
     for node in net.nodes:
         if isinstance(node.op, Relu):
             st_.alpha[node.name] = torch.rand((d, rows, *node.out_shape), generator=gen, dtype=torch.float64)
-            if beta and ctx.relu[node.name].sign is not None:
+            if beta and ctx.relax[node.name].sign is not None:
                 st_.beta[node.name] = 3.0 * torch.rand((d, rows, *node.out_shape), generator=gen, dtype=torch.float64)
         elif isinstance(node.op, MaxPool2d):
-            lam = ctx.pool[node.name].default_lam
+            lam = ctx.relax[node.name].default_lam
             st_.pool[node.name] = torch.rand((d, rows, *lam.shape[2:]), generator=gen, dtype=torch.float64) * 2 - 0.5
-            theta = ctx.pool[node.name].default_tau
+            theta = ctx.relax[node.name].default_tau
             st_.tau[node.name] = torch.rand((d, rows, *theta.shape[2:]), generator=gen, dtype=torch.float64)
-    _project(st_, ctx)
+    project(st_, ctx)
     return st_
 
 

@@ -43,14 +43,19 @@ chunks), and interval propagation then carries the tighter bounds to the later p
 
 Coefficients are dense ``(D, S, *tensor_shape)`` torch tensors (D domains, S rows); each op kind's backward rule is its
 ``alpha_step`` (in its module of :mod:`mlrobust.ops`), which reads the relaxations and parameters of ``_Context``.
+The parameters themselves belong to the op kinds too: each declares its families (initialisation from CROWN's
+choice, projection, learning rate) in its module, and :mod:`mlrobust.bounds.alpha_params` asks for them. A family
+whose learning rate is 0 (the MaxPool thresholds by default) stays at CROWN's choice on the current bounds: an
+optimisation does not take it from a warm start (the result's state still holds the values its bound was evaluated
+at, so :func:`bounds_at` reproduces that bound).
 
 API::
 
     AlphaOptions(iterations=20, lr_alpha=0.1, lr_beta=0.05, time_limit=None, optimize_intermediate=False,
                  early_stop=None, intermediate_chunk=256, threads=1, lr_pool=0.3, lr_tau=0.0,
                  loop_dtype="float32", lr_mix=0.1, joint_intermediate="off", device="cpu")
-    AlphaState(alpha, pool, beta, tau, mix)   # warm start; .select(idx), .select_rows(idx), .concat_rows(states),
-                                         # .domains, .rows
+    AlphaState(families)   # warm start (mlrobust.bounds.alpha_params); .family(name), .select(idx),
+                           # .select_rows(idx), .concat_rows(states), .stack(states), .domains, .rows
     DomainBatch(lower, upper, pre_lower, pre_upper, splits)   # .size, .select(idx)
     AlphaResult(lower, crown_lower, state, iterations, seconds, domains, relu_coeffs, infeasible, stats,
                 input_coeffs)
@@ -72,25 +77,35 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
 
 from mlrobust.bounds.alpha_joint import JointLayer, joint_layer, pool_relax_of, relu_relax_of
+from mlrobust.bounds.alpha_params import (
+    MIX,
+    AlphaState,
+    adopt,
+    default_params,
+    fixed_families,
+    param_groups,
+    project,
+)
 from mlrobust.bounds.crown import (
     _needs_crown,
     crown,
 )
-from mlrobust.bounds.ibp import FP_REL, interval_affine
+from mlrobust.bounds.ibp import FP_REL, intersect_intervals, propagate_intervals
 from mlrobust.bounds.margin import _interval_linear
 from mlrobust.bounds.result import Bounds, check_box
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
 from mlrobust.ir.torch_exec import check_device, torch_device, torch_threads
 from mlrobust.ops.coeffs import rows as _rows
+from mlrobust.ops.maxpool2d import POOL_THRESHOLDS
 from mlrobust.ops.maxpool2d import AlphaPoolRelax as _PoolRelax
 from mlrobust.ops.relu import AlphaReluRelax as _ReluRelax
-from mlrobust.ops.smooth import AlphaSmoothRelax as _SmoothRelax
 
 Tensor = torch.Tensor
 _F64 = torch.float64
@@ -136,69 +151,6 @@ class AlphaOptions:
     lr_mix: float = 0.1
     joint_intermediate: str = "off"
     device: str = "cpu"
-
-
-@dataclass
-class AlphaState:
-    """Optimised parameters per node, each ``(D, S, ...)``: ReLU slopes ``alpha``, MaxPool lower-line weights
-    ``pool`` and upper-line thresholds ``tau`` (as a fraction of the range ``[max l, max u]`` of the window),
-    split multipliers ``beta``, row-mixture weights ``mix["rows"]`` ``(D, S, R)``. Any values are sound; they only speed up
-    a later call on a similar box or on sub-domains.
-    """
-
-    alpha: dict[str, Tensor] = field(default_factory=dict)
-    pool: dict[str, Tensor] = field(default_factory=dict)
-    beta: dict[str, Tensor] = field(default_factory=dict)
-    tau: dict[str, Tensor] = field(default_factory=dict)
-    mix: dict[str, Tensor] = field(default_factory=dict)  # "rows": (D, S, R) weights of a RowMix
-
-    def groups(self) -> tuple[dict[str, Tensor], ...]:
-        return (self.alpha, self.pool, self.beta, self.tau, self.mix)
-
-    def _first(self) -> Tensor | None:
-        for group in self.groups():
-            for v in group.values():
-                return v
-        return None
-
-    @property
-    def domains(self) -> int:
-        v = self._first()
-        return 0 if v is None else int(v.shape[0])
-
-    @property
-    def rows(self) -> int:
-        v = self._first()
-        return 0 if v is None else int(v.shape[1])
-
-    def map(self, fn: Callable[[Tensor], Tensor]) -> AlphaState:
-        return AlphaState(*({k: fn(v) for k, v in g.items()} for g in self.groups()))
-
-    def select(self, idx: np.ndarray | list[int]) -> AlphaState:
-        """The state of domains ``idx`` (repeats allowed: two children of one parent both start from it)."""
-        i = torch.as_tensor(np.asarray(idx, dtype=np.int64))
-        return self.map(lambda v: v[i])
-
-    def select_rows(self, idx: np.ndarray | list[int]) -> AlphaState:
-        """The state of specification rows ``idx`` (all domains)."""
-        i = torch.as_tensor(np.asarray(idx, dtype=np.int64))
-        return self.map(lambda v: v[:, i])
-
-    @staticmethod
-    def concat_rows(states: list[AlphaState | None]) -> AlphaState | None:
-        """Rows of several states side by side (same domains); a None stands for one row of CROWN's defaults (NaN).
-        None when no state is given."""
-        known = [s for s in states if s is not None]
-        if not known:
-            return None
-        like = known[0]
-        parts = [s if s is not None else like.select_rows([0]).map(lambda v: torch.full_like(v, float("nan")))
-                 for s in states]
-        keys = [list(g) for g in like.groups()]
-        if any([list(g) for g in p.groups()] != keys for p in parts):
-            return None
-        return AlphaState(*({k: torch.cat([p.groups()[i][k] for p in parts], dim=1) for k in keys[i]}
-                            for i in range(len(keys))))
 
 
 @dataclass
@@ -293,25 +245,12 @@ class AlphaResult:
 
 
 # --- relaxations built from the domains' bounds ---------------------------------------------------------------
-def _project_simplex(v: Tensor, valid: Tensor) -> Tensor:
-    """Euclidean projection of the last axis onto the probability simplex over the ``valid`` entries (others 0)."""
-    v = torch.where(valid, v, torch.full_like(v, -1e30))
-    srt, _ = torch.sort(v, dim=-1, descending=True)
-    css = srt.cumsum(-1) - 1.0
-    ks = torch.arange(1, v.shape[-1] + 1, dtype=v.dtype)
-    cond = (srt - css / ks) > 0
-    rho = cond.to(v.dtype).cumsum(-1).argmax(-1, keepdim=True)  # last index where cond holds
-    tau = css.gather(-1, rho) / (rho + 1).to(v.dtype)
-    return torch.where(valid, (v - tau).clamp(min=0.0), torch.zeros_like(v))
-
-
 @dataclass
 class _Context:
     """Everything one backward pass reads: the network, the relaxations and the current parameters."""
 
     network: Network
-    relu: dict[str, _ReluRelax]
-    pool: dict[str, _PoolRelax]
+    relax: dict[str, Any]  # per node with α parameters: its op's relaxation (``alpha_relax``)
     in_lower: Tensor  # (D, 1, *input_shape)
     in_upper: Tensor
     params: AlphaState
@@ -320,7 +259,6 @@ class _Context:
     mix_base: Tensor | None = None  # (R, *shape of the bounded tensor): base rows of a RowMix
     mix_valid: Tensor | None = None  # (1, S, R) bool
     mix_init: Tensor | None = None  # (1, S, R)
-    smooth: dict[str, _SmoothRelax] = field(default_factory=dict)  # Sigmoid/Tanh nodes
     _consts: dict[int, tuple[object, Tensor]] = field(default_factory=dict)
 
     def const(self, arr: np.ndarray) -> Tensor:
@@ -337,13 +275,10 @@ class _Context:
         def c(x: Tensor) -> Tensor:
             return x.to(dtype) if x.is_floating_point() else x
 
-        relu = {k: _ReluRelax(r.active, r.unstable, c(r.up_slope), c(r.up_icpt), c(r.default_alpha),
-                              None if r.sign is None else c(r.sign)) for k, r in self.relu.items()}
-        pool = {k: _PoolRelax(r.win_idx, r.valid, r.n_in, c(r.l_win), c(r.u_win), c(r.tau_lo), c(r.tau_hi),
-                              c(r.default_lam), c(r.default_tau)) for k, r in self.pool.items()}
-        return _Context(self.network, relu, pool, c(self.in_lower), c(self.in_upper), AlphaState(), None, dtype,
+        relax = {k: r.cast(dtype) for k, r in self.relax.items()}
+        return _Context(self.network, relax, c(self.in_lower), c(self.in_upper), AlphaState(), None, dtype,
                         mix_base=None if self.mix_base is None else c(self.mix_base), mix_valid=self.mix_valid,
-                        mix_init=self.mix_init, smooth={k: r.cast(dtype) for k, r in self.smooth.items()})
+                        mix_init=self.mix_init)
 
 
 def _plan(network: Network, start: str) -> list[Node]:
@@ -359,7 +294,7 @@ def _plan(network: Network, start: str) -> list[Node]:
 
 def _objective(ctx: _Context, a0: Tensor) -> Tensor:
     """The rows being bounded: ``a0``, or with a row mixture its current weights times the base rows."""
-    w = ctx.params.mix.get("rows")
+    w = ctx.params.family(MIX).get("rows")
     if ctx.mix_base is None or w is None:
         return a0
     base = ctx.mix_base
@@ -395,61 +330,6 @@ def _backward(ctx: _Context, plan: list[Node], start: str, a0: Tensor) -> tuple[
 
 
 # --- optimisation -----------------------------------------------------------------------------------------------
-def _default_params(ctx: _Context, plan: list[Node], d: int, s: int) -> AlphaState:
-    """CROWN's parameters, one copy per (domain, row), β = 0 on split nodes."""
-    st = AlphaState()
-    for node in plan:
-        node.op.alpha_init(ctx, node, d, s, st)
-    if ctx.mix_base is not None and ctx.mix_init is not None:
-        st.mix["rows"] = ctx.mix_init.to(_F64).expand(d, -1, -1).clone()
-    return st
-
-
-def _adopt(init: AlphaState, warm: AlphaState | None, ctx: _Context) -> AlphaState:
-    """Start from ``warm`` where its shapes fit (a one-domain state broadcasts; NaN entries mean "CROWN's default"),
-    else from ``init``; projected."""
-    if warm is None:
-        return init
-
-    def take(mine: dict[str, Tensor], theirs: dict[str, Tensor]) -> None:
-        for k, v in mine.items():
-            w = theirs.get(k)
-            if w is None or w.shape[1:] != v.shape[1:] or w.shape[0] not in (1, v.shape[0]):
-                continue
-            w = w.to(_F64).expand_as(v)
-            mine[k] = torch.where(torch.isnan(w), v, w)
-
-    for mine, theirs in zip(init.groups(), warm.groups()):
-        take(mine, theirs)
-    _project(init, ctx)
-    return init
-
-
-@torch.no_grad()
-def _project(st: AlphaState, ctx: _Context) -> None:
-    for v in st.alpha.values():
-        v.clamp_(0.0, 1.0)
-    for k, v in st.pool.items():
-        v.copy_(_project_simplex(v, ctx.pool[k].valid))
-    for v in st.beta.values():
-        v.clamp_(min=0.0)
-    for v in st.tau.values():
-        v.clamp_(0.0, 1.0)
-    if "rows" in st.mix and ctx.mix_valid is not None:
-        w = st.mix["rows"]
-        w.copy_(_project_simplex(w, ctx.mix_valid.expand_as(w)))
-
-
-def _param_groups(st: AlphaState, options: AlphaOptions) -> list[tuple[list[Tensor], float]]:
-    """Adam parameter groups: one learning rate per kind of parameter (groups with lr 0 stay fixed)."""
-    groups = []
-    for values, lr in ((st.alpha, options.lr_alpha), (st.pool, options.lr_pool), (st.tau, options.lr_tau),
-                       (st.beta, options.lr_beta), (st.mix, options.lr_mix)):
-        if values and lr > 0:
-            groups.append((list(values.values()), float(lr)))
-    return groups
-
-
 class _Adam:
     """Adam on a loss to minimise, in a few lines (torch.optim's first use imports its compiler stack: ~1.5 s)."""
 
@@ -493,16 +373,18 @@ def _install_joint(ctx: _Context, joint: JointLayer, lo: Tensor, hi: Tensor, lr_
     carried = joint.carried(lo, hi)
     for node in ctx.network.nodes:
         x = node.inputs[0] if node.inputs else None
-        if node.op.alpha_group is None or x not in carried:
+        old = ctx.relax.get(node.name)
+        if old is None or x not in carried:
             continue
         lo_x, hi_x = carried[x]
-        if node.name in ctx.relu:
-            ctx.relu[node.name] = relu_relax_of(lo_x, hi_x, ctx.relu[node.name], ctx.dtype)
-        elif node.name in ctx.pool:
-            ctx.pool[node.name], theta = pool_relax_of(lo_x, hi_x, ctx.pool[node.name], ctx.dtype)
-            kept = ctx.params.tau.get(node.name)
+        # the joint pass follows ReLU and Reshape only (alpha_joint), so only these relaxations read its bounds
+        if isinstance(old, _ReluRelax):
+            ctx.relax[node.name] = relu_relax_of(lo_x, hi_x, old, ctx.dtype)
+        elif isinstance(old, _PoolRelax):
+            ctx.relax[node.name], theta = pool_relax_of(lo_x, hi_x, old, ctx.dtype)
+            kept = ctx.params.family(POOL_THRESHOLDS.name).get(node.name)
             if lr_tau <= 0 and kept is not None:
-                ctx.params.tau[node.name] = theta.to(kept.dtype).expand_as(kept).contiguous()
+                ctx.params.put(POOL_THRESHOLDS.name, node.name, theta.to(kept.dtype).expand_as(kept).contiguous())
 
 
 def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: AlphaOptions,
@@ -511,11 +393,12 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
     """Projected gradient ascent on the bounds of the rows of ``a0`` (``(D or 1, S, *shape of start)``); with
     ``joint`` the bounds of its tensor are re-derived at every step (:mod:`mlrobust.bounds.alpha_joint`)."""
     d, s = ctx.in_lower.shape[0], a0.shape[1]
-    init = _default_params(ctx, plan, d, s)
+    init = default_params(ctx, plan, d, s)
     ctx.params = init
     with torch.no_grad():
         crown_lower = _sound(*_backward(ctx, plan, start, a0))
-    params = _adopt(_default_params(ctx, plan, d, s), warm, ctx)
+    fixed = fixed_families(ctx.network, options)
+    params = adopt(default_params(ctx, plan, d, s), warm, ctx, fixed)
     best = crown_lower.clone()
     if warm is not None:
         # A warm start from another box can be worse than CROWN's parameters: start such rows from CROWN's.
@@ -534,7 +417,7 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
         loop = ctx.cast(getattr(torch, options.loop_dtype))
         params = params.map(lambda v: v.to(loop.dtype))
     a_loop = a0.to(loop.dtype)
-    groups = _param_groups(params, options)
+    groups = param_groups(params, ctx.network, options)
     joint_note = "off" if joint is None else "on"
     if joint is not None and options.joint_intermediate == "auto" and joint.work > JOINT_MAX_WORK:
         joint_note = f"skipped: {joint.work} coefficients per step"
@@ -575,7 +458,7 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
             if deadline is not None and time.perf_counter() >= deadline:
                 break
             opt.step(-bound.sum())
-            _project(params, ctx)
+            project(params, ctx)
             if joint is not None:
                 joint.project()
             iterations += 1
@@ -588,7 +471,7 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
     best_state = best_state.map(lambda v: v.to(_F64))
     # Parameters chosen in float32 sit in their ranges only up to float32 rounding (a pool weight vector may sum to
     # 1 + 1e-7, a slope to 1 + 6e-8), and a lower line outside its family is not sound: project again in float64.
-    _project(best_state, ctx)
+    project(best_state, ctx)
     ctx.params = best_state
     ctx.capture = capture
     with torch.no_grad():
@@ -684,35 +567,25 @@ def _clamped(network: Network, domains: DomainBatch) -> tuple[DomainBatch, np.nd
 
 
 def _context(network: Network, domains: DomainBatch) -> _Context:
-    relu: dict[str, _ReluRelax] = {}
-    pool: dict[str, _PoolRelax] = {}
-    smooth: dict[str, _SmoothRelax] = {}
-    groups: dict[str, dict] = {"relu": relu, "pool": pool, "smooth": smooth}
-    for node in network.nodes:
-        if node.op.alpha_group is not None:  # the op's relaxation, in the dict its parameters are named in
-            groups[node.op.alpha_group][node.name] = node.op.alpha_relax(network, node, domains)
-    return _Context(network, relu, pool, torch.as_tensor(domains.lower, dtype=_F64)[:, None],
-                    torch.as_tensor(domains.upper, dtype=_F64)[:, None], AlphaState(), smooth=smooth)
+    relax = {node.name: node.op.alpha_relax(network, node, domains) for node in network.nodes
+             if node.op.alpha_families}
+    return _Context(network, relax, torch.as_tensor(domains.lower, dtype=_F64)[:, None],
+                    torch.as_tensor(domains.upper, dtype=_F64)[:, None], AlphaState())
 
 
 def _propagate_intervals(network: Network, domains: DomainBatch, after: str) -> DomainBatch:
     """Intersect the pre-activation bounds that come after tensor ``after`` with interval propagation, per domain."""
+    order = network.tensors
+    later = [t for t in domains.pre_lower if order.index(t) > order.index(after)]
     lo_out = {k: v.copy() for k, v in domains.pre_lower.items()}
     hi_out = {k: v.copy() for k, v in domains.pre_upper.items()}
-    order = network.tensors
-    start = order.index(after)
-    for i in range(domains.size):
+    for i in range(domains.size):  # the ops' interval rules take one sample's box
         lows = {network.input_name: domains.lower[i]}
         ups = {network.input_name: domains.upper[i]}
-        for node in network.nodes:
-            lo, hi = interval_affine(node, [lows[t] for t in node.inputs], [ups[t] for t in node.inputs])
-            t = node.output
-            if t in lo_out:
-                if order.index(t) > start:
-                    lo_out[t][i] = np.maximum(lo_out[t][i], lo)
-                    hi_out[t][i] = np.minimum(hi_out[t][i], hi)
-                lo, hi = lo_out[t][i], hi_out[t][i]
-            lows[t], ups[t] = lo, hi
+        propagate_intervals(network, lows, ups, {t: v[i] for t, v in domains.pre_lower.items()},
+                            {t: v[i] for t, v in domains.pre_upper.items()})
+        for t in later:
+            lo_out[t][i], hi_out[t][i] = lows[t], ups[t]
     return DomainBatch(domains.lower, domains.upper, lo_out, hi_out, domains.splits)
 
 
@@ -864,7 +737,7 @@ def bounds_at(network: Network, domains: DomainBatch, coeffs: np.ndarray, state:
         ctx = _context(network, used)
         out = network.output_name
         plan = _plan(network, out)
-        ctx.params = _adopt(_default_params(ctx, plan, domains.size, a0.shape[1]), state, ctx)
+        ctx.params = adopt(default_params(ctx, plan, domains.size, a0.shape[1]), state, ctx)
         lower = _sound(*_backward(ctx, plan, out, a0)).cpu().numpy().copy()
     lower[empty] = np.inf
     return lower
@@ -884,12 +757,7 @@ def tighten_intermediate(network: Network, bounds: Bounds, options: AlphaOptions
     for t in dom.pre_lower:
         lows[t] = np.maximum(lows[t], dom.pre_lower[t][0])
         ups[t] = np.minimum(ups[t], dom.pre_upper[t][0])
-    for node in network.nodes:  # every tensor: its interval image of the (tightened) inputs, intersected
-        lo, hi = interval_affine(node, [lows[t] for t in node.inputs], [ups[t] for t in node.inputs])
-        new_lo, new_hi = np.maximum(lows[node.output], lo), np.minimum(ups[node.output], hi)
-        ok = new_lo <= new_hi  # both sound: a crossing can only come from rounding
-        lows[node.output] = np.where(ok, new_lo, lows[node.output])
-        ups[node.output] = np.where(ok, new_hi, ups[node.output])
+    lows, ups = intersect_intervals(network, lows, ups)  # every later tensor gains from the tightened layer
     info = dict(bounds.info, alpha_intermediate_rows=rows)
     return Bounds(network, lows, ups, bounds.method + "+alpha", bounds.seconds + time.perf_counter() - start,
                   info), rows

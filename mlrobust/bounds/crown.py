@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlrobust.bounds.ibp import FP_REL, ibp, interval_affine
+from mlrobust.bounds.ibp import FP_REL, ibp, intersect, propagate_intervals
 from mlrobust.bounds.result import Bounds, check_box
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
@@ -323,6 +323,13 @@ def _pool_inputs_behind_relu(engine: BackSubstitution, consumers: dict[str, list
     return parts
 
 
+def _put(a: np.ndarray, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` with the flat entries ``idx`` set to ``values``."""
+    flat = a.reshape(-1).copy()
+    flat[idx] = values
+    return flat.reshape(a.shape)
+
+
 def _sweep(network: Network, lows: dict[str, np.ndarray], ups: dict[str, np.ndarray], ibp_lo: dict[str, np.ndarray],
            ibp_hi: dict[str, np.ndarray], engine: BackSubstitution, refine: str, patches: bool) -> dict[str, int]:
     """The forward sweep of :func:`crown`: fills ``lows``/``ups`` tensor by tensor; returns rows refined per tensor."""
@@ -339,27 +346,25 @@ def _sweep(network: Network, lows: dict[str, np.ndarray], ups: dict[str, np.ndar
         full.add(tail.inputs[0])
         tail = producer.get(tail.inputs[0])
     refined: dict[str, int] = {}
-    for node in network.nodes:
+
+    def refine_node(node: Node, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = node.output
-        lo, hi = interval_affine(node, [lows[t] for t in node.inputs], [ups[t] for t in node.inputs])
-        lo, hi = np.maximum(lo, ibp_lo[out]), np.minimum(hi, ibp_hi[out])
         users = [c for c in consumers.get(out, []) if c.op.activation]
-        if (users or out == network.output_name) and _needs_crown(network, producer, out):
-            if refine == "all" or out in full:
-                idx = np.arange(lo.size)
-            else:
-                parts = [u.op.refine_index(engine, u, lo, hi) for u in users]
-                parts += _pool_inputs_behind_relu(engine, consumers, users, lo, hi)
-                idx = np.unique(np.concatenate(parts))
-            if idx.size:
-                c_lo, c_hi = engine.neuron_bounds(out, idx, patches)
-                flat_lo, flat_hi = lo.reshape(-1).copy(), hi.reshape(-1).copy()
-                new_lo, new_hi = np.maximum(flat_lo[idx], c_lo), np.minimum(flat_hi[idx], c_hi)
-                # Both bounds are sound, so they overlap; an empty intersection could only come from rounding.
-                ok = new_lo <= new_hi
-                flat_lo[idx] = np.where(ok, new_lo, flat_lo[idx])
-                flat_hi[idx] = np.where(ok, new_hi, flat_hi[idx])
-                lo, hi = flat_lo.reshape(lo.shape), flat_hi.reshape(hi.shape)
-                refined[out] = int(idx.size)
-        lows[out], ups[out] = lo, hi
+        if not ((users or out == network.output_name) and _needs_crown(network, producer, out)):
+            return lo, hi
+        if refine == "all" or out in full:
+            idx = np.arange(lo.size)
+        else:
+            parts = [u.op.refine_index(engine, u, lo, hi) for u in users]
+            parts += _pool_inputs_behind_relu(engine, consumers, users, lo, hi)
+            idx = np.unique(np.concatenate(parts))
+        if idx.size == 0:
+            return lo, hi
+        c_lo, c_hi = engine.neuron_bounds(out, idx, patches)
+        # both sound, so they overlap; where rounding makes them cross, the interval bounds stay
+        flat_lo, flat_hi = intersect(c_lo, c_hi, lo.reshape(-1)[idx], hi.reshape(-1)[idx])
+        refined[out] = int(idx.size)
+        return _put(lo, idx, flat_lo), _put(hi, idx, flat_hi)
+
+    propagate_intervals(network, lows, ups, ibp_lo, ibp_hi, refine_node)
     return refined

@@ -9,6 +9,8 @@ Importing this package stays free of torch and scipy: rules that need them impor
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -26,6 +28,24 @@ FP_REL = 1e-10
 #: What a CROWN backward step returns: coefficients per input tensor, the constant added per row (or None) and
 #: the magnitude of that constant's terms (for the floating-point widening).
 CrownStep = tuple[list[tuple[str, Any]], "torch.Tensor | None", "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class ParamFamily:
+    """One family of α-CROWN parameters of an op kind (see :meth:`OpRules.alpha_init`).
+
+    ``name``: the group of :class:`mlrobust.bounds.alpha_crown.AlphaState` its values are kept in, per node (op kinds
+    with the same kind of parameter share a group: ReLU slopes and Sigmoid/Tanh tangent points are both "alpha",
+    every split multiplier is "beta"). ``lr``: the field of :class:`mlrobust.bounds.alpha_crown.AlphaOptions` that
+    holds its learning rate; a family whose rate is 0 is not optimised and stays at CROWN's choice.
+    """
+
+    name: str
+    lr: str
+
+
+#: The β-CROWN multipliers of split constraints ``s z >= 0`` on an op's input (``β >= 0``).
+BETA = ParamFamily("beta", "lr_beta")
 
 
 def out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int = 1) -> int:
@@ -54,7 +74,10 @@ class OpRules:
     pre-activation whose bounds matter), ``pooling`` (a windowed op over ``(C, H, W)``), ``absorbs_relu``
     (``op(relu(x))`` is encoded inside the op's MILP, so a ReLU feeding only such ops gets no binaries of its own),
     ``weight_rows`` (output neuron ``i`` is row ``i`` of a weight matrix on the flattened input plus a bias: see
-    :meth:`output_rows`), ``arity`` (number of input tensors).
+    :meth:`output_rows`), ``splittable`` (branch and bound may split its input), ``alpha_families`` (the α-CROWN
+    parameter families it owns, :class:`ParamFamily`; an op kind with any has an :meth:`alpha_relax`, gives
+    CROWN's values in :meth:`alpha_init` and keeps them sound in :meth:`alpha_project`), ``arity`` (number of
+    input tensors).
     """
 
     kind: ClassVar[str] = "?"
@@ -66,7 +89,7 @@ class OpRules:
     absorbs_relu: ClassVar[bool] = False
     weight_rows: ClassVar[bool] = False
     splittable: ClassVar[bool] = False
-    alpha_group: ClassVar[str | None] = None
+    alpha_families: ClassVar[tuple[ParamFamily, ...]] = ()
     arity: ClassVar[int] = 1
 
     def _missing(self, rule: str, node: Node | None = None) -> TypeError:
@@ -123,11 +146,19 @@ class OpRules:
         raise self._missing("α-CROWN", node)
 
     def alpha_relax(self, network: Network, node: Node, domains: Any) -> Any:
-        """α-CROWN's relaxation over a batch of domains (ops with an ``alpha_group``)."""
+        """α-CROWN's relaxation over a batch of domains (ops with ``alpha_families``): an object with a
+        ``cast(dtype)`` method, kept in the α engine's context under the node's name."""
         raise self._missing("α-CROWN relaxation", node)
 
-    def alpha_init(self, ctx: Any, node: Node, d: int, s: int, state: Any) -> None:
-        """Put CROWN's values of the op's α parameters, one copy per (domain, row), into ``state``."""
+    def alpha_init(self, ctx: Any, node: Node, d: int, s: int) -> dict[str, torch.Tensor]:
+        """CROWN's values of the op's parameters, ``(D, S, ...)`` (one copy per domain and row), by family name
+        (one of :attr:`alpha_families`; a family may be left out, e.g. β where no neuron of the node is split)."""
+        return {}
+
+    def alpha_project(self, ctx: Any, node: Node, family: str, value: torch.Tensor) -> None:
+        """Project ``value`` (the node's parameters of ``family``) in place onto the set where every line they
+        pick is sound; ``ctx`` holds the relaxation (:meth:`alpha_relax`) under ``ctx.relax[node.name]``."""
+        raise self._missing("α-CROWN projection", node)
 
     # --- MILP ----------------------------------------------------------------------------------------------------
     def encode_milp(self, builder: Any, node: Node, inputs: list[Any], shapes: list[tuple[int, ...]]) -> Any:
@@ -137,6 +168,27 @@ class OpRules:
     def milp_matrix(self, node: Node, in_shape: tuple[int, ...]) -> tuple[Any, np.ndarray]:
         """``(M, b)`` with ``flatten(out) = M @ flatten(in) + b`` (scipy sparse ``M``; single-input affine ops)."""
         raise self._missing("MILP matrix", node)
+
+
+#: ``affine_matrix`` results per op (weakly: an op that is gone takes its matrices with it) and input shape.
+_MATRICES: weakref.WeakKeyDictionary[OpRules, dict[tuple[int, ...], tuple[Any, np.ndarray]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def affine_matrix(node: Node, in_shape: tuple[int, ...]) -> tuple[Any, np.ndarray]:
+    """``(M, b)`` with ``flatten(out) = M @ flatten(in) + b`` for a single-input affine op (its ``milp_matrix``),
+    cached per op and input shape: the matrix depends on nothing else, and the MILP encoding of every query and the
+    bound tier's affine tail reuse it (a search builds tens of models per image)."""
+    op = node.op
+    per_op = _MATRICES.setdefault(op, {})
+    key = tuple(int(s) for s in in_shape)
+    if key not in per_op:
+        n_in = int(np.prod(in_shape, dtype=np.int64))
+        M, b = op.milp_matrix(node, key)
+        if M.shape != (node.size, n_in):
+            raise ValueError(f"affine matrix of node {node.name} has shape {M.shape}, expected {(node.size, n_in)}")
+        per_op[key] = (M, b)
+    return per_op[key]
 
 
 def shape_text(shape: tuple[int, ...]) -> str:

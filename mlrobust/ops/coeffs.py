@@ -135,3 +135,15 @@ def fit(p: Patch, shape: tuple[int, ...]) -> Patch | torch.Tensor:
     if p.a.shape[2] * p.a.shape[3] >= h * w:
         return patch_to_dense(masked(p, h, w), shape)
     return masked(p, h, w)
+
+
+def project_simplex(v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of the last axis onto the probability simplex over the ``valid`` entries (others 0)."""
+    v = torch.where(valid, v, torch.full_like(v, -1e30))
+    srt, _ = torch.sort(v, dim=-1, descending=True)
+    css = srt.cumsum(-1) - 1.0
+    ks = torch.arange(1, v.shape[-1] + 1, dtype=v.dtype)
+    cond = (srt - css / ks) > 0
+    rho = cond.to(v.dtype).cumsum(-1).argmax(-1, keepdim=True)  # last index where cond holds
+    tau = css.gather(-1, rho) / (rho + 1).to(v.dtype)
+    return torch.where(valid, (v - tau).clamp(min=0.0), torch.zeros_like(v))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlrobust.errors import InputError
-from mlrobust.ops.base import CrownStep, OpRules, out_size, pool_index, pool_text, windows
+from mlrobust.ops.base import CrownStep, OpRules, ParamFamily, out_size, pool_index, pool_text, windows
 
 if TYPE_CHECKING:
     import torch
@@ -98,6 +98,12 @@ class AlphaPoolRelax:
     default_lam: torch.Tensor  # (D, 1, P, K) one-hot on CROWN's choice
     default_tau: torch.Tensor  # (D, 1, P) θ of CROWN's τ
 
+    def cast(self, dtype: torch.dtype) -> AlphaPoolRelax:
+        """The same relaxation with its floating-point tensors in ``dtype``."""
+        return AlphaPoolRelax(self.win_idx, self.valid, self.n_in, self.l_win.to(dtype), self.u_win.to(dtype),
+                              self.tau_lo.to(dtype), self.tau_hi.to(dtype), self.default_lam.to(dtype),
+                              self.default_tau.to(dtype))
+
 
 def alpha_pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> AlphaPoolRelax:
     """CROWN's MaxPool relaxation (see :mod:`mlrobust.bounds.crown`) for ``(D, C, H, W)`` bounds, batched over D."""
@@ -130,6 +136,12 @@ def alpha_pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> AlphaPo
                       t(np.where(valid, u_win, 0.0)), t(tau_lo), t(u_top), t(lam), t(theta))
 
 
+#: Lower-line weights ``λ`` of every window, in the probability simplex over its real inputs.
+POOL_WEIGHTS = ParamFamily("pool", "lr_pool")
+#: Upper-line thresholds, as ``θ ∈ [0, 1]`` of the range ``[max l, max u]`` of the window (off by default: CROWN's
+#: ``τ`` sits at a kink that gradient steps only leave for worse on the shipped models).
+POOL_THRESHOLDS = ParamFamily("tau", "lr_tau")
+
 
 @dataclass(eq=False)
 class MaxPool2d(OpRules):
@@ -142,7 +154,7 @@ class MaxPool2d(OpRules):
     activation = True
     pooling = True
     absorbs_relu = True
-    alpha_group = "pool"
+    alpha_families = (POOL_WEIGHTS, POOL_THRESHOLDS)
 
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
         top, left, bottom, right = self.padding
@@ -224,10 +236,10 @@ class MaxPool2d(OpRules):
 
         from mlrobust.ops.coeffs import AlphaStep
 
-        r = ctx.pool[node.name]
+        r = ctx.relax[node.name]
         d, s = a.shape[:2]
-        lam = ctx.params.pool.get(node.name, r.default_lam)
-        theta = ctx.params.tau.get(node.name, r.default_tau)
+        lam = ctx.params.family(POOL_WEIGHTS.name).get(node.name, r.default_lam)
+        theta = ctx.params.family(POOL_THRESHOLDS.name).get(node.name, r.default_tau)
         tau = (r.tau_lo + theta * (r.tau_hi - r.tau_lo))[..., None]  # (D, S or 1, P, 1)
         a2 = a.reshape(d, s, -1)
         pos, neg = a2.clamp(min=0.0), a2.clamp(max=0.0)
@@ -252,10 +264,18 @@ class MaxPool2d(OpRules):
         idx = pool_index(self, network.shape_of(t))
         return alpha_pool_relax(idx, domains.pre_lower[t], domains.pre_upper[t])
 
-    def alpha_init(self, ctx: Any, node: Node, d: int, s: int, state: Any) -> None:
-        r = ctx.pool[node.name]
-        state.pool[node.name] = r.default_lam.expand(d, s, *r.default_lam.shape[2:]).clone()
-        state.tau[node.name] = r.default_tau.expand(d, s, *r.default_tau.shape[2:]).clone()
+    def alpha_init(self, ctx: Any, node: Node, d: int, s: int) -> dict[str, torch.Tensor]:
+        r = ctx.relax[node.name]
+        return {POOL_WEIGHTS.name: r.default_lam.expand(d, s, *r.default_lam.shape[2:]).clone(),
+                POOL_THRESHOLDS.name: r.default_tau.expand(d, s, *r.default_tau.shape[2:]).clone()}
+
+    def alpha_project(self, ctx: Any, node: Node, family: str, value: torch.Tensor) -> None:
+        from mlrobust.ops.coeffs import project_simplex
+
+        if family == POOL_WEIGHTS.name:
+            value.copy_(project_simplex(value, ctx.relax[node.name].valid))
+        else:
+            value.clamp_(0.0, 1.0)
 
     def encode_milp(self, builder: Any, node: Node, inputs: list[Any], shapes: list[tuple[int, ...]]) -> Any:
         from mlrobust.milp.layers.maxpool import encode_maxpool
@@ -273,4 +293,4 @@ class MaxPool2d(OpRules):
         return out
 
 
-__all__ = ["AlphaPoolRelax", "MaxPool2d", "PoolRelax", "alpha_pool_relax", "maxpool_candidates", "pool_index", "pool_relax", "window_bounds"]
+__all__ = ["AlphaPoolRelax", "MaxPool2d", "POOL_THRESHOLDS", "POOL_WEIGHTS", "PoolRelax", "alpha_pool_relax", "maxpool_candidates", "pool_index", "pool_relax", "window_bounds"]

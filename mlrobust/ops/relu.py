@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlrobust.ops.base import CrownStep, OpRules
+from mlrobust.ops.base import BETA, CrownStep, OpRules, ParamFamily
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +49,11 @@ class AlphaReluRelax:
     default_alpha: torch.Tensor
     sign: torch.Tensor | None  # split sign as float, None when no neuron of this node is split
 
+    def cast(self, dtype: torch.dtype) -> AlphaReluRelax:
+        """The same relaxation with its floating-point tensors in ``dtype``."""
+        return AlphaReluRelax(self.active, self.unstable, self.up_slope.to(dtype), self.up_icpt.to(dtype),
+                              self.default_alpha.to(dtype), None if self.sign is None else self.sign.to(dtype))
+
 
 def relu_triangle(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, ...]:
     """The triangle relaxation of a ReLU from bounds of any shape: ``(active, unstable, up_slope, up_icpt,
@@ -75,6 +80,9 @@ def alpha_relu_relax(lo: np.ndarray, hi: np.ndarray, split: np.ndarray | None) -
     return AlphaReluRelax(t(active), t(unstable), t(slope), t(icpt), t(alpha), sign)
 
 
+#: The lower-line slopes ``α ∈ [0, 1]`` of the unstable ReLUs (``max(x, 0) >= α x`` for every ``x``).
+RELU_SLOPES = ParamFamily("alpha", "lr_alpha")
+
 
 @dataclass(eq=False)
 class Relu(OpRules):
@@ -84,7 +92,7 @@ class Relu(OpRules):
     elementwise = True
     activation = True
     splittable = True
-    alpha_group = "relu"
+    alpha_families = (RELU_SLOPES, BETA)
 
     def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:
         return np.maximum(x, 0.0)
@@ -135,14 +143,14 @@ class Relu(OpRules):
 
         from mlrobust.ops.coeffs import AlphaStep, rows
 
-        r = ctx.relu[node.name]
+        r = ctx.relax[node.name]
         if ctx.capture is not None:
             ctx.capture[node.name] = a.detach()
-        alpha = ctx.params.alpha.get(node.name, r.default_alpha)
+        alpha = ctx.params.family(RELU_SLOPES.name).get(node.name, r.default_alpha)
         lower_slope = torch.where(r.active, 1.0, torch.where(r.unstable, alpha, 0.0))
         pos, neg = a.clamp(min=0.0), a.clamp(max=0.0)
         a_in = pos * lower_slope + neg * r.up_slope
-        beta = ctx.params.beta.get(node.name)
+        beta = ctx.params.family(BETA.name).get(node.name)
         if beta is not None and r.sign is not None:
             a_in = a_in - beta * r.sign  # the Lagrangian term -β s z of the split constraints s z >= 0
         return AlphaStep([(node.inputs[0], a_in)], rows(neg * r.up_icpt), rows(neg.abs() * r.up_icpt.abs()))
@@ -151,13 +159,20 @@ class Relu(OpRules):
         t = node.inputs[0]
         return alpha_relu_relax(domains.pre_lower[t], domains.pre_upper[t], domains.splits.get(node.name))
 
-    def alpha_init(self, ctx: Any, node: Node, d: int, s: int, state: Any) -> None:
+    def alpha_init(self, ctx: Any, node: Node, d: int, s: int) -> dict[str, torch.Tensor]:
         import torch
 
-        r = ctx.relu[node.name]
-        state.alpha[node.name] = r.default_alpha.expand(d, s, *r.default_alpha.shape[2:]).clone()
-        if r.sign is not None:
-            state.beta[node.name] = torch.zeros_like(state.alpha[node.name])
+        r = ctx.relax[node.name]
+        slopes = r.default_alpha.expand(d, s, *r.default_alpha.shape[2:]).clone()
+        if r.sign is None:
+            return {RELU_SLOPES.name: slopes}
+        return {RELU_SLOPES.name: slopes, BETA.name: torch.zeros_like(slopes)}
+
+    def alpha_project(self, ctx: Any, node: Node, family: str, value: torch.Tensor) -> None:
+        if family == BETA.name:
+            value.clamp_(min=0.0)
+        else:
+            value.clamp_(0.0, 1.0)
 
     def encode_milp(self, builder: Any, node: Node, inputs: list[Any], shapes: list[tuple[int, ...]]) -> Any:
         from mlrobust.milp.layers.relu import encode_relu, relu_split

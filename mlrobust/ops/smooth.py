@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from mlrobust.ops.base import FP_REL, CrownStep, OpRules
+from mlrobust.ops.base import BETA, FP_REL, CrownStep, OpRules, ParamFamily
 
 if TYPE_CHECKING:
     import torch
@@ -315,6 +315,10 @@ def encode_smooth(enc: Any, fn: SmoothFunction, x: Any, lower: np.ndarray, upper
 
 
 # --- the op family ------------------------------------------------------------------------------------------------
+#: The tangent points ``t ∈ [0, 1]`` of the lower and upper lines, ``(D, S, 2, *shape)`` (kept with the ReLU slopes).
+TANGENT_POINTS = ParamFamily("alpha", "lr_alpha")
+
+
 class SmoothActivation(OpRules):
     """Rules shared by the S-shaped activations; a subclass names its :class:`SmoothFunction` in ``function``."""
 
@@ -322,7 +326,7 @@ class SmoothActivation(OpRules):
     elementwise = True
     activation = True
     splittable = True
-    alpha_group = "smooth"
+    alpha_families = (TANGENT_POINTS, BETA)
     num_params = 0
 
     def forward(self, x: np.ndarray, out_shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -370,13 +374,13 @@ class SmoothActivation(OpRules):
     def alpha_step(self, ctx: Any, node: Node, a: torch.Tensor) -> Any:
         from mlrobust.ops.coeffs import AlphaStep, rows
 
-        r = ctx.smooth[node.name]
-        lo_s, lo_c, up_s, up_c = r.lines(ctx.params.alpha.get(node.name))
+        r = ctx.relax[node.name]
+        lo_s, lo_c, up_s, up_c = r.lines(ctx.params.family(TANGENT_POINTS.name).get(node.name))
         if ctx.capture is not None:
             ctx.capture[node.name] = a.detach()
         pos, neg = a.clamp(min=0.0), a.clamp(max=0.0)
         a_in = pos * lo_s + neg * up_s
-        beta = ctx.params.beta.get(node.name)
+        beta = ctx.params.family(BETA.name).get(node.name)
         if beta is not None and r.sign is not None:
             # the split constraints s z >= 0 with multipliers β >= 0 (β-CROWN): without them the linear bound is
             # minimised over the whole box, where a clamped relaxation can be looser than the parent's
@@ -389,13 +393,21 @@ class SmoothActivation(OpRules):
         return alpha_smooth_relax(self.function, domains.pre_lower[t], domains.pre_upper[t],
                                   domains.splits.get(node.name))
 
-    def alpha_init(self, ctx: Any, node: Node, d: int, s: int, state: Any) -> None:
+    def alpha_init(self, ctx: Any, node: Node, d: int, s: int) -> dict[str, torch.Tensor]:
         import torch
 
-        r = ctx.smooth[node.name]
-        state.alpha[node.name] = r.default.expand(d, s, *r.default.shape[2:]).clone()
-        if r.sign is not None:
-            state.beta[node.name] = torch.zeros((d, s, *r.default.shape[3:]), dtype=r.default.dtype)
+        r = ctx.relax[node.name]
+        points = r.default.expand(d, s, *r.default.shape[2:]).clone()
+        if r.sign is None:
+            return {TANGENT_POINTS.name: points}
+        return {TANGENT_POINTS.name: points,
+                BETA.name: torch.zeros((d, s, *r.default.shape[3:]), dtype=r.default.dtype)}
+
+    def alpha_project(self, ctx: Any, node: Node, family: str, value: torch.Tensor) -> None:
+        if family == BETA.name:
+            value.clamp_(min=0.0)
+        else:
+            value.clamp_(0.0, 1.0)
 
     def encode_milp(self, builder: Any, node: Node, inputs: list[Any], shapes: list[tuple[int, ...]]) -> Any:
         t = node.inputs[0]

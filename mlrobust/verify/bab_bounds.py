@@ -335,7 +335,7 @@ class AlphaEngine:
                 where.append(i)
         if live:
             batch = self._batch(live)
-            warm = _stack_states([d.warm for d in live]) if self.keep_warm else None
+            warm = AlphaState.stack([d.warm for d in live]) if self.keep_warm else None
             if warm is not None and rows is not None:
                 warm = warm.select_rows(rows) if warm.rows == full else None
             options = self.options
@@ -393,8 +393,8 @@ class AlphaEngine:
         warm = None
         if self.keep_warm and all(isinstance(d.warm, AlphaState) for d in domains):
             # each child starts from its parent's parameters of the row being scored
-            parents = _stack_states([d.warm.select_rows([int(r)]) for d, r in zip(domains, rows)
-                                     if isinstance(d.warm, AlphaState)])
+            parents = AlphaState.stack([d.warm.select_rows([int(r)]) for d, r in zip(domains, rows)
+                                        if isinstance(d.warm, AlphaState)])
             warm = None if parents is None else parents.select(owner)
         coeffs = np.asarray(objectives, dtype=np.float64)[np.asarray(owner)][:, None, :]
         lower = bounds_at(net, batch, coeffs, warm, device=self.options.device)[:, 0]
@@ -424,23 +424,4 @@ def _scatter_rows(full: object | None, part: AlphaState, rows: np.ndarray) -> Al
             v = v.clone()
             v[:, idx.to(v.device)] = w.to(v.dtype)
             new[k] = v
-    return out
-
-
-def _stack_states(states: list[object | None]) -> AlphaState | None:
-    """One warm start for a batch from the domains' own ones (None unless every domain has a compatible one)."""
-    if not states or any(not isinstance(s, AlphaState) for s in states):
-        return None
-    first = states[0]
-    assert isinstance(first, AlphaState)
-    out = AlphaState()
-    for group in ("alpha", "pool", "beta", "mix"):
-        keys = set(getattr(first, group))
-        for s in states:
-            keys &= set(getattr(s, group))
-        for k in keys:
-            parts = [getattr(s, group)[k] for s in states]
-            if any(p.shape[1:] != parts[0].shape[1:] for p in parts):
-                continue
-            getattr(out, group)[k] = torch.cat(parts).double()
     return out

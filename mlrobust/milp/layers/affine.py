@@ -1,13 +1,11 @@
 """Affine ops (Dense, Conv2d, AvgPool2d, Scale, Reshape, Add) as sparse matrices acting on flattened tensors.
 
 An affine op adds no column and no row: its output form is ``M @ A_in`` and ``M @ c_in + b``. The sparse matrix
-``M`` of an op depends only on the op and its input shape, so it is cached per op and reused by every query that
-builds a model of the same network (a search makes tens of them per image).
+``M`` of an op depends only on the op and its input shape, so it is cached per op (:func:`mlrobust.ops.base.affine_matrix`)
+and reused by every query that builds a model of the same network (a search makes tens of them per image).
 """
 
 from __future__ import annotations
-
-import weakref
 
 import numpy as np
 import scipy.sparse as sp
@@ -15,8 +13,9 @@ import scipy.sparse as sp
 from mlrobust.ir.graph import Node
 from mlrobust.ir.ops import AvgPool2d, Conv2d
 from mlrobust.milp.encoding import AffineForm
+from mlrobust.ops.base import affine_matrix
 
-_CACHE: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+__all__ = ["affine_matrix", "avgpool_matrix", "conv_matrix", "encode_affine", "encode_linear"]
 
 
 def conv_matrix(op: Conv2d, in_shape: tuple[int, ...]) -> sp.csr_matrix:
@@ -63,22 +62,6 @@ def avgpool_matrix(op: AvgPool2d, in_shape: tuple[int, ...]) -> sp.csr_matrix:
     cols = np.broadcast_to((ch * h + ih) * w + iw, shape)[valid]
     vals = np.broadcast_to(1.0 / div[None, :, :, None, None], shape)[valid]
     return sp.csr_matrix((vals, (rows, cols)), shape=(c * ho * wo, c * h * w))
-
-
-def affine_matrix(node: Node, in_shape: tuple[int, ...]) -> tuple[sp.csr_matrix, np.ndarray]:
-    """``(M, b)`` with ``flatten(out) = M @ flatten(in) + b`` for a single-input affine op (cached per op)."""
-    op = node.op
-    per_op = _CACHE.setdefault(op, {})
-    key = tuple(in_shape)
-    if key in per_op:
-        return per_op[key]
-    n_in = int(np.prod(in_shape, dtype=np.int64))
-    n_out = node.size
-    M, b = op.milp_matrix(node, in_shape)
-    if M.shape != (n_out, n_in):
-        raise ValueError(f"affine matrix of node {node.name} has shape {M.shape}, expected {(n_out, n_in)}")
-    per_op[key] = (M, b)
-    return M, b
 
 
 def encode_linear(node: Node, x: AffineForm, in_shape: tuple[int, ...], ncols: int) -> AffineForm:
