@@ -35,8 +35,8 @@ import torch
 torch.set_num_threads(1)
 
 from mlrobust import load_onnx
+from mlrobust.bounds.tier import tighten
 from mlrobust.ir.graph import Network
-from mlrobust.milp.tightening import tighten
 from mlrobust.neighborhood.image_io import read_image
 from mlrobust.verify.bab import BabVerifier
 from mlrobust.verify.bound_check import margin_range

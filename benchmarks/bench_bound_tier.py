@@ -52,7 +52,7 @@ def tier_query(network, lower: np.ndarray, upper: np.ndarray, target: int, metho
                budget: float = 10.0) -> dict:
     """One bound-tier query: the k-th margin's proven upper bound and the seconds, with frozen or joint bounds."""
     from mlrobust.bounds.alpha_crown import AlphaOptions
-    from mlrobust.milp.tightening import tighten
+    from mlrobust.bounds.tier import tighten
     from mlrobust.verify.bound_check import margin_range
     from mlrobust.verify.verdict import ROBUST_TOLERANCE
 
@@ -66,7 +66,7 @@ def tier_query(network, lower: np.ndarray, upper: np.ndarray, target: int, metho
 
 def crown_radius(network, x: np.ndarray, target: int, steps: int = 12, top: float = 0.1) -> float:
     """The largest whole-image L∞ radius (bisection, ``steps`` halvings of ``[0, top]``) CROWN's margins prove."""
-    from mlrobust.milp.tightening import tighten
+    from mlrobust.bounds.tier import tighten
     from mlrobust.verify.bound_check import margin_range
     from mlrobust.verify.verdict import ROBUST_TOLERANCE
 

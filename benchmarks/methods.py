@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from mlrobust.bounds.tier import Tightened
 from mlrobust.ir.graph import Network
-from mlrobust.milp.tightening import Tightened
 from mlrobust.verify.base import Mode, Verifier
 from mlrobust.verify.spec import Box
 from mlrobust.verify.verdict import NotRobust, Robust, Unknown, Verdict
@@ -88,7 +88,7 @@ class AlphaBoundCheck:
 
     def tighten(self, network: Network, box: Box, target: int, time_limit: float | None = None) -> Tightened:
         from mlrobust.bounds.alpha_crown import AlphaOptions, alpha_margin_bounds
-        from mlrobust.milp.tightening import tighten
+        from mlrobust.bounds.tier import tighten
 
         start = time.perf_counter()
         crown = tighten(network, box.lower, box.upper, "crown", target=target)

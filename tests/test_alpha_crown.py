@@ -274,7 +274,7 @@ def test_alpha_is_strictly_tighter_than_crown_on_a_shipped_model():
 @FEW
 @given(kind=st.sampled_from(["mlp", "cnn"]), seed=st.integers(0, 2**31), radius=st.sampled_from([0.05, 0.2, 0.5]))
 def test_alpha_tightening_bounds_the_kth_margin_and_beats_crown(kind, seed, radius):
-    from mlrobust.milp.tightening import tighten
+    from mlrobust.bounds.tier import tighten
     from mlrobust.verify.margin import topk_margin
 
     net = random_network(kind, seed)

@@ -153,7 +153,7 @@ def _shipped_box(model: str, image: str, radius: float):
     ("mnist2_l0", "ex00", 0.004, 1), ("mnist2_nodefense", "ex00", 0.004, 1), ("mnist2_nodefense", "ex01", 0.003, 1),
 ])
 def test_the_tier_with_joint_bounds_is_never_looser_than_with_frozen_ones(model, image, radius, target):
-    from mlrobust.milp.tightening import tighten
+    from mlrobust.bounds.tier import tighten
     from mlrobust.verify.bound_check import margin_range
 
     net, lo, hi = _shipped_box(model, image, radius)
@@ -176,7 +176,7 @@ def test_joint_bounds_tighten_the_output_bound_on_a_shipped_model():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_tier_hands_its_joint_intermediate_bounds_on_sound_and_within_crowns(seed):
-    from mlrobust.milp.tightening import tighten
+    from mlrobust.bounds.tier import tighten
 
     net = reference_network(seed, size=16)
     x = np.random.default_rng(seed).uniform(0, 1, net.sample_shape)

@@ -16,10 +16,10 @@ from ir_factories import NetBuilder, random_box, reference_network  # noqa: E402
 from mlrobust.backends import SolveResult, StopRule, available_backends, get_backend, register_backend  # noqa: E402
 from mlrobust.backends.base import OPTIMAL, STOPPED  # noqa: E402
 from mlrobust.backends.registry import _REGISTERED, ENTRY_POINT_GROUP  # noqa: E402
+from mlrobust.bounds.tier import tighten  # noqa: E402
 from mlrobust.errors import SolverLimitError, SolverNotAvailableError  # noqa: E402
 from mlrobust.milp.builder import build_topk_milp  # noqa: E402
 from mlrobust.milp.problem import MilpProblem  # noqa: E402
-from mlrobust.milp.tightening import tighten  # noqa: E402
 from mlrobust.verify.milp_verifier import MilpVerifier  # noqa: E402
 from mlrobust.verify.spec import Box  # noqa: E402
 from mlrobust.verify.verdict import NotRobust, Robust  # noqa: E402

@@ -47,7 +47,7 @@ def test_network_hash_sees_the_wiring():
 
 def test_tightening_does_not_retry_a_failing_margin_bound(monkeypatch):
     """A TypeError inside the CROWN margin bounds is a bug to report, not a signal to run CROWN again."""
-    import mlrobust.milp.tightening as tightening
+    import mlrobust.bounds.tier as tightening
 
     calls = []
 
@@ -63,7 +63,7 @@ def test_tightening_does_not_retry_a_failing_margin_bound(monkeypatch):
 
 
 def test_margin_range_without_margin_bounds_is_an_error_even_under_python_O():
-    from mlrobust.milp.tightening import tighten
+    from mlrobust.bounds.tier import tighten
     from mlrobust.verify.bound_check import margin_range
 
     tight = tighten(_residual(1.0), np.zeros(2), np.ones(2), "ibp")  # no target: no margin bounds

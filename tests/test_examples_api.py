@@ -66,8 +66,8 @@ def test_scipy_backend_matches_highs(queries):
 
 def test_scipy_backend_reports_time_limits_and_registers_by_name(queries, monkeypatch):
     from mlrobust.backends.base import OPTIMAL, TIME_LIMIT
+    from mlrobust.bounds.tier import tighten
     from mlrobust.milp.builder import build_topk_milp
-    from mlrobust.milp.tightening import tighten
 
     q = queries[1]
     tight = tighten(q.network, q.box.lower, q.box.upper, "ibp", target=q.target)

@@ -15,13 +15,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ir_factories import NetBuilder, random_box, random_network, reference_network, sample_box  # noqa: E402
 
 from mlrobust.bounds import propagate  # noqa: E402
+from mlrobust.bounds.tier import tighten  # noqa: E402
 from mlrobust.ir.graph import Network, Node  # noqa: E402
 from mlrobust.ir.ops import MaxPool2d  # noqa: E402
 from mlrobust.milp.builder import MilpBuilder, topk_model  # noqa: E402
 from mlrobust.milp.encoding import AffineForm, Encoding  # noqa: E402
 from mlrobust.milp.layers.affine import affine_matrix  # noqa: E402
 from mlrobust.milp.layers.maxpool import encode_maxpool  # noqa: E402
-from mlrobust.milp.tightening import tighten  # noqa: E402
 from mlrobust.verify.margin import topk_margin  # noqa: E402
 
 

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ir_factories import NetBuilder, random_box, random_cnn, sample_box  # noqa: E402
 
 from mlrobust.bounds import margin_bounds, propagate  # noqa: E402
+from mlrobust.bounds.tier import tighten  # noqa: E402
 from mlrobust.ir.graph import Network  # noqa: E402
 from mlrobust.milp.layers.affine import affine_matrix  # noqa: E402
-from mlrobust.milp.tightening import tighten  # noqa: E402
 from mlrobust.milp.topk import kth_largest  # noqa: E402
 from mlrobust.verify.attack import PgdAttack  # noqa: E402
 from mlrobust.verify.margin import topk_margin  # noqa: E402

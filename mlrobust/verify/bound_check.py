@@ -18,8 +18,9 @@ import numpy as np
 
 from mlrobust.bounds.alpha_crown import AlphaOptions
 from mlrobust.bounds.alpha_margin import AlphaCache
+from mlrobust.bounds.tier import Tightened
 from mlrobust.ir.graph import Network
-from mlrobust.milp.tightening import Tightened, tighten
+from mlrobust.milp.tightening import tighten
 from mlrobust.milp.topk import kth_largest
 from mlrobust.verify.base import Mode
 from mlrobust.verify.counterexample import TopKProperty, check_points, check_query

@@ -16,11 +16,12 @@ import numpy as np
 
 from mlrobust.backends.base import SolverBackend, SolveResult, StopRule
 from mlrobust.backends.registry import get_backend
+from mlrobust.bounds.tier import Tightened
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
 from mlrobust.milp.builder import MilpBuilder
 from mlrobust.milp.problem import MilpProblem
-from mlrobust.milp.tightening import METHODS, Tightened, lp_margins, tighten
+from mlrobust.milp.tightening import METHODS, lp_margins, tighten
 from mlrobust.verify.attack import pgd
 from mlrobust.verify.base import Mode
 from mlrobust.verify.counterexample import CheckedPoint, TopKProperty, check_query, weak_points

@@ -23,13 +23,13 @@ import torch
 from mlrobust.backends.base import SolverBackend, StopRule
 from mlrobust.backends.registry import get_backend
 from mlrobust.bounds import linear_bounds
+from mlrobust.bounds.tier import base_bounds
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
 from mlrobust.ir.torch_exec import torch_threads
 from mlrobust.milp.builder import MilpBuilder
 from mlrobust.milp.clause import Clause
 from mlrobust.milp.disjunction import add_disjunction, clause_forms, clause_margin
-from mlrobust.milp.tightening import base_bounds
 from mlrobust.verify.attack import PgdAttack
 from mlrobust.verify.counterexample import CheckedPoint, check_points, torch_module
 from mlrobust.verify.decision import decide_after_solve, run_attack
