@@ -283,3 +283,20 @@ def test_worker_counts(monkeypatch):
     # one worker never starts a process
     one = QueryPool(tiny_problem().network, 1)
     assert one.map(lambda job, net: job * 2, [1, 2, 3]) == [2, 4, 6] and one.starts == 0
+
+
+def test_the_workers_benchmark_asks_one_question_per_layer():
+    """benchmarks/bench_workers.py: one job per layer (that layer grown, the others fixed), answered in order."""
+    from benchmarks.bench_workers import per_layer_jobs, throughput
+
+    pb = tiny_problem()
+    base = 0.01 * pb.saturation
+    jobs = per_layer_jobs(pb.network, pb.nbhd, pb.target, pb.k, base, grow=0.05)
+    assert len(jobs) == pb.num_layers
+    for d, job in enumerate(jobs):
+        expected = np.minimum(base, pb.saturation)
+        expected[d] = min(base[d] + 0.05, pb.saturation[d])
+        np.testing.assert_array_equal(job.box.lower, pb.box(expected).lower)
+        np.testing.assert_array_equal(job.box.upper, pb.box(expected).upper)
+    row = throughput(pb.network, jobs, 1)
+    assert row["queries"] == len(jobs) == len(row["verdicts"]) and row["queries_per_second"] > 0
