@@ -209,9 +209,9 @@ class QueryPool:
         any exception (Ctrl-C and the time-limit stop included) terminates them before it goes on."""
         if not self.parallel or len(jobs) < 2:
             return [fn(job, self.network) for job in jobs]
-        executor = self._start()
         futures: list[Future] = []
         try:
+            executor = self._start()
             futures = [executor.submit(fn, job) for job in jobs]
             self.jobs_sent += len(futures)
             return [f.result() for f in futures]
