@@ -27,16 +27,17 @@ import signal
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from mlrobust.errors import InputError, MlrobustError
-from mlrobust.ir.graph import Network
-from mlrobust.verify.base import Mode, Verifier
-from mlrobust.verify.counterexample import TopKProperty
-from mlrobust.verify.spec import Box
-from mlrobust.verify.verdict import Verdict, WeakPoint
+
+if TYPE_CHECKING:  # the command line checks --workers before torch is imported (see tests/test_cli_errors.py)
+    from mlrobust.ir.graph import Network
+    from mlrobust.verify.base import Mode, Verifier
+    from mlrobust.verify.spec import Box
+    from mlrobust.verify.verdict import Verdict, WeakPoint
 
 #: Environment variable that sets the default number of workers (else: the cores this process may run on).
 WORKERS_ENV = "MLROBUST_WORKERS"
@@ -116,6 +117,7 @@ def run_verify_job(job: VerifyJob, network: Network | None = None) -> VerifyOutc
     import time
 
     from mlrobust.search.problem import warm_attack
+    from mlrobust.verify.counterexample import TopKProperty
 
     net = network if network is not None else _NETWORK
     assert net is not None, "the worker's network was not loaded"
@@ -157,6 +159,7 @@ class AttackOutcome:
 def run_attack_job(job: AttackJob, network: Network | None = None) -> AttackOutcome:
     """Run ``job``'s PGD on ``network`` (in a worker: the one its initializer loaded)."""
     from mlrobust.verify.attack import pgd
+    from mlrobust.verify.counterexample import TopKProperty
 
     net = network if network is not None else _NETWORK
     assert net is not None, "the worker's network was not loaded"
