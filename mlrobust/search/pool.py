@@ -202,6 +202,9 @@ class QueryPool:
             # their locks in whatever state they were in — it can hang on its first matrix product. A spawned worker
             # starts a fresh interpreter, at the cost of importing torch once per worker.
             ctx = multiprocessing.get_context("spawn")
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                # inherited by the spawned workers, which load numpy's BLAS before their initializer runs
+                os.environ.setdefault(var, "1")
             self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
                                                  initargs=(pickle.dumps(self.network),))
             self.starts += 1
