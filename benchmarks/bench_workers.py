@@ -64,7 +64,11 @@ def throughput(network, jobs: list, workers: int) -> dict:
         outcomes = pool.map(run_verify_job, jobs)
         seconds = time.perf_counter() - start
     verdicts = [f"{status_of(o.verdict)}:{o.verdict.tier}" for o in outcomes]
+    # the jobs' own wall seconds, summed: equal at 1 and 2 workers when each worker has a core to itself; twice as
+    # large when the two workers share one core's worth of CPU (a loaded machine, or the session's fair share)
+    job_seconds = float(sum(o.seconds for o in outcomes))
     return {"workers": workers, "queries": len(jobs), "seconds": round(seconds, 3),
+            "job_seconds": round(job_seconds, 3),
             "queries_per_second": round(len(jobs) / seconds, 3), "pool_start_s": round(started, 3),
             "verdicts": verdicts}
 
@@ -129,14 +133,20 @@ def markdown(result: dict) -> str:
         f"{result['cores']} cores; load average (1, 5, 15 min) {result['load_before']} before, "
         f"{result['load_after']} after: the machine may have been shared, so timings are indicative.",
         "",
-        "| workers | queries | seconds | queries/s | speed-up | pool start (s) | identical verdicts |",
-        "|---|---|---|---|---|---|---|",
+        "| workers | queries | seconds | queries/s | speed-up | jobs' own seconds (sum) | pool start (s) | "
+        "identical verdicts |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         lines.append(f"| {row['workers']} | {row['queries']} | {row['seconds']} | {row['queries_per_second']} | "
-                     f"{row['speedup']}x | {row['pool_start_s']} | {'yes' if row['identical_verdicts'] else 'NO'} |")
+                     f"{row['speedup']}x | {row['job_seconds']} | {row['pool_start_s']} | "
+                     f"{'yes' if row['identical_verdicts'] else 'NO'} |")
     lines += ["", "Verdicts (status:tier): " + ", ".join(f"{v} {n}" for v, n in result["verdict_counts"].items()),
-              ""]
+              "",
+              "The jobs' own seconds show whether the workers had the cores: if their sum doubles at 2 workers, each "
+              "worker ran at half speed (other processes on the cores; on Linux with autogroup scheduling a "
+              "session's processes share one session's part of the CPU, so more workers get no more of it), and "
+              "the ratio measures the pool's overhead, not its gain.", ""]
     return "\n".join(lines)
 
 
