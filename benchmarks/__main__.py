@@ -10,6 +10,7 @@
     python -m benchmarks onnx-ops --timeout 60                   # mlrobust vnnlib on one network per ONNX pattern
     python -m benchmarks bound-tier                              # bound tier: frozen vs joint intermediate bounds
     python -m benchmarks scale-ladder --budgets 120 --images 1   # 64x64, 84x84 top-3, 3x300x300 at real budgets
+    python -m benchmarks workers                                 # the search's queries per second at 1 and 2 workers
     python -m benchmarks anchor --abcrown DIR                    # against α,β-CROWN on the same instances
 
 Single-threaded BLAS and torch (parallelism comes from ``--workers`` processes). The reference experiment's raw
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.bench_ladder import main as ladder_main
 
         return ladder_main(argv[1:])
+    if argv[:1] == ["workers"]:
+        from benchmarks.bench_workers import main as workers_main
+
+        return workers_main(argv[1:])
     if argv[:1] == ["anchor"]:
         from benchmarks.bench_anchor import main as anchor_main
 
@@ -76,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bound-tier", help="bound tier, frozen vs joint intermediate bounds "
                                       "(python -m benchmarks bound-tier --help)")
     sub.add_parser("scale-ladder", help="the three sizes at real budgets (python -m benchmarks scale-ladder --help)")
+    sub.add_parser("workers", help="queries per second of the search's worker pool at 1 and 2 workers "
+                   "(python -m benchmarks workers --help)")
     sub.add_parser("anchor", help="against α,β-CROWN (python -m benchmarks anchor --help)")
     report = sub.add_parser("report", help="rewrite a suite's Markdown report from its JSON results")
     report.add_argument("results", type=Path, nargs="?", default=ROOT / "benchmarks" / "results" / "full.json")

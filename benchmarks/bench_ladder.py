@@ -6,8 +6,8 @@ records: wall time, peak RSS of the process, JSON and side-file sizes, layers wi
 w·ε, how the search stopped, each tier's seconds per verifier call; then the *attack scale* of the returned
 neighborhood ε*: the smallest s at which PGD (``--restarts`` x ``--steps``) breaks the box of s·ε* (doubling from 1,
 then bisection; 1 or less would be a soundness violation). Queries per second at 1 and 2 worker processes: a fixed
-list of independent bound checks (ε* scaled by 0.5 .. 1.5 per layer group) answered by a process pool of each size,
-with the verdicts compared.
+list of independent bound checks (ε* scaled by 0.5 .. 1.5 per layer group) answered by the search's own worker pool
+(mlrobust.search.pool, as ``mlrobust verify --workers N``) of each size, with the verdicts compared.
 
     python -m benchmarks scale-ladder --budgets 120 --images 1     # -> benchmarks/results/scale_ladder.md
 
@@ -96,25 +96,24 @@ def attack_scale(network, target: int, k: int, box: Callable, restarts: int, ste
     return hi
 
 
-def _check_one(args: tuple) -> str:
-    model, image, target, k, mask, eps = args
-    import mlrobust
-
-    return mlrobust.check(model, image, target, eps, object_mask=mask, k=k, verifier="bounds", time_limit=60).status
-
-
 def queries_per_second(model: Path, image: Path, target: int, k: int, mask: Path, eps: np.ndarray,
                        n: int, workers: int) -> tuple[float, list[str]]:
-    """Seconds-rate of ``n`` independent bound checks (ε* scaled 0.5..1.5) on a pool of ``workers`` processes."""
-    from concurrent.futures import ProcessPoolExecutor
+    """Queries per second of ``n`` independent bound checks (ε* scaled 0.5..1.5) answered by the search's own worker
+    pool (:class:`mlrobust.search.pool.QueryPool`, the network sent once per worker; 1: in this process), and the
+    verdicts (status:tier)."""
+    from benchmarks.bench_workers import throughput
+    from mlrobust.api import prepare
+    from mlrobust.search.pool import VerifyJob
+    from mlrobust.search.tiers import cheap_tiers
+    from mlrobust.verify.cascade import Cascade
 
-    scales = np.linspace(0.5, 1.5, n)
-    jobs = [(str(model), str(image), target, k, str(mask), (s * eps).tolist()) for s in scales]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(_check_one, jobs[:workers]))  # start-up and model loading are not query time
-        start = time.perf_counter()
-        verdicts = list(pool.map(_check_one, jobs))
-    return n / (time.perf_counter() - start), verdicts
+    prep = prepare(model, image, target, k=k, object_mask=mask)
+    bounds = cheap_tiers(Cascade(), attack=False)
+    assert bounds is not None
+    jobs = [VerifyJob(prep.nbhd.box(np.minimum(s * eps, 1.0)), target, k, "decide", 60.0, bounds, [], False, False,
+                      seed=i) for i, s in enumerate(np.linspace(0.5, 1.5, n))]
+    row = throughput(prep.network, jobs, workers)
+    return row["queries_per_second"], row["verdicts"]
 
 
 def run_one(examples: Path, rung: Rung, entry: dict, budget: float, work: Path, restarts: int, steps: int) -> dict:

@@ -164,7 +164,8 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
              solver: Any = "highs", time_limit: float | None = 300.0, query_time_limit: float | None = 30.0,
              max_queries: int | None = None, delta: float | None = None, certify: bool = True, grow: bool | None = None,
              init: str = "best", optimizer: OptimizerOptions | None = None, object_share: float = 0.5,
-             progress: ProgressCallback | None = None, device: str = "cpu") -> SearchResult:
+             progress: ProgressCallback | None = None, device: str = "cpu",
+             workers: int | None = None) -> SearchResult:
     """The maximal robust layered neighborhood of ``target`` around the perturbed object.
 
     ``model``: ONNX path or Network. ``image``: a file or an array ((H, W), (C, H, W) or the model's input shape)
@@ -180,12 +181,18 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
     (None: an eighth of the uniform robust radius, within [1e-4, 1e-2]). ``object_share``: the object's epsilon
     keeps at least this share of the object's own robust radius (0: the weights alone decide). ``device``: where
     the branch and bound of "bab"/"cascade-bab" runs its α/β bounds ("cpu" or "cuda", see :func:`make_verifier`).
+    ``workers``: processes that answer the search's independent queries together (None: $MLROBUST_WORKERS, else
+    the cores this process may use; 1: every query in this process, no worker started; see
+    :mod:`mlrobust.search.pool`).
 
     Ctrl-C (KeyboardInterrupt) during the search returns the largest vector proven so far, with
     ``result.interrupted`` set. Every layer's answer is two-sided: ``result.maximality[d].refuted_eps`` is the
     smallest epsilon of the layer at which a confirmed counterexample is known (with it), or None.
     """
     entered = time.perf_counter()
+    from mlrobust.search.pool import QueryPool, check_workers, default_workers
+
+    n_workers = default_workers() if workers is None else check_workers(workers, "workers")
     prep = prepare(model, image, target, k=k, object_mask=object_mask, object_box=object_box,
                    object_label=object_label)
     options = SearchOptions(method=method, cutting=cutting, delta=delta, certify=certify, grow=grow, init=init,
@@ -197,7 +204,13 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
     problem = SearchProblem(prep.network, prep.nbhd, int(target), ver, k=int(k), weights=weights, budget=budget,
                             progress=progress, cheap=cheap_tiers(ver, attack=False))
     problem.start = entered  # the time limit counts from the call: loading the model and image is part of it
-    result = run_search(problem, options)
+    # the workers start only when the search first has two independent queries, and never outlive the call
+    with QueryPool(prep.network, n_workers) as pool:
+        problem.pool = pool
+        try:
+            result = run_search(problem, options)
+        finally:
+            problem.pool = None
     result.object_source = prep.choice.source
     result.object_label = prep.choice.label
     result.provenance = prep.provenance

@@ -11,6 +11,10 @@ import os
 
 from hypothesis import settings
 
+# Every search of the suite runs in one process unless a test asks for workers (mlrobust.search.pool): starting a
+# pool costs seconds per test, and the tests that are about the pool name their worker count.
+os.environ.setdefault("MLROBUST_WORKERS", "1")
+
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")

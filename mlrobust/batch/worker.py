@@ -155,7 +155,8 @@ def run_job(model: ModelRef, job: Job, settings: BatchSettings, fingerprint: str
                           k=k, weights=settings.weights, method=settings.method, cutting=settings.cutting,
                           verifier=settings.verifier, solver=settings.solver, time_limit=settings.time_limit,
                           query_time_limit=settings.query_time_limit, max_queries=settings.max_queries,
-                          delta=settings.delta, certify=settings.certify)
+                          delta=settings.delta, certify=settings.certify,
+                          workers=1)  # the batch's own processes are the parallelism: none inside a job
         if getattr(result, "interrupted", False):
             # Ctrl-C reached the search, which stops with what it had proven; in a batch that is not this image's
             # answer but the run's end: no line (a resumed run searches the image again), and the runner says 130.

@@ -280,6 +280,9 @@ def verify(
     device: str = typer.Option("cpu", "--device", help="Where the branch and bound (bab, cascade-bab) runs its "
                                                        "α/β bounds: cpu or cuda (a GPU torch sees)."),
     max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Verifier calls at most."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes for the search's "
+                                          "independent queries (default: $MLROBUST_WORKERS, else the number of "
+                                          "cores; 1: all in this process)."),
     delta: str = typer.Option("auto", "--delta", help="Tolerance of steps and of the maximality check: a number, "
                               "or auto (an eighth of the uniform robust radius, within [1e-4, 1e-2])."),
     eps: Optional[float] = typer.Option(None, "--eps", help="Check this one epsilon for all layers (no search)."),
@@ -318,6 +321,9 @@ def verify(
     check_choice(cutting, CUTTINGS, "--cutting")
     check_choice(verifier, VERIFIERS, "--verifier")
     check_device_option(device)
+    from mlrobust.search.pool import check_workers, default_workers
+
+    n_workers = default_workers() if workers is None else check_workers(workers)
     check_choice(output_format, FORMATS, "--format")
     delta_value = parse_delta(delta)
     if eps is not None and eps_layers is not None:
@@ -341,7 +347,7 @@ def verify(
                                 "weights": weights}
     search_args: dict[str, Any] = dict(method=method, cutting=cutting, query_time_limit=query_time_limit,
                                        max_queries=max_queries, delta=delta_value, certify=not no_certify,
-                                       object_share=object_share)
+                                       object_share=object_share, workers=n_workers)
     if output_format == "auto":
         output_format = "table" if sys.stdout.isatty() else "text"
     view = View(quiet, full_table, output_format)
@@ -349,7 +355,7 @@ def verify(
         if given is not None:
             return _check(outputs, model, image, target, given, common, settings, time_limit, view)
         settings.update(method=method, cutting=cutting, query_time_limit=query_time_limit, max_queries=max_queries,
-                        delta=delta, certify=not no_certify, object_share=object_share)
+                        delta=delta, certify=not no_certify, object_share=object_share, workers=n_workers)
         return _search(outputs, model, image, target, {**common, **search_args}, settings, time_limit, view)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from mlrobust.search.maximality import LayerMaximality
 from mlrobust.search.problem import SearchProblem
-from mlrobust.verify.counterexample import check_points
+from mlrobust.verify.counterexample import CheckedPoint, check_points
 
 #: A stored point counts as inside ``eps*`` in the other layers up to this (absolute) rounding slack; the reported
 #: counterexample is then checked to lie in the box of its refuted vector, exactly.
@@ -150,32 +150,108 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
         stats["found"] += 1
         return float(problem.required_eps(cex.x[None])[0, d])
 
+    def attempt_many(pairs: list[tuple[int, float]]) -> list[float | None]:
+        """``attempt`` for every (layer, value) of one round, the PGD runs in the pool's workers: the warm starts
+        are taken from the state before the round, the seeds are the order's, and every point a worker found is
+        re-checked here before it is stored (as ``attempt`` does, in the same order)."""
+        from mlrobust.search.pool import AttackJob, run_attack_job
+
+        assert problem.pool is not None
+        plans = []
+        for d, value in pairs:
+            trial = _refuted_vector(eps, d, value)
+            box = problem.box(trial)
+            plans.append((d, trial, box, problem.warm_starts(box)))
+        hits: dict[int, CheckedPoint] = {}
+        jobs: list[AttackJob] = []
+        asked: list[int] = []
+        left = None if deadline is None else max(deadline - problem.elapsed(), 0.0)
+        for j, (d, trial, box, starts) in enumerate(plans):
+            if starts:
+                stats["projected"] += 1
+                confirmed = [p for p in check_points(problem.network, box, starts, problem.prop) if p.confirmed]
+                if confirmed:
+                    hits[j] = max(confirmed, key=lambda p: p.margin)
+                    continue
+            stats["attacks"] += 1
+            jobs.append(AttackJob(box, problem.target, problem.k, starts, len(starts) + UPPER_RESTARTS, UPPER_STEPS,
+                                  seed=int(stats["attacks"]), time_limit=left))
+            asked.append(j)
+        outcomes = dict(zip(asked, problem.pool.map(run_attack_job, jobs)))
+        found: list[float | None] = []
+        for j, (d, trial, box, _) in enumerate(plans):
+            point: CheckedPoint | None = hits.get(j)
+            tier = "projection"
+            out = outcomes.get(j)
+            if out is not None and out.counterexample is not None:
+                checked = check_points(problem.network, box, [out.counterexample], problem.prop)[0]
+                point, tier = (checked, "attack") if checked.confirmed and box.contains(checked.x) else (None, "")
+            if point is None:
+                if out is not None:
+                    problem.add_weak_points(trial, out.points)
+                found.append(None)
+                continue
+            problem.add_counterexample(point.x, point.margin, trial, tier)
+            stats["found"] += 1
+            found.append(float(problem.required_eps(point.x[None])[0, d]))
+        return found
+
+    parallel = problem.pool is not None and problem.pool.parallel
+    chunk = 2 * problem.pool.workers if problem.pool is not None else 1  # a round's jobs between deadline checks
     # Breadth first: every layer gets its first upper bound (the whole range) before any layer is bisected, then
     # bisection steps go round the layers, largest gap first, so a short deadline still leaves a bound on most
-    # layers. ``lo`` is the largest value at which the attack failed (a hint, not a proof).
+    # layers. ``lo`` is the largest value at which the attack failed (a hint, not a proof). With a parallel pool a
+    # round's attempts run together (each one only ever bounds its own layer, so they do not depend on each other).
     lo = {d: float(eps[d]) for d in order if eps[d] < sat[d]}
     steps = {d: 0 for d in lo}
-    for d in list(lo):
-        if over():
-            break
-        if known_upper_bounds(problem, eps)[d] is None and attempt(d, float(sat[d])) is None:
-            del lo[d]  # not even the full range of the layer breaks: nothing for the attack here
-    while lo and not over():
-        uppers = known_upper_bounds(problem, eps)
-        gaps = {d: (u.eps - lo[d]) for d in lo if (u := uppers[d]) is not None}
-        open_ = [d for d, g in gaps.items() if g > delta and steps[d] < UPPER_BISECTIONS]
-        if not open_:
-            break
-        for d in sorted(open_, key=lambda d: -gaps[d]):
+    if parallel:
+        first = [d for d in lo if known_upper_bounds(problem, eps)[d] is None]
+        for at in range(0, len(first), chunk):
             if over():
                 break
-            hi = known_upper_bounds(problem, eps)[d]
-            if hi is None or hi.eps - lo[d] <= delta:
-                continue
-            mid = (lo[d] + hi.eps) / 2
-            steps[d] += 1
-            if attempt(d, mid) is None:
-                lo[d] = mid
+            part = first[at:at + chunk]
+            for d, value in zip(part, attempt_many([(d, float(sat[d])) for d in part])):
+                if value is None:
+                    del lo[d]
+        while lo and not over():
+            uppers = known_upper_bounds(problem, eps)
+            gaps = {d: (u.eps - lo[d]) for d in lo if (u := uppers[d]) is not None}
+            open_ = sorted((d for d, g in gaps.items() if g > delta and steps[d] < UPPER_BISECTIONS),
+                           key=lambda d: -gaps[d])
+            if not open_:
+                break
+            for at in range(0, len(open_), chunk):
+                if over():
+                    break
+                part = open_[at:at + chunk]
+                mids = {d: (lo[d] + uppers[d].eps) / 2 for d in part}  # type: ignore[union-attr]
+                for d in part:
+                    steps[d] += 1
+                for d, value in zip(part, attempt_many([(d, mids[d]) for d in part])):
+                    if value is None:
+                        lo[d] = mids[d]
+    else:
+        for d in list(lo):
+            if over():
+                break
+            if known_upper_bounds(problem, eps)[d] is None and attempt(d, float(sat[d])) is None:
+                del lo[d]  # not even the full range of the layer breaks: nothing for the attack here
+        while lo and not over():
+            uppers = known_upper_bounds(problem, eps)
+            gaps = {d: (u.eps - lo[d]) for d in lo if (u := uppers[d]) is not None}
+            open_ = [d for d, g in gaps.items() if g > delta and steps[d] < UPPER_BISECTIONS]
+            if not open_:
+                break
+            for d in sorted(open_, key=lambda d: -gaps[d]):
+                if over():
+                    break
+                hi = known_upper_bounds(problem, eps)[d]
+                if hi is None or hi.eps - lo[d] <= delta:
+                    continue
+                mid = (lo[d] + hi.eps) / 2
+                steps[d] += 1
+                if attempt(d, mid) is None:
+                    lo[d] = mid
     stats["seconds"] = time.perf_counter() - start
     problem.stats.seconds["upper-bounds"] = problem.stats.seconds.get("upper-bounds", 0.0) + stats["seconds"]
     return stats

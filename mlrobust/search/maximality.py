@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from mlrobust.search.problem import SearchProblem
-from mlrobust.verify.verdict import NotRobust
+from mlrobust.verify.verdict import NotRobust, Verdict
 
 STATUSES = ("refuted", "saturated", "unknown", "not_maximal", "unchecked")
 
@@ -97,7 +97,8 @@ def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bo
         layers = [d for d in layers if d not in results]
     problem.phase = "maximality"
     undecided_run: list[int] = []
-    for d in layers:
+    ahead: dict[tuple[int, bytes], Verdict] = {}  # first questions answered ahead by the pool's workers
+    for at, d in enumerate(layers):
         problem.iteration = d
         if give_up_after is not None and len(undecided_run) >= give_up_after and d not in results:
             results[d] = _kept(previous, d) or LayerMaximality(
@@ -112,10 +113,14 @@ def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bo
                 d, "unchecked", float(eps[d]), reason=_unchecked_reason(previous, d, str(problem.exhausted())))
             continue
         step, expanding = delta, True
+        if problem.pool is not None and problem.pool.parallel and (d, eps.tobytes()) not in ahead:
+            ahead.update(_ask_ahead(problem, eps, delta, [x for x in layers[at:] if x not in results]))
         while True:
             trial = eps.copy()
             trial[d] = min(eps[d] + step, sat[d])
-            verdict = problem.query(trial, purpose=f"maximality of layer {d}")
+            # an answer asked ahead counts only while it is about this very question (the same vector)
+            early = ahead.pop((d, eps.tobytes()), None) if step == delta else None
+            verdict = early if early is not None else problem.query(trial, purpose=f"maximality of layer {d}")
             if verdict.is_robust:
                 if not grow:
                     results[d] = LayerMaximality(d, "not_maximal", float(eps[d]), float(trial[d]), verdict.tier,
@@ -152,6 +157,25 @@ def certify(problem: SearchProblem, eps_star: np.ndarray, delta: float, grow: bo
         res.eps = float(eps[d])
         out.append(res)
     return eps, out
+
+
+def _ask_ahead(problem: SearchProblem, eps: np.ndarray, delta: float,
+               layers: list[int]) -> dict[tuple[int, bytes], Verdict]:
+    """The first question (``eps + delta e_d``, the others fixed) of the next layers still open, one per worker,
+    asked together (:meth:`~mlrobust.search.problem.SearchProblem.query_many`). Keyed by the layer and the vector
+    they were asked at: once a layer grows, the later layers' answers are about a smaller box than their question
+    and are not used (their facts stay in the caches, where they are sound: a proof of a smaller box proves only
+    that box, a counterexample stays in every larger one)."""
+    assert problem.pool is not None
+    sat = problem.saturation
+    todo = [d for d in layers if eps[d] < sat[d]][:problem.pool.workers]
+    trials = []
+    for d in todo:
+        trial = eps.copy()
+        trial[d] = min(eps[d] + delta, sat[d])
+        trials.append(trial)
+    verdicts = problem.query_many(trials, [f"maximality of layer {d}" for d in todo])
+    return {(d, eps.tobytes()): v for d, v in zip(todo, verdicts)}
 
 
 def _kept(previous: list[LayerMaximality] | None, d: int) -> LayerMaximality | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from mlrobust.verify.base import Mode, Verifier
 from mlrobust.verify.counterexample import TopKProperty, check_points, check_query
 from mlrobust.verify.spec import Box
 from mlrobust.verify.verdict import NotRobust, Robust, Unknown, Verdict, WeakPoint
+
+if TYPE_CHECKING:
+    from mlrobust.search.pool import QueryPool
 
 #: Tiers that answer a query without calling the verifier.
 CACHE_TIERS = ("cache", "projection", "warm-attack", "budget")
@@ -135,6 +138,27 @@ class StoredCounterexample:
     tier: str = ""
 
 
+def warm_attack(network: Network, box: Box, prop: TopKProperty, starts: list[np.ndarray], cold: bool,
+                seed: int) -> tuple[Verdict | None, list[WeakPoint], float]:
+    """The search's own attack on ``box``: PGD from ``starts`` (the strongest known points clipped into it) and, with
+    ``cold``, random restarts as well. A refutation (or None), the best points it reached, and its seconds. Pure:
+    the search's worker processes (:mod:`mlrobust.search.pool`) run the same function with the same seed."""
+    if not starts and not cold:
+        return None, [], 0.0
+    from mlrobust.verify.attack import pgd
+
+    restarts = len(starts) + (COLD_RESTARTS if cold else 1)
+    result = pgd(network, box, prop, restarts=restarts, steps=WARM_STEPS if starts else COLD_STEPS,
+                 starts=starts, seed=seed)
+    tier = "warm-attack" if starts else "attack"
+    wps = [p.weak_point() for p in result.points[:3]]
+    cex = result.counterexample
+    if cex is None:
+        return None, wps, float(result.seconds)
+    return (NotRobust(tier=tier, seconds={tier: result.seconds}, counterexample=cex.x, margin=cex.margin,
+                      weak_points=wps), wps, float(result.seconds))
+
+
 def layer_saturation(nbhd: LayeredNeighborhood) -> np.ndarray:
     """Per layer, the smallest epsilon at which every pixel (every channel) of the layer spans all of [0, 1]:
     ``max over the layer of max(x, 1 - x)``. Larger epsilons give the same box."""
@@ -189,6 +213,8 @@ class SearchProblem:
         self.iteration = 0
         self.best_eps = np.zeros(self.num_layers)
         self.trace: list[tuple[float, float]] = []  # (seconds, size) at every improvement
+        # worker processes for lists of independent queries (None: every query in this process)
+        self.pool: QueryPool | None = None
 
     # --- basic quantities -------------------------------------------------------------------------------------
     @property
@@ -285,21 +311,14 @@ class SearchProblem:
         if not self.warm_attack:
             return None, []
         starts = self._warm_starts(box)
-        if not starts and not cold:
-            return None, []
-        from mlrobust.verify.attack import pgd
+        verdict, wps, seconds = warm_attack(self.network, box, self.prop, starts, cold, seed=len(self.records))
+        if verdict is None and (starts or cold):
+            self.add_attack_seconds("warm-attack" if starts else "attack", seconds)
+        return verdict, wps
 
-        restarts = len(starts) + (COLD_RESTARTS if cold else 1)
-        result = pgd(self.network, box, self.prop, restarts=restarts, steps=WARM_STEPS if starts else COLD_STEPS,
-                     starts=starts, seed=len(self.records))
-        tier = "warm-attack" if starts else "attack"
-        wps = [p.weak_point() for p in result.points[:3]]
-        cex = result.counterexample
-        if cex is None:
-            self.stats.seconds[tier] = self.stats.seconds.get(tier, 0.0) + result.seconds
-            return None, wps
-        return NotRobust(tier=tier, seconds={tier: result.seconds}, counterexample=cex.x, margin=cex.margin,
-                         weak_points=wps), wps
+    def add_attack_seconds(self, tier: str, seconds: float) -> None:
+        """Count an attack's time that refuted nothing (a refutation's time travels with its verdict)."""
+        self.stats.seconds[tier] = self.stats.seconds.get(tier, 0.0) + seconds
 
     def _projected(self, box: Box) -> Verdict | None:
         """Clip the most recent counterexamples into ``box``; a clipped one that still violates refutes it."""
@@ -405,6 +424,77 @@ class SearchProblem:
                                         self.elapsed()))
         self.notify("query", message=f"{purpose}: {status_of(verdict)} ({tier})")
         return verdict
+
+    def query_many(self, trials: Sequence[np.ndarray], purposes: Sequence[str], warm: bool = True,
+                   verifier: Verifier | None = None, time_limit: float | None = None) -> list[Verdict]:
+        """:meth:`query` for a list of independent questions, answered in the worker processes of :attr:`pool`
+        (:mod:`mlrobust.search.pool`); without a parallel pool, or for one question, :meth:`query` one by one.
+
+        Every question is answered from the state the search had when the list was asked (caches, warm starts,
+        the time left), with the seed the one-by-one order would give it; the answers are then taken in the order
+        given, each as :meth:`query` takes one: a worker's counterexample is re-checked on the network here before
+        it counts (an unconfirmed one is Unknown), and every answer is recorded and cached. A caller uses an
+        answer only while it is still about its current question (a speculative question is asked again, not
+        trusted, once the vector it was asked at has changed)."""
+        pool = self.pool
+        if pool is None or not pool.parallel or len(trials) < 2:
+            return [self.query(e, purpose=p, warm=warm, verifier=verifier, time_limit=time_limit)
+                    for e, p in zip(trials, purposes)]
+        from mlrobust.search.pool import VerifyJob, run_verify_job
+
+        start = time.perf_counter()
+        eps_list = [self.clip(e) for e in trials]
+        boxes = [self.box(e) for e in eps_list]
+        answers: list[Verdict | None] = [self._cached(e, b) for e, b in zip(eps_list, boxes)]
+        active = verifier or (self.cheap if (self.use_cheap and self.cheap is not None) else self.verifier)
+        limit = self.budget.query_time_limit if time_limit is None else time_limit
+        rem = self.remaining()
+        if rem is not None:
+            limit = max(rem, 0.0) if limit is None else max(min(limit, rem), 0.0)
+        why = self.exhausted()
+        allowed = (None if self.budget.max_queries is None
+                   else self.budget.max_queries - self.stats.verifier_calls)
+        cold = getattr(active, "use_attack", True) is False
+        jobs: list[VerifyJob] = []
+        asked: list[int] = []
+        for i, (box, answer) in enumerate(zip(boxes, answers)):
+            if answer is not None:
+                continue
+            if why is None and allowed is not None and len(jobs) >= allowed:
+                why = "query limit"
+            if why is not None:
+                answers[i] = Unknown(tier="budget", reason=f"search budget spent ({why})")
+                continue
+            use_warm = warm and self.warm_attack
+            jobs.append(VerifyJob(box, self.target, self.k, self.mode, limit, active,
+                                  self._warm_starts(box) if use_warm else [], cold, use_warm,
+                                  seed=len(self.records) + i))
+            asked.append(i)
+        outcomes = dict(zip(asked, pool.map(run_verify_job, jobs)))
+        batch_seconds = time.perf_counter() - start
+        verdicts: list[Verdict] = []
+        for i, (eps, box) in enumerate(zip(eps_list, boxes)):
+            out = outcomes.get(i)
+            reached = bool(out is not None and out.reached_verifier)
+            if out is None:
+                verdict = answers[i]
+                assert verdict is not None
+            else:
+                # a worker's counterexample counts only once this process has re-run it through the network
+                verdict = self._confirmed(box, out.verdict)
+                if out.attack_seconds:
+                    self.add_attack_seconds("warm-attack" if jobs[asked.index(i)].starts else "attack",
+                                            out.attack_seconds)
+                if reached and out.warm_points:
+                    verdict.weak_points = sorted(list(verdict.weak_points) + out.warm_points, key=lambda w: -w.margin)
+            tier = verdict.tier or ("verifier" if reached else "cache")
+            self._remember(eps, verdict)
+            self.stats.add(tier, verdict, reached)
+            seconds = out.seconds if out is not None else batch_seconds / len(trials)
+            self.records.append(QueryRecord(eps.copy(), verdict, tier, purposes[i], seconds, self.elapsed()))
+            self.notify("query", message=f"{purposes[i]}: {status_of(verdict)} ({tier})")
+            verdicts.append(verdict)
+        return verdicts
 
     def _confirmed(self, box: Box, verdict: Verdict) -> Verdict:
         if not isinstance(verdict, NotRobust):
