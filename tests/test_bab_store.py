@@ -20,6 +20,7 @@ from mlrobust.bounds import crown
 from mlrobust.verify.bab import BabVerifier
 from mlrobust.verify.bab.bounding import absorb, bound_domains, domains_from, layout_of
 from mlrobust.verify.bab.branching import (
+    INPUT,
     BabsrBranching,
     FsbBranching,
     InputBisection,
@@ -162,10 +163,10 @@ def test_multi_level_input_split_children_partition_the_parent(seed, levels):
     lo, hi = random_box(net, seed, 0.5)
     _, layout, root = _root(net, lo, hi)
     parents = concat([root, root])
-    dims, ok = InputBisection().rank(parents, levels)
-    if not ok.all():
+    ranked = InputBisection().rank(parents, levels)
+    if not np.all(ranked.layer == INPUT):
         return  # fewer dimensions of positive width than levels
-    kids = split_inputs(parents, dims)
+    kids = split_inputs(parents, ranked.index)
     assert kids.size == 2 * 2 ** levels and kids.box_changed.all()
     xs = np.random.default_rng(seed).uniform(lo, hi, (300, *lo.shape))
     for p in range(2):
@@ -261,12 +262,15 @@ def test_top_choices_are_the_best_scores_over_every_node(rows, count):
 
 def test_input_bisection_ranks_by_coefficient_times_width_and_skips_flat_dimensions():
     _, doms = _crafted(3)
-    dims, ok = InputBisection().rank(doms, 4)
+    ranked = InputBisection().rank(doms, 4)
     width = doms.upper - doms.lower
     for i in range(doms.size):
         score = width[i] if i == 1 else width[i] * (np.abs(doms.input_coeff[i].astype(np.float64)) + 1e-12)
-        assert np.allclose(score[dims[i]], -np.sort(-score))
-        assert np.array_equal(ok[i], width[i, dims[i]] > 0)
+        flat = width[i] > 0
+        n = int(flat.sum())
+        assert ranked.available[i] == n
+        assert np.allclose(score[ranked.index[i, :n]], -np.sort(-score[flat]))
+        assert np.all(ranked.layer[i, :n] == INPUT) and np.all(ranked.layer[i, n:] == -1)
 
 
 @given(seed=st.integers(0, 400))

@@ -1,8 +1,8 @@
 """Branching strategies: which neurons (or input dimensions) to split, ranked for every domain of a batch at once.
 
-Every strategy follows :class:`Branching`: ``rank(doms, count)`` returns, per domain, its ``count`` best ReLU
-splits as :class:`Choices` (node index and flat neuron index into that node's input, best first; ``-1`` where a
-domain has fewer unstable, unsplit neurons). Scores are computed on ``(D, neurons)`` arrays per ReLU node; the only
+Every strategy follows :class:`Branching`: ``rank(doms, count)`` returns, per domain, its ``count`` best
+splits as :class:`Choices` (node index and flat neuron index into that node's input, or ``INPUT`` and an input
+coordinate, best first; ``-1`` where a domain has fewer candidates). Scores are computed on ``(D, neurons)`` arrays per ReLU node; the only
 loops run over the network's ReLU nodes and, for FSB on the plain-CROWN engine, over domains (that engine bounds one
 domain at a time anyway).
 
@@ -14,7 +14,7 @@ domain at a time anyway).
   children on the parent's bounds at the parent's α/β (all candidates of all domains in one
   :func:`~mlrobust.bounds.alpha_crown.bounds_at` pass) or with plain CROWN; the split whose worse child is best wins.
 - :class:`InputBisection` — input dimensions by ``|coefficient| × width`` (the width alone without coefficients),
-  for small inputs and once no unstable neuron is left.
+  for small inputs and once no unstable neuron is left; its choices have ``layer == INPUT``.
 """
 
 from __future__ import annotations
@@ -31,11 +31,15 @@ from mlrobust.verify.bab.split import split_relus
 from mlrobust.verify.bab.store import DomainLayout, Domains
 from mlrobust.verify.bab_bounds import AlphaEngine, SplitCrown
 
+#: ``Choices.layer`` of an input dimension (its ``index`` is the flat input coordinate).
+INPUT = -2
+
 
 @dataclass
 class Choices:
-    """Ranked ReLU splits per domain, best first: ``layer`` ``(D, K)`` into the layout's ReLU nodes (-1: none),
-    ``index`` ``(D, K)`` flat neuron indices, ``score`` ``(D, K)`` (``-inf`` where there is none)."""
+    """Ranked splits per domain, best first: ``layer`` ``(D, K)`` into the layout's ReLU nodes (``INPUT``: an input
+    dimension; -1: none), ``index`` ``(D, K)`` flat neuron (or input) indices, ``score`` ``(D, K)`` (``-inf`` where
+    there is none)."""
 
     layer: np.ndarray
     index: np.ndarray
@@ -44,7 +48,7 @@ class Choices:
     @property
     def available(self) -> np.ndarray:
         """How many splits each domain has ``(D,)``."""
-        return (self.layer >= 0).sum(axis=1)
+        return (self.layer != -1).sum(axis=1)
 
     def first(self, levels: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``levels`` best splits of every domain, ``(D, levels)`` each."""
@@ -214,16 +218,16 @@ class InputBisection:
 
     name = "input"
 
-    def rank(self, doms: Domains, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(dims, ok)``: ``(D, count)`` dimensions and whether each is splittable (a positive width)."""
+    def rank(self, doms: Domains, count: int) -> Choices:
         d = doms.size
         width = (doms.upper - doms.lower).reshape(d, -1)
         coeff = np.abs(doms.input_coeff.reshape(d, -1).astype(np.float64))
         known = ~np.isnan(coeff).any(axis=1, keepdims=True)
-        score = np.where(known, width * (np.nan_to_num(coeff) + 1e-12), width)
+        score = np.where(width > 0, np.where(known, width * (np.nan_to_num(coeff) + 1e-12), width), -np.inf)
         count = min(count, width.shape[1])
         dims = np.argsort(-score, axis=1, kind="stable")[:, :count]
-        return dims, np.take_along_axis(width, dims, axis=1) > 0
+        best = np.take_along_axis(score, dims, axis=1)
+        return Choices(np.where(np.isfinite(best), INPUT, -1), dims, best)
 
 
 def make_branching(name: str, layout: DomainLayout, engine: Engine, coeffs: np.ndarray, candidates: int,

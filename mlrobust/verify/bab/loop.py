@@ -331,11 +331,11 @@ class BabVerifier:
 def _bisect(parents: Domains, bisect: InputBisection, levels: int) -> tuple[Domains, int] | None:
     """Input bisection of every parent on its ``levels`` best dimensions (fewer where some parent has fewer of
     positive width; None when one has none), and how many levels that was."""
-    dims, ok = bisect.rank(parents, levels)
-    depth = int(ok.sum(axis=1).min()) if parents.size else 0
+    ranked = bisect.rank(parents, levels)
+    depth = int(ranked.available.min()) if parents.size else 0
     if depth == 0:
         return None
-    return split_inputs(parents, dims[:, :depth]), depth
+    return split_inputs(parents, ranked.index[:, :depth]), depth
 
 
 def _intermediate_cost(network: Network, bounds: Bounds) -> int:

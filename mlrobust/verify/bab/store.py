@@ -228,7 +228,7 @@ class DomainStore:
                 # a parameter not seen before (or of another shape): the other slots have no value for it
                 mine = torch.full((self.capacity, *v.shape[1:]), float("nan"), dtype=torch.float32, device=v.device)
                 buf.warm[k] = mine
-            mine[ts.to(mine.device)] = v.to(mine.dtype)
+            mine[ts.to(mine.device)] = v.to(mine.device, mine.dtype)
         for k, mine in buf.warm.items():
             if k not in doms.warm:
                 mine[ts.to(mine.device)] = float("nan")
