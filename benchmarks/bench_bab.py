@@ -2,7 +2,10 @@
 
 Part 1 (cost per node): on one image of ``mnist2_pgd`` (the reference architecture) at ``--node-factor`` times the
 CROWN radius, a BaB run limited to ``--node-domains`` domains per bound engine (α/β-CROWN, plain CROWN under the
-splits): seconds per domain, domains per second, process peak memory (max RSS).
+splits): seconds per domain, domains per second, the worst open bound after that many domains, process peak memory
+(max RSS) and the domain store's bytes per domain. With ``--baseline DIR`` (another checkout of the project, e.g.
+the main branch) the same part runs there too, in a subprocess, alternating with this checkout ``--repeat``
+times, so that both see the same machine load.
 
 Part 2 (what it proves): for the first ``--images`` images of ``examples/manifest.json`` and each model of
 ``--models``, ε* = the largest whole-image L∞ radius (clipped to [0, 1]) that CROWN margin bounds prove for top-2
@@ -12,6 +15,8 @@ time → MILP) within ``--time-limit`` seconds. Single-threaded BLAS and torch.
 
     python -m benchmarks.bench_bab [--images 5] [--models mnist2_pgd] [--factors 1.05 1.1 1.25]
                                    [--time-limit 60] [--out benchmarks/results/bab.md]
+                                   [--skip-compare] [--node-domains 400] [--baseline ../main --repeat 2]
+                                   [--notes-file NOTES.md]
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ import argparse
 import json
 import platform
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,13 +88,35 @@ def node_cost(net: Network, image: np.ndarray, target: int, factor: float, domai
         v = BabVerifier(engine=engine, max_domains=domains, root_attack=False, time_limit=600).verify(
             net, box, target, K)
         s = v.stats["bab"]
-        rows.append({"engine": engine, "eps": eps, "status": status(v), "domains": s["domains"],
+        rows.append({"code": "this", "engine": engine, "eps": eps, "status": status(v), "domains": s["domains"],
                      "seconds": s["seconds"], "seconds_per_domain": s["seconds_per_domain"],
                      "domains_per_second": s["domains"] / max(s["bound_seconds"] + s["branch_seconds"], 1e-9),
                      "root_bound": s["root_bound"], "final_bound": s["final_bound"], "max_depth": s["max_depth"],
-                     "peak_rss_mib": peak_rss_mib(), "rss_before_mib": start_rss})
+                     "peak_rss_mib": peak_rss_mib(), "rss_before_mib": start_rss,
+                     "store_bytes_per_domain": s.get("store_bytes_per_domain")})
         print(rows[-1], flush=True)
     return rows
+
+
+def baseline_node_cost(directory: Path, args: argparse.Namespace) -> list[dict]:
+    """Part 1 run by another checkout of the project (its own code, in a subprocess), its rows tagged with it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bab.md"
+        cmd = [sys.executable, "-m", "benchmarks.bench_bab", "--skip-compare", "--node-domains", str(args.node_domains),
+               "--node-factor", str(args.node_factor), "--node-image", str(args.node_image), "--out", str(out)]
+        env = {**os.environ, "PYTHONPATH": str(directory)}
+        subprocess.run(cmd, cwd=directory, env=env, check=True, stdout=subprocess.DEVNULL)
+        rows = json.loads(out.with_suffix(".json").read_text())["node"]
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=directory, capture_output=True,
+                         text=True).stdout.strip()
+    for r in rows:
+        r["code"] = f"baseline {rev}"
+    print(rows, flush=True)
+    return rows
+
+
+def load_average() -> str:
+    return ", ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def compare(models: list[tuple[str, Network]], images: list[dict], factors: list[float],
@@ -122,13 +151,20 @@ def markdown(node_rows: list[dict], radii: list[dict], rows: list[dict], args: a
            "## Cost per node (mnist2_pgd, reference architecture)", "",
            (f"Image {args.node_image}, whole-image box at {args.node_factor:g} × the CROWN radius, at most "
            f"{args.node_domains} domains. *s/domain* is bounding time per domain (the branching heuristic and the "
-           "attacks excluded); *domains/s* counts bounding and branching."), "",
-           "| engine | ε | verdict | domains | s/domain | domains/s | root bound | final bound | depth | peak RSS MiB |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "attacks excluded); *domains/s* counts bounding and branching; *final bound* is the worst open bound "
+           "after those domains (lower is better); *peak RSS* is the whole benchmark process (torch, model, "
+           "domains); *store B/domain* the domain store's bytes per open domain (bounds, splits, coefficients, "
+           "α/β warm start). *load* is the machine's load average (1, 5, 15 min) when the row started: the "
+           "machine is shared, so compare rows run back to back."), "",
+           "| code | engine | ε | verdict | domains | s/domain | domains/s | root bound | final bound | depth | "
+           "peak RSS MiB | store B/domain | load |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in node_rows:
-        out.append(f"| {r['engine']} | {r['eps']:.4f} | {r['status']} | {r['domains']} | "
+        store = r.get("store_bytes_per_domain")
+        out.append(f"| {r.get('code', 'this')} | {r['engine']} | {r['eps']:.4f} | {r['status']} | {r['domains']} | "
                    f"{r['seconds_per_domain']:.3f} | {r['domains_per_second']:.1f} | {r['root_bound']:.4f} | "
-                   f"{r['final_bound']:.4f} | {r['max_depth']} | {r['peak_rss_mib']:.0f} |")
+                   f"{r['final_bound']:.4f} | {r['max_depth']} | {r['peak_rss_mib']:.0f} | "
+                   f"{'-' if store is None else store} | {r.get('load', '-')} |")
     out += ["", "## BaB vs MILP vs cascade", "",
             ("ε* = the largest whole-image L∞ radius CROWN proves (top-2, target label of the manifest); boxes at "
             "multiples of it. Each cell: verdict and seconds."), "",
@@ -154,6 +190,8 @@ def markdown(node_rows: list[dict], radii: list[dict], rows: list[dict], args: a
             med = float(np.median([r["seconds"] for r in done])) if done else float("nan")
             cells.append(f"{len(done)}/{len(sel)} (median {med:.1f} s)")
         out.append(f"| {f:g} | " + " | ".join(cells) + " |")
+    if args.notes_file is not None:
+        out += ["", "## Notes", "", args.notes_file.read_text().rstrip()]
     return "\n".join(out) + "\n"
 
 
@@ -168,6 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--node-factor", type=float, default=1.25)
     parser.add_argument("--node-domains", type=int, default=100)
     parser.add_argument("--skip-compare", action="store_true")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout of the project whose part 1 runs too, alternating with this one")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of part 1 (each side, alternating)")
+    parser.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bab.md")
     args = parser.parse_args(argv)
     manifest = json.loads((args.examples / "manifest.json").read_text())
@@ -176,8 +218,15 @@ def main(argv: list[str] | None = None) -> None:
     models = [(m, load_onnx(args.examples / "models" / f"{m}.onnx")) for m in args.models]
     ref = load_onnx(args.examples / "models" / "mnist2_pgd.onnx")
     node_img = images[args.node_image] if args.node_image < len(images) else images[0]
-    node_rows = node_cost(ref, node_img["image"].reshape(ref.sample_shape), node_img["target"], args.node_factor,
-                          args.node_domains)
+    node_rows: list[dict] = []
+    for _ in range(args.repeat):
+        if args.baseline is not None:
+            load = load_average()
+            node_rows += [{**r, "load": load} for r in baseline_node_cost(args.baseline, args)]
+        load = load_average()
+        node_rows += [{**r, "load": load} for r in node_cost(ref, node_img["image"].reshape(ref.sample_shape),
+                                                              node_img["target"], args.node_factor,
+                                                              args.node_domains)]
     radii, rows = ([], []) if args.skip_compare else compare(models, images, args.factors, args.time_limit)
     command = "python -m benchmarks.bench_bab" + ("" if argv is None and len(sys.argv) == 1 else
                                                   " " + " ".join(sys.argv[1:] if argv is None else argv))

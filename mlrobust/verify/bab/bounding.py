@@ -1,0 +1,236 @@
+"""Bounding a batch of children and folding the result into their arrays (value, binding row, coefficients).
+
+With the α/β engine and children that only gained ReLU splits (the hot path) the whole batch goes to
+:func:`mlrobust.bounds.alpha_crown.alpha_bounds` as one :class:`DomainBatch`, warm-started from the parents'
+parameters, and the results come back as arrays. Children whose box shrank (input bisection), or an engine that
+refreshes intermediate bounds by CROWN (plain CROWN, ``refresh_intermediate``), go through the engine's
+per-domain :meth:`bound` on :class:`~mlrobust.verify.bab_bounds.Domain` views, since those refreshes are one
+back-substitution per domain anyway.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+
+from mlrobust.bounds.alpha_crown import AlphaState, DomainBatch, RowMix, alpha_bounds
+from mlrobust.verify.bab.spec import OutputSpec, row_upper_bounds
+from mlrobust.verify.bab.store import DomainLayout, Domains, concat
+from mlrobust.verify.bab_bounds import AlphaEngine, Domain, DomainBound, SplitCrown, down32, up32
+
+Engine = SplitCrown | AlphaEngine
+
+
+@dataclass
+class Bounded:
+    """What bounding a batch gives, one row per domain: lower bounds ``(B, S)`` of ``-rows`` (``-inf`` for rows not
+    bounded), ``feasible`` ``(B,)``, the rows bounded (None: all), and per bounded row the coefficients on each ReLU
+    output ``(B, S', *shape)`` and on the input ``(B, S', *input)`` (None: the engine gives none), and the rows'
+    objectives ``(B, S', C)`` where a row mixture made them per domain."""
+
+    lower: np.ndarray
+    feasible: np.ndarray
+    rows: np.ndarray | None
+    relu_coeff: dict[str, np.ndarray]
+    input_coeff: np.ndarray | None
+    coeffs: np.ndarray | None
+
+
+# --- α/β warm starts ----------------------------------------------------------------------------------------------
+def warm_of(state: AlphaState | None) -> dict[str, torch.Tensor]:
+    """An α/β state as ``"group.key" -> (D, S, ...)`` float32 tensors (on the state's device)."""
+    if state is None:
+        return {}
+    return {f"{f.name}.{k}": v.detach().float() for f in fields(state) for k, v in getattr(state, f.name).items()}
+
+
+def state_of(warm: dict[str, torch.Tensor], rows: np.ndarray | None = None) -> AlphaState | None:
+    """The α/β state of :func:`warm_of`'s form (``rows``: those spec rows only); None when there is none."""
+    if not warm:
+        return None
+    state = AlphaState()
+    names = {f.name for f in fields(state)}
+    for key, v in warm.items():
+        group, name = key.split(".", 1)
+        if group in names:
+            getattr(state, group)[name] = v if rows is None else v[:, torch.as_tensor(rows, device=v.device)]
+    return state
+
+
+def _scatter_rows(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], rows: np.ndarray,
+                  full: int) -> dict[str, torch.Tensor]:
+    """Each domain's state over every row: ``old``'s with ``rows`` replaced by ``new``'s (NaN where ``old`` has no
+    fitting value: CROWN's default next time, sound)."""
+    out = {}
+    for key, v in new.items():
+        base = old.get(key)
+        if base is None or base.shape[0] != v.shape[0] or base.shape[1] != full or base.shape[2:] != v.shape[2:]:
+            base = torch.full((v.shape[0], full, *v.shape[2:]), float("nan"), dtype=v.dtype, device=v.device)
+        else:
+            base = base.clone()
+        base[:, torch.as_tensor(rows, device=v.device)] = v.to(base.dtype)
+        out[key] = base
+    return out
+
+
+# --- conversions to the per-domain engines' Domain -------------------------------------------------------------
+def layout_of(engine: Engine, rows: int) -> DomainLayout:
+    """The array layout of ``engine``'s network's domains for a spec of ``rows`` rows."""
+    net = engine.network
+    return DomainLayout(tuple(n.name for n in engine.relu_nodes), tuple(n.inputs[0] for n in engine.relu_nodes),
+                        {t: tuple(net.shape_of(t)) for t in engine.pre_tensors}, tuple(net.sample_shape), rows,
+                        int(net.num_classes))
+
+
+def domain_views(doms: Domains, layout: DomainLayout) -> list[Domain]:
+    """One :class:`Domain` per row (sharing the arrays' memory), for the per-domain engines and the MILP."""
+    out = []
+    for i in range(doms.size):
+        changed = frozenset(t for t, c in zip(layout.relu_tensors, doms.changed[i]) if c)
+        ru = doms.row_upper[i]
+        out.append(Domain(doms.lower[i], doms.upper[i], {t: v[i] for t, v in doms.pre_lower.items()},
+                          {t: v[i] for t, v in doms.pre_upper.items()}, {m: v[i] for m, v in doms.splits.items()},
+                          int(doms.depth[i]), changed, bool(doms.box_changed[i]),
+                          row_upper=None if np.isinf(ru).all() else ru.copy(),
+                          warm=state_of({k: v[i:i + 1] for k, v in doms.warm.items()})))
+    return out
+
+
+def domains_from(views: list[Domain], layout: DomainLayout) -> Domains:
+    """Arrays of :class:`Domain` objects (their bounds rounded outward to float32, their warm starts stacked)."""
+    out = layout.empty(len(views))
+    for i, d in enumerate(views):
+        out.lower[i], out.upper[i] = d.lower, d.upper
+        for t in d.pre_lower:
+            out.pre_lower[t][i] = down32(np.asarray(d.pre_lower[t], dtype=np.float64))
+            out.pre_upper[t][i] = up32(np.asarray(d.pre_upper[t], dtype=np.float64))
+        for m in d.splits:
+            out.splits[m][i] = d.splits[m]
+        if d.row_upper is not None:
+            out.row_upper[i] = d.row_upper
+        out.depth[i] = d.depth
+        out.box_changed[i] = d.box_changed
+        out.changed[i] = [t in d.changed for t in layout.relu_tensors]
+    warms = [warm_of(d.warm if isinstance(d.warm, AlphaState) else None) for d in views]
+    if any(warms):
+        parts = []
+        for i, w in enumerate(warms):
+            part = layout.empty(1)
+            part.warm = w
+            parts.append(part)
+        out.warm = concat(parts).warm
+    return out
+
+
+# --- bounding -----------------------------------------------------------------------------------------------------
+def as_batch(doms: Domains) -> DomainBatch:
+    """The domains for one α/β call (their float32 bounds widened to float64 exactly)."""
+    return DomainBatch(doms.lower, doms.upper, {t: v.astype(np.float64) for t, v in doms.pre_lower.items()},
+                       {t: v.astype(np.float64) for t, v in doms.pre_upper.items()}, dict(doms.splits))
+
+
+def batched(engine: Engine, doms: Domains) -> bool:
+    """Whether ``doms`` go to the α/β engine as one batch (no CROWN refresh needed)."""
+    return (isinstance(engine, AlphaEngine) and not engine.refresh_intermediate
+            and not bool(doms.box_changed.any()))
+
+
+def bound_domains(engine: Engine, doms: Domains, layout: DomainLayout, coeffs: np.ndarray,
+                  deadline: float | None = None, mix: RowMix | None = None,
+                  rows: np.ndarray | None = None) -> tuple[Domains, Bounded]:
+    """Lower bounds of ``coeffs`` (``-rows`` of the spec, ``(S, C)``) on every domain; the domains come back with
+    refreshed bounds and their new warm starts. ``rows``: bound only those (the others' parent bounds stand)."""
+    if batched(engine, doms):
+        assert isinstance(engine, AlphaEngine)
+        return _bound_alpha(engine, doms, coeffs, deadline, mix, rows)
+    results = engine.bound(domain_views(doms, layout), coeffs, deadline, mix=mix, rows=rows)
+    return domains_from([r.domain for r in results], layout), collect(results, coeffs.shape[0])
+
+
+def _bound_alpha(engine: AlphaEngine, doms: Domains, coeffs: np.ndarray, deadline: float | None,
+                 mix: RowMix | None, rows: np.ndarray | None) -> tuple[Domains, Bounded]:
+    full = coeffs.shape[0]
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64)
+        coeffs = coeffs[rows]
+        if mix is not None:
+            mix = mix.select(rows)
+    warm = state_of(doms.warm, rows) if engine.keep_warm else None
+    options = engine.options
+    if deadline is not None:
+        # past the deadline the optimisation takes no step: CROWN's bounds at the parents' parameters (sound)
+        left = max(deadline - time.perf_counter(), 0.0)
+        options = replace(options, time_limit=left if options.time_limit is None else min(options.time_limit, left))
+    res = alpha_bounds(engine.network, as_batch(doms), coeffs, options=options, warm=warm, mix=mix)
+    b = doms.size
+    if engine.keep_warm:
+        new = warm_of(res.state)
+        doms.warm = new if rows is None else _scatter_rows(doms.warm, new, rows, full)
+    lower = res.lower
+    if rows is not None:
+        lower = np.full((b, full), -np.inf)
+        lower[:, rows] = res.lower
+    weights = res.state.mix.get("rows")
+    mixed = None if mix is None or weights is None else mix.coefficients(weights.cpu().numpy())
+    feasible = ~res.infeasible if res.infeasible is not None else np.ones(b, dtype=bool)
+    return doms, Bounded(lower, feasible, rows, dict(res.relu_coeffs), None, mixed)
+
+
+def collect(results: list[DomainBound], full: int) -> Bounded:
+    """The per-domain engines' results as arrays (infeasible domains get NaN coefficients)."""
+    b = len(results)
+    # an empty domain's bound is +inf on every row (the engine may give it only for the rows it bounded)
+    lower = (np.stack([r.lower if r.feasible else np.full(full, np.inf) for r in results]) if results
+             else np.zeros((0, full)))
+    feasible = np.array([r.feasible for r in results], dtype=bool)
+    rows = next((r.rows for r in results if r.feasible), None)
+    done = [r for r in results if r.feasible]
+
+    def stack(get) -> np.ndarray | None:
+        like = next((get(r) for r in done if get(r) is not None), None)
+        if like is None:
+            return None
+        return np.stack([get(r) if r.feasible and get(r) is not None else np.full(like.shape, np.nan)
+                         for r in results])
+
+    keys = {k for r in done for k in r.relu_coeff}
+    relu = {k: stack(lambda r, k=k: r.relu_coeff.get(k)) for k in keys}
+    coeffs = stack(lambda r: r.coeffs)
+    return Bounded(lower, feasible, rows, {k: v for k, v in relu.items() if v is not None},
+                   stack(lambda r: r.input_coeff) if b else None, coeffs)
+
+
+def absorb(doms: Domains, bounded: Bounded, spec: OutputSpec) -> Domains:
+    """The domains with their row bounds (never above the parent's), value, binding row and that row's
+    coefficients (what branching needs); every bound is fresh afterwards."""
+    # an empty domain (its splits contradict its bounds) holds no input: every row is vacuously bounded
+    lower = np.where(bounded.feasible[:, None], bounded.lower, np.inf)
+    ub = np.minimum(row_upper_bounds(lower, spec), doms.row_upper)
+    doms.row_upper = ub
+    doms.value = spec.value(ub) if doms.size else np.zeros(0)
+    bind = spec.binding_rows(ub) if doms.size else np.zeros(0, dtype=np.int64)
+    doms.binding = bind.astype(np.int64)
+    at = bind
+    if bounded.rows is not None:
+        where = np.full(spec.rows.shape[0], -1)
+        where[bounded.rows] = np.arange(bounded.rows.size)
+        at = where[bind]  # -1: the binding row was not bounded (its clause was refuted before)
+    has = at >= 0
+    pick = np.arange(doms.size)[has], at[has]
+    for m in doms.relu_coeff:
+        c = bounded.relu_coeff.get(m)
+        doms.relu_coeff[m] = np.full_like(doms.relu_coeff[m], np.nan)
+        if c is not None:
+            doms.relu_coeff[m][has] = c[pick]
+    doms.input_coeff = np.full_like(doms.input_coeff, np.nan)
+    if bounded.input_coeff is not None:
+        doms.input_coeff[has] = bounded.input_coeff[pick].reshape(-1, *doms.input_coeff.shape[1:])
+    doms.objective = np.full_like(doms.objective, np.nan)
+    if bounded.coeffs is not None:
+        doms.objective[has] = bounded.coeffs[pick]
+    doms.changed[:] = False
+    doms.box_changed[:] = False
+    return doms

@@ -1,0 +1,240 @@
+"""Branching strategies: which neurons (or input dimensions) to split, ranked for every domain of a batch at once.
+
+Every strategy follows :class:`Branching`: ``rank(doms, count)`` returns, per domain, its ``count`` best
+splits as :class:`Choices` (node index and flat neuron index into that node's input, or ``INPUT`` and an input
+coordinate, best first; ``-1`` where a domain has fewer candidates). Scores are computed on ``(D, neurons)`` arrays per ReLU node; the only
+loops run over the network's ReLU nodes and, for FSB on the plain-CROWN engine, over domains (that engine bounds one
+domain at a time anyway).
+
+- :class:`BabsrBranching` — BaBSR-style: a neuron whose coefficient ``λ`` in the binding row's bound is negative
+  pays its upper relaxation's intercept ``-l u / (u - l)``, a positive one the lower line's gap (at most
+  ``min(u, -l)``); the intercept is what a split removes outright. Without coefficients: the width.
+- :class:`WidestBranching` — the widest unstable neuron ``u - l``.
+- :class:`FsbBranching` — filtered smart branching: BaBSR's ``candidates`` best, each tried by bounding its two
+  children on the parent's bounds at the parent's α/β (all candidates of all domains in one
+  :func:`~mlrobust.bounds.alpha_crown.bounds_at` pass) or with plain CROWN; the split whose worse child is best wins.
+- :class:`InputBisection` — input dimensions by ``|coefficient| × width`` (the width alone without coefficients),
+  for small inputs and once no unstable neuron is left; its choices have ``layer == INPUT``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from mlrobust.bounds.alpha_crown import bounds_at
+from mlrobust.verify.bab.bounding import Engine, as_batch, domain_views, state_of
+from mlrobust.verify.bab.split import split_relus
+from mlrobust.verify.bab.store import DomainLayout, Domains
+from mlrobust.verify.bab_bounds import AlphaEngine, SplitCrown
+
+#: ``Choices.layer`` of an input dimension (its ``index`` is the flat input coordinate).
+INPUT = -2
+
+
+@dataclass
+class Choices:
+    """Ranked splits per domain, best first: ``layer`` ``(D, K)`` into the layout's ReLU nodes (``INPUT``: an input
+    dimension; -1: none), ``index`` ``(D, K)`` flat neuron (or input) indices, ``score`` ``(D, K)`` (``-inf`` where
+    there is none)."""
+
+    layer: np.ndarray
+    index: np.ndarray
+    score: np.ndarray
+
+    @property
+    def available(self) -> np.ndarray:
+        """How many splits each domain has ``(D,)``."""
+        return (self.layer != -1).sum(axis=1)
+
+    def first(self, levels: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``levels`` best splits of every domain, ``(D, levels)`` each."""
+        return self.layer[:, :levels], self.index[:, :levels]
+
+
+class Branching(Protocol):
+    """Ranks the ReLU splits of a batch of domains (see the module docstring)."""
+
+    name: str
+
+    def rank(self, doms: Domains, count: int) -> Choices: ...
+
+
+def unstable(doms: Domains, layout: DomainLayout, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pre-activation bounds ``(D, n)`` of ReLU node ``r`` (float64) and which neurons are free to split."""
+    t, name = layout.relu_tensors[r], layout.relu_nodes[r]
+    d = doms.size
+    lo = doms.pre_lower[t].reshape(d, -1).astype(np.float64)
+    hi = doms.pre_upper[t].reshape(d, -1).astype(np.float64)
+    free = (lo < 0) & (hi > 0) & (doms.splits[name].reshape(d, -1) == 0)
+    return lo, hi, free
+
+
+def top_choices(scores: list[np.ndarray], count: int) -> Choices:
+    """The ``count`` best entries per domain over every node's scores (``(D, n_r)`` each, ``-inf``: not a
+    candidate), best first; ties keep the node order and then the neuron order."""
+    d = scores[0].shape[0] if scores else 0
+    layers, indices, values = [], [], []
+    for r, s in enumerate(scores):
+        k = min(count, s.shape[1])
+        if k == 0:
+            continue
+        # a stable order among equal scores: sort the top-k block itself
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < s.shape[1] else np.tile(np.arange(k), (d, 1))
+        vals = np.take_along_axis(s, part, axis=1)
+        order = np.lexsort((part, -vals), axis=1)
+        part, vals = np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
+        layers.append(np.full((d, k), r))
+        indices.append(part)
+        values.append(vals)
+    if not values:
+        return Choices(np.full((d, 0), -1), np.zeros((d, 0), dtype=np.int64), np.zeros((d, 0)))
+    layer, index, value = np.concatenate(layers, 1), np.concatenate(indices, 1), np.concatenate(values, 1)
+    order = np.argsort(-value, axis=1, kind="stable")[:, :count]
+    layer, index, value = (np.take_along_axis(a, order, axis=1) for a in (layer, index, value))
+    none = ~np.isfinite(value)
+    return Choices(np.where(none, -1, layer), np.where(none, 0, index), np.where(none, -np.inf, value))
+
+
+class WidestBranching:
+    """The widest unstable, unsplit neurons ``u - l``."""
+
+    name = "widest"
+
+    def __init__(self, layout: DomainLayout):
+        self.layout = layout
+
+    def rank(self, doms: Domains, count: int) -> Choices:
+        scores = []
+        for r in range(len(self.layout.relu_nodes)):
+            lo, hi, free = unstable(doms, self.layout, r)
+            scores.append(np.where(free, hi - lo, -np.inf))
+        return top_choices(scores, count)
+
+
+class BabsrBranching:
+    """BaBSR-style scores from the binding row's coefficients on the ReLU outputs (the width where a domain has
+    none)."""
+
+    name = "babsr"
+
+    def __init__(self, layout: DomainLayout):
+        self.layout = layout
+
+    def rank(self, doms: Domains, count: int) -> Choices:
+        scores = []
+        for r, name in enumerate(self.layout.relu_nodes):
+            lo, hi, free = unstable(doms, self.layout, r)
+            width = np.where(free, hi - lo, 1.0)
+            icpt = np.where(free, -lo * hi / width, 0.0)  # intercept of the upper relaxation u(z - l)/(u - l)
+            lam = doms.relu_coeff[name].reshape(doms.size, -1).astype(np.float64)
+            known = ~np.isnan(lam).any(axis=1, keepdims=True)
+            lam = np.nan_to_num(lam)
+            score = np.maximum(-lam, 0.0) * icpt + 0.25 * np.maximum(lam, 0.0) * np.minimum(hi, -lo) + 1e-9 * icpt
+            scores.append(np.where(free, np.where(known, score, hi - lo), -np.inf))
+        return top_choices(scores, count)
+
+
+class FsbBranching:
+    """Filtered smart branching: BaBSR's ``candidates`` best, re-ranked by the worse of their two children's
+    bounds of the binding row on the parent's bounds (the α/β engine: at the parent's parameters, one batched
+    pass for the whole round when ``batched``; otherwise plain CROWN per domain)."""
+
+    name = "fsb"
+
+    def __init__(self, layout: DomainLayout, engine: Engine, coeffs: np.ndarray, candidates: int = 4,
+                 batched: bool = True):
+        self.layout = layout
+        self.engine = engine
+        self.coeffs = coeffs  # (S, C) lower-bound objectives of the spec's rows
+        self.candidates = max(1, candidates)
+        self.batched = batched
+        self.babsr = BabsrBranching(layout)
+
+    def rank(self, doms: Domains, count: int) -> Choices:
+        ch = self.babsr.rank(doms, max(self.candidates, count))
+        scored = (doms.binding >= 0) & (ch.available > 1)
+        if not scored.any():
+            return Choices(ch.layer[:, :count], ch.index[:, :count], ch.score[:, :count])
+        k = self.candidates
+        sel = np.flatnonzero(scored)
+        sub = doms.take(sel)
+        layer, index = ch.layer[sel, :k], ch.index[sel, :k]
+        objective = np.where(np.isnan(sub.objective), self.coeffs[sub.binding], sub.objective)
+        if self.batched and isinstance(self.engine, AlphaEngine):
+            children = self._alpha_scores(sub, layer, index, objective)
+        else:
+            children = self._crown_scores(sub, layer, index, objective)
+        fsb = np.where(layer >= 0, children.min(axis=2), -np.inf)  # (D', k)
+        order = np.argsort(-fsb, axis=1, kind="stable")
+        layer, index = np.take_along_axis(layer, order, 1), np.take_along_axis(index, order, 1)
+        fsb = np.take_along_axis(fsb, order, 1)
+        out_layer, out_index, out_score = ch.layer.copy(), ch.index.copy(), ch.score.copy()
+        out_layer[sel, :k], out_index[sel, :k], out_score[sel, :k] = layer, index, fsb
+        return Choices(out_layer[:, :count], out_index[:, :count], out_score[:, :count])
+
+    def _alpha_scores(self, doms: Domains, layer: np.ndarray, index: np.ndarray,
+                      objective: np.ndarray) -> np.ndarray:
+        """``(D, k, 2)`` lower bounds of each domain's objective on the two children of each candidate."""
+        assert isinstance(self.engine, AlphaEngine)
+        d, k = layer.shape
+        parents = doms.take(np.repeat(np.arange(d), k))
+        flat_layer, flat_index = layer.reshape(-1, 1), index.reshape(-1, 1)
+        valid = flat_layer[:, 0] >= 0
+        # an absent candidate is scored as a split of neuron 0 of node 0 and masked out afterwards
+        kids = split_relus(parents, self.layout.relu_nodes, np.where(valid[:, None], flat_layer, 0),
+                           np.where(valid[:, None], flat_index, 0))
+        rows = np.repeat(doms.binding, 2 * k)
+        warm = None
+        if self.engine.keep_warm and kids.warm:
+            # each child starts from its parent's parameters of the row being scored
+            at = torch.as_tensor(rows)
+            one = {key: v[torch.arange(v.shape[0], device=v.device), at.to(v.device)][:, None]
+                   for key, v in kids.warm.items()}
+            warm = state_of(one)
+        coeffs = np.repeat(objective, 2 * k, axis=0)[:, None, :]
+        lower = bounds_at(self.engine.network, as_batch(kids), coeffs, warm, device=self.engine.options.device)
+        return lower[:, 0].reshape(d, k, 2)
+
+    def _crown_scores(self, doms: Domains, layer: np.ndarray, index: np.ndarray,
+                      objective: np.ndarray) -> np.ndarray:
+        crown = self.engine if isinstance(self.engine, SplitCrown) else self.engine.crown
+        out = np.full((*layer.shape, 2), -np.inf)
+        for i, dom in enumerate(domain_views(doms, self.layout)):
+            ok = np.flatnonzero(layer[i] >= 0)
+            choices = [(self.layout.relu_nodes[layer[i, j]], self.layout.relu_tensors[layer[i, j]],
+                        int(index[i, j])) for j in ok]
+            if choices:
+                out[i, ok] = crown.split_scores(dom, objective[i], choices)
+        return out
+
+
+class InputBisection:
+    """Input dimensions to bisect, best first: ``|coefficient| × width`` (the width where a domain has no input
+    coefficients); dimensions of zero width are never chosen."""
+
+    name = "input"
+
+    def rank(self, doms: Domains, count: int) -> Choices:
+        d = doms.size
+        width = (doms.upper - doms.lower).reshape(d, -1)
+        coeff = np.abs(doms.input_coeff.reshape(d, -1).astype(np.float64))
+        known = ~np.isnan(coeff).any(axis=1, keepdims=True)
+        score = np.where(width > 0, np.where(known, width * (np.nan_to_num(coeff) + 1e-12), width), -np.inf)
+        count = min(count, width.shape[1])
+        dims = np.argsort(-score, axis=1, kind="stable")[:, :count]
+        best = np.take_along_axis(score, dims, axis=1)
+        return Choices(np.where(np.isfinite(best), INPUT, -1), dims, best)
+
+
+def make_branching(name: str, layout: DomainLayout, engine: Engine, coeffs: np.ndarray, candidates: int,
+                   batched: bool) -> Branching:
+    """The strategy named by :attr:`BabOptions.branching`."""
+    if name == "fsb":
+        return FsbBranching(layout, engine, coeffs, candidates, batched)
+    if name == "babsr":
+        return BabsrBranching(layout)
+    return WidestBranching(layout)

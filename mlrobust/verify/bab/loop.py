@@ -1,0 +1,370 @@
+"""The branch-and-bound loop: root bound, then rounds of pop → split → bound → prune until a verdict.
+
+The worst open domains (largest :meth:`OutputSpec.value`) are popped from the :class:`DomainStore` in batches of
+``batch_size``; each is split by the branching strategy (:mod:`.branching`) on its best ReLU — several at once
+(2–3 levels, 4–8 children) while fewer parents than ``batch_size`` are open — or, for inputs of at most
+``input_split_max_dim`` numbers, bisected; the children are bounded as one batch (:mod:`.bounding`), proven ones
+are pruned and the rest pushed back. The input corner that minimises each child's linear bound is checked on the
+network, and every few rounds a PGD run starts from the worst domains' corners; a point counts only once
+:mod:`mlrobust.verify.counterexample` confirms it. The run stops on an empty store (Robust), a confirmed
+counterexample (NotRobust), or the time or domain limit (Unknown, with the worst remaining bound in ``stats``);
+with a MILP, the last few open domains are handed to it (:mod:`.milp_handoff`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from mlrobust.bounds.alpha_crown import AlphaOptions, tighten_intermediate
+from mlrobust.bounds.crown import crown
+from mlrobust.bounds.result import Bounds
+from mlrobust.errors import InputError
+from mlrobust.ir.graph import Network
+from mlrobust.milp.tightening import Tightened, tighten
+from mlrobust.verify.attack import pgd
+from mlrobust.verify.bab.bounding import absorb, bound_domains, collect, domains_from, layout_of
+from mlrobust.verify.bab.branching import Branching, InputBisection, make_branching
+from mlrobust.verify.bab.milp_handoff import milp_handoff
+from mlrobust.verify.bab.options import BabOptions, BabResult
+from mlrobust.verify.bab.spec import (
+    OutputSpec,
+    objective_coeffs,
+    open_rows,
+    row_upper_bounds,
+    topk_spec,
+)
+from mlrobust.verify.bab.split import split_inputs, split_relus
+from mlrobust.verify.bab.store import DomainLayout, Domains, DomainStore, concat
+from mlrobust.verify.bab_bounds import AlphaEngine, SplitCrown
+from mlrobust.verify.base import Mode
+from mlrobust.verify.counterexample import CheckedPoint, OutputProperty, TopKProperty, check_points, check_query
+from mlrobust.verify.milp_verifier import MilpVerifier
+from mlrobust.verify.spec import Box
+from mlrobust.verify.verdict import ROBUST_TOLERANCE, NotRobust, Robust, Unknown, Verdict
+
+#: Largest cost (rows × numbers on the back-substitution path, see :func:`_intermediate_cost`) of re-bounding the
+#: last refined layer at the root: a fully connected 256x2 net on MNIST costs ~5e5 (0.6 s, its worst margin bound
+#: 2.63 -> 2.46); the reference CNN ~2e7 (10 s for one unstable neuron fewer), which the share would only cut short.
+ROOT_INTERMEDIATE_MAX_COST = 2_000_000
+
+
+class BabVerifier:
+    """Complete (in the limit) and sound top-k verifier by branch and bound over CROWN-bounded sub-domains."""
+
+    name = "bab"
+
+    def __init__(self, options: BabOptions | None = None, *, milp: MilpVerifier | None = None,
+                 **overrides: object):
+        base = options or BabOptions()
+        self.options = BabOptions(**{**base.__dict__, **overrides}) if overrides else base
+        #: exact verifier for the last open domains (top-k only): see ``BabOptions.milp_share``
+        self.milp = milp
+
+    # --- the Verifier interface ---------------------------------------------------------------------------------
+    def verify(self, network: Network, box: Box, target: int, k: int = 2, mode: Mode = "decide",
+               time_limit: float | None = None, *, tightened: Tightened | None = None,
+               attack: bool | None = None) -> Verdict:
+        """Decide top-k membership of ``target`` on ``box``.
+
+        ``tightened`` (CROWN bounds of this box with the target's margin bounds, e.g. from the cascade's bound tier)
+        saves the root's CROWN pass; ``attack=False`` skips the root PGD run (the cascade has run one already).
+        """
+        check_query(network, box, target, k)
+        start = time.perf_counter()
+        if tightened is None or tightened.target != target or tightened.margin_upper is None:
+            tightened = tighten(network, box.lower, box.upper, "crown", target=int(target))
+        left = None if time_limit is None else max(time_limit - (time.perf_counter() - start), 0.0)
+        result = self.run(network, box, None, left, root_bounds=tightened.bounds, attack=attack,
+                          topk=(int(target), int(k)), margin_upper=tightened.margin_upper)
+        result.seconds = time.perf_counter() - start
+        seconds = {"bab": result.seconds}
+        stats = {"bab": result.stats}
+        if result.status == "violated" and result.counterexample is not None:
+            cex = result.counterexample
+            return NotRobust(tier="bab", seconds=seconds, stats=stats, weak_points=result.weak_points,
+                             counterexample=cex.x, margin=cex.margin)
+        if result.status == "proven":
+            return Robust(tier="bab", seconds=seconds, stats=stats, weak_points=result.weak_points,
+                          bound=result.bound)
+        return Unknown(tier="bab", seconds=seconds, stats=stats, weak_points=result.weak_points,
+                       reason=result.reason)
+
+    # --- the search ---------------------------------------------------------------------------------------------
+    def run(self, network: Network, box: Box, spec: OutputSpec | None, time_limit: float | None = None, *,
+            root_bounds: Bounds | None = None, attack: bool | None = None,
+            topk: tuple[int, int] | None = None, margin_upper: np.ndarray | None = None) -> BabResult:
+        """Branch and bound on ``spec`` over ``box`` (or, with ``topk=(target, k)``, the top-k spec built after the
+        root bound so that classes the root already proves are left out of the clauses; ``margin_upper`` are
+        known upper bounds of ``y_c - y_t`` on the box that help that pruning). ``root_bounds``: bounds of every
+        tensor over the box (CROWN's), else computed here.
+
+        The time limit holds at the root and in every round: the attacks, the root's α-CROWN re-bounding, CROWN
+        refreshes and α/β optimisations all stop at the deadline (their bounds stay sound), the root gives Unknown
+        if its first bound ends past it, and a round is not started when less time is left than the last round's
+        splitting took. What can still run past it is work already started that is not anytime: one CROWN
+        back-substitution layer of a refresh, the few fixed passes of one α/β call (CROWN's start, the warm start,
+        the final float64 evaluation), one round's splitting, and CROWN over the box when ``root_bounds`` is not
+        given."""
+        opts = self.options
+        start = time.perf_counter()
+        limit = opts.time_limit if time_limit is None else time_limit
+        deadline = None if limit is None else start + limit
+
+        def out_of_time() -> bool:
+            return deadline is not None and time.perf_counter() >= deadline
+
+        if spec is None and topk is None:
+            raise InputError("give a spec or topk=(target, k)")
+        prop: OutputProperty = spec.prop if spec is not None else TopKProperty(*topk)  # type: ignore[misc]
+        stats: dict = {"domains": 0, "max_depth": 0, "infeasible": 0, "attacks": 0, "rounds": 0,
+                       "bound_seconds": 0.0, "branch_seconds": 0.0, "attack_seconds": 0.0,
+                       "rows_bounded": 0}
+        best: list[CheckedPoint] = []
+
+        def finish(status: str, bound: float, reason: str = "", cex: CheckedPoint | None = None) -> BabResult:
+            secs = time.perf_counter() - start
+            nodes = max(stats["domains"], 1)
+            stats.update(seconds=secs, final_bound=bound, seconds_per_domain=stats["bound_seconds"] / nodes,
+                         domains_per_second=stats["domains"] / secs if secs > 0 else 0.0)
+            wps = sorted({id(p): p for p in best}.values(), key=lambda p: -p.margin)[:3]
+            return BabResult(status, bound, cex, [p.weak_point() for p in wps], secs, reason, stats)
+
+        # 1. root attack
+        do_attack = opts.root_attack if attack is None else attack
+        if do_attack:
+            t0 = time.perf_counter()
+            res = pgd(network, box, prop, restarts=opts.attack_restarts, steps=opts.attack_steps,
+                      time_limit=None if deadline is None else max(deadline - t0, 0.0))
+            stats["attack_seconds"] += time.perf_counter() - t0
+            stats["attacks"] += 1
+            best.extend(res.points[:1])
+            if res.counterexample is not None:
+                return finish("violated", float("inf"), "attack", res.counterexample)
+        # 2. root bounds
+        t0 = time.perf_counter()
+        input_split = int(np.prod(network.sample_shape)) <= opts.input_split_max_dim
+        engine = self._engine(network, input_split)
+        rb = root_bounds if root_bounds is not None else crown(network, box.lower, box.upper)
+        if (opts.root_intermediate > 0 and isinstance(engine, AlphaEngine) and limit is not None
+                and _intermediate_cost(network, rb) <= ROOT_INTERMEDIATE_MAX_COST):
+            # the last refined pre-activation layer re-bounded by α-CROWN once: every domain inherits it
+            share = min(opts.root_intermediate * limit, _time_left(deadline))
+            rb, rows = tighten_intermediate(network, rb, replace(engine.options, iterations=50, time_limit=share))
+            stats["root_intermediate_rows"] = rows
+        root = engine.root(box.lower, box.upper, rb.lower, rb.upper)
+        if spec is None:
+            target, k = topk  # type: ignore[misc]
+            singles = topk_spec(network.num_classes, target, k, pair_weights=())  # every margin, no combinations
+            first = engine.bound([root], objective_coeffs(singles), deadline)[0]
+            ub = row_upper_bounds(first.lower, singles)
+            if out_of_time():
+                at_root = float(singles.value(ub)[0])
+                return finish("unknown", at_root, f"time limit at the root (worst bound {at_root:.4g})")
+            if first.feasible:
+                # the refreshed root: the second bound below need not refresh it again (its warm start is for
+                # other rows, so it is dropped)
+                root = replace(first.domain, warm=None)
+            others = np.delete(np.arange(network.num_classes), target)
+            known = np.full(network.num_classes, np.inf)
+            known[others] = ub
+            if margin_upper is not None:
+                known = np.minimum(known, np.asarray(margin_upper, dtype=np.float64))
+            spec = topk_spec(network.num_classes, target, k, known, opts.pair_weights,
+                             mixed=opts.mixed_rows and isinstance(engine, AlphaEngine))
+        coeffs = objective_coeffs(spec)
+        mix = spec.objective_mix()
+        rootb = engine.bound([root], coeffs, deadline, mix=mix)[0]
+        stats["bound_seconds"] += time.perf_counter() - t0
+        stats["domains"] += 1
+        stats["mode"] = "input" if input_split else "relu"
+        stats["engine"] = engine.name
+        stats["rows"] = int(spec.rows.shape[0])
+        layout = layout_of(engine, spec.rows.shape[0])
+        root_doms = absorb(domains_from([rootb.domain], layout), collect([rootb], coeffs.shape[0]), spec)
+        root_value = float(root_doms.value[0])
+        stats["root_bound"] = root_value
+        if root_value < -ROBUST_TOLERANCE:
+            return finish("proven", max(root_value, spec.floor))
+        store = DomainStore(layout)
+        store.push(root_doms)
+        branching = make_branching(opts.branching, layout, engine, coeffs, opts.fsb_candidates, opts.fsb_batched)
+        proven_max = float("-inf")
+        rounds = 0
+        last_branch_seconds = 0.0  # what the last round's splitting took: the next one is not started without it
+
+        def open_reason(what: str) -> str:
+            return f"{what} with {len(store)} domains open (worst bound {store.worst():.4g})"
+
+        while len(store):
+            stats["max_open"] = max(stats.get("max_open", 0), len(store))
+            handoff = self.milp is not None and topk is not None and len(store) <= opts.milp_max_domains and (
+                stats["domains"] >= opts.max_domains
+                or (deadline is not None and deadline - time.perf_counter() <= opts.milp_share * (limit or 0.0)))
+            if handoff:
+                assert topk is not None and self.milp is not None
+                stats["store_bytes_per_domain"] = store.bytes_per_domain()
+                status, bound, point = milp_handoff(self.milp, network, box, engine, store, topk, deadline, stats)
+                if point is not None:
+                    best.append(point)
+                reason = "" if status != "unknown" else f"the MILP left open domains (worst bound {bound:.4g})"
+                if status == "proven":
+                    bound = max(bound, proven_max, spec.floor)
+                return finish(status, bound, reason, point)
+            stats["store_bytes_per_domain"] = store.bytes_per_domain()
+            if out_of_time():
+                return finish("unknown", store.worst(), open_reason("time limit"))
+            if (opts.stall_share is not None and limit is not None
+                    and time.perf_counter() - start >= opts.stall_share * limit
+                    and store.worst() > root_value - opts.stall_progress * (root_value + ROBUST_TOLERANCE)):
+                stats["stalled"] = True
+                return finish("unknown", store.worst(), f"stalled: the worst bound went from {root_value:.4g} "
+                                                        f"to {store.worst():.4g} in {opts.stall_share:.0%} of the "
+                                                        "time")
+            if stats["domains"] >= opts.max_domains:
+                return finish("unknown", store.worst(), f"domain limit {opts.max_domains} reached "
+                                                        f"(worst bound {store.worst():.4g})")
+            if deadline is not None and _time_left(deadline) < last_branch_seconds:
+                # picking the splits is not anytime: a round that cannot finish it would only overrun the deadline
+                return finish("unknown", store.worst(), open_reason("time limit"))
+            rounds += 1
+            stats["rounds"] = rounds
+            parents = store.pop(opts.batch_size)
+            t0 = time.perf_counter()
+            split = self._split(parents, branching, layout, input_split)
+            last_branch_seconds = time.perf_counter() - t0
+            stats["branch_seconds"] += last_branch_seconds
+            if split is None:  # nothing left to split yet unproven: only possible with degenerate bounds
+                store.push(parents)
+                return finish("unknown", store.worst(), "a domain has nothing left to split and is not proven")
+            children, levels = split
+            stats["max_split_levels"] = max(stats.get("max_split_levels", 0), levels)
+            if out_of_time():
+                store.push(parents)  # not split after all: they stay open
+                return finish("unknown", store.worst(), open_reason("time limit"))
+            t0 = time.perf_counter()
+            live_rows = open_rows(spec, children.row_upper)
+            stats["rows_bounded"] += children.size * (spec.rows.shape[0] if live_rows is None else live_rows.size)
+            kids, bounded = bound_domains(engine, children, layout, coeffs, deadline, mix, live_rows)
+            kids = absorb(kids, bounded, spec)
+            stats["bound_seconds"] += time.perf_counter() - t0
+            stats["domains"] += kids.size
+            stats["max_depth"] = max(stats["max_depth"], int(kids.depth.max()))
+            stats["infeasible"] += int((~bounded.feasible).sum())
+            stats["max_children"] = max(stats.get("max_children", 0), kids.size)
+            live = np.flatnonzero(kids.value >= -ROBUST_TOLERANCE)
+            store.push(kids)
+            proven = store.prune(-ROBUST_TOLERANCE)
+            if proven.size:
+                proven_max = max(proven_max, float(proven.max()))
+            # the corners that minimise the open children's linear bounds: cheap candidates, checked in one batch
+            corners = _corners(kids.take(live))
+            if corners.shape[0]:
+                pts = check_points(network, box, list(corners), prop)
+                cex = max((p for p in pts if p.confirmed), key=lambda p: p.margin, default=None)
+                best.extend(sorted(pts, key=lambda p: -p.margin)[:1])
+                if cex is not None:
+                    return finish("violated", float("inf"), "bound corner", cex)
+            if len(store) and rounds % opts.attack_every == 0 and not out_of_time():
+                t0 = time.perf_counter()
+                worst = store.peek(4)
+                starts = list(_corners(worst))
+                sub = box if not input_split else Box(worst.lower[0], worst.upper[0])
+                res = pgd(network, sub, prop, restarts=max(len(starts), 2), steps=opts.attack_steps,
+                          starts=starts, seed=rounds,
+                          time_limit=None if deadline is None else max(deadline - time.perf_counter(), 0.0))
+                stats["attack_seconds"] += time.perf_counter() - t0
+                stats["attacks"] += 1
+                if res.counterexample is not None:
+                    # the sub-box lies in the box; re-check against the whole box for the report
+                    cex = check_points(network, box, [res.counterexample.x], prop)[0]
+                    if cex.confirmed:
+                        return finish("violated", float("inf"), "attack in a sub-domain", cex)
+        return finish("proven", max(proven_max, spec.floor))
+
+    # --- helpers --------------------------------------------------------------------------------------------------
+    def _split(self, parents: Domains, branching: Branching, layout: DomainLayout,
+               input_split: bool) -> tuple[Domains, int] | None:
+        """The children of a batch of parents and the most levels a parent was split on at once (None when some
+        parent has nothing left to split): several levels at once while the batch is short of ``batch_size``
+        parents, so that the round bounds about ``2 * batch_size`` children."""
+        opts = self.options
+        levels = 1
+        while levels < opts.max_split_levels and parents.size * 2 ** levels < 2 * opts.batch_size:
+            levels += 1
+        bisect = InputBisection()
+        if input_split:
+            return _bisect(parents, bisect, levels)
+        ranked = branching.rank(parents, levels)
+        avail = ranked.available
+        parts = []
+        used = 0
+        relu = np.flatnonzero(avail > 0)
+        if relu.size:
+            depth = int(min(levels, avail[relu].min()))
+            layer, index = ranked.first(depth)
+            parts.append(split_relus(parents.take(relu), layout.relu_nodes, layer[relu], index[relu]))
+            used = depth
+        rest = np.flatnonzero(avail == 0)
+        if rest.size:
+            # no unstable ReLU left: the remaining looseness is in MaxPool relaxations, which shrink with the box
+            bisected = _bisect(parents.take(rest), bisect, levels)
+            if bisected is None:
+                return None
+            parts.append(bisected[0])
+            used = max(used, bisected[1])
+        return concat(parts), used
+
+    def _engine(self, network: Network, input_split: bool) -> SplitCrown | AlphaEngine:
+        """The bound engine: α/β-CROWN for ReLU splitting, plain CROWN (with input coefficients) for input
+        bisection, unless the options name one."""
+        opts = self.options
+        name = opts.engine if opts.engine != "auto" else ("crown" if input_split else "alpha")
+        if name == "crown":
+            return SplitCrown(network)
+        return AlphaEngine(network, AlphaOptions(iterations=opts.alpha_iterations, device=opts.device),
+                           refresh=opts.refresh_intermediate)
+
+
+def _bisect(parents: Domains, bisect: InputBisection, levels: int) -> tuple[Domains, int] | None:
+    """Input bisection of every parent on its ``levels`` best dimensions (fewer where some parent has fewer of
+    positive width; None when one has none), and how many levels that was."""
+    ranked = bisect.rank(parents, levels)
+    depth = int(ranked.available.min()) if parents.size else 0
+    if depth == 0:
+        return None
+    return split_inputs(parents, ranked.index[:, :depth]), depth
+
+
+def _intermediate_cost(network: Network, bounds: Bounds) -> int:
+    """Work of one α step re-bounding the last refined pre-activation layer: two rows per unstable neuron times the
+    numbers of the tensors the back-substitution passes through (0 when there is no such layer)."""
+    from mlrobust.bounds.alpha_crown import _last_refined_relu_input
+
+    t = _last_refined_relu_input(network)
+    if t is None:
+        return 0
+    unstable = int(((bounds.lower[t] < 0) & (bounds.upper[t] > 0)).sum())
+    path = int(np.prod(network.sample_shape))
+    for node in network.nodes:  # the tensors computed before t
+        if node.output == t:
+            break
+        path += int(np.prod(network.shape_of(node.output)))
+    return 2 * unstable * path
+
+
+def _time_left(deadline: float | None) -> float:
+    """Seconds until ``deadline`` (never negative; infinite without one)."""
+    return float("inf") if deadline is None else max(deadline - time.perf_counter(), 0.0)
+
+
+def _corners(doms: Domains) -> np.ndarray:
+    """The input corners minimising each domain's binding-row linear bound, for the domains with input
+    coefficients (a likely violation): ``(D', *input)``."""
+    if doms.size == 0:
+        return doms.lower[:0]
+    known = ~np.isnan(doms.input_coeff.reshape(doms.size, -1)).any(axis=1)
+    a = doms.input_coeff[known]
+    return np.where(a >= 0, doms.lower[known], doms.upper[known])

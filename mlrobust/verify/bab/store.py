@@ -1,0 +1,234 @@
+"""The open domains of a branch and bound as a struct of arrays: one array per field, one row per domain.
+
+:class:`Domains` is a batch (what a round pops, splits, bounds and pushes back); :class:`DomainStore` holds every
+open domain in preallocated buffers of the same layout and hands out the worst ones (largest spec value first, ties
+in insertion order) by sorting one ``(N,)`` array, so no Python loop runs over domains. A domain's bounds of every
+ReLU/MaxPool input are float32 rounded outward (sound, half the memory); its α/β warm start lives on the α/β
+engine's device, NaN where a parameter has no value yet (the engine then starts from CROWN's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Array fields of :class:`Domains` indexed by domain along their first axis.
+ARRAY_FIELDS = ("lower", "upper", "row_upper", "value", "depth", "binding", "input_coeff", "objective", "changed",
+                "box_changed")
+#: Fields of :class:`Domains` that map a name (tensor or ReLU node) to an array indexed by domain.
+DICT_FIELDS = ("pre_lower", "pre_upper", "splits", "relu_coeff")
+
+
+@dataclass(frozen=True)
+class DomainLayout:
+    """The shapes of one network's domains: ReLU (splittable) nodes and their input tensors, every pre-activation
+    tensor with its shape, the input shape, the spec's rows ``S`` and the logits ``C``."""
+
+    relu_nodes: tuple[str, ...]
+    relu_tensors: tuple[str, ...]  # the input tensor of each ReLU node, in the same order
+    pre_shapes: dict[str, tuple[int, ...]]  # every ReLU/MaxPool input tensor
+    input_shape: tuple[int, ...]
+    rows: int
+    classes: int
+
+    def empty(self, n: int) -> Domains:
+        """``n`` domains with no box, no bounds (``-inf``/``+inf``), no splits and nothing known (NaN)."""
+        shapes = dict(self.pre_shapes)
+        return Domains(
+            lower=np.zeros((n, *self.input_shape)), upper=np.zeros((n, *self.input_shape)),
+            pre_lower={t: np.full((n, *s), -np.inf, dtype=np.float32) for t, s in shapes.items()},
+            pre_upper={t: np.full((n, *s), np.inf, dtype=np.float32) for t, s in shapes.items()},
+            splits={m: np.zeros((n, *shapes[t]), dtype=np.int8) for m, t in zip(self.relu_nodes, self.relu_tensors)},
+            row_upper=np.full((n, self.rows), np.inf), value=np.full(n, np.inf), depth=np.zeros(n, dtype=np.int32),
+            binding=np.full(n, -1, dtype=np.int64),
+            relu_coeff={m: np.full((n, *shapes[t]), np.nan, dtype=np.float32)
+                        for m, t in zip(self.relu_nodes, self.relu_tensors)},
+            input_coeff=np.full((n, *self.input_shape), np.nan, dtype=np.float32),
+            objective=np.full((n, self.classes), np.nan), changed=np.zeros((n, len(self.relu_nodes)), dtype=bool),
+            box_changed=np.zeros(n, dtype=bool), warm={})
+
+
+@dataclass
+class Domains:
+    """A batch of sub-domains, one row per domain in every field.
+
+    ``lower``/``upper``: the input box ``(D, *input)``; ``pre_lower``/``pre_upper``: bounds of every ReLU/MaxPool
+    input tensor valid on the domain (float32, rounded outward); ``splits``: per ReLU node, int8 signs over its
+    input's shape (``+1``: ``z >= 0``, ``-1``: ``z <= 0``, ``0``: free); ``row_upper``: upper bounds of the spec's
+    rows (``+inf`` unknown; a child's never exceed its parent's); ``value``: the spec's worst bound
+    (:meth:`OutputSpec.value`); ``binding``: the row deciding it (-1: none yet); ``relu_coeff``/``input_coeff``: that
+    row's coefficients on each ReLU output / the input in the last bound (NaN: unknown), what branching scores;
+    ``objective``: that row's lower-bound objective where a row mixture makes it vary by domain (NaN: the spec's);
+    ``changed``: per ReLU node, whether its input was clamped by a split since the bounds were computed;
+    ``box_changed``: the input box shrank since then; ``warm``: the α/β engine's parameters ``(D, S, ...)`` per
+    ``"group.key"`` (NaN: CROWN's default).
+    """
+
+    lower: np.ndarray
+    upper: np.ndarray
+    pre_lower: dict[str, np.ndarray]
+    pre_upper: dict[str, np.ndarray]
+    splits: dict[str, np.ndarray]
+    row_upper: np.ndarray
+    value: np.ndarray
+    depth: np.ndarray
+    binding: np.ndarray
+    relu_coeff: dict[str, np.ndarray]
+    input_coeff: np.ndarray
+    objective: np.ndarray
+    changed: np.ndarray
+    box_changed: np.ndarray
+    warm: dict[str, torch.Tensor]
+
+    @property
+    def size(self) -> int:
+        return int(self.value.shape[0])
+
+    def take(self, idx: np.ndarray) -> Domains:
+        """A copy of domains ``idx`` (repeats allowed: the children of one parent start as copies of it)."""
+        i = np.asarray(idx, dtype=np.int64)
+        arrays: dict[str, Any] = {f: getattr(self, f)[i] for f in ARRAY_FIELDS}
+        dicts: dict[str, Any] = {f: {k: v[i] for k, v in getattr(self, f).items()} for f in DICT_FIELDS}
+        ti = torch.as_tensor(i)
+        warm = {k: v[ti.to(v.device)] for k, v in self.warm.items()}
+        return Domains(**arrays, **dicts, warm=warm)
+
+    def nbytes_per_domain(self) -> int:
+        """Bytes one domain takes in these arrays (its warm start included)."""
+        n = max(self.size, 1)
+        total = sum(getattr(self, f).nbytes for f in ARRAY_FIELDS)
+        total += sum(v.nbytes for f in DICT_FIELDS for v in getattr(self, f).values())
+        total += sum(v.element_size() * v.nelement() for v in self.warm.values())
+        return total // n
+
+
+def concat(parts: list[Domains]) -> Domains:
+    """The domains of ``parts`` one after the other (same layout; warm keys missing in a part are NaN there)."""
+    if len(parts) == 1:
+        return parts[0]
+    arrays: dict[str, Any] = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ARRAY_FIELDS}
+    dicts: dict[str, Any] = {f: {k: np.concatenate([getattr(p, f)[k] for p in parts]) for k in getattr(parts[0], f)}
+             for f in DICT_FIELDS}
+    warm: dict[str, torch.Tensor] = {}
+    for key in {k for p in parts for k in p.warm}:
+        like = next(p.warm[key] for p in parts if key in p.warm)
+        pieces = [p.warm[key] if key in p.warm and p.warm[key].shape[1:] == like.shape[1:]
+                  else torch.full((p.size, *like.shape[1:]), float("nan"), dtype=like.dtype, device=like.device)
+                  for p in parts]
+        warm[key] = torch.cat(pieces)
+    return Domains(**arrays, **dicts, warm=warm)
+
+
+class DomainStore:
+    """Every open domain in preallocated buffers (grown by doubling); a free slot is marked dead.
+
+    :meth:`pop` takes the ``n`` worst domains (largest ``value``, ties in insertion order), :meth:`push` writes a
+    batch into free slots, :meth:`prune` drops every domain whose value is below a threshold (proven) and returns
+    those values. All three are array operations over the slots.
+    """
+
+    def __init__(self, layout: DomainLayout, capacity: int = 64):
+        self.layout = layout
+        self._buf = layout.empty(capacity)
+        self._alive = np.zeros(capacity, dtype=bool)
+        self._order = np.zeros(capacity, dtype=np.int64)  # insertion counter: ties broken first in, first out
+        self._pushed = 0
+
+    def __len__(self) -> int:
+        return int(self._alive.sum())
+
+    @property
+    def capacity(self) -> int:
+        return int(self._alive.size)
+
+    def push(self, doms: Domains) -> None:
+        """Add the domains of ``doms`` (copied into the buffers)."""
+        n = doms.size
+        if n == 0:
+            return
+        free = np.flatnonzero(~self._alive)
+        if free.size < n:
+            self._grow(self.capacity + n - free.size)
+            free = np.flatnonzero(~self._alive)
+        slots = free[:n]
+        self._write(slots, doms)
+        self._alive[slots] = True
+        self._order[slots] = self._pushed + np.arange(n)
+        self._pushed += n
+
+    def ranked(self, n: int | None = None) -> np.ndarray:
+        """Slots of the ``n`` worst open domains (all with None), worst first."""
+        live = np.flatnonzero(self._alive)
+        value = self._buf.value[live]
+        if n is not None and n < live.size:
+            # only the n largest need ordering: partition first (ties at the cut are settled by the full key below)
+            cut = -np.partition(-value, n - 1)[n - 1]
+            keep = value >= cut
+            live, value = live[keep], value[keep]
+        ordered = live[np.lexsort((self._order[live], -value))]
+        return ordered if n is None else ordered[:n]
+
+    def pop(self, n: int) -> Domains:
+        """Remove and return the ``n`` worst open domains, worst first."""
+        slots = self.ranked(n)
+        out = self._buf.take(slots)
+        self._alive[slots] = False
+        return out
+
+    def peek(self, n: int) -> Domains:
+        """The ``n`` worst open domains (copies), worst first; the store is unchanged."""
+        return self._buf.take(self.ranked(n))
+
+    def worst(self) -> float:
+        """The largest value of an open domain (``-inf`` when none is open)."""
+        return float(self._buf.value[self._alive].max()) if self._alive.any() else float("-inf")
+
+    def prune(self, below: float) -> np.ndarray:
+        """Drop every open domain whose value is below ``below``; their values."""
+        gone = self._alive & (self._buf.value < below)
+        self._alive[gone] = False
+        return self._buf.value[gone].copy()
+
+    def bytes_per_domain(self) -> int:
+        """Bytes one slot takes in the buffers (bounds, splits, coefficients, warm start)."""
+        return self._buf.nbytes_per_domain()
+
+    # --- buffers -------------------------------------------------------------------------------------------------
+    def _grow(self, needed: int) -> None:
+        cap = max(2 * self.capacity, needed)
+        old, n = self._buf, self.capacity
+        new = self.layout.empty(cap)
+        for f in ARRAY_FIELDS:
+            getattr(new, f)[:n] = getattr(old, f)
+        for f in DICT_FIELDS:
+            for k, v in getattr(old, f).items():
+                getattr(new, f)[k][:n] = v
+        for k, v in old.warm.items():
+            grown = torch.full((cap, *v.shape[1:]), float("nan"), dtype=v.dtype, device=v.device)
+            grown[:n] = v
+            new.warm[k] = grown
+        self._buf = new
+        self._alive = np.concatenate([self._alive, np.zeros(cap - n, dtype=bool)])
+        self._order = np.concatenate([self._order, np.zeros(cap - n, dtype=np.int64)])
+
+    def _write(self, slots: np.ndarray, doms: Domains) -> None:
+        buf = self._buf
+        for f in ARRAY_FIELDS:
+            getattr(buf, f)[slots] = getattr(doms, f)
+        for f in DICT_FIELDS:
+            for k, v in getattr(doms, f).items():
+                getattr(buf, f)[k][slots] = v
+        ts = torch.as_tensor(slots)
+        for k, v in doms.warm.items():
+            mine = buf.warm.get(k)
+            if mine is None or mine.shape[1:] != v.shape[1:]:
+                # a parameter not seen before (or of another shape): the other slots have no value for it
+                mine = torch.full((self.capacity, *v.shape[1:]), float("nan"), dtype=torch.float32, device=v.device)
+                buf.warm[k] = mine
+            mine[ts.to(mine.device)] = v.to(mine.device, mine.dtype)
+        for k, mine in buf.warm.items():
+            if k not in doms.warm:
+                mine[ts.to(mine.device)] = float("nan")
