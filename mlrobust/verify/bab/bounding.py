@@ -11,7 +11,7 @@ back-substitution per domain anyway.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ def warm_of(state: AlphaState | None) -> dict[str, torch.Tensor]:
     """An α/β state as ``"group.key" -> (D, S, ...)`` float32 tensors (on the state's device)."""
     if state is None:
         return {}
-    return {f"{f.name}.{k}": v.detach().float() for f in fields(state) for k, v in getattr(state, f.name).items()}
+    return {f"{family}.{k}": v.detach().float() for family, k, v in state.items()}
 
 
 def state_of(warm: dict[str, torch.Tensor], rows: np.ndarray | None = None) -> AlphaState | None:
@@ -52,11 +52,9 @@ def state_of(warm: dict[str, torch.Tensor], rows: np.ndarray | None = None) -> A
     if not warm:
         return None
     state = AlphaState()
-    names = {f.name for f in fields(state)}
     for key, v in warm.items():
-        group, name = key.split(".", 1)
-        if group in names:
-            getattr(state, group)[name] = v if rows is None else v[:, torch.as_tensor(rows, device=v.device)]
+        family, name = key.split(".", 1)
+        state.put(family, name, v if rows is None else v[:, torch.as_tensor(rows, device=v.device)])
     return state
 
 

@@ -21,9 +21,9 @@ import numpy as np
 from mlrobust.bounds.alpha_crown import AlphaOptions, tighten_intermediate
 from mlrobust.bounds.crown import crown
 from mlrobust.bounds.result import Bounds
+from mlrobust.bounds.tier import Tightened, tighten
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
-from mlrobust.milp.tightening import Tightened, tighten
 from mlrobust.verify.attack import pgd
 from mlrobust.verify.bab.bounding import absorb, bound_domains, collect, domains_from, layout_of
 from mlrobust.verify.bab.branching import Branching, InputBisection, make_branching

@@ -9,8 +9,8 @@ import numpy as np
 
 from mlrobust.bounds.margin import linear_bounds
 from mlrobust.bounds.result import Bounds
+from mlrobust.bounds.tier import Tightened
 from mlrobust.ir.graph import Network
-from mlrobust.milp.tightening import Tightened
 from mlrobust.verify.bab.bounding import Engine, domain_views
 from mlrobust.verify.bab.store import DomainStore
 from mlrobust.verify.bab_bounds import SplitCrown
