@@ -410,6 +410,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                          "../shared/anchors/alpha-beta-crown/README.md describes and pass its folder")
     if args.jobs not in (1, 2):
         raise SystemExit("error: --jobs must be 1 or 2 (one CPU thread per job)")
+    info = machine()  # the load average before the work, not after it
     instances = instance_list(args)
     args.work.mkdir(parents=True, exist_ok=True)
     raw = args.work / "raw.jsonl"
@@ -463,7 +464,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         load_end = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load_end = None
-    return {"command": "python -m benchmarks anchor " + " ".join(args.argv), "machine": machine(), "git": _git(),
+    return {"command": "python -m benchmarks anchor " + " ".join(args.argv), "machine": info, "git": _git(),
             "abcrown": _abc_version(args.abcrown), "method": args.method, "jobs": args.jobs,
             "timeout_note": f"{args.timeout:g} s" if args.timeout else "60 s", "budget": args.budget,
             "stopped_early": bool(skipped), "jobs_planned": len(jobs), "jobs_done": len(rows), "rows": rows,

@@ -137,6 +137,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                          "../shared/anchors/alpha-beta-crown/README.md describes and pass its folder")
     if args.jobs not in (1, 2):
         raise SystemExit("error: --jobs must be 1 or 2 (one CPU thread per job)")
+    info = machine()  # the load average before the work, not after it
     grid = radius_grid(args.base, args.ratio, args.steps)
     pairs = devset_pairs(args.devset, args.images, [m for m in args.models.split(",") if m] or None)
     if not pairs:
@@ -201,7 +202,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         load_end = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load_end = None
-    return {"command": "python -m benchmarks anchor-radius " + " ".join(args.argv), "machine": machine(),
+    return {"command": "python -m benchmarks anchor-radius " + " ".join(args.argv), "machine": info,
             "git": _git(), "grid": grid, "timeout": args.timeout, "jobs": args.jobs, "tools": tools,
             "searches": done, "summary": per_pair, "violations": violations, "seconds": time.perf_counter() - start,
             "load_average_at_end": load_end, "notes": args.notes or ""}

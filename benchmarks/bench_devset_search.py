@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devset", type=Path, default=ROOT / "benchmarks" / "devset")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
+    p.add_argument("--report-only", action="store_true", help="write the Markdown again from --out's JSON")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.jobs not in (1, 2):
@@ -216,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.suite import report_violations, write_results
 
-    results = run(args, (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True)))
+    if args.report_only:  # the Markdown again from the JSON (e.g. with notes), nothing run
+        results = json.loads(args.out.with_suffix(".json").read_text())
+        results["notes"] = args.notes or results.get("notes", "")
+    else:
+        results = run(args, (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True)))
     path = write_results(args.out, results, markdown(results))
     print(f"wrote {args.out} and {path} ({results['seconds']:.0f} s)", flush=True)
     return report_violations(results["violations"])
