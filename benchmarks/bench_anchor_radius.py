@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = argv
     args.abcrown = args.abcrown.resolve()
+    args.work = args.work.resolve()  # run_one.sh works in its own folder: configs written here need full paths
     args.notes = args.notes_file.read_text().strip() if args.notes_file else ""
 
     def log(msg: str) -> None:
