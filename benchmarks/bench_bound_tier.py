@@ -107,8 +107,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         models += [(p.stem, p, False) for p in sorted(args.devset.glob("*.onnx"))]
     rows: list[dict] = []
     start = time.perf_counter()
+    image_shape = (1, *np.asarray(Image.open(args.examples / images[0]["file"])).shape)
     for model, path, has_vectors in models:
         network = load_onnx(path)
+        if tuple(network.sample_shape) != image_shape:  # the other shipped rungs (84x84, 3x300x300)
+            log(f"{model}: skipped (input {tuple(network.sample_shape)}, the manifest's images are {image_shape})")
+            continue
         for entry in images:
             key = f"{model}/{entry['id']}"
             if has_vectors and key in cache:
