@@ -418,7 +418,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     if raw.is_file() and not args.fresh:
         for line in raw.read_text().splitlines():
             r = json.loads(line)
-            cache[(r["instance"], r["tool"], r["timeout"])] = r
+            cache[(r["instance"], r["tool"], r["timeout"], r.get("method", "vnnlib") if r["tool"] == "mlrobust"
+                   else "")] = r
     checker = OrtChecker()
     start = time.perf_counter()
     jobs = [(inst, tool) for inst in instances for tool in TOOLS]
@@ -427,7 +428,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     def job(item: tuple[AnchorInstance, str]) -> dict | None:
         nonlocal skipped
         inst, tool = item
-        key = (inst.key, tool, inst.timeout)
+        key = (inst.key, tool, inst.timeout, args.method if tool == "mlrobust" else "")  # another method: run again
         if key in cache:
             r = cache[key]
             if tool == "abcrown":  # its files may hold a verdict an earlier reading missed
@@ -443,6 +444,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         r = (run_ours(inst, args.method, args.grace) if tool == "mlrobust"
              else run_abc(args.abcrown, inst, args.work, args.grace))
         r.update(instance=inst.key, group=inst.group, tool=tool, timeout=inst.timeout,
+                 **({"method": args.method} if tool == "mlrobust" else {}),
                  model=str(inst.model.relative_to(ROOT)) if inst.model.is_relative_to(ROOT) else str(inst.model))
         check_sat(checker, inst, r)
         with raw.open("a") as fh:
