@@ -491,7 +491,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="jobs at once (1 or 2)")
     p.add_argument("--budget", type=float, default=None, help="start no job after this many seconds")
     p.add_argument("--vnncomp-limit", type=int, default=2, help="first N instances per VNN-style model and family")
-    p.add_argument("--devset-limit", type=int, default=None, help="first N instances per development model")
+    p.add_argument("--devset-limit", type=int, default=None,
+                   help="first N instances per development model and property family (eps0.003, eps0.008, "
+                        "layered: one per image, so 3 is the whole set)")
     p.add_argument("--examples", type=Path, default=ROOT / "examples")
     p.add_argument("--devset", type=Path, default=ROOT / "benchmarks" / "devset")
     p.add_argument("--vnncomp", type=Path, default=ROOT / "benchmarks" / "vnncomp")
