@@ -38,11 +38,11 @@ from mlrobust.verify.verdict import ROBUST_TOLERANCE
 from mlrobust.verify.vnnlib_parse import MAX_DISJUNCTS, VnnlibProperty, VnnlibRegion, parse_vnnlib
 
 #: Steps of the attack run before the bounds (the rest of the attack runs after them, when they leave the property
-#: open): enough for the counterexamples PGD finds at once (benchmarks/results/anchor.md's sat instances take 1-5).
+#: open): enough for the counterexamples PGD finds at once (the anchor's sat instances fell within 1-5 steps).
 QUICK_ATTACK_STEPS = 10
 
-__all__ = ["QUICK_ATTACK_STEPS", "MAX_DISJUNCTS", "VnnlibProperty", "VnnlibRegion", "VnnlibResult", "ClauseProperty", "parse_vnnlib",
-           "decide_region", "check_vnnlib"]
+__all__ = ["QUICK_ATTACK_STEPS", "MAX_DISJUNCTS", "VnnlibProperty", "VnnlibRegion", "VnnlibResult", "ClauseProperty",
+           "parse_vnnlib", "decide_region", "check_vnnlib"]
 
 @dataclass(frozen=True)
 class ClauseProperty:
@@ -160,7 +160,7 @@ def decide_region(network: Network, region: VnnlibRegion, solver: str | SolverBa
         return sat(point, "bounds")
     # A short attack, then the bounds, then the rest of the attack: most counterexamples fall in the first few
     # steps, and a property the bounds prove would otherwise pay the whole attack first (on small nets that is
-    # most of the time of an instance decided by bounds: benchmarks/results/anchor.md)
+    # most of the time of an instance decided by bounds: benchmarks/results/anchor_vnncomp.md)
     settings = attack or PgdAttack()
     quick = PgdAttack(restarts=settings.restarts, steps=min(settings.steps, QUICK_ATTACK_STEPS), seed=settings.seed,
                       diversify=settings.diversify)
