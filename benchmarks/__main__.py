@@ -12,6 +12,8 @@
     python -m benchmarks scale-ladder --budgets 120 --images 1   # 64x64, 84x84 top-3, 3x300x300 at real budgets
     python -m benchmarks workers                                 # the search's queries per second at 1 and 2 workers
     python -m benchmarks anchor --abcrown DIR                    # against α,β-CROWN on the same instances
+    python -m benchmarks anchor-radius --abcrown DIR             # largest L∞ radius per model, both tools
+    python -m benchmarks devset-search                           # search on the dev models, before/after joint
 
 Single-threaded BLAS and torch (parallelism comes from ``--workers`` processes). The reference experiment's raw
 lines go to ``--work`` (default ``build/benchmarks/<suite>``) and are resumed by a re-run with the same settings.
@@ -50,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.bench_workers import main as workers_main
 
         return workers_main(argv[1:])
+    if argv[:1] == ["anchor-radius"]:
+        from benchmarks.bench_anchor_radius import main as anchor_radius_main
+
+        return anchor_radius_main(argv[1:])
+    if argv[:1] == ["devset-search"]:
+        from benchmarks.bench_devset_search import main as devset_search_main
+
+        return devset_search_main(argv[1:])
     if argv[:1] == ["anchor"]:
         from benchmarks.bench_anchor import main as anchor_main
 
@@ -84,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("workers", help="queries per second of the search's worker pool at 1 and 2 workers "
                    "(python -m benchmarks workers --help)")
     sub.add_parser("anchor", help="against α,β-CROWN (python -m benchmarks anchor --help)")
+    sub.add_parser("devset-search", help="the search on the development models before/after the joint pass "
+                                         "(python -m benchmarks devset-search --help)")
+    sub.add_parser("anchor-radius", help="largest L∞ radius against α,β-CROWN (python -m benchmarks anchor-radius "
+                                         "--help)")
     report = sub.add_parser("report", help="rewrite a suite's Markdown report from its JSON results")
     report.add_argument("results", type=Path, nargs="?", default=ROOT / "benchmarks" / "results" / "full.json")
     docs = sub.add_parser("docs", help="write docs/results.md from a suite's results")

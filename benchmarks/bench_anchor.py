@@ -410,6 +410,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                          "../shared/anchors/alpha-beta-crown/README.md describes and pass its folder")
     if args.jobs not in (1, 2):
         raise SystemExit("error: --jobs must be 1 or 2 (one CPU thread per job)")
+    info = machine()  # the load average before the work, not after it
     instances = instance_list(args)
     args.work.mkdir(parents=True, exist_ok=True)
     raw = args.work / "raw.jsonl"
@@ -417,7 +418,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     if raw.is_file() and not args.fresh:
         for line in raw.read_text().splitlines():
             r = json.loads(line)
-            cache[(r["instance"], r["tool"], r["timeout"])] = r
+            cache[(r["instance"], r["tool"], r["timeout"], r.get("method", "vnnlib") if r["tool"] == "mlrobust"
+                   else "")] = r
     checker = OrtChecker()
     start = time.perf_counter()
     jobs = [(inst, tool) for inst in instances for tool in TOOLS]
@@ -426,7 +428,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     def job(item: tuple[AnchorInstance, str]) -> dict | None:
         nonlocal skipped
         inst, tool = item
-        key = (inst.key, tool, inst.timeout)
+        key = (inst.key, tool, inst.timeout, args.method if tool == "mlrobust" else "")  # another method: run again
         if key in cache:
             r = cache[key]
             if tool == "abcrown":  # its files may hold a verdict an earlier reading missed
@@ -442,6 +444,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         r = (run_ours(inst, args.method, args.grace) if tool == "mlrobust"
              else run_abc(args.abcrown, inst, args.work, args.grace))
         r.update(instance=inst.key, group=inst.group, tool=tool, timeout=inst.timeout,
+                 **({"method": args.method} if tool == "mlrobust" else {}),
                  model=str(inst.model.relative_to(ROOT)) if inst.model.is_relative_to(ROOT) else str(inst.model))
         check_sat(checker, inst, r)
         with raw.open("a") as fh:
@@ -463,7 +466,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         load_end = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load_end = None
-    return {"command": "python -m benchmarks anchor " + " ".join(args.argv), "machine": machine(), "git": _git(),
+    return {"command": "python -m benchmarks anchor " + " ".join(args.argv), "machine": info, "git": _git(),
             "abcrown": _abc_version(args.abcrown), "method": args.method, "jobs": args.jobs,
             "timeout_note": f"{args.timeout:g} s" if args.timeout else "60 s", "budget": args.budget,
             "stopped_early": bool(skipped), "jobs_planned": len(jobs), "jobs_done": len(rows), "rows": rows,
@@ -488,7 +491,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="jobs at once (1 or 2)")
     p.add_argument("--budget", type=float, default=None, help="start no job after this many seconds")
     p.add_argument("--vnncomp-limit", type=int, default=2, help="first N instances per VNN-style model and family")
-    p.add_argument("--devset-limit", type=int, default=None, help="first N instances per development model")
+    p.add_argument("--devset-limit", type=int, default=None,
+                   help="first N instances per development model and property family (eps0.003, eps0.008, "
+                        "layered: one per image, so 3 is the whole set)")
     p.add_argument("--examples", type=Path, default=ROOT / "examples")
     p.add_argument("--devset", type=Path, default=ROOT / "benchmarks" / "devset")
     p.add_argument("--vnncomp", type=Path, default=ROOT / "benchmarks" / "vnncomp")
@@ -507,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = argv
     args.abcrown = args.abcrown.resolve()
+    args.work = args.work.resolve()  # run_one.sh works in its own folder: configs written here need full paths
     args.notes = args.notes_file.read_text().strip() if args.notes_file else ""
 
     def log(msg: str) -> None:

@@ -10,7 +10,8 @@ counterexample by another is a soundness violation and fails the run (exit statu
 
 Methods: the names of :mod:`benchmarks.methods` (top-k verifiers; the property must be a top-k property such as
 "the label stays the argmax" or "output 0 is not the minimum", which every shipped instance is) and "vnnlib" (the
-``mlrobust vnnlib`` route: any VNN-LIB property, attack -> CROWN -> MILP over the output disjunction). Methods the
+``mlrobust vnnlib`` route: any VNN-LIB property, attack -> CROWN -> MILP over the output disjunction; "vnnlib_bab":
+the same with ``--verifier cascade-bab``, branch and bound before the MILP). Methods the
 installed code lacks are reported as not available.
 
     python -m benchmarks vnncomp --methods crown_milp,alpha_bab_milp --timeout 60
@@ -120,6 +121,10 @@ def topk_form(prop) -> tuple[int, int] | None:
     return found
 
 
+#: mlrobust's VNN-LIB route (``mlrobust vnnlib``) as a method, by its ``--verifier``: any property, not only top-k.
+VNNLIB_METHODS = {"vnnlib": "cascade", "vnnlib_bab": "cascade-bab"}
+
+
 # --- the worker (one instance, one method, a fresh process) -----------------------------------------------------------
 def run_worker(spec: dict) -> dict:
     """Load, parse, then decide; ``seconds`` counts only the deciding."""
@@ -138,9 +143,9 @@ def run_worker(spec: dict) -> dict:
     prop = parse_vnnlib(Path(spec["property"]))
     load_seconds = time.perf_counter() - t0
     timeout = float(spec["timeout"])
-    if spec["method"] == "vnnlib":
+    if spec["method"] in VNNLIB_METHODS:
         start = time.perf_counter()
-        res = check_vnnlib(network, prop, timeout=timeout)
+        res = check_vnnlib(network, prop, timeout=timeout, verifier=VNNLIB_METHODS[spec["method"]])
         out = {"status": res.status, "tier": res.tier, "reason": res.reason,
                "x": None if res.x is None else res.x.tolist()}
         out["seconds"] = time.perf_counter() - start
@@ -403,8 +408,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     from benchmarks.suite import machine
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    avail = availability([m for m in methods if m != "vnnlib"])
-    avail["vnnlib"] = ""
+    avail = availability([m for m in methods if m not in VNNLIB_METHODS])
+    avail.update({m: "" for m in methods if m in VNNLIB_METHODS})
     for m, why in avail.items():
         if why and m in methods:
             log(f"method {m}: not available ({why})")

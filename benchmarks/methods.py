@@ -158,6 +158,12 @@ def _milp(tightening: str) -> Verifier:
     return probe(MilpVerifier("highs", tightening))
 
 
+def _default_cascade() -> Verifier:
+    from mlrobust.api import make_verifier
+
+    return make_verifier("cascade")
+
+
 def _cascade_crown() -> Verifier:
     from mlrobust.verify.bound_check import BoundCheck
     from mlrobust.verify.cascade import Cascade
@@ -244,6 +250,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("bab", "branch and bound alone", _bab),
     Method("milp", "the MILP on CROWN bounds (HiGHS)", lambda: _milp("crown")),
     Method("milp_alpha", "the MILP on α-CROWN bounds (HiGHS)", lambda: _milp("alpha")),
+    Method("cascade", "verify's default cascade (mlrobust.api.make_verifier)", lambda: probe(_default_cascade())),
     Method("crown_milp", "the cascade: attack -> CROWN -> MILP", _cascade_crown),
     Method("alpha_bab_milp", "attack -> α-CROWN -> BaB -> MILP", _cascade_alpha_bab),
 )}

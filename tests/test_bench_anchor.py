@@ -187,3 +187,59 @@ def test_a_counterexample_a_rounding_error_outside_its_box_is_checked_clipped(tm
     row = {"status": "sat"}
     anchor.check_sat(Checker(), inst, row)
     assert row["ort"]["verdict"] == "wrong"
+
+
+# --- anchor-radius: the grid search ----------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from benchmarks import bench_anchor_radius as radius  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.integers(1, 40), data=st.data())
+def test_probe_order_brackets_a_monotone_answer_with_few_distinct_probes(steps, data):
+    """Whatever the start, the search finds the largest proven index of a monotone answer, probing no index twice
+    and at most about 2·log2(steps) + 2 of them."""
+    truth = data.draw(st.integers(-1, steps - 1))
+    start = data.draw(st.integers(0, steps - 1))
+    seen: list[int] = []
+
+    def proven(i: int) -> bool:
+        assert 0 <= i < steps
+        seen.append(i)
+        return i <= truth
+
+    assert radius.probe_order(start, steps, proven) == (truth, truth + 1)
+    assert len(seen) == len(set(seen))
+    assert len(seen) <= 2 * int(np.ceil(np.log2(steps + 1))) + 2
+
+
+def test_radius_grid_is_geometric_and_rounded():
+    grid = radius.radius_grid(0.002, 1.25, 4)
+    assert grid == [0.002, 0.0025, 0.003125, 0.00390625]
+
+
+def test_radius_summary_and_soundness_compare_the_tools_per_model():
+    def p(r, status, verdict=None):
+        row = {"radius": r, "status": status, "seconds": 1.0, "tier": "bounds"}
+        if verdict:
+            row["ort"] = {"verdict": verdict}
+        return row
+
+    searches = [
+        {"model": "m", "image": "ex00", "tool": "abcrown", "complete": True,
+         "probes": [p(0.004, "unsat"), p(0.008, "timeout"), p(0.006, "unsat")]},
+        {"model": "m", "image": "ex00", "tool": "cascade", "complete": True,
+         "probes": [p(0.004, "unsat"), p(0.008, "sat", "confirmed"), p(0.006, "unsat"), p(0.007, "sat", "wrong")]},
+    ]
+    [row] = radius.summarise(searches, [0.004, 0.006, 0.008])
+    assert row["tools"]["abcrown"]["proven"] == 0.006 and row["tools"]["abcrown"]["refuted"] is None
+    assert row["tools"]["cascade"]["proven"] == 0.006 and row["tools"]["cascade"]["refuted"] == 0.008
+    assert row["ours_at_least_abc"] == {"cascade": True}
+    assert radius.soundness(searches) == ["m/ex00 r=0.007: cascade answered sat with a counterexample that fails on "
+                                          "onnxruntime"]
+    searches[0]["probes"].append(p(0.01, "unsat"))
+    assert any("abcrown proved r=0.01 but cascade refuted r=0.008" in v for v in radius.soundness(searches))
+    [row] = radius.summarise(searches, [0.004, 0.006, 0.008])
+    assert row["ours_at_least_abc"] == {"cascade": False}

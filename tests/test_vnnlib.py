@@ -186,3 +186,54 @@ def test_cli_errors_exit_2(model_path, tmp_path, monkeypatch, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert exit_info.value.code == 2 and "error:" in err and "Traceback" not in err
     assert "inputs" in err  # 1 input declared, the model has 4 ... or a missing bound: both name the inputs
+
+
+# --- the order of the tiers and the batched clause bounds ---------------------------------------------------------
+def test_crown_clause_bounds_in_one_pass_equal_one_pass_per_clause(model_path):
+    """Every clause's rows bounded in one backward pass give the bounds of one linear_bounds call per clause."""
+    from mlrobust.bounds import linear_bounds
+    from mlrobust.bounds.tier import base_bounds
+    from mlrobust.verify.vnnlib import _crown_clause_bounds
+
+    net = load_onnx(model_path)
+    x0 = np.array([0.2, -0.4, 0.1, 0.5])
+    text = robustness_property(x0, 0.2, 0, 3).replace(
+        "(assert (or", "(assert (or (and (>= Y_1 Y_0) (>= Y_2 Y_0))")  # a two-row clause as well
+    region = parse_vnnlib(text).regions[0]
+    box = Box(region.lower, region.upper)
+    bounds, _ = base_bounds(net, box.lower, box.upper, "crown")
+    lows, highs = _crown_clause_bounds(net, box, list(region.clauses), bounds)
+    assert [lo.size for lo in lows] == [cl.h.size for cl in region.clauses] == [2, 1, 1]
+    for cl, lo, hi in zip(region.clauses, lows, highs):
+        c_lo, c_hi = linear_bounds(net, box.lower, box.upper, -np.asarray(cl.G), bounds=bounds)
+        np.testing.assert_allclose(lo, c_lo + cl.h, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(hi, c_hi + cl.h, rtol=1e-9, atol=1e-9)
+        assert np.all(lo <= hi)
+
+
+def test_a_short_attack_runs_before_the_bounds_and_the_rest_only_when_they_leave_the_region_open(model_path,
+                                                                                                   monkeypatch):
+    """Proven by bounds: only the short attack ran; decided later (MILP): the whole attack ran after the bounds."""
+    import mlrobust.verify.vnnlib as vnnlib
+
+    net = load_onnx(model_path)
+    steps_run: list[int] = []
+    real = vnnlib.run_attack
+
+    def recording(network, box, prop, attack=None, time_limit=None):
+        steps_run.append(attack.steps)
+        return real(network, box, prop, attack, time_limit=time_limit)
+
+    monkeypatch.setattr(vnnlib, "run_attack", recording)
+    rng = np.random.default_rng(1)
+    by_tier: dict[str, list[list[int]]] = {}
+    for _ in range(12):
+        x0 = rng.uniform(-1, 1, 4)
+        target = int(np.argmax(net.logits(x0[None])[0]))
+        steps_run.clear()
+        res = check_vnnlib(net, robustness_property(x0, float(rng.choice([0.01, 0.1, 0.3, 0.6])), target, 3),
+                           timeout=60)
+        by_tier.setdefault(res.tier, []).append(list(steps_run))
+    full = vnnlib.PgdAttack().steps
+    assert by_tier["bounds"] and all(s == [vnnlib.QUICK_ATTACK_STEPS] for s in by_tier["bounds"])
+    assert by_tier["milp"] and all(s == [vnnlib.QUICK_ATTACK_STEPS, full] for s in by_tier["milp"])

@@ -37,8 +37,12 @@ from mlrobust.verify.spec import VNNLIB_VERIFIERS, Box
 from mlrobust.verify.verdict import ROBUST_TOLERANCE
 from mlrobust.verify.vnnlib_parse import MAX_DISJUNCTS, VnnlibProperty, VnnlibRegion, parse_vnnlib
 
-__all__ = ["MAX_DISJUNCTS", "VnnlibProperty", "VnnlibRegion", "VnnlibResult", "ClauseProperty", "parse_vnnlib",
-           "decide_region", "check_vnnlib"]
+#: Steps of the attack run before the bounds (the rest of the attack runs after them, when they leave the property
+#: open): enough for the counterexamples PGD finds at once (the anchor's sat instances fell within 1-5 steps).
+QUICK_ATTACK_STEPS = 10
+
+__all__ = ["QUICK_ATTACK_STEPS", "MAX_DISJUNCTS", "VnnlibProperty", "VnnlibRegion", "VnnlibResult", "ClauseProperty",
+           "parse_vnnlib", "decide_region", "check_vnnlib"]
 
 @dataclass(frozen=True)
 class ClauseProperty:
@@ -91,29 +95,45 @@ def _region_box(network: Network, region: VnnlibRegion) -> Box:
     return Box(region.lower.reshape(network.sample_shape), region.upper.reshape(network.sample_shape))
 
 
-def _clause_bounds(network: Network, box: Box, builder: MilpBuilder, clauses: list[Clause], bounds,
-                   deadline: float | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Bounds of every ``g_ij`` from the output form and (unless the bounds are IBP) CROWN linear bounds; past the
-    ``deadline`` the remaining clauses keep their interval bounds (looser, still sound)."""
+def _crown_clause_bounds(network: Network, box: Box, clauses: list[Clause],
+                         bounds) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """CROWN bounds of every ``g_ij = h_ij - G_ij y``, every clause's rows in one backward pass (a top-2 property
+    has 36 clauses: one pass each cost most of an instance's bound step)."""
+    G = np.concatenate([np.asarray(cl.G, dtype=np.float64) for cl in clauses])
+    c_lo, c_hi = linear_bounds(network, box.lower, box.upper, -G, bounds=bounds)
+    ends = np.cumsum([cl.h.size for cl in clauses])[:-1]
+    return ([lo + cl.h for lo, cl in zip(np.split(c_lo, ends), clauses)],
+            [hi + cl.h for hi, cl in zip(np.split(c_hi, ends), clauses)])
+
+
+def _clause_bounds(builder: MilpBuilder, clauses: list[Clause],
+                   crown: tuple[list[np.ndarray], list[np.ndarray]] | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Bounds of every ``g_ij`` from the MILP's output form, intersected with the CROWN ones (None: the bounds are
+    IBP, or the deadline passed before CROWN ran; the interval ones are looser, still sound)."""
     col_lower, col_upper, *_ = builder.enc.arrays()
 
     forms = clause_forms(builder.output_form, clauses, builder.enc.ncols)
     lows, highs = [], []
-    for cl, form in zip(clauses, forms):
+    for i, form in enumerate(forms):
         lo, hi = form.interval(col_lower, col_upper)
-        if bounds.method != "ibp" and (deadline is None or time.perf_counter() < deadline):
-            c_lo, c_hi = linear_bounds(network, box.lower, box.upper, -np.asarray(cl.G), bounds=bounds)
-            lo, hi = np.maximum(lo, c_lo + cl.h), np.minimum(hi, c_hi + cl.h)
+        if crown is not None:
+            lo, hi = np.maximum(lo, crown[0][i]), np.minimum(hi, crown[1][i])
         lows.append(lo)
         highs.append(np.maximum(hi, lo))
     return lows, highs
+
+
+def _best_clause_upper(highs: list[np.ndarray]) -> float:
+    """The upper bound of the region's margin ``max_i min_j g_ij``."""
+    return max(float(np.min(h)) for h in highs)
 
 
 def decide_region(network: Network, region: VnnlibRegion, solver: str | SolverBackend | None = "highs",
                   time_limit: float | None = None, attack: PgdAttack | None = None,
                   tightening: str = "crown", verifier: str = "cascade", device: str = "cpu") -> VnnlibResult:
     """Decide one region with the pipeline ``verify`` uses (:mod:`mlrobust.verify.decision`): the attack (with
-    ``attack``'s settings, by default the cascade's), bounds, then the MILP and the same verdict rule.
+    ``attack``'s settings, by default the cascade's; its first :data:`QUICK_ATTACK_STEPS` steps before the bounds,
+    all of it after them when they leave the region open), bounds, then the MILP and the same verdict rule.
 
     ``verifier``: "cascade" (as above), "bab" (branch and bound instead of the MILP) or "cascade-bab" (branch and
     bound for half the time left, then the MILP). ``device``: where the branch and bound runs its α/β bounds.
@@ -138,7 +158,13 @@ def decide_region(network: Network, region: VnnlibRegion, solver: str | SolverBa
     if any(cl.h.size == 0 for cl in clauses):  # a clause with no output constraint: every input is a witness
         point = check_points(network, box, [box.center], prop)[0]
         return sat(point, "bounds")
-    found = run_attack(network, box, prop, attack, time_limit=left())
+    # A short attack, then the bounds, then the rest of the attack: most counterexamples fall in the first few
+    # steps, and a property the bounds prove would otherwise pay the whole attack first (on small nets that is
+    # most of the time of an instance decided by bounds: benchmarks/results/anchor_vnncomp.md)
+    settings = attack or PgdAttack()
+    quick = PgdAttack(restarts=settings.restarts, steps=min(settings.steps, QUICK_ATTACK_STEPS), seed=settings.seed,
+                      diversify=settings.diversify)
+    found = run_attack(network, box, prop, quick, time_limit=left())
     if found.counterexample is not None:
         return sat(found.counterexample, "attack")
     if deadline is not None and time.perf_counter() >= deadline:  # the bounds below cannot be interrupted
@@ -146,12 +172,25 @@ def decide_region(network: Network, region: VnnlibRegion, solver: str | SolverBa
                             stats={"attack_best": found.best.margin if found.best else None})
     with torch_threads(1):
         bounds, _ = base_bounds(network, box.lower, box.upper, "ibp" if tightening == "ibp" else "crown")
+    crown = None
+    stats: dict = {"attack_best": found.best.margin if found.best else None}
+    if bounds.method != "ibp" and (deadline is None or time.perf_counter() < deadline):
+        crown = _crown_clause_bounds(network, box, clauses, bounds)
+        stats["bound_before_milp"] = _best_clause_upper(crown[1])
+        if stats["bound_before_milp"] < -ROBUST_TOLERANCE:  # proven before the MILP is even built
+            return VnnlibResult("unsat", seconds=time.perf_counter() - start, tier="bounds", stats=stats)
     builder = MilpBuilder(network, bounds).run()
-    lows, highs = _clause_bounds(network, box, builder, clauses, bounds, deadline)
-    m_hi = max(float(np.min(h)) for h in highs)
-    stats: dict = {"attack_best": found.best.margin if found.best else None, "bound_before_milp": m_hi}
+    lows, highs = _clause_bounds(builder, clauses, crown)
+    m_hi = stats["bound_before_milp"] = _best_clause_upper(highs)
     if m_hi < -ROBUST_TOLERANCE:
         return VnnlibResult("unsat", seconds=time.perf_counter() - start, tier="bounds", stats=stats)
+    if settings.steps > quick.steps and (deadline is None or time.perf_counter() < deadline):
+        found = run_attack(network, box, prop, settings, time_limit=left())
+        if found.counterexample is not None:
+            return sat(found.counterexample, "attack")
+        if found.best is not None:
+            best = stats["attack_best"]
+            stats["attack_best"] = found.best.margin if best is None else max(best, found.best.margin)
     if deadline is not None and time.perf_counter() >= deadline:
         return VnnlibResult("timeout", seconds=time.perf_counter() - start, tier="bounds", stats=stats)
     if verifier in ("bab", "cascade-bab"):
