@@ -140,8 +140,9 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
                 stats["found"] += 1
                 return float(problem.required_eps(best.x[None])[0, d])
         stats["attacks"] += 1
-        result = pgd(problem.network, box, problem.prop, restarts=len(starts) + UPPER_RESTARTS, steps=UPPER_STEPS,
-                     starts=starts, seed=int(stats["attacks"]))
+        with problem.costs.measure("upper-bound attack"):
+            result = pgd(problem.network, box, problem.prop, restarts=len(starts) + UPPER_RESTARTS,
+                         steps=UPPER_STEPS, starts=starts, seed=int(stats["attacks"]))
         cex = result.counterexample
         if cex is None:
             problem.add_weak_points(trial, [p.weak_point() for p in result.points[:2]])

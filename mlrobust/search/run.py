@@ -25,7 +25,7 @@ from mlrobust.search.deadline import TimeLimitReached, hard_stop
 from mlrobust.search.intervals import apply_upper_bounds, attack_upper_bounds, gap_order, known_upper_bounds
 from mlrobust.search.maximality import LayerMaximality, certify
 from mlrobust.search.optimizer import OptimizerOptions, optimize, shaped_starts
-from mlrobust.search.problem import SearchProblem, status_of
+from mlrobust.search.problem import SearchProblem, status_of, tier_key
 from mlrobust.search.result import SearchResult
 from mlrobust.search.tiers import crown_tiers, push_tiers
 from mlrobust.verify.margin import topk_labels
@@ -187,6 +187,8 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
         raise InputError(f"label {problem.target} is not among the top-{problem.k} labels on the clean image; "
                          f"the network predicts {clean_topk}")
     grow = (opt.method in GROWING) if opt.grow is None else opt.grow
+    # a call that cannot finish in the time left falls back to the cascade's bound tier, then to plain CROWN
+    problem.fallbacks = [v for v in (problem.cheap, crown_tiers(problem.verifier)) if v is not None]
     st = _State(np.zeros(n), opt.delta if opt.delta is not None else AUTO_DELTA_MAX)
     interrupted = False
     try:
@@ -221,6 +223,7 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
         st.maximality = [LayerMaximality(d, "unchecked", float(st.eps[d]), reason="interrupted before the check")
                          for d in range(n)]
     eps = st.eps
+    st.details["costs"] = problem.costs.to_dict()
     maximality = apply_upper_bounds(problem, eps, st.maximality or [], st.delta)
     t_search = st.t_search if st.t_search is not None else time.perf_counter() - t0
     problem.best_eps = eps.copy()
@@ -272,6 +275,13 @@ def never_tried(opt: SearchOptions, details: dict, maximality: list[LayerMaximal
             out.append("the attack's upper bounds per layer")
         if "push" not in details:
             out.append("pushing each layer to its boundary")
+    for tier, cost in details.get("costs", {}).get("tiers", {}).items():
+        if cost.get("skipped"):
+            per_call = cost.get("seconds_per_call")
+            each = "" if per_call is None else f" (about {per_call:.2g} s each)"
+            calls = "call" if cost["skipped"] == 1 else "calls"
+            out.append(f"{cost['skipped']} {calls} of the {tier} tier{each}: not started, they could not finish in "
+                       "the time left")
     unchecked = [m.layer for m in maximality if m.status == "unchecked"]
     if opt.certify and unchecked:
         out.append(f"{'layer' if len(unchecked) == 1 else 'layers'} {layer_ranges(unchecked)} never checked")
@@ -489,7 +499,9 @@ def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
     _upper_bounds(problem, opt, st)
     limit = problem.budget.time_limit
     problem.notify("phase", "pushing every layer to its boundary")
-    tiers = push_tiers(problem.verifier, problem.budget.query_time_limit, milp=opt.push_milp)
+    bounds_seconds = None if problem.cheap is None else problem.costs.mean(tier_key(problem.cheap))
+    tiers = push_tiers(problem.verifier, problem.budget.query_time_limit, milp=opt.push_milp,
+                       bounds_seconds=bounds_seconds)
 
     def keep(eps: np.ndarray) -> None:
         st.eps = eps  # an interruption reports the latest proven vector
