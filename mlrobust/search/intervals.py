@@ -122,7 +122,10 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
     order = list(range(problem.num_layers)) if layers is None else list(layers)
 
     def over() -> bool:
-        return (deadline is not None and problem.elapsed() >= deadline) or problem.exhausted() is not None
+        # an attempt the measured cost per attack says cannot finish before the deadline is not started: it would
+        # run past the time limit (the hard stop would then cut the whole search short)
+        return ((deadline is not None and not problem.costs.fits("upper-bound attack", deadline - problem.elapsed()))
+                or problem.exhausted() is not None)
 
     def attempt(d: int, value: float) -> float | None:
         """A confirmed counterexample in the box of ``eps`` grown to ``value`` in layer ``d``: its deviation in

@@ -209,11 +209,15 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
     except TimeLimitReached:
         # Not an interruption by the user: the result is final, but parts of the search were never tried.
         problem.use_cheap, problem.deadline = False, None
+        reached = problem.clip(st.eps)
         st.eps = problem.best_proven()
         cut = f"time limit: stopped during {problem.phase}"
         st.stop_reason = cut + (f" (after {st.stop_reason})" if st.stop_reason else "")
-        st.maximality = [LayerMaximality(d, "unchecked", float(st.eps[d]), reason="time limit before the check")
-                         for d in range(n)]
+        if st.maximality is None or not np.array_equal(st.eps, reached):
+            # statuses about another vector say nothing about this one; those of the reported vector still hold
+            # (the phase cut short, e.g. the final upper bounds, only ever adds refutations)
+            st.maximality = [LayerMaximality(d, "unchecked", float(st.eps[d]), reason="time limit before the check")
+                             for d in range(n)]
     except KeyboardInterrupt:
         interrupted = True
         problem.use_cheap, problem.deadline = False, None
