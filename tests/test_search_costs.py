@@ -64,10 +64,12 @@ def test_measure_records_first_call_and_running_mean_on_the_injected_clock():
             clock.now += seconds
     assert costs.tiers["bounds"].calls == 3
     assert costs.tiers["bounds"].first == pytest.approx(2.0)
-    assert costs.mean("bounds") == pytest.approx(4.0)
+    assert costs.mean("bounds") == pytest.approx(5.0)  # the calls after the first (which carries set-up)
     assert costs.mean("milp") is None
     report = costs.to_dict()["tiers"]["bounds"]
-    assert report == {"calls": 3, "seconds_per_call": 4.0, "first_call_s": 2.0, "skipped": 0}
+    assert report == {"calls": 3, "seconds_per_call": 5.0, "first_call_s": 2.0, "skipped": 0}
+    costs.record("alpha", 7.0)
+    assert costs.mean("alpha") == pytest.approx(7.0)  # the first call alone
 
 
 def test_a_tier_never_measured_fits_and_a_measured_one_fits_only_with_its_margin():
@@ -150,7 +152,7 @@ def test_bisection_halves_in_log_scale_only_when_plain_steps_cost_too_much():
     assert not geometric_plan(pb, 0.0, 1.0, 1e-4)  # not measured yet
     pb.costs.record("exact-lp", 0.1)  # 15 steps x 0.1 s: well within a quarter of 100 s
     assert not geometric_plan(pb, 0.0, 1.0, 1e-4)
-    pb.costs.record("exact-lp", 19.9)  # mean 10 s: 150 s of plain steps
+    pb.costs.record("exact-lp", 10.0)  # 10 s a call after the first: 150 s of plain steps
     assert geometric_plan(pb, 0.0, 1.0, 1e-4)
 
 
@@ -168,6 +170,7 @@ def _threshold_problem(threshold: float, cost: float | None):
     ver = Threshold("threshold")
     pb = tiny_problem(ver, time_limit=100.0)
     if cost is not None:
+        pb.costs.record("threshold", cost)
         pb.costs.record("threshold", cost)
     return pb, ver
 
@@ -220,3 +223,62 @@ def test_a_search_records_each_tiers_cost_per_call_in_its_details():
     costs = res.details["costs"]["tiers"]
     assert costs["exact-lp"]["calls"] == pb.stats.verifier_calls > 0
     assert costs["exact-lp"]["seconds_per_call"] > 0 and math.isfinite(costs["exact-lp"]["first_call_s"])
+
+
+def test_never_tried_names_the_shaped_starts_it_could_not_afford():
+    details = {"object": {}, "upper_bounds": {}, "push": {},
+               "shaped_starts_skipped": {"seconds_per_query": 2.6, "seconds_left": 20.0}}
+    assert never_tried(SearchOptions(), details, [], grow=True) == [
+        "the shaped starts (about 2.6 s a query: they did not fit in the exploration's time left)"]
+
+
+def test_a_query_costs_its_verifier_call_plus_the_warm_attack_before_it():
+    from mlrobust.search.baselines import query_seconds
+
+    pb = tiny_problem(ExactLpVerifier(), time_limit=100.0)
+    assert query_seconds(pb) is None
+    pb.costs.record("exact-lp", 1.0)
+    pb.costs.record("warm-attack", 0.5)
+    assert query_seconds(pb) == pytest.approx(1.0)  # this problem runs no warm attack
+    pb.warm_attack = True
+    assert query_seconds(pb) == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("seconds_per_call,scaled", [(100.0, True), (1e-6, False)])
+def test_the_whole_vector_is_scaled_on_the_bound_tier_only_where_the_per_layer_push_cannot_reach_every_layer(
+        seconds_per_call, scaled):
+    from mlrobust.search.boundary import Tier
+    from mlrobust.search.run import _scale_on_bound_tier, _State
+
+    ver = ExactLpVerifier()
+    pb = tiny_problem(ver, time_limit=1e6)
+    start = pb.clip(np.full(pb.num_layers, 0.002))
+    assert pb.query(start).is_robust
+    for _ in range(2):  # injected: the tiny net's real calls take microseconds
+        pb.costs.record("exact-lp", seconds_per_call)
+    st = _State(start.copy(), 1e-3)
+    kept: list[np.ndarray] = []
+    # open layers x 2 queries x ~50 s (the injected calls averaged with the real one) against 300 s left
+    why = _scale_on_bound_tier(pb, st, Tier("bounds", ver, None), end=pb.elapsed() + 300.0, keep=kept.append)
+    assert (why is not None) == scaled and ("bound_scale" in st.details) == scaled
+    if scaled:
+        assert st.details["bound_scale"]["scale"] > 1.0 and np.all(st.eps >= start)
+        assert pb.known_robust(st.eps) is not None  # every scaled vector was proven by a query
+        assert kept and np.array_equal(kept[-1], st.eps)
+    else:
+        assert np.array_equal(st.eps, start) and not kept
+
+
+def test_the_warm_attack_runs_only_while_it_costs_less_than_the_verifier_call():
+    ver = ExactLpVerifier()
+    pb = tiny_problem(ver, time_limit=100.0)
+    assert pb._warm_pays(ver)  # nothing measured
+    pb.costs.record("exact-lp", 1.0)
+    pb.costs.record("warm-attack", 0.5)
+    assert pb._warm_pays(ver)
+    pb.costs.record("warm-attack", 1.7)  # the attack now costs more than the call it would spare
+    assert not pb._warm_pays(ver)
+    pb.warm_attack = True
+    calls = pb.costs.tiers["warm-attack"].calls
+    assert pb.query(np.full(pb.num_layers, 0.003)).tier == "exact"
+    assert pb.costs.tiers["warm-attack"].calls == calls and ver.calls == 1

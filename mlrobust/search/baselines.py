@@ -27,14 +27,24 @@ GEOMETRIC_REL = 1 / 32
 
 def geometric_plan(problem: SearchProblem, lo: float, hi: float, delta: float) -> bool:
     """Whether a bisection of ``[lo, hi]`` to ``delta`` should halve in log scale: its plain steps, at the measured
-    seconds per call of the verifier that will answer (:mod:`mlrobust.search.costs`), would take more than
+    seconds per query (:func:`query_seconds`, from :mod:`mlrobust.search.costs`), would take more than
     BISECTION_SHARE of the phase's time left. Before that verifier's first call, and without a time limit: no."""
-    active = problem.cheap if (problem.use_cheap and problem.cheap is not None) else problem.verifier
-    mean = problem.costs.mean(tier_key(active))
+    mean = query_seconds(problem)
     left = problem.remaining()
     if mean is None or left is None:
         return False
     return bisection_steps(hi - lo, delta) * mean > BISECTION_SHARE * max(left, 0.0)
+
+
+def query_seconds(problem: SearchProblem) -> float | None:
+    """The measured seconds of one query that reaches the phase's verifier: its call, plus the search's warm
+    attack before it where that runs (None before the verifier's first call)."""
+    active = problem.cheap if (problem.use_cheap and problem.cheap is not None) else problem.verifier
+    mean = problem.costs.mean(tier_key(active))
+    if mean is None:
+        return None
+    warm = problem.costs.mean("warm-attack") if problem.warm_attack else None
+    return mean + (warm or 0.0)
 
 
 def bisect_scale(problem: SearchProblem, make, lo: float, hi: float, delta: float, purpose: str) -> float:

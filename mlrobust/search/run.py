@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 
 from mlrobust.bounds.alpha_crown import AlphaOptions
 from mlrobust.errors import InputError
-from mlrobust.search.baselines import bisect_scale, floored_uniform, layer_search, uniform_search
+from mlrobust.search.baselines import bisect_scale, floored_uniform, layer_search, query_seconds, uniform_search
 from mlrobust.search.boundary import (
     CHEAP_TIERS_EXHAUSTED,
     GIVE_UP_AFTER,
+    Tier,
     push_to_boundary,
     rescaled_statuses,
     scale_to_boundary,
@@ -46,6 +48,20 @@ AUTO_DELTA_FRACTION = 1 / 8
 #: The object's floor from its refuted radius is capped at this share of its proven radius: at the proven radius
 #: itself the bounds leave the rings no room (mnist2_pgd, image ex01: 9 of 43 layers stayed at 0).
 OBJECT_FLOOR_CAP = 0.8
+#: The shaped starts (two bisections of about SHAPE_QUERIES queries each) are computed only when they fit in
+#: SHAPES_SHARE of the exploration's time left at the measured seconds per query: otherwise they take the time of
+#: the certificate search, which is what grows the vector (Triple-MNIST under load: the starts took the whole
+#: exploration and the result stayed at the object alone, w·ε 0.08 against 1.14 when the certificate search ran).
+SHAPE_QUERIES = 10
+SHAPES_SHARE = 0.5
+#: The per-layer push needs about this many queries per open layer; where they do not fit in its time at the
+#: measured seconds per query, the whole vector is first scaled on the bound tier (``_scale_on_bound_tier``) for at
+#: most BOUND_SCALE_SHARE of the push's time, in steps from BOUND_SCALE_FIRST_STEP (galloping) down to
+#: BOUND_SCALE_MIN_STEP.
+PUSH_QUERIES_PER_LAYER = 2
+BOUND_SCALE_SHARE = 0.5
+BOUND_SCALE_FIRST_STEP = 0.1
+BOUND_SCALE_MIN_STEP = 0.01
 
 
 def auto_delta(uniform_radius: float) -> float:
@@ -279,6 +295,10 @@ def never_tried(opt: SearchOptions, details: dict, maximality: list[LayerMaximal
             out.append("the attack's upper bounds per layer")
         if "push" not in details:
             out.append("pushing each layer to its boundary")
+    skipped_shapes = details.get("shaped_starts_skipped")
+    if skipped_shapes:
+        out.append(f"the shaped starts (about {skipped_shapes['seconds_per_query']:.2g} s a query: they did not fit "
+                   "in the exploration's time left)")
     for tier, cost in details.get("costs", {}).get("tiers", {}).items():
         if cost.get("skipped"):
             per_call = cost.get("seconds_per_call")
@@ -402,7 +422,14 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
                 probe = floored_uniform(problem, delta)
         start = probe if opt.init != "zero" else problem.clip(problem.floor)
         if opt.init == "best":
-            candidates = [("uniform", probe)] + shaped_starts(problem, tol=min(AUTO_PROBE_TOL, delta))
+            per_query, left = query_seconds(problem), problem.remaining()
+            if per_query is None or left is None or 2 * SHAPE_QUERIES * per_query <= SHAPES_SHARE * left:
+                shapes = shaped_starts(problem, tol=min(AUTO_PROBE_TOL, delta))
+            else:
+                # two more bisections would take the time the certificate search grows the vector in
+                shapes = []
+                st.details["shaped_starts_skipped"] = {"seconds_per_query": per_query, "seconds_left": left}
+            candidates = [("uniform", probe)] + shapes
             if "object" in st.details:
                 alone = np.zeros(n)
                 # the radius the cheap tiers proved: the search's phases run on them, and from the complete
@@ -497,6 +524,34 @@ def _upper_bounds(problem: SearchProblem, opt: SearchOptions, st: _State) -> Non
     st.details["upper_bounds"] = attack_upper_bounds(problem, st.eps, st.delta, deadline=upper_end)
 
 
+def _scale_on_bound_tier(problem: SearchProblem, st: _State, tier: Tier, end: float | None,
+                         keep: Callable[[np.ndarray], None]) -> str | None:
+    """Where the per-layer push cannot reach every open layer at the measured seconds per query
+    (PUSH_QUERIES_PER_LAYER queries each), grow the whole vector by a common factor on the push's cheapest tier
+    first, for at most BOUND_SCALE_SHARE of the push's time: one query moves every layer, in the direction in which
+    the vector sits inside the boundary (the attack breaks s·ε* at s ≈ 1.5–2.7). Returns its stop reason, or None
+    when the push can afford every layer (the per-layer push alone, as before)."""
+    if end is None or tier.verifier is None:
+        return None
+    call = problem.costs.mean(tier_key(tier.verifier))
+    if call is None:  # not measured yet: plain CROWN's cost is a lower estimate of the cascade's bound tier
+        call = problem.costs.mean(tier_key(crown_tiers(problem.verifier) or tier.verifier))
+    if call is None:
+        return None
+    per_query = call + (problem.costs.mean("warm-attack") or 0.0)
+    left = end - problem.elapsed()
+    open_layers = int(np.count_nonzero(st.eps < problem.saturation))
+    if left <= 0 or open_layers * PUSH_QUERIES_PER_LAYER * per_query <= left:
+        return None
+    problem.notify("phase", f"scaling the whole vector on the {tier.name} tier")
+    st.eps, scaled = scale_to_boundary(problem, st.eps, tier, deadline=problem.elapsed() + BOUND_SCALE_SHARE * left,
+                                       first_step=BOUND_SCALE_FIRST_STEP, min_step=BOUND_SCALE_MIN_STEP,
+                                       on_improve=keep)
+    st.details["bound_scale"] = dict(scaled.to_dict(), tier=tier.name, seconds_per_query=per_query,
+                                     open_layers=open_layers)
+    return scaled.stop_reason
+
+
 def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
     """Upper bounds per layer by the attack alone, then the push to the boundary for the rest of the budget."""
     delta = st.delta
@@ -511,6 +566,7 @@ def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
         st.eps = eps  # an interruption reports the latest proven vector
 
     final_upper = None if limit is None else limit * (1 - float(opt.final_upper_share))
+    bound_scaled = _scale_on_bound_tier(problem, st, tiers[0], final_upper, keep)
     # with a complete last tier (the cascade's MILP), its time goes to the whole vector (the scale step) once the
     # cheaper tiers have nothing left: single-layer MILP queries at the bound's frontier buy a few delta each
     scale = opt.scale and opt.push_milp and len(tiers) > 1
@@ -518,7 +574,8 @@ def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
                                                      on_improve=keep, stop_before=len(tiers) - 1 if scale else None)
     st.details["push"] = dict(report.to_dict(), tiers=[t.name for t in tiers])
     # the stop line names every phase that ran, the push last (it usually ends the search)
-    phases = [st.stop_reason, f"push: {report.stop_reason}"]
+    phases = [st.stop_reason] + ([f"bound scale: {bound_scaled}"] if bound_scaled else [])
+    phases.append(f"push: {report.stop_reason}")
     if scale and report.stop_reason == CHEAP_TIERS_EXHAUSTED:
         problem.notify("phase", "scaling the whole vector with the complete verifier")
         st.eps, scaled = scale_to_boundary(problem, st.eps, tiers[-1], deadline=final_upper, on_improve=keep)
