@@ -303,12 +303,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(ROOT / "build" / "benchmarks" / "scale_ladder"))
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--method", default="boundary", help="the search method of every run (uniform: the baseline)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="run nothing: write --out from these earlier "
+                        "result files (later rows replace earlier ones of the same rung, image, method and budget)")
     parser.add_argument("--append", action="store_true", help="keep the rows already in --out's JSON (a row of the "
                         "same rung, image, method and budget is replaced)")
     args = parser.parse_args(argv)
-    results = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        # no run: the rows of earlier result files (e.g. rungs run side by side into their own files), in order
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        results = parts[0]
+        for part in parts[1:]:
+            results = appended(results, part)
+    else:
+        results = run(args)
     if args.append and out.with_suffix(".json").is_file():
         results = appended(json.loads(out.with_suffix(".json").read_text()), results)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float) + "\n")

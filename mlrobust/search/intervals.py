@@ -143,9 +143,8 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
                 stats["found"] += 1
                 return float(problem.required_eps(best.x[None])[0, d])
         stats["attacks"] += 1
-        with problem.costs.measure("upper-bound attack"):
-            result = pgd(problem.network, box, problem.prop, restarts=len(starts) + UPPER_RESTARTS,
-                         steps=UPPER_STEPS, starts=starts, seed=int(stats["attacks"]))
+        result = pgd(problem.network, box, problem.prop, restarts=len(starts) + UPPER_RESTARTS,
+                     steps=UPPER_STEPS, starts=starts, seed=int(stats["attacks"]))
         cex = result.counterexample
         if cex is None:
             problem.add_weak_points(trial, [p.weak_point() for p in result.points[:2]])
@@ -153,6 +152,10 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
         problem.add_counterexample(cex.x, cex.margin, trial, "attack")
         stats["found"] += 1
         return float(problem.required_eps(cex.x[None])[0, d])
+
+    def timed_attempt(d: int, value: float) -> float | None:
+        with problem.costs.measure("upper-bound attack"):  # the whole attempt: replayed points, then PGD
+            return attempt(d, value)
 
     # Breadth first: every layer gets its first upper bound (the whole range) before any layer is bisected, then
     # bisection steps go round the layers, largest gap first, so a short deadline still leaves a bound on most
@@ -162,7 +165,7 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
     for d in list(lo):
         if over():
             break
-        if known_upper_bounds(problem, eps)[d] is None and attempt(d, float(sat[d])) is None:
+        if known_upper_bounds(problem, eps)[d] is None and timed_attempt(d, float(sat[d])) is None:
             del lo[d]  # not even the full range of the layer breaks: nothing for the attack here
     while lo and not over():
         uppers = known_upper_bounds(problem, eps)
@@ -178,7 +181,7 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
                 continue
             mid = (lo[d] + hi.eps) / 2
             steps[d] += 1
-            if attempt(d, mid) is None:
+            if timed_attempt(d, mid) is None:
                 lo[d] = mid
     stats["seconds"] = time.perf_counter() - start
     problem.stats.seconds["upper-bounds"] = problem.stats.seconds.get("upper-bounds", 0.0) + stats["seconds"]
