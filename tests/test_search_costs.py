@@ -282,3 +282,9 @@ def test_the_warm_attack_runs_only_while_it_costs_less_than_the_verifier_call():
     calls = pb.costs.tiers["warm-attack"].calls
     assert pb.query(np.full(pb.num_layers, 0.003)).tier == "exact"
     assert pb.costs.tiers["warm-attack"].calls == calls and ver.calls == 1
+
+
+def test_never_tried_says_when_the_object_floor_was_dropped():
+    details = {"object": {"floor": 0.0, "floor_dropped": 0.00186}, "upper_bounds": {}, "push": {}}
+    lines = never_tried(SearchOptions(), details, [], grow=True)
+    assert len(lines) == 1 and lines[0].startswith("keeping the object's floor ε₀ ≥ 0.0019 (the floored starts gave")
