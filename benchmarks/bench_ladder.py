@@ -10,6 +10,12 @@ list of independent bound checks (ε* scaled by 0.5 .. 1.5 per layer group) answ
 with the verdicts compared.
 
     python -m benchmarks scale-ladder --budgets 120 --images 1     # -> benchmarks/results/scale_ladder.md
+    python -m benchmarks scale-ladder --rungs 3x300x300 --method uniform --out u.md   # the uniform baseline
+    python -m benchmarks scale-ladder --merge a.json b.json          # one report from runs made side by side
+
+Each run is ``mlrobust verify`` as the console script runs it (its process ends once its outputs are written).
+The report lists each tier's measured seconds per call (the search's cost model, ``details.costs`` of the JSON) and
+what each run never tried.
 
 Timings depend on the machine and its load (recorded with the results).
 """
