@@ -288,3 +288,13 @@ def test_never_tried_says_when_the_object_floor_was_dropped():
     details = {"object": {"floor": 0.0, "floor_dropped": 0.00186}, "upper_bounds": {}, "push": {}}
     lines = never_tried(SearchOptions(), details, [], grow=True)
     assert len(lines) == 1 and lines[0].startswith("keeping the object's floor ε₀ ≥ 0.0019 (the floored starts gave")
+
+
+def test_a_bisection_stops_at_the_first_query_no_tier_can_answer_in_the_time_left():
+    pb, ver = _threshold_problem(0.013, cost=None)
+    n_layers = pb.num_layers
+    pb.costs.record("threshold", 500.0)
+    pb.costs.record("threshold", 500.0)  # every call now costs more than the 100 s budget
+    r = bisect_scale(pb, lambda v: pb.clip(np.full(n_layers, v)), 0.0, 0.5, 1e-4, "uniform")
+    assert r == 0.0 and ver.calls == 0
+    assert pb.costs.tiers["threshold"].skipped == 2  # the top end and one midpoint, then it stops

@@ -71,6 +71,8 @@ def bisect_scale(problem: SearchProblem, make, lo: float, hi: float, delta: floa
         if verdict.is_robust:
             lo = mid
             problem.improve(make(mid))
+        elif verdict.tier == "budget":
+            break  # no tier can answer in the time left: halving further would only count unasked queries
         else:
             hi = mid
     return lo
