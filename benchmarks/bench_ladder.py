@@ -226,7 +226,9 @@ def markdown(results: dict) -> str:
         for t in results["throughput"]:
             lines.append(f"| {t['rung']} | {t['queries']} | {t['qps'][0]:.2f} | {t['qps'][1]:.2f} | "
                          f"{t['qps'][1] / t['qps'][0]:.2f}x | {t['same_verdicts']} |")
-    lines += ["", f"PGD for the attack scale: {results['restarts']} restarts x {results['steps']} steps. Soundness: "
+    attack = (f"{results['restarts']} restarts x {results['steps']} steps" if "runs" not in results else
+              "each run's --restarts x --steps (20 x 200 where its command names none)")
+    lines += ["", f"PGD for the attack scale: {attack}. Soundness: "
               + ("no returned neighborhood broken at scale 1." if not results["violations"] else
                  f"VIOLATIONS: {results['violations']}"), ""]
     return "\n".join(lines)
