@@ -298,7 +298,8 @@ def never_tried(opt: SearchOptions, details: dict, maximality: list[LayerMaximal
     dropped = details.get("object", {}).get("floor_dropped")
     if dropped:
         out.append(f"keeping the object's floor ε₀ ≥ {dropped:.2g} (the floored starts gave the rings nothing in the time "
-                   "the exploration had, and one ε for every layer was larger; --object-share 0 says so up front)")
+                   "the exploration had, and one ε for every layer was larger: the floor is that ε; --object-share 0 "
+                   "says so up front)")
     skipped_shapes = details.get("shaped_starts_skipped")
     if skipped_shapes:
         out.append(f"the shaped starts (about {skipped_shapes['seconds_per_query']:.2g} s a query: they did not fit "
@@ -447,9 +448,11 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
                 # the floored starts left every ring at 0 within the time the exploration had (a 3x300x300 network
                 # at 1.5 s a bound computation: the floor at 0.8 of the object's radius left the 200 rings no room),
                 # and the uniform vector is larger: the result would be the object alone, the worst of both. The
-                # floor is dropped and the uniform start is taken; the JSON and the summary say so.
-                st.details["object"].update(floor=0.0, floor_dropped=float(problem.floor[0]))
+                # floor is lowered to the uniform radius (the object keeps at least that) and the uniform start is
+                # taken; the JSON and the summary say so.
+                st.details["object"].update(floor=float(unfloored[0]), floor_dropped=float(problem.floor[0]))
                 problem.floor = np.zeros(n)
+                problem.floor[0] = unfloored[0]
                 candidates.append(("uniform (object floor dropped)", unfloored))
             st.details["starts"] = {name: problem.size(e) for name, e in candidates}
             name, start = max(candidates, key=lambda c: problem.size(c[1]))
