@@ -10,6 +10,12 @@ list of independent bound checks (ε* scaled by 0.5 .. 1.5 per layer group) answ
 (mlrobust.search.pool, as ``mlrobust verify --workers N``) of each size, with the verdicts compared.
 
     python -m benchmarks scale-ladder --budgets 120 --images 1     # -> benchmarks/results/scale_ladder.md
+    python -m benchmarks scale-ladder --rungs 3x300x300 --method uniform --out u.md   # the uniform baseline
+    python -m benchmarks scale-ladder --merge a.json b.json          # one report from runs made side by side
+
+Each run is ``mlrobust verify`` as the console script runs it (its process ends once its outputs are written).
+The report lists each tier's measured seconds per call (the search's cost model, ``details.costs`` of the JSON) and
+what each run never tried.
 
 Timings depend on the machine and its load (recorded with the results).
 """
@@ -116,20 +122,24 @@ def queries_per_second(model: Path, image: Path, target: int, k: int, mask: Path
     return row["queries_per_second"], row["verdicts"]
 
 
-def run_one(examples: Path, rung: Rung, entry: dict, budget: float, work: Path, restarts: int, steps: int) -> dict:
+def run_one(examples: Path, rung: Rung, entry: dict, budget: float, work: Path, restarts: int, steps: int,
+            method: str = "boundary") -> dict:
     """One ``mlrobust verify`` at ``budget`` seconds, measured, then the attack scale of its result."""
     import mlrobust
     from mlrobust.api import prepare
 
     k = rung.k if rung.k is not None else int(entry["k"])
     model = examples / "models" / f"{rung.model}.onnx"
-    out = work / f"{rung.model}_{entry['id']}_{budget:g}.json"
-    cmd = [sys.executable, "-c", "from mlrobust.cli import main; main()", "verify", str(model), str(examples / entry["file"]), "--target",
+    out = work / f"{rung.model}_{entry['id']}_{budget:g}{'' if method == 'boundary' else '_' + method}.json"
+    # the console script's own entry point, as a user runs ``mlrobust verify`` (its process ends as soon as the
+    # outputs are written, and the hard deadline at the limit is armed)
+    cmd = [sys.executable, "-c", "import sys; sys.argv[0] = 'mlrobust'; from mlrobust.cli import console; console()",
+           "verify", str(model), str(examples / entry["file"]), "--target",
            str(entry["target_label"]), "--object-mask", str(examples / entry["mask"]), "--k", str(k),
-           "--time-limit", str(budget), "--json", str(out), "--quiet"]
+           "--time-limit", str(budget), "--json", str(out), "--quiet", "--method", method]
     code, wall, rss = run_verify(cmd)
     row: dict = {"rung": rung.name, "model": rung.model, "image": entry["id"], "k": k, "budget": budget,
-                 "exit_code": code, "wall_s": round(wall, 2), "peak_rss_mb": round(rss, 1)}
+                 "method": method, "exit_code": code, "wall_s": round(wall, 2), "peak_rss_mb": round(rss, 1)}
     if not out.is_file():
         row["error"] = "no JSON written"
         return row
@@ -146,6 +156,9 @@ def run_one(examples: Path, rung: Rung, entry: dict, budget: float, work: Path, 
         "verified": bool(data["verified"]), "stop": data["stop_reason"],
         "queries": int(stats["queries"]), "verifier_calls": int(stats.get("verifier_calls", 0)),
         "seconds_per_call": {t: round(s / calls, 3) for t, s in stats.get("seconds_by_tier", {}).items()},
+        # the search's own cost model: seconds per call of each tier, its calls, and calls not started
+        "tier_costs": data.get("details", {}).get("costs", {}).get("tiers", {}),
+        "never_tried": data.get("summary", {}).get("never_tried", []),
     })
     prep = prepare(model, examples / entry["file"], int(entry["target_label"]), k=k,
                    object_mask=examples / entry["mask"])
@@ -170,25 +183,41 @@ def _fmt(v, digits: int = 3) -> str:
 
 
 def markdown(results: dict) -> str:
-    lines = ["# Scale ladder", "",
-             f"Command: `{results['command']}`; {results['started']}; machine: {results['machine']}.", "",
-             "Timings are indicative: the machine was shared (load average "
-             f"{results['load_average'][0]:.1f} at the start, {results['load_average_end'][0]:.1f} at the end, on "
-             f"{results['cpus']} cores).", "",
-             "| rung | image | k | budget s | exit | wall s | peak RSS MB | JSON kB | side kB | layers ε>0 | certified "
-             "| w·ε | ε₀ | attack scale | stopped |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    runs = results.get("runs") or [results]
+    lines = ["# Scale ladder", ""]
+    for run_ in runs:
+        lines.append(f"Command: `{run_['command']}`; {run_['started']}; machine: {run_['machine']}. Timings are "
+                     "indicative: the machine was shared (load average "
+                     f"{run_['load_average'][0]:.1f} at the start, {run_['load_average_end'][0]:.1f} at the end, on "
+                     f"{run_['cpus']} cores).")
+        lines.append("")
+    lines += [
+             "| rung | image | k | method | budget s | exit | wall s | peak RSS MB | JSON kB | side kB | layers ε>0 "
+             "| certified | w·ε | ε₀ | attack scale | stopped |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         lines.append(
-            f"| {r['rung']} | {r['image']} | {r['k']} | {r['budget']:g} | {r['exit_code']} | {r['wall_s']:.1f} | "
+            f"| {r['rung']} | {r['image']} | {r['k']} | {r.get('method', 'boundary')} | {r['budget']:g} | "
+            f"{r['exit_code']} | {r['wall_s']:.1f} | "
             f"{r['peak_rss_mb']:.0f} | {_fmt(r.get('json_kb'))} | {_fmt(r.get('side_kb'))} | "
             f"{r.get('layers_eps_pos', '–')}/{r.get('layers', '–')} | {r.get('certified', '–')} | "
             f"{_fmt(r.get('size'))} | {_fmt(r.get('eps0'))} | {_fmt(r.get('attack_scale'))} | "
             f"{r.get('stop', r.get('error', ''))} |")
-    lines += ["", "Seconds per verifier call, by tier (the tier's total seconds / verifier calls):", ""]
+    lines += ["", "Each tier's measured seconds per call (the search's cost model: seconds per call x calls; "
+              "'skipped': calls not started because they could not finish in the time left):", ""]
     for r in results["rows"]:
-        per = ", ".join(f"{t} {s:g}" for t, s in sorted(r.get("seconds_per_call", {}).items()))
-        lines.append(f"- {r['rung']} {r['image']} at {r['budget']:g} s ({r.get('verifier_calls', 0)} calls): {per}")
+        per = ", ".join(f"{t} {c['seconds_per_call']:.3g} x {c['calls']}"
+                        + (f" ({c['skipped']} skipped)" if c.get("skipped") else "")
+                        for t, c in sorted(r.get("tier_costs", {}).items()) if c.get("seconds_per_call") is not None)
+        if not per:  # results from before the cost model: the tier's total seconds / verifier calls
+            per = ", ".join(f"{t} {s:g}" for t, s in sorted(r.get("seconds_per_call", {}).items()))
+        lines.append(f"- {r['rung']} {r['image']} {r.get('method', 'boundary')} at {r['budget']:g} s "
+                     f"({r.get('verifier_calls', 0)} verifier calls): {per}")
+    never = [r for r in results["rows"] if r.get("never_tried")]
+    if never:
+        lines += ["", "Parts of the search never tried (the summary's 'not tried' line):", ""]
+        lines += [f"- {r['rung']} {r['image']} {r.get('method', 'boundary')} at {r['budget']:g} s: "
+                  + "; ".join(r["never_tried"]) for r in never]
     if results.get("throughput"):
         lines += ["", "Queries per second on a fixed list of independent bound checks (`verifier=bounds`), by "
                   "worker processes:", "", "| rung | queries | 1 worker q/s | 2 workers q/s | speed-up | same verdicts |",
@@ -196,7 +225,9 @@ def markdown(results: dict) -> str:
         for t in results["throughput"]:
             lines.append(f"| {t['rung']} | {t['queries']} | {t['qps'][0]:.2f} | {t['qps'][1]:.2f} | "
                          f"{t['qps'][1] / t['qps'][0]:.2f}x | {t['same_verdicts']} |")
-    lines += ["", f"PGD for the attack scale: {results['restarts']} restarts x {results['steps']} steps. Soundness: "
+    attack = (f"{results['restarts']} restarts x {results['steps']} steps" if "runs" not in results else
+              "each run's --restarts x --steps (20 x 200 where its command names none)")
+    lines += ["", f"PGD for the attack scale: {attack}. Soundness: "
               + ("no returned neighborhood broken at scale 1." if not results["violations"] else
                  f"VIOLATIONS: {results['violations']}"), ""]
     return "\n".join(lines)
@@ -219,11 +250,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
     for rung in rungs:
         for entry in rung_images(Path(args.examples), rung, args.images):
             for budget in budgets:
-                row = run_one(Path(args.examples), rung, entry, budget, work, args.restarts, args.steps)
+                row = run_one(Path(args.examples), rung, entry, budget, work, args.restarts, args.steps,
+                              method=args.method)
                 log(json.dumps(row))
                 results["rows"].append(row)
                 if row.get("violation"):
-                    results["violations"].append(f"{rung.name} {entry['id']} at {budget:g} s")
+                    results["violations"].append(f"{rung.name} {entry['id']} {args.method} at {budget:g} s")
         if args.throughput_queries:
             entry = rung_images(Path(args.examples), rung, 1)[0]
             done = [r for r in results["rows"] if r["rung"] == rung.name and r.get("layers")]
@@ -232,7 +264,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
             import mlrobust
 
             eps = np.asarray(mlrobust.load_result(
-                work / f"{rung.model}_{entry['id']}_{done[0]['budget']:g}.json")["epsilons"])
+                work / f"{rung.model}_{entry['id']}_{done[0]['budget']:g}"
+                f"{'' if args.method == 'boundary' else '_' + args.method}.json")["epsilons"])
             k = rung.k if rung.k is not None else int(entry["k"])
             model = Path(args.examples) / "models" / f"{rung.model}.onnx"
             qps, verdicts = [], []
@@ -249,6 +282,21 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
     return results
 
 
+def appended(earlier: dict, new: dict) -> dict:
+    """``new``'s rows and throughput added to ``earlier``'s (a row of the same rung, image, method and budget is
+    replaced); every run's command, time and load average are kept."""
+    def key(r: dict) -> tuple:
+        return r["rung"], r["image"], r.get("method", "boundary"), r["budget"]
+
+    fresh = {key(r) for r in new["rows"]}
+    head = ("command", "started", "machine", "cpus", "load_average", "load_average_end")
+    runs = (earlier.get("runs") or [{h: earlier[h] for h in head if h in earlier}]) + [{h: new[h] for h in head}]
+    rungs = {t["rung"] for t in new["throughput"]}
+    return {**new, "runs": runs, "rows": [r for r in earlier["rows"] if key(r) not in fresh] + new["rows"],
+            "throughput": [t for t in earlier.get("throughput", []) if t["rung"] not in rungs] + new["throughput"],
+            "violations": earlier.get("violations", []) + new["violations"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks scale-ladder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -261,10 +309,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", default=str(EXAMPLES))
     parser.add_argument("--work", default=str(ROOT / "build" / "benchmarks" / "scale_ladder"))
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--method", default="boundary", help="the search method of every run (uniform: the baseline)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="run nothing: write --out from these earlier "
+                        "result files (later rows replace earlier ones of the same rung, image, method and budget)")
+    parser.add_argument("--append", action="store_true", help="keep the rows already in --out's JSON (a row of the "
+                        "same rung, image, method and budget is replaced)")
     args = parser.parse_args(argv)
-    results = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        # no run: the rows of earlier result files (e.g. rungs run side by side into their own files), in order
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        results = parts[0]
+        for part in parts[1:]:
+            results = appended(results, part)
+    else:
+        results = run(args)
+    if args.append and out.with_suffix(".json").is_file():
+        results = appended(json.loads(out.with_suffix(".json").read_text()), results)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     out.write_text(markdown(results))
     print(f"wrote {out} and {out.with_suffix('.json')}")

@@ -122,7 +122,10 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
     order = list(range(problem.num_layers)) if layers is None else list(layers)
 
     def over() -> bool:
-        return (deadline is not None and problem.elapsed() >= deadline) or problem.exhausted() is not None
+        # an attempt the measured cost per attack says cannot finish before the deadline is not started: it would
+        # run past the time limit (the hard stop would then cut the whole search short)
+        return ((deadline is not None and not problem.costs.fits("upper-bound attack", deadline - problem.elapsed()))
+                or problem.exhausted() is not None)
 
     def attempt(d: int, value: float) -> float | None:
         """A confirmed counterexample in the box of ``eps`` grown to ``value`` in layer ``d``: its deviation in
@@ -140,8 +143,8 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
                 stats["found"] += 1
                 return float(problem.required_eps(best.x[None])[0, d])
         stats["attacks"] += 1
-        result = pgd(problem.network, box, problem.prop, restarts=len(starts) + UPPER_RESTARTS, steps=UPPER_STEPS,
-                     starts=starts, seed=int(stats["attacks"]))
+        result = pgd(problem.network, box, problem.prop, restarts=len(starts) + UPPER_RESTARTS,
+                     steps=UPPER_STEPS, starts=starts, seed=int(stats["attacks"]))
         cex = result.counterexample
         if cex is None:
             problem.add_weak_points(trial, [p.weak_point() for p in result.points[:2]])
@@ -149,6 +152,10 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
         problem.add_counterexample(cex.x, cex.margin, trial, "attack")
         stats["found"] += 1
         return float(problem.required_eps(cex.x[None])[0, d])
+
+    def timed_attempt(d: int, value: float) -> float | None:
+        with problem.costs.measure("upper-bound attack"):  # the whole attempt: replayed points, then PGD
+            return attempt(d, value)
 
     def attempt_many(pairs: list[tuple[int, float]]) -> list[float | None]:
         """``attempt`` for every (layer, value) of one round, the PGD runs in the pool's workers: the warm starts
@@ -178,6 +185,8 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
                                   seed=int(stats["attacks"]), time_limit=left))
             asked.append(j)
         outcomes = dict(zip(asked, problem.pool.map(run_attack_job, jobs)))
+        for outcome in outcomes.values():
+            problem.costs.record("upper-bound attack", outcome.seconds)
         found: list[float | None] = []
         for j, (d, trial, box, _) in enumerate(plans):
             point: CheckedPoint | None = hits.get(j)
@@ -234,7 +243,7 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
         for d in list(lo):
             if over():
                 break
-            if known_upper_bounds(problem, eps)[d] is None and attempt(d, float(sat[d])) is None:
+            if known_upper_bounds(problem, eps)[d] is None and timed_attempt(d, float(sat[d])) is None:
                 del lo[d]  # not even the full range of the layer breaks: nothing for the attack here
         while lo and not over():
             uppers = known_upper_bounds(problem, eps)
@@ -250,7 +259,7 @@ def attack_upper_bounds(problem: SearchProblem, eps: np.ndarray, delta: float,
                     continue
                 mid = (lo[d] + hi.eps) / 2
                 steps[d] += 1
-                if attempt(d, mid) is None:
+                if timed_attempt(d, mid) is None:
                     lo[d] = mid
     stats["seconds"] = time.perf_counter() - start
     problem.stats.seconds["upper-bounds"] = problem.stats.seconds.get("upper-bounds", 0.0) + stats["seconds"]

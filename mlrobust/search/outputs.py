@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,11 @@ import numpy as np
 from mlrobust.errors import InputError
 
 SIDE_SUFFIX = ".npz"
+#: Deflate level of the side file. np.savez_compressed's default (6) took 10 s for 15 counterexamples at 3x300x300
+#: on the loaded 2-core machine — past the command's time limit, which reserves well under a second for its
+#: outputs; level 1 wrote the same arrays in 1.5 s, 12.6 MB instead of 10.4 MB (the XOR with the clean image does
+#: most of the compression).
+NPZ_COMPRESSLEVEL = 1
 
 
 def side_file_path(json_path: str | Path) -> Path:
@@ -36,9 +42,11 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        named: dict[str, Any] = dict(arrays)  # numpy's stub types the keyword arguments as its own options
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **named)
+        with os.fdopen(fd, "wb") as handle, zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED,
+                                                           compresslevel=NPZ_COMPRESSLEVEL) as archive:
+            for key, value in arrays.items():  # the layout of np.savez_compressed: one .npy member per array
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private (0600); the result gets the usual mode

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 
 from mlrobust.bounds.alpha_crown import AlphaOptions
 from mlrobust.errors import InputError
-from mlrobust.search.baselines import bisect_scale, floored_uniform, layer_search, uniform_search
+from mlrobust.search.baselines import bisect_scale, floored_uniform, layer_search, query_seconds, uniform_search
 from mlrobust.search.boundary import (
     CHEAP_TIERS_EXHAUSTED,
     GIVE_UP_AFTER,
+    Tier,
     push_to_boundary,
     rescaled_statuses,
     scale_to_boundary,
@@ -25,7 +27,7 @@ from mlrobust.search.deadline import TimeLimitReached, hard_stop
 from mlrobust.search.intervals import apply_upper_bounds, attack_upper_bounds, gap_order, known_upper_bounds
 from mlrobust.search.maximality import LayerMaximality, certify
 from mlrobust.search.optimizer import OptimizerOptions, optimize, shaped_starts
-from mlrobust.search.problem import SearchProblem, status_of
+from mlrobust.search.problem import SearchProblem, status_of, tier_key
 from mlrobust.search.result import SearchResult
 from mlrobust.search.tiers import crown_tiers, push_tiers
 from mlrobust.verify.margin import topk_labels
@@ -46,6 +48,20 @@ AUTO_DELTA_FRACTION = 1 / 8
 #: The object's floor from its refuted radius is capped at this share of its proven radius: at the proven radius
 #: itself the bounds leave the rings no room (mnist2_pgd, image ex01: 9 of 43 layers stayed at 0).
 OBJECT_FLOOR_CAP = 0.8
+#: The shaped starts (two bisections of about SHAPE_QUERIES queries each) are computed only when they fit in
+#: SHAPES_SHARE of the exploration's time left at the measured seconds per query: otherwise they take the time of
+#: the certificate search, which is what grows the vector (Triple-MNIST under load: the starts took the whole
+#: exploration and the result stayed at the object alone, w·ε 0.08 against 1.14 when the certificate search ran).
+SHAPE_QUERIES = 10
+SHAPES_SHARE = 0.5
+#: The per-layer push needs about this many queries per open layer; where they do not fit in its time at the
+#: measured seconds per query, the whole vector is first scaled on the bound tier (``_scale_on_bound_tier``) for at
+#: most BOUND_SCALE_SHARE of the push's time, in steps from BOUND_SCALE_FIRST_STEP (galloping) down to
+#: BOUND_SCALE_MIN_STEP.
+PUSH_QUERIES_PER_LAYER = 2
+BOUND_SCALE_SHARE = 0.5
+BOUND_SCALE_FIRST_STEP = 0.1
+BOUND_SCALE_MIN_STEP = 0.01
 
 
 def auto_delta(uniform_radius: float) -> float:
@@ -187,6 +203,8 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
         raise InputError(f"label {problem.target} is not among the top-{problem.k} labels on the clean image; "
                          f"the network predicts {clean_topk}")
     grow = (opt.method in GROWING) if opt.grow is None else opt.grow
+    # a call that cannot finish in the time left falls back to the cascade's bound tier, then to plain CROWN
+    problem.fallbacks = [v for v in (problem.cheap, crown_tiers(problem.verifier)) if v is not None]
     st = _State(np.zeros(n), opt.delta if opt.delta is not None else AUTO_DELTA_MAX)
     interrupted = False
     try:
@@ -207,11 +225,15 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
     except TimeLimitReached:
         # Not an interruption by the user: the result is final, but parts of the search were never tried.
         problem.use_cheap, problem.deadline = False, None
+        reached = problem.clip(st.eps)
         st.eps = problem.best_proven()
         cut = f"time limit: stopped during {problem.phase}"
         st.stop_reason = cut + (f" (after {st.stop_reason})" if st.stop_reason else "")
-        st.maximality = [LayerMaximality(d, "unchecked", float(st.eps[d]), reason="time limit before the check")
-                         for d in range(n)]
+        if st.maximality is None or not np.array_equal(st.eps, reached):
+            # statuses about another vector say nothing about this one; those of the reported vector still hold
+            # (the phase cut short, e.g. the final upper bounds, only ever adds refutations)
+            st.maximality = [LayerMaximality(d, "unchecked", float(st.eps[d]), reason="time limit before the check")
+                             for d in range(n)]
     except KeyboardInterrupt:
         interrupted = True
         problem.use_cheap, problem.deadline = False, None
@@ -221,6 +243,7 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
         st.maximality = [LayerMaximality(d, "unchecked", float(st.eps[d]), reason="interrupted before the check")
                          for d in range(n)]
     eps = st.eps
+    st.details["costs"] = problem.costs.to_dict()
     maximality = apply_upper_bounds(problem, eps, st.maximality or [], st.delta)
     t_search = st.t_search if st.t_search is not None else time.perf_counter() - t0
     problem.best_eps = eps.copy()
@@ -272,6 +295,22 @@ def never_tried(opt: SearchOptions, details: dict, maximality: list[LayerMaximal
             out.append("the attack's upper bounds per layer")
         if "push" not in details:
             out.append("pushing each layer to its boundary")
+    dropped = details.get("object", {}).get("floor_dropped")
+    if dropped:
+        out.append(f"keeping the object's floor ε₀ ≥ {dropped:.2g} (the floored starts gave the rings nothing in the time "
+                   "the exploration had, and one ε for every layer was larger: the floor is that ε; --object-share 0 "
+                   "says so up front)")
+    skipped_shapes = details.get("shaped_starts_skipped")
+    if skipped_shapes:
+        out.append(f"the shaped starts (about {skipped_shapes['seconds_per_query']:.2g} s a query: they did not fit "
+                   "in the exploration's time left)")
+    for tier, cost in details.get("costs", {}).get("tiers", {}).items():
+        if cost.get("skipped"):
+            per_call = cost.get("seconds_per_call")
+            each = "" if per_call is None else f" (about {per_call:.2g} s each)"
+            calls = "call" if cost["skipped"] == 1 else "calls"
+            out.append(f"{cost['skipped']} {calls} of the {tier} tier{each}: not started, they could not finish in "
+                       "the time left")
     unchecked = [m.layer for m in maximality if m.status == "unchecked"]
     if opt.certify and unchecked:
         out.append(f"{'layer' if len(unchecked) == 1 else 'layers'} {layer_ranges(unchecked)} never checked")
@@ -381,6 +420,7 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
         phases = []
         problem.use_cheap = cheap
         problem.deadline = _deadline(problem, opt.explore_share) if cheap else search_end
+        unfloored = probe.copy()
         if opt.object_share > 0:
             _object_floor(problem, opt, st, float(probe[0]))
             if np.any(probe < problem.floor):
@@ -388,13 +428,32 @@ def _search(problem: SearchProblem, opt: SearchOptions, st: _State, grow: bool) 
                 probe = floored_uniform(problem, delta)
         start = probe if opt.init != "zero" else problem.clip(problem.floor)
         if opt.init == "best":
-            candidates = [("uniform", probe)] + shaped_starts(problem, tol=min(AUTO_PROBE_TOL, delta))
+            per_query, left = query_seconds(problem), problem.remaining()
+            if per_query is None or left is None or 2 * SHAPE_QUERIES * per_query <= SHAPES_SHARE * left:
+                shapes = shaped_starts(problem, tol=min(AUTO_PROBE_TOL, delta))
+            else:
+                # two more bisections would take the time the certificate search grows the vector in
+                shapes = []
+                st.details["shaped_starts_skipped"] = {"seconds_per_query": per_query, "seconds_left": left}
+            candidates = [("uniform", probe)] + shapes
             if "object" in st.details:
                 alone = np.zeros(n)
                 # the radius the cheap tiers proved: the search's phases run on them, and from the complete
                 # verifier's radius they cannot grow any ring (mnist2_l0 ex00 at 120 s stayed at the object alone)
                 alone[0] = st.details["object"]["radius_bounds"]
                 candidates.append(("object alone", problem.clip(alone)))
+            rings = [e for _, e in candidates if np.any(e[1:] > 0)]
+            if (np.any(problem.floor > 0) and not rings and np.any(unfloored[1:] > 0)
+                    and problem.size(unfloored) > max(problem.size(e) for _, e in candidates)):
+                # the floored starts left every ring at 0 within the time the exploration had (a 3x300x300 network
+                # at 1.5 s a bound computation: the floor at 0.8 of the object's radius left the 200 rings no room),
+                # and the uniform vector is larger: the result would be the object alone, the worst of both. The
+                # floor is lowered to the uniform radius (the object keeps at least that) and the uniform start is
+                # taken; the JSON and the summary say so.
+                st.details["object"].update(floor=float(unfloored[0]), floor_dropped=float(problem.floor[0]))
+                problem.floor = np.zeros(n)
+                problem.floor[0] = unfloored[0]
+                candidates.append(("uniform (object floor dropped)", unfloored))
             st.details["starts"] = {name: problem.size(e) for name, e in candidates}
             name, start = max(candidates, key=lambda c: problem.size(c[1]))
             st.details["start"] = name
@@ -483,18 +542,49 @@ def _upper_bounds(problem: SearchProblem, opt: SearchOptions, st: _State) -> Non
     st.details["upper_bounds"] = attack_upper_bounds(problem, st.eps, st.delta, deadline=upper_end)
 
 
+def _scale_on_bound_tier(problem: SearchProblem, st: _State, tier: Tier, end: float | None,
+                         keep: Callable[[np.ndarray], None]) -> str | None:
+    """Where the per-layer push cannot reach every open layer at the measured seconds per query
+    (PUSH_QUERIES_PER_LAYER queries each), grow the whole vector by a common factor on the push's cheapest tier
+    first, for at most BOUND_SCALE_SHARE of the push's time: one query moves every layer, in the direction in which
+    the vector sits inside the boundary (the attack breaks s·ε* at s ≈ 1.5–2.7). Returns its stop reason, or None
+    when the push can afford every layer (the per-layer push alone, as before)."""
+    if end is None or tier.verifier is None:
+        return None
+    call = problem.costs.mean(tier_key(tier.verifier))
+    if call is None:  # not measured yet: plain CROWN's cost is a lower estimate of the cascade's bound tier
+        call = problem.costs.mean(tier_key(crown_tiers(problem.verifier) or tier.verifier))
+    if call is None:
+        return None
+    per_query = call + (problem.costs.mean("warm-attack") or 0.0)
+    left = end - problem.elapsed()
+    open_layers = int(np.count_nonzero(st.eps < problem.saturation))
+    if left <= 0 or open_layers * PUSH_QUERIES_PER_LAYER * per_query <= left:
+        return None
+    problem.notify("phase", f"scaling the whole vector on the {tier.name} tier")
+    st.eps, scaled = scale_to_boundary(problem, st.eps, tier, deadline=problem.elapsed() + BOUND_SCALE_SHARE * left,
+                                       first_step=BOUND_SCALE_FIRST_STEP, min_step=BOUND_SCALE_MIN_STEP,
+                                       on_improve=keep)
+    st.details["bound_scale"] = dict(scaled.to_dict(), tier=tier.name, seconds_per_query=per_query,
+                                     open_layers=open_layers)
+    return scaled.stop_reason
+
+
 def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
     """Upper bounds per layer by the attack alone, then the push to the boundary for the rest of the budget."""
     delta = st.delta
     _upper_bounds(problem, opt, st)
     limit = problem.budget.time_limit
     problem.notify("phase", "pushing every layer to its boundary")
-    tiers = push_tiers(problem.verifier, problem.budget.query_time_limit, milp=opt.push_milp)
+    bounds_seconds = None if problem.cheap is None else problem.costs.mean(tier_key(problem.cheap))
+    tiers = push_tiers(problem.verifier, problem.budget.query_time_limit, milp=opt.push_milp,
+                       bounds_seconds=bounds_seconds)
 
     def keep(eps: np.ndarray) -> None:
         st.eps = eps  # an interruption reports the latest proven vector
 
     final_upper = None if limit is None else limit * (1 - float(opt.final_upper_share))
+    bound_scaled = _scale_on_bound_tier(problem, st, tiers[0], final_upper, keep)
     # with a complete last tier (the cascade's MILP), its time goes to the whole vector (the scale step) once the
     # cheaper tiers have nothing left: single-layer MILP queries at the bound's frontier buy a few delta each
     scale = opt.scale and opt.push_milp and len(tiers) > 1
@@ -502,7 +592,8 @@ def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
                                                      on_improve=keep, stop_before=len(tiers) - 1 if scale else None)
     st.details["push"] = dict(report.to_dict(), tiers=[t.name for t in tiers])
     # the stop line names every phase that ran, the push last (it usually ends the search)
-    phases = [st.stop_reason, f"push: {report.stop_reason}"]
+    phases = [st.stop_reason] + ([f"bound scale: {bound_scaled}"] if bound_scaled else [])
+    phases.append(f"push: {report.stop_reason}")
     if scale and report.stop_reason == CHEAP_TIERS_EXHAUSTED:
         problem.notify("phase", "scaling the whole vector with the complete verifier")
         st.eps, scaled = scale_to_boundary(problem, st.eps, tiers[-1], deadline=final_upper, on_improve=keep)

@@ -46,21 +46,44 @@ def crown_tiers(verifier: Verifier) -> Verifier | None:
     """The cascade's cheap part with plain CROWN as its bound tier and no attack (None for other verifiers)."""
     from mlrobust.verify.bound_check import BoundCheck
 
-    return cheap_tiers(verifier, attack=False, bounds=BoundCheck("crown"))
+    crown = cheap_tiers(verifier, attack=False, bounds=BoundCheck("crown"))
+    if crown is not None:
+        crown.name = "CROWN bounds of the cascade"  # its own entry in the cost model (plain CROWN, not the α tier)
+    return crown
 
 
-#: Per-query seconds of the push's cheap tiers (mlrobust.search.boundary): the bound tier answers in well under a
-#: second on the shipped models, a short branch and bound decides what is close to it or gives up.
+#: Per-query seconds of the push's cheap tiers (mlrobust.search.boundary) before their cost is measured: the bound
+#: tier answers in well under a second on the 64x64 models, a short branch and bound decides what is close to it or
+#: gives up.
 PUSH_BOUNDS_LIMIT = 10.0
 PUSH_BAB_LIMIT = 4.0
+#: Once the bound tier's cost per call is measured (mlrobust.search.costs), its limit is this many of its calls
+#: (never below PUSH_BOUNDS_LIMIT), and the branch and bound gets this many bound computations' time (never below
+#: PUSH_BAB_LIMIT): a fixed few seconds are a dozen bound computations on a 64x64 network and not one on a
+#: 3x300x300 one, where branch and bound could then never split a single box.
+PUSH_BOUNDS_CALLS = 3.0
+PUSH_BAB_BOUND_CALLS = 12.0
 
 
-def push_tiers(verifier: Verifier, query_time_limit: float | None, milp: bool = True) -> list:
+def push_limits(bounds_seconds: float | None) -> tuple[float, float]:
+    """The push's per-query limits of its bound tier and its branch and bound, from the bound tier's measured
+    seconds per call (None: not measured yet, the 64x64 defaults)."""
+    if bounds_seconds is None:
+        return PUSH_BOUNDS_LIMIT, PUSH_BAB_LIMIT
+    return (max(PUSH_BOUNDS_LIMIT, PUSH_BOUNDS_CALLS * bounds_seconds),
+            max(PUSH_BAB_LIMIT, PUSH_BAB_BOUND_CALLS * bounds_seconds))
+
+
+def push_tiers(verifier: Verifier, query_time_limit: float | None, milp: bool = True,
+               bounds_seconds: float | None = None) -> list:
     """The verifier tiers of the push to the boundary, cheapest first: for a cascade its bound tier (no attack:
     the search's warm attack runs before every call), then its branch and bound with a short limit, then (with
-    ``milp``) the whole cascade with the MILP; any other verifier is one tier."""
+    ``milp``) the whole cascade with the MILP; any other verifier is one tier. ``bounds_seconds``: the bound
+    tier's measured seconds per call, which sets the limits (:func:`push_limits`)."""
     from mlrobust.search.boundary import Tier
     from mlrobust.verify.cascade import Cascade
+
+    bounds_limit, bab_limit = push_limits(bounds_seconds)
 
     def limit(cap: float) -> float:
         return cap if query_time_limit is None else min(cap, query_time_limit)
@@ -72,7 +95,7 @@ def push_tiers(verifier: Verifier, query_time_limit: float | None, milp: bool = 
                   use_attack=False, use_bounds=verifier.use_bounds, use_bab=True, bab=verifier.bab, bab_share=1.0,
                   weak_point_limit=verifier.weak_point_limit)
     bab.name = "bounds and branch and bound of the cascade"
-    tiers = [Tier("bounds", bounds, limit(PUSH_BOUNDS_LIMIT)), Tier("bab", bab, limit(PUSH_BAB_LIMIT))]
+    tiers = [Tier("bounds", bounds, limit(bounds_limit)), Tier("bab", bab, limit(bab_limit))]
     if milp:
         tiers.append(Tier("milp", verifier, query_time_limit))
     return tiers
