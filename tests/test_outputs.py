@@ -11,6 +11,8 @@ from test_search_oracles import ExactLpVerifier, tiny_case
 
 import mlrobust
 from mlrobust.errors import InputError
+from mlrobust.neighborhood.layers import layer_index
+from mlrobust.search import outputs
 from mlrobust.search.outputs import side_file_path
 
 
@@ -36,10 +38,16 @@ def test_search_result_arrays_go_to_the_side_file(result, tmp_path):
     # The JSON names the side file and holds no image: every array is a reference.
     assert data["arrays"]["file"] == "r.npz"
     assert data["object"]["mask"] == {"array": "object_mask"}
-    # Counterexamples are stored as their bits XOR the clean image's (zero where a pixel is unchanged).
-    assert set(data["arrays"]["xor_keys"]) == {f"counterexample_layer{m.layer}" for m in refuted}
+    # Counterexamples are stored coded against the clean image: an int8 code per pixel and a few numbers.
+    keys = {f"counterexample_layer{m.layer}" for m in refuted}
+    assert set(data["arrays"]["corner_keys"]) == keys and "xor_keys" not in data["arrays"]
+    assert data["arrays"]["encoding"] == "corner/1"
     raw = np.load(side)
-    assert raw[data["arrays"]["xor_keys"][0]].dtype == np.uint64 and "clean_image" in raw.files
+    assert {"clean_image", "counterexample_groups"} <= set(raw.files)
+    for key in keys:
+        assert key not in raw.files and raw[f"{key}.codes"].dtype == np.int8
+        assert raw[f"{key}.codes"].shape == result.image.shape
+    np.testing.assert_array_equal(raw["counterexample_groups"], layer_index(result.mask))
     for layer in data["maximality"]:
         assert layer["counterexample"] in (None, {"array": f"counterexample_layer{layer['layer']}"})
     loaded = mlrobust.load_result(tmp_path / "r.json")
@@ -50,8 +58,32 @@ def test_search_result_arrays_go_to_the_side_file(result, tmp_path):
             assert layer["counterexample"] is None
         else:  # bit for bit: the stored counterexample re-runs exactly as found
             assert layer["counterexample"].dtype == np.float64
-            np.testing.assert_array_equal(layer["counterexample"], m.counterexample)
+            np.testing.assert_array_equal(layer["counterexample"].view(np.uint64), m.counterexample.view(np.uint64))
     assert loaded["epsilons"] == pytest.approx(list(result.epsilons))
+
+
+def test_xor_coded_side_file_still_loads(result, tmp_path, monkeypatch):
+    # the layout before the corner code (and the one a counterexample of mostly exceptions still gets)
+    monkeypatch.setattr(outputs, "MAX_EXCEPTION_SHARE", -1.0)
+    result.write_json(tmp_path / "x.json")
+    data = json.loads((tmp_path / "x.json").read_text())
+    assert data["arrays"]["xor_keys"] and "corner_keys" not in data["arrays"]
+    assert np.load(tmp_path / "x.npz")[data["arrays"]["xor_keys"][0]].dtype == np.uint64
+    loaded = mlrobust.load_result(tmp_path / "x.json")
+    for m, layer in zip(result.maximality, loaded["maximality"]):
+        if m.counterexample is not None:
+            np.testing.assert_array_equal(layer["counterexample"].view(np.uint64), m.counterexample.view(np.uint64))
+
+
+def test_side_file_missing_a_code_part_is_an_input_error(result, tmp_path):
+    result.write_json(tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    key = next(iter(data["arrays"]["corner_keys"]))
+    with np.load(tmp_path / "r.npz") as z:
+        kept = {k: z[k] for k in z.files if k != f"{key}.offsets"}
+    np.savez_compressed(tmp_path / "r.npz", **kept)
+    with pytest.raises(InputError, match=key):
+        mlrobust.load_result(tmp_path / "r.json")
 
 
 def test_old_json_without_side_file_still_loads(result, tmp_path):
