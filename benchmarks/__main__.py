@@ -11,6 +11,7 @@
     python -m benchmarks bound-tier                              # bound tier: frozen vs joint intermediate bounds
     python -m benchmarks scale-ladder --budgets 120 --images 1   # 64x64, 84x84 top-3, 3x300x300 at real budgets
     python -m benchmarks workers                                 # the search's queries per second at 1 and 2 workers
+    python -m benchmarks side-file --result out.json             # side file size and write time, coded vs XOR
     python -m benchmarks anchor --abcrown DIR                    # against α,β-CROWN on the same instances
     python -m benchmarks anchor-radius --abcrown DIR             # largest L∞ radius per model, both tools
     python -m benchmarks devset-search                           # search on the dev models, before/after joint
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.bench_ladder import main as ladder_main
 
         return ladder_main(argv[1:])
+    if argv[:1] == ["side-file"]:
+        from benchmarks.bench_side_file import main as side_file_main
+
+        return side_file_main(argv[1:])
     if argv[:1] == ["workers"]:
         from benchmarks.bench_workers import main as workers_main
 

@@ -44,6 +44,7 @@ import numpy as np
 
 SAME, ZERO, ONE, PLUS, MINUS, ROUNDED, OFFSET, EXCEPTION = range(8)
 ROUNDINGS = ("float64", "float32")
+SCORING_SAMPLE = 32768  # about this many open pixels score the candidate magnitudes
 _ONE_BITS = np.float64(1.0).view(np.uint64)
 
 
@@ -148,11 +149,15 @@ def encode_corners(x: np.ndarray, clean: np.ndarray, groups: np.ndarray, candida
         open_idx = np.flatnonzero(~plain & np.isfinite(delta) & (delta != 0))
         magnitude, sign, g_open = np.abs(delta[open_idx]), np.sign(delta[open_idx]), group[open_idx]
         table = _candidates(magnitude, np.abs(xf[open_idx]), g_open, n_groups, candidates)
+        # the candidates are scored on an evenly spaced sample of the open pixels: a count to rank them needs no
+        # more, and the candidate rows were a third of the encoding time at 3x300x300 when scored on all of them
+        sample = slice(None, None, max(1, open_idx.size // SCORING_SAMPLE))
+        s_idx, s_sign, s_group = open_idx[sample], sign[sample], g_open[sample]
         coverage = np.zeros(table.shape)
-        for row in range(table.shape[0]):  # a few candidate rows, each vectorised over all open pixels
-            m = table[row, g_open]
-            hit = _bits(_round(cf[open_idx] + sign * m, rounding)) == xb[open_idx]
-            coverage[row] = np.bincount(g_open[hit], minlength=n_groups)
+        for row in range(table.shape[0]):  # a few candidate rows, each vectorised over the sampled pixels
+            hit = _bits(_round(cf[s_idx] + s_sign * table[row, s_group], rounding)) == xb[s_idx]
+            coverage[row] = np.bincount(s_group[hit], minlength=n_groups)
+        # a group the sample missed keeps its finest-grid candidate (row 0: argmax of an all-zero column)
         best = table[np.argmax(coverage, axis=0), np.arange(n_groups)]
         magnitudes = np.where(np.isnan(best), 0.0, best)
         m_all = magnitudes[group]
