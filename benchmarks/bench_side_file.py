@@ -67,7 +67,8 @@ def measure(clean: np.ndarray, mask: np.ndarray, counterexamples: list[np.ndarra
         _atomic_savez(path, arrays)
         done = time.perf_counter()
         row[name] = {"encode_s": round(encoded - start, 2), "write_s": round(done - encoded, 2),
-                     "total_s": round(done - start, 2), "mb": round(path.stat().st_size / 1e6, 2),
+                     "total_s": round(done - start, 2), "bytes": path.stat().st_size,
+                     "mb": round(path.stat().st_size / 1e6, 2),
                      "corner_coded": len(coded), "xor_coded": len(xored) - (1 if name == "xor" else 0)}
         path.unlink()
     return row
