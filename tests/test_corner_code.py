@@ -123,3 +123,11 @@ def test_decode_rejects_a_code_that_does_not_fit():
         decode_corners(code, np.zeros((1, 2, 3)), np.zeros((2, 3), dtype=np.int64))
     with pytest.raises(ValueError, match="shape"):
         encode_corners(np.zeros((1, 2, 2)), np.zeros((1, 2, 3)), np.zeros((2, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match="non-negative"):
+        encode_corners(np.zeros((1, 2, 2)), np.zeros((1, 2, 2)), -np.ones((2, 2), dtype=np.int64))
+    # a code whose stored values do not match its pixel codes is refused, not decoded into a wrong image
+    with pytest.raises(ValueError, match="exceptions"):
+        decode_corners(CornerCode(code.codes, code.magnitudes, code.rounding, code.offsets,
+                                  np.zeros(code.exceptions + 1)), c, np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match="magnitudes"):
+        decode_corners(code, c, np.ones((2, 2), dtype=np.int64))

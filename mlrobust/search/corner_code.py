@@ -138,6 +138,8 @@ def encode_corners(x: np.ndarray, clean: np.ndarray, groups: np.ndarray, candida
     if x.shape != clean.shape:
         raise ValueError(f"counterexample shape {x.shape} differs from the clean image's {clean.shape}")
     group = np.broadcast_to(np.asarray(groups, dtype=np.int64), x.shape).ravel()
+    if group.size and group.min() < 0:
+        raise ValueError("pixel groups must be non-negative integers (a layer map)")
     n_groups = int(group.max()) + 1 if group.size else 1
     rounding = rounding or attack_rounding(x)
     xb, cb = _bits(x).ravel(), _bits(clean).ravel()
@@ -150,7 +152,7 @@ def encode_corners(x: np.ndarray, clean: np.ndarray, groups: np.ndarray, candida
         magnitude, sign, g_open = np.abs(delta[open_idx]), np.sign(delta[open_idx]), group[open_idx]
         table = _candidates(magnitude, np.abs(xf[open_idx]), g_open, n_groups, candidates)
         # the candidates are scored on an evenly spaced sample of the open pixels: a count to rank them needs no
-        # more, and the candidate rows were a third of the encoding time at 3x300x300 when scored on all of them
+        # more, and scored on all of them the candidate rows took about a sixth of the encoding time at 3x300x300
         sample = slice(None, None, max(1, open_idx.size // SCORING_SAMPLE))
         s_idx, s_sign, s_group = open_idx[sample], sign[sample], g_open[sample]
         coverage = np.zeros(table.shape)
@@ -184,15 +186,24 @@ def decode_corners(code: CornerCode, clean: np.ndarray, groups: np.ndarray) -> n
     codes = np.asarray(code.codes)
     if codes.shape != clean.shape:
         raise ValueError(f"code shape {codes.shape} differs from the clean image's {clean.shape}")
-    m = np.asarray(code.magnitudes, dtype=np.float64)[np.broadcast_to(np.asarray(groups, dtype=np.int64),
-                                                                       clean.shape)]
+    group = np.broadcast_to(np.asarray(groups, dtype=np.int64), clean.shape)
+    magnitudes = np.asarray(code.magnitudes, dtype=np.float64).ravel()
+    offsets = np.asarray(code.offsets, dtype=np.int64).ravel()
+    exceptions = np.asarray(code.exception_values, dtype=np.float64).ravel()
+    stepped, kept = codes == OFFSET, codes == EXCEPTION
+    # numpy would broadcast a single stored value over any number of pixels: a count that does not match is a
+    # malformed code, never an image
+    if group.size and (group.min() < 0 or group.max() >= magnitudes.size):
+        raise ValueError(f"the code holds {magnitudes.size} magnitudes, the pixel groups need {group.max() + 1}")
+    if offsets.size != np.count_nonzero(stepped) or exceptions.size != np.count_nonzero(kept):
+        raise ValueError(f"the code holds {offsets.size} offsets and {exceptions.size} exceptions for "
+                         f"{np.count_nonzero(stepped)} and {np.count_nonzero(kept)} pixels")
+    m = magnitudes[group]
     with np.errstate(over="ignore", invalid="ignore"):
         out = np.select([codes == SAME, codes == ZERO, codes == ONE, codes == PLUS, codes == MINUS,
                          codes == ROUNDED],
                         [clean, 0.0, 1.0, _round(clean + m, code.rounding), _round(clean - m, code.rounding),
                          _round(clean, code.rounding)], 0.0)
-        stepped = codes == OFFSET
-        out[stepped] = _from_ordered(_ordered(clean[stepped], code.rounding)
-                                     + np.asarray(code.offsets, dtype=np.int64), code.rounding)
-    out[codes == EXCEPTION] = np.asarray(code.exception_values, dtype=np.float64)
+        out[stepped] = _from_ordered(_ordered(clean[stepped], code.rounding) + offsets, code.rounding)
+    out[kept] = exceptions
     return out
