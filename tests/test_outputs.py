@@ -112,3 +112,24 @@ def test_check_result_side_file_and_errors(case, tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="not a result JSON"):
         mlrobust.load_result(tmp_path / "bad.json")
+
+
+def test_counterexamples_past_the_budget_are_left_out_nearest_layers_kept(result, tmp_path, monkeypatch):
+    refuted = sorted(m.layer for m in result.maximality if m.counterexample is not None)
+    assert len(refuted) >= 2, "the tiny case refutes several layers"
+    # a budget smaller than any counterexample: the nearest refuted layer's is still kept, every other one goes
+    monkeypatch.setattr(outputs, "COUNTEREXAMPLE_BUDGET_BYTES", 1)
+    result.write_json(tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    kept = {f"counterexample_layer{refuted[0]}"}
+    assert set(data["arrays"]["corner_keys"]) == kept
+    assert data["arrays"]["omitted"] == [f"counterexample_layer{d}" for d in refuted[1:]]
+    by_layer = {layer["layer"]: layer for layer in data["maximality"]}
+    for d in refuted[1:]:
+        assert by_layer[d]["counterexample"] is None and "budget" in by_layer[d]["counterexample_omitted"]
+        assert by_layer[d]["refuted_eps"] is not None  # the number stays: only the image is not kept
+    loaded = mlrobust.load_result(tmp_path / "r.json")
+    first = next(m for m in result.maximality if m.layer == refuted[0])
+    got = next(layer for layer in loaded["maximality"] if layer["layer"] == refuted[0])
+    assert got["counterexample"].view(np.uint64).tolist() == np.asarray(first.counterexample).view(np.uint64).tolist()
+    assert all(layer["counterexample"] is None for layer in loaded["maximality"] if layer["layer"] in refuted[1:])

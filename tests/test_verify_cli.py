@@ -158,3 +158,16 @@ def test_ctrl_c_during_a_search_exits_130_with_a_message():
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+
+
+def test_the_time_kept_for_writing_results_grows_with_the_image(tmp_path):
+    from PIL import Image
+
+    from mlrobust.cli import verify_cmd
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (300, 300)).save(big)
+    assert verify_cmd._image_values(big) == 270_000
+    assert verify_cmd._image_values(tmp_path / "missing.png") == 0
+    plain, writing = verify_cmd.time_left(1000.0), verify_cmd.time_left(1000.0, 270_000)
+    assert plain - writing == pytest.approx(270_000 * verify_cmd.OUTPUT_SECONDS_PER_VALUE, abs=0.05)

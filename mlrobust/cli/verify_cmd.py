@@ -136,12 +136,29 @@ def check_model_and_image(model: Path, image: Path, target: int | None = None) -
 #: Seconds of a command's time limit kept back from the search (or check) for what the command does around it:
 #: loading the inputs before the search's clock starts, writing the outputs after it stops.
 RESERVE_SECONDS = 0.5
+#: More seconds kept back per image value when result files are written: coding and deflating the side file's
+#: counterexamples (up to its budget, mlrobust.search.outputs) took about 1 s at 3x300x300 on a loaded machine.
+OUTPUT_SECONDS_PER_VALUE = 4e-6
 
 
-def time_left(limit: float) -> float:
+def time_left(limit: float, output_values: int = 0) -> float:
     """The time the work may take: ``limit`` less the time the command has run so far (the limit counts from the
-    start of the process, see :func:`mlrobust.cli.seconds_since_start`) and less :data:`RESERVE_SECONDS`."""
-    return max(limit - seconds_since_start() - RESERVE_SECONDS, 0.01)
+    start of the process, see :func:`mlrobust.cli.seconds_since_start`) and less :data:`RESERVE_SECONDS` (and
+    :data:`OUTPUT_SECONDS_PER_VALUE` per value of an image whose result files are to be written)."""
+    reserve = RESERVE_SECONDS + OUTPUT_SECONDS_PER_VALUE * output_values
+    return max(limit - seconds_since_start() - reserve, 0.01)
+
+
+def _image_values(image: Path) -> int:
+    """An upper bound of the values of ``image`` (three channels per pixel), read from its header only."""
+    from PIL import Image
+
+    try:
+        with Image.open(image) as picture:
+            width, height = picture.size
+    except OSError:
+        return 0
+    return 3 * width * height
 
 
 @contextmanager
@@ -408,7 +425,8 @@ def _search(outputs: Outputs, model: Path, image: Path, target: int, search_args
     console = answer_console()
     quiet, full_table, output_format = view.quiet, view.full, view.output_format
     json_path, heatmap = (dict((w, p) for p, w in outputs.files).get(w) for w in ("--json", "--heatmap"))
-    search_args = dict(search_args, time_limit=time_left(time_limit))
+    writes = json_path is not None or heatmap is not None
+    search_args = dict(search_args, time_limit=time_left(time_limit, _image_values(image) if writes else 0))
     with notes():
         if quiet:
             result = api.maximize(model, image, target, **search_args)

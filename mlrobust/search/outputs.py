@@ -69,6 +69,14 @@ GROUPS_KEY = "counterexample_groups"
 #: XOR-coded instead (about as small then, and no slower to read).
 MAX_EXCEPTION_SHARE = 0.5
 _CODE_PARTS = ("codes", "magnitudes", "offsets", "exceptions")
+#: What the counterexamples of one side file may take (estimated before deflating, see :func:`_stored_bytes`).
+#: Counterexamples inside their box (the attacks' usual answer) carry ~11 bits of entropy per pixel, about 0.5 MB
+#: each at 3x300x300 whatever the code, and a search of a 200-layer image refutes a hundred layers or more: 62 MB
+#: and 4 s of writing for one 120 s search. The file keeps the counterexamples of the layers nearest the object
+#: until this budget is spent and the JSON says which it left out (each was re-run on the network before it was
+#: reported; only its image is not kept).
+COUNTEREXAMPLE_BUDGET_BYTES = 16_000_000
+OMITTED_REASON = "not stored: the side file's counterexample budget was spent on layers nearer the object"
 
 
 def _counterexample_keys(arrays: dict[str, np.ndarray], shape: tuple[int, ...]) -> list[str]:
@@ -100,34 +108,74 @@ def _layer_groups(result: Any, shape: tuple[int, ...]) -> np.ndarray:
     return np.zeros(shape[-2:] if len(shape) >= 2 else shape, dtype=np.int32)
 
 
-def _code_counterexamples(arrays: dict[str, np.ndarray], result: Any) -> tuple[dict[str, str], list[str]]:
+def _stored_bytes(parts: list[np.ndarray]) -> int:
+    """A generous estimate of what ``parts`` take once deflated: every byte, except the int8 codes' (few distinct
+    values in long runs: a quarter)."""
+    return int(sum(p.nbytes // 4 if p.dtype == np.int8 else p.nbytes for p in parts))
+
+
+def _layer_order(key: str) -> tuple[int, str]:
+    """``counterexample_layer<d>`` keys by layer (nearest the object first), others after them by name."""
+    tail = key.removeprefix("counterexample_layer")
+    return (int(tail), key) if tail.isdigit() else (1 << 30, key)
+
+
+def _code_counterexamples(arrays: dict[str, np.ndarray], result: Any,
+                          budget: int | None = None) -> tuple[dict[str, str], list[str], list[str]]:
     """Replace each float64 counterexample in ``arrays`` by its corner code (or, where that is mostly exceptions,
-    its bits XOR the clean image's) and add the clean image and the groups; returns the corner-coded keys with
-    their rounding, and the XOR-coded keys."""
+    its bits XOR the clean image's) and add the clean image and the groups, layer by layer from the object out
+    until ``budget`` bytes (default :data:`COUNTEREXAMPLE_BUDGET_BYTES`) are spent; the rest leave ``arrays``.
+    Returns the corner-coded keys with their rounding, the XOR-coded keys and the keys left out."""
+    budget = COUNTEREXAMPLE_BUDGET_BYTES if budget is None else budget
     clean = getattr(result, "image", None)
     if clean is None:
-        return {}, []
+        return {}, [], []
     base = np.ascontiguousarray(clean, dtype=np.float64)
-    keys = _counterexample_keys(arrays, base.shape)
+    keys = sorted(_counterexample_keys(arrays, base.shape), key=_layer_order)
     if not keys:
-        return {}, []
+        return {}, [], []
     groups = _layer_groups(result, base.shape)
     coded: dict[str, str] = {}
     xored: list[str] = []
+    omitted: list[str] = []
+    spent = 0
     for key in keys:
         x = np.ascontiguousarray(arrays.pop(key), dtype=np.float64)
+        if spent >= budget:
+            omitted.append(key)  # not even coded: coding a hundred large images costs seconds past the limit
+            continue
         code = encode_corners(x, base, groups)
         if code.exceptions > MAX_EXCEPTION_SHARE * x.size:
-            arrays[key] = x.view(np.uint64) ^ base.view(np.uint64)
-            xored.append(key)
+            parts = {key: x.view(np.uint64) ^ base.view(np.uint64)}
+            size = x.nbytes // 2
+        else:
+            parts = {f"{key}.codes": code.codes, f"{key}.magnitudes": code.magnitudes,
+                     f"{key}.offsets": _shuffle_bytes(code.offsets), f"{key}.exceptions": code.exception_values}
+            size = _stored_bytes(list(parts.values()))
+        if spent + size > budget and (coded or xored):
+            omitted.append(key)
+            spent = budget  # the next ones go too, so what is kept is every layer up to one distance
             continue
-        arrays.update({f"{key}.codes": code.codes, f"{key}.magnitudes": code.magnitudes,
-                       f"{key}.offsets": _shuffle_bytes(code.offsets), f"{key}.exceptions": code.exception_values})
-        coded[key] = code.rounding
+        spent += size
+        arrays.update(parts)
+        if key in parts:
+            xored.append(key)
+        else:
+            coded[key] = code.rounding
     arrays[CLEAN_KEY] = base
     if coded:
         arrays[GROUPS_KEY] = groups
-    return coded, xored
+    return coded, xored, omitted
+
+
+def _drop_references(data: dict, omitted: list[str]) -> None:
+    """The JSON's references to counterexamples left out of the side file: None, with the reason beside them."""
+    gone = set(omitted)
+    for layer in data.get("maximality") or []:
+        ref = layer.get("counterexample") if isinstance(layer, dict) else None
+        if isinstance(ref, dict) and ref.get("array") in gone:
+            layer["counterexample"] = None
+            layer["counterexample_omitted"] = OMITTED_REASON
 
 
 def json_with_side_file(result: Any, json_path: str | Path, extra: dict | None = None) -> dict:
@@ -137,10 +185,14 @@ def json_with_side_file(result: Any, json_path: str | Path, extra: dict | None =
     caller writes as the JSON."""
     arrays: dict[str, np.ndarray] = {}
     data = result.to_json(arrays=arrays)
-    coded, xored = _code_counterexamples(arrays, result)
+    coded, xored, omitted = _code_counterexamples(arrays, result)
+    _drop_references(data, omitted)
     side = side_file_path(json_path)
     _atomic_savez(side, arrays)
     data["arrays"] = {"file": side.name, "keys": sorted(arrays)}
+    if omitted:
+        data["arrays"].update({"omitted": omitted, "omitted_reason": OMITTED_REASON,
+                               "counterexample_budget_bytes": COUNTEREXAMPLE_BUDGET_BYTES})
     if coded:
         data["arrays"].update({"encoding": "corner/1", "corner_with": CLEAN_KEY, "corner_groups": GROUPS_KEY,
                                "corner_keys": coded})
