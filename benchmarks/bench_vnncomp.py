@@ -123,6 +123,9 @@ def topk_form(prop) -> tuple[int, int] | None:
 
 #: mlrobust's VNN-LIB route (``mlrobust vnnlib``) as a method, by its ``--verifier``: any property, not only top-k.
 VNNLIB_METHODS = {"vnnlib": "cascade", "vnnlib_bab": "cascade-bab"}
+VNNLIB_DESCRIPTIONS = {"vnnlib": "the `mlrobust vnnlib` route (attack -> CROWN -> MILP)",
+                       "vnnlib_bab": "the `mlrobust vnnlib --verifier cascade-bab` route (attack -> CROWN -> BaB "
+                                     "-> MILP)"}
 
 
 # --- the worker (one instance, one method, a fresh process) -----------------------------------------------------------
@@ -330,7 +333,7 @@ def markdown(results: dict) -> str:
     from benchmarks.methods import METHODS
 
     for name in methods:
-        desc = METHODS[name].description if name in METHODS else "the `mlrobust vnnlib` route (attack -> CROWN -> MILP)"
+        desc = METHODS[name].description if name in METHODS else VNNLIB_DESCRIPTIONS.get(name, name)
         out.append(f"- **{name}**: {desc}" + (f" — *not available*: {avail[name]}" if avail.get(name) else ""))
     live = [n for n in methods if not avail.get(n)]
     out += ["", "## Solved (unsat + sat) / instances, median seconds of the solved", "",

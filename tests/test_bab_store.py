@@ -47,7 +47,8 @@ def _batch(values: list[float], ids: list[int], warm: bool):
     d = TINY.empty(len(values))
     d.value = np.array(values, dtype=np.float64)
     d.depth = np.array(ids, dtype=np.int32)
-    d.lower = np.array(ids, dtype=np.float64)[:, None] * np.ones((1, 3))
+    corner = np.array(ids, dtype=np.float64)[:, None] * np.ones((1, 3))
+    d.set_boxes(corner, corner + 1.0)
     d.pre_lower["z"] = np.array(ids, dtype=np.float32)[:, None] * np.ones((1, 5), dtype=np.float32)
     if warm:
         d.warm = {"alpha.relu": torch.tensor(ids, dtype=torch.float32)[:, None, None].expand(-1, 2, 5).clone()}
@@ -58,6 +59,7 @@ def _check_rows(d) -> None:
     """Every field of each domain still belongs to the domain its id names."""
     ids = d.depth.astype(np.float64)
     assert np.array_equal(d.lower, ids[:, None] * np.ones((1, 3)))
+    assert np.array_equal(d.upper, ids[:, None] * np.ones((1, 3)) + 1.0)
     assert np.array_equal(d.pre_lower["z"], ids.astype(np.float32)[:, None] * np.ones((1, 5), dtype=np.float32))
     if "alpha.relu" in d.warm:
         w = d.warm["alpha.relu"].numpy()
@@ -99,6 +101,47 @@ def test_store_pops_the_worst_first_in_insertion_order_and_prunes_exactly_the_pr
     assert len(store) == len(ref)  # peek leaves the store as it is
     _check_rows(rest)
     assert sorted(rest.depth) == sorted(i for _, i in ref)
+
+
+def test_store_shares_one_box_row_among_relu_split_children_and_sheds_the_boxes_of_closed_domains():
+    """Children of one popped parent point at the store's own table, so pushing them back adds no row; boxes from
+    elsewhere are copied in once per distinct box; when closed domains hold most rows the table is rebuilt from the
+    open ones, and a batch popped before that keeps its boxes (the old table is left intact)."""
+    store = DomainStore(TINY, capacity=2)
+    store.push(_batch([5.0], [0], False))
+    assert store.boxes.count == 1
+    parent = store.pop(1)
+    kids = split_relus(parent, TINY.relu_nodes, np.array([[0, 0]]), np.array([[1, 3]]))
+    store.push(kids)
+    assert len(store) == 4 and store.boxes.count == 1
+    assert np.array_equal(store.peek(4).lower, np.zeros((4, 3)))
+    store.pop(4)
+    # 200 domains with boxes of their own, then most of them proven
+    store.push(_batch([-1.0] * 190 + [2.0] * 10, list(range(1, 201)), False))
+    assert store.boxes.count == 201
+    in_flight = store.peek(3)
+    assert list(in_flight.depth) == [191, 192, 193]
+    assert store.prune(0.0).size == 190
+    store.push(_batch([1.0], [300], False))  # 202 rows for 11 open domains: the table is rebuilt
+    assert store.boxes.count == 11 and in_flight.boxes is not store.boxes
+    _check_rows(in_flight)
+    store.push(in_flight)  # copied in from the old table: 3 more rows
+    assert store.boxes.count == 14
+    rest = store.pop(len(store))
+    assert sorted(rest.depth) == sorted([300, 191, 192, 193] + list(range(191, 201)))
+    _check_rows(rest)
+
+
+def test_the_alpha_engine_layout_keeps_no_input_coefficients():
+    net = random_cnn(3)
+    lo, hi = random_box(net, 3, 0.3)
+    b = crown(net, lo, hi)
+    alpha, plain = AlphaEngine(net, refresh=False), SplitCrown(net)
+    a_doms = domains_from([alpha.root(lo, hi, b.lower, b.upper)], layout_of(alpha, 2))
+    c_doms = domains_from([plain.root(lo, hi, b.lower, b.upper)], layout_of(plain, 2))
+    assert a_doms.input_coeff is None and c_doms.input_coeff is not None
+    assert c_doms.nbytes_per_domain() - a_doms.nbytes_per_domain() == lo.size * 4  # the float32 coefficients
+    assert InputBisection().rank(a_doms, 1).available[0] == 1  # bisection falls back to the widest dimension
 
 
 def test_store_keeps_domains_apart_and_reports_its_memory_per_domain():
@@ -146,6 +189,8 @@ def test_multi_level_relu_split_children_partition_the_parent(seed, levels):
         changed = (kids.splits[m] != root.splits[m]).reshape(kids.size, -1).sum(axis=1)
         assert np.all(changed == sum(layout.relu_nodes[r] == m for r, _ in pick))
     assert np.array_equal(kids.lower, np.repeat(root.lower, kids.size, axis=0))
+    # the children share their parent's row of the box table: no box is copied
+    assert kids.boxes is root.boxes and kids.boxes.count == 1 and np.all(kids.box == root.box[0])
     xs = rng.uniform(lo, hi, (300, *lo.shape))
     values = net.forward(xs, return_all=True)
     inside = np.ones((xs.shape[0], kids.size), dtype=bool)
@@ -169,6 +214,12 @@ def test_multi_level_input_split_children_partition_the_parent(seed, levels):
     levels = ranked.index.shape[1]  # at most the input's dimensions
     kids = split_inputs(parents, ranked.index)
     assert kids.size == 2 * 2 ** levels and kids.box_changed.all()
+    # each child has a row of its own (its half; the two parents are one box, so their halves are stored once),
+    # the parents keep theirs unchanged
+    per = 2 ** levels
+    assert np.unique(kids.box[:per]).size == per and not np.isin(kids.box, parents.box).any()
+    assert np.array_equal(kids.box[:per], kids.box[per:])
+    assert np.array_equal(parents.lower, np.stack([lo, lo])) and np.array_equal(parents.upper, np.stack([hi, hi]))
     xs = np.random.default_rng(seed).uniform(lo, hi, (300, *lo.shape))
     for p in range(2):
         mine = slice(p * 2 ** levels, (p + 1) * 2 ** levels)
@@ -199,8 +250,8 @@ def _crafted(seed: int, d: int = 4):
         doms.splits[m] = np.where(rng.random(doms.splits[m].shape) < 0.2, 1, 0).astype(np.int8)
         doms.relu_coeff[m] = rng.normal(size=doms.relu_coeff[m].shape).astype(np.float32)
     doms.relu_coeff["r1"][0] = np.nan  # no coefficients on this node for domain 0: the width ranks it
-    doms.lower = rng.uniform(-1, 0, (d, 4))
-    doms.upper = doms.lower + rng.uniform(0, 1, (d, 4)) * (rng.random((d, 4)) < 0.8)
+    lower = rng.uniform(-1, 0, (d, 4))
+    doms.set_boxes(lower, lower + rng.uniform(0, 1, (d, 4)) * (rng.random((d, 4)) < 0.8))
     doms.input_coeff = rng.normal(size=(d, 4)).astype(np.float32)
     doms.input_coeff[1] = np.nan
     return layout, doms

@@ -134,6 +134,7 @@ class SplitCrown:
     """CROWN bounds of linear objectives over sub-domains of one network (the plain-CROWN bound engine)."""
 
     name = "crown"
+    gives_input_coeffs = True  # the binding row's input coefficients: input bisection's scores, the corner attack
 
     def __init__(self, network: Network):
         self.network = network
@@ -290,6 +291,7 @@ class AlphaEngine:
     """
 
     name = "alpha"
+    gives_input_coeffs = False
 
     def __init__(self, network: Network, options: AlphaOptions | None = None, refresh: bool = True,
                  keep_warm: bool = True):

@@ -18,7 +18,7 @@ import torch
 
 from mlrobust.bounds.alpha_crown import AlphaState, DomainBatch, RowMix, alpha_bounds
 from mlrobust.verify.bab.spec import OutputSpec, row_upper_bounds
-from mlrobust.verify.bab.store import DomainLayout, Domains, concat
+from mlrobust.verify.bab.store import BoxTable, DomainLayout, Domains, concat
 from mlrobust.verify.bab_bounds import AlphaEngine, Domain, DomainBound, SplitCrown, down32, up32
 
 Engine = SplitCrown | AlphaEngine
@@ -80,16 +80,17 @@ def layout_of(engine: Engine, rows: int) -> DomainLayout:
     net = engine.network
     return DomainLayout(tuple(n.name for n in engine.relu_nodes), tuple(n.inputs[0] for n in engine.relu_nodes),
                         {t: tuple(net.shape_of(t)) for t in engine.pre_tensors}, tuple(net.sample_shape), rows,
-                        int(net.num_classes))
+                        int(net.num_classes), input_coeffs=engine.gives_input_coeffs)
 
 
 def domain_views(doms: Domains, layout: DomainLayout) -> list[Domain]:
     """One :class:`Domain` per row (sharing the arrays' memory), for the per-domain engines and the MILP."""
     out = []
+    lower, upper = doms.lower, doms.upper  # gathered once from the box table
     for i in range(doms.size):
         changed = frozenset(t for t, c in zip(layout.relu_tensors, doms.changed[i]) if c)
         ru = doms.row_upper[i]
-        out.append(Domain(doms.lower[i], doms.upper[i], {t: v[i] for t, v in doms.pre_lower.items()},
+        out.append(Domain(lower[i], upper[i], {t: v[i] for t, v in doms.pre_lower.items()},
                           {t: v[i] for t, v in doms.pre_upper.items()}, {m: v[i] for m, v in doms.splits.items()},
                           int(doms.depth[i]), changed, bool(doms.box_changed[i]),
                           row_upper=None if np.isinf(ru).all() else ru.copy(),
@@ -97,11 +98,21 @@ def domain_views(doms: Domains, layout: DomainLayout) -> list[Domain]:
     return out
 
 
-def domains_from(views: list[Domain], layout: DomainLayout) -> Domains:
-    """Arrays of :class:`Domain` objects (their bounds rounded outward to float32, their warm starts stacked)."""
+def domains_from(views: list[Domain], layout: DomainLayout, like: Domains | None = None) -> Domains:
+    """Arrays of :class:`Domain` objects (their bounds rounded outward to float32, their warm starts stacked).
+    ``like``: the domains the views were made from; where the boxes are still theirs the box rows are reused, so
+    bounding adds no rows to the box table."""
     out = layout.empty(len(views))
+    if views:
+        lower = np.stack([np.asarray(d.lower, dtype=np.float64) for d in views])
+        upper = np.stack([np.asarray(d.upper, dtype=np.float64) for d in views])
+        if (like is not None and like.size == len(views) and np.array_equal(like.lower, lower)
+                and np.array_equal(like.upper, upper)):
+            out.box, out.boxes = like.box.copy(), like.boxes
+        else:
+            out.boxes = BoxTable(layout.input_shape)
+            out.set_boxes(lower, upper)
     for i, d in enumerate(views):
-        out.lower[i], out.upper[i] = d.lower, d.upper
         for t in d.pre_lower:
             out.pre_lower[t][i] = down32(np.asarray(d.pre_lower[t], dtype=np.float64))
             out.pre_upper[t][i] = up32(np.asarray(d.pre_upper[t], dtype=np.float64))
@@ -145,7 +156,7 @@ def bound_domains(engine: Engine, doms: Domains, layout: DomainLayout, coeffs: n
         assert isinstance(engine, AlphaEngine)
         return _bound_alpha(engine, doms, coeffs, deadline, mix, rows)
     results = engine.bound(domain_views(doms, layout), coeffs, deadline, mix=mix, rows=rows)
-    return domains_from([r.domain for r in results], layout), collect(results, coeffs.shape[0])
+    return domains_from([r.domain for r in results], layout, like=doms), collect(results, coeffs.shape[0])
 
 
 def _bound_alpha(engine: AlphaEngine, doms: Domains, coeffs: np.ndarray, deadline: float | None,
@@ -223,9 +234,10 @@ def absorb(doms: Domains, bounded: Bounded, spec: OutputSpec) -> Domains:
         doms.relu_coeff[m] = np.full_like(doms.relu_coeff[m], np.nan)
         if c is not None:
             doms.relu_coeff[m][has] = c[pick]
-    doms.input_coeff = np.full_like(doms.input_coeff, np.nan)
-    if bounded.input_coeff is not None:
-        doms.input_coeff[has] = bounded.input_coeff[pick].reshape(-1, *doms.input_coeff.shape[1:])
+    if doms.input_coeff is not None:
+        doms.input_coeff = np.full_like(doms.input_coeff, np.nan)
+        if bounded.input_coeff is not None:
+            doms.input_coeff[has] = bounded.input_coeff[pick].reshape(-1, *doms.input_coeff.shape[1:])
     doms.objective = np.full_like(doms.objective, np.nan)
     if bounded.coeffs is not None:
         doms.objective[has] = bounded.coeffs[pick]

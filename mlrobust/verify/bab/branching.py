@@ -221,7 +221,10 @@ class InputBisection:
     def rank(self, doms: Domains, count: int) -> Choices:
         d = doms.size
         width = (doms.upper - doms.lower).reshape(d, -1)
-        coeff = np.abs(doms.input_coeff.reshape(d, -1).astype(np.float64))
+        if doms.input_coeff is None:
+            coeff = np.full_like(width, np.nan)
+        else:
+            coeff = np.abs(doms.input_coeff.reshape(d, -1).astype(np.float64))
         known = ~np.isnan(coeff).any(axis=1, keepdims=True)
         score = np.where(width > 0, np.where(known, width * (np.nan_to_num(coeff) + 1e-12), width), -np.inf)
         count = min(count, width.shape[1])

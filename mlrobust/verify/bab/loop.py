@@ -363,8 +363,8 @@ def _time_left(deadline: float | None) -> float:
 def _corners(doms: Domains) -> np.ndarray:
     """The input corners minimising each domain's binding-row linear bound, for the domains with input
     coefficients (a likely violation): ``(D', *input)``."""
-    if doms.size == 0:
-        return doms.lower[:0]
+    if doms.size == 0 or doms.input_coeff is None:
+        return np.zeros((0, *doms.boxes.lower.shape[1:]))
     known = ~np.isnan(doms.input_coeff.reshape(doms.size, -1)).any(axis=1)
     a = doms.input_coeff[known]
     return np.where(a >= 0, doms.lower[known], doms.upper[known])

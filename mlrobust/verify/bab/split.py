@@ -3,7 +3,8 @@
 A parent split on ``L`` decisions at once has ``2**L`` children: child ``c`` takes side ``+`` of decision ``l``
 where bit ``l`` of ``c`` is 0 and side ``-`` where it is 1, so the children's split regions partition the parent
 (up to the shared boundary ``z = 0`` / the midpoint, which has measure zero and belongs to both sides: sound).
-Children start as copies of their parent: its bounds (valid on a subset), its row bounds and its α/β warm start.
+Children start as copies of their parent: its bounds (valid on a subset), its row bounds and its α/β warm start;
+ReLU splits keep the parent's box row, input bisection gives each child a row of its own.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def split_inputs(parents: Domains, dims: np.ndarray) -> Domains:
     per = 2 ** levels
     kids = parents.take(np.repeat(np.arange(b), per))
     n = kids.size
-    lo, hi = kids.lower.reshape(n, -1), kids.upper.reshape(n, -1)
+    lo, hi = kids.lower.reshape(n, -1), kids.upper.reshape(n, -1)  # copies gathered from the box table
     sign = np.tile(level_signs(levels), (b, 1))
     d = np.repeat(dims, per, axis=0)
     rows = np.arange(n)
@@ -57,6 +58,8 @@ def split_inputs(parents: Domains, dims: np.ndarray) -> Domains:
         low_half = sign[:, lev] > 0
         hi[rows[low_half], dim[low_half]] = mid[low_half]
         lo[rows[~low_half], dim[~low_half]] = mid[~low_half]
+    shape = (n, *kids.boxes.lower.shape[1:])
+    kids.set_boxes(lo.reshape(shape), hi.reshape(shape))  # new rows of the table: the halves
     kids.box_changed[:] = True
     kids.depth += levels
     return kids
