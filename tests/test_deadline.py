@@ -78,3 +78,33 @@ def test_a_stalled_check_is_unknown_within_the_limit():
     res = mlrobust.check(net, image, target, 0.01, object_mask=mask, verifier=StallingVerifier(0), time_limit=1.0)
     assert time.monotonic() - start < 15.0
     assert res.status == "unknown" and "time limit" in res.reason
+
+
+def test_a_stop_during_the_final_upper_bounds_keeps_the_proven_vector_it_reached(monkeypatch):
+    from mlrobust.search import run
+
+    net, image, target, mask = tiny_case(6, hidden=3, classes=3)
+    real = run.attack_upper_bounds
+    reached: list[np.ndarray] = []
+
+    def final_phase_cut(problem, eps, delta, *args, **kwargs):
+        if kwargs.get("deadline") is not None and kwargs["deadline"] == problem.budget.time_limit:
+            reached.append(np.array(eps))  # the final pass, after the push: the hard stop fires here
+            # an object floor the pushed vector no longer keeps (as where the floor was dropped for the uniform
+            # start) but an earlier, smaller proven vector does: the stop must still report the vector reached
+            problem.floor = np.where(np.arange(eps.size) == 0, eps[0] + 1e-9, 0.0)
+            raise TimeLimitReached()
+        return real(problem, eps, delta, *args, **kwargs)
+
+    monkeypatch.setattr(run, "attack_upper_bounds", final_phase_cut)
+    res = mlrobust.maximize(net, image, target, object_mask=mask, verifier=ExactLpVerifier(), delta=0.01,
+                            time_limit=60.0)
+    assert reached, "the search reached its final upper-bound pass"
+    assert "time limit: stopped during upper bounds" in res.stop_reason
+    np.testing.assert_array_equal(res.epsilons, reached[-1])
+    assert res.size > 0
+    from mlrobust.neighborhood import LayeredNeighborhood
+
+    nbhd = LayeredNeighborhood.build(image, mask, net.sample_shape)
+    worst, _ = exact_worst_margin(net, nbhd.box(res.epsilons), target, 2)
+    assert worst < -ROBUST_TOLERANCE

@@ -226,7 +226,11 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
         # Not an interruption by the user: the result is final, but parts of the search were never tried.
         problem.use_cheap, problem.deadline = False, None
         reached = problem.clip(st.eps)
-        st.eps = problem.best_proven()
+        best = problem.best_proven()
+        # the vector the search stood at when the stop came, where a query proved it and nothing proven is larger:
+        # a stop in a phase after the push (the final upper bounds) must not hand back an earlier, smaller vector
+        keep = problem.known_robust(reached) is not None and problem.size(reached) >= problem.size(best)
+        st.eps = reached if keep else best
         cut = f"time limit: stopped during {problem.phase}"
         st.stop_reason = cut + (f" (after {st.stop_reason})" if st.stop_reason else "")
         if st.maximality is None or not np.array_equal(st.eps, reached):
