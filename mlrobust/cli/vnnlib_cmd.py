@@ -41,8 +41,9 @@ def vnnlib(
     solver: str = typer.Option("highs", "--solver", help="MILP solver backend: highs, cbc, scip, gurobi, "
                                                            "pyomo:NAME or an installed plugin."),
     tightening: str = typer.Option("crown", "--tightening", help="Bounds before the MILP: ibp or crown."),
-    verifier: str = typer.Option("cascade", "--verifier", help="After the attack and the bounds: cascade (MILP), "
-                                                              "bab (branch and bound) or cascade-bab (both)."),
+    verifier: str = typer.Option("cascade-bab", "--verifier",
+                                 help="After the attack and the bounds: cascade-bab (branch and bound, then the "
+                                      "MILP), cascade (MILP) or bab (branch and bound)."),
     device: str = typer.Option("cpu", "--device", help="Where the branch and bound (bab, cascade-bab) runs its "
                                                        "α/β bounds: cpu or cuda (a GPU torch sees)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the result to this file "
