@@ -507,23 +507,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_anchor_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The command line of an α,β-CROWN comparison (this one and ``anchor-radius``), its paths made absolute."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    args = parser.parse_args(argv)
     args.argv = argv
     args.abcrown = args.abcrown.resolve()
     args.work = args.work.resolve()  # run_one.sh works in its own folder: configs written here need full paths
     args.notes = args.notes_file.read_text().strip() if args.notes_file else ""
+    return args
 
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(msg, flush=True)
 
-    from benchmarks.suite import report_violations, write_results
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.suite import report_violations, run_and_write
 
-    results = run(args, log)
-    path = write_results(args.out, results, markdown(results))
-    print(f"wrote {args.out} and {path} ({results['seconds']:.0f} s)", flush=True)
+    results = run_and_write(parse_anchor_args(parser(), argv), run, markdown)
     return report_violations(results["violations"])
 
 

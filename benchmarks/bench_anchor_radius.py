@@ -37,7 +37,7 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from benchmarks.bench_anchor import AnchorInstance, check_sat, run_abc, run_ours  # noqa: E402
+from benchmarks.bench_anchor import AnchorInstance, check_sat, parse_anchor_args, run_abc, run_ours  # noqa: E402
 from benchmarks.bench_vnncomp import OrtChecker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -345,22 +345,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
-    args.argv = argv
-    args.abcrown = args.abcrown.resolve()
-    args.work = args.work.resolve()  # run_one.sh works in its own folder: configs written here need full paths
-    args.notes = args.notes_file.read_text().strip() if args.notes_file else ""
+    from benchmarks.suite import report_violations, run_and_write
 
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(msg, flush=True)
-
-    from benchmarks.suite import report_violations, write_results
-
-    results = run(args, log)
-    path = write_results(args.out, results, markdown(results))
-    print(f"wrote {args.out} and {path} ({results['seconds']:.0f} s)", flush=True)
+    results = run_and_write(parse_anchor_args(parser(), argv), run, markdown)
     return report_violations(results["violations"])
 
 

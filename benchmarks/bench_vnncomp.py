@@ -503,16 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     if args.notes_file is not None:
         args.notes = args.notes_file.read_text().strip()
+    from benchmarks.suite import report_violations, run_and_write
 
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(msg, flush=True)
-
-    from benchmarks.suite import report_violations, write_results
-
-    results = run(args, log)
-    path = write_results(args.out, results, markdown(results))
-    print(f"wrote {args.out} and {path} ({results['seconds']:.0f} s)", flush=True)
+    results = run_and_write(args, run, markdown)
     for s in results["summary"]:
         if s["model"] == "all":
             med = "–" if s["median_s"] is None else f"{s['median_s']:.1f} s"

@@ -90,6 +90,20 @@ def write_results(out: Path, results: dict, text: str) -> Path:
     return path
 
 
+def run_and_write(args, run, markdown) -> dict:
+    """``run(args, log)`` (``log`` prints unless ``args.quiet``), its Markdown report written to ``args.out`` and the
+    results next to it, one line saying so; the results."""
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, flush=True)
+
+    results = run(args, log)
+    path = write_results(args.out, results, markdown(results))
+    print(f"wrote {args.out} and {path} ({results['seconds']:.0f} s)", flush=True)
+    return results
+
+
 def report_violations(violations: list) -> int:
     """Print soundness violations to stderr; the exit status a benchmark ends with (1 if there are any)."""
     if not violations:
