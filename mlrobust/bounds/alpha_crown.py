@@ -111,9 +111,10 @@ Tensor = torch.Tensor
 _F64 = torch.float64
 
 JOINT_CHOICES = ("off", "on", "auto")
-#: "auto" optimises the intermediate bounds jointly while their pass holds at most this many coefficients per step
-#: (benchmarks/results/bound_tier.md: on the shipped models the pass holds ~0.1 M and a joint step costs
-#: 1.1-1.5 frozen steps, for margin bounds lower by up to ~1; far larger rows would outgrow the 1 s per query).
+#: "auto" never runs a joint pass holding more than this many coefficients per step: a guard on memory and time per
+#: step (on the shipped models the pass holds ~0.1 M; far larger rows would outgrow the 1 s per query). Whether a
+#: pass below it runs is the caller's choice: the bound tier's JointPolicy (mlrobust.bounds.joint_policy) decides
+#: it by measured gain per second on a sequence of queries, a lone call runs it.
 JOINT_MAX_WORK = 1 << 22
 
 
@@ -131,7 +132,8 @@ class AlphaOptions:
     ``lr_mix`` (:class:`RowMix`). ``joint_intermediate`` ("off", "on", "auto"): re-derive the bounds of the last
     refined ReLU pre-activation at every step of the same optimisation, with slopes of their own driven by the output
     objective (:mod:`mlrobust.bounds.alpha_joint`; one domain only); "auto" does so unless their pass
-    holds more than ``JOINT_MAX_WORK`` coefficients. ``loop_dtype``
+    holds more than ``JOINT_MAX_WORK`` coefficients (the bound tier decides "auto" per call with a
+    :class:`~mlrobust.bounds.joint_policy.JointPolicy` where it has one). ``loop_dtype``
     ("float64" or "float32"): precision of the optimisation steps; CROWN's bound and the reported one are always
     evaluated in float64 with the outward widening. ``device`` ("cpu" or "cuda"): where the tensors of the passes
     live (results come back as numpy arrays either way; the optimised state stays on the device).

@@ -12,7 +12,9 @@ This is what the cascade's bound check and the MILP builder's callers ask for bo
   tightened replace CROWN's in ``Tightened.bounds`` (re-propagated by intervals), so the MILP and branch and bound
   start from them. With ``AlphaOptions.optimize_intermediate`` the last ReLU pre-activation layer is re-bounded
   first (fewer unstable ReLUs for the MILP). Warm starts come from an
-  :class:`~mlrobust.bounds.alpha_margin.AlphaCache` the caller keeps per query family.
+  :class:`~mlrobust.bounds.alpha_margin.AlphaCache` the caller keeps per query family; a caller asking a sequence
+  of related queries also keeps a :class:`~mlrobust.bounds.joint_policy.JointPolicy`, which then decides "auto"
+  per call by the gain per second measured on the earlier calls (``stats["joint_choice"]``, ``"joint_reason"``).
 
 LP tightening over the MILP's relaxation (``"lp"``) needs the MILP encoding, so it lives after it, in
 :mod:`mlrobust.milp.tightening`, which starts from this module's ``crown`` result.
@@ -30,6 +32,7 @@ from mlrobust.bounds import margin_bounds, propagate
 from mlrobust.bounds.alpha_crown import AlphaOptions, tighten_intermediate
 from mlrobust.bounds.alpha_margin import AlphaCache, alpha_topk_bounds
 from mlrobust.bounds.ibp import intersect_intervals
+from mlrobust.bounds.joint_policy import JointPolicy
 from mlrobust.bounds.result import Bounds
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
@@ -37,6 +40,9 @@ from mlrobust.ir.torch_exec import torch_threads
 from mlrobust.ops.base import affine_matrix
 
 METHODS = ("ibp", "crown", "alpha")
+#: A k-th margin bound below minus this proves the query (``alpha_topk_bounds``' tolerance, the verdict's
+#: ``ROBUST_TOLERANCE``): what the joint policy counts as a proof.
+PROOF_TOLERANCE = 1e-4
 
 @dataclass
 class Tightened:
@@ -104,17 +110,19 @@ def base_bounds(network: Network, lower: np.ndarray, upper: np.ndarray, method: 
 def tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str = "crown",
             target: int | None = None, time_budget: float | None = None,
             threads: int | None = 1, *, k: int = 2, alpha_options: AlphaOptions | None = None,
-            alpha_cache: AlphaCache | None = None) -> Tightened:
+            alpha_cache: AlphaCache | None = None, joint_policy: JointPolicy | None = None) -> Tightened:
     """Bounds over the box ``[lower, upper]`` with the named tightening; margin bounds too when ``target`` is given.
 
     ``time_budget`` (seconds) caps the optimisation of ``"alpha"``; IBP and CROWN are not interrupted.
-    ``threads`` is the torch thread count for CROWN (None: leave torch's setting alone). ``k``, ``alpha_options``
-    and ``alpha_cache`` (warm starts) are for ``"alpha"``.
+    ``threads`` is the torch thread count for CROWN (None: leave torch's setting alone). ``k``, ``alpha_options``,
+    ``alpha_cache`` (warm starts) and ``joint_policy`` (decides ``joint_intermediate="auto"`` per call from the
+    earlier calls; without one "auto" runs the joint pass below its work cap) are for ``"alpha"``.
     """
     if method not in METHODS:
         raise InputError(f"unknown bound tightening {method!r}; choose one of {', '.join(METHODS)}")
     with torch_threads(threads):
-        return _tighten(network, lower, upper, method, target, time_budget, k, alpha_options, alpha_cache)
+        return _tighten(network, lower, upper, method, target, time_budget, k, alpha_options, alpha_cache,
+                        joint_policy)
 
 
 def _alpha_options(options: AlphaOptions | None, time_budget: float | None, start: float) -> AlphaOptions:
@@ -130,8 +138,9 @@ def _alpha_options(options: AlphaOptions | None, time_budget: float | None, star
 
 def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str, target: int | None,
              time_budget: float | None, k: int = 2, alpha_options: AlphaOptions | None = None,
-             alpha_cache: AlphaCache | None = None) -> Tightened:
+             alpha_cache: AlphaCache | None = None, joint_policy: JointPolicy | None = None) -> Tightened:
     start = time.perf_counter()
+    policy_start = None if joint_policy is None else joint_policy.clock()
     bounds, stats = base_bounds(network, lower, upper, "ibp" if method == "ibp" else "crown")
     if method == "alpha" and alpha_options is not None and alpha_options.optimize_intermediate:
         before = bounds.num_unstable
@@ -149,9 +158,18 @@ def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str
             L, U = np.maximum(L, cl), np.minimum(U, cu)
     if method == "alpha" and target is not None and L is not None and U is not None:
         opts = _alpha_options(alpha_options, time_budget, start)
-        top = alpha_topk_bounds(network, bounds, target, k, L, U, options=opts, cache=alpha_cache,
-                                family=(id(network), int(target)))
+        family = (id(network), int(target))
+        choice = None
+        if joint_policy is not None and opts.joint_intermediate == "auto":
+            choice = joint_policy.choose(family)
+            opts = replace(opts, joint_intermediate="auto" if choice.joint else "off")  # "auto": the work cap guards
+        top = alpha_topk_bounds(network, bounds, target, k, L, U, options=opts, cache=alpha_cache, family=family)
         stats.update(top.stats, crown_kth_upper=top.crown_kth_upper, alpha_seconds=top.seconds)
+        if choice is not None and joint_policy is not None and policy_start is not None:
+            stats.update(joint_choice=choice.arm, joint_reason=choice.reason)
+            if "joint" in top.stats:  # α ran (CROWN did not decide alone): the choice mattered, measure it
+                joint_policy.record(family, top.stats["joint"] == "on", joint_policy.clock() - policy_start,
+                                    top.kth_upper < -PROOF_TOLERANCE, top.kth_upper, top.crown_kth_upper)
         if top.intermediate:  # jointly optimised pre-activation bounds: hand them on (the MILP's big-M, BaB's root)
             lows, ups = dict(bounds.lower), dict(bounds.upper)
             for t, (lo, hi) in top.intermediate.items():

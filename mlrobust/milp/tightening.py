@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from mlrobust.bounds.alpha_crown import AlphaOptions
 from mlrobust.bounds.alpha_margin import AlphaCache
 from mlrobust.bounds.ibp import intersect_intervals
+from mlrobust.bounds.joint_policy import JointPolicy
 from mlrobust.bounds.result import Bounds
 from mlrobust.bounds.tier import METHODS as TIER_METHODS
 from mlrobust.bounds.tier import Tightened
@@ -133,7 +134,7 @@ def lp_margins(builder: MilpBuilder, target: int, lower: np.ndarray, upper: np.n
 def tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str = "crown",
             target: int | None = None, time_budget: float | None = None,
             threads: int | None = 1, *, k: int = 2, alpha_options: AlphaOptions | None = None,
-            alpha_cache: AlphaCache | None = None) -> Tightened:
+            alpha_cache: AlphaCache | None = None, joint_policy: JointPolicy | None = None) -> Tightened:
     """Bounds over the box ``[lower, upper]`` with the named tightening (:data:`METHODS`); margin bounds too when
     ``target`` is given. "ibp", "crown" and "alpha" are the bound tier's (:func:`mlrobust.bounds.tier.tighten`,
     same arguments); ``time_budget`` (seconds) also caps the LP work of "lp". ``threads``: torch threads for CROWN.
@@ -142,7 +143,7 @@ def tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str 
         raise InputError(f"unknown bound tightening {method!r}; choose one of {', '.join(METHODS)}")
     if method != "lp":
         return tighten_bounds(network, lower, upper, method, target, time_budget, threads, k=k,
-                              alpha_options=alpha_options, alpha_cache=alpha_cache)
+                              alpha_options=alpha_options, alpha_cache=alpha_cache, joint_policy=joint_policy)
     start = time.perf_counter()
     base = tighten_bounds(network, lower, upper, "crown", target, None, threads)
     return _lp_tighten(network, base, target, time_budget, start)

@@ -7,7 +7,10 @@ box violates the property, and the box centre is checked as the counterexample.
 With ``method="alpha"`` the margins the proof still needs after CROWN are α-optimised (for k = 2 also convex
 combinations of pairs of margins, see :mod:`mlrobust.bounds.alpha_margin`); the check keeps an
 :class:`~mlrobust.bounds.alpha_margin.AlphaCache` so the slopes of one query warm-start the next query of the same
-network and target (the nested, slightly growing boxes of a search).
+network and target (the nested, slightly growing boxes of a search), and a
+:class:`~mlrobust.bounds.joint_policy.JointPolicy` that decides per query whether the intermediate bounds are
+optimised jointly (``joint_intermediate="auto"``, the default) from the gain per second measured on the earlier
+queries of the same network and target.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from mlrobust.bounds.alpha_crown import AlphaOptions
 from mlrobust.bounds.alpha_margin import AlphaCache
+from mlrobust.bounds.joint_policy import JointPolicy
 from mlrobust.bounds.tier import Tightened
 from mlrobust.ir.graph import Network
 from mlrobust.milp.tightening import tighten
@@ -67,7 +71,9 @@ class BoundCheck:
     """Incomplete verifier from sound bounds (``method``: "ibp", "crown", "alpha" or "lp").
 
     ``lp_time_budget`` caps the LP or α optimisation seconds per query; ``alpha_options`` the α-CROWN settings;
-    ``warm_start`` keeps the α parameters across queries (per network and target).
+    ``warm_start`` keeps the α parameters across queries (per network and target), and the measurements that
+    decide ``joint_intermediate="auto"`` per query (``joint_policy``; the choice and its reason are in the verdict's
+    ``stats["bounds"]``).
     """
 
     name = "bounds"
@@ -78,6 +84,7 @@ class BoundCheck:
         self.lp_time_budget = lp_time_budget
         self.alpha_options = alpha_options
         self.alpha_cache = AlphaCache() if warm_start else None
+        self.joint_policy = JointPolicy() if warm_start else None
 
     def tighten(self, network: Network, box: Box, target: int, time_limit: float | None = None,
                 k: int = 2) -> Tightened:
@@ -85,7 +92,8 @@ class BoundCheck:
         if time_limit is not None:
             budget = time_limit if budget is None else min(budget, time_limit)
         return tighten(network, box.lower, box.upper, self.method, target=target, time_budget=budget, k=k,
-                       alpha_options=self.alpha_options, alpha_cache=self.alpha_cache)
+                       alpha_options=self.alpha_options, alpha_cache=self.alpha_cache,
+                       joint_policy=self.joint_policy)
 
     def verify(self, network: Network, box: Box, target: int, k: int = 2, mode: Mode = "decide",
                time_limit: float | None = None) -> Verdict:

@@ -3,7 +3,8 @@ what is still undecided.
 
 Cheap tiers first: an attack refutes most non-robust boxes in milliseconds, CROWN margin bounds prove most clearly
 robust ones (α-CROWN tightens the margins CROWN leaves open, by default with the conv2 pre-activation bounds
-optimised in the same optimisation where that pass is cheap: ``joint_intermediate="auto"``), and only the boxes in
+optimised in the same optimisation where that has proven more per second on the earlier queries of the same
+network and target: ``joint_intermediate="auto"``, :mod:`mlrobust.bounds.joint_policy`), and only the boxes in
 between pay for a MILP. The
 bounds the second tier computes are handed to the MILP (no second CROWN pass). With ``use_bab`` a branch and bound
 (:mod:`mlrobust.verify.bab`) gets a share of the remaining time between the bounds and the MILP, starting from the
@@ -55,8 +56,9 @@ class Cascade:
         self.attack = attack or PgdAttack()
         # α-CROWN only runs where CROWN leaves the proof open, and gives up early when it cannot close it
         # (benchmarks/results/alpha.md: larger proven boxes for well under a second per undecided query); its
-        # intermediate bounds are optimised jointly where the pass is cheap (AlphaOptions' "auto", the tier's
-        # default: benchmarks/results/bound_tier.md, lower k-th margin bounds for ~1.5x the time)
+        # intermediate bounds are optimised jointly where that proves more per second (AlphaOptions' "auto", the
+        # tier's default, decided per query by the check's JointPolicy from the earlier queries' figures:
+        # benchmarks/results/bound_tier.md, lower k-th margin bounds for ~1.5x the time)
         self.bounds = bounds or BoundCheck("alpha")
         self.milp = milp or MilpVerifier(solver, tightening)
         self.use_attack = use_attack
