@@ -18,6 +18,19 @@ average is recorded).
 
     OPENBLAS_NUM_THREADS=1 python -m benchmarks bound-tier [--images 5] [--radii 1.02 1.05 1.1]
         [--devset DIR] [--out benchmarks/results/bound_tier.md]
+
+``--sequence`` asks the tier a *sequence* of related queries per model and image instead, as a search does (warm
+starts kept between the queries of one network and target): grow the box by :data:`GROWTH` per query until the tier
+fails to prove it, then bisect (geometric middle) between the last proven and the first failed size for
+``--seq-steps`` queries. Sizes are scales of the stored layered search vector (from 0.9) or of the largest
+whole-image L∞ radius CROWN proves (from 1.0). Each sequence runs three times, its queries following its own
+answers: ``off`` (frozen intermediate bounds), ``on`` (the joint pass wherever it runs: ``joint_intermediate="auto"``
+without a policy, the tier's choice before the policy) and ``policy`` (``"auto"`` decided per query by a
+:class:`~mlrobust.bounds.joint_policy.JointPolicy`, as the cascade's bound check does now); per variant the boxes
+proven, the largest size proven and the seconds in all.
+
+    OPENBLAS_NUM_THREADS=1 python -m benchmarks bound-tier --sequence [--images 5] [--seq-steps 8]
+        [--out benchmarks/results/bound_tier_sequence.md]
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 NEIGHBORHOODS = ROOT / "benchmarks" / "results" / "scale_neighborhoods.json"
 OUT = ROOT / "benchmarks" / "results" / "bound_tier.md"
+OUT_SEQUENCE = ROOT / "benchmarks" / "results" / "bound_tier_sequence.md"
 DEVSET = ROOT / "benchmarks" / "devset" / "models"
 #: A bound-tier query slower than this misses the tier's time target (issue 18: ≤ 1 s per query on 64x64 nets).
 SLOW_QUERY_S = 1.0
@@ -48,6 +62,11 @@ K = 2
 SCALES = (1.0, 1.05, 1.1)
 RADII = (1.02, 1.05, 1.1)  # times the largest radius CROWN proves on that model and image
 METHODS = ("frozen", "joint")
+VARIANTS = ("off", "on", "policy")  # --sequence: frozen, joint wherever it runs, decided per query by JointPolicy
+#: --sequence: growth per query while the tier proves, the largest size asked, and the bisection steps after it
+GROWTH = 1.05
+MAX_SIZE = 2.0
+SEQ_STEPS = 8
 
 
 def tier_query(network, lower: np.ndarray, upper: np.ndarray, target: int, method: str,
@@ -143,6 +162,174 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
 
 
+def run_sequence(network, box_at: Callable[[float], tuple[np.ndarray, np.ndarray]], start: float, target: int,
+                 variant: str, steps: int = SEQ_STEPS, budget: float = 10.0,
+                 clock: Callable[[], float] = time.perf_counter) -> dict:
+    """A search's sequence of bound-tier queries on the boxes ``box_at(size)`` (one warm-start cache for the
+    sequence), with the joint pass ``off``, ``on`` or decided by a fresh ``policy``: the size grows by
+    :data:`GROWTH` from ``start`` while proven (up to :data:`MAX_SIZE`), then ``steps`` bisection queries between
+    the last proven and the first failed size. Returns boxes proven, the largest size proven (0: none), seconds in
+    all (``clock``), α-CROWN calls (CROWN left the box open), the calls that ran the joint pass, and per query its
+    size, k-th margin bound and the policy's choice."""
+    from mlrobust.bounds.alpha_crown import AlphaOptions
+    from mlrobust.bounds.alpha_margin import AlphaCache
+    from mlrobust.bounds.joint_policy import JointPolicy
+    from mlrobust.bounds.tier import tighten
+    from mlrobust.verify.bound_check import margin_range
+    from mlrobust.verify.verdict import ROBUST_TOLERANCE
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    cache = AlphaCache()
+    policy = JointPolicy(clock=clock) if variant == "policy" else None
+    options = AlphaOptions(joint_intermediate="off") if variant == "off" else None  # None: the tier's "auto"
+    out: dict = {"proven": 0, "largest": 0.0, "seconds": 0.0, "alpha_calls": 0, "joint_runs": 0, "sizes": [],
+                 "kth": [], "choices": []}
+
+    def ask(size: float) -> bool:
+        lo, hi = box_at(size)
+        t0 = clock()
+        tight = tighten(network, lo, hi, "alpha", target=target, time_budget=budget, k=K, alpha_options=options,
+                        alpha_cache=cache, joint_policy=policy)
+        out["seconds"] += clock() - t0
+        kth = float(margin_range(tight, target, K)[1])
+        proven = kth < -ROBUST_TOLERANCE
+        out["proven"] += proven
+        if proven:
+            out["largest"] = max(out["largest"], size)
+        out["sizes"].append(size)
+        out["kth"].append(kth)
+        ran = tight.stats.get("joint")  # absent where CROWN decided alone
+        out["alpha_calls"] += ran is not None
+        out["joint_runs"] += ran == "on"
+        out["choices"].append(tight.stats.get("joint_choice") if ran is not None else None)
+        return proven
+
+    good, size = 0.5 * start, start
+    while size <= MAX_SIZE and ask(size):
+        good, size = size, size * GROWTH
+    bad = min(size, MAX_SIZE)
+    for _ in range(steps if good < bad else 0):
+        mid = float(np.sqrt(good * bad))
+        if ask(mid):
+            good = mid
+        else:
+            bad = mid
+    return out
+
+
+def run_sequences(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    """Every (model, image, kind) sequence with every variant, back to back (see the module doc)."""
+    import torch
+    from PIL import Image
+
+    from benchmarks.bench_scale import box_factory, manifest_images
+    from benchmarks.bench_vnncomp import _git
+    from benchmarks.suite import machine
+    from mlrobust.ir.onnx_import import load_onnx
+
+    torch.set_num_threads(1)
+    info = machine()
+    images = manifest_images(args.examples, args.images)
+    cache = json.loads(args.neighborhoods.read_text()) if args.neighborhoods.is_file() else {}
+    shipped = sorted(p.stem for p in (args.examples / "models").glob("*.onnx"))
+    models = [(m, args.examples / "models" / f"{m}.onnx", True) for m in shipped]
+    if args.devset is not None and args.devset.is_dir():
+        models += [(p.stem, p, False) for p in sorted(args.devset.glob("*.onnx"))]
+    rows: list[dict] = []
+    start = time.perf_counter()
+    image_shape = (1, *np.asarray(Image.open(args.examples / images[0]["file"])).shape)
+
+    def one(model: str, image: str, kind: str, network, target: int, box_at: Callable, start: float) -> None:
+        row = {"model": model, "image": image, "kind": kind, "target": target}
+        for v in VARIANTS:
+            row[v] = run_sequence(network, box_at, start, target, v, steps=args.seq_steps)
+        rows.append(row)
+        log(" ".join([f"{model}/{image} {kind}:"] + [f"{v} {row[v]['proven']}/{len(row[v]['sizes'])} proven, up to "
+                                                      f"{row[v]['largest']:.4f}, {row[v]['seconds']:.1f} s;"
+                                                      for v in VARIANTS]))
+
+    for model, path, has_vectors in models:
+        network = load_onnx(path)
+        if tuple(network.sample_shape) != image_shape:
+            log(f"{model}: skipped (input {tuple(network.sample_shape)}, the manifest's images are {image_shape})")
+            continue
+        for entry in images:
+            key = f"{model}/{entry['id']}"
+            if has_vectors and key in cache:
+                eps = np.asarray(cache[key]["epsilons"], dtype=np.float64)
+                net_l, target_l, box = box_factory(args.examples, model, entry, eps)
+
+                def layered(size: float, box=box) -> tuple[np.ndarray, np.ndarray]:
+                    b = box(size)
+                    return b.lower, b.upper
+
+                one(model, entry["id"], "layered", net_l, target_l, layered, 0.9)
+            x = np.asarray(Image.open(args.examples / entry["file"]), dtype=np.float64)[None] / 255.0
+            target = _target(network, x, int(entry["target_label"]))
+            r_crown = crown_radius(network, x, target)
+
+            def linf(size: float, x=x, r_crown=r_crown) -> tuple[np.ndarray, np.ndarray]:
+                return np.clip(x - size * r_crown, 0.0, 1.0), np.clip(x + size * r_crown, 0.0, 1.0)
+
+            one(model, entry["id"], "linf", network, target, linf, 1.0)
+    return {"command": "python -m benchmarks bound-tier " + " ".join(args.argv), "machine": info, "git": _git(),
+            "rows": rows, "seconds": time.perf_counter() - start, "sequence": True, "steps": args.seq_steps,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+
+
+def sequence_markdown(results: dict) -> str:
+    rows = results["rows"]
+    m = results["machine"]
+    out = ["# Bound tier on a search's sequences of queries: joint pass off, on, or decided by gain per second", "",
+           f"`{results['command']}` — {m.get('cpus')} CPUs shared with other work, one thread; load average at "
+           f"start {m.get('load_average_at_start')}, at the end {results.get('load_average_at_end', '?')}; code "
+           f"{results.get('git', '?')}; {results['seconds']:.0f} s. Timings are indicative (wall-clock on a shared "
+           "machine).", "",
+           "Each sequence asks the bound tier (CROWN, then α-CROWN where CROWN leaves the box open; warm starts kept "
+           "between the queries, as a search's bound check does) about one model, image and target, as a search "
+           f"does: the box grows by {GROWTH:g}× per query while the tier proves it, then {results['steps']} "
+           "bisection queries between the last proven and the first failed size. Size: scale of the stored layered "
+           "search vector (from 0.9), or of the largest whole-image L∞ radius CROWN proves (linf, from 1.0). Each "
+           "variant follows its own answers: `off` frozen intermediate bounds; `on` the joint pass wherever it runs "
+           "(the tier's \"auto\" before the policy); `policy` \"auto\" decided per query by `JointPolicy`. "
+           "Proven: queries whose k-th margin bound is below −1e-4; largest: the largest size proven, as a ratio "
+           "to `on`'s (geometric mean over the sequences); seconds: all queries; joint: the policy's α calls that "
+           "ran the joint pass.", "",
+           "## Summary", "",
+           "| model | kind | sequences | queries off / on / policy | proven off / on / policy | largest off / policy "
+           "vs on | s off / on / policy | joint (policy) |", "|---|---|---|---|---|---|---|---|"]
+
+    def ratio(rs: list[dict], v: str) -> str:
+        pairs = [(r[v]["largest"], r["on"]["largest"]) for r in rs if r[v]["largest"] > 0 and r["on"]["largest"] > 0]
+        return f"{float(np.exp(np.mean([np.log(a / b) for a, b in pairs]))):.4f}" if pairs else "–"
+
+    groups = sorted({(r["model"], r["kind"]) for r in rows})
+    for model, kind in groups + [("all", "all")]:
+        rs = [r for r in rows if (model == "all" or r["model"] == model) and (kind == "all" or r["kind"] == kind)]
+        if not rs:
+            continue
+        name = "**all**" if model == "all" else model
+        out.append(f"| {name} | {kind} | {len(rs)} | "
+                   + " / ".join(str(sum(len(r[v]["sizes"]) for r in rs)) for v in VARIANTS) + " | "
+                   + " / ".join(str(sum(r[v]["proven"] for r in rs)) for v in VARIANTS) + " | "
+                   + f"{ratio(rs, 'off')} / {ratio(rs, 'policy')} | "
+                   + " / ".join(f"{sum(r[v]['seconds'] for r in rs):.1f}" for v in VARIANTS) + " | "
+                   f"{sum(r['policy']['joint_runs'] for r in rs)} of {sum(r['policy']['alpha_calls'] for r in rs)} |")
+    out += ["", "## Every sequence", "",
+            "| model | image | kind | target | proven off / on / policy | largest off / on / policy | "
+            "s off / on / policy | policy's choices |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        choices = "".join({"joint": "J", "frozen": "F"}.get(c, "·") for c in r["policy"]["choices"])
+        out.append(f"| {r['model']} | {r['image']} | {r['kind']} | {r['target']} | "
+                   + " / ".join(str(r[v]["proven"]) for v in VARIANTS) + " | "
+                   + " / ".join(f"{r[v]['largest']:.4f}" for v in VARIANTS) + " | "
+                   + " / ".join(f"{r[v]['seconds']:.1f}" for v in VARIANTS) + f" | `{choices}` |")
+    out += ["", "Choices: one letter per query of the policy's sequence, J joint, F frozen, · CROWN decided alone "
+            "(no α call)."]
+    return "\n".join(out) + "\n"
+
+
 def _line(row: dict) -> str:
     f, j = row["frozen"], row["joint"]
     return (f"{row['model']}/{row['image']} {row['kind']} {row['size']:g}: frozen {f['kth']:+.4f} "
@@ -212,15 +399,22 @@ def main(argv: list[str] | None = None) -> int:
                         "when present)")
     p.add_argument("--examples", type=Path, default=EXAMPLES)
     p.add_argument("--neighborhoods", type=Path, default=NEIGHBORHOODS, help="stored search vectors (JSON)")
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--sequence", action="store_true",
+                   help="sequences of growing boxes per model and image, joint pass off / on / by policy")
+    p.add_argument("--seq-steps", type=int, default=SEQ_STEPS,
+                   help="--sequence: bisection queries after the growth")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"default {OUT.relative_to(ROOT)} ({OUT_SEQUENCE.relative_to(ROOT)} with --sequence)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     args.argv = argv
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
-    results = run(args, log)
+    if args.out is None:
+        args.out = OUT_SEQUENCE if args.sequence else OUT
+    results = run_sequences(args, log) if args.sequence else run(args, log)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    args.out.write_text(markdown(results))
+    args.out.write_text(sequence_markdown(results) if args.sequence else markdown(results))
     log(f"wrote {args.out}")
     return 0
 

@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ir_factories import reference_network, sample_box
 
-from mlrobust.bounds.joint_policy import EXPLORE_CALLS, MIN_PROOFS, REEXPLORE_EVERY, WINDOW, JointPolicy
+from mlrobust.bounds.joint_policy import (
+    EXPLORE_CALLS,
+    MIN_PROOFS,
+    REEXPLORE_EVERY,
+    WINDOW,
+    JointPolicy,
+    progress,
+)
 from mlrobust.bounds.tier import tighten
 from mlrobust.verify.bound_check import BoundCheck, margin_range
 from mlrobust.verify.spec import Box
@@ -79,6 +86,22 @@ def test_while_proofs_are_few_the_margin_gain_per_second_decides():
     choice = policy.choose(FAMILY)
     assert not choice.joint and choice.reason.endswith("tie: cheaper")
     assert MIN_PROOFS > 1  # one proof alone is "few": it would otherwise flip the choice on luck
+
+
+def test_the_gain_counts_as_the_share_of_the_way_to_a_proof():
+    assert progress(0.05, 0.1, False) == pytest.approx(0.5)
+    assert progress(1.95, 2.0, False) == pytest.approx(0.025)  # the same 0.05 on a box far from a proof
+    assert progress(-0.3, 0.1, True) == 1.0 and progress(-0.3, 2.0, True) == 1.0
+    assert progress(0.2, 0.1, False) == 0.0 and progress(float("nan"), 0.1, False) == 0.0
+    assert progress(0.0, -5e-5, False) == 0.0  # CROWN left it within the tolerance: nothing to share out
+
+
+def test_a_gain_on_hopeless_boxes_does_not_outweigh_one_near_a_proof():
+    policy = JointPolicy()
+    for _ in range(EXPLORE_CALLS):  # joint: 0.5 lower on boxes CROWN left at +2; frozen: 0.05 on boxes left at +0.1
+        policy.record(FAMILY, True, 0.5, False, 1.5, 2.0)
+        policy.record(FAMILY, False, 0.5, False, 0.05, 0.1)
+    assert policy.choose(FAMILY).arm == "frozen"
 
 
 def test_the_other_arm_is_measured_again_every_so_often():

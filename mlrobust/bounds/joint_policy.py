@@ -147,9 +147,8 @@ class JointPolicy:
         """One measured call of ``family`` that ran the joint pass (``joint``) or not: its ``seconds``, whether it
         ``proven`` the query, the k-th margin bound it reached (``kth``) and CROWN's (``crown_kth``)."""
         fam = self._family(family)
-        gain = crown_kth - kth if math.isfinite(crown_kth) and math.isfinite(kth) else 0.0
         arm = fam.arms["joint" if joint else "frozen"]
-        arm.outcomes.append(Outcome(max(float(seconds), 0.0), bool(proven), max(float(gain), 0.0)))
+        arm.outcomes.append(Outcome(max(float(seconds), 0.0), bool(proven), progress(kth, crown_kth, proven)))
         arm.calls += 1
         fam.calls += 1
         arm.last = fam.calls
@@ -161,6 +160,18 @@ class JointPolicy:
                                   "gain_per_second": round(a.gain_per_second, 4)}
                            for name, a in fam.arms.items()}
                 for key, fam in self._store.items()}
+
+
+def progress(kth: float, crown_kth: float, proven: bool) -> float:
+    """A call's k-th margin gain as the share of the way to a proof it went: ``(crown_kth - kth) / crown_kth`` in
+    [0, 1], 1 for a proof. CROWN left ``crown_kth >= 0`` (else α would not have run); the same gain brings a box
+    CROWN left at +0.1 to a proof and one left at +2 nowhere near it, so the raw difference would reward lowering
+    hopeless bounds."""
+    if proven:
+        return 1.0
+    if not (math.isfinite(kth) and math.isfinite(crown_kth)) or crown_kth <= 0:
+        return 0.0
+    return float(min(max((crown_kth - kth) / crown_kth, 0.0), 1.0))
 
 
 def _favoured(joint: ArmRecord, frozen: ArmRecord) -> tuple[str, str]:
