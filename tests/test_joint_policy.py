@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ir_factories import reference_network, sample_box
 
+from mlrobust.bounds.alpha_margin import TopKBound
 from mlrobust.bounds.joint_policy import (
     EXPLORE_CALLS,
     MIN_PROOFS,
@@ -24,6 +25,17 @@ from mlrobust.verify.bound_check import BoundCheck, margin_range
 from mlrobust.verify.spec import Box
 
 FAMILY = ("net", 3)
+
+
+class StepClock:
+    """A clock that moves by ``step`` seconds each time it is read (every tier call is then 'step' long)."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
 
 
 def _explored(policy: JointPolicy, joint: tuple[float, bool, float], frozen: tuple[float, bool, float]) -> None:
@@ -86,6 +98,56 @@ def test_while_proofs_are_few_the_margin_gain_per_second_decides():
     choice = policy.choose(FAMILY)
     assert not choice.joint and choice.reason.endswith("tie: cheaper")
     assert MIN_PROOFS > 1  # one proof alone is "few": it would otherwise flip the choice on luck
+
+
+class FakeAlpha:
+    """Stands for the tier's α call: a fixed k-th bound per arm (CROWN's 0.5), ``seconds`` per call on ``clock``."""
+
+    def __init__(self, clock: StepClock, joint_kth: float, frozen_kth: float, joint_runs: bool = True):
+        self.clock, self.kth = clock, {True: joint_kth, False: frozen_kth}
+        self.joint_runs, self.calls = joint_runs, []
+
+    def __call__(self, joint: bool) -> TopKBound:
+        self.calls.append(joint)
+        ran = "on" if joint and self.joint_runs else "off"
+        kth = self.kth[joint and self.joint_runs]
+        return TopKBound(np.zeros(3), np.zeros(3), kth, 0.5, 0.1, {"joint": ran})
+
+
+def test_an_exploring_frozen_call_that_leaves_the_box_open_is_followed_by_a_joint_one():
+    clock = StepClock(0.1)
+    policy = JointPolicy(clock=clock)
+    alpha = FakeAlpha(clock, joint_kth=-0.2, frozen_kth=0.3)
+    answers = [policy.run(FAMILY, alpha, clock()) for _ in range(4)]
+    assert alpha.calls == [True, False, True, False, True, True]  # J, F then J, F then J, and then J (exploit)
+    assert [a[0].kth_upper for a in answers] == [-0.2] * 4  # exploring cost no proof
+    assert [a[1].get("joint_followed", False) for a in answers] == [False, True, True, False]
+    assert answers[3][1]["joint_reason"].startswith("proofs per second")
+    figures = policy.to_dict()[str(FAMILY)]
+    assert (figures["joint"]["calls"], figures["frozen"]["calls"]) == (4, 2)
+    assert figures["joint"]["window_seconds"] == pytest.approx(0.8)  # CROWN's tick and α's per call
+
+
+def test_no_follow_up_where_frozen_proves_is_favoured_or_the_joint_pass_never_runs():
+    clock = StepClock(0.1)
+    policy = JointPolicy(clock=clock)
+    proves = FakeAlpha(clock, joint_kth=-0.2, frozen_kth=-0.1)
+    for _ in range(4):
+        policy.run(FAMILY, proves, clock())
+    assert proves.calls == [True, False, True, False]
+    policy = JointPolicy(clock=clock)
+    for _ in range(EXPLORE_CALLS):  # frozen measured better: joint costs ten times as much for the same bound
+        policy.record(FAMILY, True, 1.0, False, 0.3, 0.5)
+        policy.record(FAMILY, False, 0.1, False, 0.3, 0.5)
+    open_box = FakeAlpha(clock, joint_kth=0.3, frozen_kth=0.3)
+    _, notes = policy.run(FAMILY, open_box, clock())
+    assert open_box.calls == [False] and notes["joint_choice"] == "frozen" and "joint_followed" not in notes
+    policy = JointPolicy(clock=clock)
+    unavailable = FakeAlpha(clock, joint_kth=-0.2, frozen_kth=0.3, joint_runs=False)
+    for _ in range(3):
+        policy.run(FAMILY, unavailable, clock())
+    assert unavailable.calls == [True, True, True]  # asked for joint, ran frozen: recorded as frozen, nothing follows
+    assert policy.to_dict()[str(FAMILY)]["joint"]["calls"] == 0
 
 
 def test_the_gain_counts_as_the_share_of_the_way_to_a_proof():
@@ -158,17 +220,6 @@ def test_the_choice_is_a_function_of_the_measurements_and_no_arm_starves(outcome
 
 
 # --- the bound tier with a policy -----------------------------------------------------------------------------
-class StepClock:
-    """A clock that moves by ``step`` seconds each time it is read (every tier call is then 'step' long)."""
-
-    def __init__(self, step: float) -> None:
-        self.now, self.step = 0.0, step
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
-
-
 @pytest.fixture(scope="module")
 def open_boxes():
     """A 16x16 network of the reference architecture and two whole-image boxes CROWN leaves open (α runs)."""
@@ -193,13 +244,15 @@ def test_auto_with_a_policy_records_its_choice_and_stays_sound(open_boxes):
         kth = margin_range(tight, target, 2)[1]
         assert kth <= crown_kth + 1e-12  # never looser than CROWN's
         assert _kth_margin(net, lo, hi, target, i) <= kth  # and sound: no sampled input above it
-        seen.append((tight.stats["joint_choice"], tight.stats["joint"]))
-        assert tight.stats["joint_reason"].startswith("explore")
-    assert seen == [("joint", "on"), ("frozen", "off")] * 2
+        seen.append((tight.stats["joint_choice"], tight.stats.get("joint_followed", False)))
+        assert tight.stats["joint_reason"].startswith("explore" if i < 3 else "k-th margin gain per second")
+    # joint first; the exploring frozen calls leave the boxes open, so a joint call follows each on the same box
+    assert seen[:3] == [("joint", False), ("frozen", True), ("frozen", True)] and not seen[3][1]
     figures = policy.to_dict()[str((id(net), target))]
-    # the made-up costs: the clock is read once at the start and once at the end of each call
-    assert figures["joint"]["calls"] == figures["frozen"]["calls"] == 2
-    assert figures["joint"]["window_seconds"] == figures["frozen"]["window_seconds"] == pytest.approx(0.5)
+    assert figures["joint"]["calls"] + figures["frozen"]["calls"] == 6 and figures["frozen"]["calls"] >= 2
+    # the made-up costs: CROWN's part (one tick) and α's (one tick) for every call measured, follow-ups included
+    assert figures["joint"]["window_seconds"] == pytest.approx(0.5 * figures["joint"]["calls"])
+    assert figures["frozen"]["window_seconds"] == pytest.approx(0.5 * figures["frozen"]["calls"])
 
 
 def test_explicit_joint_settings_bypass_the_policy(open_boxes):

@@ -26,6 +26,13 @@ are recorded: where CROWN alone decides, the choice changes nothing.
    (``(G_f + ΔG) / (T_f + ΔT) > G_f / T_f`` iff ``ΔG / ΔT > G_f / T_f``). A tie goes to the arm with fewer seconds
    per call.
 
+Exploring must not cost the query its answer: a frozen call made to explore (not because frozen measured better)
+that leaves the box open is followed by a joint call on the same box (:meth:`JointPolicy.run`), whose bound the
+tier keeps where it is lower. Without that, in a search that grows a box while the tier proves it, one exploring
+frozen call that fails where the joint pass would prove ends the growth there for good. The follow-up is measured
+too: the two arms on the same box. It is skipped where the joint pass has never run on the family (unavailable
+there: the second call would repeat the first).
+
 Everything is a function of the recorded figures, so the choice is deterministic given them. The clock is
 injectable (tests record made-up costs). A choice of "joint" is a request: the joint pass can still be unavailable
 (a network without a supported conv chain, a box with no neuron whose bounds matter) or skip itself over its work
@@ -40,6 +47,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
+from mlrobust.bounds.alpha_margin import TopKBound
+
 ARMS = ("joint", "frozen")
 #: Calls each arm is measured before the policy exploits (the first open calls alternate between the arms).
 EXPLORE_CALLS = 2
@@ -49,6 +58,9 @@ WINDOW = 8
 REEXPLORE_EVERY = 8
 #: Proofs in the two windows together below which the k-th margin gain per second decides instead of proofs.
 MIN_PROOFS = 2
+#: A k-th margin bound below minus this proves the query (``alpha_topk_bounds``' tolerance, the verdict's
+#: ``ROBUST_TOLERANCE``).
+PROOF_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,7 @@ class JointChoice:
 
     joint: bool
     reason: str
+    exploring: bool = False  # explore or re-explore: not the arm the measurements favour
 
     @property
     def arm(self) -> str:
@@ -134,13 +147,42 @@ class JointPolicy:
         joint, frozen = fam.arms["joint"], fam.arms["frozen"]
         if min(joint.calls, frozen.calls) < EXPLORE_CALLS:
             return JointChoice(joint.calls <= frozen.calls,
-                               f"explore: {joint.calls} joint and {frozen.calls} frozen calls measured")
+                               f"explore: {joint.calls} joint and {frozen.calls} frozen calls measured", True)
         favoured, why = _favoured(joint, frozen)
         other = "frozen" if favoured == "joint" else "joint"
         if fam.calls - fam.arms[other].last >= REEXPLORE_EVERY:
             return JointChoice(other == "joint", f"re-explore: {other} not run for {fam.calls - fam.arms[other].last} "
-                                                 f"calls ({why})")
+                                                 f"calls ({why})", True)
         return JointChoice(favoured == "joint", why)
+
+    def run(self, family: Hashable, alpha: Callable[[bool], TopKBound], started: float) -> tuple[TopKBound, dict]:
+        """The α-CROWN part of one bound-tier call of ``family``, as the policy chooses: ``alpha(joint)`` runs it
+        with the joint pass or without; ``started`` is the clock when the tier call began (its CROWN part is
+        charged to whichever arm runs). Records what ran, follows an exploring frozen call that leaves the box open
+        with a joint one (see the module doc), and returns the result kept and the notes for the tier's stats
+        (``joint_choice``, ``joint_reason``, ``joint_followed``)."""
+        choice = self.choose(family)
+        t0 = self.clock()
+        common = t0 - started
+        top = alpha(choice.joint)
+        t1 = self.clock()
+        notes: dict = {"joint_choice": choice.arm, "joint_reason": choice.reason}
+        ran = top.stats.get("joint")
+        if ran is None:  # CROWN decided alone (α had nothing to do): the choice changed nothing
+            return top, notes
+        proven = top.kth_upper < -PROOF_TOLERANCE
+        self.record(family, ran == "on", common + t1 - t0, proven, top.kth_upper, top.crown_kth_upper)
+        fam = self._family(family)
+        if choice.exploring and ran != "on" and not proven and fam.arms["joint"].calls > 0:
+            second = alpha(True)
+            t2 = self.clock()
+            if second.stats.get("joint") == "on":
+                self.record(family, True, common + t2 - t1, second.kth_upper < -PROOF_TOLERANCE, second.kth_upper,
+                            second.crown_kth_upper)
+            notes["joint_followed"] = True
+            if second.kth_upper <= top.kth_upper:
+                top = second
+        return top, notes
 
     def record(self, family: Hashable, joint: bool, seconds: float, proven: bool, kth: float,
                crown_kth: float) -> None:

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 from mlrobust.bounds import margin_bounds, propagate
 from mlrobust.bounds.alpha_crown import AlphaOptions, tighten_intermediate
-from mlrobust.bounds.alpha_margin import AlphaCache, alpha_topk_bounds
+from mlrobust.bounds.alpha_margin import AlphaCache, TopKBound, alpha_topk_bounds
 from mlrobust.bounds.ibp import intersect_intervals
 from mlrobust.bounds.joint_policy import JointPolicy
 from mlrobust.bounds.result import Bounds
@@ -40,9 +40,6 @@ from mlrobust.ir.torch_exec import torch_threads
 from mlrobust.ops.base import affine_matrix
 
 METHODS = ("ibp", "crown", "alpha")
-#: A k-th margin bound below minus this proves the query (``alpha_topk_bounds``' tolerance, the verdict's
-#: ``ROBUST_TOLERANCE``): what the joint policy counts as a proof.
-PROOF_TOLERANCE = 1e-4
 
 @dataclass
 class Tightened:
@@ -159,17 +156,19 @@ def _tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str
     if method == "alpha" and target is not None and L is not None and U is not None:
         opts = _alpha_options(alpha_options, time_budget, start)
         family = (id(network), int(target))
-        choice = None
-        if joint_policy is not None and opts.joint_intermediate == "auto":
-            choice = joint_policy.choose(family)
-            opts = replace(opts, joint_intermediate="auto" if choice.joint else "off")  # "auto": the work cap guards
-        top = alpha_topk_bounds(network, bounds, target, k, L, U, options=opts, cache=alpha_cache, family=family)
-        stats.update(top.stats, crown_kth_upper=top.crown_kth_upper, alpha_seconds=top.seconds)
-        if choice is not None and joint_policy is not None and policy_start is not None:
-            stats.update(joint_choice=choice.arm, joint_reason=choice.reason)
-            if "joint" in top.stats:  # α ran (CROWN did not decide alone): the choice mattered, measure it
-                joint_policy.record(family, top.stats["joint"] == "on", joint_policy.clock() - policy_start,
-                                    top.kth_upper < -PROOF_TOLERANCE, top.kth_upper, top.crown_kth_upper)
+        notes: dict = {}
+        if joint_policy is not None and policy_start is not None and opts.joint_intermediate == "auto":
+
+            def alpha(joint: bool) -> TopKBound:  # "auto" when joint: the work cap still guards the pass
+                left = replace(_alpha_options(alpha_options, time_budget, start),
+                               joint_intermediate="auto" if joint else "off")
+                return alpha_topk_bounds(network, bounds, target, k, L, U, options=left, cache=alpha_cache,
+                                         family=family)
+
+            top, notes = joint_policy.run(family, alpha, policy_start)
+        else:
+            top = alpha_topk_bounds(network, bounds, target, k, L, U, options=opts, cache=alpha_cache, family=family)
+        stats.update(top.stats, **notes, crown_kth_upper=top.crown_kth_upper, alpha_seconds=top.seconds)
         if top.intermediate:  # jointly optimised pre-activation bounds: hand them on (the MILP's big-M, BaB's root)
             lows, ups = dict(bounds.lower), dict(bounds.upper)
             for t, (lo, hi) in top.intermediate.items():
