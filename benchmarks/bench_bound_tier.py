@@ -293,9 +293,11 @@ def sequence_markdown(results: dict) -> str:
            "search vector (from 0.9), or of the largest whole-image L∞ radius CROWN proves (linf, from 1.0). Each "
            "variant follows its own answers: `off` frozen intermediate bounds; `on` the joint pass wherever it runs "
            "(the tier's \"auto\" before the policy); `policy` \"auto\" decided per query by `JointPolicy`. "
-           "Proven: queries whose k-th margin bound is below −1e-4; largest: the largest size proven, as a ratio "
-           "to `on`'s (geometric mean over the sequences); seconds: all queries; joint: the policy's α calls that "
-           "ran the joint pass.", "",
+           "Proven: queries whose k-th margin bound is below −1e-4 (each variant asks its own sizes, so a variant that "
+           "grows further bisects where fewer boxes are provable: the count is not the measure of strength); "
+           "largest: the largest size proven, as a ratio to `on`'s (geometric mean over the sequences): the "
+           "result a search would keep; seconds: all queries (for `policy` the joint calls that follow its "
+           "exploring frozen ones included); joint: the policy's α calls that ran the joint pass.", "",
            "## Summary", "",
            "| model | kind | sequences | queries off / on / policy | proven off / on / policy | largest off / policy "
            "vs on | s off / on / policy | joint (policy) |", "|---|---|---|---|---|---|---|---|"]
