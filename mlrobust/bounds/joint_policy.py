@@ -1,14 +1,16 @@
 """Whether the bound tier's next α-CROWN call optimises its intermediate bounds jointly, decided by measured gain per
 second on the queries already asked of the same network and target.
 
-The joint pass (:mod:`mlrobust.bounds.alpha_joint`) gives lower k-th margin bounds for 1.1-2× the seconds of an
-optimisation with frozen intermediate bounds (``benchmarks/results/bound_tier.md``). Whether that pays depends on
-the network and on the boxes: on one model it doubles the proofs, on another it proves the same boxes more slowly.
+The joint pass (:mod:`mlrobust.bounds.alpha_joint`) gives lower k-th margin bounds for 1.4-1.8× the seconds per
+query (medians) of an optimisation with frozen intermediate bounds (``benchmarks/results/bound_tier.md``). Whether
+that pays depends on the network and on the boxes: on one development model it proves 8 whole-image boxes of 15
+where frozen bounds prove 2, on another the same 3, more slowly.
 A fixed switch cannot know which; the queries of a search can measure it. :class:`JointPolicy` keeps, per query
 family (the key of :class:`~mlrobust.bounds.alpha_margin.AlphaCache`: network and target), the last
 :data:`WINDOW` outcomes of each *arm* ("joint" and "frozen"): the seconds of the bound-tier call, whether it proved
-the query, and how far it lowered the k-th margin's bound below CROWN's (its *gain*). Only calls where α-CROWN ran
-are recorded: where CROWN alone decides, the choice changes nothing.
+the query, and its *gain*: the share of the way from CROWN's k-th margin bound to a proof it went
+(:func:`progress`). Only calls where α-CROWN ran are recorded: where CROWN alone decides, the choice changes
+nothing.
 
 :meth:`JointPolicy.choose` answers for the next call, in this order:
 
@@ -173,7 +175,7 @@ class JointPolicy:
         proven = top.kth_upper < -PROOF_TOLERANCE
         self.record(family, ran == "on", common + t1 - t0, proven, top.kth_upper, top.crown_kth_upper)
         fam = self._family(family)
-        if choice.exploring and ran != "on" and not proven and fam.arms["joint"].calls > 0:
+        if choice.exploring and not choice.joint and not proven and fam.arms["joint"].calls > 0:
             second = alpha(True)
             t2 = self.clock()
             if second.stats.get("joint") == "on":
@@ -187,7 +189,7 @@ class JointPolicy:
     def record(self, family: Hashable, joint: bool, seconds: float, proven: bool, kth: float,
                crown_kth: float) -> None:
         """One measured call of ``family`` that ran the joint pass (``joint``) or not: its ``seconds``, whether it
-        ``proven`` the query, the k-th margin bound it reached (``kth``) and CROWN's (``crown_kth``)."""
+        proved the query (``proven``), the k-th margin bound it reached (``kth``) and CROWN's (``crown_kth``)."""
         fam = self._family(family)
         arm = fam.arms["joint" if joint else "frozen"]
         arm.outcomes.append(Outcome(max(float(seconds), 0.0), bool(proven), progress(kth, crown_kth, proven)))
