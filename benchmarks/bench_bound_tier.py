@@ -240,10 +240,10 @@ def run_sequences(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     start = time.perf_counter()
     image_shape = (1, *np.asarray(Image.open(args.examples / images[0]["file"])).shape)
 
-    def one(model: str, image: str, kind: str, network, target: int, box_at: Callable, start: float) -> None:
-        row = {"model": model, "image": image, "kind": kind, "target": target}
+    def one(model: str, image: str, kind: str, network, target: int, box_at: Callable, first: float) -> None:
+        row: dict = {"model": model, "image": image, "kind": kind, "target": target}
         for v in VARIANTS:
-            row[v] = run_sequence(network, box_at, start, target, v, steps=args.seq_steps)
+            row[v] = run_sequence(network, box_at, first, target, v, steps=args.seq_steps)
         rows.append(row)
         log(" ".join([f"{model}/{image} {kind}:"] + [f"{v} {row[v]['proven']}/{len(row[v]['sizes'])} proven, up to "
                                                       f"{row[v]['largest']:.4f}, {row[v]['seconds']:.1f} s;"

@@ -8,7 +8,9 @@ fresh process with one CPU thread, once per variant of the cascade:
 
 - ``before``: the bound tier's α-CROWN with frozen intermediate bounds (``AlphaOptions(joint_intermediate="off")``);
 - ``after``: the cascade as shipped (``joint_intermediate="auto"``: intermediate bounds optimised jointly with the
-  output objective where the pass is cheap).
+  output objective where that proves more per second, decided per query by the bound check's
+  :class:`~mlrobust.bounds.joint_policy.JointPolicy`; ``devset_search.md`` was measured before the policy, with the
+  pass on every query below its work cap).
 
 Then, in the same process, the *attack scale* of the returned vector ε* as :mod:`benchmarks.bench_ladder` measures
 it: the smallest s at which PGD (20 restarts × 200 steps) breaks the box of s·ε* (1 or less would be a soundness
