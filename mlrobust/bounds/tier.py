@@ -7,8 +7,8 @@ This is what the cascade's bound check and the MILP builder's callers ask for bo
 - ``alpha``: ``crown``, then α-CROWN (:mod:`mlrobust.bounds.alpha_margin`) on the margins the top-k proof still
   needs: optimised upper bounds of the open classes and, for k = 2, of convex combinations of pairs; the proven
   bound on the k-th largest margin is kept in ``Tightened.kth_upper``. By default (``alpha_options`` None) the
-  last refined pre-activation's bounds may be optimised jointly with the margins
-  (``joint_intermediate="auto"``, :mod:`mlrobust.bounds.alpha_joint`; decided per call as below); the pre-activation bounds that optimisation
+  last refined pre-activation's bounds may be optimised jointly with the margins (``joint_intermediate="auto"``,
+  :mod:`mlrobust.bounds.alpha_joint`; decided per call as below); the pre-activation bounds that optimisation
   tightened replace CROWN's in ``Tightened.bounds`` (re-propagated by intervals), so the MILP and branch and bound
   start from them. With ``AlphaOptions.optimize_intermediate`` the last ReLU pre-activation layer is re-bounded
   first (fewer unstable ReLUs for the MILP). Warm starts come from an
@@ -123,7 +123,7 @@ def tighten(network: Network, lower: np.ndarray, upper: np.ndarray, method: str 
 
 
 def _alpha_options(options: AlphaOptions | None, time_budget: float | None, start: float) -> AlphaOptions:
-    """The options with the time limit cut to what is left of ``time_budget`` (default: the tier's, intermediate
+    """The options with the time limit cut to what is left of ``time_budget`` (default: the tier's,
     intermediate bounds optimised jointly or not as "auto" decides, ``joint_intermediate="auto"``)."""
     options = options or AlphaOptions(joint_intermediate="auto")
     if time_budget is None:
