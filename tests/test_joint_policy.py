@@ -275,3 +275,25 @@ def test_the_bound_check_of_a_search_decides_by_policy_and_reports_it(open_boxes
     verdicts = [check.verify(net, box, target) for _ in range(2)]
     assert [v.stats["bounds"]["joint_choice"] for v in verdicts] == ["joint", "frozen"]
     assert BoundCheck("alpha", warm_start=False).joint_policy is None
+
+
+def test_totals_sum_every_call_of_every_family():
+    policy = JointPolicy()
+    policy.record(FAMILY, True, 0.5, True, -0.1, 0.2)
+    policy.record(("other net", 1), True, 0.25, False, 0.1, 0.2)
+    policy.record(FAMILY, False, 0.125, False, 0.3, 0.2)
+    assert policy.totals() == {"joint": {"calls": 2, "proofs": 1, "seconds": 0.75},
+                               "frozen": {"calls": 1, "proofs": 0, "seconds": 0.125}}
+
+
+def test_a_search_with_the_cascade_reports_the_policys_calls_in_its_details():
+    from test_search_costs import tiny_problem
+
+    from mlrobust.search.run import SearchOptions, run_search
+    from mlrobust.verify.cascade import Cascade
+
+    cascade = Cascade()
+    res = run_search(tiny_problem(cascade, time_limit=20.0), SearchOptions(method="uniform"))
+    assert cascade.bounds.joint_policy is not None
+    assert res.details["joint_policy"] == cascade.bounds.joint_policy.totals()
+    assert set(res.details["joint_policy"]) == {"joint", "frozen"}

@@ -81,6 +81,8 @@ class ArmRecord:
     outcomes: deque[Outcome] = field(default_factory=lambda: deque(maxlen=WINDOW))
     calls: int = 0
     last: int = 0  # the family's measured-call count when this arm last ran
+    total_seconds: float = 0.0  # over every call, not only the window (the summary of a search)
+    total_proofs: int = 0
 
     @property
     def seconds(self) -> float:
@@ -193,9 +195,17 @@ class JointPolicy:
         fam = self._family(family)
         arm = fam.arms["joint" if joint else "frozen"]
         arm.outcomes.append(Outcome(max(float(seconds), 0.0), bool(proven), progress(kth, crown_kth, proven)))
+        arm.total_seconds += max(float(seconds), 0.0)
+        arm.total_proofs += bool(proven)
         arm.calls += 1
         fam.calls += 1
         arm.last = fam.calls
+
+    def totals(self) -> dict:
+        """Per arm, over every family kept: calls measured, proofs and seconds (a search's summary)."""
+        arms = [fam.arms for fam in self._store.values()]
+        return {name: {"calls": sum(a[name].calls for a in arms), "proofs": sum(a[name].total_proofs for a in arms),
+                       "seconds": round(sum(a[name].total_seconds for a in arms), 4)} for name in ARMS}
 
     def to_dict(self) -> dict:
         """Per family (as a string) and arm: measured calls, and over the window proofs, seconds and the rates."""

@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from mlrobust.bounds.alpha_crown import AlphaOptions
+from mlrobust.bounds.joint_policy import JointPolicy
 from mlrobust.errors import InputError
 from mlrobust.search.baselines import bisect_scale, floored_uniform, layer_search, query_seconds, uniform_search
 from mlrobust.search.boundary import (
@@ -248,6 +249,9 @@ def run_search(problem: SearchProblem, options: SearchOptions | None = None) -> 
                          for d in range(n)]
     eps = st.eps
     st.details["costs"] = problem.costs.to_dict()
+    policy = getattr(getattr(problem.verifier, "bounds", None), "joint_policy", None)
+    if isinstance(policy, JointPolicy):  # the bound tier's joint-or-frozen calls (bounds/joint_policy.py)
+        st.details["joint_policy"] = policy.totals()
     maximality = apply_upper_bounds(problem, eps, st.maximality or [], st.delta)
     t_search = st.t_search if st.t_search is not None else time.perf_counter() - t0
     problem.best_eps = eps.copy()
