@@ -29,7 +29,9 @@ Every tensor's final bounds are the intersection with IBP's.
 
 Computation is vectorised in torch float64 (no loop over neurons); the rows of a specification are processed in
 chunks so that no coefficient tensor exceeds ``chunk_elements`` numbers (peak memory a few times that, ~0.5 GB by
-default). Every bound is widened outward by ``FP_REL`` times the magnitude of its terms (see :mod:`mlrobust.bounds`).
+default), and a patch coefficient is concretised over the input box in row slices (:func:`concretise_patch`), so
+that step adds at most the coefficients' own size. Every bound is widened outward by ``FP_REL`` times the magnitude
+of its terms (see :mod:`mlrobust.bounds`).
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ from mlrobust.ops.coeffs import t64 as _t
 from mlrobust.ops.coeffs import unbroadcast as _unbroadcast
 from mlrobust.ops.maxpool2d import maxpool_candidates, pool_index
 
-__all__ = ["DEFAULT_CHUNK_ELEMENTS", "REFINE_CHOICES", "BackSubstitution", "concretise_patch", "crown", "maxpool_candidates", "pool_index",
-           "_conv_adjoint", "_unbroadcast"]
+__all__ = ["DEFAULT_CHUNK_ELEMENTS", "REFINE_CHOICES", "BackSubstitution", "concretise_patch", "crown",
+           "maxpool_candidates", "pool_index", "_conv_adjoint", "_unbroadcast"]
 
 #: Largest coefficient tensor (numbers) of one chunk of specification rows: 2^24 float64 = 128 MiB.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24

@@ -154,7 +154,7 @@ class FsbBranching:
         self.batched = batched
         # Children bounded in one pass: a round's candidates make 2 x candidates children per domain, four times
         # the round's own batch with the defaults, each with its copy of every pre-activation's bounds and its
-        # relaxations (on the 64x64 reference CNN the scoring pass held 0.6 GB more than the bounding step).
+        # relaxations (on the 64x64 reference CNN the scoring pass held 0.7 GB more than the bounding step).
         self.max_children = max(1, int(max_children))
         self.babsr = BabsrBranching(layout)
 
@@ -184,7 +184,7 @@ class FsbBranching:
                       objective: np.ndarray) -> np.ndarray:
         """``(D, k, 2)`` lower bounds of each domain's objective on the two children of each candidate, in passes
         of at most :attr:`max_children` children (at least one domain's); each child's bound is its own, so the
-        passes change no number, only what is held at once."""
+        passes change what is held at once, not the scores (bit for bit on the tests' networks)."""
         d, k = layer.shape
         step = max(1, self.max_children // (2 * k))
         out = np.empty((d, k, 2))
