@@ -357,6 +357,44 @@ def test_fsb_picks_the_candidate_whose_worse_child_bound_is_best(seed):
     assert np.allclose(got.score[0, :n], ref.min(axis=1), rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("seed", [3, 4])
+def test_fsb_scores_in_passes_of_at_most_max_children_are_the_same(seed, monkeypatch):
+    """Scoring the candidates in several passes changes no score and no choice; each pass bounds at most
+    ``max_children`` children (one domain's 2 x candidates where that alone is more)."""
+    import mlrobust.verify.bab.branching as branching_module
+
+    net = random_mlp(seed) if seed % 2 else random_cnn(seed)
+    lo, hi = random_box(net, seed, 0.4)
+    target = int(np.argmax(net.logits(((lo + hi) / 2)[None])[0]))
+    engine = AlphaEngine(net, refresh=False)
+    spec = topk_spec(net.num_classes, target, min(2, net.num_classes - 1), pair_weights=())
+    coeffs = objective_coeffs(spec)
+    b = crown(net, lo, hi)
+    layout = layout_of(engine, coeffs.shape[0])
+    roots = domains_from([engine.root(lo, hi, b.lower, b.upper)], layout)
+    doms, bounded = bound_domains(engine, roots, layout, coeffs)
+    doms = absorb(doms, bounded, spec)
+    first = FsbBranching(layout, engine, coeffs, candidates=4).rank(doms, 2)
+    assert first.available[0] >= 2
+    kids = split_relus(doms, layout.relu_nodes, first.layer[:, :2], first.index[:, :2])  # four distinct domains
+    kids, bounded = bound_domains(engine, kids, layout, coeffs)
+    kids = absorb(kids, bounded, spec)
+    whole = FsbBranching(layout, engine, coeffs, candidates=4, max_children=10_000).rank(kids, 4)
+    sizes: list[int] = []
+    original = branching_module.bounds_at
+
+    def counting(network, domains, *args, **kwargs):
+        sizes.append(domains.size)
+        return original(network, domains, *args, **kwargs)
+
+    monkeypatch.setattr(branching_module, "bounds_at", counting)
+    sliced = FsbBranching(layout, engine, coeffs, candidates=4, max_children=16).rank(kids, 4)
+    assert len(sizes) >= 2 and all(n <= 16 for n in sizes)
+    np.testing.assert_array_equal(sliced.layer, whole.layer)
+    np.testing.assert_array_equal(sliced.index, whole.index)
+    np.testing.assert_allclose(sliced.score, whole.score, rtol=1e-9, atol=1e-12)
+
+
 # --- verdicts: every strategy and split depth agrees with the exact MILP ----------------------------------------
 @pytest.mark.parametrize("branching,levels", [("babsr", 3), ("widest", 2), ("fsb", 1)])
 @given(seed=st.integers(0, 300), radius=st.sampled_from([0.1, 0.3]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,10 @@ from mlrobust.bounds.crown import BackSubstitution, _Patch, _patch_to_dense, cro
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
 from mlrobust.ir.ops import Add, Dense, MaxPool2d, Relu
+from mlrobust.ops.coeffs import masked
+
+# the module itself (``mlrobust.bounds.crown`` as an attribute is the function of that name)
+crown_module = importlib.import_module("mlrobust.bounds.crown")
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(SETTINGS, max_examples=10)
@@ -101,6 +107,50 @@ def test_chunked_rows_give_the_same_bounds():
     for t in net.tensors:
         np.testing.assert_allclose(tiny.lower[t], ref.lower[t], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(tiny.upper[t], ref.upper[t], rtol=1e-12, atol=1e-12)
+
+
+def _dense_concretisation(p: _Patch, lo: torch.Tensor, hi: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The lower bound and term magnitude of each row of ``p`` over ``[lo, hi]``, from its dense coefficients."""
+    a = _patch_to_dense(p, tuple(lo.shape)).reshape(p.a.shape[0], lo.numel()).numpy()
+    lo_, hi_ = lo.reshape(-1).numpy(), hi.reshape(-1).numpy()
+    return (np.where(a >= 0, a * lo_, a * hi_).sum(1), (np.abs(a) * np.maximum(np.abs(lo_), np.abs(hi_))).sum(1))
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31), rows=st.integers(0, 9), c=st.integers(1, 3), ph=st.integers(1, 5),
+       pw=st.integers(1, 5), budget=st.integers(1, 400))
+def test_concretise_patch_in_row_slices_changes_no_number_and_keeps_its_budget(seed, rows, c, ph, pw, budget):
+    rng = np.random.default_rng(seed)
+    h, w = 6, 7
+    lo = torch.as_tensor(rng.uniform(-1.0, 1.0, (c, h, w)))
+    hi = lo + torch.as_tensor(rng.uniform(0.0, 1.0, (c, h, w)))
+    a = torch.as_tensor(rng.normal(size=(rows, c, ph, pw)))
+    oy = torch.as_tensor(rng.integers(-ph + 1, h, rows))
+    ox = torch.as_tensor(rng.integers(-pw + 1, w, rows))
+    p = masked(_Patch(a, oy, ox), h, w)  # entries outside the tensor are zero, as in every patch
+    sizes: list[int] = []
+    original = crown_module._gather
+
+    def counting_gather(full, patch):
+        out = original(full, patch)
+        sizes.append(out.numel())
+        return out
+
+    crown_module._gather = counting_gather
+    try:
+        sliced = crown_module.concretise_patch(p, lo, hi, budget)
+    finally:
+        crown_module._gather = original
+    whole = crown_module.concretise_patch(p, lo, hi, 1 << 30)
+    per_row = int(np.prod(p.a.shape[1:]))
+    # every slice's windows of the box hold at most the budget (one row where a row alone is larger)
+    assert all(n <= max(budget, per_row) for n in sizes)
+    assert len(sizes) == 2 * -(-rows // max(1, budget // per_row))
+    for x, y in zip(sliced, whole):
+        assert torch.equal(x, y)
+    ref_bias, ref_mag = _dense_concretisation(p, lo, hi)
+    np.testing.assert_allclose(whole[0].numpy(), ref_bias, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(whole[1].numpy(), ref_mag, rtol=1e-12, atol=1e-12)
 
 
 def _affine_matrix(net: Network) -> tuple[np.ndarray, np.ndarray]:

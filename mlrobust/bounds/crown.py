@@ -29,7 +29,9 @@ Every tensor's final bounds are the intersection with IBP's.
 
 Computation is vectorised in torch float64 (no loop over neurons); the rows of a specification are processed in
 chunks so that no coefficient tensor exceeds ``chunk_elements`` numbers (peak memory a few times that, ~0.5 GB by
-default). Every bound is widened outward by ``FP_REL`` times the magnitude of its terms (see :mod:`mlrobust.bounds`).
+default), and a patch coefficient is concretised over the input box in row slices (:func:`concretise_patch`), so
+that step adds at most the coefficients' own size. Every bound is widened outward by ``FP_REL`` times the magnitude
+of its terms (see :mod:`mlrobust.bounds`).
 """
 
 from __future__ import annotations
@@ -55,13 +57,41 @@ from mlrobust.ops.coeffs import t64 as _t
 from mlrobust.ops.coeffs import unbroadcast as _unbroadcast
 from mlrobust.ops.maxpool2d import maxpool_candidates, pool_index
 
-__all__ = ["DEFAULT_CHUNK_ELEMENTS", "REFINE_CHOICES", "BackSubstitution", "crown", "maxpool_candidates", "pool_index",
-           "_conv_adjoint", "_unbroadcast"]
+__all__ = ["DEFAULT_CHUNK_ELEMENTS", "REFINE_CHOICES", "BackSubstitution", "concretise_patch", "crown",
+           "maxpool_candidates", "pool_index", "_conv_adjoint", "_unbroadcast"]
 
 #: Largest coefficient tensor (numbers) of one chunk of specification rows: 2^24 float64 = 128 MiB.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
 
 REFINE_CHOICES = ("unstable", "all")
+
+#: Temporaries of a patch coefficient's size that its concretisation makes at once (the box's lower and upper values
+#: at every window, the chosen end, the absolute values, the products); :func:`concretise_patch` slices its rows so
+#: that together they take at most the coefficient's own size.
+PATCH_TEMPORARIES = 7
+
+
+def concretise_patch(p: _Patch, lo: torch.Tensor, hi: torch.Tensor,
+                     max_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``p`` over the box ``[lo, hi]`` (``(C, H, W)`` each): the lower bound ``Σ a·(lo if a >= 0 else hi)``
+    of its linear function and the magnitude ``Σ |a|·max(|lo|, |hi|)`` of its terms (for the widening), computed in
+    slices of rows holding at most ``max_elements`` coefficients each (at least one row). Each row's sums are the
+    same in any slice, so the slicing bounds the temporaries and changes no number."""
+    s = p.a.shape[0]
+    per_row = max(1, int(np.prod(p.a.shape[1:])))
+    step = max(1, int(max_elements) // per_row)
+    biases, mags = [], []
+    for k in range(0, s, step):
+        part = _Patch(p.a[k:k + step], p.oy[k:k + step], p.ox[k:k + step])
+        lo_w, hi_w, a = _gather(lo, part), _gather(hi, part), part.a
+        n = a.shape[0]
+        biases.append((a * torch.where(a >= 0, lo_w, hi_w)).reshape(n, -1).sum(1))
+        mags.append((a.abs() * torch.maximum(lo_w.abs(), hi_w.abs())).reshape(n, -1).sum(1))
+    if not biases:
+        empty = torch.zeros(0, dtype=p.a.dtype)
+        return empty, empty
+    return torch.cat(biases), torch.cat(mags)
+
 
 class BackSubstitution:
     """Lower bounds of linear functions of any tensor over an input box, by CROWN back-substitution.
@@ -162,14 +192,14 @@ class BackSubstitution:
             self.capture.append((coeff_x, bias.clone(), mag.clone()))
         if coeff_x is not None:
             lo, hi = _t(self.lower[self.network.input_name]), _t(self.upper[self.network.input_name])
-            a_x = coeff_x
             if isinstance(coeff_x, _Patch):
-                lo, hi, a_x = _gather(lo, coeff_x), _gather(hi, coeff_x), coeff_x.a
-            s = a_x.shape[0]
-            if isinstance(coeff_x, _Patch):
-                bias = bias + (a_x * torch.where(a_x >= 0, lo, hi)).reshape(s, -1).sum(1)
-                mag = mag + (a_x.abs() * torch.maximum(lo.abs(), hi.abs())).reshape(s, -1).sum(1)
+                # in row slices: at once, the box's values at every window and the products took about seven
+                # times the coefficients (the peak of a CROWN call at 3x300x300); sliced, at most their size more
+                d_bias, d_mag = concretise_patch(coeff_x, lo, hi, -(-coeff_x.a.numel() // PATCH_TEMPORARIES))
+                bias, mag = bias + d_bias, mag + d_mag
             else:  # the same sums as matrix-vector products: no temporaries the size of the coefficients
+                a_x = coeff_x
+                s = a_x.shape[0]
                 a2 = a_x.reshape(s, -1)
                 lo, hi = lo.reshape(-1), hi.reshape(-1)
                 bias = bias + a2 @ lo + a2.clamp(max=0.0) @ (hi - lo)

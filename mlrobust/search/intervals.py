@@ -49,7 +49,7 @@ def known_upper_bounds(problem: SearchProblem, eps: np.ndarray) -> list[LayerUpp
     n = problem.num_layers
     if not problem.counterexamples:
         return [None] * n
-    req = problem.required_eps(problem.counterexample_points)  # (N, n)
+    req = problem.counterexample_required_eps  # (N, n)
     outside = req > eps[None, :] + INSIDE_SLACK
     n_out = outside.sum(axis=1)
     out: list[LayerUpper | None] = []
@@ -99,7 +99,9 @@ def apply_upper_bounds(problem: SearchProblem, eps: np.ndarray, maximality: list
         cex = problem.counterexamples[up.index]
         if m.refuted_eps is None or value <= m.refuted_eps:
             m.refuted_eps = value
-            m.counterexample = cex.x.reshape(problem.x0.shape).copy()
+            # shared with the store (read-only there), not copied: a 200-layer image refutes a hundred layers or
+            # more, often with the same few points, and a copy each took 2 MB per layer at 3x300x300
+            m.counterexample = cex.x.reshape(problem.x0.shape)
             m.margin = float(cex.margin)
             m.refuted_tier = cex.tier
         if m.status not in ("refuted", "saturated") and m.gap is not None and m.gap <= delta * (1 + 1e-9):

@@ -18,6 +18,7 @@ them first.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -70,7 +71,9 @@ class Budget:
 
 @dataclass
 class QueryRecord:
-    """One answered query: the (saturation-clipped) epsilons, the verdict, who decided, why it was asked."""
+    """One answered query: the (saturation-clipped) epsilons, the verdict, who decided, why it was asked. The verdict
+    is kept without its weak points, and a counterexample is the stored one (:attr:`SearchProblem.counterexamples`),
+    so the log holds no image of its own."""
 
     eps: np.ndarray
     verdict: Verdict
@@ -214,7 +217,10 @@ class SearchProblem:
         self.stats = QueryStats()
         self.robust_eps: list[np.ndarray] = []  # proven-robust vectors, none dominated by another
         self.counterexamples: list[StoredCounterexample] = []
-        self._cex_stack = np.zeros((0, self.x0.size))
+        # Per stored counterexample, the smallest epsilon per layer whose box contains it (rows of required_eps):
+        # (N, r + 1) numbers instead of the (N, P) points, which at 3x300x300 took 2 MB per counterexample again and
+        # as much per copy in every pass over them (the upper bounds read every point at every push step).
+        self._cex_req = np.zeros((0, neighborhood.num_layers))
         self._weak: list[tuple[np.ndarray, list[WeakPoint]]] = []
         self.start = time.perf_counter()
         # What the search displays: updated by the search methods, reported with every query.
@@ -275,18 +281,26 @@ class SearchProblem:
                 return r
         return None
 
+    def box_reach(self, box: Box) -> np.ndarray:
+        """Per layer, the largest ``|x - x0|`` that a point of ``box`` can have (its ``required_eps`` is at most
+        this). Rounding is monotone, so ``lo <= x <= hi`` gives ``fl(|x - x0|) <= max(fl(x0 - lo), fl(hi - x0))``
+        exactly: a point whose required epsilons exceed the reach somewhere is outside the box, with no slack."""
+        x0 = self.x0.ravel()
+        reach = np.maximum(x0 - box.lower.ravel(), box.upper.ravel() - x0)
+        return np.maximum.reduceat(reach[self._layer_order], self._layer_starts)
+
     def contained_counterexample(self, box: Box) -> StoredCounterexample | None:
-        """A stored counterexample lying in ``box``, or None (one vectorised test over all of them)."""
+        """A stored counterexample lying in ``box``, or None: one vectorised test of the stored required epsilons
+        against the box's reach per layer, then the exact containment test for the points that pass it."""
         if not self.counterexamples:
             return None
-        lo, hi = box.lower.ravel(), box.upper.ravel()
-        inside = np.all((self._cex_stack >= lo) & (self._cex_stack <= hi), axis=1)
-        hits = np.flatnonzero(inside)
-        if hits.size == 0:
+        maybe = np.flatnonzero(np.all(self._cex_req <= self.box_reach(box)[None], axis=1))
+        hits = [int(i) for i in maybe if box.contains(self.counterexamples[int(i)].x)]
+        if not hits:
             return None
         # the one with the largest margin is the most convincing to report
-        best = hits[np.argmax([self.counterexamples[i].margin for i in hits])]
-        return self.counterexamples[int(best)]
+        best = hits[int(np.argmax([self.counterexamples[i].margin for i in hits]))]
+        return self.counterexamples[best]
 
     def _cached(self, eps: np.ndarray, box: Box) -> Verdict | None:
         dom = self.known_robust(eps)
@@ -346,18 +360,33 @@ class SearchProblem:
         return NotRobust(tier="projection", seconds=secs, counterexample=best.x, margin=best.margin,
                          weak_points=[best.weak_point()])
 
-    def _remember(self, eps: np.ndarray, verdict: Verdict) -> None:
+    def _remember(self, eps: np.ndarray, verdict: Verdict) -> Verdict:
+        """Keep what ``verdict`` establishes in the caches; returns the verdict as the query log keeps it."""
+        logged: Verdict = dataclasses.replace(verdict, weak_points=[])
         if verdict.is_robust:
             if self.known_robust(eps) is None:
                 self.robust_eps = [r for r in self.robust_eps if not np.all(r <= eps)] + [eps.copy()]
         elif isinstance(verdict, NotRobust) and verdict.counterexample is not None:
-            x = np.asarray(verdict.counterexample, dtype=np.float64).ravel()
-            if not np.any(np.all(self._cex_stack == x, axis=1)):
+            # its own copy, read-only: the layers' answers share it instead of copying it each
+            x = np.array(np.ravel(verdict.counterexample), dtype=np.float64)
+            x.flags.writeable = False
+            req = self.required_eps(x[None])
+            # a point seen before has the same required epsilons: compare the points only where those agree
+            same = [int(i) for i in np.flatnonzero(np.all(self._cex_req == req, axis=1))
+                    if np.array_equal(self.counterexamples[int(i)].x, x)]
+            if same:
+                x = self.counterexamples[same[0]].x
+            else:
                 self.counterexamples.append(StoredCounterexample(x, float(verdict.margin), eps.copy(),
                                                                  verdict.tier))
-                self._cex_stack = np.vstack([self._cex_stack, x[None]])
+                self._cex_req = np.vstack([self._cex_req, req])
+            # The log refers to the stored point and keeps no weak points (they live in the warm starts): at
+            # 3x300x300 each point is 2 MB, and the log would otherwise hold all of them for the whole search.
+            logged = dataclasses.replace(verdict, weak_points=[],
+                                         counterexample=x.reshape(np.shape(verdict.counterexample)))
         if verdict.weak_points:
             self._weak.append((eps.copy(), list(verdict.weak_points)))
+        return logged
 
     def add_counterexample(self, x: np.ndarray, margin: float, eps: np.ndarray, tier: str) -> None:
         """Store a counterexample confirmed on the network (both executors) outside a query: the caches use it as
@@ -365,9 +394,10 @@ class SearchProblem:
         self._remember(np.asarray(eps, dtype=np.float64), NotRobust(tier=tier, counterexample=x, margin=margin))
 
     @property
-    def counterexample_points(self) -> np.ndarray:
-        """The stored counterexamples as rows ``(N, P)`` (flattened samples), in storage order."""
-        return self._cex_stack
+    def counterexample_required_eps(self) -> np.ndarray:
+        """:meth:`required_eps` of the stored counterexamples, ``(N, r + 1)``, in storage order (computed once per
+        point, when it is stored)."""
+        return self._cex_req
 
     def warm_starts(self, box: Box) -> list[np.ndarray]:
         """The strongest known points clipped into ``box`` (what the warm attack starts from)."""
@@ -439,9 +469,9 @@ class SearchProblem:
                 verdict.weak_points = sorted(list(verdict.weak_points) + warm_points, key=lambda w: -w.margin)
             reached = chosen is not None
         tier = verdict.tier or ("verifier" if reached else "cache")
-        self._remember(eps, verdict)
+        logged = self._remember(eps, verdict)
         self.stats.add(tier, verdict, reached)
-        self.records.append(QueryRecord(eps.copy(), verdict, tier, purpose, time.perf_counter() - start,
+        self.records.append(QueryRecord(eps.copy(), logged, tier, purpose, time.perf_counter() - start,
                                         self.elapsed()))
         self.notify("query", message=f"{purpose}: {status_of(verdict)} ({tier})")
         return verdict
@@ -511,10 +541,10 @@ class SearchProblem:
                 if reached and out.warm_points:
                     verdict.weak_points = sorted(list(verdict.weak_points) + out.warm_points, key=lambda w: -w.margin)
             tier = verdict.tier or ("verifier" if reached else "cache")
-            self._remember(eps, verdict)
+            logged = self._remember(eps, verdict)
             self.stats.add(tier, verdict, reached)
             seconds = out.seconds if out is not None else batch_seconds / len(trials)
-            self.records.append(QueryRecord(eps.copy(), verdict, tier, purposes[i], seconds, self.elapsed()))
+            self.records.append(QueryRecord(eps.copy(), logged, tier, purposes[i], seconds, self.elapsed()))
             self.notify("query", message=f"{purposes[i]}: {status_of(verdict)} ({tier})")
             verdicts.append(verdict)
         return verdicts

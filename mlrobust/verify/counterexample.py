@@ -136,7 +136,9 @@ def check_points(network: Network, box: Box, xs: list[np.ndarray] | np.ndarray, 
     with torch_threads(1), torch.no_grad():
         logits32 = net.logits(torch.as_tensor(batch, dtype=torch.float32))
         m32 = prop.margin(logits32.double().numpy())
-    return [CheckedPoint(batch[i], float(m64[i]), float(m32[i])) for i in range(batch.shape[0])]
+    # Each point owns its values: a row view would keep the whole batch alive for as long as any one point is
+    # kept (a stored counterexample held its attack's 8 restarts, 17 MB at 3x300x300 instead of 2 MB).
+    return [CheckedPoint(batch[i].copy(), float(m64[i]), float(m32[i])) for i in range(batch.shape[0])]
 
 
 def confirm(network: Network, box: Box, x: np.ndarray, target: int, k: int) -> CheckedPoint:

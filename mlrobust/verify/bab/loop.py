@@ -190,7 +190,9 @@ class BabVerifier:
             return finish("proven", max(root_value, spec.floor))
         store = DomainStore(layout)
         store.push(root_doms)
-        branching = make_branching(opts.branching, layout, engine, coeffs, opts.fsb_candidates, opts.fsb_batched)
+        # FSB scores in passes no larger than the round's own batch of children (2 x batch_size)
+        branching = make_branching(opts.branching, layout, engine, coeffs, opts.fsb_candidates, opts.fsb_batched,
+                                   2 * opts.batch_size)
         proven_max = float("-inf")
         rounds = 0
         last_branch_seconds = 0.0  # what the last round's splitting took: the next one is not started without it
