@@ -326,3 +326,86 @@ def test_ctrl_c_while_highs_runs_is_recorded_and_the_handler_restored():
             pass
     assert len(raised) == 1 and isinstance(raised[0], KeyboardInterrupt)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_highs_solve_that_overruns_its_limit_is_abandoned_at_the_hard_stop(monkeypatch):
+    """HiGHS can go seconds without polling its interrupt callback (the root node of a dense model): a solve with a
+    time limit returns a time-limit status at the limit plus the grace, whatever the solver thread does, and that
+    thread is stopped at its next poll. Without a limit nothing is abandoned."""
+    import threading
+    import time
+
+    import highspy
+
+    from mlrobust.backends import highs as highs_backend
+    from mlrobust.backends.base import TIME_LIMIT
+    from mlrobust.backends.highs import HighsBackend
+
+    problem = next(problem_of(*inst) for inst in instances() if problem_of(*inst).integer.any())
+    release = threading.Event()
+    real_run = highspy.Highs.run
+
+    def deaf_run(self):  # a root node that does not poll: waits, then solves for real
+        release.wait(30)
+        return real_run(self)
+
+    monkeypatch.setattr(highspy.Highs, "run", deaf_run)
+    backend = HighsBackend(hard_stop_grace=0.3)
+    start = time.perf_counter()
+    result = backend.solve(problem, time_limit=0.2)
+    took = time.perf_counter() - start
+    assert result.status == TIME_LIMIT and result.stats["abandoned"] is True
+    assert result.x is None and result.bound == float("inf")  # nothing seen: no incumbent, no bound
+    assert took < 5.0  # the deaf solver would hold the call for 30 s
+    (thread,) = list(highs_backend.ABANDONED)
+    release.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    monkeypatch.setattr(highspy.Highs, "run", real_run)
+    exact = HighsBackend(hard_stop_grace=0.3).solve(problem, time_limit=30.0)
+    assert exact.status != TIME_LIMIT and "abandoned" not in exact.stats
+
+
+def test_a_signal_while_highs_runs_reaches_the_caller_at_once(monkeypatch):
+    """The search's hard stop is a SIGALRM whose handler raises in the main thread: while HiGHS runs in its own
+    thread the handler runs at once (it could not while HiGHS held the main thread), the exception goes on up and
+    the solver thread is told to stop."""
+    import signal
+    import threading
+    import time
+
+    import highspy
+
+    from mlrobust.backends import highs as highs_backend
+    from mlrobust.backends.highs import HighsBackend
+
+    class Stop(BaseException):
+        pass
+
+    def alarm(signum, frame):
+        raise Stop
+
+    problem = next(problem_of(*inst) for inst in instances() if problem_of(*inst).integer.any())
+    release = threading.Event()
+    real_run = highspy.Highs.run
+
+    def deaf_run(self):
+        release.wait(30)
+        return real_run(self)
+
+    monkeypatch.setattr(highspy.Highs, "run", deaf_run)
+    previous = signal.signal(signal.SIGALRM, alarm)
+    start = time.perf_counter()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Stop):
+            HighsBackend().solve(problem, time_limit=60.0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.perf_counter() - start < 5.0
+    threads = list(highs_backend.ABANDONED)
+    assert len(threads) == 1
+    release.set()
+    threads[0].join(30)
+    assert not threads[0].is_alive()

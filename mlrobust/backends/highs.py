@@ -7,6 +7,12 @@ route stays available as the backend ``pyomo:appsi_highs``.
 Decide mode and time limits use HiGHS's MIP interrupt callback: it stops as soon as an incumbent reaches the
 target or the dual bound falls below the threshold, and it enforces the wall-clock limit itself, because HiGHS's own
 ``time_limit`` is checked late (a 2 s limit was seen stopping after ~7 s).
+
+That callback is not polled everywhere either: during the root node of a dense model (a fully connected 784-256-256
+net, ~750k nonzeros) HiGHS went 6–20 s between two polls, so a 30 s limit ended after 41 s. With a time limit the
+solve therefore runs in a thread of its own and is *abandoned* :data:`HARD_STOP_GRACE` seconds after the limit: the
+call returns at once with a time-limit status, the incumbents and the dual bound the callbacks saw (both sound), and
+the solver thread is told to stop at its next poll (it keeps its model until then; nothing waits for it).
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ from mlrobust.backends.base import ERROR, INFEASIBLE, OPTIMAL, STOPPED, TIME_LIM
 from mlrobust.milp.problem import MilpProblem
 
 _SCHEDULER_THREADS: int | None = None
+#: Seconds past the time limit after which a solve that has not stopped is abandoned (see the module doc).
+HARD_STOP_GRACE = 1.0
+#: Solver threads abandoned at the hard stop and not finished yet (tests join them).
+ABANDONED: set[threading.Thread] = set()
 
 
 @contextmanager
@@ -65,10 +75,12 @@ class HighsBackend:
     install_hint = "pip install highspy"
 
     def __init__(self, threads: int | None = None, mip_rel_gap: float = 1e-4, enforce_time_limit: bool = True,
-                 **options: object):
+                 hard_stop_grace: float | None = HARD_STOP_GRACE, **options: object):
         self.threads = threads
         self.mip_rel_gap = mip_rel_gap
         self.enforce_time_limit = enforce_time_limit
+        #: None: wait for HiGHS however late it stops (the solve then runs in the calling thread)
+        self.hard_stop_grace = hard_stop_grace
         self.options = options
 
     def available(self) -> bool:
@@ -107,7 +119,8 @@ class HighsBackend:
             h.setSolution(problem.num_cols, np.arange(problem.num_cols, dtype=np.int32),
                           np.asarray(problem.start, dtype=np.float64))
         found: list[np.ndarray] = []
-        state = {"timed_out": False, "stopped": False, "checks": 0, "accepted": False}
+        state = {"timed_out": False, "stopped": False, "checks": 0, "accepted": False, "abandoned": False,
+                 "dual": float("inf")}
 
         # HiGHS swallows an exception raised inside a Python callback (the solve just ends with a solve error), so
         # a Ctrl-C that lands in a callback would be lost: the callbacks keep it, stop the solve, and it is raised
@@ -130,6 +143,9 @@ class HighsBackend:
         def on_solution(event) -> None:
             v = np.array(event.data_out.mip_solution, dtype=np.float64)
             found.append(v)
+            if state["abandoned"]:
+                event.interrupt()
+                return
             if (stop is not None and stop.on_incumbent is not None and state["checks"] < stop.max_checks
                     and stop.check_from <= event.data_out.objective_function_value < stop.primal_at_least):
                 state["checks"] += 1
@@ -139,8 +155,11 @@ class HighsBackend:
         @guarded
         def on_interrupt(event) -> None:
             out = event.data_out
-            if stop is not None and (out.mip_primal_bound >= stop.primal_at_least or
-                                     out.mip_dual_bound < stop.dual_below or state["accepted"]):
+            state["dual"] = min(state["dual"], float(out.mip_dual_bound))
+            if state["abandoned"]:
+                event.interrupt()
+            elif stop is not None and (out.mip_primal_bound >= stop.primal_at_least or
+                                       out.mip_dual_bound < stop.dual_below or state["accepted"]):
                 state["stopped"] = True
                 event.interrupt()
             elif (self.enforce_time_limit and time_limit is not None
@@ -151,11 +170,19 @@ class HighsBackend:
         h.cbMipImprovingSolution.subscribe(on_solution)
         h.cbMipInterrupt.subscribe(on_interrupt)  # polls the stop rule, the time limit and failed callbacks
         build = time.perf_counter() - start
-        with _deferred_sigint(raised):
-            h.run()
+        abandoned = self._run(h, start, time_limit, raised, state)
         if raised:
             raise raised[0]
         seconds = time.perf_counter() - start
+        if abandoned:
+            solutions = best_first(problem, list(found), max(pool, 0) + 1)
+            x = solutions[0] if solutions else None
+            return SolveResult(
+                status=TIME_LIMIT, objective=None if x is None else problem.objective_value(x),
+                bound=state["dual"], x=x, pool=solutions[1:], seconds=seconds, solver=self.name,
+                message=f"abandoned {self.hard_stop_grace:g} s after the time limit (HiGHS had not polled its "
+                        "interrupt callback)",
+                stats={"handover_seconds": build, "incumbent_checks": state["checks"], "abandoned": True})
         status = h.getModelStatus()
         info = h.getInfo()
         MS = highspy.HighsModelStatus
@@ -189,3 +216,52 @@ class HighsBackend:
             message=h.modelStatusToString(status),
             stats={"handover_seconds": build, "incumbent_checks": state["checks"], "incumbent_accepted": state["accepted"]},
         )
+
+    def _run(self, h, start: float, time_limit: float | None, raised: list[BaseException], state: dict) -> bool:
+        """Run HiGHS; True when the solve was abandoned at the hard stop (see the module doc).
+
+        Without a time limit (or a grace) HiGHS runs in this thread. Otherwise in a thread of its own, which this
+        one waits for until the hard stop; a Ctrl-C (or any exception) while waiting lands here, in the main thread
+        where no HiGHS callback can swallow it, stops the solve at its next poll and goes on up."""
+        if time_limit is None or self.hard_stop_grace is None:
+            with _deferred_sigint(raised):
+                h.run()
+            return False
+        done = threading.Event()
+
+        def target() -> None:
+            try:
+                h.run()
+            except BaseException as exc:  # noqa: BLE001 - raised again by the caller
+                raised.append(exc)
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=target, name="highs-solve", daemon=True)
+        thread.start()
+        hard_stop = start + float(time_limit) + float(self.hard_stop_grace)
+        try:
+            while not done.wait(max(min(0.1, hard_stop - time.perf_counter()), 0.0)):
+                if time.perf_counter() >= hard_stop:
+                    state["abandoned"] = True
+                    _abandon(thread)
+                    return True
+        except BaseException:
+            # Ctrl-C, or the search's own hard stop (mlrobust.search.deadline: a signal handled here, in the main
+            # thread, which it could not be while HiGHS held that thread): the solve stops at its next poll
+            state["abandoned"] = True
+            _abandon(thread)
+            raise
+        return False
+
+
+def _abandon(thread: threading.Thread) -> None:
+    """Keep an abandoned solver thread in :data:`ABANDONED` until it has stopped."""
+    ABANDONED.add(thread)
+    threading.Thread(target=_forget, args=(thread,), daemon=True).start()
+
+
+def _forget(thread: threading.Thread) -> None:
+    """Drop an abandoned solver thread from :data:`ABANDONED` once it has stopped."""
+    thread.join()
+    ABANDONED.discard(thread)
