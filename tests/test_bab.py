@@ -275,7 +275,7 @@ def test_splitting_improves_the_bound_until_proven():
     assert not isinstance(MilpVerifier("highs").verify(net, box, target, 2, time_limit=30), NotRobust)
     # plain CROWN under splits (no β) improves the worst bound too, if more slowly
     net, box, target = _query(38, 0.3)
-    u = BabVerifier(root_attack=False, engine="crown", max_domains=300).verify(net, box, target, 2)
+    u = BabVerifier(root_attack=False, engine="crown", root_tier="crown", max_domains=300).verify(net, box, target, 2)
     assert u.stats["bab"]["final_bound"] < u.stats["bab"]["root_bound"] - 0.05
 
 
@@ -422,3 +422,21 @@ def test_a_tiny_budget_on_a_shipped_model_gives_unknown_within_the_budget():
     assert not v.is_robust and not v.is_not_robust and "time limit" in v.reason
     assert v.stats["bab"]["final_bound"] > -ROBUST_TOLERANCE
     assert elapsed < limit + 2.0
+
+
+def test_the_root_starts_from_the_bound_tier_named_in_the_options():
+    """Without bounds from the caller the root starts from α-CROWN (the bound tier), which decides this query before
+    any domain is bounded; from plain CROWN (k-th margin bound > 0 here) the root's own α/β bound is needed."""
+    from mlrobust.bounds.tier import tighten
+
+    net, box, target = _query(38, 0.3)
+    crown_kth = -np.sort(-np.delete(tighten(net, box.lower, box.upper, "crown", target=target).margin_upper,
+                                    target))[1]
+    assert crown_kth > 0
+    crown_root = BabVerifier(root_attack=False, root_tier="crown").verify(net, box, target, 2, time_limit=30)
+    alpha_root = BabVerifier(root_attack=False).verify(net, box, target, 2, time_limit=30)
+    assert isinstance(crown_root, Robust) and crown_root.stats["bab"]["domains"] >= 1
+    assert isinstance(alpha_root, Robust) and alpha_root.stats["bab"]["domains"] == 0
+    assert alpha_root.stats["bab"]["root_tier"] == "alpha" and alpha_root.bound < -ROBUST_TOLERANCE
+    with pytest.raises(InputError, match="root tier"):
+        BabVerifier(root_tier="lp")

@@ -69,13 +69,25 @@ class BabVerifier:
                attack: bool | None = None) -> Verdict:
         """Decide top-k membership of ``target`` on ``box``.
 
-        ``tightened`` (CROWN bounds of this box with the target's margin bounds, e.g. from the cascade's bound tier)
-        saves the root's CROWN pass; ``attack=False`` skips the root PGD run (the cascade has run one already).
+        ``tightened`` (bounds of this box with the target's margin bounds, e.g. from the cascade's bound tier) is
+        the root's start; without it the root starts from the tier named by ``BabOptions.root_tier`` run here on
+        at most ``root_tier_share`` of the time limit. ``attack=False`` skips the root PGD run (the cascade has run
+        one already).
         """
         check_query(network, box, target, k)
         start = time.perf_counter()
+        opts = self.options
         if tightened is None or tightened.target != target or tightened.margin_upper is None:
-            tightened = tighten(network, box.lower, box.upper, "crown", target=int(target))
+            limit = opts.time_limit if time_limit is None else time_limit
+            budget = None if limit is None else opts.root_tier_share * limit
+            tightened = tighten(network, box.lower, box.upper, opts.root_tier, target=int(target), k=int(k),
+                                time_budget=budget)
+            if tightened.kth_upper is not None and tightened.kth_upper < -ROBUST_TOLERANCE:
+                seconds = {"bab": time.perf_counter() - start}
+                bound = float(tightened.kth_upper)
+                stats = {"bab": {"root_tier": opts.root_tier, "root_bound": bound, "final_bound": bound,
+                                 "domains": 0}}
+                return Robust(tier="bab", seconds=seconds, stats=stats, bound=bound)
         left = None if time_limit is None else max(time_limit - (time.perf_counter() - start), 0.0)
         result = self.run(network, box, None, left, root_bounds=tightened.bounds, attack=attack,
                           topk=(int(target), int(k)), margin_upper=tightened.margin_upper)
