@@ -30,7 +30,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
-import itertools  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import statistics  # noqa: E402
@@ -44,6 +43,8 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from mlrobust.verify.vnnlib_parse import topk_form as vnnlib_topk_form  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCES = ROOT / "benchmarks" / "vnncomp"
@@ -86,39 +87,8 @@ def read_instances(folder: Path) -> list[Instance]:
 
 
 # --- the property as a top-k question --------------------------------------------------------------------------------
-def topk_form(prop) -> tuple[int, int] | None:
-    """``(target, k)`` when every region's counterexample clauses are exactly "``target`` is not in the top-k"
-    (every k-subset S of the other outputs with ``Y_j >= Y_target`` for j in S), else None."""
-    found: tuple[int, int] | None = None
-    n = prop.num_outputs
-    for region in prop.regions:
-        subsets = []
-        target = None
-        for cl in region.clauses:
-            G, h = np.asarray(cl.G), np.asarray(cl.h)
-            if G.size == 0 or np.any(h != 0):
-                return None
-            rows = []
-            for g in G:  # each row: y_t - y_j <= 0
-                pos, neg = np.flatnonzero(g == 1.0), np.flatnonzero(g == -1.0)
-                if len(pos) != 1 or len(neg) != 1 or np.count_nonzero(g) != 2:
-                    return None
-                if target is None:
-                    target = int(pos[0])
-                if int(pos[0]) != target:
-                    return None
-                rows.append(int(neg[0]))
-            subsets.append(frozenset(rows))
-        if target is None:
-            return None
-        k = len(next(iter(subsets)))
-        others = [j for j in range(n) if j != target]
-        if set(subsets) != {frozenset(c) for c in itertools.combinations(others, k)}:
-            return None
-        if found is not None and found != (target, k):
-            return None
-        found = (target, k)
-    return found
+#: ``(target, k)`` of a "target is not in the top-k" property, else None (:mod:`mlrobust.verify.vnnlib_parse`)
+topk_form = vnnlib_topk_form
 
 
 #: mlrobust's VNN-LIB route (``mlrobust vnnlib``) as a method, by its ``--verifier``: any property, not only top-k.

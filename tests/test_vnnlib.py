@@ -237,3 +237,37 @@ def test_a_short_attack_runs_before_the_bounds_and_the_rest_only_when_they_leave
     full = vnnlib.PgdAttack().steps
     assert by_tier["bounds"] and all(s == [vnnlib.QUICK_ATTACK_STEPS] for s in by_tier["bounds"])
     assert by_tier["milp"] and all(s == [vnnlib.QUICK_ATTACK_STEPS, full] for s in by_tier["milp"])
+
+
+def test_topk_regions_are_decided_with_the_topk_bound_tier_and_branch_and_bound(model_path):
+    """A region that says "the label is not in the top-k" is recognised (region_topk) and, where CROWN leaves it
+    open, gets verify's α-CROWN top-k tier and the top-k branch and bound; the verdicts agree with the top-k MILP.
+    Any other region keeps the clause route."""
+    from benchmarks.vnncomp_models import topk_vnnlib
+    from mlrobust.verify.vnnlib_parse import region_topk
+
+    net = load_onnx(model_path)
+    rng = np.random.default_rng(3)
+    routed = 0
+    for trial in range(30):
+        x0 = rng.uniform(-1, 1, 4)
+        eps = float(rng.choice([0.1, 0.3, 0.6, 1.0, 1.5]))
+        order = np.argsort(-net.logits(x0[None])[0])
+        for target, k in ((int(order[0]), 1), (int(order[1]), 2)):
+            prop = parse_vnnlib(topk_vnnlib(x0 - eps, x0 + eps, 3, target, k, "t"))
+            assert region_topk(prop.regions[0], 3) == (target, k)
+            res = check_vnnlib(net, prop, timeout=60, verifier="cascade-bab")
+            ref = MilpVerifier("highs").verify(net, Box(x0 - eps, x0 + eps), target, k)
+            if isinstance(ref, Robust):
+                assert res.status == "unsat"
+            elif isinstance(ref, NotRobust):
+                assert res.status == "sat"
+            if "topk_tier" in res.stats:
+                routed += 1
+                assert res.stats["topk_tier"]["target"] == target and res.stats["topk_tier"]["k"] == k
+                assert res.tier != "bab" or "rows" in res.stats["bab"]
+    assert routed >= 1
+    other = parse_vnnlib(robustness_property(np.zeros(4), 0.5, 0, 3).replace("(and (>= Y_1 Y_0))",
+                                                                             "(and (>= Y_1 (+ Y_0 0.5)))"))
+    assert region_topk(other.regions[0], 3) is None
+    assert "topk_tier" not in check_vnnlib(net, other, timeout=60, verifier="cascade-bab").stats

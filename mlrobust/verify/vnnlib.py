@@ -9,6 +9,11 @@ The assertions are brought into disjunctive normal form; each disjunct must spli
 inputs (a box) and linear inequalities on outputs. Disjuncts with the same input box are decided together as one
 MILP over a disjunction of conjunctions (:mod:`mlrobust.milp.disjunction`). Strict inequalities are read as
 non-strict (the usual reading in VNN-COMP, whose checker works with a tolerance anyway).
+
+A region whose clauses say exactly "label t is not in the top k" (:func:`~mlrobust.verify.vnnlib_parse.region_topk`,
+e.g. every MNIST and image-classifier property) also gets the bound tier of ``verify`` where CROWN leaves it open:
+α-CROWN on the margins with jointly optimised intermediate bounds, which then tighten the MILP and the branch and
+bound's root.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 from mlrobust.backends.base import SolverBackend, StopRule
 from mlrobust.backends.registry import get_backend
 from mlrobust.bounds import linear_bounds
-from mlrobust.bounds.tier import base_bounds
+from mlrobust.bounds.tier import base_bounds, tighten
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
 from mlrobust.ir.torch_exec import torch_threads
@@ -35,11 +40,14 @@ from mlrobust.verify.counterexample import CheckedPoint, check_points, torch_mod
 from mlrobust.verify.decision import decide_after_solve, run_attack
 from mlrobust.verify.spec import VNNLIB_VERIFIERS, Box
 from mlrobust.verify.verdict import ROBUST_TOLERANCE
-from mlrobust.verify.vnnlib_parse import MAX_DISJUNCTS, VnnlibProperty, VnnlibRegion, parse_vnnlib
+from mlrobust.verify.vnnlib_parse import MAX_DISJUNCTS, VnnlibProperty, VnnlibRegion, parse_vnnlib, region_topk
 
 #: Steps of the attack run before the bounds (the rest of the attack runs after them, when they leave the property
 #: open): enough for the counterexamples PGD finds at once (the anchor's sat instances fell within 1-5 steps).
 QUICK_ATTACK_STEPS = 10
+#: Share of the time left the α-CROWN top-k tier may take on a region that is a top-k membership (its optimisation
+#: stops early once it stops gaining; well under a second per query on the reference CNNs).
+TOPK_TIER_SHARE = 0.25
 
 __all__ = ["QUICK_ATTACK_STEPS", "MAX_DISJUNCTS", "VnnlibProperty", "VnnlibRegion", "VnnlibResult", "ClauseProperty",
            "parse_vnnlib", "decide_region", "check_vnnlib"]
@@ -173,12 +181,26 @@ def decide_region(network: Network, region: VnnlibRegion, solver: str | SolverBa
     with torch_threads(1):
         bounds, _ = base_bounds(network, box.lower, box.upper, "ibp" if tightening == "ibp" else "crown")
     crown = None
+    form = region_topk(region, network.num_classes)
+    tier = None
     stats: dict = {"attack_best": found.best.margin if found.best else None}
     if bounds.method != "ibp" and (deadline is None or time.perf_counter() < deadline):
         crown = _crown_clause_bounds(network, box, clauses, bounds)
         stats["bound_before_milp"] = _best_clause_upper(crown[1])
         if stats["bound_before_milp"] < -ROBUST_TOLERANCE:  # proven before the MILP is even built
             return VnnlibResult("unsat", seconds=time.perf_counter() - start, tier="bounds", stats=stats)
+        if form is not None and (deadline is None or time.perf_counter() < deadline):
+            # a top-k membership ("target is not in the top-k" for every k-subset): verify's own bound tier,
+            # α-CROWN on the margins with the last pre-activation layer optimised jointly; its intermediate bounds
+            # then serve the MILP's big-M constants and the branch and bound's root
+            left_now = left()
+            tier = tighten(network, box.lower, box.upper, "alpha", target=form[0], k=form[1],
+                           time_budget=None if left_now is None else TOPK_TIER_SHARE * left_now)
+            stats["topk_tier"] = {"target": form[0], "k": form[1], "kth_upper": tier.kth_upper,
+                                  "seconds": tier.seconds}
+            if tier.kth_upper is not None and tier.kth_upper < -ROBUST_TOLERANCE:
+                return VnnlibResult("unsat", seconds=time.perf_counter() - start, tier="bounds", stats=stats)
+            bounds = tier.bounds
     builder = MilpBuilder(network, bounds).run()
     lows, highs = _clause_bounds(builder, clauses, crown)
     m_hi = stats["bound_before_milp"] = _best_clause_upper(highs)
@@ -196,15 +218,23 @@ def decide_region(network: Network, region: VnnlibRegion, solver: str | SolverBa
     if verifier in ("bab", "cascade-bab"):
         from mlrobust.verify.bab import BabVerifier, clause_spec
 
-        spec = clause_spec(clauses, prop)
-        spec.cap = np.concatenate([_cert_caps(h) for h in highs])  # the bounds above, sound on every sub-domain
         remaining = left()
         share = remaining if remaining is None or verifier == "bab" else remaining / 2
-        bab = BabVerifier(device=device).run(network, box, spec, share, attack=False,
-                                root_bounds=bounds if bounds.method.startswith("crown") else None)
+        root = bounds if bounds.method.startswith("crown") else None
+        if form is not None:
+            # the top-k branch and bound (verify's): its spec of k-subsets with optimised row mixtures, started
+            # from the tier's margin bounds
+            bab = BabVerifier(device=device).run(network, box, None, share, attack=False, root_bounds=root,
+                                                 topk=form, margin_upper=None if tier is None else tier.margin_upper)
+        else:
+            spec = clause_spec(clauses, prop)
+            spec.cap = np.concatenate([_cert_caps(h) for h in highs])  # the bounds above, sound on every sub-domain
+            bab = BabVerifier(device=device).run(network, box, spec, share, attack=False, root_bounds=root)
         stats["bab"] = bab.stats
         if bab.status == "violated" and bab.counterexample is not None:
-            return sat(bab.counterexample, "bab")
+            point = check_points(network, box, [bab.counterexample.x], prop)[0]  # on the region's own clauses
+            if point.confirmed:
+                return sat(point, "bab")
         if bab.status == "proven":
             return VnnlibResult("unsat", seconds=time.perf_counter() - start, tier="bab", stats=stats)
         if verifier == "bab" or (deadline is not None and time.perf_counter() >= deadline):

@@ -293,3 +293,45 @@ def parse_vnnlib(source: str | Path) -> VnnlibProperty:
 
 
 # --- deciding -----------------------------------------------------------------------------------------------------
+
+
+# --- a property that is a top-k membership ---------------------------------------------------------------------------
+def region_topk(region: VnnlibRegion, num_outputs: int) -> tuple[int, int] | None:
+    """``(target, k)`` when the region's counterexample clauses are exactly "``target`` is not in the top-k":
+    one clause per k-subset S of the other outputs, holding ``Y_j >= Y_target`` for every j in S; else None."""
+    subsets = []
+    target = None
+    for cl in region.clauses:
+        G, h = np.asarray(cl.G), np.asarray(cl.h)
+        if G.size == 0 or np.any(h != 0):
+            return None
+        rows = []
+        for g in G:  # each row: y_t - y_j <= 0
+            pos, neg = np.flatnonzero(g == 1.0), np.flatnonzero(g == -1.0)
+            if len(pos) != 1 or len(neg) != 1 or np.count_nonzero(g) != 2:
+                return None
+            if target is None:
+                target = int(pos[0])
+            if int(pos[0]) != target:
+                return None
+            rows.append(int(neg[0]))
+        subsets.append(frozenset(rows))
+    if target is None or not subsets:
+        return None
+    k = len(subsets[0])
+    others = [j for j in range(num_outputs) if j != target]
+    if set(subsets) != {frozenset(c) for c in itertools.combinations(others, k)}:
+        return None
+    return target, k
+
+
+def topk_form(prop: VnnlibProperty) -> tuple[int, int] | None:
+    """``(target, k)`` when every region of ``prop`` is the same top-k membership (:func:`region_topk`), else
+    None."""
+    found: tuple[int, int] | None = None
+    for region in prop.regions:
+        form = region_topk(region, prop.num_outputs)
+        if form is None or (found is not None and found != form):
+            return None
+        found = form
+    return found
