@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from mlrobust.errors import InputError
 from mlrobust.ir.torch_exec import check_device
 from mlrobust.verify.bab.spec import PAIR_WEIGHTS
 from mlrobust.verify.counterexample import CheckedPoint
 from mlrobust.verify.verdict import WeakPoint
+
+#: Bytes one α/β bounding call of the branch and bound may allocate by default (see ``BabOptions``).
+DEFAULT_MEMORY_BUDGET = 512 * 2 ** 20
 
 
 @dataclass
@@ -38,6 +43,11 @@ class BabOptions:
     "cuda"; plain CROWN, the attacks and the MILP stay on the CPU). ``max_split_levels``: while fewer domains are
     open than ``batch_size``, each parent is split on up to this many neurons (or input dimensions) at once, its
     ``2**levels`` children filling the round's batch of ``2 * batch_size`` children (1: one split per parent).
+    ``memory_budget_bytes``: bytes one α/β bounding call may allocate; a round's children (and the root) are bounded
+    in chunks whose estimated size fits it (:func:`mlrobust.bounds.alpha_crown.alpha_memory`: the parameters per
+    row times the copies the optimiser keeps, and the backward pass's saved tensors), each child getting the same
+    bound as in one batch; None: every child in one call. 512 MiB keeps a round of the reference CNN near 1 GB of
+    process memory (benchmarks/results/bab_memory.md).
     """
 
     batch_size: int = 32
@@ -63,6 +73,7 @@ class BabOptions:
     stall_progress: float = 0.1
     device: str = "cpu"
     max_split_levels: int = 3
+    memory_budget_bytes: int | None = DEFAULT_MEMORY_BUDGET
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
@@ -74,6 +85,10 @@ class BabOptions:
         if not 1 <= self.max_split_levels <= 3:
             raise InputError(f"max_split_levels must be 1, 2 or 3, not {self.max_split_levels}")
         check_device(self.device)
+        budget = self.memory_budget_bytes
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, np.integer))
+                                   or budget <= 0):
+            raise InputError(f"memory_budget_bytes must be a positive number of bytes or None, not {budget!r}")
 
 
 BRANCHING = ("babsr", "fsb", "widest")
