@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
            "memory_budget_bytes": getattr(opts, "memory_budget_bytes", "n/a"),
            "status": type(verdict).__name__, "domains": stats.get("domains"), "rounds": stats.get("rounds"),
            "domains_per_second": round(float(stats.get("domains_per_second", 0.0)), 2),
-           "bound_chunks": stats.get("bound_chunks"), "seconds": round(float(stats.get("seconds", 0.0)), 2),
+           "bound_chunks": stats.get("bound_chunks"), "rows": stats.get("rows"),
+           "store_bytes_per_domain": stats.get("store_bytes_per_domain"), "max_open": stats.get("max_open"), "seconds": round(float(stats.get("seconds", 0.0)), 2),
            "worst_bound": stats.get("final_bound"),
            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
     print(json.dumps(out))

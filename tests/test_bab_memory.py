@@ -79,8 +79,8 @@ def test_chunked_bounding_gives_each_child_the_bound_of_one_batch(seed, share):
     np.testing.assert_array_equal(b1.feasible, b2.feasible)
     ok = b1.feasible
     np.testing.assert_allclose(b2.lower[ok], b1.lower[ok], rtol=0, atol=TOLERANCE)
-    for k, v in b1.relu_coeff.items():
-        np.testing.assert_allclose(b2.relu_coeff[k][ok], v[ok], rtol=0, atol=TOLERANCE)
+    for k, v in b1.relu_coeff.items():  # kept in float32 between chunks, as the domain store keeps them
+        np.testing.assert_allclose(b2.relu_coeff[k][ok], v[ok].astype(np.float32), rtol=1e-6, atol=TOLERANCE)
     if b1.coeffs is not None:
         np.testing.assert_allclose(b2.coeffs[ok], b1.coeffs[ok], rtol=0, atol=TOLERANCE)
     # the children's warm starts for their own children: the same values; a family a chunk lacks (β of a node no
@@ -91,7 +91,7 @@ def test_chunked_bounding_gives_each_child_the_bound_of_one_batch(seed, share):
         w = parts.warm[k]
         missing = torch.isnan(w)
         assert torch.all(torch.isnan(v[missing]) | (v[missing] == 0))
-        torch.testing.assert_close(w[~missing], v[~missing], rtol=0, atol=TOLERANCE)
+        torch.testing.assert_close(w[~missing], v[~missing], rtol=1e-6, atol=TOLERANCE)
 
 
 REAL_ALPHA_BOUNDS = bab_bounds.alpha_bounds

@@ -31,6 +31,7 @@ from mlrobust.bounds.alpha_crown import (
     alpha_memory,
     bounds_at,
 )
+from mlrobust.bounds.alpha_params import MIX
 from mlrobust.bounds.crown import (
     BackSubstitution,
     _interval_is_exact,
@@ -390,7 +391,10 @@ class AlphaEngine:
         batch (a later chunk gets what the earlier ones left; past it a chunk takes no step and gives CROWN's bounds
         at its warm start, sound), and ``options.early_stop`` stops a chunk once all of *its* rows pass it (the
         BaB's engine sets none). A parameter family that a chunk lacks (β of a node split only in other chunks) is
-        NaN in the merged state: CROWN's value when it warm-starts a child (sound)."""
+        NaN in the merged state: CROWN's value when it warm-starts a child (sound). What a chunk returns is kept in
+        float32 until the last chunk is done (the ReLU coefficients and the parameters, which the domain store keeps
+        in float32 anyway; the row mixture's weights stay float64, they define the rows that were bounded), so the
+        round's results do not outgrow the budget."""
         size = batch.size
         rows = int(coeffs.shape[-2]) if mix is None else mix.rows
         step = self.chunk_size(batch, rows, options, mix)
@@ -410,8 +414,9 @@ class AlphaEngine:
             part_warm = None
             if warm is not None:
                 part_warm = warm.select(idx) if warm.domains == size else warm  # one domain's broadcasts
-            parts.append(alpha_bounds(self.network, batch.select(idx), coeffs[idx] if per_domain else coeffs,
-                                      options=mine, warm=part_warm, mix=mix))
+            res = alpha_bounds(self.network, batch.select(idx), coeffs[idx] if per_domain else coeffs,
+                               options=mine, warm=part_warm, mix=mix)
+            parts.append(_compact(res))
         return _merge(parts)
 
     def _batch(self, domains: list[Domain]) -> DomainBatch:
@@ -475,6 +480,15 @@ def _scatter_rows(full: object | None, part: AlphaState, rows: np.ndarray) -> Al
             v[:, idx.to(v.device)] = w.to(v.dtype)
             new[k] = v
     return out
+
+
+def _compact(res: AlphaResult) -> AlphaResult:
+    """``res`` with its ReLU coefficients and parameters (not the row mixture's weights) in float32: what the domain
+    store keeps of them, at half the memory while the other chunks are bounded."""
+    state = AlphaState({name: {k: v if name == MIX else v.float() for k, v in values.items()}
+                        for name, values in res.state.families.items()})
+    coeffs = {k: v.astype(np.float32) for k, v in res.relu_coeffs.items()}
+    return replace(res, state=state, relu_coeffs=coeffs, domains=None)
 
 
 def _merge(parts: list[AlphaResult]) -> AlphaResult:
