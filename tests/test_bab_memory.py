@@ -22,7 +22,7 @@ from mlrobust.bounds.alpha_crown import PARAM_COPIES_F64, PARAM_COPIES_LOOP, Alp
 from mlrobust.errors import InputError
 from mlrobust.verify.bab import BabOptions
 from mlrobust.verify.bab.bounding import absorb, as_batch, bound_domains, domains_from, layout_of
-from mlrobust.verify.bab.branching import WidestBranching
+from mlrobust.verify.bab.branching import FsbBranching, WidestBranching
 from mlrobust.verify.bab.spec import objective_coeffs, open_rows, topk_spec
 from mlrobust.verify.bab.split import split_relus
 from mlrobust.verify.bab_bounds import AlphaEngine
@@ -190,3 +190,21 @@ def test_bad_budget_is_an_input_error(budget):
 def test_budget_defaults_and_none():
     assert BabOptions().memory_budget_bytes == 512 * 2 ** 20
     assert BabOptions(memory_budget_bytes=None).memory_budget_bytes is None
+
+
+@given(seed=st.integers(0, 300))
+@FAST
+def test_fsb_scores_in_chunks_equal_one_batch(seed):
+    """FSB's candidate children scored under a budget of one child per pass: the same scores and choices."""
+    whole = _children(seed, None)
+    if whole is None:
+        return
+    engine, kids, layout, coeffs, mix, spec = whole
+    doms, bounded = bound_domains(engine, kids, layout, coeffs, mix=mix)
+    doms = absorb(doms, bounded, spec)
+    tiny = AlphaEngine(engine.network, engine.options, refresh=False, memory_budget=1)
+    one = FsbBranching(layout, engine, coeffs, candidates=3).rank(doms, 2)
+    parts = FsbBranching(layout, tiny, coeffs, candidates=3).rank(doms, 2)
+    np.testing.assert_array_equal(parts.layer, one.layer)
+    np.testing.assert_array_equal(parts.index, one.index)
+    np.testing.assert_allclose(parts.score, one.score, rtol=0, atol=1e-12)
