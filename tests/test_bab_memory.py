@@ -188,7 +188,7 @@ def test_bad_budget_is_an_input_error(budget):
 
 
 def test_budget_defaults_and_none():
-    assert BabOptions().memory_budget_bytes == 512 * 2 ** 20
+    assert BabOptions().memory_budget_bytes == 256 * 2 ** 20
     assert BabOptions(memory_budget_bytes=None).memory_budget_bytes is None
 
 

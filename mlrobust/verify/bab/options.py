@@ -13,7 +13,7 @@ from mlrobust.verify.counterexample import CheckedPoint
 from mlrobust.verify.verdict import WeakPoint
 
 #: Bytes one α/β bounding call of the branch and bound may allocate by default (see ``BabOptions``).
-DEFAULT_MEMORY_BUDGET = 512 * 2 ** 20
+DEFAULT_MEMORY_BUDGET = 256 * 2 ** 20
 
 
 @dataclass
@@ -46,8 +46,10 @@ class BabOptions:
     ``memory_budget_bytes``: bytes one α/β bounding call may allocate; a round's children (and the root) are bounded
     in chunks whose estimated size fits it (:func:`mlrobust.bounds.alpha_crown.alpha_memory`: the parameters per
     row times the copies the optimiser keeps, and the backward pass's saved tensors), each child getting the same
-    bound as in one batch; None: every child in one call. 512 MiB keeps a round of the reference CNN near 1 GB of
-    process memory (benchmarks/results/bab_memory.md).
+    bound as in one batch (FSB's candidate children are scored in passes under it too); None: every child in one
+    call. The default 256 MiB: a search's process holds ~0.55 GB before its first branch and bound, and with this
+    budget ``mlrobust verify`` on the 64×64 rung peaked at 0.98 GB (1.20 GB at 512 MiB;
+    benchmarks/results/bab_notes.md).
     """
 
     batch_size: int = 32
