@@ -67,6 +67,8 @@ API::
     alpha_margin_bounds(network, lower, upper, target, *, options=AlphaOptions(), warm=None, intermediate=None)
         -> (margin_lower, margin_upper, state)
     margin_coeffs(num_classes, target) -> (rows e_c - e_target, classes)
+    alpha_memory(network, domains, options=None, mix=None) -> AlphaMemory(per_domain, per_row)   # bytes a
+        domain adds to an alpha_bounds call (estimated from a probe's tensors); .per_child(rows)
 
 The top-k use of these bounds (only the margins a proof needs, pairs of margins for k = 2, warm starts across a
 search) is :mod:`mlrobust.bounds.alpha_margin`.
