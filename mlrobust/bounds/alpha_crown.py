@@ -67,6 +67,8 @@ API::
     alpha_margin_bounds(network, lower, upper, target, *, options=AlphaOptions(), warm=None, intermediate=None)
         -> (margin_lower, margin_upper, state)
     margin_coeffs(num_classes, target) -> (rows e_c - e_target, classes)
+    alpha_memory(network, domains, options=None, mix=None) -> AlphaMemory(per_domain, per_row)   # bytes a
+        domain adds to an alpha_bounds call (estimated from a probe's tensors); .per_child(rows)
 
 The top-k use of these bounds (only the margins a proof needs, pairs of margins for k = 2, warm starts across a
 search) is :mod:`mlrobust.bounds.alpha_margin`.
@@ -800,3 +802,92 @@ def alpha_margin_bounds(network: Network, lower: np.ndarray, upper: np.ndarray, 
     lo[classes] = np.maximum(res.lower[0, :m], i_lo)
     hi[classes] = np.minimum(-res.lower[0, m:], i_hi)
     return lo, hi, res.state
+
+
+# --- memory -----------------------------------------------------------------------------------------------------
+#: Copies of every α/β parameter one :func:`alpha_bounds` call holds at once, per precision (see :func:`_optimise`):
+#: in float64 CROWN's start (``init``), the adopted start, its clone (``start_state``), the best so far
+#: (``best_state``) and the stacked warm start; in the loop's dtype the stepped values, Adam's two moments, their
+#: gradient and the ``torch.where`` that updates the best.
+PARAM_COPIES_F64 = 5
+PARAM_COPIES_LOOP = 5
+
+
+@dataclass(frozen=True)
+class AlphaMemory:
+    """Estimated bytes one :func:`alpha_bounds` call allocates: ``per_domain`` for each domain of the batch
+    (whatever the rows) and ``per_row`` for each (domain, row); :meth:`per_child` for a batch of ``rows`` rows."""
+
+    per_domain: int
+    per_row: int
+
+    def per_child(self, rows: int) -> int:
+        return self.per_domain + rows * self.per_row
+
+
+def _tensor_bytes(obj: object) -> int:
+    """Bytes of the tensors held as attributes of ``obj`` (a relaxation)."""
+    return sum(v.numel() * v.element_size() for v in vars(obj).values() if isinstance(v, Tensor))
+
+
+def alpha_memory(network: Network, domains: DomainBatch, options: AlphaOptions | None = None,
+                 mix: RowMix | None = None) -> AlphaMemory:
+    """The memory one domain adds to an :func:`alpha_bounds` call over ``domains``, from the tensors the call
+    allocates, measured on a probe of one of them.
+
+    Per row: every parameter's numbers (CROWN's values for the probe, the node's slope count again as β for every
+    ReLU node split in some domain) times the copies the optimiser keeps (``PARAM_COPIES_*``), plus the tensors
+    autograd saves in one backward pass (counted by ``saved_tensors_hooks`` at one and two rows: the difference is
+    per row) and twice the largest of them (the gradient flowing back). Per domain: the rest of that pass (the
+    relaxations it reads), the relaxations themselves in float64 and the loop's dtype, and the pre-activation
+    bounds (the batch, its clamped copy, both float64). An estimate of what is alive together, not an allocator
+    count; the joint intermediate optimisation (one domain only) and ``optimize_intermediate`` are not included.
+    """
+    options = options or AlphaOptions()
+    loop_dtype = getattr(torch, options.loop_dtype)
+    loop_bytes = torch.empty((), dtype=loop_dtype).element_size()
+    split_nodes = {k for k, v in domains.splits.items() if v.any()}
+    # the probe: the domain split on the most nodes, so that its β families stand for the batch's
+    counts = np.zeros(domains.size, dtype=np.int64)
+    for k in split_nodes:
+        counts += domains.splits[k].reshape(domains.size, -1).any(axis=1)
+    probe = domains.select([int(np.argmax(counts))])
+    out = network.output_name
+    with torch_threads(options.threads), torch_device(options.device):
+        used, _ = _clamped(network, probe)
+        ctx = _context(network, used)
+        if mix is not None:
+            ctx.mix_base = torch.as_tensor(mix.base).reshape(mix.base.shape[0], *network.shape_of(out))
+            ctx.mix_valid = torch.as_tensor(mix.groups[:1])[None]
+            ctx.mix_init = torch.as_tensor(mix.init[:1])[None]
+        plan = _plan(network, out)
+        params = default_params(ctx, plan, 1, 1)
+        numbers = sum(v.numel() for _, _, v in params.items())
+        slopes = params.family("alpha")
+        numbers += sum(slopes[k].numel() for k in split_nodes if k in slopes and k not in params.family("beta"))
+        loop = ctx.cast(loop_dtype)
+        saved: list[int] = []
+        largest = 0
+        for rows in (1, 2):
+            loop.params = default_params(ctx, plan, 1, rows).map(lambda v: v.to(loop_dtype).requires_grad_(True))
+            if mix is not None and loop.mix_init is not None:
+                loop.mix_valid = ctx.mix_valid.expand(1, rows, -1)
+                loop.params.put(MIX, "rows", ctx.mix_init.to(loop_dtype).expand(1, rows, -1).clone()
+                                .requires_grad_(True))
+            a0 = torch.zeros((1, rows, *network.shape_of(out)), dtype=loop_dtype)
+            storages: dict[int, int] = {}
+
+            def pack(t: Tensor, storages: dict[int, int] = storages) -> Tensor:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                _backward(loop, plan, out, a0)
+            saved.append(sum(storages.values()))
+            largest = max(largest, max(storages.values(), default=0) // rows)
+    per_row_graph = max(saved[1] - saved[0], 0)
+    per_row = numbers * (8 * PARAM_COPIES_F64 + loop_bytes * PARAM_COPIES_LOOP) + per_row_graph + 2 * largest
+    relax = sum(_tensor_bytes(r) for r in ctx.relax.values())
+    pre = sum(v[0].size for v in probe.pre_lower.values())
+    per_domain = max(saved[0] - per_row_graph, 0) + relax * (1 + loop_bytes / 8) + 4 * 8 * pre
+    return AlphaMemory(int(per_domain), int(per_row))

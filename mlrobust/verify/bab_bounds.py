@@ -23,12 +23,15 @@ import torch
 
 from mlrobust.bounds.alpha_crown import (
     AlphaOptions,
+    AlphaResult,
     AlphaState,
     DomainBatch,
     RowMix,
     alpha_bounds,
+    alpha_memory,
     bounds_at,
 )
+from mlrobust.bounds.alpha_params import MIX
 from mlrobust.bounds.crown import (
     BackSubstitution,
     _interval_is_exact,
@@ -294,8 +297,10 @@ class AlphaEngine:
     gives_input_coeffs = False
 
     def __init__(self, network: Network, options: AlphaOptions | None = None, refresh: bool = True,
-                 keep_warm: bool = True):
+                 keep_warm: bool = True, memory_budget: int | None = None):
         self.network = network
+        #: bytes one α/β call may allocate (None: no limit); larger batches are bounded in chunks, see :meth:`alpha`
+        self.memory_budget = memory_budget
         self.options = options or AlphaOptions(iterations=10)
         self.crown = SplitCrown(network)
         self.relu_nodes = self.crown.relu_nodes
@@ -345,7 +350,7 @@ class AlphaEngine:
                 left = max(deadline - time.perf_counter(), 0.0)
                 options = replace(options, time_limit=left if options.time_limit is None
                                   else min(options.time_limit, left))
-            res = alpha_bounds(self.network, batch, coeffs, options=options, warm=warm, mix=mix)
+            res = self.alpha(batch, coeffs, options, warm, mix)
             weights = res.state.mix.get("rows")
             mixed = None if mix is None or weights is None else mix.coefficients(weights.cpu().numpy())
             infeasible = res.infeasible if res.infeasible is not None else np.zeros(len(live), dtype=bool)
@@ -365,6 +370,54 @@ class AlphaEngine:
                 out[i] = DomainBound(lower, dom, True, coeff, None, None if mixed is None else mixed[j], rows)
         return [o for o in out if o is not None]
 
+
+    def chunk_size(self, batch: DomainBatch, rows: int, options: AlphaOptions | None = None,
+                   mix: RowMix | None = None) -> int:
+        """Domains per α/β call under :attr:`memory_budget` for a batch like ``batch`` with ``rows`` rows (at least
+        one; the whole batch without a budget)."""
+        if self.memory_budget is None or batch.size <= 1:
+            return max(batch.size, 1)
+        per_child = alpha_memory(self.network, batch, options or self.options, mix).per_child(rows)
+        return int(min(max(self.memory_budget // max(per_child, 1), 1), batch.size))
+
+    def alpha(self, batch: DomainBatch, coeffs: np.ndarray, options: AlphaOptions, warm: AlphaState | None,
+              mix: RowMix | None) -> AlphaResult:
+        """:func:`alpha_bounds` of ``batch`` in chunks of :meth:`chunk_size` domains, one result as if in one call
+        (``stats["chunks"]``: how many calls).
+
+        Each domain's parameters are optimised on its own bound (the loss is the sum over domains and rows, Adam's
+        steps are elementwise), so a domain gets the same bound in a chunk as in the whole batch, up to float
+        rounding of the batched products, with two batch-level rules: ``options.time_limit`` holds for the whole
+        batch (a later chunk gets what the earlier ones left; past it a chunk takes no step and gives CROWN's bounds
+        at its warm start, sound), and ``options.early_stop`` stops a chunk once all of *its* rows pass it (the
+        BaB's engine sets none). A parameter family that a chunk lacks (β of a node split only in other chunks) is
+        NaN in the merged state: CROWN's value when it warm-starts a child (sound). What a chunk returns is kept in
+        float32 until the last chunk is done (the ReLU coefficients and the parameters, which the domain store keeps
+        in float32 anyway; the row mixture's weights stay float64, they define the rows that were bounded), so the
+        round's results do not outgrow the budget."""
+        size = batch.size
+        rows = int(coeffs.shape[-2]) if mix is None else mix.rows
+        step = self.chunk_size(batch, rows, options, mix)
+        if step >= size:
+            res = alpha_bounds(self.network, batch, coeffs, options=options, warm=warm, mix=mix)
+            res.stats["chunks"] = 1
+            return res
+        coeffs = np.asarray(coeffs)
+        per_domain = coeffs.ndim == 3 and coeffs.shape[0] == size and size > 1
+        deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
+        parts: list[AlphaResult] = []
+        for at in range(0, size, step):
+            idx = np.arange(at, min(at + step, size))
+            mine = options
+            if deadline is not None:
+                mine = replace(options, time_limit=max(deadline - time.perf_counter(), 0.0))
+            part_warm = None
+            if warm is not None:
+                part_warm = warm.select(idx) if warm.domains == size else warm  # one domain's broadcasts
+            res = alpha_bounds(self.network, batch.select(idx), coeffs[idx] if per_domain else coeffs,
+                               options=mine, warm=part_warm, mix=mix)
+            parts.append(_compact(res))
+        return _merge(parts)
 
     def _batch(self, domains: list[Domain]) -> DomainBatch:
         """The domains stacked for one α/β call (their float32 bounds widened to float64 exactly)."""
@@ -427,3 +480,35 @@ def _scatter_rows(full: object | None, part: AlphaState, rows: np.ndarray) -> Al
             v[:, idx.to(v.device)] = w.to(v.dtype)
             new[k] = v
     return out
+
+
+def _compact(res: AlphaResult) -> AlphaResult:
+    """``res`` with its ReLU coefficients and parameters (not the row mixture's weights) in float32: what the domain
+    store keeps of them, at half the memory while the other chunks are bounded."""
+    state = AlphaState({name: {k: v if name == MIX else v.float() for k, v in values.items()}
+                        for name, values in res.state.families.items()})
+    coeffs = {k: v.astype(np.float32) for k, v in res.relu_coeffs.items()}
+    return replace(res, state=state, relu_coeffs=coeffs, domains=None)
+
+
+def _merge(parts: list[AlphaResult]) -> AlphaResult:
+    """The results of consecutive chunks of one batch as one (states, coefficients and flags along the domain axis;
+    a value a chunk lacks is NaN: CROWN's default when it warm-starts again)."""
+    state = AlphaState()
+    for name in {name for p in parts for name in p.state.families}:
+        for key in {k for p in parts for k in p.state.family(name)}:
+            like = next(p.state.family(name)[key] for p in parts if key in p.state.family(name))
+            state.put(name, key, torch.cat([
+                p.state.family(name)[key] if key in p.state.family(name)
+                else torch.full((p.lower.shape[0], *like.shape[1:]), float("nan"), dtype=like.dtype,
+                                device=like.device)
+                for p in parts]))
+    coeffs = {k: np.concatenate([p.relu_coeffs[k] for p in parts]) for k in parts[0].relu_coeffs
+              if all(k in p.relu_coeffs for p in parts)}
+    infeasible = [p.infeasible if p.infeasible is not None else np.zeros(p.lower.shape[0], dtype=bool)
+                  for p in parts]
+    inputs = [p.input_coeffs for p in parts]
+    return AlphaResult(np.concatenate([p.lower for p in parts]), np.concatenate([p.crown_lower for p in parts]),
+                       state, max(p.iterations for p in parts), sum(p.seconds for p in parts), None, coeffs,
+                       np.concatenate(infeasible), {"chunks": len(parts)},
+                       None if any(a is None for a in inputs) else np.concatenate(inputs))  # type: ignore[arg-type]

@@ -1,8 +1,9 @@
 """Bounding a batch of children and folding the result into their arrays (value, binding row, coefficients).
 
 With the α/β engine and children that only gained ReLU splits (the hot path) the whole batch goes to
-:func:`mlrobust.bounds.alpha_crown.alpha_bounds` as one :class:`DomainBatch`, warm-started from the parents'
-parameters, and the results come back as arrays. Children whose box shrank (input bisection), or an engine that
+:func:`mlrobust.bounds.alpha_crown.alpha_bounds` as one :class:`DomainBatch` (in chunks that fit the engine's memory
+budget: :meth:`~mlrobust.verify.bab_bounds.AlphaEngine.alpha`), warm-started from the parents' parameters, and the
+results come back as arrays. Children whose box shrank (input bisection), or an engine that
 refreshes intermediate bounds by CROWN (plain CROWN, ``refresh_intermediate``), go through the engine's
 per-domain :meth:`bound` on :class:`~mlrobust.verify.bab_bounds.Domain` views, since those refreshes are one
 back-substitution per domain anyway.
@@ -16,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from mlrobust.bounds.alpha_crown import AlphaState, DomainBatch, RowMix, alpha_bounds
+from mlrobust.bounds.alpha_crown import AlphaState, DomainBatch, RowMix
 from mlrobust.verify.bab.spec import OutputSpec, row_upper_bounds
 from mlrobust.verify.bab.store import BoxTable, DomainLayout, Domains, concat
 from mlrobust.verify.bab_bounds import AlphaEngine, Domain, DomainBound, SplitCrown, down32, up32
@@ -29,7 +30,7 @@ class Bounded:
     """What bounding a batch gives, one row per domain: lower bounds ``(B, S)`` of ``-rows`` (``-inf`` for rows not
     bounded), ``feasible`` ``(B,)``, the rows bounded (None: all), and per bounded row the coefficients on each ReLU
     output ``(B, S', *shape)`` and on the input ``(B, S', *input)`` (None: the engine gives none), and the rows'
-    objectives ``(B, S', C)`` where a row mixture made them per domain."""
+    objectives ``(B, S', C)`` where a row mixture made them per domain, and how many α/β calls that took."""
 
     lower: np.ndarray
     feasible: np.ndarray
@@ -37,6 +38,7 @@ class Bounded:
     relu_coeff: dict[str, np.ndarray]
     input_coeff: np.ndarray | None
     coeffs: np.ndarray | None
+    chunks: int = 1  # α/β calls the batch took (see AlphaEngine.alpha: a memory budget splits it)
 
 
 # --- α/β warm starts ----------------------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ def _bound_alpha(engine: AlphaEngine, doms: Domains, coeffs: np.ndarray, deadlin
         # past the deadline the optimisation takes no step: CROWN's bounds at the parents' parameters (sound)
         left = max(deadline - time.perf_counter(), 0.0)
         options = replace(options, time_limit=left if options.time_limit is None else min(options.time_limit, left))
-    res = alpha_bounds(engine.network, as_batch(doms), coeffs, options=options, warm=warm, mix=mix)
+    res = engine.alpha(as_batch(doms), coeffs, options, warm, mix)
     b = doms.size
     if engine.keep_warm:
         new = warm_of(res.state)
@@ -185,7 +187,7 @@ def _bound_alpha(engine: AlphaEngine, doms: Domains, coeffs: np.ndarray, deadlin
     weights = res.state.mix.get("rows")
     mixed = None if mix is None or weights is None else mix.coefficients(weights.cpu().numpy())
     feasible = ~res.infeasible if res.infeasible is not None else np.ones(b, dtype=bool)
-    return doms, Bounded(lower, feasible, rows, dict(res.relu_coeffs), None, mixed)
+    return doms, Bounded(lower, feasible, rows, dict(res.relu_coeffs), None, mixed, int(res.stats.get("chunks", 1)))
 
 
 def collect(results: list[DomainBound], full: int) -> Bounded:

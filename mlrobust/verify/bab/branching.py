@@ -19,7 +19,7 @@ domain at a time anyway).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -198,22 +198,30 @@ class FsbBranching:
         """:meth:`_alpha_scores` of the domains ``part`` of ``doms`` (``layer`` and the others: theirs)."""
         assert isinstance(self.engine, AlphaEngine)
         d, k = layer.shape
-        parents = doms.take(np.repeat(part, k))
+        # the children are scored on one row, their parent's binding row: only that row of the warm start is
+        # copied to the 2k children of each parent (not every row's, S times the memory)
+        at, rows_of = torch.as_tensor(doms.binding[part]), torch.as_tensor(part)
+        one = {key: v[rows_of.to(v.device), at.to(v.device)][:, None] for key, v in doms.warm.items()}
+        parents = replace(doms, warm={}).take(np.repeat(part, k))
         flat_layer, flat_index = layer.reshape(-1, 1), index.reshape(-1, 1)
         valid = flat_layer[:, 0] >= 0
         # an absent candidate is scored as a split of neuron 0 of node 0 and masked out afterwards
         kids = split_relus(parents, self.layout.relu_nodes, np.where(valid[:, None], flat_layer, 0),
                            np.where(valid[:, None], flat_index, 0))
-        rows = np.repeat(doms.binding[part], 2 * k)
-        warm = None
-        if self.engine.keep_warm and kids.warm:
-            # each child starts from its parent's parameters of the row being scored
-            at = torch.as_tensor(rows)
-            one = {key: v[torch.arange(v.shape[0], device=v.device), at.to(v.device)][:, None]
-                   for key, v in kids.warm.items()}
-            warm = state_of(one)
+        owner = torch.as_tensor(np.repeat(np.arange(d), 2 * k))
         coeffs = np.repeat(objective, 2 * k, axis=0)[:, None, :]
-        lower = bounds_at(self.engine.network, as_batch(kids), coeffs, warm, device=self.engine.options.device)
+        batch = as_batch(kids)
+        # in chunks under the engine's memory budget (each child's bound is its own: the same in any chunk)
+        step = self.engine.chunk_size(batch, 1)
+        lower = np.empty((kids.size, 1))
+        for start in range(0, kids.size, step):
+            sel = np.arange(start, min(start + step, kids.size))
+            warm = None
+            if self.engine.keep_warm and one:
+                # each child starts from its parent's parameters of the row being scored
+                warm = state_of({key: v[owner[sel].to(v.device)] for key, v in one.items()})
+            lower[sel] = bounds_at(self.engine.network, batch.select(sel), coeffs[sel], warm,
+                                   device=self.engine.options.device)
         return lower[:, 0].reshape(d, k, 2)
 
     def _crown_scores(self, doms: Domains, layer: np.ndarray, index: np.ndarray,

@@ -267,6 +267,7 @@ class BabVerifier:
             stats["domains"] += kids.size
             stats["max_depth"] = max(stats["max_depth"], int(kids.depth.max()))
             stats["infeasible"] += int((~bounded.feasible).sum())
+            stats["bound_chunks"] = stats.get("bound_chunks", 0) + bounded.chunks
             stats["max_children"] = max(stats.get("max_children", 0), kids.size)
             live = np.flatnonzero(kids.value >= -ROBUST_TOLERANCE)
             store.push(kids)
@@ -339,7 +340,7 @@ class BabVerifier:
         if name == "crown":
             return SplitCrown(network)
         return AlphaEngine(network, AlphaOptions(iterations=opts.alpha_iterations, device=opts.device),
-                           refresh=opts.refresh_intermediate)
+                           refresh=opts.refresh_intermediate, memory_budget=opts.memory_budget_bytes)
 
 
 def _bisect(parents: Domains, bisect: InputBisection, levels: int) -> tuple[Domains, int] | None:

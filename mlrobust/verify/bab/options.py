@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from mlrobust.errors import InputError
 from mlrobust.ir.torch_exec import check_device
 from mlrobust.verify.bab.spec import PAIR_WEIGHTS
 from mlrobust.verify.counterexample import CheckedPoint
 from mlrobust.verify.verdict import WeakPoint
+
+#: Bytes one α/β bounding call of the branch and bound may allocate by default (see ``BabOptions``).
+DEFAULT_MEMORY_BUDGET = 256 * 2 ** 20
 
 
 @dataclass
@@ -43,6 +48,13 @@ class BabOptions:
     that pays: every domain inherits them) or plain "crown", run on at most that share of the time limit. Measured
     on the whole-image boxes of the reference CNNs at 1.0× their searched vectors (30 s each): from α, 14 of 15
     proven, each in ≤ 2.3 s but one; from CROWN 12 of 15, four of them in 17–18 s.
+    ``memory_budget_bytes``: bytes one α/β bounding call may allocate; a round's children (and the root) are bounded
+    in chunks whose estimated size fits it (:func:`mlrobust.bounds.alpha_crown.alpha_memory`: the parameters per
+    row times the copies the optimiser keeps, and the backward pass's saved tensors), each child getting the same
+    bound as in one batch (FSB's candidate children are scored in passes under it too); None: every child in one
+    call. The default 256 MiB: a search's process holds ~0.55 GB before its first branch and bound, and with this
+    budget ``mlrobust verify`` on the 64×64 rung peaked at 0.98 GB (1.20 GB at 512 MiB;
+    benchmarks/results/bab_notes.md).
     """
 
     batch_size: int = 32
@@ -70,6 +82,7 @@ class BabOptions:
     max_split_levels: int = 3
     root_tier: str = "alpha"
     root_tier_share: float = 0.25
+    memory_budget_bytes: int | None = DEFAULT_MEMORY_BUDGET
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
@@ -85,6 +98,10 @@ class BabOptions:
             raise InputError(f"unknown root tier {self.root_tier!r}; choose one of {', '.join(ROOT_TIERS)}")
         if not 0.0 < self.root_tier_share <= 1.0:
             raise InputError(f"root_tier_share must lie in (0, 1], not {self.root_tier_share}")
+        budget = self.memory_budget_bytes
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, np.integer))
+                                   or budget <= 0):
+            raise InputError(f"memory_budget_bytes must be a positive number of bytes or None, not {budget!r}")
 
 
 BRANCHING = ("babsr", "fsb", "widest")
