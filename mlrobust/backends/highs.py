@@ -17,6 +17,7 @@ the solver thread is told to stop at its next poll (it keeps its model until the
 
 from __future__ import annotations
 
+import atexit
 import signal
 import threading
 import time
@@ -248,9 +249,11 @@ class HighsBackend:
                     return True
         except BaseException:
             # Ctrl-C, or the search's own hard stop (mlrobust.search.deadline: a signal handled here, in the main
-            # thread, which it could not be while HiGHS held that thread): the solve stops at its next poll
+            # thread, which it could not be while HiGHS held that thread): the solve stops at its next poll, which
+            # is given the grace to come before the exception goes on
             state["abandoned"] = True
-            _abandon(thread)
+            if not done.wait(float(self.hard_stop_grace)):
+                _abandon(thread)
             raise
         return False
 
@@ -259,6 +262,16 @@ def _abandon(thread: threading.Thread) -> None:
     """Keep an abandoned solver thread in :data:`ABANDONED` until it has stopped."""
     ABANDONED.add(thread)
     threading.Thread(target=_forget, args=(thread,), daemon=True).start()
+
+
+@atexit.register
+def _join_abandoned() -> None:
+    """At interpreter exit, wait for abandoned solver threads to reach their next poll and stop: a native thread
+    still inside HiGHS while the interpreter finalises ends the process with an abort ("terminate called without an
+    active exception", exit -6) instead of its own exit code. Each was told to stop, and HiGHS's own time limit ends
+    it at the latest. (The console script ends verify, vnnlib and inspect with ``os._exit`` and skips this.)"""
+    for thread in list(ABANDONED):
+        thread.join()
 
 
 def _forget(thread: threading.Thread) -> None:
