@@ -44,7 +44,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from mlrobust.verify.vnnlib_parse import topk_form as vnnlib_topk_form  # noqa: E402
+from mlrobust.verify.vnnlib_parse import topk_form  # noqa: E402  (the property as a top-k question)
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCES = ROOT / "benchmarks" / "vnncomp"
@@ -84,11 +84,6 @@ def read_instances(folder: Path) -> list[Instance]:
         raise SystemExit(f"error: {path} not found (build it with python -m benchmarks.vnncomp_models)")
     with path.open() as fh:
         return [Instance(row[0].strip(), row[1].strip(), float(row[2])) for row in csv.reader(fh) if row]
-
-
-# --- the property as a top-k question --------------------------------------------------------------------------------
-#: ``(target, k)`` of a "target is not in the top-k" property, else None (:mod:`mlrobust.verify.vnnlib_parse`)
-topk_form = vnnlib_topk_form
 
 
 #: mlrobust's VNN-LIB route (``mlrobust vnnlib``) as a method, by its ``--verifier``: any property, not only top-k.

@@ -325,11 +325,8 @@ def test_input_bisection_ranks_by_coefficient_times_width_and_skips_flat_dimensi
         assert np.all(ranked.layer[i, :n] == INPUT) and np.all(ranked.layer[i, n:] == -1)
 
 
-@given(seed=st.integers(0, 400))
-@FAST
-def test_fsb_picks_the_candidate_whose_worse_child_bound_is_best(seed):
-    """FSB on the α/β engine: each candidate's score is the worse of its two children's bounds, as the per-domain
-    reference (AlphaEngine.split_scores) computes them, and the candidates come best first."""
+def _alpha_root(seed: int):
+    """The α/β engine on a small MLP (odd seeds) or CNN, a top-2 spec (single margins) and its bounded root domain."""
     net = random_mlp(seed) if seed % 2 else random_cnn(seed)
     lo, hi = random_box(net, seed, 0.4)
     target = int(np.argmax(net.logits(((lo + hi) / 2)[None])[0]))
@@ -341,6 +338,15 @@ def test_fsb_picks_the_candidate_whose_worse_child_bound_is_best(seed):
     roots = domains_from([engine.root(lo, hi, b.lower, b.upper)], layout)
     doms, bounded = bound_domains(engine, roots, layout, coeffs)
     doms = absorb(doms, bounded, spec)
+    return engine, layout, coeffs, spec, doms
+
+
+@given(seed=st.integers(0, 400))
+@FAST
+def test_fsb_picks_the_candidate_whose_worse_child_bound_is_best(seed):
+    """FSB on the α/β engine: each candidate's score is the worse of its two children's bounds, as the per-domain
+    reference (AlphaEngine.split_scores) computes them, and the candidates come best first."""
+    engine, layout, coeffs, spec, doms = _alpha_root(seed)
     fsb = FsbBranching(layout, engine, coeffs, candidates=4)
     got = fsb.rank(doms, 4)
     n = int(got.available[0])
@@ -363,17 +369,7 @@ def test_fsb_scores_in_passes_of_at_most_max_children_are_the_same(seed, monkeyp
     ``max_children`` children (one domain's 2 x candidates where that alone is more)."""
     import mlrobust.verify.bab.branching as branching_module
 
-    net = random_mlp(seed) if seed % 2 else random_cnn(seed)
-    lo, hi = random_box(net, seed, 0.4)
-    target = int(np.argmax(net.logits(((lo + hi) / 2)[None])[0]))
-    engine = AlphaEngine(net, refresh=False)
-    spec = topk_spec(net.num_classes, target, min(2, net.num_classes - 1), pair_weights=())
-    coeffs = objective_coeffs(spec)
-    b = crown(net, lo, hi)
-    layout = layout_of(engine, coeffs.shape[0])
-    roots = domains_from([engine.root(lo, hi, b.lower, b.upper)], layout)
-    doms, bounded = bound_domains(engine, roots, layout, coeffs)
-    doms = absorb(doms, bounded, spec)
+    engine, layout, coeffs, spec, doms = _alpha_root(seed)
     first = FsbBranching(layout, engine, coeffs, candidates=4).rank(doms, 2)
     assert first.available[0] >= 2
     kids = split_relus(doms, layout.relu_nodes, first.layer[:, :2], first.index[:, :2])  # four distinct domains

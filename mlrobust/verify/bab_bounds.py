@@ -320,11 +320,7 @@ class AlphaEngine:
         of the clauses still open in some domain of the batch; the warm starts keep every row, the others' as
         the parent left them."""
         full = coeffs.shape[0]
-        if rows is not None:
-            rows = np.asarray(rows, dtype=np.int64)
-            coeffs = coeffs[rows]
-            if mix is not None:
-                mix = mix.select(rows)
+        coeffs, mix, rows = select_rows(coeffs, mix, rows)
         out: list[DomainBound | None] = [None] * len(domains)
         live: list[Domain] = []
         where: list[int] = []
@@ -512,3 +508,13 @@ def _merge(parts: list[AlphaResult]) -> AlphaResult:
                        state, max(p.iterations for p in parts), sum(p.seconds for p in parts), None, coeffs,
                        np.concatenate(infeasible), {"chunks": len(parts)},
                        None if any(a is None for a in inputs) else np.concatenate(inputs))  # type: ignore[arg-type]
+
+
+def select_rows(coeffs: np.ndarray, mix: RowMix | None,
+                rows: np.ndarray | None) -> tuple[np.ndarray, RowMix | None, np.ndarray | None]:
+    """The objective rows ``rows`` (indices; None: every row) of ``coeffs`` and of the row mixture ``mix``, and the
+    indices as an integer array."""
+    if rows is None:
+        return coeffs, mix, None
+    rows = np.asarray(rows, dtype=np.int64)
+    return coeffs[rows], None if mix is None else mix.select(rows), rows

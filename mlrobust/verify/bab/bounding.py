@@ -20,7 +20,7 @@ import torch
 from mlrobust.bounds.alpha_crown import AlphaState, DomainBatch, RowMix
 from mlrobust.verify.bab.spec import OutputSpec, row_upper_bounds
 from mlrobust.verify.bab.store import BoxTable, DomainLayout, Domains, concat
-from mlrobust.verify.bab_bounds import AlphaEngine, Domain, DomainBound, SplitCrown, down32, up32
+from mlrobust.verify.bab_bounds import AlphaEngine, Domain, DomainBound, SplitCrown, down32, select_rows, up32
 
 Engine = SplitCrown | AlphaEngine
 
@@ -164,11 +164,7 @@ def bound_domains(engine: Engine, doms: Domains, layout: DomainLayout, coeffs: n
 def _bound_alpha(engine: AlphaEngine, doms: Domains, coeffs: np.ndarray, deadline: float | None,
                  mix: RowMix | None, rows: np.ndarray | None) -> tuple[Domains, Bounded]:
     full = coeffs.shape[0]
-    if rows is not None:
-        rows = np.asarray(rows, dtype=np.int64)
-        coeffs = coeffs[rows]
-        if mix is not None:
-            mix = mix.select(rows)
+    coeffs, mix, rows = select_rows(coeffs, mix, rows)
     warm = state_of(doms.warm, rows) if engine.keep_warm else None
     options = engine.options
     if deadline is not None:
