@@ -45,7 +45,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -107,25 +107,23 @@ def _target(network, x: np.ndarray, label: int) -> int:
     return label if label in np.argsort(logits)[::-1][:K] else int(np.argmax(logits))
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    import torch
+def _boxes(args: argparse.Namespace, log: Callable[[str], None]) -> Iterator[tuple]:
+    """Every (model, image, kind) the benchmark asks about: ``(model, image id, kind, network, target, box_at,
+    r_crown)`` with ``box_at(size) -> (lower, upper)``: the stored layered search vector scaled by ``size``
+    (kind "layered", shipped models with a stored vector; ``r_crown`` None) or the whole-image L∞ ball of
+    ``size`` times the largest radius CROWN proves (kind "linf", ``r_crown`` that radius). Models whose input is
+    not the manifest images' shape (the other shipped rungs) are skipped."""
     from PIL import Image
 
     from benchmarks.bench_scale import box_factory, manifest_images
-    from benchmarks.bench_vnncomp import _git
-    from benchmarks.suite import machine
     from mlrobust.ir.onnx_import import load_onnx
 
-    torch.set_num_threads(1)
-    info = machine()  # the load average before the work, not after it
     images = manifest_images(args.examples, args.images)
     cache = json.loads(args.neighborhoods.read_text()) if args.neighborhoods.is_file() else {}
     shipped = sorted(p.stem for p in (args.examples / "models").glob("*.onnx"))
     models = [(m, args.examples / "models" / f"{m}.onnx", True) for m in shipped]
     if args.devset is not None and args.devset.is_dir():
         models += [(p.stem, p, False) for p in sorted(args.devset.glob("*.onnx"))]
-    rows: list[dict] = []
-    start = time.perf_counter()
     image_shape = (1, *np.asarray(Image.open(args.examples / images[0]["file"])).shape)
     for model, path, has_vectors in models:
         network = load_onnx(path)
@@ -137,26 +135,42 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             if has_vectors and key in cache:
                 eps = np.asarray(cache[key]["epsilons"], dtype=np.float64)
                 net_l, target_l, box = box_factory(args.examples, model, entry, eps)
-                for scale in args.scales:
-                    b = box(scale)
-                    row = {"model": model, "image": entry["id"], "kind": "layered", "size": scale,
-                           "target": target_l}
-                    for m in METHODS:
-                        row[m] = tier_query(net_l, b.lower, b.upper, target_l, m)
-                    rows.append(row)
-                    log(_line(row))
+
+                def layered(size: float, box=box) -> tuple[np.ndarray, np.ndarray]:
+                    b = box(size)
+                    return b.lower, b.upper
+
+                yield model, entry["id"], "layered", net_l, target_l, layered, None
             x = np.asarray(Image.open(args.examples / entry["file"]), dtype=np.float64)[None] / 255.0
             target = _target(network, x, int(entry["target_label"]))
             r_crown = crown_radius(network, x, target)
-            for factor in args.radii:
-                radius = factor * r_crown
-                lo, hi = np.clip(x - radius, 0.0, 1.0), np.clip(x + radius, 0.0, 1.0)
-                row = {"model": model, "image": entry["id"], "kind": "linf", "size": factor, "radius": radius,
-                       "target": target}
-                for m in METHODS:
-                    row[m] = tier_query(network, lo, hi, target, m)
-                rows.append(row)
-                log(_line(row))
+
+            def linf(size: float, x=x, r_crown=r_crown) -> tuple[np.ndarray, np.ndarray]:
+                return np.clip(x - size * r_crown, 0.0, 1.0), np.clip(x + size * r_crown, 0.0, 1.0)
+
+            yield model, entry["id"], "linf", network, target, linf, r_crown
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    import torch
+
+    from benchmarks.bench_vnncomp import _git
+    from benchmarks.suite import machine
+
+    torch.set_num_threads(1)
+    info = machine()  # the load average before the work, not after it
+    rows: list[dict] = []
+    start = time.perf_counter()
+    for model, image, kind, network, target, box_at, r_crown in _boxes(args, log):
+        for size in (args.scales if kind == "layered" else args.radii):
+            lo, hi = box_at(size)
+            row = {"model": model, "image": image, "kind": kind, "size": size, "target": target}
+            if r_crown is not None:
+                row["radius"] = size * r_crown
+            for m in METHODS:
+                row[m] = tier_query(network, lo, hi, target, m)
+            rows.append(row)
+            log(_line(row))
     return {"command": "python -m benchmarks bound-tier " + " ".join(args.argv), "machine": info, "git": _git(),
             "rows": rows, "seconds": time.perf_counter() - start, "devset": str(args.devset) if args.devset else None,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
@@ -221,58 +235,23 @@ def run_sequence(network, box_at: Callable[[float], tuple[np.ndarray, np.ndarray
 def run_sequences(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     """Every (model, image, kind) sequence with every variant, back to back (see the module doc)."""
     import torch
-    from PIL import Image
 
-    from benchmarks.bench_scale import box_factory, manifest_images
     from benchmarks.bench_vnncomp import _git
     from benchmarks.suite import machine
-    from mlrobust.ir.onnx_import import load_onnx
 
     torch.set_num_threads(1)
     info = machine()
-    images = manifest_images(args.examples, args.images)
-    cache = json.loads(args.neighborhoods.read_text()) if args.neighborhoods.is_file() else {}
-    shipped = sorted(p.stem for p in (args.examples / "models").glob("*.onnx"))
-    models = [(m, args.examples / "models" / f"{m}.onnx", True) for m in shipped]
-    if args.devset is not None and args.devset.is_dir():
-        models += [(p.stem, p, False) for p in sorted(args.devset.glob("*.onnx"))]
     rows: list[dict] = []
     start = time.perf_counter()
-    image_shape = (1, *np.asarray(Image.open(args.examples / images[0]["file"])).shape)
-
-    def one(model: str, image: str, kind: str, network, target: int, box_at: Callable, first: float) -> None:
+    for model, image, kind, network, target, box_at, _ in _boxes(args, log):
         row: dict = {"model": model, "image": image, "kind": kind, "target": target}
         for v in VARIANTS:
-            row[v] = run_sequence(network, box_at, first, target, v, steps=args.seq_steps)
+            # layered sizes from 0.9 of the stored vector, whole-image ones from CROWN's radius
+            row[v] = run_sequence(network, box_at, 0.9 if kind == "layered" else 1.0, target, v, steps=args.seq_steps)
         rows.append(row)
         log(" ".join([f"{model}/{image} {kind}:"] + [f"{v} {row[v]['proven']}/{len(row[v]['sizes'])} proven, up to "
                                                       f"{row[v]['largest']:.4f}, {row[v]['seconds']:.1f} s;"
                                                       for v in VARIANTS]))
-
-    for model, path, has_vectors in models:
-        network = load_onnx(path)
-        if tuple(network.sample_shape) != image_shape:
-            log(f"{model}: skipped (input {tuple(network.sample_shape)}, the manifest's images are {image_shape})")
-            continue
-        for entry in images:
-            key = f"{model}/{entry['id']}"
-            if has_vectors and key in cache:
-                eps = np.asarray(cache[key]["epsilons"], dtype=np.float64)
-                net_l, target_l, box = box_factory(args.examples, model, entry, eps)
-
-                def layered(size: float, box=box) -> tuple[np.ndarray, np.ndarray]:
-                    b = box(size)
-                    return b.lower, b.upper
-
-                one(model, entry["id"], "layered", net_l, target_l, layered, 0.9)
-            x = np.asarray(Image.open(args.examples / entry["file"]), dtype=np.float64)[None] / 255.0
-            target = _target(network, x, int(entry["target_label"]))
-            r_crown = crown_radius(network, x, target)
-
-            def linf(size: float, x=x, r_crown=r_crown) -> tuple[np.ndarray, np.ndarray]:
-                return np.clip(x - size * r_crown, 0.0, 1.0), np.clip(x + size * r_crown, 0.0, 1.0)
-
-            one(model, entry["id"], "linf", network, target, linf, 1.0)
     return {"command": "python -m benchmarks bound-tier " + " ".join(args.argv), "machine": info, "git": _git(),
             "rows": rows, "seconds": time.perf_counter() - start, "sequence": True, "steps": args.seq_steps,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
