@@ -12,9 +12,10 @@ from test_search_oracles import ExactLpVerifier, tiny_case
 from mlrobust.neighborhood import LayeredNeighborhood
 from mlrobust.search.intervals import apply_upper_bounds, known_upper_bounds
 from mlrobust.search.maximality import LayerMaximality
-from mlrobust.search.problem import SearchProblem
+from mlrobust.search.problem import SearchProblem, evict_weak_points
 from mlrobust.verify.counterexample import TopKProperty, check_points, snap_into_box
 from mlrobust.verify.spec import Box
+from mlrobust.verify.verdict import WeakPoint
 
 
 def tiny_problem(seed: int = 4) -> SearchProblem:
@@ -122,3 +123,45 @@ def test_cached_containment_equals_the_point_by_point_test(seed, n, scale):
     else:
         assert found is not None and box.contains(found.x)
         assert found.margin == max(c.margin for c in inside)
+
+
+def _weak(margin: float, size: int = 100) -> WeakPoint:
+    return WeakPoint(np.full(size, margin), margin)
+
+
+@given(margins=st.lists(st.lists(st.floats(-5, 5), min_size=1, max_size=4), min_size=1, max_size=30),
+       budget_points=st.integers(0, 40), recent=st.integers(0, 10))
+@settings(max_examples=60, deadline=None)
+def test_weak_points_stay_within_their_budget_keeping_recent_and_strongest(margins, budget_points, recent):
+    entries = [(np.full(2, float(i)), [_weak(m) for m in ms]) for i, ms in enumerate(margins)]
+    per_point = _weak(0.0).x.nbytes
+    kept = evict_weak_points(list(entries), budget_points * per_point, recent)
+    new = entries[-recent:] if recent else []
+    tail = kept[len(kept) - len(new):]
+    assert len(tail) == len(new) and all(a is b for a, b in zip(tail, new))  # the recent queries untouched
+    old_kept = [wp for _, wps in kept[:len(kept) - len(new)] for wp in wps]
+    held = sum(wp.x.nbytes for _, wps in kept for wp in wps)
+    old_all = [wp for _, wps in entries[:len(entries) - len(new)] for wp in wps]
+    assert held <= max(budget_points * per_point, sum(wp.x.nbytes for _, wps in new for wp in wps))
+    if old_kept and len(old_kept) < len(old_all):
+        # every evicted older point is no stronger than every kept one
+        evicted = [wp for wp in old_all if not any(wp is k for k in old_kept)]
+        assert max(w.margin for w in evicted) <= min(w.margin for w in old_kept)
+    assert all(wps for _, wps in kept)  # no empty entries
+
+
+def test_a_long_search_holds_a_bounded_store_of_weak_points(monkeypatch):
+    import mlrobust.search.problem as problem_module
+
+    pb = tiny_problem()
+    per_point = pb.x0.nbytes
+    monkeypatch.setattr(problem_module, "WEAK_POINT_BUDGET_BYTES", 30 * per_point)
+    for i in range(200):
+        pb.add_weak_points(np.full(pb.num_layers, 0.01), [WeakPoint(pb.x0.copy(), float(i % 17)) for _ in range(3)])
+    held = sum(wp.x.nbytes for _, wps in pb._weak for wp in wps)
+    assert held == 30 * per_point  # the last eight queries' 24 points and the 6 strongest older ones
+    older = [wp.margin for _, wps in pb._weak[:-problem_module.WEAK_RECENT] for wp in wps]
+    assert older == [16.0] * 6
+    recent = [wp.margin for _, wps in pb._weak[-problem_module.WEAK_RECENT:] for wp in wps]
+    assert recent == [float(i % 17) for i in range(192, 200) for _ in range(3)]
+    assert pb.warm_starts(pb.box(np.full(pb.num_layers, 0.01)))  # the warm starts still find their seeds

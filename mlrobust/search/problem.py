@@ -49,6 +49,33 @@ WARM_STEPS = 30
 #: Random restarts and steps added when the verifier of the phase has no attack tier of its own.
 COLD_RESTARTS = 4
 COLD_STEPS = 40
+#: Bytes of weak points kept to seed later attacks. Each is a whole input (2 MB at 3x300x300) and a long search
+#: makes hundreds of queries, so the store keeps the most recent queries' points (the warm starts read the last
+#: eight) and, of the older ones, the strongest, within this budget.
+WEAK_POINT_BUDGET_BYTES = 64_000_000
+#: The most recent queries whose weak points are never evicted (what :meth:`SearchProblem.warm_starts` reads).
+WEAK_RECENT = 8
+
+
+def evict_weak_points(entries: list[tuple[np.ndarray, list[WeakPoint]]], budget: int,
+                      recent: int) -> list[tuple[np.ndarray, list[WeakPoint]]]:
+    """``entries`` (per query: its epsilons and weak points, oldest first) within ``budget`` bytes of points: the
+    last ``recent`` entries stay whole; of the older ones the points with the lowest margin (the farthest from
+    losing the target, the weakest attack seeds) go first. Entries left without points are dropped."""
+    held = sum(wp.x.nbytes for _, wps in entries for wp in wps)
+    old = entries[:-recent] if recent else entries
+    if held <= budget or not old:
+        return entries
+    ranked = sorted(((wp.margin, i, j) for i, (_, wps) in enumerate(old) for j, wp in enumerate(wps)),
+                    key=lambda t: t[0])
+    dropped: set[tuple[int, int]] = set()
+    for _, i, j in ranked:
+        if held <= budget:
+            break
+        held -= old[i][1][j].x.nbytes
+        dropped.add((i, j))
+    kept = [(eps, [wp for j, wp in enumerate(wps) if (i, j) not in dropped]) for i, (eps, wps) in enumerate(old)]
+    return [e for e in kept if e[1]] + entries[len(old):]
 
 
 @dataclass
@@ -315,7 +342,7 @@ class SearchProblem:
 
     def _warm_starts(self, box: Box) -> list[np.ndarray]:
         """The strongest known points (weak points of recent queries, counterexamples), clipped into ``box``."""
-        cands = [wp for _, wps in self._weak[-8:] for wp in wps[:3]]
+        cands = [wp for _, wps in self._weak[-WEAK_RECENT:] for wp in wps[:3]]
         cands += [WeakPoint(c.x.reshape(box.shape), c.margin) for c in self.counterexamples[-4:]]
         cands.sort(key=lambda w: -w.margin)
         out: list[np.ndarray] = []
@@ -385,7 +412,7 @@ class SearchProblem:
             logged = dataclasses.replace(verdict, weak_points=[],
                                          counterexample=x.reshape(np.shape(verdict.counterexample)))
         if verdict.weak_points:
-            self._weak.append((eps.copy(), list(verdict.weak_points)))
+            self._keep_weak(eps, verdict.weak_points)
         return logged
 
     def add_counterexample(self, x: np.ndarray, margin: float, eps: np.ndarray, tier: str) -> None:
@@ -406,7 +433,12 @@ class SearchProblem:
     def add_weak_points(self, eps: np.ndarray, points: list[WeakPoint]) -> None:
         """Remember strong non-violating points of the box of ``eps`` (they seed later attacks)."""
         if points:
-            self._weak.append((np.asarray(eps, dtype=np.float64).copy(), list(points)))
+            self._keep_weak(eps, points)
+
+    def _keep_weak(self, eps: np.ndarray, points: Sequence[WeakPoint]) -> None:
+        """Store a query's weak points, then evict older queries' weakest points over the byte budget."""
+        self._weak.append((np.asarray(eps, dtype=np.float64).copy(), list(points)))
+        self._weak = evict_weak_points(self._weak, WEAK_POINT_BUDGET_BYTES, WEAK_RECENT)
 
     def best_proven(self) -> np.ndarray:
         """The largest vector (by ``w . eps``) that a query proved robust so far (zeros if none), among those that
