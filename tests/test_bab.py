@@ -304,7 +304,9 @@ def test_counterexamples_are_confirmed_and_time_limits_give_unknown():
 def test_cascade_bab_tier_decides_before_the_milp():
     net, box, target = _query(12, 0.4)
     cascade = Cascade(use_bab=True)
-    v = cascade.verify(net, box, target, 2, time_limit=60)
+    # no time limit: the branch and bound's stall test compares progress with elapsed time, so on a loaded machine
+    # a time-limited call may hand over to the MILP
+    v = cascade.verify(net, box, target, 2, time_limit=None)
     assert isinstance(v, Robust) and v.tier == "bab" and "bab" in v.seconds
     assert cascade.calls["bab"] == 1 and cascade.calls["milp"] == 0
 
@@ -400,7 +402,9 @@ def test_a_slow_bound_step_does_not_carry_the_root_past_the_deadline(monkeypatch
     v = BabVerifier(root_attack=False).verify(net, box, target, 2, time_limit=limit)
     elapsed = time.perf_counter() - start
     assert not v.is_robust and not v.is_not_robust and "time limit" in v.reason
-    assert len(calls) == 1  # one step started before the deadline, none after
+    # at most the one step started before the deadline, none after (on a loaded machine the root's earlier work
+    # may use up the 0.5 s before the first step)
+    assert len(calls) <= 1
     assert elapsed < limit + 1.0 + 2.0  # the one slow step plus generous slack for a loaded machine
 
 
