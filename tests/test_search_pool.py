@@ -221,6 +221,22 @@ def test_workers_are_gone_after_a_normal_search(recorded, monkeypatch):
     assert_workers_gone(recorded, seen)
 
 
+def _node_count(job: int, network: Network | None = None) -> int:
+    """A job's answer: in a worker, from the network the worker unpickled once."""
+    return job * len((network or pool_module._NETWORK).nodes)
+
+
+def test_closing_a_pool_terminates_its_idle_workers():
+    """The end of a search does not wait for the workers' own interpreter shutdown (seconds of torch teardown on a
+    loaded machine, counted against the time limit): its idle workers are terminated."""
+    pb = tiny_problem()
+    with QueryPool(pb.network, 2) as pool:
+        assert pool.map(_node_count, [1, 2]) == [len(pb.network.nodes), 2 * len(pb.network.nodes)]
+        procs = list(pool._executor._processes.values())
+    assert procs and all(p.exitcode == -signal.SIGTERM for p in procs)
+    assert not pool.running
+
+
 def test_workers_are_gone_after_an_exception(recorded, monkeypatch):
     """A worker that dies (here: its network fails to load) is one clear error, and the others are stopped."""
     seen = seen_pids(monkeypatch)
