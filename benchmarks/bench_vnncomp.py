@@ -229,15 +229,25 @@ class OrtChecker:
         xa = np.asarray(x, dtype=np.float64)
         y = self.outputs(folder / inst.model, xa)
         best, in_box = -np.inf, False
+        x32 = xa.astype(np.float32).astype(np.float64)
         for region in prop.regions:
-            # the point is what onnxruntime sees: its float32 value must lie in the box
-            x32 = xa.astype(np.float32).astype(np.float64)
-            inside = bool(np.all(x32 >= region.lower) and np.all(x32 <= region.upper))
+            inside = float32_in_box(x32, region.lower, region.upper)
             in_box |= inside
             if inside:
                 best = max(best, float(clause_margin(y[None], region.clauses)[0]))
         verdict = ("wrong" if not in_box or best < -ORT_TOLERANCE else "borderline" if best < 0 else "confirmed")
         return {"ort_margin": best, "in_box": in_box, "verdict": verdict}
+
+
+def float32_in_box(x32: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> bool:
+    """Whether the float32 point ``x32`` (what onnxruntime is fed) is the float32 rounding of some point of the box
+    ``[lower, upper]``. Rounding to nearest is monotone, so those are the float32 values between the roundings of
+    the bounds: a box narrower than float32's spacing (a layered box's outer rings at ε ~1e-14 around a pixel
+    value k/255, which is no float32) holds no float32 value at all, and its points reach the network as the
+    rounding of a bound."""
+    lo32 = np.asarray(lower, dtype=np.float64).astype(np.float32).astype(np.float64)
+    hi32 = np.asarray(upper, dtype=np.float64).astype(np.float32).astype(np.float64)
+    return bool(np.all(x32 >= lo32) and np.all(x32 <= hi32))
 
 
 def soundness(rows: list[dict]) -> list[str]:

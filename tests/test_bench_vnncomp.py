@@ -10,7 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.bench_vnncomp import INSTANCES, Instance, OrtChecker, read_instances, run, select, soundness, topk_form
+from benchmarks.bench_vnncomp import (
+    INSTANCES,
+    Instance,
+    OrtChecker,
+    float32_in_box,
+    read_instances,
+    run,
+    select,
+    soundness,
+    topk_form,
+)
 from benchmarks.vnncomp_models import topk_vnnlib
 from mlrobust import load_onnx
 from mlrobust.verify.vnnlib import parse_vnnlib
@@ -165,3 +175,18 @@ def test_shipped_models_are_the_described_shapes():
     assert [w[0] for w in dense["mnist_fc_256x4"]] == [256, 256, 256, 256, 10]
     assert [w[0] for w in dense["acas_like"]] == [50] * 6 + [5]
     assert dense["acas_like"][0][1] == 5 and dense["mnist_fc_256x2"][0][1] == 784
+
+
+def test_a_point_of_a_box_narrower_than_float32_spacing_reaches_onnxruntime_inside_it():
+    """A layered box's outer ring at ε 1e-14 around pixel values k/255 holds no float32 value; its points reach the
+    network as a bound's rounding, which the check accepts, and nothing farther."""
+    centre = np.arange(1, 200, dtype=np.float64) / 255.0
+    lower, upper = centre - 1e-14, centre + 1e-14
+    x32 = centre.astype(np.float32).astype(np.float64)
+    assert not np.all((x32 >= lower) & (x32 <= upper))  # the strict test would call a sound answer wrong
+    assert float32_in_box(x32, lower, upper)
+    off = x32.copy()
+    off[7] = np.nextafter(np.float32(off[7]), np.float32(2.0))  # one float32 step beyond the rounding of the box
+    assert not float32_in_box(off, lower, upper)
+    wide_lo, wide_hi = centre - 0.01, centre + 0.01
+    assert float32_in_box(x32, wide_lo, wide_hi) and not float32_in_box(x32 + 0.02, wide_lo, wide_hi)
