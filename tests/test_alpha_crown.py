@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from ir_factories import random_box, random_network, sample_box
+from ir_factories import NetBuilder, random_box, random_network, sample_box
 
 from mlrobust.bounds.alpha_crown import (
     AlphaOptions,
@@ -28,13 +28,13 @@ from mlrobust.bounds.alpha_crown import (
     bounds_at,
     initial_domain,
 )
-from mlrobust.bounds.alpha_margin import AlphaCache, pair_kth_upper
+from mlrobust.bounds.alpha_margin import AlphaCache, alpha_topk_bounds, pair_kth_upper, subset_kth_upper
 from mlrobust.bounds.alpha_params import project
 from mlrobust.bounds.crown import BackSubstitution, crown
 from mlrobust.bounds.margin import margin_bounds
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
-from mlrobust.ir.ops import MaxPool2d, Relu
+from mlrobust.ir.ops import Dense, MaxPool2d, Relu
 
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(SETTINGS, max_examples=8)
@@ -301,6 +301,80 @@ def test_pair_bound_is_the_max_over_pairs_of_the_smallest_bound():
     assert pair_kth_upper(upper, 0, {}) == 0.5  # the second-largest per-class bound
     assert pair_kth_upper(upper, 0, {(1, 2): -0.2}) == 0.3  # pair {1, 2} closed: next is {1, 4}
     assert pair_kth_upper(upper, 0, {(1, 2): -0.2, (1, 4): -0.1, (2, 4): -0.3}) == -0.1
+
+
+@given(upper=st.lists(st.floats(-2, 2), min_size=2, max_size=8), k=st.integers(1, 4), data=st.data())
+def test_subset_bound_is_the_max_over_k_subsets_of_the_smallest_bound(upper, k, data):
+    import itertools
+
+    upper = np.array([0.0, *upper])  # target 0
+    others = range(1, upper.size)
+    subsets = list(itertools.combinations(others, k))
+    chosen = data.draw(st.lists(st.sampled_from(subsets), max_size=6, unique=True)) if subsets else []
+    bound = {s: data.draw(st.floats(-3, 3)) for s in chosen}
+    brute = max((min(min(upper[c] for c in s), bound.get(s, np.inf)) for s in subsets), default=-np.inf)
+    assert subset_kth_upper(upper, 0, k, bound) == brute
+
+
+def test_subset_bound_for_triples_needs_every_binding_triple_closed():
+    upper = np.array([0.0, 2.0, 0.5, -1.0, 0.3, 0.4])  # target 0; per class the third largest is 0.4
+    assert subset_kth_upper(upper, 0, 3, {}) == 0.4
+    assert subset_kth_upper(upper, 0, 3, {(1, 2, 5): -0.2}) == 0.3  # {1, 2, 5} closed: next are {1, 2, 4} ...
+    closed = {(1, 2, 5): -0.2, (1, 2, 4): -0.1, (1, 4, 5): -0.3, (2, 4, 5): -0.4}
+    assert subset_kth_upper(upper, 0, 3, closed) == -0.1  # every triple of the four open classes closed
+    assert subset_kth_upper(upper, 0, 3, {(1, 2, 5): 5.0}) == 0.4  # a loose subset bound never loosens
+
+
+def _three_margins_that_cannot_all_be_large() -> Network:
+    """Two inputs in [-1, 1] through a stable ReLU layer (``h = x + 2``), four logits ``(0.5, x1, x2, -x1 - x2)``:
+    with target 0 and k = 3 the third-largest margin is ``min(x1, x2, -x1 - x2) - 0.5 <= -0.5`` (the three sum to
+    -1.5), while each margin alone reaches 0.5 or 1.5."""
+    b = NetBuilder((2,), np.random.default_rng(0))
+    b._add(Dense(np.eye(2), np.full(2, 2.0)), (b.cur,), (2,))
+    b.relu()
+    w = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    b._add(Dense(w, np.array([0.5, -2.0, -2.0, 4.0])), (b.cur,), (4,))
+    return b.build()
+
+
+def test_alpha_triples_prove_top3_where_per_class_bounds_cannot():
+    from mlrobust.bounds.tier import tighten
+    from mlrobust.verify.bound_check import BoundCheck
+    from mlrobust.verify.margin import topk_margin
+    from mlrobust.verify.spec import Box
+    from mlrobust.verify.verdict import Robust
+
+    net = _three_margins_that_cannot_all_be_large()
+    lo, hi = np.full(2, -1.0), np.full(2, 1.0)
+    crown = tighten(net, lo, hi, "crown", target=0)
+    assert np.allclose(crown.margin_upper[1:], [0.5, 0.5, 1.5], atol=1e-6)
+    top = alpha_topk_bounds(net, crown.bounds, 0, 3, crown.margin_lower, crown.margin_upper,
+                            options=AlphaOptions(iterations=30))
+    assert top.stats["subset_rows"] == 1 and top.crown_kth_upper > 0.49
+    assert top.kth_upper < -1e-4  # the triple's convex combination: exactly -0.5 at equal weights
+    xs = sample_box(lo, hi, 500, 1)
+    assert np.all(topk_margin(_outputs(net, xs), 0, 3) <= top.kth_upper + 1e-9)
+    verdict = BoundCheck("alpha").verify(net, Box(lo, hi), 0, 3)
+    assert isinstance(verdict, Robust)
+
+
+@FEW
+@given(kind=st.sampled_from(["mlp", "cnn"]), seed=st.integers(0, 2**31), radius=st.sampled_from([0.05, 0.2, 0.5]))
+def test_alpha_kth_bound_is_sound_for_top3(kind, seed, radius):
+    from mlrobust.bounds.tier import tighten
+    from mlrobust.verify.margin import topk_margin
+
+    net = random_network(kind, seed)
+    assume(net.num_classes >= 4)
+    lo, hi = random_box(net, seed + 1, radius)
+    target = seed % net.num_classes
+    crown_t = tighten(net, lo, hi, "crown", target=target)
+    alpha_t = tighten(net, lo, hi, "alpha", target=target, k=3, alpha_options=AlphaOptions(iterations=10))
+    xs = sample_box(lo, hi, 1000, seed + 2)
+    assert alpha_t.kth_upper is not None
+    assert np.all(topk_margin(_outputs(net, xs), target, 3) <= alpha_t.kth_upper + 1e-9)
+    others = np.delete(np.arange(net.num_classes), target)
+    assert alpha_t.kth_upper <= np.sort(crown_t.margin_upper[others])[-3] + 1e-12
 
 
 def test_alpha_cache_fills_missing_rows_with_crown_defaults():

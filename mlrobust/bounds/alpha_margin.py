@@ -1,25 +1,28 @@
-"""α-CROWN bounds for the top-k property: optimise only the margins CROWN leaves open, and for k = 2 their pairs.
+"""α-CROWN bounds for the top-k property: optimise only the margins CROWN leaves open, then their k-subsets.
 
 The target stays in the top-k iff the k-th largest margin ``m_c = y_c - y_t`` (``c != t``) is negative. Starting
 from CROWN's margin bounds ``U_c``:
 
 1. *Per class*: the classes with ``U_c >= -tolerance`` are the candidates; their upper bounds are α-optimised (one
    row each), stopping as soon as the k-th largest upper bound is below ``-tolerance``.
-2. *Pairs* (k = 2 only): the second-largest margin is ``max over pairs {a, b} of min(m_a, m_b)`` and
-   ``min(m_a, m_b) <= λ m_a + (1 - λ) m_b`` for every ``λ ∈ [0, 1]``; so for each pair of remaining candidates the
-   upper bound of one convex combination is α-optimised, ``λ`` optimised with the slopes
-   (:class:`mlrobust.bounds.alpha_crown.RowMix`, starting from the margin with the smaller bound; the shared dependence of ``m_a`` and ``m_b``
-   on the input cancels, which per-class bounds cannot exploit).
+2. *k-subsets* (k >= 2): the k-th largest margin is ``max over k-subsets S of min_{c in S} m_c`` and
+   ``min_{c in S} m_c <= Σ_{c in S} λ_c m_c`` for every ``λ`` in the simplex; so for each k-subset of remaining
+   candidates (at most :data:`MAX_SUBSETS`, those binding the bound first) the upper bound of one convex combination
+   is α-optimised, ``λ`` optimised with the slopes (:class:`mlrobust.bounds.alpha_crown.RowMix`, starting from the
+   margin with the smallest bound; the shared dependence of the margins on the input cancels, which per-class
+   bounds cannot exploit). For k = 2 these are the pairs; for top-3 (Triple-MNIST) the triples: with per-class
+   bounds alone the third-largest margin's bound ignored that the three margins cannot all be large together.
 
 Hopeless optimisations stop early: after :data:`PATIENCE` steps, if the bound's mean progress per step, continued
 over every remaining step, would not reach a proof, the rows stop there (α's progress slows down as it goes, so
 the linear forecast is optimistic and rarely gives up on a box it would have proven). Inside a search most queries
 the bounds cannot prove then cost a few steps instead of the whole budget.
 
-The result's ``kth_upper`` is a proven upper bound on the k-th largest margin: the k-th largest ``U_c`` and, for
-k = 2, ``max over all pairs of min(U_a, U_b, best pair bound)``. Lower bounds stay CROWN's (only upper bounds decide
-robustness). :class:`AlphaCache` keeps each row's optimised parameters per query family (network, target) so the
-next, slightly different box of a search starts from them.
+The result's ``kth_upper`` is a proven upper bound on the k-th largest margin: ``max over k-subsets S of
+min(min_{c in S} U_c, S's bound)`` (:func:`subset_kth_upper`; the k-th largest ``U_c`` where no subset was
+optimised). Lower bounds stay CROWN's (only upper bounds decide robustness). :class:`AlphaCache` keeps each row's
+optimised parameters per query family (network, target) so the next, slightly different box of a search starts
+from them.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ from mlrobust.bounds.alpha_crown import (
 from mlrobust.bounds.result import Bounds
 from mlrobust.ir.graph import Network
 
-#: Pairs considered at most (more open candidates means the box is far from provable by bounds).
-MAX_PAIRS = 10
+#: k-subsets (pairs for k = 2) considered at most (more open candidates means the box is far from provable by bounds).
+MAX_SUBSETS = 10
 #: Steps before a hopeless optimisation may be given up.
 PATIENCE = 5
 
@@ -104,13 +107,43 @@ def _kth_largest(values: np.ndarray, k: int) -> float:
     return float(np.sort(values)[::-1][k - 1]) if values.size >= k else float("-inf")
 
 
+def subset_kth_upper(upper: np.ndarray, target: int, k: int,
+                     subset_bound: dict[tuple[int, ...], float]) -> float:
+    """``max over k-subsets S (target not in S) of min(min_{c in S} U_c, S's bound)``: the k-th largest margin's
+    bound from the per-class bounds ``upper`` and the bounds of the (sorted) subsets in ``subset_bound``.
+
+    Without subset bounds this is the k-th largest ``U_c``. A subset without a bound is worth ``min_{c in S} U_c``;
+    the best of those is found by walking the classes by decreasing ``U_c``: the first class whose subsets with
+    larger-bounded partners are not all bounded gives it, so only a few subsets are ever looked at.
+    """
+    others = np.delete(np.arange(upper.size), target)
+    if others.size < k:
+        return float("-inf")
+    order = others[np.argsort(-upper[others], kind="stable")]
+    best = max((min(float(np.min(upper[list(s)])), float(b)) for s, b in subset_bound.items()), default=float("-inf"))
+    for m in range(k - 1, order.size):
+        value = float(upper[order[m]])
+        if value <= best:  # no later subset can beat what is already found
+            break
+        lead = [int(c) for c in order[:m]]
+        if any(tuple(sorted((*rest, int(order[m])))) not in subset_bound
+               for rest in itertools.combinations(lead, k - 1)):
+            best = value  # an unbounded subset whose smallest bound is this class's
+            break
+    return best
+
+
 def pair_kth_upper(upper: np.ndarray, target: int, pair_bound: dict[tuple[int, int], float]) -> float:
     """``max over pairs {a, b} (a, b != target) of min(U_a, U_b, pair bound)``: the second-largest margin's bound."""
-    others = [c for c in range(upper.size) if c != target]
-    best = float("-inf")
-    for a, b in itertools.combinations(others, 2):
-        best = max(best, min(upper[a], upper[b], pair_bound.get((a, b), np.inf)))
-    return best
+    return subset_kth_upper(upper, target, 2, dict(pair_bound))
+
+
+def binding_subsets(upper: np.ndarray, candidates: list[int], k: int, limit: int) -> list[tuple[int, ...]]:
+    """Up to ``limit`` k-subsets of ``candidates`` (sorted tuples), those with the largest smallest bound first: the
+    subsets that decide :func:`subset_kth_upper`."""
+    subsets = [tuple(sorted(s)) for s in itertools.combinations(candidates, k)]
+    subsets.sort(key=lambda s: (-min(float(upper[c]) for c in s), s))
+    return subsets[:limit]
 
 
 class _Progress:
@@ -151,7 +184,7 @@ def alpha_topk_bounds(network: Network, bounds: Bounds, target: int, k: int, cro
     lower, upper = crown_lower.astype(np.float64).copy(), crown_upper.astype(np.float64).copy()
     others = np.delete(np.arange(n), target)
     crown_kth = _kth_largest(upper[others], k)
-    stats: dict = {"alpha_rows": 0, "alpha_iterations": 0, "pair_rows": 0}
+    stats: dict = {"alpha_rows": 0, "alpha_iterations": 0, "subset_rows": 0}
     cand = [int(c) for c in others if upper[c] >= -tolerance]
     # no upper bound can fall below the k-th largest lower bound: such a box is out of reach of any proof
     if crown_kth < -tolerance or len(cand) < k or _kth_largest(lower[others], k) >= -tolerance:
@@ -188,37 +221,37 @@ def alpha_topk_bounds(network: Network, bounds: Bounds, target: int, k: int, cro
     kth = _kth_largest(upper[others], k)
     if res.domains is not None:  # intermediate bounds tightened by a joint optimisation are valid for the pairs too
         domain = res.domains
-    # 2. pairs, k = 2
+    # 2. k-subsets (pairs for k = 2)
     still = [c for c in cand if upper[c] >= -tolerance]
-    # (even when the per-class rows gave up: a pair's combination can be provable where neither margin alone is)
-    if (kth >= -tolerance and k == 2 and len(still) >= 2 and MAX_PAIRS > 0
+    # (even when the per-class rows gave up: a subset's combination can be provable where no margin alone is)
+    if (kth >= -tolerance and k >= 2 and len(still) >= k and MAX_SUBSETS > 0
             and (deadline is None or time.perf_counter() < deadline)):
-        pairs = list(itertools.combinations(sorted(still), 2))[:MAX_PAIRS]
-        keys = [("pair", a, b) for a, b in pairs]
-        # base: every margin (the same for every box of a family, so cached weights fit); one row per pair
-        groups = np.zeros((len(pairs), rows.shape[0]), dtype=bool)
+        subsets = binding_subsets(upper, still, k, MAX_SUBSETS)
+        keys = [("subset", *s) for s in subsets]
+        # base: every margin (the same for every box of a family, so cached weights fit); one row per subset
+        groups = np.zeros((len(subsets), rows.shape[0]), dtype=bool)
         init = np.zeros(groups.shape)
-        for i, (a, b) in enumerate(pairs):
-            groups[i, [row_of[a], row_of[b]]] = True
-            init[i, row_of[a] if upper[a] <= upper[b] else row_of[b]] = 1.0  # the better single margin
+        for i, s in enumerate(subsets):
+            groups[i, [row_of[c] for c in s]] = True
+            init[i, row_of[min(s, key=lambda c: upper[c])]] = 1.0  # the best single margin
         mix = RowMix(-rows, groups, init)
 
-        def pair_bounds(best: np.ndarray) -> dict[tuple[int, int], float]:
-            # the lower bound of -(λ m_a + (1 - λ) m_b) is minus an upper bound of min(m_a, m_b)
+        def subset_bounds(best: np.ndarray) -> dict[tuple[int, ...], float]:
+            # the lower bound of -(Σ λ_c m_c) is minus an upper bound of min_{c in S} m_c
             ub = -best[0] if best.size else np.zeros(0)
-            return {p: float(v) for p, v in zip(pairs, ub)}
+            return {s: float(v) for s, v in zip(subsets, ub)}
 
-        progress = _Progress(lambda best: pair_kth_upper(upper, target, pair_bounds(best)), options.iterations,
-                             tolerance, give_up)
+        progress = _Progress(lambda best: subset_kth_upper(upper, target, k, subset_bounds(best)),
+                             options.iterations, tolerance, give_up)
         warm = cache.warm(family, keys) if cache is not None else None
         res = alpha_bounds(network, domain, None, options=left(), warm=warm, stop=progress, mix=mix)
         stats["gave_up"] = progress.gave_up
         if cache is not None:
             cache.put(family, keys, res.state)
-        stats["pair_rows"] = len(keys)
-        stats["pair_iterations"] = res.iterations
+        stats["subset_rows"] = len(keys)
+        stats["subset_iterations"] = res.iterations
         stats["alpha_iterations"] += res.iterations
-        kth = min(kth, pair_kth_upper(upper, target, pair_bounds(res.lower)))
+        kth = min(kth, subset_kth_upper(upper, target, k, subset_bounds(res.lower)))
         if res.domains is not None:
             domain = res.domains
     upper[target] = lower[target] = 0.0
