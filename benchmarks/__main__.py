@@ -10,6 +10,7 @@
     python -m benchmarks onnx-ops --timeout 60                   # mlrobust vnnlib on one network per ONNX pattern
     python -m benchmarks bound-tier                              # bound tier: frozen vs joint intermediate bounds
     python -m benchmarks scale-ladder --budgets 120 --images 1   # 64x64, 84x84 top-3, 3x300x300 at real budgets
+    python -m benchmarks ladder-gap RESULT.json                  # which verifier proves a ladder result scaled up
     python -m benchmarks workers                                 # the search's queries per second at 1 and 2 workers
     python -m benchmarks side-file --result out.json             # side file size and write time, coded vs XOR
     python -m benchmarks anchor --abcrown DIR                    # against α,β-CROWN on the same instances
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.bench_ladder import main as ladder_main
 
         return ladder_main(argv[1:])
+    if argv[:1] == ["ladder-gap"]:
+        from benchmarks.bench_ladder_gap import main as ladder_gap_main
+
+        return ladder_gap_main(argv[1:])
     if argv[:1] == ["side-file"]:
         from benchmarks.bench_side_file import main as side_file_main
 
