@@ -15,7 +15,7 @@
     python -m benchmarks anchor --abcrown DIR                    # against α,β-CROWN on the same instances
     python -m benchmarks anchor-radius --abcrown DIR             # largest L∞ radius per model, both tools
     python -m benchmarks devset-search                           # search on the dev models, before/after joint
-    python -m benchmarks bab-boxes --variants default,refresh_stale=false   # BaB on fixed boxes, per knob
+    python -m benchmarks bab-boxes --variants default,refresh_stale=true   # BaB on fixed boxes, per knob
 
 Single-threaded BLAS and torch (parallelism comes from ``--workers`` processes). The reference experiment's raw
 lines go to ``--work`` (default ``build/benchmarks/<suite>``) and are resumed by a re-run with the same settings.

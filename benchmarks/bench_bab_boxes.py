@@ -3,13 +3,13 @@
 The boxes are those of ``python -m benchmarks scale`` (the search's stored ε vectors of the shipped models, from
 ``benchmarks/results/scale_neighborhoods.json``) at fixed scales, each decided once per method and *variant* under
 the same time limit: a variant sets fields of the branch and bound's :class:`~mlrobust.verify.bab.BabOptions`
-(``refresh_stale=false``), so a change behind a knob is measured before and after in one run, box by box. Per query:
+(``refresh_stale=true``), so a change behind a knob is measured before and after in one run, box by box. Per query:
 the verdict, the seconds, the deciding tier and the branch and bound's own figures (root and final worst bound,
 domains bounded, stale domains refreshed, deepest split). Every proof at a scale where another query of the same
 box found a confirmed counterexample is reported as a soundness violation (exit status 1).
 
     python -m benchmarks bab-boxes --models mnist2_l0 --images 5 --scales 1.0 1.05 --methods bab \\
-        --variants default,refresh_stale=false --limit 30
+        --variants default,refresh_stale=true --limit 30
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     from benchmarks.suite import machine
 
     torch.set_num_threads(1)
+    at_start = machine()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     cache = json.loads(args.neighborhoods.read_text())
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         if r["verdict"] == "robust" and refuted:
             violations.append(f"{r['model']}/{r['image']}: {r['method']} [{r['variant']}] proves x{r['scale']:g} "
                               f"where a counterexample exists at x{min(q['scale'] for q in refuted):g}")
-    return {"command": "python -m benchmarks bab-boxes " + " ".join(args.argv), "machine": machine(), "git": _git(),
+    return {"command": "python -m benchmarks bab-boxes " + " ".join(args.argv), "machine": at_start, "git": _git(),
             "methods": methods, "variants": variants, "limit": args.limit, "rows": rows, "violations": violations,
             "seconds": time.perf_counter() - start, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "notes": args.notes}

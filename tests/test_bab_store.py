@@ -393,17 +393,18 @@ def test_fsb_scores_in_passes_of_at_most_max_children_are_the_same(seed, monkeyp
 
 
 # --- verdicts: every strategy and split depth agrees with the exact MILP ----------------------------------------
-@pytest.mark.parametrize("branching,levels", [("babsr", 3), ("widest", 2), ("fsb", 1)])
+@pytest.mark.parametrize("branching,levels,refresh", [("babsr", 3, False), ("widest", 2, False), ("fsb", 1, False),
+                                                       ("fsb", 3, True)])
 @given(seed=st.integers(0, 300), radius=st.sampled_from([0.1, 0.3]))
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_every_branching_and_split_depth_agrees_with_the_exact_milp(branching, levels, seed, radius):
+def test_every_branching_and_split_depth_agrees_with_the_exact_milp(branching, levels, refresh, seed, radius):
     net = random_mlp(seed) if seed % 2 else random_cnn(seed)
     lo, hi = random_box(net, seed, radius)
     box = Box(lo, hi)
     target = int(np.argmax(net.logits(box.center[None])[0]))
     k = 2 if net.num_classes > 2 else 1
-    v = BabVerifier(root_attack=False, branching=branching, max_split_levels=levels).verify(net, box, target, k,
-                                                                                           time_limit=4)
+    v = BabVerifier(root_attack=False, branching=branching, max_split_levels=levels,
+                    refresh_stale=refresh).verify(net, box, target, k, time_limit=4)
     if isinstance(v, Robust):
         assert v.bound < -ROBUST_TOLERANCE
         assert not isinstance(MilpVerifier("highs").verify(net, box, target, k, time_limit=20), NotRobust)

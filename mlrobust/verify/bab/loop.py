@@ -246,14 +246,15 @@ class BabVerifier:
             rounds += 1
             stats["rounds"] = rounds
             parents = store.pop(opts.batch_size)
-            t0 = time.perf_counter()
             if opts.refresh_stale and not input_split:
+                t0 = time.perf_counter()
                 parents, refreshed, empty = refresh_stale(engine, parents, layout, deadline)
                 stats["refreshed"] = stats.get("refreshed", 0) + refreshed
                 stats["infeasible"] += empty
                 stats["refresh_seconds"] = stats.get("refresh_seconds", 0.0) + time.perf_counter() - t0
                 if parents.size == 0:
                     continue
+            t0 = time.perf_counter()
             split = self._split(parents, branching, layout, input_split)
             last_branch_seconds = time.perf_counter() - t0
             stats["branch_seconds"] += last_branch_seconds
