@@ -16,6 +16,7 @@
     python -m benchmarks anchor --abcrown DIR                    # against α,β-CROWN on the same instances
     python -m benchmarks anchor-radius --abcrown DIR             # largest L∞ radius per model, both tools
     python -m benchmarks devset-search                           # search on the dev models, before/after joint
+    python -m benchmarks bab-boxes --variants default,refresh_stale=true   # BaB on fixed boxes, per knob
 
 Single-threaded BLAS and torch (parallelism comes from ``--workers`` processes). The reference experiment's raw
 lines go to ``--work`` (default ``build/benchmarks/<suite>``) and are resumed by a re-run with the same settings.
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.bench_anchor_radius import main as anchor_radius_main
 
         return anchor_radius_main(argv[1:])
+    if argv[:1] == ["bab-boxes"]:
+        from benchmarks.bench_bab_boxes import main as bab_boxes_main
+
+        return bab_boxes_main(argv[1:])
     if argv[:1] == ["devset-search"]:
         from benchmarks.bench_devset_search import main as devset_search_main
 
@@ -104,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("workers", help="queries per second of the search's worker pool at 1 and 2 workers "
                    "(python -m benchmarks workers --help)")
     sub.add_parser("anchor", help="against α,β-CROWN (python -m benchmarks anchor --help)")
+    sub.add_parser("bab-boxes", help="the branch and bound on fixed whole-image boxes, per BabOptions variant "
+                                     "(python -m benchmarks bab-boxes --help)")
     sub.add_parser("devset-search", help="the search on the development models before/after the joint pass "
                                          "(python -m benchmarks devset-search --help)")
     sub.add_parser("anchor-radius", help="largest L∞ radius against α,β-CROWN (python -m benchmarks anchor-radius "

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from ir_factories import NetBuilder, random_box, random_network, sample_box
+from ir_factories import NetBuilder, random_box, random_network, reference_network, sample_box
 
 from mlrobust.bounds.alpha_crown import (
     AlphaOptions,
@@ -512,3 +512,38 @@ def test_bounds_at_given_parameters_are_the_optimised_bound_and_sound_for_any_pa
     vals = _outputs(net, sample_box(lo, hi, 500, seed + 2)) @ coeffs.T
     rand = bounds_at(net, dom, coeffs, _random_params(net, dom, coeffs.shape[0], seed, beta=False))
     assert np.all(vals >= rand[0])
+
+
+def test_a_split_reaches_the_maxpool_its_relu_feeds():
+    """An inactive split of a ReLU that feeds a MaxPool makes its output 0: the pool's relaxation must see that,
+    exactly as if the ReLU output's bounds had been given as [0, 0] (the parent's [0, u] left the windows as loose
+    as before the split)."""
+    net = reference_network(seed=0, size=16)
+    lo, hi = random_box(net, 1, 0.3)
+    dom = initial_domain(net, lo, hi)
+    relu = [n for n in net.nodes if isinstance(n.op, Relu)][-1]
+    assert any(isinstance(n.op, MaxPool2d) and n.inputs[0] == relu.output for n in net.nodes)
+    z = relu.inputs[0]
+    unstable = np.flatnonzero((dom.pre_lower[z][0] < 0).reshape(-1) & (dom.pre_upper[z][0] > 0).reshape(-1))
+    x0 = np.random.default_rng(4).uniform(lo, hi)[None]
+    off = unstable[net.forward(x0, return_all=True)[z].reshape(-1)[unstable] <= 0]  # inactive at x0
+    assert off.size >= 4
+    split = {k: v.copy() for k, v in dom.splits.items()}
+    split[relu.name].reshape(-1)[off] = -1
+    stated_upper = dict(dom.pre_upper)
+    stated_upper[relu.output] = dom.pre_upper[relu.output].copy()
+    stated_upper[relu.output].reshape(-1)[off] = 0.0
+    split_dom = DomainBatch(dom.lower, dom.upper, dom.pre_lower, dom.pre_upper, split)
+    stated = DomainBatch(dom.lower, dom.upper, dom.pre_lower, stated_upper, split)
+    coeffs = _random_coeffs(net, 2, rows=6)
+    crown_only = AlphaOptions(iterations=0)
+    got = alpha_bounds(net, split_dom, coeffs, options=crown_only).lower
+    want = alpha_bounds(net, stated, coeffs, options=crown_only).lower
+    unsplit = alpha_bounds(net, dom, coeffs, options=crown_only).lower
+    assert np.allclose(got, want, rtol=0, atol=1e-9)
+    assert np.max(want - unsplit) > 1e-3  # the pool's bounds matter here: the split tightens the bound
+    # still sound: every sampled point on the split's side is bounded
+    xs = np.concatenate([x0, sample_box(lo, hi, 3000, 3)])
+    ok = _satisfies(net, xs, split)
+    assert ok[0]
+    assert np.all(_outputs(net, xs[ok]) @ coeffs.T >= got[0] - 1e-9)

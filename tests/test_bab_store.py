@@ -5,6 +5,7 @@ strategy and split depth with the exact MILP on tiny nets."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from ir_factories import random_box, random_cnn, random_mlp
 
 from mlrobust.bounds import crown
 from mlrobust.verify.bab import BabVerifier
-from mlrobust.verify.bab.bounding import absorb, bound_domains, domains_from, layout_of
+from mlrobust.verify.bab.bounding import absorb, bound_domains, domains_from, layout_of, refresh_stale
 from mlrobust.verify.bab.branching import (
     INPUT,
     BabsrBranching,
@@ -392,17 +393,18 @@ def test_fsb_scores_in_passes_of_at_most_max_children_are_the_same(seed, monkeyp
 
 
 # --- verdicts: every strategy and split depth agrees with the exact MILP ----------------------------------------
-@pytest.mark.parametrize("branching,levels", [("babsr", 3), ("widest", 2), ("fsb", 1)])
+@pytest.mark.parametrize("branching,levels,refresh", [("babsr", 3, False), ("widest", 2, False), ("fsb", 1, False),
+                                                       ("fsb", 3, True)])
 @given(seed=st.integers(0, 300), radius=st.sampled_from([0.1, 0.3]))
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_every_branching_and_split_depth_agrees_with_the_exact_milp(branching, levels, seed, radius):
+def test_every_branching_and_split_depth_agrees_with_the_exact_milp(branching, levels, refresh, seed, radius):
     net = random_mlp(seed) if seed % 2 else random_cnn(seed)
     lo, hi = random_box(net, seed, radius)
     box = Box(lo, hi)
     target = int(np.argmax(net.logits(box.center[None])[0]))
     k = 2 if net.num_classes > 2 else 1
-    v = BabVerifier(root_attack=False, branching=branching, max_split_levels=levels).verify(net, box, target, k,
-                                                                                           time_limit=4)
+    v = BabVerifier(root_attack=False, branching=branching, max_split_levels=levels,
+                    refresh_stale=refresh).verify(net, box, target, k, time_limit=4)
     if isinstance(v, Robust):
         assert v.bound < -ROBUST_TOLERANCE
         assert not isinstance(MilpVerifier("highs").verify(net, box, target, k, time_limit=20), NotRobust)
@@ -423,3 +425,62 @@ def test_multi_level_splits_fill_the_first_rounds():
     assert isinstance(deep, Robust) and isinstance(flat, Robust)
     assert deep.stats["bab"]["max_split_levels"] == 3 and flat.stats["bab"]["max_split_levels"] == 1
     assert deep.stats["bab"]["store_bytes_per_domain"] > 0
+
+
+# --- stale domains: intermediate bounds re-derived under their splits -------------------------------------------
+def test_absorb_marks_a_child_stale_exactly_when_its_value_did_not_improve_on_its_parent():
+    engine, layout, coeffs, spec, root = _alpha_root(3)
+    assert not root.stale.any()  # a first bound has no parent to compare with
+    r = int(np.flatnonzero([unstable(root, layout, k)[2][0].any() for k in range(len(layout.relu_nodes))])[0])
+    i = int(np.flatnonzero(unstable(root, layout, r)[2][0])[0])
+    kids = split_relus(root, layout.relu_nodes, np.array([[r]]), np.array([[i]]))
+    parent_value = float(root.value[0])
+    bounded = bound_domains(engine, kids, layout, coeffs)[1]
+    nothing = bounded.lower.copy()
+    nothing[:] = -np.inf  # no row bounded: the children keep the parent's row bounds, hence its value
+    same = absorb(kids.take(np.arange(kids.size)), replace(bounded, lower=nothing), spec)
+    assert np.all(same.value == parent_value) and same.stale.all()
+    better = bounded.lower.copy()
+    better[:] = 1e9  # every row proven: the value drops below the parent's
+    done = absorb(kids.take(np.arange(kids.size)), replace(bounded, lower=better), spec)
+    assert np.all(done.value < parent_value) and not done.stale.any()
+
+
+def test_refresh_of_stale_domains_tightens_later_layers_soundly_and_leaves_the_others_alone():
+    """A split in an earlier ReLU layer of a stale domain reaches the later layers' bounds (the α/β engine alone
+    keeps the parent's): never looser, strictly tighter somewhere over these nets, and every sampled point on the
+    domain's side of its splits lies within them; domains not stale keep their bounds."""
+    gains = []
+    for seed in range(1, 40, 2):
+        net = random_mlp(seed)
+        engine, layout, coeffs, spec, root = _alpha_root(seed)
+        if len(layout.relu_nodes) < 2:
+            continue
+        cand = np.flatnonzero(unstable(root, layout, 0)[2][0])
+        if cand.size == 0:
+            continue
+        kids = split_relus(root, layout.relu_nodes, np.array([[0]]), np.array([[int(cand[0])]]))
+        kids.stale[:] = [True, False]
+        before = kids.take(np.arange(kids.size))
+        fresh, refreshed, empty = refresh_stale(engine, kids, layout)
+        assert refreshed == 1 and empty in (0, 1) and fresh.size == 2 - empty and not fresh.stale.any()
+        later = layout.relu_tensors[1:]
+        for t in later:
+            assert np.all(fresh.pre_lower[t] >= before.pre_lower[t][: fresh.size])
+            assert np.all(fresh.pre_upper[t] <= before.pre_upper[t][: fresh.size])
+            if fresh.size == 2:
+                assert np.array_equal(fresh.pre_lower[t][1], before.pre_lower[t][1])  # not stale: untouched
+        if empty:
+            continue
+        gains.append(max(float(np.max(fresh.pre_lower[t][0] - before.pre_lower[t][0])) for t in later))
+        lo, hi = before.lower[0], before.upper[0]
+        xs = np.random.default_rng(seed).uniform(lo, hi, (2000, *lo.shape))
+        values = net.forward(xs, return_all=True)
+        side = fresh.splits[layout.relu_nodes[0]][0].reshape(-1)
+        z0 = values[layout.relu_tensors[0]].reshape(xs.shape[0], -1)
+        ok = np.all(np.where(side > 0, z0 >= 0, True) & np.where(side < 0, z0 <= 0, True), axis=1)
+        for t in later:
+            v = values[t][ok].reshape(int(ok.sum()), -1)
+            assert np.all(v >= fresh.pre_lower[t][0].reshape(-1) - 1e-6)
+            assert np.all(v <= fresh.pre_upper[t][0].reshape(-1) + 1e-6)
+    assert len(gains) >= 3 and max(gains) > 1e-3

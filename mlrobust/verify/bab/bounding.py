@@ -186,6 +186,41 @@ def _bound_alpha(engine: AlphaEngine, doms: Domains, coeffs: np.ndarray, deadlin
     return doms, Bounded(lower, feasible, rows, dict(res.relu_coeffs), None, mixed, int(res.stats.get("chunks", 1)))
 
 
+def refresh_stale(engine: Engine, doms: Domains, layout: DomainLayout,
+                  deadline: float | None = None) -> tuple[Domains, int, int]:
+    """The domains with the intermediate bounds of the ``stale`` ones recomputed by CROWN under their splits
+    (:meth:`SplitCrown.refresh`, one domain at a time, intersected with what they had), without the empty ones
+    (their splits contradict the fresh bounds: they hold no input); how many were refreshed and how many empty.
+
+    The α/β engine keeps a child's inherited intermediate bounds (only the split neurons clamped, β on the final
+    bound): a split in an earlier layer then never tightens a later layer's bounds, and once those are what binds,
+    the children's bounds equal their parent's at every depth. A domain whose bounding did not improve on its
+    parent is refreshed once before it is split, so all its descendants start from the tighter bounds; the
+    others skip the cost (a CROWN pass over every unstable neuron after the split layer). Past ``deadline``
+    nothing is refreshed (the inherited bounds stay sound)."""
+    stale = np.flatnonzero(doms.stale)
+    if stale.size == 0 or not isinstance(engine, AlphaEngine) or engine.refresh_intermediate:
+        return doms, 0, 0
+    doms.stale = np.zeros(doms.size, dtype=bool)
+    empty = []
+    views = domain_views(doms.take(stale), layout)
+    done = 0
+    for i, view in zip(stale, views):
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
+        fresh = engine.crown.refresh(replace(view, box_changed=True), deadline)
+        done += 1
+        if fresh is None:
+            empty.append(i)
+            continue
+        for t, v in fresh[0].pre_lower.items():
+            doms.pre_lower[t][i] = np.maximum(doms.pre_lower[t][i], v)
+            doms.pre_upper[t][i] = np.minimum(doms.pre_upper[t][i], fresh[0].pre_upper[t])
+    if not empty:
+        return doms, done, 0
+    return doms.take(np.setdiff1d(np.arange(doms.size), empty)), done, len(empty)
+
+
 def collect(results: list[DomainBound], full: int) -> Bounded:
     """The per-domain engines' results as arrays (infeasible domains get NaN coefficients)."""
     b = len(results)
@@ -212,12 +247,15 @@ def collect(results: list[DomainBound], full: int) -> Bounded:
 
 def absorb(doms: Domains, bounded: Bounded, spec: OutputSpec) -> Domains:
     """The domains with their row bounds (never above the parent's), value, binding row and that row's
-    coefficients (what branching needs); every bound is fresh afterwards."""
+    coefficients (what branching needs), and whether they are ``stale`` (the bound did not improve on the
+    parent's value); every bound is fresh afterwards."""
     # an empty domain (its splits contradict its bounds) holds no input: every row is vacuously bounded
     lower = np.where(bounded.feasible[:, None], bounded.lower, np.inf)
     ub = np.minimum(row_upper_bounds(lower, spec), doms.row_upper)
     doms.row_upper = ub
+    inherited = doms.value  # the parent's value (children start as copies; +inf before a first bound)
     doms.value = spec.value(ub) if doms.size else np.zeros(0)
+    doms.stale = np.isfinite(inherited) & (doms.value >= inherited)
     bind = spec.binding_rows(ub) if doms.size else np.zeros(0, dtype=np.int64)
     doms.binding = bind.astype(np.int64)
     at = bind

@@ -25,7 +25,7 @@ from mlrobust.bounds.tier import Tightened, tighten
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
 from mlrobust.verify.attack import pgd
-from mlrobust.verify.bab.bounding import absorb, bound_domains, collect, domains_from, layout_of
+from mlrobust.verify.bab.bounding import absorb, bound_domains, collect, domains_from, layout_of, refresh_stale
 from mlrobust.verify.bab.branching import Branching, InputBisection, make_branching
 from mlrobust.verify.bab.milp_handoff import milp_handoff
 from mlrobust.verify.bab.options import BabOptions, BabResult
@@ -246,6 +246,14 @@ class BabVerifier:
             rounds += 1
             stats["rounds"] = rounds
             parents = store.pop(opts.batch_size)
+            if opts.refresh_stale and not input_split:
+                t0 = time.perf_counter()
+                parents, refreshed, empty = refresh_stale(engine, parents, layout, deadline)
+                stats["refreshed"] = stats.get("refreshed", 0) + refreshed
+                stats["infeasible"] += empty
+                stats["refresh_seconds"] = stats.get("refresh_seconds", 0.0) + time.perf_counter() - t0
+                if parents.size == 0:
+                    continue
             t0 = time.perf_counter()
             split = self._split(parents, branching, layout, input_split)
             last_branch_seconds = time.perf_counter() - t0

@@ -48,6 +48,14 @@ class BabOptions:
     that pays: every domain inherits them) or plain "crown", run on at most that share of the time limit. Measured
     on the whole-image boxes of the reference CNNs at 1.0× their searched vectors (30 s each): from α, 14 of 15
     proven, each in ≤ 2.3 s but one; from CROWN 12 of 15, four of them in 17–18 s.
+    ``refresh_stale``: with the α/β engine (and ``refresh_intermediate`` off), a domain whose bound did not improve on
+    its parent's gets its intermediate bounds recomputed by CROWN under its splits before it is split
+    (:func:`~mlrobust.verify.bab.bounding.refresh_stale`; its descendants inherit them). Without it a split in an
+    earlier layer never tightens a later layer's bounds: on mnist2_l0 ex03 at 1.05× the worst bound stuck at 0.0286
+    for half of a 60 s run, children inheriting it at every depth. Off by default: one refresh costs about four α/β
+    bounds (a CROWN pass per domain), and on the whole-image boxes of the three reference models it changed no
+    verdict — with ``--verifier bab`` (30 s) the stalled box's worst bound went 0.0286 → 0.0214, but as the
+    cascade's tier (120 s) 0.0286 → 0.0376 on fewer domains (benchmarks/results/bab_stall_*.md).
     ``memory_budget_bytes``: bytes one α/β bounding call may allocate; a round's children (and the root) are bounded
     in chunks whose estimated size fits it (:func:`mlrobust.bounds.alpha_crown.alpha_memory`: the parameters per
     row times the copies the optimiser keeps, and the backward pass's saved tensors), each child getting the same
@@ -83,6 +91,7 @@ class BabOptions:
     root_tier: str = "alpha"
     root_tier_share: float = 0.25
     memory_budget_bytes: int | None = DEFAULT_MEMORY_BUDGET
+    refresh_stale: bool = False
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:

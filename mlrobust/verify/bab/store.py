@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 #: Array fields of :class:`Domains` indexed by domain along their first axis.
-ARRAY_FIELDS = ("box", "row_upper", "value", "depth", "binding", "objective", "changed", "box_changed")
+ARRAY_FIELDS = ("box", "row_upper", "value", "depth", "binding", "objective", "changed", "box_changed", "stale")
 #: Array fields of :class:`Domains` that a layout may leave out (None): then no domain of it has them.
 OPTIONAL_FIELDS = ("input_coeff",)
 #: Fields of :class:`Domains` that map a name (tensor or ReLU node) to an array indexed by domain.
@@ -99,7 +99,7 @@ class DomainLayout:
                         for m, t in zip(self.relu_nodes, self.relu_tensors)},
             input_coeff=np.full((n, *self.input_shape), np.nan, dtype=np.float32) if self.input_coeffs else None,
             objective=np.full((n, self.classes), np.nan), changed=np.zeros((n, len(self.relu_nodes)), dtype=bool),
-            box_changed=np.zeros(n, dtype=bool), warm={})
+            box_changed=np.zeros(n, dtype=bool), stale=np.zeros(n, dtype=bool), warm={})
 
 
 @dataclass
@@ -116,8 +116,10 @@ class Domains:
     engine gives none), what branching scores;
     ``objective``: that row's lower-bound objective where a row mixture makes it vary by domain (NaN: the spec's);
     ``changed``: per ReLU node, whether its input was clamped by a split since the bounds were computed;
-    ``box_changed``: the input box shrank since then; ``warm``: the α/β engine's parameters ``(D, S, ...)`` per
-    ``"group.key"`` (NaN: CROWN's default).
+    ``box_changed``: the input box shrank since then; ``stale``: its last bounding did not improve on its parent's
+    value, so the intermediate bounds it inherited (never re-derived under its splits by the α/β engine) are what
+    holds it back: they are recomputed before it is split (:func:`~mlrobust.verify.bab.bounding.refresh_stale`);
+    ``warm``: the α/β engine's parameters ``(D, S, ...)`` per ``"group.key"`` (NaN: CROWN's default).
     """
 
     box: np.ndarray
@@ -134,6 +136,7 @@ class Domains:
     objective: np.ndarray
     changed: np.ndarray
     box_changed: np.ndarray
+    stale: np.ndarray
     warm: dict[str, torch.Tensor]
 
     @property
