@@ -349,8 +349,12 @@ class AlphaEngine:
             res = self.alpha(batch, coeffs, options, warm, mix)
             weights = res.state.mix.get("rows")
             mixed = None if mix is None or weights is None else mix.coefficients(weights.cpu().numpy())
-            infeasible = res.infeasible if res.infeasible is not None else np.zeros(len(live), dtype=bool)
+            done = res.lower.shape[0]  # fewer than the batch when the deadline came first
+            infeasible = res.infeasible if res.infeasible is not None else np.zeros(done, dtype=bool)
             for j, (i, dom) in enumerate(zip(where, live)):
+                if j >= done:  # not bounded: nothing proven, the domain keeps what it inherited
+                    out[i] = DomainBound(np.full(full, -np.inf), dom, True, {}, None, None, rows)
+                    continue
                 if infeasible[j]:
                     out[i] = DomainBound(np.full(full, np.inf), dom, feasible=False)
                     continue
@@ -384,9 +388,10 @@ class AlphaEngine:
         Each domain's parameters are optimised on its own bound (the loss is the sum over domains and rows, Adam's
         steps are elementwise), so a domain gets the same bound in a chunk as in the whole batch, up to float
         rounding of the batched products, with two batch-level rules: ``options.time_limit`` holds for the whole
-        batch (a later chunk gets what the earlier ones left; past it a chunk takes no step and gives CROWN's bounds
-        at its warm start, sound), and ``options.early_stop`` stops a chunk once all of *its* rows pass it (the
-        BaB's engine sets none). A parameter family that a chunk lacks (β of a node split only in other chunks) is
+        batch (a later chunk gets what the earlier ones left, and none starts once it has passed: the result then
+        covers only the first domains, ``stats["skipped"]`` says how many are left out, since a chunk started late
+        would still cost CROWN's pass, the warm start's and the final float64 one), and ``options.early_stop``
+        stops a chunk once all of *its* rows pass it (the BaB's engine sets none). A parameter family that a chunk lacks (β of a node split only in other chunks) is
         NaN in the merged state: CROWN's value when it warm-starts a child (sound). What a chunk returns is kept in
         float32 until the last chunk is done (the ReLU coefficients and the parameters, which the domain store keeps
         in float32 anyway; the row mixture's weights stay float64, they define the rows that were bounded), so the
@@ -402,18 +407,25 @@ class AlphaEngine:
         per_domain = coeffs.ndim == 3 and coeffs.shape[0] == size and size > 1
         deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
         parts: list[AlphaResult] = []
+        skipped = 0
         for at in range(0, size, step):
             idx = np.arange(at, min(at + step, size))
             mine = options
             if deadline is not None:
-                mine = replace(options, time_limit=max(deadline - time.perf_counter(), 0.0))
+                left = deadline - time.perf_counter()
+                if left <= 0.0 and parts:
+                    skipped = size - at
+                    break
+                mine = replace(options, time_limit=max(left, 0.0))
             part_warm = None
             if warm is not None:
                 part_warm = warm.select(idx) if warm.domains == size else warm  # one domain's broadcasts
             res = alpha_bounds(self.network, batch.select(idx), coeffs[idx] if per_domain else coeffs,
                                options=mine, warm=part_warm, mix=mix)
             parts.append(_compact(res))
-        return _merge(parts)
+        merged = _merge(parts)
+        merged.stats["skipped"] = skipped
+        return merged
 
     def _batch(self, domains: list[Domain]) -> DomainBatch:
         """The domains stacked for one α/β call (their float32 bounds widened to float64 exactly)."""
