@@ -388,9 +388,10 @@ class AlphaEngine:
         Each domain's parameters are optimised on its own bound (the loss is the sum over domains and rows, Adam's
         steps are elementwise), so a domain gets the same bound in a chunk as in the whole batch, up to float
         rounding of the batched products, with two batch-level rules: ``options.time_limit`` holds for the whole
-        batch (a later chunk gets what the earlier ones left, and none starts once it has passed: the result then
-        covers only the first domains, ``stats["skipped"]`` says how many are left out, since a chunk started late
-        would still cost CROWN's pass, the warm start's and the final float64 one), and ``options.early_stop``
+        batch (a later chunk gets what the earlier ones left, and none starts once less is left than the last
+        chunk's fixed passes took: CROWN's pass, the warm start's and the final float64 one, which a chunk costs
+        however little time it has; the result then covers only the first domains, ``stats["skipped"]`` says how
+        many are left out), and ``options.early_stop``
         stops a chunk once all of *its* rows pass it (the BaB's engine sets none). A parameter family that a chunk lacks (β of a node split only in other chunks) is
         NaN in the merged state: CROWN's value when it warm-starts a child (sound). What a chunk returns is kept in
         float32 until the last chunk is done (the ReLU coefficients and the parameters, which the domain store keeps
@@ -408,12 +409,13 @@ class AlphaEngine:
         deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
         parts: list[AlphaResult] = []
         skipped = 0
+        fixed = 0.0  # seconds of the last chunk's fixed passes, at its mean seconds per pass
         for at in range(0, size, step):
             idx = np.arange(at, min(at + step, size))
             mine = options
             if deadline is not None:
                 left = deadline - time.perf_counter()
-                if left <= 0.0 and parts:
+                if parts and left <= fixed:
                     skipped = size - at
                     break
                 mine = replace(options, time_limit=max(left, 0.0))
@@ -423,6 +425,7 @@ class AlphaEngine:
             res = alpha_bounds(self.network, batch.select(idx), coeffs[idx] if per_domain else coeffs,
                                options=mine, warm=part_warm, mix=mix)
             parts.append(_compact(res))
+            fixed = res.seconds * ALPHA_FIXED_PASSES / (res.iterations + 1 + ALPHA_FIXED_PASSES)
         merged = _merge(parts)
         merged.stats["skipped"] = skipped
         return merged
@@ -468,6 +471,11 @@ class AlphaEngine:
             out.append(lower[at:at + n].reshape(len(mine), 2))
             at += n
         return out
+
+
+#: Passes of one :func:`alpha_bounds` call besides its steps' (CROWN's start, the warm start's, the final float64
+#: evaluation): what a chunk costs however little time it is given.
+ALPHA_FIXED_PASSES = 3
 
 
 def _scatter_rows(full: object | None, part: AlphaState, rows: np.ndarray) -> AlphaState | None:

@@ -114,9 +114,10 @@ class BabVerifier:
         tensor over the box (CROWN's), else computed here.
 
         The time limit holds at the root and in every round: the attacks, the root's α-CROWN re-bounding, CROWN
-        refreshes and α/β optimisations all stop at the deadline (between steps; their bounds stay sound), a
-        round's children are bounded in chunks of which none starts past it (the children of chunks not started
-        keep their parent's bounds: still open, so the result is Unknown), FSB starts no scoring pass past it (the
+        refreshes and α/β optimisations all stop at the deadline (between steps, none taken that would end past it;
+        their bounds stay sound), a round's children are bounded in chunks of which none starts with less time left
+        than a chunk's fixed passes take (the children of chunks not started keep their parent's bounds: still
+        open, so the result is Unknown), FSB starts no scoring pass past it (the
         rest keep BaBSR's order), the MILP hand-off decides no further domain, the root gives Unknown if its first
         bound ends past it, and a round is not started when less time is left than the last round's splitting took.
         What can still run past it is work already started that is not anytime: one CROWN back-substitution layer
