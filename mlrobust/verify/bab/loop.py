@@ -114,7 +114,7 @@ class BabVerifier:
         tensor over the box (CROWN's), else computed here.
 
         The time limit holds at the root and in every round: the attacks, the root's α-CROWN re-bounding, CROWN
-        refreshes and α/β optimisations all stop at the deadline (between steps, none taken that would end past it;
+        refreshes and α/β optimisations all stop at the deadline (between steps, none taken that could not end before it;
         their bounds stay sound), a round's children are bounded in chunks of which none starts with less time left
         than a chunk's fixed passes take (the children of chunks not started keep their parent's bounds: still
         open, so the result is Unknown), FSB starts no scoring pass past it (the
