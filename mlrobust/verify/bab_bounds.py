@@ -307,6 +307,8 @@ class AlphaEngine:
         self.pre_tensors = self.crown.pre_tensors
         self.refresh_intermediate = refresh
         self.keep_warm = keep_warm
+        #: seconds the last merge of a chunked batch took per domain (see :meth:`alpha`: time kept for the next one)
+        self.merge_seconds_per_domain = 0.0
 
     def root(self, lower: np.ndarray, upper: np.ndarray, lows: dict[str, np.ndarray] | None = None,
              ups: dict[str, np.ndarray] | None = None) -> Domain:
@@ -391,7 +393,8 @@ class AlphaEngine:
         batch (a later chunk gets what the earlier ones left, and none starts once less is left than the last
         chunk's fixed passes took: CROWN's pass, the warm start's and the final float64 one, which a chunk costs
         however little time it has; the result then covers only the first domains, ``stats["skipped"]`` says how
-        many are left out), and ``options.early_stop``
+        many are left out; the chunks' time limits keep back what merging their results will take, at the last
+        merge's seconds per domain), and ``options.early_stop``
         stops a chunk once all of *its* rows pass it (the BaB's engine sets none). A parameter family that a chunk lacks (β of a node split only in other chunks) is
         NaN in the merged state: CROWN's value when it warm-starts a child (sound). What a chunk returns is kept in
         float32 until the last chunk is done (the ReLU coefficients and the parameters, which the domain store keeps
@@ -414,7 +417,9 @@ class AlphaEngine:
             idx = np.arange(at, min(at + step, size))
             mine = options
             if deadline is not None:
-                left = deadline - time.perf_counter()
+                # the merge below is owed whenever the loop stops: its time is kept back from the chunks
+                reserve = self.merge_seconds_per_domain * (at + idx.size)
+                left = deadline - time.perf_counter() - reserve
                 if parts and left <= fixed:
                     skipped = size - at
                     break
@@ -426,7 +431,9 @@ class AlphaEngine:
                                options=mine, warm=part_warm, mix=mix)
             parts.append(_compact(res))
             fixed = res.seconds * ALPHA_FIXED_PASSES / (res.iterations + 1 + ALPHA_FIXED_PASSES)
+        t0 = time.perf_counter()
         merged = _merge(parts)
+        self.merge_seconds_per_domain = (time.perf_counter() - t0) / max(size - skipped, 1)
         merged.stats["skipped"] = skipped
         return merged
 
