@@ -126,7 +126,7 @@ class AlphaOptions:
     """Budget and settings of one optimisation.
 
     ``iterations``: gradient steps (0 gives plain CROWN). ``time_limit``: seconds for the whole call (checked between
-    steps). ``early_stop``: stop once every row's bound exceeds it (e.g. 0 for a proof). ``optimize_intermediate``:
+    steps; a step is not taken unless one as long as the last and the final evaluation can end before it). ``early_stop``: stop once every row's bound exceeds it (e.g. 0 for a proof). ``optimize_intermediate``:
     also optimise the bounds of the last refined ReLU pre-activation layer (costly: one row per unstable neuron and
     direction, ``intermediate_chunk`` rows at a time). ``threads``: torch intra-op threads (None: leave as is).
     Learning rates (Adam) per kind: ReLU slopes ``lr_alpha``, MaxPool lower-line weights ``lr_pool``, MaxPool
@@ -439,6 +439,9 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
         opt = _Adam(groups)
         loop.params = params
         joint_best, joint_snapshot = float("-inf"), None
+        # what the last step took: a step is not taken unless it and the final float64 evaluation (at most about as
+        # long) can end before the deadline, since that evaluation is owed whenever the loop stops
+        step_seconds, step_start = 0.0, time.perf_counter()
         for it in range(options.iterations + 1):
             if joint is not None:
                 _install_joint(loop, joint, *joint.bounds(loop.dtype), options.lr_tau)
@@ -459,13 +462,15 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
                 break
             if stop is not None and stop(best.cpu().numpy()):
                 break
-            if deadline is not None and time.perf_counter() >= deadline:
+            if deadline is not None and time.perf_counter() + 2.0 * step_seconds >= deadline:
                 break
             opt.step(-bound.sum())
             project(params, ctx)
             if joint is not None:
                 joint.project()
             iterations += 1
+            now = time.perf_counter()
+            step_seconds, step_start = now - step_start, now
         if joint is not None:
             with torch.no_grad():  # the sound (float64) bounds of the last and of the best step's slopes are kept
                 joint.bounds()

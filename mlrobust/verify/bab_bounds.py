@@ -307,6 +307,8 @@ class AlphaEngine:
         self.pre_tensors = self.crown.pre_tensors
         self.refresh_intermediate = refresh
         self.keep_warm = keep_warm
+        #: seconds the last merge of a chunked batch took per domain (see :meth:`alpha`: time kept for the next one)
+        self.merge_seconds_per_domain = 0.0
 
     def root(self, lower: np.ndarray, upper: np.ndarray, lows: dict[str, np.ndarray] | None = None,
              ups: dict[str, np.ndarray] | None = None) -> Domain:
@@ -349,8 +351,12 @@ class AlphaEngine:
             res = self.alpha(batch, coeffs, options, warm, mix)
             weights = res.state.mix.get("rows")
             mixed = None if mix is None or weights is None else mix.coefficients(weights.cpu().numpy())
-            infeasible = res.infeasible if res.infeasible is not None else np.zeros(len(live), dtype=bool)
+            done = res.lower.shape[0]  # fewer than the batch when the deadline came first
+            infeasible = res.infeasible if res.infeasible is not None else np.zeros(done, dtype=bool)
             for j, (i, dom) in enumerate(zip(where, live)):
+                if j >= done:  # not bounded: nothing proven, the domain keeps what it inherited
+                    out[i] = DomainBound(np.full(full, -np.inf), dom, True, {}, None, None, rows)
+                    continue
                 if infeasible[j]:
                     out[i] = DomainBound(np.full(full, np.inf), dom, feasible=False)
                     continue
@@ -384,9 +390,12 @@ class AlphaEngine:
         Each domain's parameters are optimised on its own bound (the loss is the sum over domains and rows, Adam's
         steps are elementwise), so a domain gets the same bound in a chunk as in the whole batch, up to float
         rounding of the batched products, with two batch-level rules: ``options.time_limit`` holds for the whole
-        batch (a later chunk gets what the earlier ones left; past it a chunk takes no step and gives CROWN's bounds
-        at its warm start, sound), and ``options.early_stop`` stops a chunk once all of *its* rows pass it (the
-        BaB's engine sets none). A parameter family that a chunk lacks (β of a node split only in other chunks) is
+        batch (a later chunk gets what the earlier ones left, and none starts once less is left than the last
+        chunk's fixed passes took: CROWN's pass, the warm start's and the final float64 one, which a chunk costs
+        however little time it has; the result then covers only the first domains, ``stats["skipped"]`` says how
+        many are left out; the chunks' time limits keep back what merging their results will take, at the last
+        merge's seconds per domain), and ``options.early_stop``
+        stops a chunk once all of *its* rows pass it (the BaB's engine sets none). A parameter family that a chunk lacks (β of a node split only in other chunks) is
         NaN in the merged state: CROWN's value when it warm-starts a child (sound). What a chunk returns is kept in
         float32 until the last chunk is done (the ReLU coefficients and the parameters, which the domain store keeps
         in float32 anyway; the row mixture's weights stay float64, they define the rows that were bounded), so the
@@ -402,18 +411,31 @@ class AlphaEngine:
         per_domain = coeffs.ndim == 3 and coeffs.shape[0] == size and size > 1
         deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
         parts: list[AlphaResult] = []
+        skipped = 0
+        fixed = 0.0  # seconds of the last chunk's fixed passes, at its mean seconds per pass
         for at in range(0, size, step):
             idx = np.arange(at, min(at + step, size))
             mine = options
             if deadline is not None:
-                mine = replace(options, time_limit=max(deadline - time.perf_counter(), 0.0))
+                # the merge below is owed whenever the loop stops: its time is kept back from the chunks
+                reserve = self.merge_seconds_per_domain * (at + idx.size)
+                left = deadline - time.perf_counter() - reserve
+                if parts and left <= fixed:
+                    skipped = size - at
+                    break
+                mine = replace(options, time_limit=max(left, 0.0))
             part_warm = None
             if warm is not None:
                 part_warm = warm.select(idx) if warm.domains == size else warm  # one domain's broadcasts
             res = alpha_bounds(self.network, batch.select(idx), coeffs[idx] if per_domain else coeffs,
                                options=mine, warm=part_warm, mix=mix)
             parts.append(_compact(res))
-        return _merge(parts)
+            fixed = res.seconds * ALPHA_FIXED_PASSES / (res.iterations + 1 + ALPHA_FIXED_PASSES)
+        t0 = time.perf_counter()
+        merged = _merge(parts)
+        self.merge_seconds_per_domain = (time.perf_counter() - t0) / max(size - skipped, 1)
+        merged.stats["skipped"] = skipped
+        return merged
 
     def _batch(self, domains: list[Domain]) -> DomainBatch:
         """The domains stacked for one α/β call (their float32 bounds widened to float64 exactly)."""
@@ -456,6 +478,11 @@ class AlphaEngine:
             out.append(lower[at:at + n].reshape(len(mine), 2))
             at += n
         return out
+
+
+#: Passes of one :func:`alpha_bounds` call besides its steps' (CROWN's start, the warm start's, the final float64
+#: evaluation): what a chunk costs however little time it is given.
+ALPHA_FIXED_PASSES = 3
 
 
 def _scatter_rows(full: object | None, part: AlphaState, rows: np.ndarray) -> AlphaState | None:

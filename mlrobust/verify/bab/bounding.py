@@ -30,7 +30,9 @@ class Bounded:
     """What bounding a batch gives, one row per domain: lower bounds ``(B, S)`` of ``-rows`` (``-inf`` for rows not
     bounded), ``feasible`` ``(B,)``, the rows bounded (None: all), and per bounded row the coefficients on each ReLU
     output ``(B, S', *shape)`` and on the input ``(B, S', *input)`` (None: the engine gives none), and the rows'
-    objectives ``(B, S', C)`` where a row mixture made them per domain, and how many α/β calls that took."""
+    objectives ``(B, S', C)`` where a row mixture made them per domain, and how many α/β calls that took.
+    ``unbounded``: the domains of the batch the deadline left unbounded (the α/β path bounds them in chunks and
+    starts none past it; B counts only the others), as they were given: still open, their parents' bounds."""
 
     lower: np.ndarray
     feasible: np.ndarray
@@ -39,6 +41,7 @@ class Bounded:
     input_coeff: np.ndarray | None
     coeffs: np.ndarray | None
     chunks: int = 1  # α/β calls the batch took (see AlphaEngine.alpha: a memory budget splits it)
+    unbounded: Domains | None = None
 
 
 # --- α/β warm starts ----------------------------------------------------------------------------------------------
@@ -153,7 +156,8 @@ def bound_domains(engine: Engine, doms: Domains, layout: DomainLayout, coeffs: n
                   deadline: float | None = None, mix: RowMix | None = None,
                   rows: np.ndarray | None = None) -> tuple[Domains, Bounded]:
     """Lower bounds of ``coeffs`` (``-rows`` of the spec, ``(S, C)``) on every domain; the domains come back with
-    refreshed bounds and their new warm starts. ``rows``: bound only those (the others' parent bounds stand)."""
+    refreshed bounds and their new warm starts. ``rows``: bound only those (the others' parent bounds stand).
+    Domains the deadline left unbounded come back apart, in ``Bounded.unbounded``."""
     if batched(engine, doms):
         assert isinstance(engine, AlphaEngine)
         return _bound_alpha(engine, doms, coeffs, deadline, mix, rows)
@@ -172,7 +176,11 @@ def _bound_alpha(engine: AlphaEngine, doms: Domains, coeffs: np.ndarray, deadlin
         left = max(deadline - time.perf_counter(), 0.0)
         options = replace(options, time_limit=left if options.time_limit is None else min(options.time_limit, left))
     res = engine.alpha(as_batch(doms), coeffs, options, warm, mix)
-    b = doms.size
+    b = res.lower.shape[0]  # the first b domains were bounded before the deadline
+    rest = None
+    if b < doms.size:
+        rest = doms.take(np.arange(b, doms.size))
+        doms = doms.take(np.arange(b))
     if engine.keep_warm:
         new = warm_of(res.state)
         doms.warm = new if rows is None else _scatter_rows(doms.warm, new, rows, full)
@@ -183,7 +191,8 @@ def _bound_alpha(engine: AlphaEngine, doms: Domains, coeffs: np.ndarray, deadlin
     weights = res.state.mix.get("rows")
     mixed = None if mix is None or weights is None else mix.coefficients(weights.cpu().numpy())
     feasible = ~res.infeasible if res.infeasible is not None else np.ones(b, dtype=bool)
-    return doms, Bounded(lower, feasible, rows, dict(res.relu_coeffs), None, mixed, int(res.stats.get("chunks", 1)))
+    return doms, Bounded(lower, feasible, rows, dict(res.relu_coeffs), None, mixed, int(res.stats.get("chunks", 1)),
+                         rest)
 
 
 def refresh_stale(engine: Engine, doms: Domains, layout: DomainLayout,

@@ -13,12 +13,14 @@ domain at a time anyway).
 - :class:`FsbBranching` — filtered smart branching: BaBSR's ``candidates`` best, each tried by bounding its two
   children on the parent's bounds at the parent's α/β (all candidates of all domains in one
   :func:`~mlrobust.bounds.alpha_crown.bounds_at` pass) or with plain CROWN; the split whose worse child is best wins.
+  Past its deadline no further scoring pass starts: the domains not scored keep BaBSR's order.
 - :class:`InputBisection` — input dimensions by ``|coefficient| × width`` (the width alone without coefficients),
   for small inputs and once no unstable neuron is left; its choices have ``layer == INPUT``.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -141,12 +143,14 @@ class BabsrBranching:
 class FsbBranching:
     """Filtered smart branching: BaBSR's ``candidates`` best, re-ranked by the worse of their two children's
     bounds of the binding row on the parent's bounds (the α/β engine: at the parent's parameters, batched passes
-    of at most ``max_children`` children when ``batched``; otherwise plain CROWN per domain)."""
+    of at most ``max_children`` children when ``batched``; otherwise plain CROWN per domain). Scoring is not
+    needed for soundness, only for good splits: past ``deadline`` (a ``time.perf_counter()`` value) no further
+    pass starts, and the domains left unscored keep BaBSR's order (:attr:`fallbacks` counts them)."""
 
     name = "fsb"
 
     def __init__(self, layout: DomainLayout, engine: Engine, coeffs: np.ndarray, candidates: int = 4,
-                 batched: bool = True, max_children: int = 64):
+                 batched: bool = True, max_children: int = 64, deadline: float | None = None):
         self.layout = layout
         self.engine = engine
         self.coeffs = coeffs  # (S, C) lower-bound objectives of the spec's rows
@@ -157,6 +161,12 @@ class FsbBranching:
         # relaxations (on the 64x64 reference CNN the scoring pass held 0.7 GB more than the bounding step).
         self.max_children = max(1, int(max_children))
         self.babsr = BabsrBranching(layout)
+        self.deadline = deadline
+        #: domains ranked by BaBSR alone because the deadline came before their scoring pass
+        self.fallbacks = 0
+
+    def _late(self) -> bool:
+        return self.deadline is not None and time.perf_counter() >= self.deadline
 
     def rank(self, doms: Domains, count: int) -> Choices:
         ch = self.babsr.rank(doms, max(self.candidates, count))
@@ -172,6 +182,9 @@ class FsbBranching:
             children = self._alpha_scores(sub, layer, index, objective)
         else:
             children = self._crown_scores(sub, layer, index, objective)
+        done = ~np.isnan(children).any(axis=(1, 2))  # NaN: the deadline came before the domain's pass
+        self.fallbacks += int((~done).sum())
+        sel, layer, index, children = sel[done], layer[done], index[done], children[done]
         fsb = np.where(layer >= 0, children.min(axis=2), -np.inf)  # (D', k)
         order = np.argsort(-fsb, axis=1, kind="stable")
         layer, index = np.take_along_axis(layer, order, 1), np.take_along_axis(index, order, 1)
@@ -184,11 +197,14 @@ class FsbBranching:
                       objective: np.ndarray) -> np.ndarray:
         """``(D, k, 2)`` lower bounds of each domain's objective on the two children of each candidate, in passes
         of at most :attr:`max_children` children (at least one domain's); each child's bound is its own, so the
-        passes change what is held at once, not the scores (bit for bit on the tests' networks)."""
+        passes change what is held at once, not the scores (bit for bit on the tests' networks). NaN for the
+        domains whose pass the deadline came before."""
         d, k = layer.shape
         step = max(1, self.max_children // (2 * k))
-        out = np.empty((d, k, 2))
+        out = np.full((d, k, 2), np.nan)
         for start in range(0, d, step):
+            if self._late():
+                break
             part = np.arange(start, min(d, start + step))
             out[part] = self._alpha_scores_of(doms, part, layer[part], index[part], objective[part])
         return out
@@ -213,8 +229,10 @@ class FsbBranching:
         batch = as_batch(kids)
         # in chunks under the engine's memory budget (each child's bound is its own: the same in any chunk)
         step = self.engine.chunk_size(batch, 1)
-        lower = np.empty((kids.size, 1))
+        lower = np.full((kids.size, 1), np.nan)
         for start in range(0, kids.size, step):
+            if start and self._late():
+                break  # NaN: not scored
             sel = np.arange(start, min(start + step, kids.size))
             warm = None
             if self.engine.keep_warm and one:
@@ -229,6 +247,9 @@ class FsbBranching:
         crown = self.engine if isinstance(self.engine, SplitCrown) else self.engine.crown
         out = np.full((*layer.shape, 2), -np.inf)
         for i, dom in enumerate(domain_views(doms, self.layout)):
+            if self._late():
+                out[i:] = np.nan  # not scored
+                break
             ok = np.flatnonzero(layer[i] >= 0)
             choices = [(self.layout.relu_nodes[layer[i, j]], self.layout.relu_tensors[layer[i, j]],
                         int(index[i, j])) for j in ok]
@@ -259,10 +280,11 @@ class InputBisection:
 
 
 def make_branching(name: str, layout: DomainLayout, engine: Engine, coeffs: np.ndarray, candidates: int,
-                   batched: bool, max_children: int = 64) -> Branching:
-    """The strategy named by :attr:`BabOptions.branching` (``max_children``: FSB's most children per pass)."""
+                   batched: bool, max_children: int = 64, deadline: float | None = None) -> Branching:
+    """The strategy named by :attr:`BabOptions.branching` (``max_children``: FSB's most children per pass;
+    ``deadline``: when FSB stops scoring and keeps BaBSR's order)."""
     if name == "fsb":
-        return FsbBranching(layout, engine, coeffs, candidates, batched, max_children)
+        return FsbBranching(layout, engine, coeffs, candidates, batched, max_children, deadline)
     if name == "babsr":
         return BabsrBranching(layout)
     return WidestBranching(layout)

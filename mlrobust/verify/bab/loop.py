@@ -26,7 +26,7 @@ from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
 from mlrobust.verify.attack import pgd
 from mlrobust.verify.bab.bounding import absorb, bound_domains, collect, domains_from, layout_of, refresh_stale
-from mlrobust.verify.bab.branching import Branching, InputBisection, make_branching
+from mlrobust.verify.bab.branching import Branching, FsbBranching, InputBisection, make_branching
 from mlrobust.verify.bab.milp_handoff import milp_handoff
 from mlrobust.verify.bab.options import BabOptions, BabResult
 from mlrobust.verify.bab.spec import (
@@ -114,12 +114,17 @@ class BabVerifier:
         tensor over the box (CROWN's), else computed here.
 
         The time limit holds at the root and in every round: the attacks, the root's α-CROWN re-bounding, CROWN
-        refreshes and α/β optimisations all stop at the deadline (their bounds stay sound), the root gives Unknown
-        if its first bound ends past it, and a round is not started when less time is left than the last round's
-        splitting took. What can still run past it is work already started that is not anytime: one CROWN
-        back-substitution layer of a refresh, the few fixed passes of one α/β call (CROWN's start, the warm start,
-        the final float64 evaluation), one round's splitting, and CROWN over the box when ``root_bounds`` is not
-        given."""
+        refreshes and α/β optimisations all stop at the deadline (between steps, none taken that could not end before it;
+        their bounds stay sound), a round's children are bounded in chunks of which none starts with less time left
+        than a chunk's fixed passes take (the children of chunks not started keep their parent's bounds: still
+        open, so the result is Unknown), FSB starts no scoring pass past it (the
+        rest keep BaBSR's order), the MILP hand-off decides no further domain, the root gives Unknown if its first
+        bound ends past it, and a round is not started when less time is left than the last round's splitting took.
+        What can still run past it is work already started that is not anytime: one CROWN back-substitution layer
+        of a refresh, one α/β step and the fixed passes of the α/β call in flight (the final float64 evaluation of
+        its best parameters, which every reported bound needs), one FSB scoring pass, one MILP solve's set-up, and
+        CROWN over the box when ``root_bounds`` is not given. ``stats``: ``unbounded_children`` (children left
+        unbounded by the deadline) and ``fsb_fallbacks`` (domains split in BaBSR's order for want of time)."""
         opts = self.options
         start = time.perf_counter()
         limit = opts.time_limit if time_limit is None else time_limit
@@ -135,10 +140,13 @@ class BabVerifier:
                        "bound_seconds": 0.0, "branch_seconds": 0.0, "attack_seconds": 0.0,
                        "rows_bounded": 0}
         best: list[CheckedPoint] = []
+        branching: Branching | None = None  # made once the root is bounded
 
         def finish(status: str, bound: float, reason: str = "", cex: CheckedPoint | None = None) -> BabResult:
             secs = time.perf_counter() - start
             nodes = max(stats["domains"], 1)
+            if isinstance(branching, FsbBranching):
+                stats["fsb_fallbacks"] = branching.fallbacks
             stats.update(seconds=secs, final_bound=bound, seconds_per_domain=stats["bound_seconds"] / nodes,
                          domains_per_second=stats["domains"] / secs if secs > 0 else 0.0)
             wps = sorted({id(p): p for p in best}.values(), key=lambda p: -p.margin)[:3]
@@ -204,7 +212,7 @@ class BabVerifier:
         store.push(root_doms)
         # FSB scores in passes no larger than the round's own batch of children (2 x batch_size)
         branching = make_branching(opts.branching, layout, engine, coeffs, opts.fsb_candidates, opts.fsb_batched,
-                                   2 * opts.batch_size)
+                                   2 * opts.batch_size, deadline)
         proven_max = float("-inf")
         rounds = 0
         last_branch_seconds = 0.0  # what the last round's splitting took: the next one is not started without it
@@ -279,6 +287,10 @@ class BabVerifier:
             stats["max_children"] = max(stats.get("max_children", 0), kids.size)
             live = np.flatnonzero(kids.value >= -ROBUST_TOLERANCE)
             store.push(kids)
+            if bounded.unbounded is not None:
+                # children the deadline left unbounded: open with their parents' bounds (the run ends Unknown)
+                store.push(bounded.unbounded)
+                stats["unbounded_children"] = stats.get("unbounded_children", 0) + bounded.unbounded.size
             proven = store.prune(-ROBUST_TOLERANCE)
             if proven.size:
                 proven_max = max(proven_max, float(proven.max()))

@@ -24,7 +24,7 @@ def milp_handoff(milp: MilpVerifier, network: Network, box: Box, engine: Engine,
                  topk: tuple[int, int], deadline: float | None, stats: dict
                  ) -> tuple[str, float, CheckedPoint | None]:
     """Decide every open domain of ``store`` with the MILP on the domain's own bounds (worst first; the time left
-    shared evenly among those not yet decided).
+    shared evenly among those not yet decided; none is started past ``deadline``).
 
     Returns ("proven", worst MILP bound, None), ("violated", inf, point) or ("unknown", worst open bound, None);
     on "unknown" the undecided domains are back in ``store``.
@@ -38,7 +38,11 @@ def milp_handoff(milp: MilpVerifier, network: Network, box: Box, engine: Engine,
     t0 = time.perf_counter()
     try:
         for i, dom in enumerate(views):
-            refreshed = crown_engine.refresh(dom)
+            if deadline is not None and time.perf_counter() >= deadline:
+                # a MILP started now would only overrun: this domain and the rest stay open
+                store.push(open_doms.take(np.arange(i, open_doms.size)))
+                return "unknown", store.worst(), None
+            refreshed = crown_engine.refresh(dom, deadline)
             if refreshed is None:
                 continue  # empty: nothing to prove there
             _, rec = refreshed
