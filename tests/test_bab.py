@@ -409,8 +409,10 @@ def test_a_slow_bound_step_does_not_carry_the_root_past_the_deadline(monkeypatch
 
 
 def test_a_tiny_budget_on_a_shipped_model_gives_unknown_within_the_budget():
-    """mnist2_pgd, a whole-image box the root cannot prove: 0.25 s gives Unknown at the root, well within T + 2 s
-    (before the root's refresh and α runs took the deadline, ~2.4 s)."""
+    """mnist2_pgd, a whole-image box the root cannot prove: 0.25 s gives Unknown at the root, no domain bounded
+    (before the root's refresh and α runs took the deadline, the call took ~2.4 s). How far past its limit a call
+    ends is measured, not asserted here (benchmarks/results/bab_deadline.md; tests/test_bab_deadline.py counts it
+    in passes of work)."""
     from PIL import Image
 
     from mlrobust.ir.onnx_import import load_onnx
@@ -419,13 +421,10 @@ def test_a_tiny_budget_on_a_shipped_model_gives_unknown_within_the_budget():
     x = np.asarray(Image.open(EXAMPLES / "images" / "ex00.png"), dtype=np.float64)[None] / 255.0
     target = int(np.argmax(net.logits(x[None])[0]))
     box = Box(np.clip(x - 0.05, 0, 1), np.clip(x + 0.05, 0, 1))
-    limit = 0.25
-    start = time.perf_counter()
-    v = BabVerifier(root_attack=False).verify(net, box, target, 2, time_limit=limit)
-    elapsed = time.perf_counter() - start
-    assert not v.is_robust and not v.is_not_robust and "time limit" in v.reason
+    v = BabVerifier(root_attack=False).verify(net, box, target, 2, time_limit=0.25)
+    assert not v.is_robust and not v.is_not_robust and v.reason.startswith("time limit at the root")
     assert v.stats["bab"]["final_bound"] > -ROBUST_TOLERANCE
-    assert elapsed < limit + 2.0
+    assert v.stats["bab"]["domains"] == 0 and v.stats["bab"]["rounds"] == 0
 
 
 def test_the_root_starts_from_the_bound_tier_named_in_the_options():
