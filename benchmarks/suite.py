@@ -75,13 +75,14 @@ def load_average() -> list[float] | None:
         return None
 
 
-def git_revision() -> str:
-    """The project's short commit, marked when tracked files have uncommitted changes; "?" without git."""
+def git_revision(checkout: Path = ROOT) -> str:
+    """The short commit of ``checkout`` (this project by default), marked when tracked files have uncommitted
+    changes; "?" without git."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=checkout,
                              timeout=10, check=False).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=ROOT, timeout=10, check=False).stdout.strip()
+                               text=True, cwd=checkout, timeout=10, check=False).stdout.strip()
         return (rev or "?") + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "?"
@@ -100,6 +101,12 @@ def machine() -> dict:
     return info
 
 
+def command_line(prog: str, argv: list[str] | None) -> str:
+    """The command a benchmark ran as: ``prog`` (how it is started) and its arguments (this process's when
+    ``argv`` is None)."""
+    return " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
+
+
 def run_facts(command: str) -> dict[str, Any]:
     """What a report's header states, collected as a run starts: ``command``, ``date`` (UTC), ``machine``
     (:func:`machine`, with the load average at the start) and ``git`` (:func:`git_revision`). Merge it into the
@@ -113,7 +120,7 @@ def end_facts() -> dict[str, Any]:
     return {"load_average_at_end": load_average()}
 
 
-def _load_text(load: Any) -> str:
+def load_text(load: Any) -> str:
     """A load average as recorded (1/5/15-min triple, a single 1-minute figure, or nothing), as text."""
     if load is None:
         return "not recorded"
@@ -128,10 +135,10 @@ def header_lines(command: str, *, cpus: int | None, processor: str | None = None
     and its load average at the start and the end, which say how shared it was; that timings are therefore
     indicative. Two Markdown lines ending in a hard line break, so the benchmark's own set-up (threads, jobs, run
     time...) can follow in the same paragraph."""
-    where = f"{cpus} CPUs" + (f" ({processor})" if processor else "")
+    where = (f"{cpus} CPUs" if cpus else "CPUs not recorded") + (f" ({processor})" if processor else "")
     parts = [f"date {date}" if date else "", f"code {git}" if git else "",
-             f"machine: {where}, shared with other work (load average {_load_text(load_start)} at the start, "
-             f"{_load_text(load_end)} at the end): timings are indicative"]
+             f"machine: {where}, shared with other work (load average {load_text(load_start)} at the start, "
+             f"{load_text(load_end)} at the end): timings are indicative"]
     facts = "; ".join(part for part in parts if part)
     return [f"Command: `{command}`  ", f"{facts[0].upper()}{facts[1:]}.  "]
 
