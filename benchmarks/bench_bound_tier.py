@@ -151,13 +151,20 @@ def _boxes(args: argparse.Namespace, log: Callable[[str], None]) -> Iterator[tup
             yield model, entry["id"], "linf", network, target, linf, r_crown
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+def _start(args: argparse.Namespace) -> dict:
+    """One torch thread; the header's facts (:func:`benchmarks.suite.run_facts`), with the load before the work."""
     import torch
 
-    from benchmarks.suite import end_facts, run_facts
+    from benchmarks.suite import run_facts
 
     torch.set_num_threads(1)
-    facts = run_facts("python -m benchmarks bound-tier " + " ".join(args.argv))  # the load before the work
+    return run_facts("python -m benchmarks bound-tier " + " ".join(args.argv))
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    from benchmarks.suite import end_facts
+
+    facts = _start(args)
     rows: list[dict] = []
     start = time.perf_counter()
     for model, image, kind, network, target, box_at, r_crown in _boxes(args, log):
@@ -232,12 +239,9 @@ def run_sequence(network, box_at: Callable[[float], tuple[np.ndarray, np.ndarray
 
 def run_sequences(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     """Every (model, image, kind) sequence with every variant, back to back (see the module doc)."""
-    import torch
+    from benchmarks.suite import end_facts
 
-    from benchmarks.suite import end_facts, run_facts
-
-    torch.set_num_threads(1)
-    facts = run_facts("python -m benchmarks bound-tier " + " ".join(args.argv))  # the load before the work
+    facts = _start(args)
     rows: list[dict] = []
     start = time.perf_counter()
     for model, image, kind, network, target, box_at, _ in _boxes(args, log):

@@ -129,7 +129,7 @@ def load_text(load: Any) -> str:
     return " / ".join(f"{float(x):.2f}" for x in load)
 
 
-def header_lines(command: str, *, cpus: int | None, processor: str | None = None, load_start: Any = None,
+def header_lines(command: str | None, *, cpus: int | None, processor: str | None = None, load_start: Any = None,
                  load_end: Any = None, git: str | None = None, date: str | None = None) -> list[str]:
     """A benchmark report's header: the command; the date and code revision (where recorded); the machine's CPUs
     and its load average at the start and the end, which say how shared it was; that timings are therefore
@@ -140,14 +140,17 @@ def header_lines(command: str, *, cpus: int | None, processor: str | None = None
              f"machine: {where}, shared with other work (load average {load_text(load_start)} at the start, "
              f"{load_text(load_end)} at the end): timings are indicative"]
     facts = "; ".join(part for part in parts if part)
-    return [f"Command: `{command}`  ", f"{facts[0].upper()}{facts[1:]}.  "]
+    return [f"Command: `{command}`  " if command else "Command: not recorded  ", f"{facts[0].upper()}{facts[1:]}.  "]
 
 
 def report_header(results: dict) -> list[str]:
     """:func:`header_lines` from results laid out as :func:`run_facts` and :func:`end_facts` lay them out (older
-    results without a date or revision render without them)."""
+    results without a date or revision render without them; a machine recorded as one line of text is shown as
+    it is)."""
     m = results.get("machine") or {}
-    return header_lines(results["command"], cpus=m.get("cpus"), processor=m.get("processor"),
+    if isinstance(m, str):
+        m = {"processor": m}
+    return header_lines(results.get("command"), cpus=m.get("cpus"), processor=m.get("processor"),
                         load_start=m.get("load_average_at_start"), load_end=results.get("load_average_at_end"),
                         git=results.get("git"), date=results.get("date"))
 
