@@ -434,9 +434,9 @@ def instance_list(args: argparse.Namespace) -> list[AnchorInstance]:
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    from benchmarks.suite import end_facts, run_facts
+    from benchmarks.suite import command_line, end_facts, run_facts
 
-    facts = run_facts("python -m benchmarks anchor " + " ".join(args.argv))  # the load before the work
+    facts = run_facts(command_line("python -m benchmarks anchor", args.argv))  # the load before the work
     instances = instance_list(args)
     args.work.mkdir(parents=True, exist_ok=True)
     cache = read_raw(args, lambda r: (r["instance"], r["tool"], r["timeout"],

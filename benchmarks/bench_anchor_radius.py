@@ -137,9 +137,9 @@ def linf_property(work: Path, examples: Path, image: str, radius: float) -> Path
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    from benchmarks.suite import end_facts, run_facts
+    from benchmarks.suite import command_line, end_facts, run_facts
 
-    facts = run_facts("python -m benchmarks anchor-radius " + " ".join(args.argv))  # the load before the work
+    facts = run_facts(command_line("python -m benchmarks anchor-radius", args.argv))  # the load before the work
     grid = radius_grid(args.base, args.ratio, args.steps)
     pairs = devset_pairs(args.devset, args.images, [m for m in args.models.split(",") if m] or None)
     if not pairs:

@@ -34,10 +34,10 @@ ATTACKS = ("plain", "diversified")
 
 def run(args: argparse.Namespace) -> dict:
     from benchmarks.bench_scale import box_factory, manifest_images
-    from benchmarks.suite import end_facts, run_facts
+    from benchmarks.suite import command_line, end_facts, run_facts
     from mlrobust.verify.attack import PgdAttack
 
-    facts = run_facts("python -m benchmarks.bench_attack " + " ".join(args.argv))  # the load before the work
+    facts = run_facts(command_line("python -m benchmarks.bench_attack", args.argv))  # the load before the work
     searched = json.loads(args.neighborhoods.read_text())
     scales = [float(s) for s in args.scales.split(",")]
     rows = []

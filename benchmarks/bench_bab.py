@@ -40,7 +40,15 @@ import torch
 
 torch.set_num_threads(1)
 
-from benchmarks.suite import end_facts, git_revision, load_average, load_text, report_header, run_facts
+from benchmarks.suite import (
+    command_line,
+    end_facts,
+    git_revision,
+    load_average,
+    load_text,
+    report_header,
+    run_facts,
+)
 from mlrobust import load_onnx
 from mlrobust.bounds.tier import tighten
 from mlrobust.ir.graph import Network
@@ -207,9 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bab.md")
     args = parser.parse_args(argv)
-    command = "python -m benchmarks.bench_bab" + ("" if argv is None and len(sys.argv) == 1 else
-                                                  " " + " ".join(sys.argv[1:] if argv is None else argv))
-    facts = run_facts(command)  # the load before the work
+    facts = run_facts(command_line("python -m benchmarks.bench_bab", argv))  # the load before the work
     manifest = json.loads((args.examples / "manifest.json").read_text())
     images = [{"id": e["id"], "image": read_image(args.examples / e["file"]), "target": int(e["target_label"])}
               for e in manifest["images"][: args.images]]

@@ -81,10 +81,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     import torch
 
     from benchmarks.methods import build
-    from benchmarks.suite import end_facts, run_facts
+    from benchmarks.suite import command_line, end_facts, run_facts
 
     torch.set_num_threads(1)
-    facts = run_facts("python -m benchmarks bab-boxes " + " ".join(args.argv))  # the load before the work
+    facts = run_facts(command_line("python -m benchmarks bab-boxes", args.argv))  # the load before the work
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     cache = json.loads(args.neighborhoods.read_text())

@@ -155,10 +155,10 @@ def _start(args: argparse.Namespace) -> dict:
     """One torch thread; the header's facts (:func:`benchmarks.suite.run_facts`), with the load before the work."""
     import torch
 
-    from benchmarks.suite import run_facts
+    from benchmarks.suite import command_line, run_facts
 
     torch.set_num_threads(1)
-    return run_facts("python -m benchmarks bound-tier " + " ".join(args.argv))
+    return run_facts(command_line("python -m benchmarks bound-tier", args.argv))
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:

@@ -126,7 +126,7 @@ def _median(rows: list[dict], key: str) -> float | str | None:
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     from benchmarks.bench_anchor_radius import devset_pairs
-    from benchmarks.suite import end_facts, run_facts
+    from benchmarks.suite import command_line, end_facts, run_facts
 
     entries = {e["id"]: e for e in json.loads((args.examples / "manifest.json").read_text())["images"]}
     pairs = devset_pairs(args.devset, args.images, [m for m in args.models.split(",") if m] or None)
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
               "time_limit": args.time_limit, "restarts": args.restarts, "steps": args.steps}
              for m, im, _ in pairs for v in VARIANTS]
     start = time.perf_counter()
-    facts = run_facts("python -m benchmarks devset-search " + " ".join(args.argv))  # the load before the work
+    facts = run_facts(command_line("python -m benchmarks devset-search", args.argv))  # the load before the work
     rows = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for row in pool.map(lambda s: run_one(s, args.grace), specs):

@@ -145,10 +145,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.suite import command_line
+
     args = parser().parse_args(argv)
     names = [n.strip() for n in args.patterns.split(",") if n.strip()] if args.patterns else None
     results = run(names, args.timeout, args.work, lambda msg: print(msg, flush=True),
-                  "python -m benchmarks onnx-ops " + " ".join(sys.argv[1:] if argv is None else argv))
+                  command_line("python -m benchmarks onnx-ops", argv))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     args.out.write_text(markdown(results))

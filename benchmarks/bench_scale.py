@@ -247,9 +247,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     import torch
 
     from benchmarks.methods import availability, build
-    from benchmarks.suite import end_facts, run_facts
+    from benchmarks.suite import command_line, end_facts, run_facts
 
-    facts = run_facts("python -m benchmarks scale " + " ".join(args.argv))  # the load before the work
+    facts = run_facts(command_line("python -m benchmarks scale", args.argv))  # the load before the work
     torch.set_num_threads(1)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     avail = availability(methods)

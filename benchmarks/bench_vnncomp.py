@@ -371,9 +371,9 @@ def select(instances: list[Instance], models: list[str] | None, families: list[s
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     from benchmarks.methods import availability
-    from benchmarks.suite import end_facts, run_facts
+    from benchmarks.suite import command_line, end_facts, run_facts
 
-    facts = run_facts("python -m benchmarks vnncomp " + " ".join(args.argv))  # the load before the work
+    facts = run_facts(command_line("python -m benchmarks vnncomp", args.argv))  # the load before the work
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     avail = availability([m for m in methods if m not in VNNLIB_METHODS])
     avail.update({m: "" for m in methods if m in VNNLIB_METHODS})
