@@ -32,6 +32,7 @@ import re  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
@@ -49,7 +50,8 @@ WORK = ROOT / "build" / "benchmarks" / "anchor"
 GROUPS = ("ours", "devset", "vnncomp")
 OURS_IMAGES = ("ex00", "ex02", "ex04")
 OURS_SCALES = (1.0, 1.05, 1.1, 1.2)
-TOOLS = ("mlrobust", "abcrown")
+ABC = "abcrown"
+TOOLS = ("mlrobust", ABC)
 SOLVED = ("unsat", "sat")
 _RESULT = re.compile(r"^RESULT (\S+) ([0-9.]+)\s*$", re.M)
 _CEX_X = re.compile(r"\(\s*X_(\d+)\s+([^\s()]+)\s*\)")
@@ -272,6 +274,32 @@ def check_sat(checker: OrtChecker, inst: AnchorInstance, row: dict) -> None:
                 return
 
 
+def run_tool(args: argparse.Namespace, inst: AnchorInstance, tool: str) -> dict:
+    """One instance in a fresh process: α,β-CROWN for :data:`ABC`, else mlrobust with method ``tool``."""
+    if tool == ABC:
+        return run_abc(args.abcrown, inst, args.work, args.grace)
+    return run_ours(inst, tool, args.grace)
+
+
+def read_raw(args: argparse.Namespace, key: Callable[[dict], tuple]) -> dict[tuple, dict]:
+    """The raw result lines of earlier runs in ``--work``/raw.jsonl by ``key(row)`` (none with ``--fresh``)."""
+    raw = args.work / "raw.jsonl"
+    if args.fresh or not raw.is_file():
+        return {}
+    rows = (json.loads(line) for line in raw.read_text().splitlines() if line.strip())
+    return {key(r): r for r in rows}
+
+
+def record(args: argparse.Namespace, checker: OrtChecker, inst: AnchorInstance, row: dict,
+           lock: threading.Lock) -> None:
+    """Re-check a sat row's counterexample on onnxruntime and append the row to ``--work``/raw.jsonl (one job at a
+    time: the jobs run in threads)."""
+    with lock:
+        check_sat(checker, inst, row)
+        with (args.work / "raw.jsonl").open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
 def soundness(rows: list[dict]) -> list[str]:
     """A sat answer whose counterexample fails on onnxruntime; an instance unsat for one tool and sat with a
     confirmed counterexample for the other."""
@@ -337,14 +365,18 @@ def _med(v: float | None) -> str:
     return "–" if v is None else f"{v:.1f} s"
 
 
+def anchor_header(results: dict, *tool_lines: str) -> list[str]:
+    """The header of an α,β-CROWN comparison's report: :func:`benchmarks.suite.report_header`, the jobs and run
+    time, then ``tool_lines``."""
+    from benchmarks.suite import report_header
+
+    return [*report_header(results), (f"One CPU thread per tool, {results['jobs']} job(s) at a time; run time "
+                                      f"{results['seconds'] / 60:.1f} min.  "), *tool_lines]
+
+
 def markdown(results: dict) -> str:
-    m = results["machine"]
     out = ["# mlrobust against α,β-CROWN on the same instances", "",
-           f"Command: `{results['command']}`  ",
-           (f"Machine: {m['cpus']} CPUs ({m['processor']}), shared with other work (load average at start "
-            f"{m.get('load_average_at_start')}, at the end {results.get('load_average_at_end')}): timings are "
-            f"indicative. One CPU thread per tool, {results['jobs']} job(s) at a time; code {results['git']}; "
-            f"α,β-CROWN {results['abcrown']}; run time {results['seconds'] / 60:.1f} min.  "),
+           *anchor_header(results, f"α,β-CROWN {results['abcrown']}.  "),
            (f"mlrobust method: `{results['method']}`. Times are each tool's own clock: mlrobust's after loading the "
             "model and parsing the property (as VNN-COMP times run_instance), α,β-CROWN's own `Time:` (after its "
             "start-up); an answer counts when that clock is within the timeout "
@@ -402,25 +434,15 @@ def instance_list(args: argparse.Namespace) -> list[AnchorInstance]:
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    from benchmarks.bench_vnncomp import _git
-    from benchmarks.suite import machine
+    from benchmarks.suite import command_line, end_facts, run_facts
 
-    if not (args.abcrown / "run_one.sh").is_file():
-        raise SystemExit(f"error: {args.abcrown / 'run_one.sh'} not found: set α,β-CROWN up as "
-                         "../shared/anchors/alpha-beta-crown/README.md describes and pass its folder")
-    if args.jobs not in (1, 2):
-        raise SystemExit("error: --jobs must be 1 or 2 (one CPU thread per job)")
-    info = machine()  # the load average before the work, not after it
+    facts = run_facts(command_line("python -m benchmarks anchor", args.argv))  # the load before the work
     instances = instance_list(args)
     args.work.mkdir(parents=True, exist_ok=True)
-    raw = args.work / "raw.jsonl"
-    cache: dict[tuple, dict] = {}
-    if raw.is_file() and not args.fresh:
-        for line in raw.read_text().splitlines():
-            r = json.loads(line)
-            cache[(r["instance"], r["tool"], r["timeout"], r.get("method", "vnnlib") if r["tool"] == "mlrobust"
-                   else "")] = r
+    cache = read_raw(args, lambda r: (r["instance"], r["tool"], r["timeout"],
+                                      r.get("method", "vnnlib") if r["tool"] == "mlrobust" else ""))
     checker = OrtChecker()
+    lock = threading.Lock()
     start = time.perf_counter()
     jobs = [(inst, tool) for inst in instances for tool in TOOLS]
     skipped = 0
@@ -431,7 +453,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         key = (inst.key, tool, inst.timeout, args.method if tool == "mlrobust" else "")  # another method: run again
         if key in cache:
             r = cache[key]
-            if tool == "abcrown":  # its files may hold a verdict an earlier reading missed
+            if tool == ABC:  # its files may hold a verdict an earlier reading missed
                 settle_abc_row(args.abcrown, inst, r)
             elif r.get("verifier_seconds") is not None:  # mlrobust's own clock (lines of earlier runs held wall time)
                 r["seconds"] = r["verifier_seconds"]
@@ -441,14 +463,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         if args.budget is not None and time.perf_counter() - start > args.budget:
             skipped += 1
             return None
-        r = (run_ours(inst, args.method, args.grace) if tool == "mlrobust"
-             else run_abc(args.abcrown, inst, args.work, args.grace))
+        r = run_tool(args, inst, ABC if tool == ABC else args.method)
         r.update(instance=inst.key, group=inst.group, tool=tool, timeout=inst.timeout,
                  **({"method": args.method} if tool == "mlrobust" else {}),
                  model=str(inst.model.relative_to(ROOT)) if inst.model.is_relative_to(ROOT) else str(inst.model))
-        check_sat(checker, inst, r)
-        with raw.open("a") as fh:
-            fh.write(json.dumps(r) + "\n")
+        record(args, checker, inst, r, lock)
         return r
 
     rows: list[dict] = []
@@ -462,16 +481,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     for r in rows:
         r.pop("x", None)  # the counterexamples stay in the raw lines
     violations = soundness(rows)
-    try:
-        load_end = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load_end = None
-    return {"command": "python -m benchmarks anchor " + " ".join(args.argv), "machine": info, "git": _git(),
-            "abcrown": _abc_version(args.abcrown), "method": args.method, "jobs": args.jobs,
+    return {**facts, "abcrown": _abc_version(args.abcrown), "method": args.method, "jobs": args.jobs,
             "timeout_note": f"{args.timeout:g} s" if args.timeout else "60 s", "budget": args.budget,
             "stopped_early": bool(skipped), "jobs_planned": len(jobs), "jobs_done": len(rows), "rows": rows,
             "summary": summarise(rows), "violations": violations, "wrong": wrong_rows(rows, violations),
-            "seconds": time.perf_counter() - start, "load_average_at_end": load_end, "notes": args.notes or ""}
+            "seconds": time.perf_counter() - start, **end_facts(), "notes": args.notes or ""}
 
 
 def _abc_version(abc_dir: Path) -> str:
@@ -482,47 +496,65 @@ def _abc_version(abc_dir: Path) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks anchor", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--abcrown", type=Path, required=True, help="α,β-CROWN folder holding run_one.sh and configs/")
     p.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated subset of {','.join(GROUPS)}")
     p.add_argument("--method", default="vnnlib", help="mlrobust's method (benchmarks vnncomp's names; default "
                                                      "the mlrobust vnnlib route)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per instance (default: the lists', 60)")
-    p.add_argument("--grace", type=float, default=30.0, help="seconds after the timeout before a process is killed")
-    p.add_argument("--jobs", type=int, default=2, help="jobs at once (1 or 2)")
-    p.add_argument("--budget", type=float, default=None, help="start no job after this many seconds")
     p.add_argument("--vnncomp-limit", type=int, default=2, help="first N instances per VNN-style model and family")
     p.add_argument("--devset-limit", type=int, default=None,
                    help="first N instances per development model and property family (eps0.003, eps0.008, "
                         "layered: one per image, so 3 is the whole set)")
-    p.add_argument("--examples", type=Path, default=ROOT / "examples")
-    p.add_argument("--devset", type=Path, default=ROOT / "benchmarks" / "devset")
     p.add_argument("--vnncomp", type=Path, default=ROOT / "benchmarks" / "vnncomp")
     p.add_argument("--neighborhoods", type=Path, default=ROOT / "benchmarks" / "results" /
                    "scale_neighborhoods.json")
-    p.add_argument("--out", type=Path, default=OUT, help="Markdown report (the JSON goes next to it)")
-    p.add_argument("--work", type=Path, default=WORK, help="written VNN-LIB files and raw result lines")
-    p.add_argument("--fresh", action="store_true", help="ignore earlier raw results")
-    p.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
-    p.add_argument("--quiet", action="store_true")
+    add_anchor_arguments(p, OUT, WORK)
     return p
 
 
+def add_anchor_arguments(p: argparse.ArgumentParser, out: Path, work: Path) -> None:
+    """The options every α,β-CROWN comparison (this one and ``anchor-radius``) takes: the checkout, the process
+    limits, the inputs' folders and where the report, the VNN-LIB files and the raw lines go."""
+    p.add_argument("--abcrown", type=Path, required=True, help="α,β-CROWN folder holding run_one.sh and configs/")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds after the timeout before a process is killed")
+    p.add_argument("--jobs", type=int, default=2, help="processes at once (1 or 2)")
+    p.add_argument("--budget", type=float, default=None, help="start no job after this many seconds")
+    p.add_argument("--examples", type=Path, default=ROOT / "examples")
+    p.add_argument("--devset", type=Path, default=ROOT / "benchmarks" / "devset")
+    p.add_argument("--out", type=Path, default=out, help="Markdown report (the JSON goes next to it)")
+    p.add_argument("--work", type=Path, default=work, help="written VNN-LIB files and raw result lines")
+    p.add_argument("--fresh", action="store_true", help="ignore earlier raw results")
+    p.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
+    p.add_argument("--quiet", action="store_true")
+
+
 def parse_anchor_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """The command line of an α,β-CROWN comparison (this one and ``anchor-radius``), its paths made absolute."""
+    """The command line of an α,β-CROWN comparison (this one and ``anchor-radius``), its paths made absolute; a
+    clear error when the α,β-CROWN checkout is not set up or ``--jobs`` is out of range."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
     args.abcrown = args.abcrown.resolve()
     args.work = args.work.resolve()  # run_one.sh works in its own folder: configs written here need full paths
     args.notes = args.notes_file.read_text().strip() if args.notes_file else ""
+    if not (args.abcrown / "run_one.sh").is_file():
+        raise SystemExit(f"error: {args.abcrown / 'run_one.sh'} not found: set α,β-CROWN up as "
+                         "../shared/anchors/alpha-beta-crown/README.md describes and pass its folder")
+    if args.jobs not in (1, 2):
+        raise SystemExit("error: --jobs must be 1 or 2 (one CPU thread per job)")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def anchor_main(parser: argparse.ArgumentParser, run: Callable, markdown: Callable[[dict], str],
+                argv: list[str] | None) -> int:
+    """Run an α,β-CROWN comparison, write its report; exit status 1 on a soundness violation."""
     from benchmarks.suite import report_violations, run_and_write
 
-    results = run_and_write(parse_anchor_args(parser(), argv), run, markdown)
+    results = run_and_write(parse_anchor_args(parser, argv), run, markdown)
     return report_violations(results["violations"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    return anchor_main(parser(), run, markdown, argv)
 
 
 if __name__ == "__main__":

@@ -37,14 +37,22 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from benchmarks.bench_anchor import AnchorInstance, check_sat, parse_anchor_args, run_abc, run_ours  # noqa: E402
+from benchmarks.bench_anchor import (  # noqa: E402
+    ABC,
+    AnchorInstance,
+    add_anchor_arguments,
+    anchor_header,
+    anchor_main,
+    read_raw,
+    record,
+    run_tool,
+)
 from benchmarks.bench_vnncomp import OrtChecker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "anchor_radius.md"
 WORK = ROOT / "build" / "benchmarks" / "anchor_radius"
 SOLVED = ("unsat", "sat")
-ABC = "abcrown"
 
 
 def radius_grid(base: float, ratio: float, steps: int) -> list[float]:
@@ -129,27 +137,16 @@ def linf_property(work: Path, examples: Path, image: str, radius: float) -> Path
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    from benchmarks.bench_vnncomp import _git
-    from benchmarks.suite import machine
+    from benchmarks.suite import command_line, end_facts, run_facts
 
-    if not (args.abcrown / "run_one.sh").is_file():
-        raise SystemExit(f"error: {args.abcrown / 'run_one.sh'} not found: set α,β-CROWN up as "
-                         "../shared/anchors/alpha-beta-crown/README.md describes and pass its folder")
-    if args.jobs not in (1, 2):
-        raise SystemExit("error: --jobs must be 1 or 2 (one CPU thread per job)")
-    info = machine()  # the load average before the work, not after it
+    facts = run_facts(command_line("python -m benchmarks anchor-radius", args.argv))  # the load before the work
     grid = radius_grid(args.base, args.ratio, args.steps)
     pairs = devset_pairs(args.devset, args.images, [m for m in args.models.split(",") if m] or None)
     if not pairs:
         raise SystemExit(f"error: no development model in {args.devset / 'models'} matches --models")
     tools = [*args.methods.split(","), ABC]
     args.work.mkdir(parents=True, exist_ok=True)
-    raw = args.work / "raw.jsonl"
-    cache: dict[tuple, dict] = {}
-    if raw.is_file() and not args.fresh:
-        for line in raw.read_text().splitlines():
-            r = json.loads(line)
-            cache[(r["model"], r["image"], r["tool"], r["radius"], r["timeout"])] = r
+    cache = read_raw(args, lambda r: (r["model"], r["image"], r["tool"], r["radius"], r["timeout"]))
     checker = OrtChecker()
     lock = threading.Lock()
     start = time.perf_counter()
@@ -164,14 +161,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         with lock:
             prop = linf_property(args.work, args.examples, search.image, radius)
         inst = AnchorInstance("radius", search.model, prop, args.timeout)
-        r = (run_abc(args.abcrown, inst, args.work, args.grace) if search.tool == ABC
-             else run_ours(inst, search.tool, args.grace))
+        r = run_tool(args, inst, search.tool)
         r.update(model=search.model.stem, image=search.image, tool=search.tool, radius=radius, timeout=args.timeout,
                  target=targets[(search.model, search.image)])
-        with lock:
-            check_sat(checker, inst, r)
-            with raw.open("a") as fh:
-                fh.write(json.dumps(r) + "\n")
+        record(args, checker, inst, r, lock)
         log(f"{search.key} r={radius:g}: {r['status']} {float(r.get('seconds') or 0.0):.1f} s"
             + (f" ({r['tier']})" if r.get("tier") else "") + (f" ort {r['ort']['verdict']}" if "ort" in r else ""))
         return r
@@ -198,14 +191,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         done = list(pool.map(one_search, searches))
     per_pair = summarise(done, grid)
     violations = soundness(done)
-    try:
-        load_end = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load_end = None
-    return {"command": "python -m benchmarks anchor-radius " + " ".join(args.argv), "machine": info,
-            "git": _git(), "grid": grid, "timeout": args.timeout, "jobs": args.jobs, "tools": tools,
+    return {**facts, "grid": grid, "timeout": args.timeout, "jobs": args.jobs, "tools": tools,
             "searches": done, "summary": per_pair, "violations": violations, "seconds": time.perf_counter() - start,
-            "load_average_at_end": load_end, "notes": args.notes or ""}
+            **end_facts(), "notes": args.notes or ""}
 
 
 def _largest(probes: list[dict], status: str, pick: Callable) -> dict | None:
@@ -267,16 +255,11 @@ def _r(v: float | None) -> str:
 
 
 def markdown(results: dict) -> str:
-    m = results["machine"]
     tools = results["tools"]
     ours = [t for t in tools if t != ABC]
     grid = results["grid"]
     out = ["# Largest whole-image L∞ radius proven: mlrobust against α,β-CROWN", "",
-           f"Command: `{results['command']}`  ",
-           (f"Machine: {m['cpus']} CPUs ({m['processor']}), shared with other work (load average at start "
-            f"{m.get('load_average_at_start')}, at the end {results.get('load_average_at_end')}): timings are "
-            f"indicative. One CPU thread per tool, {results['jobs']} job(s) at a time; code {results['git']}; run "
-            f"time {results['seconds'] / 60:.1f} min.  "),
+           *anchor_header(results),
            (f"Grid: {len(grid)} radii {_r(grid[0])} · {grid[1] / grid[0]:.3g}^i up to {_r(grid[-1])} (pixels in "
             f"[0, 1]); each probe one VNN-LIB instance (\"the target leaves the top-2 in the L∞ ball\", 36 "
             f"OR-clauses) capped at {results['timeout']:g} s on the tool's own clock (mlrobust: after loading the "
@@ -321,7 +304,6 @@ def markdown(results: dict) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks anchor-radius", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--abcrown", type=Path, required=True, help="α,β-CROWN folder holding run_one.sh and configs/")
     p.add_argument("--methods", default="cascade", help="mlrobust method(s), comma-separated (benchmarks vnncomp's "
                                                        "names or vnnlib; default: verify's cascade)")
     p.add_argument("--models", default="", help="development models by stem (default: all)")
@@ -331,24 +313,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=16, help="radii in the grid")
     p.add_argument("--start", type=int, default=4, help="grid index of the first probe")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per probe (each tool's own clock)")
-    p.add_argument("--grace", type=float, default=30.0, help="seconds after the timeout before a process is killed")
-    p.add_argument("--jobs", type=int, default=2, help="processes at once (1 or 2)")
-    p.add_argument("--budget", type=float, default=None, help="start no probe after this many seconds")
-    p.add_argument("--examples", type=Path, default=ROOT / "examples")
-    p.add_argument("--devset", type=Path, default=ROOT / "benchmarks" / "devset")
-    p.add_argument("--out", type=Path, default=OUT, help="Markdown report (the JSON goes next to it)")
-    p.add_argument("--work", type=Path, default=WORK, help="written VNN-LIB files and raw result lines")
-    p.add_argument("--fresh", action="store_true", help="ignore earlier raw results")
-    p.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
-    p.add_argument("--quiet", action="store_true")
+    add_anchor_arguments(p, OUT, WORK)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.suite import report_violations, run_and_write
-
-    results = run_and_write(parse_anchor_args(parser(), argv), run, markdown)
-    return report_violations(results["violations"])
+    return anchor_main(parser(), run, markdown, argv)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,10 @@ ATTACKS = ("plain", "diversified")
 
 def run(args: argparse.Namespace) -> dict:
     from benchmarks.bench_scale import box_factory, manifest_images
-    from benchmarks.suite import machine
+    from benchmarks.suite import command_line, end_facts, run_facts
     from mlrobust.verify.attack import PgdAttack
 
+    facts = run_facts(command_line("python -m benchmarks.bench_attack", args.argv))  # the load before the work
     searched = json.loads(args.neighborhoods.read_text())
     scales = [float(s) for s in args.scales.split(",")]
     rows = []
@@ -61,16 +62,15 @@ def run(args: argparse.Namespace) -> dict:
                     print(f"{key} x{scale:g} seed {seed}: " + ", ".join(
                         f"{n} {'broken' if row[n]['broken'] else 'held'} {row[n]['seconds']:.2f} s" for n in ATTACKS),
                         flush=True)
-    return {"command": "python -m benchmarks.bench_attack " + " ".join(args.argv), "machine": machine(),
-            "restarts": args.restarts, "steps": args.steps, "rows": rows, "seconds": time.perf_counter() - start}
+    return {**facts, **end_facts(), "restarts": args.restarts, "steps": args.steps, "rows": rows, "seconds": time.perf_counter() - start}
 
 
 def markdown(results: dict) -> str:
     rows = results["rows"]
-    m = results["machine"]
-    out = ["# Attack tier: plain against diversified PGD", "", f"Command: `{results['command']}`  ",
-           (f"Machine: {m['cpus']} CPUs, shared (load average at start {m.get('load_average_at_start')}): timings "
-            f"are indicative. {results['restarts']} restarts x {results['steps']} steps for both; "
+    from benchmarks.suite import report_header
+
+    out = ["# Attack tier: plain against diversified PGD", "", *report_header(results),
+           (f"{results['restarts']} restarts x {results['steps']} steps for both; "
             f"{len(rows)} (box, seed) runs; {results['seconds'] / 60:.1f} min."), "",
            "| attack | runs broken | broken only by this attack | median seconds | median seconds, held boxes |",
            "|---|---|---|---|---|"]

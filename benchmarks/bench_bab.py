@@ -28,7 +28,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -41,6 +40,15 @@ import torch
 
 torch.set_num_threads(1)
 
+from benchmarks.suite import (
+    command_line,
+    end_facts,
+    git_revision,
+    load_average,
+    load_text,
+    report_header,
+    run_facts,
+)
 from mlrobust import load_onnx
 from mlrobust.bounds.tier import tighten
 from mlrobust.ir.graph import Network
@@ -107,16 +115,11 @@ def baseline_node_cost(directory: Path, args: argparse.Namespace) -> list[dict]:
         env = {**os.environ, "PYTHONPATH": str(directory)}
         subprocess.run(cmd, cwd=directory, env=env, check=True, stdout=subprocess.DEVNULL)
         rows = json.loads(out.with_suffix(".json").read_text())["node"]
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=directory, capture_output=True,
-                         text=True).stdout.strip()
+    rev = git_revision(directory)
     for r in rows:
         r["code"] = f"baseline {rev}"
     print(rows, flush=True)
     return rows
-
-
-def load_average() -> str:
-    return ", ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def compare(models: list[tuple[str, Network]], images: list[dict], factors: list[float],
@@ -144,10 +147,10 @@ def compare(models: list[tuple[str, Network]], images: list[dict], factors: list
 
 
 def markdown(node_rows: list[dict], radii: list[dict], rows: list[dict], args: argparse.Namespace,
-             command: str) -> str:
-    out = ["# Branch and bound on whole-image boxes", "",
-           f"Command: `{command}`  ", (f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), torch "
-           f"{torch.__version__}, one thread; time limit {args.time_limit:g} s per query."), "",
+             facts: dict) -> str:
+    """The report; ``facts``: :func:`benchmarks.suite.run_facts` with :func:`benchmarks.suite.end_facts`."""
+    out = ["# Branch and bound on whole-image boxes", "", *report_header(facts),
+           f"torch {torch.__version__}, one thread; time limit {args.time_limit:g} s per query.", "",
            "## Cost per node (mnist2_pgd, reference architecture)", "",
            (f"Image {args.node_image}, whole-image box at {args.node_factor:g} × the CROWN radius, at most "
            f"{args.node_domains} domains. *s/domain* is bounding time per domain (the branching heuristic and the "
@@ -212,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bab.md")
     args = parser.parse_args(argv)
+    facts = run_facts(command_line("python -m benchmarks.bench_bab", argv))  # the load before the work
     manifest = json.loads((args.examples / "manifest.json").read_text())
     images = [{"id": e["id"], "image": read_image(args.examples / e["file"]), "target": int(e["target_label"])}
               for e in manifest["images"][: args.images]]
@@ -221,20 +225,19 @@ def main(argv: list[str] | None = None) -> None:
     node_rows: list[dict] = []
     for _ in range(args.repeat):
         if args.baseline is not None:
-            load = load_average()
+            load = load_text(load_average())
             node_rows += [{**r, "load": load} for r in baseline_node_cost(args.baseline, args)]
-        load = load_average()
+        load = load_text(load_average())
         node_rows += [{**r, "load": load} for r in node_cost(ref, node_img["image"].reshape(ref.sample_shape),
                                                               node_img["target"], args.node_factor,
                                                               args.node_domains)]
     radii, rows = ([], []) if args.skip_compare else compare(models, images, args.factors, args.time_limit)
-    command = "python -m benchmarks.bench_bab" + ("" if argv is None and len(sys.argv) == 1 else
-                                                  " " + " ".join(sys.argv[1:] if argv is None else argv))
-    text = markdown(node_rows, radii, rows, args, command)
+    facts.update(end_facts())
+    text = markdown(node_rows, radii, rows, args, facts)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"node": node_rows, "radii": radii, "rows": rows},
+    args.out.with_suffix(".json").write_text(json.dumps({**facts, "node": node_rows, "radii": radii, "rows": rows},
                                                         indent=1))
 
 

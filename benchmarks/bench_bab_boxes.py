@@ -80,12 +80,11 @@ def with_variant(verifier: Any, overrides: dict[str, Any]) -> Any:
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     import torch
 
-    from benchmarks.bench_vnncomp import _git
     from benchmarks.methods import build
-    from benchmarks.suite import machine
+    from benchmarks.suite import command_line, end_facts, run_facts
 
     torch.set_num_threads(1)
-    at_start = machine()
+    facts = run_facts(command_line("python -m benchmarks bab-boxes", args.argv))  # the load before the work
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     cache = json.loads(args.neighborhoods.read_text())
@@ -117,10 +116,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         if r["verdict"] == "robust" and refuted:
             violations.append(f"{r['model']}/{r['image']}: {r['method']} [{r['variant']}] proves x{r['scale']:g} "
                               f"where a counterexample exists at x{min(q['scale'] for q in refuted):g}")
-    return {"command": "python -m benchmarks bab-boxes " + " ".join(args.argv), "machine": at_start, "git": _git(),
-            "methods": methods, "variants": variants, "limit": args.limit, "rows": rows, "violations": violations,
-            "seconds": time.perf_counter() - start, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-            "notes": args.notes}
+    return {**facts, "methods": methods, "variants": variants, "limit": args.limit, "rows": rows, "violations": violations,
+            "seconds": time.perf_counter() - start, **end_facts(), "notes": args.notes}
 
 
 def _num(v: Any) -> str:
@@ -128,12 +125,11 @@ def _num(v: Any) -> str:
 
 
 def markdown(res: dict) -> str:
-    m = res["machine"]
-    lines = ["# Branch and bound on fixed whole-image boxes", "",
-             f"Command: `{res['command']}`  ",
-             f"Machine: {m['cpus']} CPUs ({m['processor']}), Python {m['python']}; one BLAS/torch thread; load "
-             f"average at start {m.get('load_average_at_start')}, at the end {res['load_average_at_end']}; code "
-             f"{res['git']}; run time {res['seconds'] / 60:.1f} min. Time limit {res['limit']:g} s per query.", ""]
+    from benchmarks.suite import report_header
+
+    lines = ["# Branch and bound on fixed whole-image boxes", "", *report_header(res),
+             f"Python {res['machine']['python']}; one BLAS/torch thread; run time {res['seconds'] / 60:.1f} min. "
+             f"Time limit {res['limit']:g} s per query.", ""]
     lines += ["## Decided per method and variant", "", "| method | variant | robust | unknown | not robust | "
               "seconds, median of the robust |", "|---|---|---|---|---|---|"]
     for method in res["methods"]:

@@ -151,14 +151,20 @@ def _boxes(args: argparse.Namespace, log: Callable[[str], None]) -> Iterator[tup
             yield model, entry["id"], "linf", network, target, linf, r_crown
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+def _start(args: argparse.Namespace) -> dict:
+    """One torch thread; the header's facts (:func:`benchmarks.suite.run_facts`), with the load before the work."""
     import torch
 
-    from benchmarks.bench_vnncomp import _git
-    from benchmarks.suite import machine
+    from benchmarks.suite import command_line, run_facts
 
     torch.set_num_threads(1)
-    info = machine()  # the load average before the work, not after it
+    return run_facts(command_line("python -m benchmarks bound-tier", args.argv))
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    from benchmarks.suite import end_facts
+
+    facts = _start(args)
     rows: list[dict] = []
     start = time.perf_counter()
     for model, image, kind, network, target, box_at, r_crown in _boxes(args, log):
@@ -171,9 +177,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                 row[m] = tier_query(network, lo, hi, target, m)
             rows.append(row)
             log(_line(row))
-    return {"command": "python -m benchmarks bound-tier " + " ".join(args.argv), "machine": info, "git": _git(),
-            "rows": rows, "seconds": time.perf_counter() - start, "devset": str(args.devset) if args.devset else None,
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+    return {**facts, "rows": rows, "seconds": time.perf_counter() - start, "devset": str(args.devset) if args.devset else None,
+            **end_facts()}
 
 
 def run_sequence(network, box_at: Callable[[float], tuple[np.ndarray, np.ndarray]], start: float, target: int,
@@ -234,13 +239,9 @@ def run_sequence(network, box_at: Callable[[float], tuple[np.ndarray, np.ndarray
 
 def run_sequences(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     """Every (model, image, kind) sequence with every variant, back to back (see the module doc)."""
-    import torch
+    from benchmarks.suite import end_facts
 
-    from benchmarks.bench_vnncomp import _git
-    from benchmarks.suite import machine
-
-    torch.set_num_threads(1)
-    info = machine()
+    facts = _start(args)
     rows: list[dict] = []
     start = time.perf_counter()
     for model, image, kind, network, target, box_at, _ in _boxes(args, log):
@@ -252,19 +253,14 @@ def run_sequences(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         log(" ".join([f"{model}/{image} {kind}:"] + [f"{v} {row[v]['proven']}/{len(row[v]['sizes'])} proven, up to "
                                                       f"{row[v]['largest']:.4f}, {row[v]['seconds']:.1f} s;"
                                                       for v in VARIANTS]))
-    return {"command": "python -m benchmarks bound-tier " + " ".join(args.argv), "machine": info, "git": _git(),
-            "rows": rows, "seconds": time.perf_counter() - start, "sequence": True, "steps": args.seq_steps,
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+    return {**facts, "rows": rows, "seconds": time.perf_counter() - start, "sequence": True, "steps": args.seq_steps,
+            **end_facts()}
 
 
 def sequence_markdown(results: dict) -> str:
     rows = results["rows"]
-    m = results["machine"]
     out = ["# Bound tier on a search's sequences of queries: joint pass off, on, or decided by gain per second", "",
-           f"`{results['command']}` — {m.get('cpus')} CPUs shared with other work, one thread; load average at "
-           f"start {m.get('load_average_at_start')}, at the end {results.get('load_average_at_end', '?')}; code "
-           f"{results.get('git', '?')}; {results['seconds']:.0f} s. Timings are indicative (wall-clock on a shared "
-           "machine).", "",
+           *_header(results),
            "Each sequence asks the bound tier (CROWN, then α-CROWN where CROWN leaves the box open; warm starts kept "
            "between the queries, as a search's bound check does) about one model, image and target, as a search "
            f"does: the box grows by {GROWTH:g}× per query while the tier proves it, then {results['steps']} "
@@ -317,18 +313,20 @@ def _line(row: dict) -> str:
             f"({f['seconds']:.2f} s), joint {j['kth']:+.4f} ({j['seconds']:.2f} s)")
 
 
+def _header(results: dict) -> list[str]:
+    """The report's header (:func:`benchmarks.suite.report_header`): one thread, wall-clock seconds."""
+    from benchmarks.suite import report_header
+
+    return [*report_header(results), f"One thread; {results['seconds']:.0f} s (wall-clock).", ""]
+
+
 def _median(values: list[float]) -> str:
     return f"{statistics.median(values):.2f}" if values else "–"
 
 
 def markdown(results: dict) -> str:
     rows = results["rows"]
-    m = results["machine"]
-    out = ["# Bound tier: frozen vs jointly optimised intermediate bounds", "",
-           f"`{results['command']}` — {m.get('cpus')} CPUs shared with other work, one thread; load average at "
-           f"start {m.get('load_average_at_start')}, at the end {results.get('load_average_at_end', '?')}; code "
-           f"{results.get('git', '?')}; {results['seconds']:.0f} s. Timings are indicative (wall-clock on a shared "
-           "machine).", "",
+    out = ["# Bound tier: frozen vs jointly optimised intermediate bounds", "", *_header(results),
            f"Queries over {SLOW_QUERY_S:g} s: joint {sum(r['joint']['seconds'] > SLOW_QUERY_S for r in rows)} of "
            f"{len(rows)}, frozen {sum(r['frozen']['seconds'] > SLOW_QUERY_S for r in rows)} of {len(rows)} (the "
            "issue's target: every bound-tier query within 1 s on our 64x64 nets).", "",

@@ -19,7 +19,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -122,8 +121,9 @@ def fmt(v, spec: str = ".4f") -> str:
 
 
 def markdown(data: dict) -> str:
-    lines = ["# Neighborhoods at the boundary", "",
-             f"Command: `{data['command']}`  ", f"Machine: {data['machine']}; {data['date']}", "",
+    from benchmarks.suite import report_header
+
+    lines = ["# Neighborhoods at the boundary", "", *report_header(data), "",
              ("Per model, image and method at the same time budget (seconds, the whole search including the "
               "maximality check). *object r* is the object's own robust radius (layer 0 alone, by bisection with "
               "the cascade, its own budget); *attack scale* is the smallest s at which PGD (10 restarts × 100 "
@@ -157,9 +157,9 @@ def markdown(data: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
-
     import torch
+
+    from benchmarks.suite import command_line, end_facts, run_facts
 
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_boundary", description=__doc__,
@@ -175,9 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest = json.loads((args.examples / "manifest.json").read_text())
     runs: list[dict] = []
     radii: dict[tuple[str, int], float] = {}
-    data = {"command": "python -m benchmarks.bench_boundary " + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)", "date": time.strftime("%Y-%m-%d"),
-            "runs": runs}
+    # the load at the end is the latest run's: the report is rewritten after every run
+    data = {**run_facts(command_line("python -m benchmarks.bench_boundary", argv)), "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
     for budget in (float(b) for b in args.budget.split(",")):
         for model in args.models.split(","):
@@ -194,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           r["delta"], args.object_budget)
                     r["object_radius"] = radii[model, idx]
                     runs.append(r)
+                    data.update(end_facts())
                     print(json.dumps(r), flush=True)
                     (args.out / "boundary.json").write_text(json.dumps(data, indent=1))
                     (args.out / "boundary.md").write_text(markdown(data))

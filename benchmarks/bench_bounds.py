@@ -17,7 +17,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -163,14 +162,16 @@ def _f(v: float, digits: int = 3) -> str:
     return "–" if v != v else f"{v:.{digits}g}"
 
 
-def markdown(rows: list[dict], image_note: str, command: str) -> str:
+def markdown(rows: list[dict], image_note: str, facts: dict) -> str:
+    """The report; ``facts``: :func:`benchmarks.suite.run_facts` with :func:`benchmarks.suite.end_facts`."""
+    from benchmarks.suite import report_header
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines = [
         "# Bound propagation benchmark",
         "",
-        f"Command: `{command}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"1 thread (BLAS and torch); times are medians; input: {image_note}; boxes: L-inf radius clipped to [0, 1]; "
+        *report_header(facts),
+        f"torch {torch.__version__}, 1 thread (BLAS and torch); times are medians; input: {image_note}; boxes: L-inf radius clipped to [0, 1]; "
         f"margins for the image's top label; peak RSS of the whole run {peak:.0f} MiB.",
         "",
         "## Time and unstable ReLUs",
@@ -208,16 +209,17 @@ def markdown(rows: list[dict], image_note: str, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from benchmarks.suite import command_line, end_facts, run_facts
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--radii", type=float, nargs="+", default=list(RADII))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dense-limit", type=int, default=20000, help="skip dense CROWN on nets with more ReLUs")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bounds.md")
     args = parser.parse_args(argv)
+    facts = run_facts(command_line("python -m benchmarks.bench_bounds", argv))  # the load before the work
     rows, image_note = run(args.radii, args.repeats, args.dense_limit)
-    command = "python -m benchmarks.bench_bounds" + ("" if argv is None and len(sys.argv) == 1 else
-                                                     " " + " ".join(sys.argv[1:] if argv is None else argv))
-    text = markdown(rows, image_note, command)
+    text = markdown(rows, image_note, {**facts, **end_facts()})
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -88,15 +88,15 @@ def run_one(model: str, method: str, budget: float) -> dict:
             **summarise(log, total)}
 
 
-def write(records: list[dict], out: Path, command: str) -> None:
+def write(records: list[dict], out: Path, facts: dict) -> None:
+    """The records (JSON) and their table (Markdown); ``facts``: :func:`benchmarks.suite.run_facts` with
+    :func:`benchmarks.suite.end_facts` of the latest record."""
+    from benchmarks.suite import report_header
+
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(records, indent=1))
-    load = records[-1].get("load") if records else None
-    load = load or os.getloadavg()
-    lines = ["# Where the search's time goes (tutorial image ex00, target 1)", "",
-             f"Command: `{command}` (from the repository root)", "",
-             f"Package: `{Path(records[0]['package']).name if records else ''}`; load average at the end "
-             f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on a shared 2-core machine: timings are indicative.", "",
+    lines = ["# Where the search's time goes (tutorial image ex00, target 1)", "", *report_header(facts),
+             f"Run from the repository root; package: `{Path(records[0]['package']).name if records else ''}`.", "",
              "| model | method | budget s | w·ε | ε₀ | certified | run s | undecided queries | undecided s | "
              "share of run | of which in the checks |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
@@ -112,7 +112,7 @@ def write(records: list[dict], out: Path, command: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
+    from benchmarks.suite import command_line, end_facts, load_average, run_facts
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mnist2_pgd,mnist2_nodefense,mnist2_l0")
@@ -122,19 +122,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import mlrobust
 
-    command = "python -m benchmarks.bench_checks " + " ".join(sys.argv[1:] if argv is None else argv)
+    facts = run_facts(command_line("python -m benchmarks.bench_checks", argv))  # the load before the work
     records: list[dict] = []
     for model in args.models.split(","):
         for budget in (float(b) for b in args.budgets.split(",")):
             for method in args.methods.split(","):
                 rec = run_one(model, method, budget)
                 rec["package"] = str(Path(mlrobust.__file__).parent)
-                rec["command"] = command
-                rec["load"] = list(os.getloadavg())
+                rec["command"] = facts["command"]
+                rec["load"] = load_average()
                 records.append(rec)
+                facts.update(end_facts())
                 print(json.dumps({k: rec[k] for k in ("model", "method", "budget", "size", "eps0", "seconds",
                                                        "wasted_share")}), flush=True)
-                write(records, Path(args.out), command)
+                write(records, Path(args.out), facts)
 
 
 if __name__ == "__main__":

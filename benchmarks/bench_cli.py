@@ -89,16 +89,16 @@ def vnnlib_property(tmp: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from benchmarks.suite import end_facts, report_header, run_facts
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--limits", type=float, nargs="+", default=[10.0, 20.0])
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    lines = ["# Command line: error latency, start-up, time limits", "",
-             f"`python -m benchmarks.bench_cli --repeats {args.repeats} --limits "
-             f"{' '.join(f'{t:g}' for t in args.limits)}` on {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} cores, Python {platform.python_version()}; load average at the start "
-             f"{os.getloadavg()[0]:.1f}. Every number is the wall time of a fresh `mlrobust` process.", ""]
+    facts = run_facts(f"python -m benchmarks.bench_cli --repeats {args.repeats} --limits "
+                      f"{' '.join(f'{t:g}' for t in args.limits)}")  # the load before the work
+    lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         lines += ["## Argument and file errors", "",
@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> None:
               "time limit nor its interrupt callback during a round of cut separation at the root (seen: up to 4 s "
               "late under load), so the console script also keeps a hard deadline 0.3 s past the limit at which it "
               "answers `timeout` itself (`hard_deadline` in mlrobust/cli/__init__.py)."]
+    facts.update(end_facts())
+    lines = ["# Command line: error latency, start-up, time limits", "", *report_header(facts),
+             (f"Python {platform.python_version()}. Every number is the wall time of a fresh `mlrobust` "
+              "process."), "", *lines]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"written to {args.out}")

@@ -126,8 +126,7 @@ def _median(rows: list[dict], key: str) -> float | str | None:
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     from benchmarks.bench_anchor_radius import devset_pairs
-    from benchmarks.bench_vnncomp import _git
-    from benchmarks.suite import machine
+    from benchmarks.suite import command_line, end_facts, run_facts
 
     entries = {e["id"]: e for e in json.loads((args.examples / "manifest.json").read_text())["images"]}
     pairs = devset_pairs(args.devset, args.images, [m for m in args.models.split(",") if m] or None)
@@ -135,7 +134,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
               "time_limit": args.time_limit, "restarts": args.restarts, "steps": args.steps}
              for m, im, _ in pairs for v in VARIANTS]
     start = time.perf_counter()
-    info = machine()
+    facts = run_facts(command_line("python -m benchmarks devset-search", args.argv))  # the load before the work
     rows = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for row in pool.map(lambda s: run_one(s, args.grace), specs):
@@ -146,10 +145,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                    "median_size": _median([r for r in rows if r["variant"] == v], "size")} for v in VARIANTS}
     violations = [f"{r['model']}/{r['image']} {r['variant']}: attack scale {r['attack_scale']}" for r in rows
                   if r.get("violation")]
-    return {"command": "python -m benchmarks devset-search " + " ".join(args.argv), "machine": info, "git": _git(),
-            "jobs": args.jobs, "time_limit": args.time_limit, "restarts": args.restarts, "steps": args.steps,
+    return {**facts, "jobs": args.jobs, "time_limit": args.time_limit, "restarts": args.restarts, "steps": args.steps,
             "rows": rows, "summary": summary, "violations": violations, "seconds": time.perf_counter() - start,
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "notes": args.notes}
+            **end_facts(), "notes": args.notes}
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -159,13 +157,12 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 
 def markdown(results: dict) -> str:
-    m = results["machine"]
+    from benchmarks.suite import report_header
+
     out = ["# The search on the development models: before and after the joint intermediate-bound pass", "",
-           f"Command: `{results['command']}`  ",
-           (f"Machine: {m['cpus']} CPUs ({m['processor']}), shared with other work (load average at start "
-            f"{m.get('load_average_at_start')}, at the end {results['load_average_at_end']}): timings, and so what a "
-            f"search reaches in its time, are indicative. One CPU thread per process, {results['jobs']} at a time; "
-            f"code {results['git']}; run time {results['seconds'] / 60:.1f} min.  "),
+           *report_header(results),
+           (f"What a search reaches in its time is as indicative as the timings. One CPU thread per process, "
+            f"{results['jobs']} at a time; run time {results['seconds'] / 60:.1f} min.  "),
            (f"Each run: the search of `mlrobust verify --time-limit {results['time_limit']:g}` (its defaults, the "
             "cascade variant below). `before`: α-CROWN with frozen intermediate bounds (`joint_intermediate=\"off\"`); "
             "`after`: the shipped cascade (`joint_intermediate=\"auto\"`). Attack scale: the smallest s at which PGD "

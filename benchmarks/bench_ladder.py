@@ -184,13 +184,13 @@ def _fmt(v, digits: int = 3) -> str:
 
 def markdown(results: dict) -> str:
     runs = results.get("runs") or [results]
+    from benchmarks.suite import header_lines
+
     lines = ["# Scale ladder", ""]
-    for run_ in runs:
-        lines.append(f"Command: `{run_['command']}`; {run_['started']}; machine: {run_['machine']}. Timings are "
-                     "indicative: the machine was shared (load average "
-                     f"{run_['load_average'][0]:.1f} at the start, {run_['load_average_end'][0]:.1f} at the end, on "
-                     f"{run_['cpus']} cores).")
-        lines.append("")
+    for run_ in runs:  # each run's own facts, as recorded (the platform in "machine")
+        lines += [*header_lines(run_["command"], cpus=run_["cpus"], processor=run_["machine"],
+                                load_start=run_["load_average"], load_end=run_.get("load_average_end"),
+                                git=run_.get("git"), date=run_["started"]), ""]
     lines += [
              "| rung | image | k | method | budget s | exit | wall s | peak RSS MB | JSON kB | side kB | layers ε>0 "
              "| certified | w·ε | ε₀ | attack scale | stopped |",
@@ -234,18 +234,20 @@ def markdown(results: dict) -> str:
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
-    import platform
-
     import torch
+
+    from benchmarks.suite import command_line, end_facts, run_facts
 
     torch.set_num_threads(1)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rungs = [r for r in RUNGS if r.name in args.rungs.split(",")]
     budgets = [float(b) for b in args.budgets.split(",")]
-    results: dict = {"command": " ".join(["python -m benchmarks scale-ladder", *sys.argv[2:]]),
-                     "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.platform(),
-                     "cpus": os.cpu_count(), "load_average": list(os.getloadavg()), "restarts": args.restarts,
+    facts = run_facts(command_line("python -m benchmarks scale-ladder", args.argv))  # the load before the work
+    # kept in the layout of the runs recorded before (``appended`` merges old and new runs)
+    results: dict = {"command": facts["command"], "started": facts["date"], "machine": facts["machine"]["platform"],
+                     "cpus": facts["machine"]["cpus"], "load_average": facts["machine"].get("load_average_at_start"),
+                     "git": facts["git"], "restarts": args.restarts,
                      "steps": args.steps, "rows": [], "throughput": [], "violations": []}
     for rung in rungs:
         for entry in rung_images(Path(args.examples), rung, args.images):
@@ -278,7 +280,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
             results["throughput"].append({"rung": rung.name, "queries": args.throughput_queries, "qps": qps,
                                           "same_verdicts": verdicts[0] == verdicts[1]})
             log(json.dumps(results["throughput"][-1]))
-    results["load_average_end"] = list(os.getloadavg())
+    results["load_average_end"] = end_facts()["load_average_at_end"]
     return results
 
 
@@ -289,8 +291,9 @@ def appended(earlier: dict, new: dict) -> dict:
         return r["rung"], r["image"], r.get("method", "boundary"), r["budget"]
 
     fresh = {key(r) for r in new["rows"]}
-    head = ("command", "started", "machine", "cpus", "load_average", "load_average_end")
-    runs = (earlier.get("runs") or [{h: earlier[h] for h in head if h in earlier}]) + [{h: new[h] for h in head}]
+    head = ("command", "started", "machine", "cpus", "load_average", "load_average_end", "git")
+    runs = (earlier.get("runs") or [{h: earlier[h] for h in head if h in earlier}]) + [
+        {h: new[h] for h in head if h in new}]
     rungs = {t["rung"] for t in new["throughput"]}
     return {**new, "runs": runs, "rows": [r for r in earlier["rows"] if key(r) not in fresh] + new["rows"],
             "throughput": [t for t in earlier.get("throughput", []) if t["rung"] not in rungs] + new["throughput"],
@@ -315,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--append", action="store_true", help="keep the rows already in --out's JSON (a row of the "
                         "same rung, image, method and budget is replaced)")
     args = parser.parse_args(argv)
+    args.argv = argv
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.merge:

@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.suite import command_line, end_facts, run_facts
+
     parser = argparse.ArgumentParser(prog="python -m benchmarks ladder-gap", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="result JSON files of python -m benchmarks scale-ladder")
@@ -122,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", default=str(EXAMPLES))
     parser.add_argument("--out", help="write the rows as JSON here too")
     args = parser.parse_args(argv)
+    facts = run_facts(command_line("python -m benchmarks ladder-gap", argv))  # the load before the work
     rows = run(args)
     if args.out:
-        Path(args.out).write_text(json.dumps({"command": " ".join(["python -m benchmarks ladder-gap", *sys.argv[2:]]),
-                                              "load_average": list(os.getloadavg()), "rows": rows}, indent=1) + "\n")
+        Path(args.out).write_text(json.dumps({**facts, **end_facts(), "rows": rows}, indent=1) + "\n")
     return 0
 
 

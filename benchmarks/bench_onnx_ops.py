@@ -25,7 +25,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchmarks.bench_vnncomp import ORT_TOLERANCE, Instance, OrtChecker, _git  # noqa: E402
+from benchmarks.bench_vnncomp import ORT_TOLERANCE, Instance, OrtChecker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "onnx_ops.md"
@@ -57,8 +57,10 @@ def run_property(model: Path, prop: Path, timeout: float, grace: float = 30.0) -
             "tier": tier.group(1) if tier else "-", "solve_seconds": float(tier.group(2)) if tier else None}
 
 
-def run(patterns: list[str] | None, timeout: float, work: Path, log) -> dict:
+def run(patterns: list[str] | None, timeout: float, work: Path, log,
+        command: str = "python -m benchmarks onnx-ops") -> dict:
     from benchmarks.onnx_patterns import patterns as all_patterns
+    from benchmarks.suite import end_facts, run_facts
     from mlrobust import load_onnx
 
     found = all_patterns()
@@ -66,6 +68,7 @@ def run(patterns: list[str] | None, timeout: float, work: Path, log) -> dict:
     unknown = [n for n in names if n not in found]
     if unknown:
         raise SystemExit(f"error: unknown pattern(s) {', '.join(unknown)}; known: {', '.join(found)}")
+    facts = run_facts(command)  # the load before the work
     checker = OrtChecker()
     rows = []
     for name in names:
@@ -89,8 +92,7 @@ def run(patterns: list[str] | None, timeout: float, work: Path, log) -> dict:
             log(f"{name:12s} {prop.stem:28s} {row['answer']:8s} {row['seconds']:6.1f} s  {row['tier']}"
                 + (f"  ort margin {row['ort_margin']:.3g} ({row['verdict']})" if "verdict" in row else "")
                 + (f"  {row['error']}" if row["error"] else ""))
-    return {"timeout": timeout, "git": _git(), "python": platform.python_version(),
-            "load": os.getloadavg() if hasattr(os, "getloadavg") else None, "rows": rows}
+    return {**facts, **end_facts(), "timeout": timeout, "python": platform.python_version(), "rows": rows}
 
 
 def wrong(results: dict) -> list[dict]:
@@ -98,9 +100,14 @@ def wrong(results: dict) -> list[dict]:
 
 
 def markdown(results: dict) -> str:
+    from benchmarks.suite import report_header
+
     rows = results["rows"]
-    load = results.get("load")
-    lines = ["# ONNX patterns: `mlrobust vnnlib` on one small network per pattern", "",
+    # results written before the shared header kept the load at the end only, as "load"
+    header = report_header({"command": "python -m benchmarks onnx-ops", "load_average_at_end": results.get("load"),
+                            **results})
+    lines = ["# ONNX patterns: `mlrobust vnnlib` on one small network per pattern", "", *header,
+             f"Python {results['python']}.", "",
              "Written by `python -m benchmarks onnx-ops` (`benchmarks/bench_onnx_ops.py`); the networks and "
              "properties are built by `benchmarks/onnx_patterns/` (seeded random weights, L-inf boxes of "
              "four radii per pattern around one input, chosen around the radius where the answer turns; the "
@@ -109,9 +116,6 @@ def markdown(results: dict) -> str:
              "(Python start-up, imports, model import and property parsing included), "
              f"with `--timeout {results['timeout']:g}`. Every sat counterexample is re-run on onnxruntime: it must "
              f"lie in the box and reach the output region (margin >= -{ORT_TOLERANCE:g}).", "",
-             f"Code: `{results['git']}`, Python {results['python']}"
-             + (f"; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on a machine shared with "
-                "other jobs, so times are indicative" if load else "") + ".", "",
              "| pattern | property | IR ops | neurons | ReLUs | answer | decided by | verify (s) | process (s) | "
              "onnxruntime check |",
              "|---|---|---|---:|---:|---|---|---:|---:|---|"]
@@ -141,9 +145,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.suite import command_line
+
     args = parser().parse_args(argv)
     names = [n.strip() for n in args.patterns.split(",") if n.strip()] if args.patterns else None
-    results = run(names, args.timeout, args.work, lambda msg: print(msg, flush=True))
+    results = run(names, args.timeout, args.work, lambda msg: print(msg, flush=True),
+                  command_line("python -m benchmarks onnx-ops", argv))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     args.out.write_text(markdown(results))

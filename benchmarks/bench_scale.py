@@ -190,13 +190,13 @@ def _s(v: float | None) -> str:
 
 
 def markdown(results: dict) -> str:
+    from benchmarks.suite import report_header
+
     m = results["machine"]
     live = [n for n in results["methods"] if not results["availability"].get(n)]
-    out = ["# Largest proven scale of the searched neighborhoods, per method", "",
-           f"Command: `{results['command']}`  ",
-           (f"Machine: {m['cpus']} CPUs ({m['processor']}), {m['platform']}, Python {m['python']}; one BLAS/torch "
-            f"thread; load average at start {m.get('load_average_at_start')}; code {results.get('git', '?')}; run "
-            f"time {results['seconds'] / 60:.1f} min.  "),
+    out = ["# Largest proven scale of the searched neighborhoods, per method", "", *report_header(results),
+           (f"{m['platform']}, Python {m['python']}; one BLAS/torch thread; run time {results['seconds'] / 60:.1f} "
+            "min.  "),
            (f"Budget {results['budget']:g} s per method and image (each query at most {results['query_limit']:g} s); "
             f"attack: PGD {results['restarts']} restarts x {results['steps']} steps; neighborhoods: "
             f"{results['neighborhood_note']}."), ""]
@@ -246,10 +246,10 @@ def markdown(results: dict) -> str:
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     import torch
 
-    from benchmarks.bench_vnncomp import _git
     from benchmarks.methods import availability, build
-    from benchmarks.suite import machine
+    from benchmarks.suite import command_line, end_facts, run_facts
 
+    facts = run_facts(command_line("python -m benchmarks scale", args.argv))  # the load before the work
     torch.set_num_threads(1)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     avail = availability(methods)
@@ -313,8 +313,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         geomeans[model] = {"proven": proven, "attack": attack, "gap": gap}
     note = (f"from {args.neighborhoods.relative_to(ROOT) if args.neighborhoods.is_relative_to(ROOT) else args.neighborhoods}"
             f" (mlrobust.maximize, {args.search_time:g} s per search where computed here)")
-    return {"command": "python -m benchmarks scale " + " ".join(args.argv), "machine": machine(), "git": _git(),
-            "methods": methods, "availability": avail, "budget": args.budget, "query_limit": args.query_limit,
+    return {**facts, **end_facts(), "methods": methods, "availability": avail, "budget": args.budget, "query_limit": args.query_limit,
             "check_budget": args.check_budget, "restarts": args.restarts, "steps": args.steps,
             "neighborhood_note": note, "rows": rows,
             "geomeans": geomeans, "whole_image": whole, "violations": violations,

@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
+from benchmarks.suite import command_line, end_facts, report_header, run_facts
 from mlrobust.neighborhood.layers import layer_index
 from mlrobust.search.outputs import CLEAN_KEY, _atomic_savez, _code_counterexamples
 
@@ -93,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", type=Path, action="append", default=[], help="a result JSON to re-write")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/side_file.md"))
     args = parser.parse_args(argv)
-    load_start = os.getloadavg()[0]
+    facts = run_facts(command_line("python -m benchmarks side-file", argv))  # the load before the work
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for float32 in (False, True):
@@ -105,12 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             clean, mask, xs = real_result(path)
             rows.append({"case": f"real: {path.name}", **measure(clean, mask, xs, Path(tmp))})
             print(json.dumps(rows[-1]), flush=True)
-    load_end = os.getloadavg()[0]
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    lines = ["# Side file: counterexamples coded against the clean image vs XOR", "",
-             f"Command: `python -m benchmarks side-file {' '.join(argv if argv is not None else sys.argv[2:])}`; "
-             f"{stamp}; machine: {platform.platform()}. Timings are indicative: the machine was shared (load average "
-             f"{load_start:.1f} at the start, {load_end:.1f} at the end, on {os.cpu_count()} cores).", "",
+    facts.update(end_facts())
+    lines = ["# Side file: counterexamples coded against the clean image vs XOR", "", *report_header(facts),
+             f"{facts['machine']['platform']}.", "",
              "| case | counterexamples | XOR MB | XOR s (encode + write) | coded MB | coded s (encode + write) "
              "| coded / XOR-coded |",
              "|---|---|---|---|---|---|---|"]

@@ -283,13 +283,14 @@ def _median(values) -> float:
 
 
 def markdown(note, radii, tight_rows, solver_rows, pyomo_rows, limit_rows, args, seconds,
-             fusion_rows=()) -> str:
+             fusion_rows, facts: dict) -> str:
+    """The report; ``facts``: :func:`benchmarks.suite.run_facts` with :func:`benchmarks.suite.end_facts`."""
     import highspy
 
-    out = ["# Exact verifier benchmark", "",
-           f"Command: `python -m benchmarks.bench_verifier {' '.join(sys.argv[1:])}`  ",
-           f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-           f"HiGHS {highspy.Highs().version()}, torch {torch.__version__}; one BLAS/torch thread; "
+    from benchmarks.suite import report_header
+
+    out = ["# Exact verifier benchmark", "", *report_header(facts),
+           f"Python {platform.python_version()}, HiGHS {highspy.Highs().version()}, torch {torch.__version__}; one BLAS/torch thread; "
            f"run time {seconds / 60:.1f} min.  ",
            f"Inputs: {note}. Queries: object-only boxes (ε on the perturbed object) at multiples of ε*, the largest ε "
            f"CROWN margin bounds prove robust; top-{K} membership of the target label; time limit "
@@ -395,6 +396,8 @@ def markdown(note, radii, tight_rows, solver_rows, pyomo_rows, limit_rows, args,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.suite import command_line, end_facts, run_facts
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=Path, default=ROOT / "examples")
     parser.add_argument("--images", type=int, default=2)
@@ -408,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["tightening", "solvers", "pyomo", "timelimit", "fusion"])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "verifier.md")
     args = parser.parse_args(argv)
+    facts = run_facts(command_line("python -m benchmarks.bench_verifier", argv))  # the load before the work
     start = time.perf_counter()
     models, images, note = load_inputs(args.examples, args.images)
     queries, radii = make_queries(models, images, args.factors)
@@ -420,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     limit_rows = run_time_limit(hard, 2.0) if "timelimit" not in args.skip else []
     fusion_rows = run_fusion(queries) if "fusion" not in args.skip else []
     text = markdown(note, radii, tight_rows, solver_rows, pyomo_rows, limit_rows, args, time.perf_counter() - start,
-                    fusion_rows)
+                    fusion_rows, {**facts, **end_facts()})
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -291,14 +291,13 @@ def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
 
 def markdown(results: dict) -> str:
     methods = results["methods"]
+    from benchmarks.suite import report_header
+
     avail = results["availability"]
     m = results["machine"]
-    out = ["# VNN-COMP-style instances: solved count and median time per method", "",
-           f"Command: `{results['command']}`  ",
-           (f"Machine: {m['cpus']} CPUs ({m['processor']}), {m['platform']}, Python {m['python']}; one BLAS/torch "
-            f"thread per worker, {results['workers']} worker(s) at a time; load average at start "
-            f"{m.get('load_average_at_start')}; code {results.get('git', '?')}; run time "
-            f"{results['seconds'] / 60:.1f} min.  "),
+    out = ["# VNN-COMP-style instances: solved count and median time per method", "", *report_header(results),
+           (f"{m['platform']}, Python {m['python']}; one BLAS/torch thread per worker, {results['workers']} worker(s) "
+            f"at a time; run time {results['seconds'] / 60:.1f} min.  "),
            f"Slice: {results['slice']}.  ",
            (f"Timeout {results['timeout_note']}; each (instance, method) in a fresh process, killed "
             f"{results['grace']:g} s after the timeout; time = verifier time after loading the model and parsing the "
@@ -370,21 +369,11 @@ def select(instances: list[Instance], models: list[str] | None, families: list[s
     return out
 
 
-def _git() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                             timeout=10, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=ROOT, timeout=10, check=False).stdout.strip()
-        return rev + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-
-
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     from benchmarks.methods import availability
-    from benchmarks.suite import machine
+    from benchmarks.suite import command_line, end_facts, run_facts
 
+    facts = run_facts(command_line("python -m benchmarks vnncomp", args.argv))  # the load before the work
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     avail = availability([m for m in methods if m not in VNNLIB_METHODS])
     avail.update({m: "" for m in methods if m in VNNLIB_METHODS})
@@ -440,8 +429,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                   + (f", first {args.limit} per model and family" if args.limit else "")
                   + ("; of the selection, the instances every method has run (earlier raw results)"
                      if args.cached_only else ""))
-    return {"command": "python -m benchmarks vnncomp " + " ".join(args.argv), "machine": machine(), "git": _git(),
-            "methods": methods, "availability": avail, "workers": args.workers, "grace": args.grace,
+    return {**facts, **end_facts(), "methods": methods, "availability": avail, "workers": args.workers, "grace": args.grace,
             "timeout_note": f"{args.timeout:g} s per instance" if args.timeout is not None else "from instances.csv",
             "slice": slice_note, "rows": rows, "summary": summarise(rows, live),
             "violations": soundness(rows), "seconds": time.perf_counter() - start, "notes": args.notes or ""}

@@ -89,11 +89,8 @@ def uniform_radius(network, nbhd, target: int, k: int, tol: float = 1e-3) -> flo
     return lo
 
 
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def run(args: argparse.Namespace, log=print) -> dict:
+    from benchmarks.suite import end_facts, load_average, run_facts
     from mlrobust.api import prepare
 
     model = Path(args.examples) / "models" / f"{args.model}.onnx"
@@ -105,7 +102,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     jobs = per_layer_jobs(prep.network, prep.nbhd, args.target, args.k, base, args.grow * radius)
     log(f"{model.name} {image.name}: {len(jobs)} per-layer queries at uniform radius {radius:.4g} "
         f"(+{args.grow:g}x in one layer); load average {load_average()}")
-    load_before = load_average()
+    facts = run_facts(args.command)  # the load before the timed work
     rows = []
     for workers in [1] + [w for w in args.workers if w > 1]:
         row = throughput(prep.network, jobs, workers)
@@ -116,22 +113,24 @@ def run(args: argparse.Namespace, log=print) -> dict:
     for row in rows:
         row["speedup"] = round(row["queries_per_second"] / one["queries_per_second"], 3)
         row["identical_verdicts"] = row["verdicts"] == one["verdicts"]
-    result = {"model": model.name, "image": image.name, "target": args.target, "k": args.k,
+    result = {**facts, "model": model.name, "image": image.name, "target": args.target, "k": args.k,
               "uniform_radius": radius, "grow": args.grow, "cores": len(os.sched_getaffinity(0)),
-              "load_before": load_before, "load_after": load_average(), "rows": rows,
+              **end_facts(), "rows": rows,
               "verdict_counts": {v: one["verdicts"].count(v) for v in sorted(set(one["verdicts"]))}}
     return result
 
 
 def markdown(result: dict) -> str:
+    from benchmarks.suite import report_header
+
     lines = [
         "# Search worker pool: queries per second at 1 and 2 workers",
         "",
-        f"`python -m benchmarks workers` — {result['model']}, {result['image']} (target {result['target']}, "
+        *report_header(result),
+        f"{result['model']}, {result['image']} (target {result['target']}, "
         f"top-{result['k']}): every layer's question with the others fixed (the uniform radius "
         f"{result['uniform_radius']:.4g}, grown by {result['grow']:g}x in one layer), on the push's bound tier. "
-        f"{result['cores']} cores; load average (1, 5, 15 min) {result['load_before']} before, "
-        f"{result['load_after']} after: the machine may have been shared, so timings are indicative.",
+        f"{result['cores']} cores available to this process.",
         "",
         "| workers | queries | seconds | queries/s | speed-up | jobs' own seconds (sum) | pool start (s) | "
         "identical verdicts |",
@@ -151,6 +150,8 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.suite import command_line
+
     parser = argparse.ArgumentParser(prog="python -m benchmarks workers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mnist2_pgd")
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", default=str(EXAMPLES))
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
+    args.command = command_line("python -m benchmarks workers", argv)
     result = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -66,17 +67,92 @@ SUITES = {
 }
 
 
+def load_average() -> list[float] | None:
+    """The machine's load average (1, 5, 15 min), rounded to 0.01; None where the platform has none."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def git_revision(checkout: Path = ROOT) -> str:
+    """The short commit of ``checkout`` (this project by default), marked when tracked files have uncommitted
+    changes; "?" without git."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=checkout,
+                             timeout=10, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=checkout, timeout=10, check=False).stdout.strip()
+        return (rev or "?") + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
 def machine() -> dict:
+    """The machine a run is on, with its load average at the start (call it before the work, not after)."""
     from mlrobust.search.result import versions
 
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "versions": versions(),
             "threads": {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}}
-    try:
-        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
+    load = load_average()
+    if load is not None:
+        info["load_average_at_start"] = load
     return info
+
+
+def command_line(prog: str, argv: list[str] | None) -> str:
+    """The command a benchmark ran as: ``prog`` (how it is started) and its arguments (this process's when
+    ``argv`` is None)."""
+    return " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_facts(command: str) -> dict[str, Any]:
+    """What a report's header states, collected as a run starts: ``command``, ``date`` (UTC), ``machine``
+    (:func:`machine`, with the load average at the start) and ``git`` (:func:`git_revision`). Merge it into the
+    results and add :func:`end_facts` when the work is done."""
+    return {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+            "git": git_revision()}
+
+
+def end_facts() -> dict[str, Any]:
+    """What a report's header states from the end of a run: ``load_average_at_end``."""
+    return {"load_average_at_end": load_average()}
+
+
+def load_text(load: Any) -> str:
+    """A load average as recorded (1/5/15-min triple, a single 1-minute figure, or nothing), as text."""
+    if load is None:
+        return "not recorded"
+    if isinstance(load, (int, float)):
+        return f"{load:.2f}"
+    return " / ".join(f"{float(x):.2f}" for x in load)
+
+
+def header_lines(command: str | None, *, cpus: int | None, processor: str | None = None, load_start: Any = None,
+                 load_end: Any = None, git: str | None = None, date: str | None = None) -> list[str]:
+    """A benchmark report's header: the command; the date and code revision (where recorded); the machine's CPUs
+    and its load average at the start and the end, which say how shared it was; that timings are therefore
+    indicative. Two Markdown lines ending in a hard line break, so the benchmark's own set-up (threads, jobs, run
+    time...) can follow in the same paragraph."""
+    where = (f"{cpus} CPUs" if cpus else "CPUs not recorded") + (f" ({processor})" if processor else "")
+    parts = [f"date {date}" if date else "", f"code {git}" if git else "",
+             f"machine: {where}, shared with other work (load average {load_text(load_start)} at the start, "
+             f"{load_text(load_end)} at the end): timings are indicative"]
+    facts = "; ".join(part for part in parts if part)
+    return [f"Command: `{command}`  " if command else "Command: not recorded  ", f"{facts[0].upper()}{facts[1:]}.  "]
+
+
+def report_header(results: dict) -> list[str]:
+    """:func:`header_lines` from results laid out as :func:`run_facts` and :func:`end_facts` lay them out (older
+    results without a date or revision render without them; a machine recorded as one line of text is shown as
+    it is)."""
+    m = results.get("machine") or {}
+    if isinstance(m, str):
+        m = {"processor": m}
+    return header_lines(results.get("command"), cpus=m.get("cpus"), processor=m.get("processor"),
+                        load_start=m.get("load_average_at_start"), load_end=results.get("load_average_at_end"),
+                        git=results.get("git"), date=results.get("date"))
 
 
 # --- steps ----------------------------------------------------------------------------------------------------------

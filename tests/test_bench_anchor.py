@@ -243,3 +243,30 @@ def test_radius_summary_and_soundness_compare_the_tools_per_model():
     assert any("abcrown proved r=0.01 but cascade refuted r=0.008" in v for v in radius.soundness(searches))
     [row] = radius.summarise(searches, [0.004, 0.006, 0.008])
     assert row["ours_at_least_abc"] == {"cascade": False}
+
+
+# --- the α,β-CROWN set-up both comparisons share ---------------------------------------------------------------------
+@pytest.mark.parametrize("module", [anchor, radius])
+def test_both_comparisons_check_the_checkout_and_jobs_the_same_way(tmp_path, module):
+    with pytest.raises(SystemExit, match="run_one.sh not found"):
+        module.main(["--abcrown", str(tmp_path)])
+    (tmp_path / "run_one.sh").write_text("exit 0\n")
+    with pytest.raises(SystemExit, match="--jobs must be 1 or 2"):
+        module.main(["--abcrown", str(tmp_path), "--jobs", "3"])
+    args = anchor.parse_anchor_args(module.parser(), ["--abcrown", str(tmp_path), "--work", "w", "--budget", "5"])
+    assert args.abcrown == tmp_path.resolve() and args.work.is_absolute() and args.budget == 5.0
+
+
+def test_raw_lines_are_recorded_and_read_back_by_key(tmp_path):
+    import argparse
+    import threading
+
+    args = argparse.Namespace(work=tmp_path, fresh=False)
+    inst = anchor.AnchorInstance("g", tmp_path / "m.onnx", tmp_path / "p.vnnlib", 60.0)
+    lock = threading.Lock()
+    for status in ("unsat", "timeout"):  # no sat: nothing for onnxruntime to re-check
+        anchor.record(args, None, inst, {"instance": inst.key, "tool": status, "status": status}, lock)
+    cache = anchor.read_raw(args, lambda r: (r["instance"], r["tool"]))
+    assert cache == {(inst.key, "unsat"): {"instance": inst.key, "tool": "unsat", "status": "unsat"},
+                     (inst.key, "timeout"): {"instance": inst.key, "tool": "timeout", "status": "timeout"}}
+    assert anchor.read_raw(argparse.Namespace(work=tmp_path, fresh=True), lambda r: r["tool"]) == {}
