@@ -237,6 +237,54 @@ def test_closing_a_pool_terminates_its_idle_workers():
     assert not pool.running
 
 
+def _send_half_a_result(marker: str, network: Network | None = None) -> None:
+    """In a worker: the start of a 1 MiB result message on the worker's result pipe, then nothing (as when a worker
+    is stopped while it sends a large result)."""
+    import gc
+    import multiprocessing.queues
+    import struct
+
+    for queue in [o for o in gc.get_objects() if isinstance(o, multiprocessing.queues.SimpleQueue)]:
+        os.write(queue._writer.fileno(), struct.pack("!i", 1 << 20) + b"partial")
+    open(marker, "a").close()
+    time.sleep(120)
+
+
+class Hung(Exception):
+    pass
+
+
+def test_a_worker_stopped_while_sending_its_result_leaves_no_hung_pool(tmp_path):
+    """The hard stop comes while a worker is half-way through sending its result: stopping the pool must not wait
+    for the rest of that message (the executor's manager thread used to, and the search with it, for ever)."""
+    pool = QueryPool(tiny_problem().network, 2)
+    markers = [str(tmp_path / f"sent{i}") for i in range(2)]
+    waited = [0]
+
+    def stop(signum, frame):
+        if not all(os.path.exists(m) for m in markers) and waited[0] < 120:
+            waited[0] += 1
+            signal.setitimer(signal.ITIMER_REAL, 0.5)  # the workers are still starting
+            return
+        signal.signal(signal.SIGALRM, hung)
+        signal.setitimer(signal.ITIMER_REAL, 30.0)
+        raise TimeoutError
+
+    def hung(signum, frame):
+        raise Hung
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(TimeoutError):
+            pool.map(_send_half_a_result, markers)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert all(os.path.exists(m) for m in markers)
+    assert not pool.running
+
+
 def test_workers_are_gone_after_an_exception(recorded, monkeypatch):
     """A worker that dies (here: its network fails to load) is one clear error, and the others are stopped."""
     seen = seen_pids(monkeypatch)

@@ -238,12 +238,20 @@ class QueryPool:
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
-        executor.shutdown(wait=True, cancel_futures=True)
         for proc in procs:
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+        # A worker stopped while it was sending its result leaves part of a message in the result pipe, and the
+        # executor's manager thread then waits for the rest for ever (and shutdown with it: a search at 3x300x300
+        # hung 14 minutes past its limit, cut by the hard stop during a list). With every worker gone, closing this
+        # process's own copy of the pipe's write end turns that wait into an end of file, which the executor
+        # handles as a broken pool.
+        writer = getattr(getattr(executor, "_result_queue", None), "_writer", None)
+        if writer is not None:
+            writer.close()
+        executor.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
         """Stop the workers, which are idle between lists. They are terminated rather than asked to exit: an
