@@ -409,10 +409,11 @@ def test_a_slow_bound_step_does_not_carry_the_root_past_the_deadline(monkeypatch
 
 
 def test_a_tiny_budget_on_a_shipped_model_gives_unknown_within_the_budget():
-    """mnist2_pgd, a whole-image box the root cannot prove: 0.25 s gives Unknown at the root, no domain bounded
-    (before the root's refresh and α runs took the deadline, the call took ~2.4 s). How far past its limit a call
-    ends is measured, not asserted here (benchmarks/results/bab_deadline.md; tests/test_bab_deadline.py counts it
-    in passes of work)."""
+    """mnist2_pgd, a whole-image box the root cannot prove: 0.25 s gives Unknown for the time limit (before the
+    root's refresh and α runs took the deadline, the call took ~2.4 s). Where the call stops (at the root, or after
+    a round when the root's α steps end early to leave their final evaluation time) and how far past its limit it
+    ends depend on the machine's speed: measured in benchmarks/results/bab_deadline.md, counted in passes of work
+    by tests/test_bab_deadline.py, not asserted here."""
     from PIL import Image
 
     from mlrobust.ir.onnx_import import load_onnx
@@ -422,9 +423,8 @@ def test_a_tiny_budget_on_a_shipped_model_gives_unknown_within_the_budget():
     target = int(np.argmax(net.logits(x[None])[0]))
     box = Box(np.clip(x - 0.05, 0, 1), np.clip(x + 0.05, 0, 1))
     v = BabVerifier(root_attack=False).verify(net, box, target, 2, time_limit=0.25)
-    assert not v.is_robust and not v.is_not_robust and v.reason.startswith("time limit at the root")
+    assert not v.is_robust and not v.is_not_robust and v.reason.startswith("time limit")
     assert v.stats["bab"]["final_bound"] > -ROBUST_TOLERANCE
-    assert v.stats["bab"]["domains"] == 0 and v.stats["bab"]["rounds"] == 0
 
 
 def test_the_root_starts_from_the_bound_tier_named_in_the_options():
