@@ -43,6 +43,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.bench_vnncomp import Instance, OrtChecker, read_instances, run_one, select  # noqa: E402
+from benchmarks.suite import add_notes_arguments, read_notes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "anchor.md"
@@ -523,7 +524,7 @@ def add_anchor_arguments(p: argparse.ArgumentParser, out: Path, work: Path) -> N
     p.add_argument("--out", type=Path, default=out, help="Markdown report (the JSON goes next to it)")
     p.add_argument("--work", type=Path, default=work, help="written VNN-LIB files and raw result lines")
     p.add_argument("--fresh", action="store_true", help="ignore earlier raw results")
-    p.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
+    add_notes_arguments(p, paragraph=False)
     p.add_argument("--quiet", action="store_true")
 
 
@@ -531,11 +532,9 @@ def parse_anchor_args(parser: argparse.ArgumentParser, argv: list[str] | None) -
     """The command line of an α,β-CROWN comparison (this one and ``anchor-radius``), its paths made absolute; a
     clear error when the α,β-CROWN checkout is not set up or ``--jobs`` is out of range."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    args.argv = argv
+    args = read_notes(parser.parse_args(argv), argv)
     args.abcrown = args.abcrown.resolve()
     args.work = args.work.resolve()  # run_one.sh works in its own folder: configs written here need full paths
-    args.notes = args.notes_file.read_text().strip() if args.notes_file else ""
     if not (args.abcrown / "run_one.sh").is_file():
         raise SystemExit(f"error: {args.abcrown / 'run_one.sh'} not found: set α,β-CROWN up as "
                          "../shared/anchors/alpha-beta-crown/README.md describes and pass its folder")

@@ -31,6 +31,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.bench_scale import EXAMPLES, NEIGHBORHOODS, K, box_factory, manifest_images, verdict_name  # noqa: E402
+from benchmarks.suite import add_notes_arguments, read_notes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "bab_boxes.md"
@@ -171,13 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", type=Path, default=EXAMPLES)
     p.add_argument("--neighborhoods", type=Path, default=NEIGHBORHOODS, help="stored search results (JSON)")
     p.add_argument("--out", type=Path, default=OUT)
-    p.add_argument("--notes", default="")
-    p.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
+    add_notes_arguments(p)
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
-    args.argv = argv
-    if args.notes_file is not None:
-        args.notes = args.notes_file.read_text().strip()
+    args = read_notes(p.parse_args(argv), argv)
     for v in args.variants.split(","):
         parse_variant(v)  # a malformed variant fails here, before any query runs
     from benchmarks.suite import report_violations, run_and_write

@@ -37,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from benchmarks.suite import add_notes_arguments, read_notes  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "devset_search.md"
 VARIANTS = ("before", "after")
@@ -205,14 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", type=Path, default=ROOT / "examples")
     p.add_argument("--devset", type=Path, default=ROOT / "benchmarks" / "devset")
     p.add_argument("--out", type=Path, default=OUT)
-    p.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
+    add_notes_arguments(p, paragraph=False)
     p.add_argument("--report-only", action="store_true", help="write the Markdown again from --out's JSON")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.jobs not in (1, 2):
         raise SystemExit("error: --jobs must be 1 or 2 (one CPU thread per job)")
-    args.argv = argv
-    args.notes = args.notes_file.read_text().strip() if args.notes_file else ""
+    read_notes(args, argv)
 
     from benchmarks.suite import report_violations, write_results
 

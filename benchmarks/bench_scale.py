@@ -40,6 +40,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from benchmarks.suite import add_notes_arguments, read_notes  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 OUT = ROOT / "benchmarks" / "results" / "scale.md"
@@ -339,13 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", type=Path, default=EXAMPLES)
     p.add_argument("--neighborhoods", type=Path, default=NEIGHBORHOODS, help="stored search results (JSON)")
     p.add_argument("--out", type=Path, default=OUT)
-    p.add_argument("--notes", default="")
-    p.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
+    add_notes_arguments(p)
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
-    args.argv = argv
-    if args.notes_file is not None:
-        args.notes = args.notes_file.read_text().strip()
+    args = read_notes(p.parse_args(argv), argv)
     if args.query_limit is None:
         args.query_limit = args.budget / 2
     if args.check_budget is None:

@@ -44,6 +44,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from benchmarks.suite import add_notes_arguments, read_notes  # noqa: E402
 from mlrobust.verify.vnnlib_parse import topk_form  # noqa: E402  (the property as a top-k question)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -452,8 +453,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore earlier raw results")
     p.add_argument("--cached-only", action="store_true", help="report the earlier raw results of the selection's "
                                                                 "instances that every method has run; run nothing")
-    p.add_argument("--notes", default="", help="a paragraph for the report's Notes section")
-    p.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
+    add_notes_arguments(p)
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -462,10 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
         return _worker_main(argv[1])
-    args = parser().parse_args(argv)
-    args.argv = argv
-    if args.notes_file is not None:
-        args.notes = args.notes_file.read_text().strip()
+    args = read_notes(parser().parse_args(argv), argv)
     from benchmarks.suite import report_violations, run_and_write
 
     results = run_and_write(args, run, markdown)

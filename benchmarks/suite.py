@@ -166,6 +166,21 @@ def write_results(out: Path, results: dict, text: str) -> Path:
     return path
 
 
+def add_notes_arguments(parser: Any, paragraph: bool = True) -> None:
+    """The report's Notes options: ``--notes`` (a paragraph, where ``paragraph``) and ``--notes-file`` (Markdown)."""
+    if paragraph:
+        parser.add_argument("--notes", default="", help="a paragraph for the report's Notes section")
+    parser.add_argument("--notes-file", type=Path, default=None, help="Markdown for the report's Notes section")
+
+
+def read_notes(args: Any, argv: list[str]) -> Any:
+    """``args`` with the command line it came from (``argv``) and its notes: ``--notes-file``'s text where given,
+    else ``--notes`` (empty without one)."""
+    args.argv = argv
+    args.notes = args.notes_file.read_text().strip() if args.notes_file is not None else getattr(args, "notes", "")
+    return args
+
+
 def run_and_write(args, run, markdown) -> dict:
     """``run(args, log)`` (``log`` prints unless ``args.quiet``), its Markdown report written to ``args.out`` and the
     results next to it, one line saying so; the results."""
