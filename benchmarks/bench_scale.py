@@ -349,16 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_budget is None:
         args.check_budget = args.budget
 
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(msg, flush=True)
+    from benchmarks.suite import report_violations, run_and_write
 
-    from benchmarks.suite import report_violations, write_results
-
-    results = run(args, log)
-    path = write_results(args.out, results, markdown(results))
-    print(f"wrote {args.out} and {path} ({results['seconds'] / 60:.1f} min)", flush=True)
-    return report_violations(results["violations"])
+    return report_violations(run_and_write(args, run, markdown)["violations"])
 
 
 if __name__ == "__main__":
