@@ -323,13 +323,14 @@ class BabVerifier:
             stats["max_children"] = max(stats.get("max_children", 0), kids.size)
             live = np.flatnonzero(kids.value >= -ROBUST_TOLERANCE)
             if plan is not None:
-                # the children that stay open, and those the deadline left unbounded, would go into the store
-                staying = kids.take(live) if bounded.unbounded is None else concat([kids.take(live), bounded.unbounded])
-                after = store.nbytes_after_push(staying)
+                # every child goes into the store before the proven ones are pruned (and those the deadline left
+                # unbounded after them): the buffers grow to hold them all
+                entering = kids if bounded.unbounded is None else concat([kids, bounded.unbounded])
+                after = store.nbytes_after_push(entering)
                 if after > plan.store_bytes:
-                    open_bound = max(store.worst(), float(staying.value.max()) if staying.size else float("-inf"))
+                    open_bound = max(store.worst(), float(entering.value.max()) if entering.size else float("-inf"))
                     return finish("unknown", open_bound,
-                                  store_over_reason(plan, after, len(store) + staying.size, open_bound))
+                                  store_over_reason(plan, after, len(store) + live.size, open_bound))
             store.push(kids)
             if bounded.unbounded is not None:
                 # children the deadline left unbounded: open with their parents' bounds (the run ends Unknown)
