@@ -17,6 +17,7 @@ import numpy as np
 
 from mlrobust.errors import InputError, ModelLoadError
 from mlrobust.ir.graph import Network
+from mlrobust.memory import DEFAULT_MEMORY_LIMIT_MIB, memory_target_bytes
 from mlrobust.neighborhood.image_io import fit_channels, load_image
 from mlrobust.neighborhood.layout import ImageLayout, as_chw
 from mlrobust.neighborhood.neighborhood import LayeredNeighborhood, WeightSpec, check_pixel_range
@@ -165,7 +166,7 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
              max_queries: int | None = None, delta: float | None = None, certify: bool = True, grow: bool | None = None,
              init: str = "best", optimizer: OptimizerOptions | None = None, object_share: float = 0.5,
              progress: ProgressCallback | None = None, device: str = "cpu",
-             workers: int | None = None) -> SearchResult:
+             workers: int | None = None, memory_limit_mib: float | None = DEFAULT_MEMORY_LIMIT_MIB) -> SearchResult:
     """The maximal robust layered neighborhood of ``target`` around the perturbed object.
 
     ``model``: ONNX path or Network. ``image``: a file or an array ((H, W), (C, H, W) or the model's input shape)
@@ -183,7 +184,10 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
     the branch and bound of "bab"/"cascade-bab" runs its α/β bounds ("cpu" or "cuda", see :func:`make_verifier`).
     ``workers``: processes that answer the search's independent queries together (None: $MLROBUST_WORKERS, else
     the cores this process may use; 1: every query in this process, no worker started; see
-    :mod:`mlrobust.search.pool`).
+    :mod:`mlrobust.search.pool`). ``memory_limit_mib``: the resident memory (MiB) the search's process aims to stay
+    within (None: no target): the branch and bound of the push, the part whose memory grows with its work, sizes
+    its α/β rounds and caps its open domains from what the process holds, and gives up a query (Unknown) that
+    would need more (see :mod:`mlrobust.verify.bab.memory`); the rest of the search is sized by the image.
 
     Ctrl-C (KeyboardInterrupt) during the search returns the largest vector proven so far, with
     ``result.interrupted`` set. Every layer's answer is two-sided: ``result.maximality[d].refuted_eps`` is the
@@ -196,7 +200,8 @@ def maximize(model: str | Path | Network, image: str | Path | np.ndarray, target
     prep = prepare(model, image, target, k=k, object_mask=object_mask, object_box=object_box,
                    object_label=object_label)
     options = SearchOptions(method=method, cutting=cutting, delta=delta, certify=certify, grow=grow, init=init,
-                            optimizer=optimizer or OptimizerOptions(), object_share=object_share)
+                            optimizer=optimizer or OptimizerOptions(), object_share=object_share,
+                            memory_target=memory_target_bytes(memory_limit_mib))
     ver = make_verifier(verifier, solver, device=device)
     budget = Budget(time_limit=time_limit, max_queries=max_queries, query_time_limit=query_time_limit)
     from mlrobust.search.tiers import cheap_tiers

@@ -300,6 +300,9 @@ def verify(
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes for the search's "
                                           "independent queries (default: $MLROBUST_WORKERS, else the number of "
                                           "cores; 1: all in this process)."),
+    memory_limit: float = typer.Option(1024.0, "--memory-limit", help="Resident memory (MiB) the search aims to "
+                                       "stay within: its branch and bound sizes its rounds and its open domains "
+                                       "from what the process holds, and gives up a query that would need more."),
     delta: str = typer.Option("auto", "--delta", help="Tolerance of steps and of the maximality check: a number, "
                               "or auto (an eighth of the uniform robust radius, within [1e-4, 1e-2])."),
     eps: Optional[float] = typer.Option(None, "--eps", help="Check this one epsilon for all layers (no search)."),
@@ -341,6 +344,9 @@ def verify(
     from mlrobust.search.pool import check_workers, default_workers
 
     n_workers = default_workers() if workers is None else check_workers(workers)
+    from mlrobust.memory import memory_target_bytes
+
+    memory_target_bytes(memory_limit, "--memory-limit")
     check_choice(output_format, FORMATS, "--format")
     delta_value = parse_delta(delta)
     if eps is not None and eps_layers is not None:
@@ -364,7 +370,7 @@ def verify(
                                 "weights": weights}
     search_args: dict[str, Any] = dict(method=method, cutting=cutting, query_time_limit=query_time_limit,
                                        max_queries=max_queries, delta=delta_value, certify=not no_certify,
-                                       object_share=object_share, workers=n_workers)
+                                       object_share=object_share, workers=n_workers, memory_limit_mib=memory_limit)
     if output_format == "auto":
         output_format = "table" if sys.stdout.isatty() else "text"
     view = View(quiet, full_table, output_format)
@@ -372,7 +378,8 @@ def verify(
         if given is not None:
             return _check(outputs, model, image, target, given, common, settings, time_limit, view)
         settings.update(method=method, cutting=cutting, query_time_limit=query_time_limit, max_queries=max_queries,
-                        delta=delta, certify=not no_certify, object_share=object_share, workers=n_workers)
+                        delta=delta, certify=not no_certify, object_share=object_share, workers=n_workers,
+                        memory_limit_mib=memory_limit)
         return _search(outputs, model, image, target, {**common, **search_args}, settings, time_limit, view)
 
 

@@ -31,6 +31,8 @@ from mlrobust.search.optimizer import OptimizerOptions, optimize, shaped_starts
 from mlrobust.search.problem import SearchProblem, status_of, tier_key
 from mlrobust.search.result import SearchResult
 from mlrobust.search.tiers import crown_tiers, push_tiers
+from mlrobust.verify.bab.memory import DEFAULT_MEMORY_TARGET
+from mlrobust.verify.bab.options import check_bytes
 from mlrobust.verify.margin import topk_labels
 from mlrobust.verify.verdict import Unknown
 
@@ -96,7 +98,12 @@ class SearchOptions:
     about; 0 lets the weights alone decide. The radius is found on the cheap tiers, then by the full verifier for at
     most ``object_refine_share`` of the time limit. With ``object_reference="refuted"`` (the boundary method's
     default) the share is taken of the attack's refuted radius (an upper bound of the true one), capped at the
-    proven radius (see ``_object_floor``); with "proven" (the other methods', as before) of the proven radius."""
+    proven radius (see ``_object_floor``); with "proven" (the other methods', as before) of the proven radius.
+
+    ``memory_target``: resident bytes the search's process should stay within (None: none); the push's branch and
+    bound, the part whose memory grows with its work, plans every call under it (``BabOptions.memory_target_bytes``:
+    the α/β rounds and the store of open domains get shares of what the process does not hold yet, and a call with
+    no room left ends Unknown)."""
 
     method: str = "boundary"
     cutting: str = "fixed"
@@ -118,6 +125,7 @@ class SearchOptions:
     scale: bool = True
     final_upper_share: float = 0.05
     certificate_alpha: int = 0  # α-CROWN iterations for the certificate method's trust region (0: plain CROWN)
+    memory_target: int | None = DEFAULT_MEMORY_TARGET  # bytes; the push's branch and bound plans under it
     optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
 
     @property
@@ -154,6 +162,7 @@ class SearchOptions:
             raise InputError(f"final_upper_share must be in [0, 1), got {self.final_upper_share!r}")
         if not 0 <= self.upper_share <= 1:
             raise InputError(f"upper_share must be in [0, 1], got {self.upper_share!r}")
+        check_bytes(self.memory_target, "memory_target")
         if not 0 < self.explore_share <= self.refine_share <= 1:
             raise InputError("time shares must satisfy 0 < explore_share <= refine_share <= 1, got "
                              f"{self.explore_share} and {self.refine_share}")
@@ -586,7 +595,7 @@ def _push(problem: SearchProblem, opt: SearchOptions, st: _State) -> None:
     problem.notify("phase", "pushing every layer to its boundary")
     bounds_seconds = None if problem.cheap is None else problem.costs.mean(tier_key(problem.cheap))
     tiers = push_tiers(problem.verifier, problem.budget.query_time_limit, milp=opt.push_milp,
-                       bounds_seconds=bounds_seconds)
+                       bounds_seconds=bounds_seconds, memory_target=opt.memory_target)
 
     def keep(eps: np.ndarray) -> None:
         st.eps = eps  # an interruption reports the latest proven vector

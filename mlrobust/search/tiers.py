@@ -8,6 +8,8 @@ A verifier that is not a cascade has no cheaper part, so there is no cheap phase
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mlrobust.ir.graph import Network
 from mlrobust.verify.base import Mode, Verifier
 from mlrobust.verify.spec import Box
@@ -75,12 +77,15 @@ def push_limits(bounds_seconds: float | None) -> tuple[float, float]:
 
 
 def push_tiers(verifier: Verifier, query_time_limit: float | None, milp: bool = True,
-               bounds_seconds: float | None = None) -> list:
+               bounds_seconds: float | None = None, memory_target: int | None = None) -> list:
     """The verifier tiers of the push to the boundary, cheapest first: for a cascade its bound tier (no attack:
     the search's warm attack runs before every call), then its branch and bound with a short limit, then (with
     ``milp``) the whole cascade with the MILP; any other verifier is one tier. ``bounds_seconds``: the bound
-    tier's measured seconds per call, which sets the limits (:func:`push_limits`)."""
+    tier's measured seconds per call, which sets the limits (:func:`push_limits`). ``memory_target``: the
+    process's memory target in bytes, which the branch and bound plans each call under
+    (``BabOptions.memory_target_bytes``; None: the cascade's own options as they are)."""
     from mlrobust.search.boundary import Tier
+    from mlrobust.verify.bab import BabVerifier
     from mlrobust.verify.cascade import Cascade
 
     bounds_limit, bab_limit = push_limits(bounds_seconds)
@@ -91,8 +96,11 @@ def push_tiers(verifier: Verifier, query_time_limit: float | None, milp: bool = 
     if not isinstance(verifier, Cascade):
         return [Tier(getattr(verifier, "name", type(verifier).__name__), verifier, query_time_limit)]
     bounds = cheap_tiers(verifier, attack=False)
+    brancher = verifier.bab
+    if memory_target is not None:
+        brancher = BabVerifier(replace(brancher.options, memory_target_bytes=int(memory_target)), milp=brancher.milp)
     bab = Cascade(attack=verifier.attack, bounds=verifier.bounds, milp=_Undecided(),  # type: ignore[arg-type]
-                  use_attack=False, use_bounds=verifier.use_bounds, use_bab=True, bab=verifier.bab, bab_share=1.0,
+                  use_attack=False, use_bounds=verifier.use_bounds, use_bab=True, bab=brancher, bab_share=1.0,
                   weak_point_limit=verifier.weak_point_limit)
     bab.name = "bounds and branch and bound of the cascade"
     tiers = [Tier("bounds", bounds, limit(bounds_limit)), Tier("bab", bab, limit(bab_limit))]

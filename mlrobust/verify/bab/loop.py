@@ -24,9 +24,11 @@ from mlrobust.bounds.result import Bounds
 from mlrobust.bounds.tier import Tightened, tighten
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
+from mlrobust.memory import resident_bytes, trim_heap
 from mlrobust.verify.attack import pgd
 from mlrobust.verify.bab.bounding import absorb, bound_domains, collect, domains_from, layout_of, refresh_stale
 from mlrobust.verify.bab.branching import Branching, FsbBranching, InputBisection, make_branching
+from mlrobust.verify.bab.memory import MemoryPlan, memory_plan, over_target_reason, store_over_reason
 from mlrobust.verify.bab.milp_handoff import milp_handoff
 from mlrobust.verify.bab.options import BabOptions, BabResult
 from mlrobust.verify.bab.spec import (
@@ -124,7 +126,28 @@ class BabVerifier:
         of a refresh, one α/β step and the fixed passes of the α/β call in flight (the final float64 evaluation of
         its best parameters, which every reported bound needs), one FSB scoring pass, one MILP solve's set-up, and
         CROWN over the box when ``root_bounds`` is not given. ``stats``: ``unbounded_children`` (children left
-        unbounded by the deadline) and ``fsb_fallbacks`` (domains split in BaBSR's order for want of time)."""
+        unbounded by the deadline) and ``fsb_fallbacks`` (domains split in BaBSR's order for want of time).
+
+        With ``BabOptions.memory_target_bytes`` the call first returns the heap's free pages to the system and plans
+        its memory from what the process then holds (:mod:`mlrobust.verify.bab.memory`: each round's α/β budget, the
+        store's cap; Unknown where there is no room), trims the heap again before every round's bounding, and once
+        more when it returns, its arrays gone (``stats["memory"]``: the plan in MiB)."""
+        target = self.options.memory_target_bytes
+        if target is None:
+            return self._run(network, box, spec, time_limit, root_bounds=root_bounds, attack=attack, topk=topk,
+                             margin_upper=margin_upper, plan=None)
+        trim_heap()
+        plan = memory_plan(target, resident_bytes(), self.options.memory_budget_bytes)
+        try:
+            return self._run(network, box, spec, time_limit, root_bounds=root_bounds, attack=attack, topk=topk,
+                             margin_upper=margin_upper, plan=plan)
+        finally:
+            trim_heap()  # what the call allocated is free now that its frame is gone
+
+    def _run(self, network: Network, box: Box, spec: OutputSpec | None, time_limit: float | None, *,
+             root_bounds: Bounds | None, attack: bool | None, topk: tuple[int, int] | None,
+             margin_upper: np.ndarray | None, plan: MemoryPlan | None) -> BabResult:
+        """:meth:`run` under ``plan`` (None: no memory target)."""
         opts = self.options
         start = time.perf_counter()
         limit = opts.time_limit if time_limit is None else time_limit
@@ -152,6 +175,13 @@ class BabVerifier:
             wps = sorted({id(p): p for p in best}.values(), key=lambda p: -p.margin)[:3]
             return BabResult(status, bound, cex, [p.weak_point() for p in wps], secs, reason, stats)
 
+        if plan is not None:
+            mib = 2 ** 20
+            stats["memory"] = {"target": plan.target / mib, "resident": plan.resident / mib,
+                               "store_cap": plan.store_bytes / mib, "round_budget": plan.round_bytes(None) / mib}
+            if not plan.enough:
+                return finish("unknown", float("inf"), over_target_reason(plan))
+
         # 1. root attack
         do_attack = opts.root_attack if attack is None else attack
         if do_attack:
@@ -166,7 +196,7 @@ class BabVerifier:
         # 2. root bounds
         t0 = time.perf_counter()
         input_split = int(np.prod(network.sample_shape)) <= opts.input_split_max_dim
-        engine = self._engine(network, input_split)
+        engine = self._engine(network, input_split, None if plan is None else plan.round_bytes(None))
         rb = root_bounds if root_bounds is not None else crown(network, box.lower, box.upper)
         if (opts.root_intermediate > 0 and isinstance(engine, AlphaEngine) and limit is not None
                 and _intermediate_cost(network, rb) <= ROOT_INTERMEDIATE_MAX_COST):
@@ -274,6 +304,12 @@ class BabVerifier:
             if out_of_time():
                 store.push(parents)  # not split after all: they stay open
                 return finish("unknown", store.worst(), open_reason("time limit"))
+            if plan is not None and isinstance(engine, AlphaEngine):
+                # the last round's α/β state and the branching's scores are free: hand them back, and size this
+                # round's α/β calls from what the process holds now
+                trim_heap()
+                engine.memory_budget = plan.round_bytes(resident_bytes())
+                stats["memory"]["round_budget"] = engine.memory_budget / 2 ** 20
             t0 = time.perf_counter()
             live_rows = open_rows(spec, children.row_upper)
             stats["rows_bounded"] += children.size * (spec.rows.shape[0] if live_rows is None else live_rows.size)
@@ -286,6 +322,15 @@ class BabVerifier:
             stats["bound_chunks"] = stats.get("bound_chunks", 0) + bounded.chunks
             stats["max_children"] = max(stats.get("max_children", 0), kids.size)
             live = np.flatnonzero(kids.value >= -ROBUST_TOLERANCE)
+            if plan is not None:
+                # every child goes into the store before the proven ones are pruned (and those the deadline left
+                # unbounded after them): the buffers grow to hold them all
+                entering = kids if bounded.unbounded is None else concat([kids, bounded.unbounded])
+                after = store.nbytes_after_push(entering)
+                if after > plan.store_bytes:
+                    open_bound = max(store.worst(), float(entering.value.max()) if entering.size else float("-inf"))
+                    return finish("unknown", open_bound,
+                                  store_over_reason(plan, after, len(store) + live.size, open_bound))
             store.push(kids)
             if bounded.unbounded is not None:
                 # children the deadline left unbounded: open with their parents' bounds (the run ends Unknown)
@@ -352,15 +397,17 @@ class BabVerifier:
             used = max(used, bisected[1])
         return concat(parts), used
 
-    def _engine(self, network: Network, input_split: bool) -> SplitCrown | AlphaEngine:
+    def _engine(self, network: Network, input_split: bool, memory_budget: int | None = None
+                ) -> SplitCrown | AlphaEngine:
         """The bound engine: α/β-CROWN for ReLU splitting, plain CROWN (with input coefficients) for input
-        bisection, unless the options name one."""
+        bisection, unless the options name one; ``memory_budget``: its α/β budget (None: ``memory_budget_bytes``)."""
         opts = self.options
         name = opts.engine if opts.engine != "auto" else ("crown" if input_split else "alpha")
         if name == "crown":
             return SplitCrown(network)
         return AlphaEngine(network, AlphaOptions(iterations=opts.alpha_iterations, device=opts.device),
-                           refresh=opts.refresh_intermediate, memory_budget=opts.memory_budget_bytes)
+                           refresh=opts.refresh_intermediate,
+                           memory_budget=opts.memory_budget_bytes if memory_budget is None else memory_budget)
 
 
 def _bisect(parents: Domains, bisect: InputBisection, levels: int) -> tuple[Domains, int] | None:

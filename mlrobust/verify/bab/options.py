@@ -62,7 +62,11 @@ class BabOptions:
     bound as in one batch (FSB's candidate children are scored in passes under it too); None: every child in one
     call. The default 256 MiB: a search's process holds ~0.55 GB before its first branch and bound, and with this
     budget ``mlrobust verify`` on the 64×64 rung peaked at 0.98 GB (1.20 GB at 512 MiB;
-    benchmarks/results/bab_notes.md).
+    benchmarks/results/bab_notes.md). ``memory_target_bytes``: resident bytes the whole process should stay within
+    (None: no target, the fixed budget alone): each call returns the heap's free pages to the system, then sizes
+    every round's α/β budget (at most ``memory_budget_bytes``) and caps its store of open domains from what the
+    process holds, and ends Unknown where the target leaves no room (:mod:`mlrobust.verify.bab.memory`). The
+    search sets it on its push's branch and bound (``mlrobust verify --memory-limit``).
     """
 
     batch_size: int = 32
@@ -92,6 +96,7 @@ class BabOptions:
     root_tier_share: float = 0.25
     memory_budget_bytes: int | None = DEFAULT_MEMORY_BUDGET
     refresh_stale: bool = False
+    memory_target_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
@@ -107,10 +112,14 @@ class BabOptions:
             raise InputError(f"unknown root tier {self.root_tier!r}; choose one of {', '.join(ROOT_TIERS)}")
         if not 0.0 < self.root_tier_share <= 1.0:
             raise InputError(f"root_tier_share must lie in (0, 1], not {self.root_tier_share}")
-        budget = self.memory_budget_bytes
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, np.integer))
-                                   or budget <= 0):
-            raise InputError(f"memory_budget_bytes must be a positive number of bytes or None, not {budget!r}")
+        for name in ("memory_budget_bytes", "memory_target_bytes"):
+            check_bytes(getattr(self, name), name)
+
+
+def check_bytes(value: object, name: str) -> None:
+    """An input error unless ``value`` is a positive whole number of bytes or None."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0):
+        raise InputError(f"{name} must be a positive number of bytes or None, not {value!r}")
 
 
 BRANCHING = ("babsr", "fsb", "widest")

@@ -183,14 +183,18 @@ class Domains:
         warm = {k: v[ti.to(v.device)] for k, v in self.warm.items()}
         return Domains(**arrays, **optional, **dicts, boxes=self.boxes, warm=warm)
 
-    def nbytes_per_domain(self) -> int:
-        """Bytes one domain takes in these arrays (its warm start and its share of the box table included)."""
-        n = max(self.size, 1)
+    @property
+    def nbytes(self) -> int:
+        """Bytes of these arrays, the warm starts and the box table's rows in use."""
         total = sum(getattr(self, f).nbytes for f in ARRAY_FIELDS)
         total += sum(getattr(self, f).nbytes for f in OPTIONAL_FIELDS if getattr(self, f) is not None)
         total += sum(v.nbytes for f in DICT_FIELDS for v in getattr(self, f).values())
         total += sum(v.element_size() * v.nelement() for v in self.warm.values())
-        return (total + self.boxes.nbytes) // n
+        return int(total + self.boxes.nbytes)
+
+    def nbytes_per_domain(self) -> int:
+        """Bytes one domain takes in these arrays (its warm start and its share of the box table included)."""
+        return self.nbytes // max(self.size, 1)
 
 
 def concat(parts: list[Domains]) -> Domains:
@@ -292,6 +296,23 @@ class DomainStore:
     def bytes_per_domain(self) -> int:
         """Bytes one slot takes in the buffers (bounds, splits, coefficients, warm start, its share of the boxes)."""
         return self._buf.nbytes_per_domain()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the buffers hold, free slots included (they are allocated), and the box table's rows in use."""
+        return self._buf.nbytes
+
+    def nbytes_after_push(self, doms: Domains) -> int:
+        """Bytes the store would hold at most once ``doms`` are pushed: the buffers grow by doubling when the free
+        slots do not suffice, a slot takes what one of ``doms`` takes where that is more (a warm-start parameter the
+        store has no column for yet adds one to every slot), and boxes from another table are copied in."""
+        free = self.capacity - len(self)
+        slots = self.capacity if doms.size <= free else max(2 * self.capacity, self.capacity + doms.size - free)
+        mine = -(-(self._buf.nbytes - self.boxes.nbytes) // self.capacity)  # a slot's bytes, rounded up
+        theirs = -(-(doms.nbytes - doms.boxes.nbytes) // max(doms.size, 1))
+        copied = 0 if doms.boxes is self.boxes else doms.size * 2 * self.boxes.lower[:1].itemsize * int(
+            np.prod(self.layout.input_shape))
+        return int(slots * max(mine, theirs) + self.boxes.nbytes + copied)
 
     @property
     def boxes(self) -> BoxTable:
