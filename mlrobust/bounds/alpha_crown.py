@@ -104,6 +104,7 @@ from mlrobust.bounds.result import Bounds, check_box
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
 from mlrobust.ir.torch_exec import check_device, torch_device, torch_threads
+from mlrobust.ops.base import BETA
 from mlrobust.ops.coeffs import rows as _rows
 from mlrobust.ops.maxpool2d import POOL_THRESHOLDS
 from mlrobust.ops.maxpool2d import AlphaPoolRelax as _PoolRelax
@@ -139,6 +140,9 @@ class AlphaOptions:
     ("float64" or "float32"): precision of the optimisation steps; CROWN's bound and the reported one are always
     evaluated in float64 with the outward widening. ``device`` ("cpu" or "cuda"): where the tensors of the passes
     live (results come back as numpy arrays either way; the optimised state stays on the device).
+    ``seed_split_beta``: with a warm start, also try it with the multipliers of splits it has none for (β = 0:
+    new since the warm start) seeded so that the split neuron keeps its warm start's lower line
+    (:func:`mlrobust.ops.relu.seed_split_multipliers`), one more backward pass; each row keeps the better start.
     """
 
     iterations: int = 20
@@ -155,6 +159,7 @@ class AlphaOptions:
     lr_mix: float = 0.1
     joint_intermediate: str = "off"
     device: str = "cpu"
+    seed_split_beta: bool = True
 
 
 @dataclass
@@ -263,6 +268,9 @@ class _Context:
     mix_base: Tensor | None = None  # (R, *shape of the bounded tensor): base rows of a RowMix
     mix_valid: Tensor | None = None  # (1, S, R) bool
     mix_init: Tensor | None = None  # (1, S, R)
+    #: a backward pass that seeds the multipliers of new splits from the coefficients it meets (see
+    #: ``ops.relu.seed_split_multipliers``), writing them into ``params``
+    seed_beta: bool = False
     _consts: dict[int, tuple[object, Tensor]] = field(default_factory=dict)
 
     def const(self, arr: np.ndarray) -> Tensor:
@@ -409,6 +417,19 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
         ctx.params = params
         with torch.no_grad():
             warm_lower = _sound(*_backward(ctx, plan, start, a0))
+        if options.seed_split_beta and params.family(BETA.name):
+            # the same warm start with the new splits' multipliers seeded from the pass's coefficients (the
+            # parent's line for the split neuron): kept per row where it bounds better
+            seeded = params.map(lambda v: v.clone())
+            ctx.params, ctx.seed_beta = seeded, True
+            with torch.no_grad():
+                seeded_lower = _sound(*_backward(ctx, plan, start, a0))
+            ctx.seed_beta = False
+            gain = seeded_lower > warm_lower
+            for mine, theirs in zip(params.groups(), seeded.groups()):
+                for k, v in mine.items():
+                    mine[k] = torch.where(gain.reshape(d, s, *([1] * (v.dim() - 2))), theirs[k], v)
+            warm_lower = torch.maximum(warm_lower, seeded_lower)
         worse = warm_lower < crown_lower
         for mine, default in zip(params.groups(), init.groups()):
             for k, v in mine.items():

@@ -80,6 +80,25 @@ def alpha_relu_relax(lo: np.ndarray, hi: np.ndarray, split: np.ndarray | None) -
     return AlphaReluRelax(t(active), t(unstable), t(slope), t(icpt), t(alpha), sign)
 
 
+def seed_split_multipliers(beta: torch.Tensor, alpha: torch.Tensor, pos: torch.Tensor, sign: torch.Tensor) -> None:
+    """Give the split neurons whose multiplier is 0 (a split new since the warm start) the β that makes their term
+    of the backward pass what it was before the split, in place.
+
+    Before the split the neuron was unstable and a coefficient ``c >= 0`` on its output took the lower line
+    ``c α z``. Split active (``s = +1``), the output is ``z`` and the Lagrangian term ``-β z``: ``β = c (1 - α)``
+    gives ``c α z`` again; split inactive (``s = -1``), the output is 0 and the term ``+β z``: ``β = c α``. (Where
+    ``c < 0`` the split's own line is already the tighter one: β stays 0.) So a child warm-started from its
+    parent's parameters starts from its parent's relaxation for the new split instead of losing the slope's
+    contribution, which the parent's α had and ten steps of β from 0 often do not win back. Any ``β >= 0`` is
+    sound; the caller keeps this start only where it bounds better (``alpha_crown._optimise``)."""
+    import torch
+
+    with torch.no_grad():
+        new = (sign != 0) & (beta == 0)
+        seed = torch.where(sign > 0, pos * (1.0 - alpha), pos * alpha)
+        beta.copy_(torch.where(new, seed.to(beta.dtype), beta))
+
+
 #: The lower-line slopes ``α ∈ [0, 1]`` of the unstable ReLUs (``max(x, 0) >= α x`` for every ``x``).
 RELU_SLOPES = ParamFamily("alpha", "lr_alpha")
 
@@ -152,6 +171,8 @@ class Relu(OpRules):
         a_in = pos * lower_slope + neg * r.up_slope
         beta = ctx.params.family(BETA.name).get(node.name)
         if beta is not None and r.sign is not None:
+            if ctx.seed_beta:
+                seed_split_multipliers(beta, alpha, pos, r.sign)
             a_in = a_in - beta * r.sign  # the Lagrangian term -β s z of the split constraints s z >= 0
         return AlphaStep([(node.inputs[0], a_in)], rows(neg * r.up_icpt), rows(neg.abs() * r.up_icpt.abs()))
 

@@ -359,8 +359,10 @@ class BabVerifier:
         name = opts.engine if opts.engine != "auto" else ("crown" if input_split else "alpha")
         if name == "crown":
             return SplitCrown(network)
-        return AlphaEngine(network, AlphaOptions(iterations=opts.alpha_iterations, device=opts.device),
-                           refresh=opts.refresh_intermediate, memory_budget=opts.memory_budget_bytes)
+        options = AlphaOptions(iterations=opts.alpha_iterations, device=opts.device,
+                               seed_split_beta=opts.seed_split_beta)
+        return AlphaEngine(network, options, refresh=opts.refresh_intermediate,
+                           memory_budget=opts.memory_budget_bytes)
 
 
 def _bisect(parents: Domains, bisect: InputBisection, levels: int) -> tuple[Domains, int] | None:

@@ -63,6 +63,12 @@ class BabOptions:
     call. The default 256 MiB: a search's process holds ~0.55 GB before its first branch and bound, and with this
     budget ``mlrobust verify`` on the 64×64 rung peaked at 0.98 GB (1.20 GB at 512 MiB;
     benchmarks/results/bab_notes.md).
+    ``seed_split_beta``: a child's warm start from its parent's parameters is also tried with the multiplier β of
+    each new split seeded from the coefficient reaching the neuron, so that the neuron keeps its parent's lower line
+    (``AlphaOptions.seed_split_beta``, :func:`mlrobust.ops.relu.seed_split_multipliers`; each row keeps the better
+    start, one backward pass more per call). Without it β starts at 0 and the child loses what the parent's slope
+    won; ten steps often do not win it back, so children bounded worse than their parents at every depth
+    (benchmarks/results/bab_ex04.md).
     """
 
     batch_size: int = 32
@@ -92,6 +98,7 @@ class BabOptions:
     root_tier_share: float = 0.25
     memory_budget_bytes: int | None = DEFAULT_MEMORY_BUDGET
     refresh_stale: bool = False
+    seed_split_beta: bool = True
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
