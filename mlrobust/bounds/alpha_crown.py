@@ -430,6 +430,7 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
                 for k, v in mine.items():
                     mine[k] = torch.where(gain.reshape(d, s, *([1] * (v.dim() - 2))), theirs[k], v)
             warm_lower = torch.maximum(warm_lower, seeded_lower)
+            del seeded, theirs  # a copy of every parameter: not kept alive through the steps (see alpha_memory)
         worse = warm_lower < crown_lower
         for mine, default in zip(params.groups(), init.groups()):
             for k, v in mine.items():
