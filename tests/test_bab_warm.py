@@ -16,6 +16,8 @@ from mlrobust.bounds.alpha_crown import AlphaOptions, DomainBatch, alpha_bounds,
 from mlrobust.ir.graph import Network
 from mlrobust.ir.ops import Dense
 from mlrobust.ops.relu import seed_split_multipliers
+from mlrobust.verify.bab.split import split_relus
+from mlrobust.verify.bab.store import DomainLayout
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -29,12 +31,13 @@ def test_a_seeded_multiplier_gives_the_split_neuron_its_parents_lower_line(seed)
     pos = torch.as_tensor(np.maximum(rng.normal(size=shape), 0.0))
     sign = torch.as_tensor(rng.choice([-1.0, 0.0, 1.0], shape))
     old = np.where(rng.random(shape) < 0.5, 0.0, rng.uniform(0, 2, shape))
+    fresh = rng.random(shape) < 0.5  # splits made since the warm start (the others keep their multipliers)
     beta = torch.as_tensor(old.copy())
-    seed_split_multipliers(beta, alpha, pos, sign)
+    seed_split_multipliers(beta, alpha, pos, sign, torch.as_tensor(fresh))
     b, s, a, p = beta.numpy(), sign.numpy(), alpha.numpy(), pos.numpy()
     assert np.all(b >= 0)
-    new = (s != 0) & (old == 0)
-    assert np.array_equal(b[~new], old[~new])  # multipliers the warm start had, and unsplit neurons, are kept
+    new = (s != 0) & fresh
+    assert np.array_equal(b[~new], old[~new])  # older splits' multipliers (0 too) and unsplit neurons are kept
     # the child's lower-bounding term: active z (slope 1), inactive 0, minus β s z; the parent's: α z
     child_slope = np.where(s > 0, 1.0, 0.0) * p - b * s
     assert np.allclose(child_slope[new], (p * a)[new], rtol=1e-12, atol=1e-12)
@@ -107,3 +110,23 @@ def test_seeded_warm_starts_bound_every_point_of_the_split_domain(kind, seed):
                 continue
             vals = net.forward(x[inside]).reshape(int(inside.sum()), -1) @ coeffs.T
             assert np.all(vals >= res.lower[0] - 1e-9)
+
+
+def test_split_children_mark_only_their_new_splits_for_seeding():
+    """A child's warm multipliers: its new split's unknown (NaN: seeded next time), every other one its parent's."""
+    shape = (6,)
+    layout = DomainLayout(("r",), ("z",), {"z": shape}, (2,), 2, 3)
+    parents = layout.empty(2)
+    parents.splits["r"][0, 1] = 1  # an older split, whose multiplier the parent's optimisation drove to 0
+    beta = torch.zeros((2, 2, *shape))
+    beta[:, :, 3] = 0.7
+    parents.warm = {"beta.r": beta, "alpha.r": torch.full((2, 2, *shape), 0.5)}
+    kids = split_relus(parents, ("r",), np.array([[0], [0]]), np.array([[4], [2]]))
+    assert kids.size == 4
+    got = kids.warm["beta.r"].numpy()
+    for child, neuron in ((0, 4), (1, 4), (2, 2), (3, 2)):
+        assert np.isnan(got[child, :, neuron]).all()
+        rest = np.delete(got[child], neuron, axis=-1)
+        assert np.array_equal(rest, np.delete(beta[child // 2].numpy(), neuron, axis=-1))
+    assert np.array_equal(kids.warm["alpha.r"].numpy(), np.full((4, 2, *shape), 0.5, dtype=np.float32))
+    assert np.array_equal(parents.warm["beta.r"].numpy(), beta.numpy())  # the parents' own state is untouched

@@ -271,6 +271,8 @@ class _Context:
     #: a backward pass that seeds the multipliers of new splits from the coefficients it meets (see
     #: ``ops.relu.seed_split_multipliers``), writing them into ``params``
     seed_beta: bool = False
+    #: per node, the split neurons that pass may seed (None: every split neuron of the node); see ``_new_splits``
+    seed_new: dict[str, Tensor | None] = field(default_factory=dict)
     _consts: dict[int, tuple[object, Tensor]] = field(default_factory=dict)
 
     def const(self, arr: np.ndarray) -> Tensor:
@@ -375,6 +377,18 @@ class _Optimised:
     joint: str = "off"  # whether the intermediate bounds were optimised jointly ("on", "off" or why skipped)
 
 
+def _new_splits(params: AlphaState, warm: AlphaState) -> dict[str, Tensor | None]:
+    """Per ReLU node with multipliers, where the warm start has none (NaN, or no β for the node at all: None),
+    i.e. the splits made since it was computed: those get seeded multipliers (``ops.relu.seed_split_multipliers``);
+    an older split keeps the multiplier its optimisation chose, 0 included."""
+    theirs = warm.family(BETA.name)
+    out: dict[str, Tensor | None] = {}
+    for name, v in params.family(BETA.name).items():
+        w = theirs.get(name)
+        out[name] = None if w is None or w.shape[1:] != v.shape[1:] else torch.isnan(w).expand_as(v)
+    return out
+
+
 def _sound(bound: Tensor, mag: Tensor) -> Tensor:
     return bound - FP_REL * mag
 
@@ -422,9 +436,10 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
             # parent's line for the split neuron): kept per row where it bounds better
             seeded = params.map(lambda v: v.clone())
             ctx.params, ctx.seed_beta = seeded, True
+            ctx.seed_new = _new_splits(params, warm)
             with torch.no_grad():
                 seeded_lower = _sound(*_backward(ctx, plan, start, a0))
-            ctx.seed_beta = False
+            ctx.seed_beta, ctx.seed_new = False, {}
             gain = seeded_lower > warm_lower
             for mine, theirs in zip(params.groups(), seeded.groups()):
                 for k, v in mine.items():

@@ -80,9 +80,10 @@ def alpha_relu_relax(lo: np.ndarray, hi: np.ndarray, split: np.ndarray | None) -
     return AlphaReluRelax(t(active), t(unstable), t(slope), t(icpt), t(alpha), sign)
 
 
-def seed_split_multipliers(beta: torch.Tensor, alpha: torch.Tensor, pos: torch.Tensor, sign: torch.Tensor) -> None:
-    """Give the split neurons whose multiplier is 0 (a split new since the warm start) the β that makes their term
-    of the backward pass what it was before the split, in place.
+def seed_split_multipliers(beta: torch.Tensor, alpha: torch.Tensor, pos: torch.Tensor, sign: torch.Tensor,
+                           new: torch.Tensor | None = None) -> None:
+    """Give the split neurons marked ``new`` (splits made since the warm start; None: every split neuron) the β
+    that makes their term of the backward pass what it was before the split, in place.
 
     Before the split the neuron was unstable and a coefficient ``c >= 0`` on its output took the lower line
     ``c α z``. Split active (``s = +1``), the output is ``z`` and the Lagrangian term ``-β z``: ``β = c (1 - α)``
@@ -94,9 +95,9 @@ def seed_split_multipliers(beta: torch.Tensor, alpha: torch.Tensor, pos: torch.T
     import torch
 
     with torch.no_grad():
-        new = (sign != 0) & (beta == 0)
+        chosen = (sign != 0) if new is None else (sign != 0) & new
         seed = torch.where(sign > 0, pos * (1.0 - alpha), pos * alpha)
-        beta.copy_(torch.where(new, seed.to(beta.dtype), beta))
+        beta.copy_(torch.where(chosen, seed.to(beta.dtype), beta))
 
 
 #: The lower-line slopes ``α ∈ [0, 1]`` of the unstable ReLUs (``max(x, 0) >= α x`` for every ``x``).
@@ -172,7 +173,7 @@ class Relu(OpRules):
         beta = ctx.params.family(BETA.name).get(node.name)
         if beta is not None and r.sign is not None:
             if ctx.seed_beta:
-                seed_split_multipliers(beta, alpha, pos, r.sign)
+                seed_split_multipliers(beta, alpha, pos, r.sign, ctx.seed_new.get(node.name))
             a_in = a_in - beta * r.sign  # the Lagrangian term -β s z of the split constraints s z >= 0
         return AlphaStep([(node.inputs[0], a_in)], rows(neg * r.up_icpt), rows(neg.abs() * r.up_icpt.abs()))
 
