@@ -140,9 +140,10 @@ class AlphaOptions:
     ("float64" or "float32"): precision of the optimisation steps; CROWN's bound and the reported one are always
     evaluated in float64 with the outward widening. ``device`` ("cpu" or "cuda"): where the tensors of the passes
     live (results come back as numpy arrays either way; the optimised state stays on the device).
-    ``seed_split_beta``: with a warm start, also try it with the multipliers of splits it has none for (β = 0:
-    new since the warm start) seeded so that the split neuron keeps its warm start's lower line
-    (:func:`mlrobust.ops.relu.seed_split_multipliers`), one more backward pass; each row keeps the better start.
+    ``seed_split_beta``: with a warm start, also try it with the multipliers of the splits it has none for (NaN,
+    or no β for the node: the splits made since it was computed) seeded so that the split neuron keeps its warm
+    start's lower line (:func:`mlrobust.ops.relu.seed_split_multipliers`), one more backward pass; each row keeps
+    the better start.
     """
 
     iterations: int = 20

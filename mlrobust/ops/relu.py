@@ -90,8 +90,9 @@ def seed_split_multipliers(beta: torch.Tensor, alpha: torch.Tensor, pos: torch.T
     gives ``c α z`` again; split inactive (``s = -1``), the output is 0 and the term ``+β z``: ``β = c α``. (Where
     ``c < 0`` the split's own line is already the tighter one: β stays 0.) So a child warm-started from its
     parent's parameters starts from its parent's relaxation for the new split instead of losing the slope's
-    contribution, which the parent's α had and ten steps of β from 0 often do not win back. Any ``β >= 0`` is
-    sound; the caller keeps this start only where it bounds better (``alpha_crown._optimise``)."""
+    contribution, which the parent's α had and ten steps of β from 0 often do not win back. Older splits keep the
+    multiplier their optimisation chose, 0 included (re-seeding those undid it and cost proofs on MNIST 256x2).
+    Any ``β >= 0`` is sound; the caller keeps this start only where it bounds better (``alpha_crown._optimise``)."""
     import torch
 
     with torch.no_grad():
