@@ -104,6 +104,7 @@ from mlrobust.bounds.result import Bounds, check_box
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network, Node
 from mlrobust.ir.torch_exec import check_device, torch_device, torch_threads
+from mlrobust.ops.base import BETA
 from mlrobust.ops.coeffs import rows as _rows
 from mlrobust.ops.maxpool2d import POOL_THRESHOLDS
 from mlrobust.ops.maxpool2d import AlphaPoolRelax as _PoolRelax
@@ -139,6 +140,10 @@ class AlphaOptions:
     ("float64" or "float32"): precision of the optimisation steps; CROWN's bound and the reported one are always
     evaluated in float64 with the outward widening. ``device`` ("cpu" or "cuda"): where the tensors of the passes
     live (results come back as numpy arrays either way; the optimised state stays on the device).
+    ``seed_split_beta``: with a warm start, also try it with the multipliers of the splits it has none for (NaN,
+    or no β for the node: the splits made since it was computed) seeded so that the split neuron keeps its warm
+    start's lower line (:func:`mlrobust.ops.relu.seed_split_multipliers`), one more backward pass; each row keeps
+    the better start.
     """
 
     iterations: int = 20
@@ -155,6 +160,7 @@ class AlphaOptions:
     lr_mix: float = 0.1
     joint_intermediate: str = "off"
     device: str = "cpu"
+    seed_split_beta: bool = True
 
 
 @dataclass
@@ -263,6 +269,11 @@ class _Context:
     mix_base: Tensor | None = None  # (R, *shape of the bounded tensor): base rows of a RowMix
     mix_valid: Tensor | None = None  # (1, S, R) bool
     mix_init: Tensor | None = None  # (1, S, R)
+    #: a backward pass that seeds the multipliers of new splits from the coefficients it meets (see
+    #: ``ops.relu.seed_split_multipliers``), writing them into ``params``
+    seed_beta: bool = False
+    #: per node, the split neurons that pass may seed (None: every split neuron of the node); see ``_new_splits``
+    seed_new: dict[str, Tensor | None] = field(default_factory=dict)
     _consts: dict[int, tuple[object, Tensor]] = field(default_factory=dict)
 
     def const(self, arr: np.ndarray) -> Tensor:
@@ -367,6 +378,18 @@ class _Optimised:
     joint: str = "off"  # whether the intermediate bounds were optimised jointly ("on", "off" or why skipped)
 
 
+def _new_splits(params: AlphaState, warm: AlphaState) -> dict[str, Tensor | None]:
+    """Per ReLU node with multipliers, where the warm start has none (NaN, or no β for the node at all: None),
+    i.e. the splits made since it was computed: those get seeded multipliers (``ops.relu.seed_split_multipliers``);
+    an older split keeps the multiplier its optimisation chose, 0 included."""
+    theirs = warm.family(BETA.name)
+    out: dict[str, Tensor | None] = {}
+    for name, v in params.family(BETA.name).items():
+        w = theirs.get(name)
+        out[name] = None if w is None or w.shape[1:] != v.shape[1:] else torch.isnan(w).expand_as(v)
+    return out
+
+
 def _sound(bound: Tensor, mag: Tensor) -> Tensor:
     return bound - FP_REL * mag
 
@@ -409,6 +432,21 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
         ctx.params = params
         with torch.no_grad():
             warm_lower = _sound(*_backward(ctx, plan, start, a0))
+        if options.seed_split_beta and params.family(BETA.name):
+            # the same warm start with the new splits' multipliers seeded from the pass's coefficients (the
+            # parent's line for the split neuron): kept per row where it bounds better
+            seeded = params.map(lambda v: v.clone())
+            ctx.params, ctx.seed_beta = seeded, True
+            ctx.seed_new = _new_splits(params, warm)
+            with torch.no_grad():
+                seeded_lower = _sound(*_backward(ctx, plan, start, a0))
+            ctx.seed_beta, ctx.seed_new = False, {}
+            gain = seeded_lower > warm_lower
+            for mine, theirs in zip(params.groups(), seeded.groups()):
+                for k, v in mine.items():
+                    mine[k] = torch.where(gain.reshape(d, s, *([1] * (v.dim() - 2))), theirs[k], v)
+            warm_lower = torch.maximum(warm_lower, seeded_lower)
+            del seeded, theirs  # a copy of every parameter: not kept alive through the steps (see alpha_memory)
         worse = warm_lower < crown_lower
         for mine, default in zip(params.groups(), init.groups()):
             for k, v in mine.items():

@@ -80,6 +80,27 @@ def alpha_relu_relax(lo: np.ndarray, hi: np.ndarray, split: np.ndarray | None) -
     return AlphaReluRelax(t(active), t(unstable), t(slope), t(icpt), t(alpha), sign)
 
 
+def seed_split_multipliers(beta: torch.Tensor, alpha: torch.Tensor, pos: torch.Tensor, sign: torch.Tensor,
+                           new: torch.Tensor | None = None) -> None:
+    """Give the split neurons marked ``new`` (splits made since the warm start; None: every split neuron) the β
+    that makes their term of the backward pass what it was before the split, in place.
+
+    Before the split the neuron was unstable and a coefficient ``c >= 0`` on its output took the lower line
+    ``c α z``. Split active (``s = +1``), the output is ``z`` and the Lagrangian term ``-β z``: ``β = c (1 - α)``
+    gives ``c α z`` again; split inactive (``s = -1``), the output is 0 and the term ``+β z``: ``β = c α``. (Where
+    ``c < 0`` the split's own line is already the tighter one: β stays 0.) So a child warm-started from its
+    parent's parameters starts from its parent's relaxation for the new split instead of losing the slope's
+    contribution, which the parent's α had and ten steps of β from 0 often do not win back. Older splits keep the
+    multiplier their optimisation chose, 0 included (re-seeding those undid it and cost proofs on MNIST 256x2).
+    Any ``β >= 0`` is sound; the caller keeps this start only where it bounds better (``alpha_crown._optimise``)."""
+    import torch
+
+    with torch.no_grad():
+        chosen = (sign != 0) if new is None else (sign != 0) & new
+        seed = torch.where(sign > 0, pos * (1.0 - alpha), pos * alpha)
+        beta.copy_(torch.where(chosen, seed.to(beta.dtype), beta))
+
+
 #: The lower-line slopes ``α ∈ [0, 1]`` of the unstable ReLUs (``max(x, 0) >= α x`` for every ``x``).
 RELU_SLOPES = ParamFamily("alpha", "lr_alpha")
 
@@ -152,6 +173,8 @@ class Relu(OpRules):
         a_in = pos * lower_slope + neg * r.up_slope
         beta = ctx.params.family(BETA.name).get(node.name)
         if beta is not None and r.sign is not None:
+            if ctx.seed_beta:
+                seed_split_multipliers(beta, alpha, pos, r.sign, ctx.seed_new.get(node.name))
             a_in = a_in - beta * r.sign  # the Lagrangian term -β s z of the split constraints s z >= 0
         return AlphaStep([(node.inputs[0], a_in)], rows(neg * r.up_icpt), rows(neg.abs() * r.up_icpt.abs()))
 

@@ -391,8 +391,8 @@ class AlphaEngine:
         steps are elementwise), so a domain gets the same bound in a chunk as in the whole batch, up to float
         rounding of the batched products, with two batch-level rules: ``options.time_limit`` holds for the whole
         batch (a later chunk gets what the earlier ones left, and none starts once less is left than the last
-        chunk's fixed passes took: CROWN's pass, the warm start's and the final float64 one, which a chunk costs
-        however little time it has; the result then covers only the first domains, ``stats["skipped"]`` says how
+        chunk's fixed passes took: CROWN's pass, the warm start's (twice: as it is and seeded) and the final
+        float64 one, which a chunk costs however little time it has; the result then covers only the first domains, ``stats["skipped"]`` says how
         many are left out; the chunks' time limits keep back what merging their results will take, at the last
         merge's seconds per domain), and ``options.early_stop``
         stops a chunk once all of *its* rows pass it (the BaB's engine sets none). A parameter family that a chunk lacks (β of a node split only in other chunks) is
@@ -480,9 +480,10 @@ class AlphaEngine:
         return out
 
 
-#: Passes of one :func:`alpha_bounds` call besides its steps' (CROWN's start, the warm start's, the final float64
-#: evaluation): what a chunk costs however little time it is given.
-ALPHA_FIXED_PASSES = 3
+#: Passes of one :func:`alpha_bounds` call besides its steps' (CROWN's start, the warm start's, the warm start's
+#: with new splits' multipliers seeded, the final float64 evaluation): what a chunk costs however little time it
+#: is given.
+ALPHA_FIXED_PASSES = 4
 
 
 def _scatter_rows(full: object | None, part: AlphaState, rows: np.ndarray) -> AlphaState | None:

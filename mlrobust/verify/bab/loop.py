@@ -405,8 +405,9 @@ class BabVerifier:
         name = opts.engine if opts.engine != "auto" else ("crown" if input_split else "alpha")
         if name == "crown":
             return SplitCrown(network)
-        return AlphaEngine(network, AlphaOptions(iterations=opts.alpha_iterations, device=opts.device),
-                           refresh=opts.refresh_intermediate,
+        options = AlphaOptions(iterations=opts.alpha_iterations, device=opts.device,
+                               seed_split_beta=opts.seed_split_beta)
+        return AlphaEngine(network, options, refresh=opts.refresh_intermediate,
                            memory_budget=opts.memory_budget_bytes if memory_budget is None else memory_budget)
 
 

@@ -67,6 +67,12 @@ class BabOptions:
     every round's α/β budget (at most ``memory_budget_bytes``) and caps its store of open domains from what the
     process holds, and ends Unknown where the target leaves no room (:mod:`mlrobust.verify.bab.memory`). The
     search sets it on its push's branch and bound (``mlrobust verify --memory-limit``).
+    ``seed_split_beta``: a child's warm start from its parent's parameters is also tried with the multiplier β of
+    each new split seeded from the coefficient reaching the neuron, so that the neuron keeps its parent's lower line
+    (``AlphaOptions.seed_split_beta``, :func:`mlrobust.ops.relu.seed_split_multipliers`; each row keeps the better
+    start, one backward pass more per call). Without it β starts at 0 and the child loses what the parent's slope
+    won; ten steps often do not win it back, so children bounded worse than their parents at every depth
+    (benchmarks/results/bab_ex04.md).
     """
 
     batch_size: int = 32
@@ -97,6 +103,7 @@ class BabOptions:
     memory_budget_bytes: int | None = DEFAULT_MEMORY_BUDGET
     refresh_stale: bool = False
     memory_target_bytes: int | None = None
+    seed_split_beta: bool = True
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:

@@ -10,7 +10,9 @@ ReLU splits keep the parent's box row, input bisection gives each child a row of
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from mlrobust.ops.base import BETA
 from mlrobust.verify.bab.store import Domains
 
 
@@ -33,10 +35,16 @@ def split_relus(parents: Domains, relu_nodes: tuple[str, ...], layer: np.ndarray
     idx = np.repeat(index, per, axis=0)
     for r, name in enumerate(relu_nodes):
         flat = kids.splits[name].reshape(n, -1)
+        beta = kids.warm.get(f"{BETA.name}.{name}")
         for lev in range(levels):
             rows = np.flatnonzero(lay[:, lev] == r)
             flat[rows, idx[rows, lev]] = sign[rows, lev]
             kids.changed[rows, r] = True
+            if beta is not None and rows.size:
+                # the new split's multiplier is unknown (NaN), which marks it for seeding (alpha_crown._optimise)
+                t_rows = torch.as_tensor(rows, device=beta.device)
+                t_idx = torch.as_tensor(idx[rows, lev], device=beta.device)
+                beta.reshape(n, beta.shape[1], -1)[t_rows, :, t_idx] = float("nan")
     kids.depth += levels
     return kids
 
