@@ -365,6 +365,7 @@ class _Optimised:
     state: AlphaState
     iterations: int
     joint: str = "off"  # whether the intermediate bounds were optimised jointly ("on", "off" or why skipped)
+    loop_seconds: float = 0.0  # seconds of the optimisation steps (the rest of the call is its fixed passes)
 
 
 def _sound(bound: Tensor, mag: Tensor) -> Tensor:
@@ -399,16 +400,22 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
     d, s = ctx.in_lower.shape[0], a0.shape[1]
     init = default_params(ctx, plan, d, s)
     ctx.params = init
+    pass_start = time.perf_counter()
     with torch.no_grad():
         crown_lower = _sound(*_backward(ctx, plan, start, a0))
+    # the final evaluation below is a pass like this one (float64, no gradient): its measured time is what that
+    # evaluation is expected to take, and it is owed whenever the steps stop
+    final_seconds = time.perf_counter() - pass_start
     fixed = fixed_families(ctx.network, options)
     params = adopt(default_params(ctx, plan, d, s), warm, ctx, fixed)
     best = crown_lower.clone()
     if warm is not None:
         # A warm start from another box can be worse than CROWN's parameters: start such rows from CROWN's.
         ctx.params = params
+        pass_start = time.perf_counter()
         with torch.no_grad():
             warm_lower = _sound(*_backward(ctx, plan, start, a0))
+        final_seconds = max(final_seconds, time.perf_counter() - pass_start)
         worse = warm_lower < crown_lower
         for mine, default in zip(params.groups(), init.groups()):
             for k, v in mine.items():
@@ -432,6 +439,7 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
         if options.lr_alpha > 0 and joint.parameters():
             groups.append((joint.parameters(), float(options.lr_alpha)))
     iterations = 0
+    loop_start = time.perf_counter()
     if options.iterations > 0 and groups:
         for ps, _ in groups:
             for v in ps:
@@ -439,13 +447,22 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
         opt = _Adam(groups)
         loop.params = params
         joint_best, joint_snapshot = float("-inf"), None
-        # what the last step took: a step is not taken unless it and the final float64 evaluation (at most about as
-        # long) can end before the deadline, since that evaluation is owed whenever the loop stops
-        step_seconds, step_start = 0.0, time.perf_counter()
+        # A step is worth taking only with the pass that evaluates its parameters after it, and the final float64
+        # evaluation is owed whenever the loop stops: a step is not taken unless the step, that pass and the final
+        # evaluation, each as long as the longest of its kind so far in this call, end before the deadline. Before
+        # the first step is measured it is taken as two passes (reverse-mode differentiation of a pass costs about
+        # two of it); before the first pass, as long as CROWN's.
+        pass_seconds, step_seconds = final_seconds, None
         for it in range(options.iterations + 1):
+            if deadline is not None and it == 0 and (
+                    time.perf_counter() + 4.0 * pass_seconds + final_seconds > deadline):
+                break  # no step could follow this pass: CROWN's (or the warm start's) parameters are the best
             if joint is not None:
                 _install_joint(loop, joint, *joint.bounds(loop.dtype), options.lr_tau)
+            pass_start = time.perf_counter()
             bound, mag = _backward(loop, plan, start, a_loop)
+            pass_seconds = (time.perf_counter() - pass_start) if it == 0 else max(
+                pass_seconds, time.perf_counter() - pass_start)
             with torch.no_grad():
                 value = _sound(bound, mag)
                 if joint is not None and float(value.sum()) > joint_best:
@@ -462,21 +479,25 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
                 break
             if stop is not None and stop(best.cpu().numpy()):
                 break
-            if deadline is not None and time.perf_counter() + 2.0 * step_seconds >= deadline:
+            step_estimate = 2.0 * pass_seconds if step_seconds is None else step_seconds
+            if deadline is not None and (
+                    time.perf_counter() + step_estimate + pass_seconds + final_seconds > deadline):
                 break
+            step_start = time.perf_counter()
             opt.step(-bound.sum())
             project(params, ctx)
             if joint is not None:
                 joint.project()
             iterations += 1
-            now = time.perf_counter()
-            step_seconds, step_start = now - step_start, now
+            took = time.perf_counter() - step_start
+            step_seconds = took if step_seconds is None else max(step_seconds, took)
         if joint is not None:
             with torch.no_grad():  # the sound (float64) bounds of the last and of the best step's slopes are kept
                 joint.bounds()
                 if joint_snapshot is not None:
                     joint.restore(joint_snapshot)
                     joint.bounds()
+    loop_seconds = time.perf_counter() - loop_start
     best_state = best_state.map(lambda v: v.to(_F64))
     # Parameters chosen in float32 sit in their ranges only up to float32 rounding (a pool weight vector may sum to
     # 1 + 1e-7, a slope to 1 + 6e-8), and a lower line outside its family is not sound: project again in float64.
@@ -487,7 +508,9 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
         if joint is not None and joint.best_lo is not None and joint.best_hi is not None:
             # the certificate: the kept (elementwise best, each sound) intermediate bounds, evaluated in float64
             _install_joint(ctx, joint, joint.best_lo, joint.best_hi, options.lr_tau)
+        pass_start = time.perf_counter()
         final = _sound(*_backward(ctx, plan, start, a0))
+        final_seconds = max(final_seconds, time.perf_counter() - pass_start)
         # Steps in float32 pick the best parameters by float32 values: where that choice is worse in float64 than
         # the start, keep the start (evaluated above) and evaluate once more, so the result never drops below it.
         worse = final < start_best
@@ -495,12 +518,17 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
             for mine, first in zip(best_state.groups(), start_state.groups()):
                 for k, v in mine.items():
                     mine[k] = torch.where(worse.reshape(d, s, *([1] * (v.dim() - 2))), first[k], v)
-            final = _sound(*_backward(ctx, plan, start, a0))
+            if deadline is None or time.perf_counter() + final_seconds <= deadline:
+                final = _sound(*_backward(ctx, plan, start, a0))
+            else:
+                # no time for that evaluation: those rows take the start's bound, evaluated soundly above at the
+                # parameters they now hold (only the captured coefficients, a branching hint, are the steps')
+                final = torch.where(worse, start_best, final)
     ctx.capture = None
     lower = torch.maximum(final, crown_lower)
     if joint is not None:  # the start's bound (frozen intermediate bounds) was evaluated soundly too
         lower = torch.maximum(lower, start_best)
-    return _Optimised(lower, crown_lower, best_state, iterations, joint_note)
+    return _Optimised(lower, crown_lower, best_state, iterations, joint_note, loop_seconds)
 
 
 # --- domains ----------------------------------------------------------------------------------------------------
@@ -718,7 +746,7 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
         joint = (joint_layer(network, used) if options.joint_intermediate != "off" and options.iterations > 0
                  else None)
         res = _optimise(ctx, plan, out, a0, options, warm, deadline, capture, stop, joint)
-        stats: dict = {"intermediate_rows": rows_intermediate, "joint": res.joint}
+        stats: dict = {"intermediate_rows": rows_intermediate, "joint": res.joint, "loop_seconds": res.loop_seconds}
         if joint is not None and res.joint == "on":
             stats.update(joint_rows=joint.rows, joint_shared=joint.shared, joint_steps=joint.steps)
             used = _with_joint_bounds(used, joint)

@@ -307,8 +307,8 @@ class AlphaEngine:
         self.pre_tensors = self.crown.pre_tensors
         self.refresh_intermediate = refresh
         self.keep_warm = keep_warm
-        #: seconds the last merge of a chunked batch took per domain (see :meth:`alpha`: time kept for the next one)
-        self.merge_seconds_per_domain = 0.0
+        #: what bounding has cost so far, measured: the time :meth:`alpha` keeps back before a deadline
+        self.costs = BoundCosts()
 
     def root(self, lower: np.ndarray, upper: np.ndarray, lows: dict[str, np.ndarray] | None = None,
              ups: dict[str, np.ndarray] | None = None) -> Domain:
@@ -373,13 +373,20 @@ class AlphaEngine:
         return [o for o in out if o is not None]
 
 
+    def least_call(self, rows: int) -> float:
+        """Seconds the smallest α/β call of :meth:`alpha` takes at the costs measured so far: the memory probe
+        (with a budget) and one domain's fixed passes of ``rows`` rows."""
+        return (self.costs.probe if self.memory_budget is not None else 0.0) + self.costs.fixed(1, rows)
+
     def chunk_size(self, batch: DomainBatch, rows: int, options: AlphaOptions | None = None,
                    mix: RowMix | None = None) -> int:
         """Domains per α/β call under :attr:`memory_budget` for a batch like ``batch`` with ``rows`` rows (at least
-        one; the whole batch without a budget)."""
+        one; the whole batch without a budget). The memory probe's seconds are kept in :attr:`costs`."""
         if self.memory_budget is None or batch.size <= 1:
             return max(batch.size, 1)
+        t0 = time.perf_counter()
         per_child = alpha_memory(self.network, batch, options or self.options, mix).per_child(rows)
+        self.costs.probe = time.perf_counter() - t0
         return int(min(max(self.memory_budget // max(per_child, 1), 1), batch.size))
 
     def alpha(self, batch: DomainBatch, coeffs: np.ndarray, options: AlphaOptions, warm: AlphaState | None,
@@ -390,50 +397,72 @@ class AlphaEngine:
         Each domain's parameters are optimised on its own bound (the loss is the sum over domains and rows, Adam's
         steps are elementwise), so a domain gets the same bound in a chunk as in the whole batch, up to float
         rounding of the batched products, with two batch-level rules: ``options.time_limit`` holds for the whole
-        batch (a later chunk gets what the earlier ones left, and none starts once less is left than the last
-        chunk's fixed passes took: CROWN's pass, the warm start's and the final float64 one, which a chunk costs
-        however little time it has; the result then covers only the first domains, ``stats["skipped"]`` says how
-        many are left out; the chunks' time limits keep back what merging their results will take, at the last
-        merge's seconds per domain), and ``options.early_stop``
-        stops a chunk once all of *its* rows pass it (the BaB's engine sets none). A parameter family that a chunk lacks (β of a node split only in other chunks) is
-        NaN in the merged state: CROWN's value when it warm-starts a child (sound). What a chunk returns is kept in
-        float32 until the last chunk is done (the ReLU coefficients and the parameters, which the domain store keeps
-        in float32 anyway; the row mixture's weights stay float64, they define the rows that were bounded), so the
-        round's results do not outgrow the budget."""
+        batch, and ``options.early_stop`` stops a chunk once all of *its* rows pass it (the BaB's engine sets
+        none).
+
+        The time limit is planned, not only checked: a chunk (the first too, and a batch in one call) is started
+        only when what it costs however little time it gets (its fixed passes: CROWN's, the warm start's and the
+        final float64 evaluation, and the compaction of its result) and the merge of the results so far and its
+        own can end before the limit, each as measured on this engine's earlier calls (:class:`BoundCosts`,
+        scaled by the chunk's domain rows and the bytes to merge); each chunk's optimisation gets what is left
+        after that merge. The result then covers only the first domains (``stats["skipped"]``: how many are left
+        out; none at all when even the first chunk would not fit). A parameter family that a chunk lacks (β of a
+        node split only in other chunks) is NaN in the merged state: CROWN's value when it warm-starts a child
+        (sound). What a chunk returns is kept in float32 until the last chunk is done (the ReLU coefficients and
+        the parameters, which the domain store keeps in float32 anyway; the row mixture's weights stay float64,
+        they define the rows that were bounded), so the round's results do not outgrow the budget."""
         size = batch.size
         rows = int(coeffs.shape[-2]) if mix is None else mix.rows
+        deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
+        costs = self.costs
+        if deadline is not None and size > 1 and self.memory_budget is not None and (
+                time.perf_counter() + costs.probe + costs.fixed(1, rows) > deadline):
+            return _nothing_bounded(size, rows)  # not even the memory probe and one domain's fixed passes would fit
         step = self.chunk_size(batch, rows, options, mix)
         if step >= size:
-            res = alpha_bounds(self.network, batch, coeffs, options=options, warm=warm, mix=mix)
+            if deadline is not None and time.perf_counter() + costs.fixed(size, rows) > deadline:
+                return _nothing_bounded(size, rows)
+            t0 = time.perf_counter()
+            res = alpha_bounds(self.network, batch, coeffs, options=_within(options, deadline), warm=warm, mix=mix)
+            costs.learn_fixed(res, size * rows, time.perf_counter() - t0)
             res.stats["chunks"] = 1
+            res.stats["skipped"] = 0
             return res
         coeffs = np.asarray(coeffs)
         per_domain = coeffs.ndim == 3 and coeffs.shape[0] == size and size > 1
-        deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
         parts: list[AlphaResult] = []
+        held = 0  # bytes of the chunks' results so far (what the merge copies)
         skipped = 0
-        fixed = 0.0  # seconds of the last chunk's fixed passes, at its mean seconds per pass
         for at in range(0, size, step):
             idx = np.arange(at, min(at + step, size))
-            mine = options
             if deadline is not None:
-                # the merge below is owed whenever the loop stops: its time is kept back from the chunks
-                reserve = self.merge_seconds_per_domain * (at + idx.size)
-                left = deadline - time.perf_counter() - reserve
-                if parts and left <= fixed:
+                # the merge is owed whenever the loop stops: its time, with this chunk's share, is kept back
+                merge = costs.merge(held + costs.bytes_per_row * idx.size * rows)
+                if time.perf_counter() + merge + costs.fixed(idx.size, rows) > deadline:
                     skipped = size - at
                     break
-                mine = replace(options, time_limit=max(left, 0.0))
+                mine = _within(options, deadline - merge)
+            else:
+                mine = options
             part_warm = None
             if warm is not None:
                 part_warm = warm.select(idx) if warm.domains == size else warm  # one domain's broadcasts
+            t0 = time.perf_counter()
             res = alpha_bounds(self.network, batch.select(idx), coeffs[idx] if per_domain else coeffs,
                                options=mine, warm=part_warm, mix=mix)
-            parts.append(_compact(res))
-            fixed = res.seconds * ALPHA_FIXED_PASSES / (res.iterations + 1 + ALPHA_FIXED_PASSES)
+            t1 = time.perf_counter()
+            part = _compact(res)
+            t2 = time.perf_counter()
+            nbytes = _result_bytes(part)
+            costs.learn_fixed(res, idx.size * rows, t2 - t0)
+            costs.learn_copy(nbytes, idx.size * rows, t2 - t1)
+            parts.append(part)
+            held += nbytes
+        if not parts:
+            return _nothing_bounded(size, rows)
         t0 = time.perf_counter()
         merged = _merge(parts)
-        self.merge_seconds_per_domain = (time.perf_counter() - t0) / max(size - skipped, 1)
+        costs.learn_merge(held, time.perf_counter() - t0)
         merged.stats["skipped"] = skipped
         return merged
 
@@ -480,9 +509,64 @@ class AlphaEngine:
         return out
 
 
-#: Passes of one :func:`alpha_bounds` call besides its steps' (CROWN's start, the warm start's, the final float64
-#: evaluation): what a chunk costs however little time it is given.
-ALPHA_FIXED_PASSES = 3
+@dataclass
+class BoundCosts:
+    """What an :class:`AlphaEngine`'s bounding has cost on this run, measured on its last calls: what a deadline
+    keeps back so that work started before it also ends before it (seconds; 0 until first measured)."""
+
+    #: an α/β call's seconds besides its steps (set-up, CROWN's pass, the warm start's, the final evaluation, and
+    #: compacting the result), per domain row
+    fixed_per_row: float = 0.0
+    #: merging chunk results, per byte merged
+    merge_per_byte: float = 0.0
+    #: compacting a chunk's result (a copy of as many bytes as its merge copies), per byte
+    copy_per_byte: float = 0.0
+    #: bytes of a chunk's compacted result per domain row
+    bytes_per_row: float = 0.0
+    #: the memory probe of :meth:`AlphaEngine.chunk_size`
+    probe: float = 0.0
+    #: one domain's CROWN refresh (:func:`mlrobust.verify.bab.bounding.refresh_stale`)
+    refresh: float = 0.0
+    #: stacking one child's bounds and warm start for an α/β call (:func:`mlrobust.verify.bab.bounding.bound_domains`)
+    prepare_per_child: float = 0.0
+
+    def fixed(self, domains: int, rows: int) -> float:
+        return self.fixed_per_row * domains * rows
+
+    def merge(self, nbytes: float) -> float:
+        # the merge copies what the compactions copied once more; a first merge is not measured yet
+        return max(self.merge_per_byte, self.copy_per_byte) * nbytes
+
+    def learn_fixed(self, res: AlphaResult, domain_rows: int, seconds: float) -> None:
+        fixed = max(seconds - float(res.stats.get("loop_seconds", 0.0)), 0.0)
+        self.fixed_per_row = fixed / max(domain_rows, 1)
+
+    def learn_copy(self, nbytes: int, domain_rows: int, seconds: float) -> None:
+        self.copy_per_byte = seconds / max(nbytes, 1)
+        self.bytes_per_row = nbytes / max(domain_rows, 1)
+
+    def learn_merge(self, nbytes: int, seconds: float) -> None:
+        self.merge_per_byte = seconds / max(nbytes, 1)
+
+
+def _within(options: AlphaOptions, deadline: float | None) -> AlphaOptions:
+    """``options`` with a time limit ending at ``deadline`` at the latest."""
+    if deadline is None:
+        return options
+    left = max(deadline - time.perf_counter(), 0.0)
+    return replace(options, time_limit=left if options.time_limit is None else min(options.time_limit, left))
+
+
+def _nothing_bounded(size: int, rows: int) -> AlphaResult:
+    """The result of a batch of which the deadline let no domain be bounded (``stats["skipped"]``: all)."""
+    return AlphaResult(np.zeros((0, rows)), np.zeros((0, rows)), AlphaState(), 0, 0.0, None, {}, np.zeros(0, dtype=bool),
+                       {"chunks": 0, "skipped": size})
+
+
+def _result_bytes(res: AlphaResult) -> int:
+    """Bytes of a chunk's result that a merge copies (its parameters and ReLU coefficients)."""
+    state = sum(v.numel() * v.element_size() for _, _, v in res.state.items())
+    return int(state + sum(v.nbytes for v in res.relu_coeffs.values()))
 
 
 def _scatter_rows(full: object | None, part: AlphaState, rows: np.ndarray) -> AlphaState | None:

@@ -180,7 +180,7 @@ class BabVerifier:
             singles = topk_spec(network.num_classes, target, k, pair_weights=())  # every margin, no combinations
             first = engine.bound([root], objective_coeffs(singles), deadline)[0]
             ub = row_upper_bounds(first.lower, singles)
-            if out_of_time():
+            if out_of_time() or _not_bounded(first.lower):
                 at_root = float(singles.value(ub)[0])
                 return finish("unknown", at_root, f"time limit at the root (worst bound {at_root:.4g})")
             if first.feasible:
@@ -198,6 +198,9 @@ class BabVerifier:
         mix = spec.objective_mix()
         rootb = engine.bound([root], coeffs, deadline, mix=mix)[0]
         stats["bound_seconds"] += time.perf_counter() - t0
+        if _not_bounded(rootb.lower):  # the deadline left no time to bound the root on the spec's rows
+            at_root = float(spec.value(row_upper_bounds(rootb.lower, spec))[0])
+            return finish("unknown", at_root, f"time limit at the root (worst bound {at_root:.4g})")
         stats["domains"] += 1
         stats["mode"] = "input" if input_split else "relu"
         stats["engine"] = engine.name
@@ -216,6 +219,7 @@ class BabVerifier:
         proven_max = float("-inf")
         rounds = 0
         last_branch_seconds = 0.0  # what the last round's splitting took: the next one is not started without it
+        tail_per_child = 0.0  # what a round took per child after its bounding (kept back from the bounding)
 
         def open_reason(what: str) -> str:
             return f"{what} with {len(store)} domains open (worst bound {store.worst():.4g})"
@@ -248,8 +252,10 @@ class BabVerifier:
             if stats["domains"] >= opts.max_domains:
                 return finish("unknown", store.worst(), f"domain limit {opts.max_domains} reached "
                                                         f"(worst bound {store.worst():.4g})")
-            if deadline is not None and _time_left(deadline) < last_branch_seconds:
-                # picking the splits is not anytime: a round that cannot finish it would only overrun the deadline
+            if deadline is not None and _time_left(deadline) < last_branch_seconds + _least_bounding(engine, spec):
+                # picking the splits is not anytime, and a round that cannot bound a child after them would only
+                # overrun the deadline: neither is started without the time the last round's splitting took and the
+                # engine's smallest bounding call
                 return finish("unknown", store.worst(), open_reason("time limit"))
             rounds += 1
             stats["rounds"] = rounds
@@ -277,9 +283,26 @@ class BabVerifier:
             t0 = time.perf_counter()
             live_rows = open_rows(spec, children.row_upper)
             stats["rows_bounded"] += children.size * (spec.rows.shape[0] if live_rows is None else live_rows.size)
-            kids, bounded = bound_domains(engine, children, layout, coeffs, deadline, mix, live_rows)
+            # the round's bookkeeping after the bounding (absorbing, storing, pruning, the corners' check) is owed
+            # too: its time, as the last round took it per child, is kept back from the bounding
+            bound_by = None if deadline is None else deadline - tail_per_child * children.size
+            kids, bounded = bound_domains(engine, children, layout, coeffs, bound_by, mix, live_rows)
+            t_tail = time.perf_counter()
+            stats["bound_seconds"] += t_tail - t0
+            if bounded.unbounded is not None:
+                # the deadline kept some children from being bounded: the run ends Unknown here, its worst bound
+                # over the open domains, the children left unbounded with their parents' bounds (not stored: copying
+                # them would only take the call past its deadline)
+                kids = absorb(kids, bounded, spec)
+                stats["domains"] += kids.size
+                stats["unbounded_children"] = stats.get("unbounded_children", 0) + bounded.unbounded.size
+                stats["bound_chunks"] = stats.get("bound_chunks", 0) + bounded.chunks
+                worst_open = float(max([store.worst(), *kids.value[kids.value >= -ROBUST_TOLERANCE],
+                                   *bounded.unbounded]))
+                left_open = len(store) + int((kids.value >= -ROBUST_TOLERANCE).sum()) + bounded.unbounded.size
+                return finish("unknown", worst_open, f"time limit with {left_open} domains open (worst bound "
+                                                     f"{worst_open:.4g})")
             kids = absorb(kids, bounded, spec)
-            stats["bound_seconds"] += time.perf_counter() - t0
             stats["domains"] += kids.size
             stats["max_depth"] = max(stats["max_depth"], int(kids.depth.max()))
             stats["infeasible"] += int((~bounded.feasible).sum())
@@ -287,10 +310,6 @@ class BabVerifier:
             stats["max_children"] = max(stats.get("max_children", 0), kids.size)
             live = np.flatnonzero(kids.value >= -ROBUST_TOLERANCE)
             store.push(kids)
-            if bounded.unbounded is not None:
-                # children the deadline left unbounded: open with their parents' bounds (the run ends Unknown)
-                store.push(bounded.unbounded)
-                stats["unbounded_children"] = stats.get("unbounded_children", 0) + bounded.unbounded.size
             proven = store.prune(-ROBUST_TOLERANCE)
             if proven.size:
                 proven_max = max(proven_max, float(proven.max()))
@@ -302,6 +321,7 @@ class BabVerifier:
                 best.extend(sorted(pts, key=lambda p: -p.margin)[:1])
                 if cex is not None:
                     return finish("violated", float("inf"), "bound corner", cex)
+            tail_per_child = (time.perf_counter() - t_tail) / max(children.size, 1)
             if len(store) and rounds % opts.attack_every == 0 and not out_of_time():
                 t0 = time.perf_counter()
                 worst = store.peek(4)
@@ -388,6 +408,17 @@ def _intermediate_cost(network: Network, bounds: Bounds) -> int:
             break
         path += int(np.prod(network.shape_of(node.output)))
     return 2 * unstable * path
+
+
+def _least_bounding(engine: SplitCrown | AlphaEngine, spec: OutputSpec) -> float:
+    """Seconds of the smallest bounding call ``engine`` can make, at its costs measured so far (0 for plain
+    CROWN, which bounds one domain at a time and stops at the deadline within a domain)."""
+    return engine.least_call(int(spec.rows.shape[0])) if isinstance(engine, AlphaEngine) else 0.0
+
+
+def _not_bounded(lower: np.ndarray) -> bool:
+    """Whether a root bound is the engine's "not bounded for want of time" (every row ``-inf``)."""
+    return bool(np.all(np.isneginf(lower)))
 
 
 def _time_left(deadline: float | None) -> float:
