@@ -139,6 +139,9 @@ class AlphaOptions:
     ("float64" or "float32"): precision of the optimisation steps; CROWN's bound and the reported one are always
     evaluated in float64 with the outward widening. ``device`` ("cpu" or "cuda"): where the tensors of the passes
     live (results come back as numpy arrays either way; the optimised state stays on the device).
+    ``final_seconds``: what the final float64 evaluation (which also records the coefficients branching reads) is
+    expected to take, kept back from ``time_limit`` for it, e.g. as a caller measured it on earlier calls (the
+    result's ``stats["final_seconds"]``); never less than this call's CROWN pass (None: that pass).
     """
 
     iterations: int = 20
@@ -155,6 +158,7 @@ class AlphaOptions:
     lr_mix: float = 0.1
     joint_intermediate: str = "off"
     device: str = "cpu"
+    final_seconds: float | None = None
 
 
 @dataclass
@@ -366,6 +370,7 @@ class _Optimised:
     iterations: int
     joint: str = "off"  # whether the intermediate bounds were optimised jointly ("on", "off" or why skipped)
     loop_seconds: float = 0.0  # seconds of the optimisation steps (the rest of the call is its fixed passes)
+    final_seconds: float = 0.0  # seconds of the final evaluation (its first pass)
 
 
 def _sound(bound: Tensor, mag: Tensor) -> Tensor:
@@ -403,9 +408,9 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
     pass_start = time.perf_counter()
     with torch.no_grad():
         crown_lower = _sound(*_backward(ctx, plan, start, a0))
-    # the final evaluation below is a pass like this one (float64, no gradient): its measured time is what that
-    # evaluation is expected to take, and it is owed whenever the steps stop
-    final_seconds = time.perf_counter() - pass_start
+    # the final evaluation below is a pass like this one (float64, no gradient; it also records coefficients, which
+    # the caller may know to cost more): it is owed whenever the steps stop
+    final_seconds = max(time.perf_counter() - pass_start, options.final_seconds or 0.0)
     fixed = fixed_families(ctx.network, options)
     params = adopt(default_params(ctx, plan, d, s), warm, ctx, fixed)
     best = crown_lower.clone()
@@ -510,7 +515,8 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
             _install_joint(ctx, joint, joint.best_lo, joint.best_hi, options.lr_tau)
         pass_start = time.perf_counter()
         final = _sound(*_backward(ctx, plan, start, a0))
-        final_seconds = max(final_seconds, time.perf_counter() - pass_start)
+        final_took = time.perf_counter() - pass_start
+        final_seconds = max(final_seconds, final_took)
         # Steps in float32 pick the best parameters by float32 values: where that choice is worse in float64 than
         # the start, keep the start (evaluated above) and evaluate once more, so the result never drops below it.
         worse = final < start_best
@@ -528,7 +534,7 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
     lower = torch.maximum(final, crown_lower)
     if joint is not None:  # the start's bound (frozen intermediate bounds) was evaluated soundly too
         lower = torch.maximum(lower, start_best)
-    return _Optimised(lower, crown_lower, best_state, iterations, joint_note, loop_seconds)
+    return _Optimised(lower, crown_lower, best_state, iterations, joint_note, loop_seconds, final_took)
 
 
 # --- domains ----------------------------------------------------------------------------------------------------
@@ -746,7 +752,8 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
         joint = (joint_layer(network, used) if options.joint_intermediate != "off" and options.iterations > 0
                  else None)
         res = _optimise(ctx, plan, out, a0, options, warm, deadline, capture, stop, joint)
-        stats: dict = {"intermediate_rows": rows_intermediate, "joint": res.joint, "loop_seconds": res.loop_seconds}
+        stats: dict = {"intermediate_rows": rows_intermediate, "joint": res.joint, "loop_seconds": res.loop_seconds,
+                       "final_seconds": res.final_seconds}
         if joint is not None and res.joint == "on":
             stats.update(joint_rows=joint.rows, joint_shared=joint.shared, joint_steps=joint.steps)
             used = _with_joint_bounds(used, joint)

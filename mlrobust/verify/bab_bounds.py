@@ -423,7 +423,8 @@ class AlphaEngine:
             if deadline is not None and time.perf_counter() + costs.fixed(size, rows) > deadline:
                 return _nothing_bounded(size, rows)
             t0 = time.perf_counter()
-            res = alpha_bounds(self.network, batch, coeffs, options=_within(options, deadline), warm=warm, mix=mix)
+            mine = costs.options_for(_within(options, deadline), size, rows)
+            res = alpha_bounds(self.network, batch, coeffs, options=mine, warm=warm, mix=mix)
             costs.learn_fixed(res, size * rows, time.perf_counter() - t0)
             res.stats["chunks"] = 1
             res.stats["skipped"] = 0
@@ -441,7 +442,7 @@ class AlphaEngine:
                 if time.perf_counter() + merge + costs.fixed(idx.size, rows) > deadline:
                     skipped = size - at
                     break
-                mine = _within(options, deadline - merge)
+                mine = costs.options_for(_within(options, deadline - merge), idx.size, rows)
             else:
                 mine = options
             part_warm = None
@@ -517,6 +518,8 @@ class BoundCosts:
     #: an α/β call's seconds besides its steps (set-up, CROWN's pass, the warm start's, the final evaluation, and
     #: compacting the result), per domain row
     fixed_per_row: float = 0.0
+    #: an α/β call's final evaluation, per domain row
+    final_per_row: float = 0.0
     #: merging chunk results, per byte merged
     merge_per_byte: float = 0.0
     #: compacting a chunk's result (a copy of as many bytes as its merge copies), per byte
@@ -540,6 +543,14 @@ class BoundCosts:
     def learn_fixed(self, res: AlphaResult, domain_rows: int, seconds: float) -> None:
         fixed = max(seconds - float(res.stats.get("loop_seconds", 0.0)), 0.0)
         self.fixed_per_row = fixed / max(domain_rows, 1)
+        self.final_per_row = float(res.stats.get("final_seconds", 0.0)) / max(domain_rows, 1)
+
+    def options_for(self, options: AlphaOptions, domains: int, rows: int) -> AlphaOptions:
+        """``options`` telling the call what its final evaluation is expected to take (see
+        ``AlphaOptions.final_seconds``), from the last call's, for ``domains`` domains of ``rows`` rows."""
+        if options.time_limit is None or self.final_per_row <= 0.0:
+            return options
+        return replace(options, final_seconds=self.final_per_row * domains * rows)
 
     def learn_copy(self, nbytes: int, domain_rows: int, seconds: float) -> None:
         self.copy_per_byte = seconds / max(nbytes, 1)
