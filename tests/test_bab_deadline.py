@@ -236,3 +236,34 @@ def test_the_milp_handoff_ends_its_solves_by_the_deadline(clock, overrun):
         assert status == "unknown" or len(milp.limits) == doms.size
         if status == "unknown":
             assert len(store) == doms.size - len(milp.limits)
+
+
+def _vnnlib_of(lower: np.ndarray, upper: np.ndarray, target: int, classes: int) -> str:
+    """The VNN-LIB robustness property of a box: some other class scores at least ``target``."""
+    lines = [*(f"(declare-const X_{i} Real)" for i in range(lower.size)),
+             *(f"(declare-const Y_{j} Real)" for j in range(classes))]
+    for i, (lo, hi) in enumerate(zip(lower.reshape(-1), upper.reshape(-1))):
+        lines += [f"(assert (>= X_{i} {float(lo)!r}))", f"(assert (<= X_{i} {float(hi)!r}))"]
+    others = " ".join(f"(and (>= Y_{c} Y_{target}))" for c in range(classes) if c != target)
+    return "\n".join([*lines, f"(assert (or {others}))"]) + "\n"
+
+
+@pytest.mark.parametrize("limit", [50.0, 90.0])
+def test_check_vnnlib_with_branch_and_bound_ends_by_its_timeout(clock, monkeypatch, tmp_path, limit):
+    import mlrobust.verify.vnnlib as vnnlib
+
+    net, box, target, _ = _query()
+    path = tmp_path / "robust.vnnlib"
+    path.write_text(_vnnlib_of(box.lower, box.upper, target, net.num_classes))
+    real_parse = vnnlib.parse_vnnlib
+
+    def slow_parse(*args, **kwargs):  # reading the property takes time too: it counts toward the timeout
+        clock.tick()
+        return real_parse(*args, **kwargs)
+
+    monkeypatch.setattr(vnnlib, "parse_vnnlib", slow_parse)
+    start = clock.now
+    res = vnnlib.check_vnnlib(net, path, timeout=limit, verifier="bab")
+    assert res.status == "timeout" and res.tier == "bab"
+    assert res.stats["bab"]["rounds"] >= 1
+    assert clock.now - start <= limit and res.seconds == clock.now - start

@@ -376,7 +376,7 @@ class AlphaEngine:
     def least_call(self, rows: int) -> float:
         """Seconds the smallest α/β call of :meth:`alpha` takes at the costs measured so far: the memory probe
         (with a budget) and one domain's fixed passes of ``rows`` rows."""
-        return (self.costs.probe if self.memory_budget is not None else 0.0) + self.costs.fixed(1, rows)
+        return (self.costs.probe_seconds() if self.memory_budget is not None else 0.0) + self.costs.fixed(1, rows)
 
     def chunk_size(self, batch: DomainBatch, rows: int, options: AlphaOptions | None = None,
                    mix: RowMix | None = None) -> int:
@@ -416,7 +416,7 @@ class AlphaEngine:
         deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
         costs = self.costs
         if deadline is not None and size > 1 and self.memory_budget is not None and (
-                time.perf_counter() + costs.probe + costs.fixed(1, rows) > deadline):
+                time.perf_counter() + costs.probe_seconds() + costs.fixed(1, rows) > deadline):
             return _nothing_bounded(size, rows)  # not even the memory probe and one domain's fixed passes would fit
         step = self.chunk_size(batch, rows, options, mix)
         if step >= size:
@@ -518,8 +518,9 @@ class BoundCosts:
     #: an α/β call's seconds besides its steps (set-up, CROWN's pass, the warm start's, the final evaluation, and
     #: compacting the result), per domain row
     fixed_per_row: float = 0.0
-    #: an α/β call's final evaluation, per domain row
+    #: an α/β call's final evaluation, per domain row, and as a whole (the last call's)
     final_per_row: float = 0.0
+    final_seconds: float = 0.0
     #: merging chunk results, per byte merged
     merge_per_byte: float = 0.0
     #: compacting a chunk's result (a copy of as many bytes as its merge copies), per byte
@@ -543,7 +544,13 @@ class BoundCosts:
     def learn_fixed(self, res: AlphaResult, domain_rows: int, seconds: float) -> None:
         fixed = max(seconds - float(res.stats.get("loop_seconds", 0.0)), 0.0)
         self.fixed_per_row = fixed / max(domain_rows, 1)
-        self.final_per_row = float(res.stats.get("final_seconds", 0.0)) / max(domain_rows, 1)
+        self.final_seconds = float(res.stats.get("final_seconds", 0.0))
+        self.final_per_row = self.final_seconds / max(domain_rows, 1)
+
+    def probe_seconds(self) -> float:
+        """The memory probe's seconds: the last probe's, or before the first, two passes as long as the last
+        final evaluation (the probe is two passes over one domain)."""
+        return self.probe if self.probe > 0.0 else 2.0 * self.final_seconds
 
     def options_for(self, options: AlphaOptions, domains: int, rows: int) -> AlphaOptions:
         """``options`` telling the call what its final evaluation is expected to take (see

@@ -168,6 +168,13 @@ class FsbBranching:
         #: it ends before the deadline at that rate
         self.child_seconds = 0.0
 
+    def _pass_seconds(self, children: int) -> float:
+        """Expected seconds of a scoring pass over ``children`` children: at the last pass's rate, or before the
+        first, as long as the engine's last final evaluation (one pass over the domains it bounded)."""
+        if self.child_seconds > 0.0 or not isinstance(self.engine, AlphaEngine):
+            return self.child_seconds * children
+        return self.engine.costs.final_seconds
+
     def _fits(self, seconds: float) -> bool:
         """Whether work of ``seconds`` started now ends before the deadline."""
         return self.deadline is None or time.perf_counter() + seconds <= self.deadline
@@ -209,7 +216,8 @@ class FsbBranching:
         assert isinstance(self.engine, AlphaEngine)
         for start in range(0, d, step):
             part = np.arange(start, min(d, start + step))
-            if not self._fits(self.engine.costs.probe + self.child_seconds * 2 * k * part.size):
+            probe = self.engine.costs.probe_seconds() if self.engine.memory_budget is not None else 0.0
+            if not self._fits(probe + self._pass_seconds(2 * k * part.size)):
                 break
             out[part] = self._alpha_scores_of(doms, part, layer[part], index[part], objective[part])
         return out
@@ -237,7 +245,7 @@ class FsbBranching:
         lower = np.full((kids.size, 1), np.nan)
         for start in range(0, kids.size, step):
             sel = np.arange(start, min(start + step, kids.size))
-            if not self._fits(self.child_seconds * sel.size):
+            if not self._fits(self._pass_seconds(sel.size)):
                 break  # NaN: not scored
             t0 = time.perf_counter()
             warm = None
