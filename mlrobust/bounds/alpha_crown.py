@@ -53,7 +53,8 @@ API::
 
     AlphaOptions(iterations=20, lr_alpha=0.1, lr_beta=0.05, time_limit=None, optimize_intermediate=False,
                  early_stop=None, intermediate_chunk=256, threads=1, lr_pool=0.3, lr_tau=0.0,
-                 loop_dtype="float32", lr_mix=0.1, joint_intermediate="off", device="cpu")
+                 loop_dtype="float32", lr_mix=0.1, joint_intermediate="off", device="cpu",
+                 final_seconds=None)
     AlphaState(families)   # warm start (mlrobust.bounds.alpha_params); .family(name), .select(idx),
                            # .select_rows(idx), .concat_rows(states), .stack(states), .domains, .rows
     DomainBatch(lower, upper, pre_lower, pre_upper, splits)   # .size, .select(idx)
@@ -125,8 +126,10 @@ JOINT_MAX_WORK = 1 << 22
 class AlphaOptions:
     """Budget and settings of one optimisation.
 
-    ``iterations``: gradient steps (0 gives plain CROWN). ``time_limit``: seconds for the whole call (checked between
-    steps; a step is not taken unless one as long as the last and the final evaluation can end before it). ``early_stop``: stop once every row's bound exceeds it (e.g. 0 for a proof). ``optimize_intermediate``:
+    ``iterations``: gradient steps (0 gives plain CROWN). ``time_limit``: seconds for the whole call (planned
+    between steps: a step is not taken unless it, the pass that evaluates it and the final evaluation, each as long
+    as the longest of its kind so far in the call, end before it; CROWN's pass and the final evaluation always
+    run). ``early_stop``: stop once every row's bound exceeds it (e.g. 0 for a proof). ``optimize_intermediate``:
     also optimise the bounds of the last refined ReLU pre-activation layer (costly: one row per unstable neuron and
     direction, ``intermediate_chunk`` rows at a time). ``threads``: torch intra-op threads (None: leave as is).
     Learning rates (Adam) per kind: ReLU slopes ``lr_alpha``, MaxPool lower-line weights ``lr_pool``, MaxPool
@@ -371,6 +374,7 @@ class _Optimised:
     joint: str = "off"  # whether the intermediate bounds were optimised jointly ("on", "off" or why skipped)
     loop_seconds: float = 0.0  # seconds of the optimisation steps (the rest of the call is its fixed passes)
     final_seconds: float = 0.0  # seconds of the final evaluation (its first pass)
+    fixed_passes: int = 2  # passes besides the steps': CROWN's, the warm start's, the final one and its repeat
 
 
 def _sound(bound: Tensor, mag: Tensor) -> Tensor:
@@ -426,6 +430,7 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
             for k, v in mine.items():
                 mine[k] = torch.where(worse.reshape(d, s, *([1] * (v.dim() - 2))), default[k], v)
         best = torch.maximum(best, warm_lower)
+    fixed_passes = 2 if warm is None else 3  # CROWN's, the warm start's, the final evaluation
     start_state, start_best = params.map(lambda v: v.clone()), best.clone()  # float64, evaluated soundly
     best_state = params.map(lambda v: v.clone())
     loop = ctx
@@ -526,6 +531,7 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
                     mine[k] = torch.where(worse.reshape(d, s, *([1] * (v.dim() - 2))), first[k], v)
             if deadline is None or time.perf_counter() + final_seconds <= deadline:
                 final = _sound(*_backward(ctx, plan, start, a0))
+                fixed_passes += 1
             else:
                 # no time for that evaluation: those rows take the start's bound, evaluated soundly above at the
                 # parameters they now hold (only the captured coefficients, a branching hint, are the steps')
@@ -534,7 +540,8 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
     lower = torch.maximum(final, crown_lower)
     if joint is not None:  # the start's bound (frozen intermediate bounds) was evaluated soundly too
         lower = torch.maximum(lower, start_best)
-    return _Optimised(lower, crown_lower, best_state, iterations, joint_note, loop_seconds, final_took)
+    return _Optimised(lower, crown_lower, best_state, iterations, joint_note, loop_seconds, final_took,
+                      fixed_passes)
 
 
 # --- domains ----------------------------------------------------------------------------------------------------
@@ -753,7 +760,7 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
                  else None)
         res = _optimise(ctx, plan, out, a0, options, warm, deadline, capture, stop, joint)
         stats: dict = {"intermediate_rows": rows_intermediate, "joint": res.joint, "loop_seconds": res.loop_seconds,
-                       "final_seconds": res.final_seconds}
+                       "final_seconds": res.final_seconds, "fixed_passes": res.fixed_passes}
         if joint is not None and res.joint == "on":
             stats.update(joint_rows=joint.rows, joint_shared=joint.shared, joint_steps=joint.steps)
             used = _with_joint_bounds(used, joint)

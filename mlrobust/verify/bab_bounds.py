@@ -416,11 +416,11 @@ class AlphaEngine:
         deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
         costs = self.costs
         if deadline is not None and size > 1 and self.memory_budget is not None and (
-                time.perf_counter() + costs.probe_seconds() + costs.fixed(1, rows) > deadline):
+                time.perf_counter() + costs.probe_seconds() + costs.fixed(1, rows, warm is not None) > deadline):
             return _nothing_bounded(size, rows)  # not even the memory probe and one domain's fixed passes would fit
         step = self.chunk_size(batch, rows, options, mix)
         if step >= size:
-            if deadline is not None and time.perf_counter() + costs.fixed(size, rows) > deadline:
+            if deadline is not None and time.perf_counter() + costs.fixed(size, rows, warm is not None) > deadline:
                 return _nothing_bounded(size, rows)
             t0 = time.perf_counter()
             mine = costs.options_for(_within(options, deadline), size, rows)
@@ -439,7 +439,7 @@ class AlphaEngine:
             if deadline is not None:
                 # the merge is owed whenever the loop stops: its time, with this chunk's share, is kept back
                 merge = costs.merge(held + costs.bytes_per_row * idx.size * rows)
-                if time.perf_counter() + merge + costs.fixed(idx.size, rows) > deadline:
+                if time.perf_counter() + merge + costs.fixed(idx.size, rows, warm is not None) > deadline:
                     skipped = size - at
                     break
                 mine = costs.options_for(_within(options, deadline - merge), idx.size, rows)
@@ -516,8 +516,8 @@ class BoundCosts:
     keeps back so that work started before it also ends before it (seconds; 0 until first measured)."""
 
     #: an α/β call's seconds besides its steps (set-up, CROWN's pass, the warm start's, the final evaluation, and
-    #: compacting the result), per domain row
-    fixed_per_row: float = 0.0
+    #: compacting the result), per domain row and fixed pass (a call with a warm start makes one pass more)
+    fixed_per_pass_row: float = 0.0
     #: an α/β call's final evaluation, per domain row, and as a whole (the last call's)
     final_per_row: float = 0.0
     final_seconds: float = 0.0
@@ -534,8 +534,9 @@ class BoundCosts:
     #: stacking one child's bounds and warm start for an α/β call (:func:`mlrobust.verify.bab.bounding.bound_domains`)
     prepare_per_child: float = 0.0
 
-    def fixed(self, domains: int, rows: int) -> float:
-        return self.fixed_per_row * domains * rows
+    def fixed(self, domains: int, rows: int, warm: bool = True) -> float:
+        """Expected fixed seconds of a call over ``domains`` domains of ``rows`` rows (``warm``: with a warm start)."""
+        return self.fixed_per_pass_row * domains * rows * (3 if warm else 2)
 
     def merge(self, nbytes: float) -> float:
         # the merge copies what the compactions copied once more; a first merge is not measured yet
@@ -543,7 +544,7 @@ class BoundCosts:
 
     def learn_fixed(self, res: AlphaResult, domain_rows: int, seconds: float) -> None:
         fixed = max(seconds - float(res.stats.get("loop_seconds", 0.0)), 0.0)
-        self.fixed_per_row = fixed / max(domain_rows, 1)
+        self.fixed_per_pass_row = fixed / max(domain_rows * int(res.stats.get("fixed_passes", 3)), 1)
         self.final_seconds = float(res.stats.get("final_seconds", 0.0))
         self.final_per_row = self.final_seconds / max(domain_rows, 1)
 

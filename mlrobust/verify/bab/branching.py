@@ -13,7 +13,8 @@ domain at a time anyway).
 - :class:`FsbBranching` — filtered smart branching: BaBSR's ``candidates`` best, each tried by bounding its two
   children on the parent's bounds at the parent's α/β (all candidates of all domains in one
   :func:`~mlrobust.bounds.alpha_crown.bounds_at` pass) or with plain CROWN; the split whose worse child is best wins.
-  Past its deadline no further scoring pass starts: the domains not scored keep BaBSR's order.
+  No scoring pass starts that would not end before its deadline at the last pass's rate: the domains not scored
+  keep BaBSR's order.
 - :class:`InputBisection` — input dimensions by ``|coefficient| × width`` (the width alone without coefficients),
   for small inputs and once no unstable neuron is left; its choices have ``layer == INPUT``.
 """
@@ -144,8 +145,10 @@ class FsbBranching:
     """Filtered smart branching: BaBSR's ``candidates`` best, re-ranked by the worse of their two children's
     bounds of the binding row on the parent's bounds (the α/β engine: at the parent's parameters, batched passes
     of at most ``max_children`` children when ``batched``; otherwise plain CROWN per domain). Scoring is not
-    needed for soundness, only for good splits: past ``deadline`` (a ``time.perf_counter()`` value) no further
-    pass starts, and the domains left unscored keep BaBSR's order (:attr:`fallbacks` counts them)."""
+    needed for soundness, only for good splits: no pass starts that would not end before ``deadline`` (a
+    ``time.perf_counter()`` value) at the last pass's seconds per child (before the first, the engine's last final
+    evaluation's, and its memory probe's), and the domains left unscored keep BaBSR's order (:attr:`fallbacks`
+    counts them)."""
 
     name = "fsb"
 

@@ -113,17 +113,17 @@ class BabVerifier:
         known upper bounds of ``y_c - y_t`` on the box that help that pruning). ``root_bounds``: bounds of every
         tensor over the box (CROWN's), else computed here.
 
-        The time limit holds at the root and in every round: the attacks, the root's α-CROWN re-bounding, CROWN
-        refreshes and α/β optimisations all stop at the deadline (between steps, none taken that could not end before it;
-        their bounds stay sound), a round's children are bounded in chunks of which none starts with less time left
-        than a chunk's fixed passes take (the children of chunks not started keep their parent's bounds: still
-        open, so the result is Unknown), FSB starts no scoring pass past it (the
-        rest keep BaBSR's order), the MILP hand-off decides no further domain, the root gives Unknown if its first
-        bound ends past it, and a round is not started when less time is left than the last round's splitting took.
-        What can still run past it is work already started that is not anytime: one CROWN back-substitution layer
-        of a refresh, one α/β step and the fixed passes of the α/β call in flight (the final float64 evaluation of
-        its best parameters, which every reported bound needs), one FSB scoring pass, one MILP solve's set-up, and
-        CROWN over the box when ``root_bounds`` is not given. ``stats``: ``unbounded_children`` (children left
+        The time limit is planned, not only checked: no stage is started that would not end before the deadline
+        at what its kind has cost so far on this run (the engine's :class:`~mlrobust.verify.bab_bounds.BoundCosts`).
+        An α/β call takes a step only when the step, the pass after it and the final float64 evaluation fit (a
+        proof is never dropped for time: the best parameters so far are always evaluated); a round's children are
+        bounded in chunks, none started unless its fixed passes and the merge fit, with the round's bookkeeping
+        (the last round's per child) kept back; the run ends Unknown as soon as children are left unbounded; a
+        round is not started without the time the last splitting took and the smallest bounding call; FSB, CROWN
+        refreshes, the attacks' steps and the MILP hand-off's solves are started only when they fit at their last
+        cost. What can still overrun is what was never measured on the run (the root's first bound, the first
+        round's bookkeeping) and a stage that takes longer than its kind did before (a loaded machine), plus CROWN
+        over the box when ``root_bounds`` is not given. ``stats``: ``unbounded_children`` (children left
         unbounded by the deadline) and ``fsb_fallbacks`` (domains split in BaBSR's order for want of time)."""
         opts = self.options
         start = time.perf_counter()
