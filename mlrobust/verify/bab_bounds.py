@@ -402,15 +402,16 @@ class AlphaEngine:
 
         The time limit is planned, not only checked: a chunk (the first too, and a batch in one call) is started
         only when what it costs however little time it gets (its fixed passes: CROWN's, the warm start's and the
-        final float64 evaluation, and the compaction of its result) and the merge of the results so far and its
-        own can end before the limit, each as measured on this engine's earlier calls (:class:`BoundCosts`,
-        scaled by the chunk's domain rows and the bytes to merge); each chunk's optimisation gets what is left
-        after that merge. The result then covers only the first domains (``stats["skipped"]``: how many are left
-        out; none at all when even the first chunk would not fit). A parameter family that a chunk lacks (β of a
-        node split only in other chunks) is NaN in the merged state: CROWN's value when it warm-starts a child
-        (sound). What a chunk returns is kept in float32 until the last chunk is done (the ReLU coefficients and
-        the parameters, which the domain store keeps in float32 anyway; the row mixture's weights stay float64,
-        they define the rows that were bounded), so the round's results do not outgrow the budget."""
+        final float64 evaluation, and storing its result) can end before the limit, as measured on this engine's
+        earlier calls (:class:`BoundCosts`, scaled by the chunk's domain rows and passes). The result then covers
+        only the first domains (``stats["skipped"]``: how many are left out; none at all when even the first chunk
+        would not fit). Each chunk's result is written into arrays for the whole batch as soon as it is done
+        (:class:`_Gathered`), so nothing is left to merge after the last chunk (merging them all at the end took up
+        to 1.7 s for 64 children on a loaded machine, past the deadline). A parameter family that a chunk lacks
+        (β of a node split only in other chunks) is NaN in the gathered state: CROWN's value when it warm-starts a
+        child (sound). The ReLU coefficients and the parameters are kept in float32 (which the domain store keeps
+        anyway; the row mixture's weights stay float64, they define the rows that were bounded), so the round's
+        results do not outgrow the budget."""
         size = batch.size
         rows = int(coeffs.shape[-2]) if mix is None else mix.rows
         deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
@@ -431,18 +432,13 @@ class AlphaEngine:
             return res
         coeffs = np.asarray(coeffs)
         per_domain = coeffs.ndim == 3 and coeffs.shape[0] == size and size > 1
-        parts: list[AlphaResult] = []
-        held = 0  # bytes of the chunks' results so far (what the merge copies)
-        skipped = 0
+        gathered = _Gathered(size)
         for at in range(0, size, step):
             idx = np.arange(at, min(at + step, size))
             if deadline is not None:
-                # the merge is owed whenever the loop stops: its time, with this chunk's share, is kept back
-                merge = costs.merge(held + costs.bytes_per_row * idx.size * rows)
-                if time.perf_counter() + merge + costs.fixed(idx.size, rows, warm is not None) > deadline:
-                    skipped = size - at
+                if time.perf_counter() + costs.fixed(idx.size, rows, warm is not None) > deadline:
                     break
-                mine = costs.options_for(_within(options, deadline - merge), idx.size, rows)
+                mine = costs.options_for(_within(options, deadline), idx.size, rows)
             else:
                 mine = options
             part_warm = None
@@ -451,21 +447,11 @@ class AlphaEngine:
             t0 = time.perf_counter()
             res = alpha_bounds(self.network, batch.select(idx), coeffs[idx] if per_domain else coeffs,
                                options=mine, warm=part_warm, mix=mix)
-            t1 = time.perf_counter()
-            part = _compact(res)
-            t2 = time.perf_counter()
-            nbytes = _result_bytes(part)
-            costs.learn_fixed(res, idx.size * rows, t2 - t0)
-            costs.learn_copy(nbytes, idx.size * rows, t2 - t1)
-            parts.append(part)
-            held += nbytes
-        if not parts:
+            gathered.add(res)
+            costs.learn_fixed(res, idx.size * rows, time.perf_counter() - t0)
+        if not gathered.done:
             return _nothing_bounded(size, rows)
-        t0 = time.perf_counter()
-        merged = _merge(parts)
-        costs.learn_merge(held, time.perf_counter() - t0)
-        merged.stats["skipped"] = skipped
-        return merged
+        return gathered.result()
 
     def _batch(self, domains: list[Domain]) -> DomainBatch:
         """The domains stacked for one α/β call (their float32 bounds widened to float64 exactly)."""
@@ -516,17 +502,11 @@ class BoundCosts:
     keeps back so that work started before it also ends before it (seconds; 0 until first measured)."""
 
     #: an α/β call's seconds besides its steps (set-up, CROWN's pass, the warm start's, the final evaluation, and
-    #: compacting the result), per domain row and fixed pass (a call with a warm start makes one pass more)
+    #: storing the result of a chunk), per domain row and fixed pass (a call with a warm start makes one pass more)
     fixed_per_pass_row: float = 0.0
     #: an α/β call's final evaluation, per domain row, and as a whole (the last call's)
     final_per_row: float = 0.0
     final_seconds: float = 0.0
-    #: merging chunk results, per byte merged
-    merge_per_byte: float = 0.0
-    #: compacting a chunk's result (a copy of as many bytes as its merge copies), per byte
-    copy_per_byte: float = 0.0
-    #: bytes of a chunk's compacted result per domain row
-    bytes_per_row: float = 0.0
     #: the memory probe of :meth:`AlphaEngine.chunk_size`
     probe: float = 0.0
     #: one domain's CROWN refresh (:func:`mlrobust.verify.bab.bounding.refresh_stale`)
@@ -537,10 +517,6 @@ class BoundCosts:
     def fixed(self, domains: int, rows: int, warm: bool = True) -> float:
         """Expected fixed seconds of a call over ``domains`` domains of ``rows`` rows (``warm``: with a warm start)."""
         return self.fixed_per_pass_row * domains * rows * (3 if warm else 2)
-
-    def merge(self, nbytes: float) -> float:
-        # the merge copies what the compactions copied once more; a first merge is not measured yet
-        return max(self.merge_per_byte, self.copy_per_byte) * nbytes
 
     def learn_fixed(self, res: AlphaResult, domain_rows: int, seconds: float) -> None:
         fixed = max(seconds - float(res.stats.get("loop_seconds", 0.0)), 0.0)
@@ -560,12 +536,6 @@ class BoundCosts:
             return options
         return replace(options, final_seconds=self.final_per_row * domains * rows)
 
-    def learn_copy(self, nbytes: int, domain_rows: int, seconds: float) -> None:
-        self.copy_per_byte = seconds / max(nbytes, 1)
-        self.bytes_per_row = nbytes / max(domain_rows, 1)
-
-    def learn_merge(self, nbytes: int, seconds: float) -> None:
-        self.merge_per_byte = seconds / max(nbytes, 1)
 
 
 def _within(options: AlphaOptions, deadline: float | None) -> AlphaOptions:
@@ -580,12 +550,6 @@ def _nothing_bounded(size: int, rows: int) -> AlphaResult:
     """The result of a batch of which the deadline let no domain be bounded (``stats["skipped"]``: all)."""
     return AlphaResult(np.zeros((0, rows)), np.zeros((0, rows)), AlphaState(), 0, 0.0, None, {}, np.zeros(0, dtype=bool),
                        {"chunks": 0, "skipped": size})
-
-
-def _result_bytes(res: AlphaResult) -> int:
-    """Bytes of a chunk's result that a merge copies (its parameters and ReLU coefficients)."""
-    state = sum(v.numel() * v.element_size() for _, _, v in res.state.items())
-    return int(state + sum(v.nbytes for v in res.relu_coeffs.values()))
 
 
 def _scatter_rows(full: object | None, part: AlphaState, rows: np.ndarray) -> AlphaState | None:
@@ -608,36 +572,58 @@ def _scatter_rows(full: object | None, part: AlphaState, rows: np.ndarray) -> Al
     return out
 
 
-def _compact(res: AlphaResult) -> AlphaResult:
-    """``res`` with its ReLU coefficients and parameters (not the row mixture's weights) in float32: what the domain
-    store keeps of them, at half the memory while the other chunks are bounded."""
-    state = AlphaState({name: {k: v if name == MIX else v.float() for k, v in values.items()}
-                        for name, values in res.state.families.items()})
-    coeffs = {k: v.astype(np.float32) for k, v in res.relu_coeffs.items()}
-    return replace(res, state=state, relu_coeffs=coeffs, domains=None)
+class _Gathered:
+    """The results of consecutive chunks of one batch, written into arrays for the whole batch as each chunk ends:
+    parameters and ReLU coefficients in float32 (the row mixture's weights in their own dtype), a family or key
+    that a chunk lacks NaN on its rows (CROWN's default when it warm-starts again), coefficients that a chunk
+    lacks dropped; :meth:`result` is the batch's first :attr:`done` domains as one :class:`AlphaResult`."""
 
+    def __init__(self, size: int):
+        self.size = size
+        self.done = 0
+        self.state: dict[tuple[str, str], torch.Tensor] = {}
+        self.coeffs: dict[str, np.ndarray] = {}
+        self.parts: list[AlphaResult] = []  # for their small per-domain arrays (bounds, flags)
 
-def _merge(parts: list[AlphaResult]) -> AlphaResult:
-    """The results of consecutive chunks of one batch as one (states, coefficients and flags along the domain axis;
-    a value a chunk lacks is NaN: CROWN's default when it warm-starts again)."""
-    state = AlphaState()
-    for name in {name for p in parts for name in p.state.families}:
-        for key in {k for p in parts for k in p.state.family(name)}:
-            like = next(p.state.family(name)[key] for p in parts if key in p.state.family(name))
-            state.put(name, key, torch.cat([
-                p.state.family(name)[key] if key in p.state.family(name)
-                else torch.full((p.lower.shape[0], *like.shape[1:]), float("nan"), dtype=like.dtype,
-                                device=like.device)
-                for p in parts]))
-    coeffs = {k: np.concatenate([p.relu_coeffs[k] for p in parts]) for k in parts[0].relu_coeffs
-              if all(k in p.relu_coeffs for p in parts)}
-    infeasible = [p.infeasible if p.infeasible is not None else np.zeros(p.lower.shape[0], dtype=bool)
-                  for p in parts]
-    inputs = [p.input_coeffs for p in parts]
-    return AlphaResult(np.concatenate([p.lower for p in parts]), np.concatenate([p.crown_lower for p in parts]),
-                       state, max(p.iterations for p in parts), sum(p.seconds for p in parts), None, coeffs,
-                       np.concatenate(infeasible), {"chunks": len(parts)},
-                       None if any(a is None for a in inputs) else np.concatenate(inputs))  # type: ignore[arg-type]
+    def add(self, res: AlphaResult) -> None:
+        at, n = self.done, int(res.lower.shape[0])
+        seen = set()
+        for name, key, v in res.state.items():
+            seen.add((name, key))
+            buf = self.state.get((name, key))
+            if buf is None:
+                # pages are touched as the chunks fill them (not all at once); earlier chunks lacked this family
+                buf = torch.empty((self.size, *v.shape[1:]), dtype=v.dtype if name == MIX else torch.float32,
+                                  device=v.device)
+                buf[:at] = float("nan")
+                self.state[(name, key)] = buf
+            buf[at:at + n] = v.detach()
+        for (name, key), buf in self.state.items():
+            if (name, key) not in seen:
+                buf[at:at + n] = float("nan")
+        for k, c in res.relu_coeffs.items():
+            if at == 0:
+                self.coeffs[k] = np.empty((self.size, *c.shape[1:]), dtype=np.float32)
+            if k in self.coeffs:
+                self.coeffs[k][at:at + n] = c
+        for k in set(self.coeffs) - set(res.relu_coeffs):
+            del self.coeffs[k]
+        self.parts.append(replace(res, state=AlphaState(), relu_coeffs={}, domains=None))
+        self.done = at + n
+
+    def result(self) -> AlphaResult:
+        d, parts = self.done, self.parts
+        state = AlphaState()
+        for (name, key), buf in self.state.items():
+            state.put(name, key, buf[:d])
+        infeasible = [p.infeasible if p.infeasible is not None else np.zeros(p.lower.shape[0], dtype=bool)
+                      for p in parts]
+        inputs = [p.input_coeffs for p in parts]
+        return AlphaResult(np.concatenate([p.lower for p in parts]), np.concatenate([p.crown_lower for p in parts]),
+                           state, max(p.iterations for p in parts), sum(p.seconds for p in parts), None,
+                           {k: v[:d] for k, v in self.coeffs.items()}, np.concatenate(infeasible),
+                           {"chunks": len(parts), "skipped": self.size - d},
+                           None if any(a is None for a in inputs) else np.concatenate(inputs))  # type: ignore[arg-type]
 
 
 def select_rows(coeffs: np.ndarray, mix: RowMix | None,
