@@ -142,9 +142,10 @@ class AlphaOptions:
     ("float64" or "float32"): precision of the optimisation steps; CROWN's bound and the reported one are always
     evaluated in float64 with the outward widening. ``device`` ("cpu" or "cuda"): where the tensors of the passes
     live (results come back as numpy arrays either way; the optimised state stays on the device).
-    ``final_seconds``: what the final float64 evaluation (which also records the coefficients branching reads) is
-    expected to take, kept back from ``time_limit`` for it, e.g. as a caller measured it on earlier calls (the
-    result's ``stats["final_seconds"]``); never less than this call's CROWN pass (None: that pass).
+    ``final_seconds``: what the call is expected to take after its last step (the final float64 evaluation, which
+    also records the coefficients branching reads, and the results' conversion), kept back from ``time_limit``,
+    e.g. as a caller measured it on earlier calls (the result's ``stats["after_steps_seconds"]``); never less than
+    this call's CROWN pass (None: that pass).
     """
 
     iterations: int = 20
@@ -375,6 +376,7 @@ class _Optimised:
     loop_seconds: float = 0.0  # seconds of the optimisation steps (the rest of the call is its fixed passes)
     final_seconds: float = 0.0  # seconds of the final evaluation (its first pass)
     fixed_passes: int = 2  # passes besides the steps': CROWN's, the warm start's, the final one and its repeat
+    loop_end: float = 0.0  # time.perf_counter() when the steps ended
 
 
 def _sound(bound: Tensor, mag: Tensor) -> Tensor:
@@ -507,7 +509,8 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
                 if joint_snapshot is not None:
                     joint.restore(joint_snapshot)
                     joint.bounds()
-    loop_seconds = time.perf_counter() - loop_start
+    loop_end = time.perf_counter()
+    loop_seconds = loop_end - loop_start
     best_state = best_state.map(lambda v: v.to(_F64))
     # Parameters chosen in float32 sit in their ranges only up to float32 rounding (a pool weight vector may sum to
     # 1 + 1e-7, a slope to 1 + 6e-8), and a lower line outside its family is not sound: project again in float64.
@@ -541,7 +544,7 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
     if joint is not None:  # the start's bound (frozen intermediate bounds) was evaluated soundly too
         lower = torch.maximum(lower, start_best)
     return _Optimised(lower, crown_lower, best_state, iterations, joint_note, loop_seconds, final_took,
-                      fixed_passes)
+                      fixed_passes, loop_end)
 
 
 # --- domains ----------------------------------------------------------------------------------------------------
@@ -768,7 +771,10 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
     crown_lower = res.crown_lower.cpu().numpy().copy()
     lower[empty] = np.inf
     crown_lower[empty] = np.inf
-    seconds = time.perf_counter() - start_time
+    end_time = time.perf_counter()
+    seconds = end_time - start_time
+    # what the call took after its last step (the final evaluation, results to numpy): owed whenever steps stop
+    stats["after_steps_seconds"] = end_time - res.loop_end
     a_x = capture.pop(network.input_name, None)
     return AlphaResult(lower, crown_lower, res.state, res.iterations, seconds, used,
                        {k: v.cpu().numpy() for k, v in capture.items()}, empty, stats,

@@ -447,8 +447,10 @@ class AlphaEngine:
             t0 = time.perf_counter()
             res = alpha_bounds(self.network, batch.select(idx), coeffs[idx] if per_domain else coeffs,
                                options=mine, warm=part_warm, mix=mix)
+            t1 = time.perf_counter()
             gathered.add(res)
-            costs.learn_fixed(res, idx.size * rows, time.perf_counter() - t0)
+            t2 = time.perf_counter()
+            costs.learn_fixed(res, idx.size * rows, t2 - t0, t2 - t1)
         if not gathered.done:
             return _nothing_bounded(size, rows)
         return gathered.result()
@@ -507,6 +509,8 @@ class BoundCosts:
     #: an α/β call's final evaluation, per domain row, and as a whole (the last call's)
     final_per_row: float = 0.0
     final_seconds: float = 0.0
+    #: what an α/β call took after its last step (final evaluation, conversions, storing a chunk), per domain row
+    after_steps_per_row: float = 0.0
     #: the memory probe of :meth:`AlphaEngine.chunk_size`
     probe: float = 0.0
     #: one domain's CROWN refresh (:func:`mlrobust.verify.bab.bounding.refresh_stale`)
@@ -518,7 +522,10 @@ class BoundCosts:
         """Expected fixed seconds of a call over ``domains`` domains of ``rows`` rows (``warm``: with a warm start)."""
         return self.fixed_per_pass_row * domains * rows * (3 if warm else 2)
 
-    def learn_fixed(self, res: AlphaResult, domain_rows: int, seconds: float) -> None:
+    def learn_fixed(self, res: AlphaResult, domain_rows: int, seconds: float, stored: float = 0.0) -> None:
+        """Learn from a call's result, its ``seconds`` in all, of which ``stored`` after it returned."""
+        after = float(res.stats.get("after_steps_seconds", 0.0)) + stored
+        self.after_steps_per_row = after / max(domain_rows, 1)
         fixed = max(seconds - float(res.stats.get("loop_seconds", 0.0)), 0.0)
         self.fixed_per_pass_row = fixed / max(domain_rows * int(res.stats.get("fixed_passes", 3)), 1)
         self.final_seconds = float(res.stats.get("final_seconds", 0.0))
@@ -532,9 +539,9 @@ class BoundCosts:
     def options_for(self, options: AlphaOptions, domains: int, rows: int) -> AlphaOptions:
         """``options`` telling the call what its final evaluation is expected to take (see
         ``AlphaOptions.final_seconds``), from the last call's, for ``domains`` domains of ``rows`` rows."""
-        if options.time_limit is None or self.final_per_row <= 0.0:
+        if options.time_limit is None or self.after_steps_per_row <= 0.0:
             return options
-        return replace(options, final_seconds=self.final_per_row * domains * rows)
+        return replace(options, final_seconds=self.after_steps_per_row * domains * rows)
 
 
 

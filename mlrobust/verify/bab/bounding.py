@@ -43,6 +43,7 @@ class Bounded:
     coeffs: np.ndarray | None
     chunks: int = 1  # α/β calls the batch took (see AlphaEngine.alpha: a memory budget splits it)
     unbounded: np.ndarray | None = None
+    after_seconds: float = 0.0  # spent on the results after the α/β engine returned (warm starts, rows)
 
 
 # --- α/β warm starts ----------------------------------------------------------------------------------------------
@@ -187,6 +188,7 @@ def _bound_alpha(engine: AlphaEngine, doms: Domains, coeffs: np.ndarray, deadlin
         left = max(deadline - time.perf_counter(), 0.0)
         options = replace(options, time_limit=left if options.time_limit is None else min(options.time_limit, left))
     res = engine.alpha(batch, coeffs, options, warm, mix)
+    t_after = time.perf_counter()
     b = res.lower.shape[0]  # the first b domains were bounded before the deadline
     rest = None
     if b < doms.size:
@@ -203,7 +205,7 @@ def _bound_alpha(engine: AlphaEngine, doms: Domains, coeffs: np.ndarray, deadlin
     mixed = None if mix is None or weights is None else mix.coefficients(weights.cpu().numpy())
     feasible = ~res.infeasible if res.infeasible is not None else np.ones(b, dtype=bool)
     return doms, Bounded(lower, feasible, rows, dict(res.relu_coeffs), None, mixed, int(res.stats.get("chunks", 1)),
-                         rest)
+                         rest, time.perf_counter() - t_after)
 
 
 def _none_bounded(doms: Domains, full: int, rows: np.ndarray | None) -> Bounded:

@@ -283,8 +283,8 @@ class BabVerifier:
             t0 = time.perf_counter()
             live_rows = open_rows(spec, children.row_upper)
             stats["rows_bounded"] += children.size * (spec.rows.shape[0] if live_rows is None else live_rows.size)
-            # the round's bookkeeping after the bounding (absorbing, storing, pruning, the corners' check) is owed
-            # too: its time, as the last round took it per child, is kept back from the bounding
+            # the round's bookkeeping after the bounding (the results' warm starts, absorbing, storing, pruning,
+            # the corners' check) is owed too: its time, as the last round took it per child, is kept back
             bound_by = None if deadline is None else deadline - tail_per_child * children.size
             kids, bounded = bound_domains(engine, children, layout, coeffs, bound_by, mix, live_rows)
             t_tail = time.perf_counter()
@@ -321,7 +321,7 @@ class BabVerifier:
                 best.extend(sorted(pts, key=lambda p: -p.margin)[:1])
                 if cex is not None:
                     return finish("violated", float("inf"), "bound corner", cex)
-            tail_per_child = (time.perf_counter() - t_tail) / max(children.size, 1)
+            tail_per_child = (time.perf_counter() - t_tail + bounded.after_seconds) / max(children.size, 1)
             if len(store) and rounds % opts.attack_every == 0 and not out_of_time():
                 t0 = time.perf_counter()
                 worst = store.peek(4)
