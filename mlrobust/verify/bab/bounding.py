@@ -68,14 +68,14 @@ def state_of(warm: dict[str, torch.Tensor], rows: np.ndarray | None = None) -> A
 def _scatter_rows(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], rows: np.ndarray,
                   full: int) -> dict[str, torch.Tensor]:
     """Each domain's state over every row: ``old``'s with ``rows`` replaced by ``new``'s (NaN where ``old`` has no
-    fitting value: CROWN's default next time, sound)."""
+    fitting value: CROWN's default next time, sound). ``old``'s tensors are written in place: they are the batch's
+    own (splitting copied them from the parents'), and a copy of every row of every child took ~0.4 s for 64
+    children on a loaded machine, after the bounding's deadline."""
     out = {}
     for key, v in new.items():
         base = old.get(key)
         if base is None or base.shape[0] != v.shape[0] or base.shape[1] != full or base.shape[2:] != v.shape[2:]:
             base = torch.full((v.shape[0], full, *v.shape[2:]), float("nan"), dtype=v.dtype, device=v.device)
-        else:
-            base = base.clone()
         base[:, torch.as_tensor(rows, device=v.device)] = v.to(base.dtype)
         out[key] = base
     return out
