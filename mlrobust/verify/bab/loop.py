@@ -218,7 +218,7 @@ class BabVerifier:
                                    2 * opts.batch_size, deadline)
         proven_max = float("-inf")
         rounds = 0
-        last_branch_seconds = 0.0  # what the last round's splitting took: the next one is not started without it
+        branch_per_child = 0.0  # what the last round's splitting took per child: a round is not started without it
         tail_per_child = 0.0  # what a round took per child after its bounding (kept back from the bounding)
 
         def open_reason(what: str) -> str:
@@ -252,10 +252,12 @@ class BabVerifier:
             if stats["domains"] >= opts.max_domains:
                 return finish("unknown", store.worst(), f"domain limit {opts.max_domains} reached "
                                                         f"(worst bound {store.worst():.4g})")
-            if deadline is not None and _time_left(deadline) < last_branch_seconds + _least_bounding(engine, spec):
-                # picking the splits is not anytime, and a round that cannot bound a child after them would only
-                # overrun the deadline: neither is started without the time the last round's splitting took and the
-                # engine's smallest bounding call
+            if deadline is not None and _time_left(deadline) < (
+                    branch_per_child * self._children_of(min(opts.batch_size, len(store)))
+                    + _least_bounding(engine, spec)):
+                # picking the splits and making the children are not anytime, and a round that cannot bound a child
+                # after them would only overrun the deadline: none is started without the time the last round's
+                # splitting took per child, for this round's children, and the engine's smallest bounding call
                 return finish("unknown", store.worst(), open_reason("time limit"))
             rounds += 1
             stats["rounds"] = rounds
@@ -270,8 +272,10 @@ class BabVerifier:
                     continue
             t0 = time.perf_counter()
             split = self._split(parents, branching, layout, input_split)
-            last_branch_seconds = time.perf_counter() - t0
-            stats["branch_seconds"] += last_branch_seconds
+            branch_seconds = time.perf_counter() - t0
+            stats["branch_seconds"] += branch_seconds
+            if split is not None:
+                branch_per_child = branch_seconds / max(split[0].size, 1)
             if split is None:  # nothing left to split yet unproven: only possible with degenerate bounds
                 store.push(parents)
                 return finish("unknown", store.worst(), "a domain has nothing left to split and is not proven")
@@ -340,15 +344,26 @@ class BabVerifier:
         return finish("proven", max(proven_max, spec.floor))
 
     # --- helpers --------------------------------------------------------------------------------------------------
+    def _children_of(self, parents: int) -> int:
+        """How many children :meth:`_split` makes of ``parents`` parents (at most: a parent with fewer unstable
+        ReLUs left is split on fewer levels)."""
+        return parents * 2 ** self._levels(parents)
+
+    def _levels(self, parents: int) -> int:
+        """Levels each of ``parents`` parents is split on: several while the batch is short of ``batch_size``
+        parents, so that the round bounds about ``2 * batch_size`` children."""
+        opts = self.options
+        levels = 1
+        while levels < opts.max_split_levels and parents * 2 ** levels < 2 * opts.batch_size:
+            levels += 1
+        return levels
+
     def _split(self, parents: Domains, branching: Branching, layout: DomainLayout,
                input_split: bool) -> tuple[Domains, int] | None:
         """The children of a batch of parents and the most levels a parent was split on at once (None when some
         parent has nothing left to split): several levels at once while the batch is short of ``batch_size``
         parents, so that the round bounds about ``2 * batch_size`` children."""
-        opts = self.options
-        levels = 1
-        while levels < opts.max_split_levels and parents.size * 2 ** levels < 2 * opts.batch_size:
-            levels += 1
+        levels = self._levels(parents.size)
         bisect = InputBisection()
         if input_split:
             return _bisect(parents, bisect, levels)
