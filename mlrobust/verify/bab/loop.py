@@ -289,7 +289,9 @@ class BabVerifier:
             stats["rows_bounded"] += children.size * (spec.rows.shape[0] if live_rows is None else live_rows.size)
             # the round's bookkeeping after the bounding (the results' warm starts, absorbing, storing, pruning,
             # the corners' check) is owed too: its time, as the last round took it per child, is kept back
-            bound_by = None if deadline is None else deadline - tail_per_child * children.size
+            # (and the store's growth, when the children will not fit its buffers: a copy of every slot)
+            bound_by = None if deadline is None else (
+                deadline - tail_per_child * children.size - store.grow_seconds(children.size))
             kids, bounded = bound_domains(engine, children, layout, coeffs, bound_by, mix, live_rows)
             t_tail = time.perf_counter()
             stats["bound_seconds"] += t_tail - t0
