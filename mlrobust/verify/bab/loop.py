@@ -119,11 +119,11 @@ class BabVerifier:
         proof is never dropped for time: the best parameters so far are always evaluated); a round's children are
         bounded in chunks, none started unless its fixed passes and the merge fit, with the round's bookkeeping
         (the last round's per child) kept back; the run ends Unknown as soon as children are left unbounded; a
-        round is not started without the time the last splitting took and the smallest bounding call; FSB, CROWN
+        round is not started without the last splitting's time per child and the smallest bounding call; FSB, CROWN
         refreshes, the attacks' steps and the MILP hand-off's solves are started only when they fit at their last
         cost. What can still overrun is what was never measured on the run (the root's first bound, the first
-        round's bookkeeping) and a stage that takes longer than its kind did before (a loaded machine), plus CROWN
-        over the box when ``root_bounds`` is not given. ``stats``: ``unbounded_children`` (children left
+        round's bookkeeping, the store's first large growth) and a stage that takes longer than its kind did before
+        (a loaded machine), plus CROWN over the box when ``root_bounds`` is not given. ``stats``: ``unbounded_children`` (children left
         unbounded by the deadline) and ``fsb_fallbacks`` (domains split in BaBSR's order for want of time)."""
         opts = self.options
         start = time.perf_counter()
