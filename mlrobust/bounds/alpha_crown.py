@@ -53,7 +53,8 @@ API::
 
     AlphaOptions(iterations=20, lr_alpha=0.1, lr_beta=0.05, time_limit=None, optimize_intermediate=False,
                  early_stop=None, intermediate_chunk=256, threads=1, lr_pool=0.3, lr_tau=0.0,
-                 loop_dtype="float32", lr_mix=0.1, joint_intermediate="off", device="cpu")
+                 loop_dtype="float32", lr_mix=0.1, joint_intermediate="off", device="cpu",
+                 final_seconds=None)
     AlphaState(families)   # warm start (mlrobust.bounds.alpha_params); .family(name), .select(idx),
                            # .select_rows(idx), .concat_rows(states), .stack(states), .domains, .rows
     DomainBatch(lower, upper, pre_lower, pre_upper, splits)   # .size, .select(idx)
@@ -126,8 +127,10 @@ JOINT_MAX_WORK = 1 << 22
 class AlphaOptions:
     """Budget and settings of one optimisation.
 
-    ``iterations``: gradient steps (0 gives plain CROWN). ``time_limit``: seconds for the whole call (checked between
-    steps; a step is not taken unless one as long as the last and the final evaluation can end before it). ``early_stop``: stop once every row's bound exceeds it (e.g. 0 for a proof). ``optimize_intermediate``:
+    ``iterations``: gradient steps (0 gives plain CROWN). ``time_limit``: seconds for the whole call (planned
+    between steps: a step is not taken unless it, the pass that evaluates it and the final evaluation, each as long
+    as the longest of its kind so far in the call, end before it; CROWN's pass and the final evaluation always
+    run). ``early_stop``: stop once every row's bound exceeds it (e.g. 0 for a proof). ``optimize_intermediate``:
     also optimise the bounds of the last refined ReLU pre-activation layer (costly: one row per unstable neuron and
     direction, ``intermediate_chunk`` rows at a time). ``threads``: torch intra-op threads (None: leave as is).
     Learning rates (Adam) per kind: ReLU slopes ``lr_alpha``, MaxPool lower-line weights ``lr_pool``, MaxPool
@@ -144,6 +147,10 @@ class AlphaOptions:
     or no β for the node: the splits made since it was computed) seeded so that the split neuron keeps its warm
     start's lower line (:func:`mlrobust.ops.relu.seed_split_multipliers`), one more backward pass; each row keeps
     the better start.
+    ``final_seconds``: what the call is expected to take after its last step (the final float64 evaluation, which
+    also records the coefficients branching reads, and the results' conversion), kept back from ``time_limit``,
+    e.g. as a caller measured it on earlier calls (the result's ``stats["after_steps_seconds"]``); never less than
+    this call's CROWN pass (None: that pass).
     """
 
     iterations: int = 20
@@ -161,6 +168,7 @@ class AlphaOptions:
     joint_intermediate: str = "off"
     device: str = "cpu"
     seed_split_beta: bool = True
+    final_seconds: float | None = None
 
 
 @dataclass
@@ -376,6 +384,10 @@ class _Optimised:
     state: AlphaState
     iterations: int
     joint: str = "off"  # whether the intermediate bounds were optimised jointly ("on", "off" or why skipped)
+    loop_seconds: float = 0.0  # seconds of the optimisation steps (the rest of the call is its fixed passes)
+    final_seconds: float = 0.0  # seconds of the final evaluation (its first pass)
+    fixed_passes: int = 2  # passes besides the steps': CROWN's, the warm start's, the final one and its repeat
+    loop_end: float = 0.0  # time.perf_counter() when the steps ended
 
 
 def _new_splits(params: AlphaState, warm: AlphaState) -> dict[str, Tensor | None]:
@@ -422,22 +434,31 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
     d, s = ctx.in_lower.shape[0], a0.shape[1]
     init = default_params(ctx, plan, d, s)
     ctx.params = init
+    pass_start = time.perf_counter()
     with torch.no_grad():
         crown_lower = _sound(*_backward(ctx, plan, start, a0))
+    # the final evaluation below is a pass like this one (float64, no gradient; it also records coefficients, which
+    # the caller may know to cost more): it is owed whenever the steps stop
+    final_seconds = max(time.perf_counter() - pass_start, options.final_seconds or 0.0)
     fixed = fixed_families(ctx.network, options)
     params = adopt(default_params(ctx, plan, d, s), warm, ctx, fixed)
     best = crown_lower.clone()
+    seeded_pass = False
     if warm is not None:
         # A warm start from another box can be worse than CROWN's parameters: start such rows from CROWN's.
         ctx.params = params
+        pass_start = time.perf_counter()
         with torch.no_grad():
             warm_lower = _sound(*_backward(ctx, plan, start, a0))
-        if options.seed_split_beta and params.family(BETA.name):
+        final_seconds = max(final_seconds, time.perf_counter() - pass_start)
+        seeded_pass = options.seed_split_beta and bool(params.family(BETA.name))
+        if seeded_pass:
             # the same warm start with the new splits' multipliers seeded from the pass's coefficients (the
             # parent's line for the split neuron): kept per row where it bounds better
             seeded = params.map(lambda v: v.clone())
             ctx.params, ctx.seed_beta = seeded, True
             ctx.seed_new = _new_splits(params, warm)
+            pass_start = time.perf_counter()
             with torch.no_grad():
                 seeded_lower = _sound(*_backward(ctx, plan, start, a0))
             ctx.seed_beta, ctx.seed_new = False, {}
@@ -446,12 +467,15 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
                 for k, v in mine.items():
                     mine[k] = torch.where(gain.reshape(d, s, *([1] * (v.dim() - 2))), theirs[k], v)
             warm_lower = torch.maximum(warm_lower, seeded_lower)
+            final_seconds = max(final_seconds, time.perf_counter() - pass_start)
             del seeded, theirs  # a copy of every parameter: not kept alive through the steps (see alpha_memory)
         worse = warm_lower < crown_lower
         for mine, default in zip(params.groups(), init.groups()):
             for k, v in mine.items():
                 mine[k] = torch.where(worse.reshape(d, s, *([1] * (v.dim() - 2))), default[k], v)
         best = torch.maximum(best, warm_lower)
+    # CROWN's, the warm start's (and its seeded variant's), the final evaluation
+    fixed_passes = 2 if warm is None else 3 + int(seeded_pass)
     start_state, start_best = params.map(lambda v: v.clone()), best.clone()  # float64, evaluated soundly
     best_state = params.map(lambda v: v.clone())
     loop = ctx
@@ -470,6 +494,7 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
         if options.lr_alpha > 0 and joint.parameters():
             groups.append((joint.parameters(), float(options.lr_alpha)))
     iterations = 0
+    loop_start = time.perf_counter()
     if options.iterations > 0 and groups:
         for ps, _ in groups:
             for v in ps:
@@ -477,13 +502,22 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
         opt = _Adam(groups)
         loop.params = params
         joint_best, joint_snapshot = float("-inf"), None
-        # what the last step took: a step is not taken unless it and the final float64 evaluation (at most about as
-        # long) can end before the deadline, since that evaluation is owed whenever the loop stops
-        step_seconds, step_start = 0.0, time.perf_counter()
+        # A step is worth taking only with the pass that evaluates its parameters after it, and the final float64
+        # evaluation is owed whenever the loop stops: a step is not taken unless the step, that pass and the final
+        # evaluation, each as long as the longest of its kind so far in this call, end before the deadline. Before
+        # the first step is measured it is taken as two passes (reverse-mode differentiation of a pass costs about
+        # two of it); before the first pass, as long as CROWN's.
+        pass_seconds, step_seconds = final_seconds, None
         for it in range(options.iterations + 1):
+            if deadline is not None and it == 0 and (
+                    time.perf_counter() + 4.0 * pass_seconds + final_seconds > deadline):
+                break  # no step could follow this pass: CROWN's (or the warm start's) parameters are the best
             if joint is not None:
                 _install_joint(loop, joint, *joint.bounds(loop.dtype), options.lr_tau)
+            pass_start = time.perf_counter()
             bound, mag = _backward(loop, plan, start, a_loop)
+            pass_seconds = (time.perf_counter() - pass_start) if it == 0 else max(
+                pass_seconds, time.perf_counter() - pass_start)
             with torch.no_grad():
                 value = _sound(bound, mag)
                 if joint is not None and float(value.sum()) > joint_best:
@@ -500,21 +534,26 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
                 break
             if stop is not None and stop(best.cpu().numpy()):
                 break
-            if deadline is not None and time.perf_counter() + 2.0 * step_seconds >= deadline:
+            step_estimate = 2.0 * pass_seconds if step_seconds is None else step_seconds
+            if deadline is not None and (
+                    time.perf_counter() + step_estimate + pass_seconds + final_seconds > deadline):
                 break
+            step_start = time.perf_counter()
             opt.step(-bound.sum())
             project(params, ctx)
             if joint is not None:
                 joint.project()
             iterations += 1
-            now = time.perf_counter()
-            step_seconds, step_start = now - step_start, now
+            took = time.perf_counter() - step_start
+            step_seconds = took if step_seconds is None else max(step_seconds, took)
         if joint is not None:
             with torch.no_grad():  # the sound (float64) bounds of the last and of the best step's slopes are kept
                 joint.bounds()
                 if joint_snapshot is not None:
                     joint.restore(joint_snapshot)
                     joint.bounds()
+    loop_end = time.perf_counter()
+    loop_seconds = loop_end - loop_start
     best_state = best_state.map(lambda v: v.to(_F64))
     # Parameters chosen in float32 sit in their ranges only up to float32 rounding (a pool weight vector may sum to
     # 1 + 1e-7, a slope to 1 + 6e-8), and a lower line outside its family is not sound: project again in float64.
@@ -525,7 +564,10 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
         if joint is not None and joint.best_lo is not None and joint.best_hi is not None:
             # the certificate: the kept (elementwise best, each sound) intermediate bounds, evaluated in float64
             _install_joint(ctx, joint, joint.best_lo, joint.best_hi, options.lr_tau)
+        pass_start = time.perf_counter()
         final = _sound(*_backward(ctx, plan, start, a0))
+        final_took = time.perf_counter() - pass_start
+        final_seconds = max(final_seconds, final_took)
         # Steps in float32 pick the best parameters by float32 values: where that choice is worse in float64 than
         # the start, keep the start (evaluated above) and evaluate once more, so the result never drops below it.
         worse = final < start_best
@@ -533,12 +575,19 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
             for mine, first in zip(best_state.groups(), start_state.groups()):
                 for k, v in mine.items():
                     mine[k] = torch.where(worse.reshape(d, s, *([1] * (v.dim() - 2))), first[k], v)
-            final = _sound(*_backward(ctx, plan, start, a0))
+            if deadline is None or time.perf_counter() + final_seconds <= deadline:
+                final = _sound(*_backward(ctx, plan, start, a0))
+                fixed_passes += 1
+            else:
+                # no time for that evaluation: those rows take the start's bound, evaluated soundly above at the
+                # parameters they now hold (only the captured coefficients, a branching hint, are the steps')
+                final = torch.where(worse, start_best, final)
     ctx.capture = None
     lower = torch.maximum(final, crown_lower)
     if joint is not None:  # the start's bound (frozen intermediate bounds) was evaluated soundly too
         lower = torch.maximum(lower, start_best)
-    return _Optimised(lower, crown_lower, best_state, iterations, joint_note)
+    return _Optimised(lower, crown_lower, best_state, iterations, joint_note, loop_seconds, final_took,
+                      fixed_passes, loop_end)
 
 
 # --- domains ----------------------------------------------------------------------------------------------------
@@ -756,7 +805,8 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
         joint = (joint_layer(network, used) if options.joint_intermediate != "off" and options.iterations > 0
                  else None)
         res = _optimise(ctx, plan, out, a0, options, warm, deadline, capture, stop, joint)
-        stats: dict = {"intermediate_rows": rows_intermediate, "joint": res.joint}
+        stats: dict = {"intermediate_rows": rows_intermediate, "joint": res.joint, "loop_seconds": res.loop_seconds,
+                       "final_seconds": res.final_seconds, "fixed_passes": res.fixed_passes}
         if joint is not None and res.joint == "on":
             stats.update(joint_rows=joint.rows, joint_shared=joint.shared, joint_steps=joint.steps)
             used = _with_joint_bounds(used, joint)
@@ -764,7 +814,10 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
     crown_lower = res.crown_lower.cpu().numpy().copy()
     lower[empty] = np.inf
     crown_lower[empty] = np.inf
-    seconds = time.perf_counter() - start_time
+    end_time = time.perf_counter()
+    seconds = end_time - start_time
+    # what the call took after its last step (the final evaluation, results to numpy): owed whenever steps stop
+    stats["after_steps_seconds"] = end_time - res.loop_end
     a_x = capture.pop(network.input_name, None)
     return AlphaResult(lower, crown_lower, res.state, res.iterations, seconds, used,
                        {k: v.cpu().numpy() for k, v in capture.items()}, empty, stats,

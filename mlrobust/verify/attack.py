@@ -104,10 +104,12 @@ def _pgd(network: Network, box: Box, prop: OutputProperty, restarts: int, steps:
     with torch.no_grad():
         best_m = prop.margin_torch(net.logits(X))
     steps_run = 0
+    step_seconds = 0.0  # the longest step so far: a step is not started unless one as long ends within the limit
     for step in range(int(steps)):
         if stop_on_violation and bool((best_m >= 0).any()):
             break
-        if time_limit is not None and time.perf_counter() - start_time > time_limit:
+        step_start = time.perf_counter()
+        if time_limit is not None and step_start - start_time + step_seconds > time_limit:
             break
         scale = 1.0 if step < steps // 2 else (0.5 if step < 3 * steps // 4 else 0.25)
         X = X.detach().requires_grad_(True)
@@ -120,6 +122,7 @@ def _pgd(network: Network, box: Box, prop: OutputProperty, restarts: int, steps:
             best_x[better] = X[better]
             best_m = torch.where(better, m, best_m)
         steps_run += 1
+        step_seconds = max(step_seconds, time.perf_counter() - step_start)
     candidates = [best_x[i].double().numpy() for i in range(best_x.shape[0])]
     points = check_points(network, box, candidates, prop, net)
     points.sort(key=lambda p: (not p.confirmed, -p.margin))

@@ -307,8 +307,8 @@ class AlphaEngine:
         self.pre_tensors = self.crown.pre_tensors
         self.refresh_intermediate = refresh
         self.keep_warm = keep_warm
-        #: seconds the last merge of a chunked batch took per domain (see :meth:`alpha`: time kept for the next one)
-        self.merge_seconds_per_domain = 0.0
+        #: what bounding has cost so far, measured: the time :meth:`alpha` keeps back before a deadline
+        self.costs = BoundCosts()
 
     def root(self, lower: np.ndarray, upper: np.ndarray, lows: dict[str, np.ndarray] | None = None,
              ups: dict[str, np.ndarray] | None = None) -> Domain:
@@ -373,13 +373,20 @@ class AlphaEngine:
         return [o for o in out if o is not None]
 
 
+    def least_call(self, rows: int) -> float:
+        """Seconds the smallest α/β call of :meth:`alpha` takes at the costs measured so far: the memory probe
+        (with a budget) and one domain's fixed passes of ``rows`` rows."""
+        return (self.costs.probe_seconds() if self.memory_budget is not None else 0.0) + self.costs.fixed(1, rows)
+
     def chunk_size(self, batch: DomainBatch, rows: int, options: AlphaOptions | None = None,
                    mix: RowMix | None = None) -> int:
         """Domains per α/β call under :attr:`memory_budget` for a batch like ``batch`` with ``rows`` rows (at least
-        one; the whole batch without a budget)."""
+        one; the whole batch without a budget). The memory probe's seconds are kept in :attr:`costs`."""
         if self.memory_budget is None or batch.size <= 1:
             return max(batch.size, 1)
+        t0 = time.perf_counter()
         per_child = alpha_memory(self.network, batch, options or self.options, mix).per_child(rows)
+        self.costs.probe = time.perf_counter() - t0
         return int(min(max(self.memory_budget // max(per_child, 1), 1), batch.size))
 
     def alpha(self, batch: DomainBatch, coeffs: np.ndarray, options: AlphaOptions, warm: AlphaState | None,
@@ -390,52 +397,63 @@ class AlphaEngine:
         Each domain's parameters are optimised on its own bound (the loss is the sum over domains and rows, Adam's
         steps are elementwise), so a domain gets the same bound in a chunk as in the whole batch, up to float
         rounding of the batched products, with two batch-level rules: ``options.time_limit`` holds for the whole
-        batch (a later chunk gets what the earlier ones left, and none starts once less is left than the last
-        chunk's fixed passes took: CROWN's pass, the warm start's (twice: as it is and seeded) and the final
-        float64 one, which a chunk costs however little time it has; the result then covers only the first domains, ``stats["skipped"]`` says how
-        many are left out; the chunks' time limits keep back what merging their results will take, at the last
-        merge's seconds per domain), and ``options.early_stop``
-        stops a chunk once all of *its* rows pass it (the BaB's engine sets none). A parameter family that a chunk lacks (β of a node split only in other chunks) is
-        NaN in the merged state: CROWN's value when it warm-starts a child (sound). What a chunk returns is kept in
-        float32 until the last chunk is done (the ReLU coefficients and the parameters, which the domain store keeps
-        in float32 anyway; the row mixture's weights stay float64, they define the rows that were bounded), so the
-        round's results do not outgrow the budget."""
+        batch, and ``options.early_stop`` stops a chunk once all of *its* rows pass it (the BaB's engine sets
+        none).
+
+        The time limit is planned, not only checked: a chunk (the first too, and a batch in one call) is started
+        only when what it costs however little time it gets (its fixed passes: CROWN's, the warm start's — twice
+        where new splits are seeded — and the final float64 evaluation, and storing its result) can end before the
+        limit, as measured on this engine's earlier calls (:class:`BoundCosts`, scaled by the chunk's domain rows and passes). The result then covers
+        only the first domains (``stats["skipped"]``: how many are left out; none at all when even the first chunk
+        would not fit). Each chunk's result is written into arrays for the whole batch as soon as it is done
+        (:class:`_Gathered`), so nothing is left to merge after the last chunk (merging them all at the end took up
+        to 1.7 s for 64 children on a loaded machine, past the deadline). A parameter family that a chunk lacks
+        (β of a node split only in other chunks) is NaN in the gathered state: CROWN's value when it warm-starts a
+        child (sound). The ReLU coefficients and the parameters are kept in float32 (which the domain store keeps
+        anyway; the row mixture's weights stay float64, they define the rows that were bounded), so the round's
+        results do not outgrow the budget."""
         size = batch.size
         rows = int(coeffs.shape[-2]) if mix is None else mix.rows
+        deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
+        costs = self.costs
+        if deadline is not None and size > 1 and self.memory_budget is not None and (
+                time.perf_counter() + costs.probe_seconds() + costs.fixed(1, rows, warm is not None) > deadline):
+            return _nothing_bounded(size, rows)  # not even the memory probe and one domain's fixed passes would fit
         step = self.chunk_size(batch, rows, options, mix)
         if step >= size:
-            res = alpha_bounds(self.network, batch, coeffs, options=options, warm=warm, mix=mix)
+            if deadline is not None and time.perf_counter() + costs.fixed(size, rows, warm is not None) > deadline:
+                return _nothing_bounded(size, rows)
+            t0 = time.perf_counter()
+            mine = costs.options_for(_within(options, deadline), size, rows)
+            res = alpha_bounds(self.network, batch, coeffs, options=mine, warm=warm, mix=mix)
+            costs.learn_fixed(res, size * rows, time.perf_counter() - t0)
             res.stats["chunks"] = 1
+            res.stats["skipped"] = 0
             return res
         coeffs = np.asarray(coeffs)
         per_domain = coeffs.ndim == 3 and coeffs.shape[0] == size and size > 1
-        deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
-        parts: list[AlphaResult] = []
-        skipped = 0
-        fixed = 0.0  # seconds of the last chunk's fixed passes, at its mean seconds per pass
+        gathered = _Gathered(size)
         for at in range(0, size, step):
             idx = np.arange(at, min(at + step, size))
-            mine = options
             if deadline is not None:
-                # the merge below is owed whenever the loop stops: its time is kept back from the chunks
-                reserve = self.merge_seconds_per_domain * (at + idx.size)
-                left = deadline - time.perf_counter() - reserve
-                if parts and left <= fixed:
-                    skipped = size - at
+                if time.perf_counter() + costs.fixed(idx.size, rows, warm is not None) > deadline:
                     break
-                mine = replace(options, time_limit=max(left, 0.0))
+                mine = costs.options_for(_within(options, deadline), idx.size, rows)
+            else:
+                mine = options
             part_warm = None
             if warm is not None:
                 part_warm = warm.select(idx) if warm.domains == size else warm  # one domain's broadcasts
+            t0 = time.perf_counter()
             res = alpha_bounds(self.network, batch.select(idx), coeffs[idx] if per_domain else coeffs,
                                options=mine, warm=part_warm, mix=mix)
-            parts.append(_compact(res))
-            fixed = res.seconds * ALPHA_FIXED_PASSES / (res.iterations + 1 + ALPHA_FIXED_PASSES)
-        t0 = time.perf_counter()
-        merged = _merge(parts)
-        self.merge_seconds_per_domain = (time.perf_counter() - t0) / max(size - skipped, 1)
-        merged.stats["skipped"] = skipped
-        return merged
+            t1 = time.perf_counter()
+            gathered.add(res)
+            t2 = time.perf_counter()
+            costs.learn_fixed(res, idx.size * rows, t2 - t0, t2 - t1)
+        if not gathered.done:
+            return _nothing_bounded(size, rows)
+        return gathered.result()
 
     def _batch(self, domains: list[Domain]) -> DomainBatch:
         """The domains stacked for one α/β call (their float32 bounds widened to float64 exactly)."""
@@ -480,10 +498,70 @@ class AlphaEngine:
         return out
 
 
-#: Passes of one :func:`alpha_bounds` call besides its steps' (CROWN's start, the warm start's, the warm start's
-#: with new splits' multipliers seeded, the final float64 evaluation): what a chunk costs however little time it
-#: is given.
-ALPHA_FIXED_PASSES = 4
+@dataclass
+class BoundCosts:
+    """What an :class:`AlphaEngine`'s bounding has cost on this run, measured on its last calls: what a deadline
+    keeps back so that work started before it also ends before it (seconds; 0 until first measured)."""
+
+    #: an α/β call's seconds besides its steps (set-up, CROWN's pass, the warm start's, the final evaluation, and
+    #: storing the result of a chunk), per domain row and fixed pass (a call with a warm start makes one pass more)
+    fixed_per_pass_row: float = 0.0
+    #: fixed passes of a call with a warm start (CROWN's, the warm start's, its seeded variant's where
+    #: ``AlphaOptions.seed_split_beta`` tries one, the final evaluation): the last such call's, at first the most
+    warm_passes: int = 4
+    #: an α/β call's final evaluation, per domain row, and as a whole (the last call's)
+    final_per_row: float = 0.0
+    final_seconds: float = 0.0
+    #: what an α/β call took after its last step (final evaluation, conversions, storing a chunk), per domain row
+    after_steps_per_row: float = 0.0
+    #: the memory probe of :meth:`AlphaEngine.chunk_size`
+    probe: float = 0.0
+    #: one domain's CROWN refresh (:func:`mlrobust.verify.bab.bounding.refresh_stale`)
+    refresh: float = 0.0
+    #: stacking one child's bounds and warm start for an α/β call (:func:`mlrobust.verify.bab.bounding.bound_domains`)
+    prepare_per_child: float = 0.0
+
+    def fixed(self, domains: int, rows: int, warm: bool = True) -> float:
+        """Expected fixed seconds of a call over ``domains`` domains of ``rows`` rows (``warm``: with a warm start)."""
+        return self.fixed_per_pass_row * domains * rows * (self.warm_passes if warm else 2)
+
+    def learn_fixed(self, res: AlphaResult, domain_rows: int, seconds: float, stored: float = 0.0) -> None:
+        """Learn from a call's result, its ``seconds`` in all, of which ``stored`` after it returned."""
+        after = float(res.stats.get("after_steps_seconds", 0.0)) + stored
+        self.after_steps_per_row = after / max(domain_rows, 1)
+        fixed = max(seconds - float(res.stats.get("loop_seconds", 0.0)), 0.0)
+        passes = int(res.stats.get("fixed_passes", 3))
+        self.fixed_per_pass_row = fixed / max(domain_rows * passes, 1)
+        if passes > 2:  # a call with a warm start
+            self.warm_passes = passes
+        self.final_seconds = float(res.stats.get("final_seconds", 0.0))
+        self.final_per_row = self.final_seconds / max(domain_rows, 1)
+
+    def probe_seconds(self) -> float:
+        """The memory probe's seconds: the last probe's, or before the first, two passes as long as the last
+        final evaluation (the probe is two passes over one domain)."""
+        return self.probe if self.probe > 0.0 else 2.0 * self.final_seconds
+
+    def options_for(self, options: AlphaOptions, domains: int, rows: int) -> AlphaOptions:
+        """``options`` telling the call what its final evaluation is expected to take (see
+        ``AlphaOptions.final_seconds``), from the last call's, for ``domains`` domains of ``rows`` rows."""
+        if options.time_limit is None or self.after_steps_per_row <= 0.0:
+            return options
+        return replace(options, final_seconds=self.after_steps_per_row * domains * rows)
+
+
+def _within(options: AlphaOptions, deadline: float | None) -> AlphaOptions:
+    """``options`` with a time limit ending at ``deadline`` at the latest."""
+    if deadline is None:
+        return options
+    left = max(deadline - time.perf_counter(), 0.0)
+    return replace(options, time_limit=left if options.time_limit is None else min(options.time_limit, left))
+
+
+def _nothing_bounded(size: int, rows: int) -> AlphaResult:
+    """The result of a batch of which the deadline let no domain be bounded (``stats["skipped"]``: all)."""
+    return AlphaResult(np.zeros((0, rows)), np.zeros((0, rows)), AlphaState(), 0, 0.0, None, {}, np.zeros(0, dtype=bool),
+                       {"chunks": 0, "skipped": size})
 
 
 def _scatter_rows(full: object | None, part: AlphaState, rows: np.ndarray) -> AlphaState | None:
@@ -506,36 +584,58 @@ def _scatter_rows(full: object | None, part: AlphaState, rows: np.ndarray) -> Al
     return out
 
 
-def _compact(res: AlphaResult) -> AlphaResult:
-    """``res`` with its ReLU coefficients and parameters (not the row mixture's weights) in float32: what the domain
-    store keeps of them, at half the memory while the other chunks are bounded."""
-    state = AlphaState({name: {k: v if name == MIX else v.float() for k, v in values.items()}
-                        for name, values in res.state.families.items()})
-    coeffs = {k: v.astype(np.float32) for k, v in res.relu_coeffs.items()}
-    return replace(res, state=state, relu_coeffs=coeffs, domains=None)
+class _Gathered:
+    """The results of consecutive chunks of one batch, written into arrays for the whole batch as each chunk ends:
+    parameters and ReLU coefficients in float32 (the row mixture's weights in their own dtype), a family or key
+    that a chunk lacks NaN on its rows (CROWN's default when it warm-starts again), coefficients that a chunk
+    lacks dropped; :meth:`result` is the batch's first :attr:`done` domains as one :class:`AlphaResult`."""
 
+    def __init__(self, size: int):
+        self.size = size
+        self.done = 0
+        self.state: dict[tuple[str, str], torch.Tensor] = {}
+        self.coeffs: dict[str, np.ndarray] = {}
+        self.parts: list[AlphaResult] = []  # for their small per-domain arrays (bounds, flags)
 
-def _merge(parts: list[AlphaResult]) -> AlphaResult:
-    """The results of consecutive chunks of one batch as one (states, coefficients and flags along the domain axis;
-    a value a chunk lacks is NaN: CROWN's default when it warm-starts again)."""
-    state = AlphaState()
-    for name in {name for p in parts for name in p.state.families}:
-        for key in {k for p in parts for k in p.state.family(name)}:
-            like = next(p.state.family(name)[key] for p in parts if key in p.state.family(name))
-            state.put(name, key, torch.cat([
-                p.state.family(name)[key] if key in p.state.family(name)
-                else torch.full((p.lower.shape[0], *like.shape[1:]), float("nan"), dtype=like.dtype,
-                                device=like.device)
-                for p in parts]))
-    coeffs = {k: np.concatenate([p.relu_coeffs[k] for p in parts]) for k in parts[0].relu_coeffs
-              if all(k in p.relu_coeffs for p in parts)}
-    infeasible = [p.infeasible if p.infeasible is not None else np.zeros(p.lower.shape[0], dtype=bool)
-                  for p in parts]
-    inputs = [p.input_coeffs for p in parts]
-    return AlphaResult(np.concatenate([p.lower for p in parts]), np.concatenate([p.crown_lower for p in parts]),
-                       state, max(p.iterations for p in parts), sum(p.seconds for p in parts), None, coeffs,
-                       np.concatenate(infeasible), {"chunks": len(parts)},
-                       None if any(a is None for a in inputs) else np.concatenate(inputs))  # type: ignore[arg-type]
+    def add(self, res: AlphaResult) -> None:
+        at, n = self.done, int(res.lower.shape[0])
+        seen = set()
+        for name, key, v in res.state.items():
+            seen.add((name, key))
+            buf = self.state.get((name, key))
+            if buf is None:
+                # pages are touched as the chunks fill them (not all at once); earlier chunks lacked this family
+                buf = torch.empty((self.size, *v.shape[1:]), dtype=v.dtype if name == MIX else torch.float32,
+                                  device=v.device)
+                buf[:at] = float("nan")
+                self.state[(name, key)] = buf
+            buf[at:at + n] = v.detach()
+        for (name, key), buf in self.state.items():
+            if (name, key) not in seen:
+                buf[at:at + n] = float("nan")
+        for k, c in res.relu_coeffs.items():
+            if at == 0:
+                self.coeffs[k] = np.empty((self.size, *c.shape[1:]), dtype=np.float32)
+            if k in self.coeffs:
+                self.coeffs[k][at:at + n] = c
+        for k in set(self.coeffs) - set(res.relu_coeffs):
+            del self.coeffs[k]
+        self.parts.append(replace(res, state=AlphaState(), relu_coeffs={}, domains=None))
+        self.done = at + n
+
+    def result(self) -> AlphaResult:
+        d, parts = self.done, self.parts
+        state = AlphaState()
+        for (name, key), buf in self.state.items():
+            state.put(name, key, buf[:d])
+        infeasible = [p.infeasible if p.infeasible is not None else np.zeros(p.lower.shape[0], dtype=bool)
+                      for p in parts]
+        inputs = [p.input_coeffs for p in parts]
+        return AlphaResult(np.concatenate([p.lower for p in parts]), np.concatenate([p.crown_lower for p in parts]),
+                           state, max(p.iterations for p in parts), sum(p.seconds for p in parts), None,
+                           {k: v[:d] for k, v in self.coeffs.items()}, np.concatenate(infeasible),
+                           {"chunks": len(parts), "skipped": self.size - d},
+                           None if any(a is None for a in inputs) else np.concatenate(inputs))  # type: ignore[arg-type]
 
 
 def select_rows(coeffs: np.ndarray, mix: RowMix | None,

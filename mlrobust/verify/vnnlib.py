@@ -218,18 +218,22 @@ def decide_region(network: Network, region: VnnlibRegion, solver: str | SolverBa
     if verifier in ("bab", "cascade-bab"):
         from mlrobust.verify.bab import BabVerifier, clause_spec
 
+        brancher = BabVerifier(device=device)
+        root = bounds if bounds.method.startswith("crown") else None
+        spec = None
+        if form is None:
+            spec = clause_spec(clauses, prop)
+            spec.cap = np.concatenate([_cert_caps(h) for h in highs])  # the bounds above, sound on every sub-domain
+        # the share is taken last, right before the call that starts its clock, so that its limit ends with ours
         remaining = left()
         share = remaining if remaining is None or verifier == "bab" else remaining / 2
-        root = bounds if bounds.method.startswith("crown") else None
         if form is not None:
             # the top-k branch and bound (verify's): its spec of k-subsets with optimised row mixtures, started
             # from the tier's margin bounds
-            bab = BabVerifier(device=device).run(network, box, None, share, attack=False, root_bounds=root,
-                                                 topk=form, margin_upper=None if tier is None else tier.margin_upper)
+            bab = brancher.run(network, box, None, share, attack=False, root_bounds=root, topk=form,
+                               margin_upper=None if tier is None else tier.margin_upper)
         else:
-            spec = clause_spec(clauses, prop)
-            spec.cap = np.concatenate([_cert_caps(h) for h in highs])  # the bounds above, sound on every sub-domain
-            bab = BabVerifier(device=device).run(network, box, spec, share, attack=False, root_bounds=root)
+            bab = brancher.run(network, box, spec, share, attack=False, root_bounds=root)
         stats["bab"] = bab.stats
         if bab.status == "violated" and bab.counterexample is not None:
             point = check_points(network, box, [bab.counterexample.x], prop)[0]  # on the region's own clauses
@@ -274,6 +278,7 @@ def check_vnnlib(network: Network, prop: VnnlibProperty | str | Path, solver: st
     """
     if verifier not in VNNLIB_VERIFIERS:
         raise InputError(f"unknown verifier {verifier!r}; choose one of {', '.join(VNNLIB_VERIFIERS)}")
+    start = time.perf_counter()  # reading the property is part of the call's time
     if not isinstance(prop, VnnlibProperty):
         prop = parse_vnnlib(prop)
     if prop.num_outputs != network.num_classes:
@@ -282,7 +287,6 @@ def check_vnnlib(network: Network, prop: VnnlibProperty | str | Path, solver: st
     n = int(np.prod(network.sample_shape))
     if prop.num_inputs != n:
         raise InputError(f"the VNN-LIB property declares {prop.num_inputs} inputs; the model has {n}")
-    start = time.perf_counter()
     if not prop.regions:
         return VnnlibResult("unsat", seconds=0.0, tier="parse", reason="every disjunct is empty")
     results: list[VnnlibResult] = []

@@ -31,8 +31,9 @@ class Bounded:
     bounded), ``feasible`` ``(B,)``, the rows bounded (None: all), and per bounded row the coefficients on each ReLU
     output ``(B, S', *shape)`` and on the input ``(B, S', *input)`` (None: the engine gives none), and the rows'
     objectives ``(B, S', C)`` where a row mixture made them per domain, and how many α/β calls that took.
-    ``unbounded``: the domains of the batch the deadline left unbounded (the α/β path bounds them in chunks and
-    starts none past it; B counts only the others), as they were given: still open, their parents' bounds."""
+    ``unbounded``: the values (their parents', inherited) of the domains at the end of the batch that the deadline
+    left unbounded (the α/β path starts no chunk that would not end before it; B counts only the others): they
+    are still open, and the branch and bound ends Unknown."""
 
     lower: np.ndarray
     feasible: np.ndarray
@@ -41,7 +42,8 @@ class Bounded:
     input_coeff: np.ndarray | None
     coeffs: np.ndarray | None
     chunks: int = 1  # α/β calls the batch took (see AlphaEngine.alpha: a memory budget splits it)
-    unbounded: Domains | None = None
+    unbounded: np.ndarray | None = None
+    after_seconds: float = 0.0  # spent on the results after the α/β engine returned (warm starts, rows)
 
 
 # --- α/β warm starts ----------------------------------------------------------------------------------------------
@@ -66,14 +68,14 @@ def state_of(warm: dict[str, torch.Tensor], rows: np.ndarray | None = None) -> A
 def _scatter_rows(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], rows: np.ndarray,
                   full: int) -> dict[str, torch.Tensor]:
     """Each domain's state over every row: ``old``'s with ``rows`` replaced by ``new``'s (NaN where ``old`` has no
-    fitting value: CROWN's default next time, sound)."""
+    fitting value: CROWN's default next time, sound). ``old``'s tensors are written in place: they are the batch's
+    own (splitting copied them from the parents'), and a copy of every row of every child took ~0.4 s for 64
+    children on a loaded machine, after the bounding's deadline."""
     out = {}
     for key, v in new.items():
         base = old.get(key)
         if base is None or base.shape[0] != v.shape[0] or base.shape[1] != full or base.shape[2:] != v.shape[2:]:
             base = torch.full((v.shape[0], full, *v.shape[2:]), float("nan"), dtype=v.dtype, device=v.device)
-        else:
-            base = base.clone()
         base[:, torch.as_tensor(rows, device=v.device)] = v.to(base.dtype)
         out[key] = base
     return out
@@ -157,7 +159,7 @@ def bound_domains(engine: Engine, doms: Domains, layout: DomainLayout, coeffs: n
                   rows: np.ndarray | None = None) -> tuple[Domains, Bounded]:
     """Lower bounds of ``coeffs`` (``-rows`` of the spec, ``(S, C)``) on every domain; the domains come back with
     refreshed bounds and their new warm starts. ``rows``: bound only those (the others' parent bounds stand).
-    Domains the deadline left unbounded come back apart, in ``Bounded.unbounded``."""
+    The values of domains the deadline left unbounded come back apart, in ``Bounded.unbounded``."""
     if batched(engine, doms):
         assert isinstance(engine, AlphaEngine)
         return _bound_alpha(engine, doms, coeffs, deadline, mix, rows)
@@ -169,17 +171,28 @@ def _bound_alpha(engine: AlphaEngine, doms: Domains, coeffs: np.ndarray, deadlin
                  mix: RowMix | None, rows: np.ndarray | None) -> tuple[Domains, Bounded]:
     full = coeffs.shape[0]
     coeffs, mix, rows = select_rows(coeffs, mix, rows)
+    costs = engine.costs
+    width = int(coeffs.shape[0]) if mix is None else mix.rows
+    if deadline is not None and (time.perf_counter() + costs.prepare_per_child * doms.size
+                                 + engine.least_call(width) > deadline):
+        # not even one domain could be bounded: nothing is prepared (copying the batch's bounds and warm starts
+        # would only take the call past its deadline)
+        return doms.take(np.arange(0)), _none_bounded(doms, full, rows)
+    t0 = time.perf_counter()
     warm = state_of(doms.warm, rows) if engine.keep_warm else None
+    batch = as_batch(doms)
+    costs.prepare_per_child = (time.perf_counter() - t0) / max(doms.size, 1)
     options = engine.options
     if deadline is not None:
         # past the deadline the optimisation takes no step: CROWN's bounds at the parents' parameters (sound)
         left = max(deadline - time.perf_counter(), 0.0)
         options = replace(options, time_limit=left if options.time_limit is None else min(options.time_limit, left))
-    res = engine.alpha(as_batch(doms), coeffs, options, warm, mix)
+    res = engine.alpha(batch, coeffs, options, warm, mix)
+    t_after = time.perf_counter()
     b = res.lower.shape[0]  # the first b domains were bounded before the deadline
     rest = None
     if b < doms.size:
-        rest = doms.take(np.arange(b, doms.size))
+        rest = doms.value[b:].copy()
         doms = doms.take(np.arange(b))
     if engine.keep_warm:
         new = warm_of(res.state)
@@ -192,7 +205,12 @@ def _bound_alpha(engine: AlphaEngine, doms: Domains, coeffs: np.ndarray, deadlin
     mixed = None if mix is None or weights is None else mix.coefficients(weights.cpu().numpy())
     feasible = ~res.infeasible if res.infeasible is not None else np.ones(b, dtype=bool)
     return doms, Bounded(lower, feasible, rows, dict(res.relu_coeffs), None, mixed, int(res.stats.get("chunks", 1)),
-                         rest)
+                         rest, time.perf_counter() - t_after)
+
+
+def _none_bounded(doms: Domains, full: int, rows: np.ndarray | None) -> Bounded:
+    """The :class:`Bounded` of a batch of which no domain was bounded (all left open for want of time)."""
+    return Bounded(np.zeros((0, full)), np.zeros(0, dtype=bool), rows, {}, None, None, 0, doms.value.copy())
 
 
 def refresh_stale(engine: Engine, doms: Domains, layout: DomainLayout,
@@ -205,8 +223,9 @@ def refresh_stale(engine: Engine, doms: Domains, layout: DomainLayout,
     bound): a split in an earlier layer then never tightens a later layer's bounds, and once those are what binds,
     the children's bounds equal their parent's at every depth. A domain whose bounding did not improve on its
     parent is refreshed once before it is split, so all its descendants start from the tighter bounds; the
-    others skip the cost (a CROWN pass over every unstable neuron after the split layer). Past ``deadline``
-    nothing is refreshed (the inherited bounds stay sound)."""
+    others skip the cost (a CROWN pass over every unstable neuron after the split layer). No refresh is started
+    that would not end before ``deadline``, as long as the engine's last one took (``BoundCosts.refresh``); the
+    domains not refreshed keep their inherited bounds (sound)."""
     stale = np.flatnonzero(doms.stale)
     if stale.size == 0 or not isinstance(engine, AlphaEngine) or engine.refresh_intermediate:
         return doms, 0, 0
@@ -215,9 +234,11 @@ def refresh_stale(engine: Engine, doms: Domains, layout: DomainLayout,
     views = domain_views(doms.take(stale), layout)
     done = 0
     for i, view in zip(stale, views):
-        if deadline is not None and time.perf_counter() >= deadline:
+        if deadline is not None and time.perf_counter() + engine.costs.refresh > deadline:
             break
+        t0 = time.perf_counter()
         fresh = engine.crown.refresh(replace(view, box_changed=True), deadline)
+        engine.costs.refresh = time.perf_counter() - t0
         done += 1
         if fresh is None:
             empty.append(i)

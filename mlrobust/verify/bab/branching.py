@@ -13,7 +13,8 @@ domain at a time anyway).
 - :class:`FsbBranching` — filtered smart branching: BaBSR's ``candidates`` best, each tried by bounding its two
   children on the parent's bounds at the parent's α/β (all candidates of all domains in one
   :func:`~mlrobust.bounds.alpha_crown.bounds_at` pass) or with plain CROWN; the split whose worse child is best wins.
-  Past its deadline no further scoring pass starts: the domains not scored keep BaBSR's order.
+  No scoring pass starts that would not end before its deadline at the last pass's rate: the domains not scored
+  keep BaBSR's order.
 - :class:`InputBisection` — input dimensions by ``|coefficient| × width`` (the width alone without coefficients),
   for small inputs and once no unstable neuron is left; its choices have ``layer == INPUT``.
 """
@@ -144,8 +145,10 @@ class FsbBranching:
     """Filtered smart branching: BaBSR's ``candidates`` best, re-ranked by the worse of their two children's
     bounds of the binding row on the parent's bounds (the α/β engine: at the parent's parameters, batched passes
     of at most ``max_children`` children when ``batched``; otherwise plain CROWN per domain). Scoring is not
-    needed for soundness, only for good splits: past ``deadline`` (a ``time.perf_counter()`` value) no further
-    pass starts, and the domains left unscored keep BaBSR's order (:attr:`fallbacks` counts them)."""
+    needed for soundness, only for good splits: no pass starts that would not end before ``deadline`` (a
+    ``time.perf_counter()`` value) at the last pass's seconds per child (before the first, the engine's last final
+    evaluation's, and its memory probe's), and the domains left unscored keep BaBSR's order (:attr:`fallbacks`
+    counts them)."""
 
     name = "fsb"
 
@@ -162,11 +165,22 @@ class FsbBranching:
         self.max_children = max(1, int(max_children))
         self.babsr = BabsrBranching(layout)
         self.deadline = deadline
-        #: domains ranked by BaBSR alone because the deadline came before their scoring pass
+        #: domains ranked by BaBSR alone because their scoring pass would not have ended before the deadline
         self.fallbacks = 0
+        #: seconds per child of the last scoring pass (per domain on the CROWN path): a pass is not started unless
+        #: it ends before the deadline at that rate
+        self.child_seconds = 0.0
 
-    def _late(self) -> bool:
-        return self.deadline is not None and time.perf_counter() >= self.deadline
+    def _pass_seconds(self, children: int) -> float:
+        """Expected seconds of a scoring pass over ``children`` children: at the last pass's rate, or before the
+        first, as long as the engine's last final evaluation (one pass over the domains it bounded)."""
+        if self.child_seconds > 0.0 or not isinstance(self.engine, AlphaEngine):
+            return self.child_seconds * children
+        return self.engine.costs.final_seconds
+
+    def _fits(self, seconds: float) -> bool:
+        """Whether work of ``seconds`` started now ends before the deadline."""
+        return self.deadline is None or time.perf_counter() + seconds <= self.deadline
 
     def rank(self, doms: Domains, count: int) -> Choices:
         ch = self.babsr.rank(doms, max(self.candidates, count))
@@ -202,10 +216,12 @@ class FsbBranching:
         d, k = layer.shape
         step = max(1, self.max_children // (2 * k))
         out = np.full((d, k, 2), np.nan)
+        assert isinstance(self.engine, AlphaEngine)
         for start in range(0, d, step):
-            if self._late():
-                break
             part = np.arange(start, min(d, start + step))
+            probe = self.engine.costs.probe_seconds() if self.engine.memory_budget is not None else 0.0
+            if not self._fits(probe + self._pass_seconds(2 * k * part.size)):
+                break
             out[part] = self._alpha_scores_of(doms, part, layer[part], index[part], objective[part])
         return out
 
@@ -231,15 +247,17 @@ class FsbBranching:
         step = self.engine.chunk_size(batch, 1)
         lower = np.full((kids.size, 1), np.nan)
         for start in range(0, kids.size, step):
-            if start and self._late():
-                break  # NaN: not scored
             sel = np.arange(start, min(start + step, kids.size))
+            if not self._fits(self._pass_seconds(sel.size)):
+                break  # NaN: not scored
+            t0 = time.perf_counter()
             warm = None
             if self.engine.keep_warm and one:
                 # each child starts from its parent's parameters of the row being scored
                 warm = state_of({key: v[owner[sel].to(v.device)] for key, v in one.items()})
             lower[sel] = bounds_at(self.engine.network, batch.select(sel), coeffs[sel], warm,
                                    device=self.engine.options.device)
+            self.child_seconds = (time.perf_counter() - t0) / sel.size
         return lower[:, 0].reshape(d, k, 2)
 
     def _crown_scores(self, doms: Domains, layer: np.ndarray, index: np.ndarray,
@@ -247,14 +265,16 @@ class FsbBranching:
         crown = self.engine if isinstance(self.engine, SplitCrown) else self.engine.crown
         out = np.full((*layer.shape, 2), -np.inf)
         for i, dom in enumerate(domain_views(doms, self.layout)):
-            if self._late():
+            if not self._fits(self.child_seconds):
                 out[i:] = np.nan  # not scored
                 break
+            t0 = time.perf_counter()
             ok = np.flatnonzero(layer[i] >= 0)
             choices = [(self.layout.relu_nodes[layer[i, j]], self.layout.relu_tensors[layer[i, j]],
                         int(index[i, j])) for j in ok]
             if choices:
                 out[i, ok] = crown.split_scores(dom, objective[i], choices)
+            self.child_seconds = time.perf_counter() - t0
         return out
 
 

@@ -115,17 +115,17 @@ class BabVerifier:
         known upper bounds of ``y_c - y_t`` on the box that help that pruning). ``root_bounds``: bounds of every
         tensor over the box (CROWN's), else computed here.
 
-        The time limit holds at the root and in every round: the attacks, the root's α-CROWN re-bounding, CROWN
-        refreshes and α/β optimisations all stop at the deadline (between steps, none taken that could not end before it;
-        their bounds stay sound), a round's children are bounded in chunks of which none starts with less time left
-        than a chunk's fixed passes take (the children of chunks not started keep their parent's bounds: still
-        open, so the result is Unknown), FSB starts no scoring pass past it (the
-        rest keep BaBSR's order), the MILP hand-off decides no further domain, the root gives Unknown if its first
-        bound ends past it, and a round is not started when less time is left than the last round's splitting took.
-        What can still run past it is work already started that is not anytime: one CROWN back-substitution layer
-        of a refresh, one α/β step and the fixed passes of the α/β call in flight (the final float64 evaluation of
-        its best parameters, which every reported bound needs), one FSB scoring pass, one MILP solve's set-up, and
-        CROWN over the box when ``root_bounds`` is not given. ``stats``: ``unbounded_children`` (children left
+        The time limit is planned, not only checked: no stage is started that would not end before the deadline
+        at what its kind has cost so far on this run (the engine's :class:`~mlrobust.verify.bab_bounds.BoundCosts`).
+        An α/β call takes a step only when the step, the pass after it and the final float64 evaluation fit (a
+        proof is never dropped for time: the best parameters so far are always evaluated); a round's children are
+        bounded in chunks, none started unless its fixed passes and the merge fit, with the round's bookkeeping
+        (the last round's per child) kept back; the run ends Unknown as soon as children are left unbounded; a
+        round is not started without the last splitting's time per child and the smallest bounding call; FSB, CROWN
+        refreshes, the attacks' steps and the MILP hand-off's solves are started only when they fit at their last
+        cost. What can still overrun is what was never measured on the run (the root's first bound, the first
+        round's bookkeeping, the store's first large growth) and a stage that takes longer than its kind did before
+        (a loaded machine), plus CROWN over the box when ``root_bounds`` is not given. ``stats``: ``unbounded_children`` (children left
         unbounded by the deadline) and ``fsb_fallbacks`` (domains split in BaBSR's order for want of time).
 
         With ``BabOptions.memory_target_bytes`` the call first returns the heap's free pages to the system and plans
@@ -210,7 +210,7 @@ class BabVerifier:
             singles = topk_spec(network.num_classes, target, k, pair_weights=())  # every margin, no combinations
             first = engine.bound([root], objective_coeffs(singles), deadline)[0]
             ub = row_upper_bounds(first.lower, singles)
-            if out_of_time():
+            if out_of_time() or _not_bounded(first.lower):
                 at_root = float(singles.value(ub)[0])
                 return finish("unknown", at_root, f"time limit at the root (worst bound {at_root:.4g})")
             if first.feasible:
@@ -228,6 +228,9 @@ class BabVerifier:
         mix = spec.objective_mix()
         rootb = engine.bound([root], coeffs, deadline, mix=mix)[0]
         stats["bound_seconds"] += time.perf_counter() - t0
+        if _not_bounded(rootb.lower):  # the deadline left no time to bound the root on the spec's rows
+            at_root = float(spec.value(row_upper_bounds(rootb.lower, spec))[0])
+            return finish("unknown", at_root, f"time limit at the root (worst bound {at_root:.4g})")
         stats["domains"] += 1
         stats["mode"] = "input" if input_split else "relu"
         stats["engine"] = engine.name
@@ -245,7 +248,8 @@ class BabVerifier:
                                    2 * opts.batch_size, deadline)
         proven_max = float("-inf")
         rounds = 0
-        last_branch_seconds = 0.0  # what the last round's splitting took: the next one is not started without it
+        branch_per_child = 0.0  # what the last round's splitting took per child: a round is not started without it
+        tail_per_child = 0.0  # what a round took per child after its bounding (kept back from the bounding)
 
         def open_reason(what: str) -> str:
             return f"{what} with {len(store)} domains open (worst bound {store.worst():.4g})"
@@ -278,8 +282,12 @@ class BabVerifier:
             if stats["domains"] >= opts.max_domains:
                 return finish("unknown", store.worst(), f"domain limit {opts.max_domains} reached "
                                                         f"(worst bound {store.worst():.4g})")
-            if deadline is not None and _time_left(deadline) < last_branch_seconds:
-                # picking the splits is not anytime: a round that cannot finish it would only overrun the deadline
+            if deadline is not None and _time_left(deadline) < (
+                    branch_per_child * self._children_of(min(opts.batch_size, len(store)))
+                    + _least_bounding(engine, spec)):
+                # picking the splits and making the children are not anytime, and a round that cannot bound a child
+                # after them would only overrun the deadline: none is started without the time the last round's
+                # splitting took per child, for this round's children, and the engine's smallest bounding call
                 return finish("unknown", store.worst(), open_reason("time limit"))
             rounds += 1
             stats["rounds"] = rounds
@@ -294,8 +302,10 @@ class BabVerifier:
                     continue
             t0 = time.perf_counter()
             split = self._split(parents, branching, layout, input_split)
-            last_branch_seconds = time.perf_counter() - t0
-            stats["branch_seconds"] += last_branch_seconds
+            branch_seconds = time.perf_counter() - t0
+            stats["branch_seconds"] += branch_seconds
+            if split is not None:
+                branch_per_child = branch_seconds / max(split[0].size, 1)
             if split is None:  # nothing left to split yet unproven: only possible with degenerate bounds
                 store.push(parents)
                 return finish("unknown", store.worst(), "a domain has nothing left to split and is not proven")
@@ -313,9 +323,28 @@ class BabVerifier:
             t0 = time.perf_counter()
             live_rows = open_rows(spec, children.row_upper)
             stats["rows_bounded"] += children.size * (spec.rows.shape[0] if live_rows is None else live_rows.size)
-            kids, bounded = bound_domains(engine, children, layout, coeffs, deadline, mix, live_rows)
+            # the round's bookkeeping after the bounding (the results' warm starts, absorbing, storing, pruning,
+            # the corners' check) is owed too: its time, as the last round took it per child, is kept back
+            # (and the store's growth, when the children will not fit its buffers: a copy of every slot)
+            bound_by = None if deadline is None else (
+                deadline - tail_per_child * children.size - store.grow_seconds(children.size))
+            kids, bounded = bound_domains(engine, children, layout, coeffs, bound_by, mix, live_rows)
+            t_tail = time.perf_counter()
+            stats["bound_seconds"] += t_tail - t0
+            if bounded.unbounded is not None:
+                # the deadline kept some children from being bounded: the run ends Unknown here, its worst bound
+                # over the open domains, the children left unbounded with their parents' bounds (not stored: copying
+                # them would only take the call past its deadline)
+                kids = absorb(kids, bounded, spec)
+                stats["domains"] += kids.size
+                stats["unbounded_children"] = stats.get("unbounded_children", 0) + bounded.unbounded.size
+                stats["bound_chunks"] = stats.get("bound_chunks", 0) + bounded.chunks
+                worst_open = float(max([store.worst(), *kids.value[kids.value >= -ROBUST_TOLERANCE],
+                                   *bounded.unbounded]))
+                left_open = len(store) + int((kids.value >= -ROBUST_TOLERANCE).sum()) + bounded.unbounded.size
+                return finish("unknown", worst_open, f"time limit with {left_open} domains open (worst bound "
+                                                     f"{worst_open:.4g})")
             kids = absorb(kids, bounded, spec)
-            stats["bound_seconds"] += time.perf_counter() - t0
             stats["domains"] += kids.size
             stats["max_depth"] = max(stats["max_depth"], int(kids.depth.max()))
             stats["infeasible"] += int((~bounded.feasible).sum())
@@ -323,19 +352,15 @@ class BabVerifier:
             stats["max_children"] = max(stats.get("max_children", 0), kids.size)
             live = np.flatnonzero(kids.value >= -ROBUST_TOLERANCE)
             if plan is not None:
-                # every child goes into the store before the proven ones are pruned (and those the deadline left
-                # unbounded after them): the buffers grow to hold them all
-                entering = kids if bounded.unbounded is None else concat([kids, bounded.unbounded])
+                # every child goes into the store before the proven ones are pruned: the buffers grow to hold
+                # them all
+                entering = kids
                 after = store.nbytes_after_push(entering)
                 if after > plan.store_bytes:
                     open_bound = max(store.worst(), float(entering.value.max()) if entering.size else float("-inf"))
                     return finish("unknown", open_bound,
                                   store_over_reason(plan, after, len(store) + live.size, open_bound))
             store.push(kids)
-            if bounded.unbounded is not None:
-                # children the deadline left unbounded: open with their parents' bounds (the run ends Unknown)
-                store.push(bounded.unbounded)
-                stats["unbounded_children"] = stats.get("unbounded_children", 0) + bounded.unbounded.size
             proven = store.prune(-ROBUST_TOLERANCE)
             if proven.size:
                 proven_max = max(proven_max, float(proven.max()))
@@ -347,6 +372,7 @@ class BabVerifier:
                 best.extend(sorted(pts, key=lambda p: -p.margin)[:1])
                 if cex is not None:
                     return finish("violated", float("inf"), "bound corner", cex)
+            tail_per_child = (time.perf_counter() - t_tail + bounded.after_seconds) / max(children.size, 1)
             if len(store) and rounds % opts.attack_every == 0 and not out_of_time():
                 t0 = time.perf_counter()
                 worst = store.peek(4)
@@ -365,15 +391,26 @@ class BabVerifier:
         return finish("proven", max(proven_max, spec.floor))
 
     # --- helpers --------------------------------------------------------------------------------------------------
+    def _children_of(self, parents: int) -> int:
+        """How many children :meth:`_split` makes of ``parents`` parents (at most: a parent with fewer unstable
+        ReLUs left is split on fewer levels)."""
+        return parents * 2 ** self._levels(parents)
+
+    def _levels(self, parents: int) -> int:
+        """Levels each of ``parents`` parents is split on: several while the batch is short of ``batch_size``
+        parents, so that the round bounds about ``2 * batch_size`` children."""
+        opts = self.options
+        levels = 1
+        while levels < opts.max_split_levels and parents * 2 ** levels < 2 * opts.batch_size:
+            levels += 1
+        return levels
+
     def _split(self, parents: Domains, branching: Branching, layout: DomainLayout,
                input_split: bool) -> tuple[Domains, int] | None:
         """The children of a batch of parents and the most levels a parent was split on at once (None when some
         parent has nothing left to split): several levels at once while the batch is short of ``batch_size``
         parents, so that the round bounds about ``2 * batch_size`` children."""
-        opts = self.options
-        levels = 1
-        while levels < opts.max_split_levels and parents.size * 2 ** levels < 2 * opts.batch_size:
-            levels += 1
+        levels = self._levels(parents.size)
         bisect = InputBisection()
         if input_split:
             return _bisect(parents, bisect, levels)
@@ -436,6 +473,17 @@ def _intermediate_cost(network: Network, bounds: Bounds) -> int:
             break
         path += int(np.prod(network.shape_of(node.output)))
     return 2 * unstable * path
+
+
+def _least_bounding(engine: SplitCrown | AlphaEngine, spec: OutputSpec) -> float:
+    """Seconds of the smallest bounding call ``engine`` can make, at its costs measured so far (0 for plain
+    CROWN, which bounds one domain at a time and stops at the deadline within a domain)."""
+    return engine.least_call(int(spec.rows.shape[0])) if isinstance(engine, AlphaEngine) else 0.0
+
+
+def _not_bounded(lower: np.ndarray) -> bool:
+    """Whether a root bound is the engine's "not bounded for want of time" (every row ``-inf``)."""
+    return bool(np.all(np.isneginf(lower)))
 
 
 def _time_left(deadline: float | None) -> float:

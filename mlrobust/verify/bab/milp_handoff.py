@@ -24,7 +24,9 @@ def milp_handoff(milp: MilpVerifier, network: Network, box: Box, engine: Engine,
                  topk: tuple[int, int], deadline: float | None, stats: dict
                  ) -> tuple[str, float, CheckedPoint | None]:
     """Decide every open domain of ``store`` with the MILP on the domain's own bounds (worst first; the time left
-    shared evenly among those not yet decided; none is started past ``deadline``).
+    shared evenly among those not yet decided). A domain is taken up only when its set-up (CROWN refresh, margin
+    bounds) and the MILP's own overrun of its limit, as the last domain took them, leave its solve time before
+    ``deadline``; each solve's limit ends by then.
 
     Returns ("proven", worst MILP bound, None), ("violated", inf, point) or ("unknown", worst open bound, None);
     on "unknown" the undecided domains are back in ``store``.
@@ -36,9 +38,11 @@ def milp_handoff(milp: MilpVerifier, network: Network, box: Box, engine: Engine,
     worst = float("-inf")
     stats["milp_domains"] = 0
     t0 = time.perf_counter()
+    overhead = 0.0  # the last domain's seconds outside its MILP's time limit (set-up, and the solve's overrun)
     try:
         for i, dom in enumerate(views):
-            if deadline is not None and time.perf_counter() >= deadline:
+            began = time.perf_counter()
+            if deadline is not None and began + overhead >= deadline:
                 # a MILP started now would only overrun: this domain and the rest stay open
                 store.push(open_doms.take(np.arange(i, open_doms.size)))
                 return "unknown", store.worst(), None
@@ -53,9 +57,18 @@ def milp_handoff(milp: MilpVerifier, network: Network, box: Box, engine: Engine,
             m_lo, m_hi = linear_bounds(network, sub.lower, sub.upper, rows, bounds=bounds)
             m_lo[target] = m_hi[target] = 0.0
             tight = Tightened(bounds, "crown", m_lo, m_hi, target)
-            left = None if deadline is None else max(deadline - time.perf_counter(), 0.05) / (len(views) - i)
+            left = None
+            if deadline is not None:
+                # the set-up just measured and the last solve's overrun are kept back from this solve's share
+                left = (deadline - time.perf_counter() - overhead) / (len(views) - i)
+                if left <= 0.0:
+                    store.push(open_doms.take(np.arange(i, open_doms.size)))
+                    return "unknown", store.worst(), None
+            solve_start = time.perf_counter()
             v = milp.verify(network, sub, target, k, "decide", left, tightened=tight)
             stats["milp_domains"] += 1
+            if left is not None:
+                overhead = (solve_start - began) + max(time.perf_counter() - solve_start - left, 0.0)
             if isinstance(v, NotRobust) and v.counterexample is not None:
                 point = check_points(network, box, [v.counterexample], TopKProperty(target, k))[0]
                 if point.confirmed:

@@ -12,6 +12,7 @@ on a 64x64 image the box was ~64 KB and the coefficients 16 KB of every domain.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,6 +238,7 @@ class DomainStore:
         self._alive = np.zeros(capacity, dtype=bool)
         self._order = np.zeros(capacity, dtype=np.int64)  # insertion counter: ties broken first in, first out
         self._pushed = 0
+        self._grow_per_slot = 0.0  # the last growth's seconds per slot copied (see grow_seconds)
 
     def __len__(self) -> int:
         return int(self._alive.sum())
@@ -245,6 +247,13 @@ class DomainStore:
     def capacity(self) -> int:
         return int(self._alive.size)
 
+    def grow_seconds(self, n: int) -> float:
+        """What pushing ``n`` domains will take to grow the buffers (0 when they fit), at the last growth's seconds
+        per slot copied: a growth copies every slot, a cost a deadline must keep back when it is due."""
+        if int((~self._alive).sum()) >= n:
+            return 0.0
+        return self._grow_per_slot * self.capacity
+
     def push(self, doms: Domains) -> None:
         """Add the domains of ``doms`` (copied into the buffers)."""
         n = doms.size
@@ -252,7 +261,11 @@ class DomainStore:
             return
         free = np.flatnonzero(~self._alive)
         if free.size < n:
+            t0 = time.perf_counter()
+            copied = self.capacity
             self._grow(self.capacity + n - free.size)
+            if copied:
+                self._grow_per_slot = (time.perf_counter() - t0) / copied
             free = np.flatnonzero(~self._alive)
         slots = free[:n]
         self._write(slots, doms)
