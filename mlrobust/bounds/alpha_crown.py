@@ -402,6 +402,13 @@ def _new_splits(params: AlphaState, warm: AlphaState) -> dict[str, Tensor | None
     return out
 
 
+def _take_rows(state: AlphaState, other: AlphaState, rows: Tensor) -> None:
+    """``state`` takes ``other``'s parameters on the (domain, row) pairs where ``rows`` ``(D, S)`` is true, in place."""
+    for mine, theirs in zip(state.groups(), other.groups()):
+        for k, v in mine.items():
+            mine[k] = torch.where(rows.reshape(*rows.shape, *([1] * (v.dim() - 2))), theirs[k], v)
+
+
 def _sound(bound: Tensor, mag: Tensor) -> Tensor:
     return bound - FP_REL * mag
 
@@ -462,17 +469,11 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
             with torch.no_grad():
                 seeded_lower = _sound(*_backward(ctx, plan, start, a0))
             ctx.seed_beta, ctx.seed_new = False, {}
-            gain = seeded_lower > warm_lower
-            for mine, theirs in zip(params.groups(), seeded.groups()):
-                for k, v in mine.items():
-                    mine[k] = torch.where(gain.reshape(d, s, *([1] * (v.dim() - 2))), theirs[k], v)
+            _take_rows(params, seeded, seeded_lower > warm_lower)
             warm_lower = torch.maximum(warm_lower, seeded_lower)
             final_seconds = max(final_seconds, time.perf_counter() - pass_start)
-            del seeded, theirs  # a copy of every parameter: not kept alive through the steps (see alpha_memory)
-        worse = warm_lower < crown_lower
-        for mine, default in zip(params.groups(), init.groups()):
-            for k, v in mine.items():
-                mine[k] = torch.where(worse.reshape(d, s, *([1] * (v.dim() - 2))), default[k], v)
+            del seeded  # a copy of every parameter: not kept alive through the steps (see alpha_memory)
+        _take_rows(params, init, warm_lower < crown_lower)
         best = torch.maximum(best, warm_lower)
     # CROWN's, the warm start's (and its seeded variant's), the final evaluation
     fixed_passes = 2 if warm is None else 3 + int(seeded_pass)
@@ -524,10 +525,7 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
                     joint_best, joint_snapshot = float(value.sum()), joint.snapshot()
                 better = value > best
                 best = torch.where(better, value, best)
-                for mine, kept in zip(params.groups(), best_state.groups()):
-                    for k, v in mine.items():
-                        mask = better.reshape(d, s, *([1] * (v.dim() - 2)))
-                        kept[k] = torch.where(mask, v.detach(), kept[k])
+                _take_rows(best_state, params, better)  # no graph kept: under no_grad
             if it == options.iterations:
                 break
             if options.early_stop is not None and bool((best > options.early_stop).all()):
@@ -572,9 +570,7 @@ def _optimise(ctx: _Context, plan: list[Node], start: str, a0: Tensor, options: 
         # the start, keep the start (evaluated above) and evaluate once more, so the result never drops below it.
         worse = final < start_best
         if bool(worse.any()):
-            for mine, first in zip(best_state.groups(), start_state.groups()):
-                for k, v in mine.items():
-                    mine[k] = torch.where(worse.reshape(d, s, *([1] * (v.dim() - 2))), first[k], v)
+            _take_rows(best_state, start_state, worse)
             if deadline is None or time.perf_counter() + final_seconds <= deadline:
                 final = _sound(*_backward(ctx, plan, start, a0))
                 fixed_passes += 1

@@ -33,6 +33,7 @@ from mlrobust.cli.files import IMAGE_SUFFIXES, atomic_path, atomic_write_text, c
 from mlrobust.cli.outputs import Outputs, answer_console, prepared_outputs
 from mlrobust.cli.summary_table import FORMATS, render_json_lines, render_table, render_text
 from mlrobust.errors import InputError
+from mlrobust.memory import DEFAULT_MEMORY_LIMIT_MIB
 
 #: Names the options accept (checked before anything is loaded; the API checks them again).
 METHODS = ("boundary", "optimize", "certificate", "layer-search", "uniform")
@@ -300,7 +301,7 @@ def verify(
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes for the search's "
                                           "independent queries (default: $MLROBUST_WORKERS, else the number of "
                                           "cores; 1: all in this process)."),
-    memory_limit: float = typer.Option(1024.0, "--memory-limit", help="Resident memory (MiB) the search aims to "
+    memory_limit: float = typer.Option(DEFAULT_MEMORY_LIMIT_MIB, "--memory-limit", help="Resident memory (MiB) the search aims to "
                                        "stay within: its branch and bound sizes its rounds and its open domains "
                                        "from what the process holds, and gives up a query that would need more."),
     delta: str = typer.Option("auto", "--delta", help="Tolerance of steps and of the maximality check: a number, "

@@ -343,12 +343,7 @@ class AlphaEngine:
             warm = AlphaState.stack([d.warm for d in live]) if self.keep_warm else None
             if warm is not None and rows is not None:
                 warm = warm.select_rows(rows) if warm.rows == full else None
-            options = self.options
-            if deadline is not None:
-                left = max(deadline - time.perf_counter(), 0.0)
-                options = replace(options, time_limit=left if options.time_limit is None
-                                  else min(options.time_limit, left))
-            res = self.alpha(batch, coeffs, options, warm, mix)
+            res = self.alpha(batch, coeffs, options_within(self.options, deadline), warm, mix)
             weights = res.state.mix.get("rows")
             mixed = None if mix is None or weights is None else mix.coefficients(weights.cpu().numpy())
             done = res.lower.shape[0]  # fewer than the batch when the deadline came first
@@ -373,10 +368,14 @@ class AlphaEngine:
         return [o for o in out if o is not None]
 
 
-    def least_call(self, rows: int) -> float:
+    def probe_seconds(self) -> float:
+        """Seconds the memory probe of :meth:`chunk_size` takes before a chunked call (0 without a budget)."""
+        return self.costs.probe_seconds() if self.memory_budget is not None else 0.0
+
+    def least_call(self, rows: int, warm: bool = True) -> float:
         """Seconds the smallest α/β call of :meth:`alpha` takes at the costs measured so far: the memory probe
-        (with a budget) and one domain's fixed passes of ``rows`` rows."""
-        return (self.costs.probe_seconds() if self.memory_budget is not None else 0.0) + self.costs.fixed(1, rows)
+        (with a budget) and one domain's fixed passes of ``rows`` rows (``warm``: with a warm start)."""
+        return self.probe_seconds() + self.costs.fixed(1, rows, warm)
 
     def chunk_size(self, batch: DomainBatch, rows: int, options: AlphaOptions | None = None,
                    mix: RowMix | None = None) -> int:
@@ -417,14 +416,14 @@ class AlphaEngine:
         deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
         costs = self.costs
         if deadline is not None and size > 1 and self.memory_budget is not None and (
-                time.perf_counter() + costs.probe_seconds() + costs.fixed(1, rows, warm is not None) > deadline):
+                time.perf_counter() + self.least_call(rows, warm is not None) > deadline):
             return _nothing_bounded(size, rows)  # not even the memory probe and one domain's fixed passes would fit
         step = self.chunk_size(batch, rows, options, mix)
         if step >= size:
             if deadline is not None and time.perf_counter() + costs.fixed(size, rows, warm is not None) > deadline:
                 return _nothing_bounded(size, rows)
             t0 = time.perf_counter()
-            mine = costs.options_for(_within(options, deadline), size, rows)
+            mine = costs.options_for(options_within(options, deadline), size, rows)
             res = alpha_bounds(self.network, batch, coeffs, options=mine, warm=warm, mix=mix)
             costs.learn_fixed(res, size * rows, time.perf_counter() - t0)
             res.stats["chunks"] = 1
@@ -435,12 +434,9 @@ class AlphaEngine:
         gathered = _Gathered(size)
         for at in range(0, size, step):
             idx = np.arange(at, min(at + step, size))
-            if deadline is not None:
-                if time.perf_counter() + costs.fixed(idx.size, rows, warm is not None) > deadline:
-                    break
-                mine = costs.options_for(_within(options, deadline), idx.size, rows)
-            else:
-                mine = options
+            if deadline is not None and time.perf_counter() + costs.fixed(idx.size, rows, warm is not None) > deadline:
+                break
+            mine = costs.options_for(options_within(options, deadline), idx.size, rows)
             part_warm = None
             if warm is not None:
                 part_warm = warm.select(idx) if warm.domains == size else warm  # one domain's broadcasts
@@ -509,8 +505,7 @@ class BoundCosts:
     #: fixed passes of a call with a warm start (CROWN's, the warm start's, its seeded variant's where
     #: ``AlphaOptions.seed_split_beta`` tries one, the final evaluation): the last such call's, at first the most
     warm_passes: int = 4
-    #: an α/β call's final evaluation, per domain row, and as a whole (the last call's)
-    final_per_row: float = 0.0
+    #: an α/β call's final evaluation (the last call's)
     final_seconds: float = 0.0
     #: what an α/β call took after its last step (final evaluation, conversions, storing a chunk), per domain row
     after_steps_per_row: float = 0.0
@@ -535,7 +530,6 @@ class BoundCosts:
         if passes > 2:  # a call with a warm start
             self.warm_passes = passes
         self.final_seconds = float(res.stats.get("final_seconds", 0.0))
-        self.final_per_row = self.final_seconds / max(domain_rows, 1)
 
     def probe_seconds(self) -> float:
         """The memory probe's seconds: the last probe's, or before the first, two passes as long as the last
@@ -550,7 +544,7 @@ class BoundCosts:
         return replace(options, final_seconds=self.after_steps_per_row * domains * rows)
 
 
-def _within(options: AlphaOptions, deadline: float | None) -> AlphaOptions:
+def options_within(options: AlphaOptions, deadline: float | None) -> AlphaOptions:
     """``options`` with a time limit ending at ``deadline`` at the latest."""
     if deadline is None:
         return options

@@ -20,7 +20,16 @@ import torch
 from mlrobust.bounds.alpha_crown import AlphaState, DomainBatch, RowMix
 from mlrobust.verify.bab.spec import OutputSpec, row_upper_bounds
 from mlrobust.verify.bab.store import BoxTable, DomainLayout, Domains, concat
-from mlrobust.verify.bab_bounds import AlphaEngine, Domain, DomainBound, SplitCrown, down32, select_rows, up32
+from mlrobust.verify.bab_bounds import (
+    AlphaEngine,
+    Domain,
+    DomainBound,
+    SplitCrown,
+    down32,
+    options_within,
+    select_rows,
+    up32,
+)
 
 Engine = SplitCrown | AlphaEngine
 
@@ -182,12 +191,8 @@ def _bound_alpha(engine: AlphaEngine, doms: Domains, coeffs: np.ndarray, deadlin
     warm = state_of(doms.warm, rows) if engine.keep_warm else None
     batch = as_batch(doms)
     costs.prepare_per_child = (time.perf_counter() - t0) / max(doms.size, 1)
-    options = engine.options
-    if deadline is not None:
-        # past the deadline the optimisation takes no step: CROWN's bounds at the parents' parameters (sound)
-        left = max(deadline - time.perf_counter(), 0.0)
-        options = replace(options, time_limit=left if options.time_limit is None else min(options.time_limit, left))
-    res = engine.alpha(batch, coeffs, options, warm, mix)
+    # past the deadline the optimisation takes no step: CROWN's bounds at the parents' parameters (sound)
+    res = engine.alpha(batch, coeffs, options_within(engine.options, deadline), warm, mix)
     t_after = time.perf_counter()
     b = res.lower.shape[0]  # the first b domains were bounded before the deadline
     rest = None

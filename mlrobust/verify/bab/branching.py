@@ -219,8 +219,7 @@ class FsbBranching:
         assert isinstance(self.engine, AlphaEngine)
         for start in range(0, d, step):
             part = np.arange(start, min(d, start + step))
-            probe = self.engine.costs.probe_seconds() if self.engine.memory_budget is not None else 0.0
-            if not self._fits(probe + self._pass_seconds(2 * k * part.size)):
+            if not self._fits(self.engine.probe_seconds() + self._pass_seconds(2 * k * part.size)):
                 break
             out[part] = self._alpha_scores_of(doms, part, layer[part], index[part], objective[part])
         return out

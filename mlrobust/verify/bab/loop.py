@@ -24,7 +24,7 @@ from mlrobust.bounds.result import Bounds
 from mlrobust.bounds.tier import Tightened, tighten
 from mlrobust.errors import InputError
 from mlrobust.ir.graph import Network
-from mlrobust.memory import resident_bytes, trim_heap
+from mlrobust.memory import MIB, resident_bytes, trim_heap
 from mlrobust.verify.attack import pgd
 from mlrobust.verify.bab.bounding import absorb, bound_domains, collect, domains_from, layout_of, refresh_stale
 from mlrobust.verify.bab.branching import Branching, FsbBranching, InputBisection, make_branching
@@ -176,9 +176,8 @@ class BabVerifier:
             return BabResult(status, bound, cex, [p.weak_point() for p in wps], secs, reason, stats)
 
         if plan is not None:
-            mib = 2 ** 20
-            stats["memory"] = {"target": plan.target / mib, "resident": plan.resident / mib,
-                               "store_cap": plan.store_bytes / mib, "round_budget": plan.round_bytes(None) / mib}
+            stats["memory"] = {"target": plan.target / MIB, "resident": plan.resident / MIB,
+                               "store_cap": plan.store_bytes / MIB, "round_budget": plan.round_bytes(None) / MIB}
             if not plan.enough:
                 return finish("unknown", float("inf"), over_target_reason(plan))
 
@@ -319,7 +318,7 @@ class BabVerifier:
                 # round's α/β calls from what the process holds now
                 trim_heap()
                 engine.memory_budget = plan.round_bytes(resident_bytes())
-                stats["memory"]["round_budget"] = engine.memory_budget / 2 ** 20
+                stats["memory"]["round_budget"] = engine.memory_budget / MIB
             t0 = time.perf_counter()
             live_rows = open_rows(spec, children.row_upper)
             stats["rows_bounded"] += children.size * (spec.rows.shape[0] if live_rows is None else live_rows.size)
@@ -354,10 +353,9 @@ class BabVerifier:
             if plan is not None:
                 # every child goes into the store before the proven ones are pruned: the buffers grow to hold
                 # them all
-                entering = kids
-                after = store.nbytes_after_push(entering)
+                after = store.nbytes_after_push(kids)
                 if after > plan.store_bytes:
-                    open_bound = max(store.worst(), float(entering.value.max()) if entering.size else float("-inf"))
+                    open_bound = max(store.worst(), float(kids.value.max()) if kids.size else float("-inf"))
                     return finish("unknown", open_bound,
                                   store_over_reason(plan, after, len(store) + live.size, open_bound))
             store.push(kids)

@@ -250,7 +250,7 @@ class DomainStore:
     def grow_seconds(self, n: int) -> float:
         """What pushing ``n`` domains will take to grow the buffers (0 when they fit), at the last growth's seconds
         per slot copied: a growth copies every slot, a cost a deadline must keep back when it is due."""
-        if int((~self._alive).sum()) >= n:
+        if self.capacity - len(self) >= n:
             return 0.0
         return self._grow_per_slot * self.capacity
 
