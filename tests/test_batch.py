@@ -223,6 +223,36 @@ def test_bad_settings_fail_before_any_job(tiny, tmp_path):
     assert not (tmp_path / "x.jsonl").exists()
 
 
+def test_memory_limit_reaches_every_search_and_is_not_part_of_the_question(tiny, tmp_path, monkeypatch):
+    """``--memory-limit`` is handed to each image's search; it is a resource, like the workers: a run resumed with
+    another limit keeps its lines. A limit that is not a number of MiB > 0 fails before any job."""
+    import mlrobust.api
+
+    model, npz, _ = tiny
+    jobs = load_jobs(npz, limit=2)
+    real = mlrobust.api.maximize
+    limits = []
+
+    def recording(*args, **kwargs):
+        limits.append(kwargs["memory_limit_mib"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlrobust.api, "maximize", recording)
+    out = tmp_path / "m.jsonl"
+    tight = BatchSettings(**{**FAST.__dict__, "memory_limit_mib": 700.0})
+    assert tight.fingerprint("x") == FAST.fingerprint("x") != BatchSettings(**{**FAST.__dict__, "k": 1}).fingerprint("x")
+    assert run_batch(model, jobs[:1], out, tight).written == 1
+    assert run_batch(model, jobs, out, FAST).written == 1  # the first line is kept under the default limit
+    assert limits == [700.0, FAST.memory_limit_mib] and FAST.memory_limit_mib == 1024.0
+    for bad in (0.0, -5.0, float("nan")):
+        with pytest.raises(InputError, match="--memory-limit must be a finite number of MiB > 0"):
+            run_batch(model, jobs, tmp_path / "y.jsonl", BatchSettings(memory_limit_mib=bad))
+    assert not (tmp_path / "y.jsonl").exists()
+    proc = subprocess.run(_cli("batch", model, npz, "--out", tmp_path / "z.jsonl", "--memory-limit", "0"),
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("error:") == 1 and "--memory-limit" in proc.stderr
+
+
 def test_local_processes(tiny, tmp_path):
     model, npz, _ = tiny
     jobs = load_jobs(npz, limit=4)
@@ -348,8 +378,10 @@ def test_batch_searches_with_the_defaults_of_verify():
     group = typer.main.get_command(app)
     defaults = {name: {p.name: p.default for p in group.commands[name].params} for name in ("batch", "verify")}
     settings = BatchSettings()
+    defaults["verify"]["memory_limit_mib"] = defaults["verify"]["memory_limit"]
+    defaults["batch"]["memory_limit_mib"] = defaults["batch"]["memory_limit"]
     for key in ("k", "method", "cutting", "weights", "solver", "verifier", "time_limit", "query_time_limit",
-                "max_queries"):
+                "max_queries", "memory_limit_mib"):
         assert defaults["batch"][key] == defaults["verify"][key] == getattr(settings, key), key
     # --delta is text on the command line ("auto" or a number): both parse to the API's automatic tolerance
     from mlrobust.cli.verify_cmd import parse_delta

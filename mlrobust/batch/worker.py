@@ -94,6 +94,10 @@ class BatchSettings:
     max_queries: int | None = _D["max_queries"]
     delta: float | None = _D["delta"]  # None: automatic
     certify: bool = _D["certify"]
+    # Resident memory (MiB) each image's search aims to stay within (each worker process runs one image at a time).
+    # A resource, like the number of workers: not part of the fingerprint, so a run resumed with another limit keeps
+    # its lines (the limit can only turn a branch-and-bound query Unknown, never change a proven answer).
+    memory_limit_mib: float | None = _D["memory_limit_mib"]
 
     def validate(self) -> "BatchSettings":
         """Fail before any job runs on settings every job would reject."""
@@ -109,6 +113,9 @@ class BatchSettings:
             raise InputError(f"unknown verifier {self.verifier!r}; choose one of {', '.join(VERIFIERS)}")
         if self.k < 1:
             raise InputError(f"k must be at least 1, got {self.k}")
+        from mlrobust.memory import memory_target_bytes
+
+        memory_target_bytes(self.memory_limit_mib, "--memory-limit")
         from mlrobust.backends.registry import get_backend
 
         get_backend(self.solver)  # a missing solver is one clear error now, not one per image
@@ -116,7 +123,9 @@ class BatchSettings:
 
     def fingerprint(self, model_sha256: str) -> str:
         """12 hex digits naming the model and the settings: lines of another configuration are not resumed."""
-        text = json.dumps({"model": model_sha256, **asdict(self)}, sort_keys=True)
+        question = asdict(self)
+        question.pop("memory_limit_mib")  # a resource, not part of the question (see the field)
+        text = json.dumps({"model": model_sha256, **question}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -156,6 +165,7 @@ def run_job(model: ModelRef, job: Job, settings: BatchSettings, fingerprint: str
                           verifier=settings.verifier, solver=settings.solver, time_limit=settings.time_limit,
                           query_time_limit=settings.query_time_limit, max_queries=settings.max_queries,
                           delta=settings.delta, certify=settings.certify,
+                          memory_limit_mib=settings.memory_limit_mib,
                           workers=1)  # the batch's own processes are the parallelism: none inside a job
         if getattr(result, "interrupted", False):
             # Ctrl-C reached the search, which stops with what it had proven; in a batch that is not this image's

@@ -12,6 +12,7 @@ import typer
 from mlrobust.cli import EXIT_INTERRUPTED, EXIT_OK, app
 from mlrobust.cli.files import atomic_write_text, input_file, output_file
 from mlrobust.errors import InputError
+from mlrobust.memory import DEFAULT_MEMORY_LIMIT_MIB, memory_target_bytes
 
 
 @app.command("batch", epilog="Exit codes: 0 the batch finished (each image's answer is in its line), 2 usage or "
@@ -45,6 +46,9 @@ def batch(
     delta: str = typer.Option("auto", "--delta", help="Tolerance of steps and of the maximality check: a number, "
                               "or auto (an eighth of the uniform robust radius, within [1e-4, 1e-2])."),
     no_certify: bool = typer.Option(False, "--no-certify", help="Skip the per-layer maximality check."),
+    memory_limit: float = typer.Option(DEFAULT_MEMORY_LIMIT_MIB, "--memory-limit", help="Resident memory (MiB) "
+                                       "each image's search aims to stay within (per worker process): its branch "
+                                       "and bound sizes its rounds from what the process holds."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Run again the images whose line is an error."),
     summary_json: Optional[Path] = typer.Option(None, "--summary-json", help="Also write the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; a one-line summary."),
@@ -86,6 +90,7 @@ def batch(
     check_choice(verifier, VERIFIERS, "--verifier")
     delta_value = parse_delta(delta)
     check_solver(solver)
+    memory_target_bytes(memory_limit, "--memory-limit")
     output_file(out, "--out")
     if summary_json is not None:
         output_file(summary_json, "--summary-json")
@@ -95,7 +100,7 @@ def batch(
     console = Console()
     settings = BatchSettings(k=k, method=method, cutting=cutting, weights=weights, solver=solver, verifier=verifier,
                              time_limit=time_limit, query_time_limit=query_time_limit, max_queries=max_queries,
-                             delta=delta_value, certify=not no_certify)
+                             delta=delta_value, certify=not no_certify, memory_limit_mib=memory_limit)
     jobs = load_jobs(dataset, split=split, side_rule=target_side, start=start, limit=limit,
                      perturbed_rule=perturbed_side)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
