@@ -268,9 +268,11 @@ class MaxPool2d(OpRules):
         return alpha_pool_relax(idx, domains.pre_lower[t], domains.pre_upper[t])
 
     def alpha_support(self, ctx: Any, node: Node) -> torch.Tensor:
-        """The windows that no single input dominates in some domain of ``ctx`` (a dominated window's lines are
-        exactly its winner, whatever the weights and threshold; a sub-domain inheriting these bounds keeps it
-        dominated)."""
+        """The windows that no single input dominates in some domain of ``ctx``: only there are CROWN's lines not
+        exact (a sub-domain inheriting these bounds keeps a dominated window dominated). A dominated window keeps
+        CROWN's exact lines (its winner); the dense layout also lets the optimiser move its weights off the winner,
+        a looser line locally that can still move the final bound either way, so the compact layout optimises
+        fewer parameters, not the same ones (every choice is sound)."""
         import torch
 
         r = ctx.relax[node.name]
