@@ -279,6 +279,17 @@ def test_splitting_improves_the_bound_until_proven():
     assert u.stats["bab"]["final_bound"] < u.stats["bab"]["root_bound"] - 0.05
 
 
+def test_the_compact_and_dense_parameter_layouts_prove_the_same_box():
+    """The box the root cannot prove, with the α/β parameters compact over the root's unstable neurons (the
+    default) and dense over every neuron: both proven, and an open domain costs the store less when compact."""
+    net, box, target = _query(12, 0.4)
+    compact = BabVerifier(root_attack=False).verify(net, box, target, 2, time_limit=30)
+    dense = BabVerifier(root_attack=False, compact_params=False).verify(net, box, target, 2, time_limit=30)
+    assert isinstance(compact, Robust) and isinstance(dense, Robust)
+    assert compact.stats["bab"]["domains"] > 1 and dense.stats["bab"]["domains"] > 1
+    assert compact.stats["bab"]["store_bytes_per_domain"] < dense.stats["bab"]["store_bytes_per_domain"]
+
+
 def test_low_dimensional_inputs_are_split_on_the_input():
     """ACAS-Xu-like: 7 inputs, a box CROWN cannot prove, proven by bisecting the input box."""
     net, box, target = _query(15, 0.4)

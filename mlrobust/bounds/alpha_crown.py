@@ -63,13 +63,16 @@ API::
     initial_domain(network, lower, upper, intermediate=None) -> DomainBatch
     tighten_intermediate(network, bounds, options=None) -> (Bounds, rows)
     RowMix(base, groups, init=None)   # rows as optimised convex combinations of base rows
-    alpha_bounds(network, domains, coeffs, *, options=AlphaOptions(), warm=None, stop=None, mix=None) -> AlphaResult
-    bounds_at(network, domains, coeffs, state, *, device="cpu") -> (D, S) lower bounds at given parameters (one pass)
+    alpha_bounds(network, domains, coeffs, *, options=AlphaOptions(), warm=None, stop=None, mix=None,
+                 support=None) -> AlphaResult
+    bounds_at(network, domains, coeffs, state, *, device="cpu", support=None) -> (D, S) lower bounds at given
+        parameters (one pass)
     alpha_margin_bounds(network, lower, upper, target, *, options=AlphaOptions(), warm=None, intermediate=None)
         -> (margin_lower, margin_upper, state)
     margin_coeffs(num_classes, target) -> (rows e_c - e_target, classes)
-    alpha_memory(network, domains, options=None, mix=None) -> AlphaMemory(per_domain, per_row)   # bytes a
-        domain adds to an alpha_bounds call (estimated from a probe's tensors); .per_child(rows)
+    alpha_memory(network, domains, options=None, mix=None, support=None) -> AlphaMemory(per_domain, per_row)
+        # bytes a domain adds to an alpha_bounds call (estimated from a probe's tensors); .per_child(rows)
+    parameter_support(network, domains) -> {node: units}   # the units whose relaxation has parameters to choose
 
 The top-k use of these bounds (only the margins a proof needs, pairs of margins for k = 2, warm starts across a
 search) is :mod:`mlrobust.bounds.alpha_margin`.
@@ -94,6 +97,7 @@ from mlrobust.bounds.alpha_params import (
     fixed_families,
     param_groups,
     project,
+    relayout,
 )
 from mlrobust.bounds.crown import (
     _needs_crown,
@@ -282,6 +286,8 @@ class _Context:
     seed_beta: bool = False
     #: per node, the split neurons that pass may seed (None: every split neuron of the node); see ``_new_splits``
     seed_new: dict[str, Tensor | None] = field(default_factory=dict)
+    #: per node whose parameters are kept compact, the units they are kept for (``OpRules.alpha_support``)
+    support: dict[str, Tensor] = field(default_factory=dict)
     _consts: dict[int, tuple[object, Tensor]] = field(default_factory=dict)
 
     def const(self, arr: np.ndarray) -> Tensor:
@@ -301,7 +307,7 @@ class _Context:
         relax = {k: r.cast(dtype) for k, r in self.relax.items()}
         return _Context(self.network, relax, c(self.in_lower), c(self.in_upper), AlphaState(), None, dtype,
                         mix_base=None if self.mix_base is None else c(self.mix_base), mix_valid=self.mix_valid,
-                        mix_init=self.mix_init)
+                        mix_init=self.mix_init, support=self.support)
 
 
 def _plan(network: Network, start: str) -> list[Node]:
@@ -398,6 +404,8 @@ def _new_splits(params: AlphaState, warm: AlphaState) -> dict[str, Tensor | None
     out: dict[str, Tensor | None] = {}
     for name, v in params.family(BETA.name).items():
         w = theirs.get(name)
+        if w is not None:
+            w = relayout(w, warm.support.get(name), v, params.support.get(name))
         out[name] = None if w is None or w.shape[1:] != v.shape[1:] else torch.isnan(w).expand_as(v)
     return out
 
@@ -677,6 +685,31 @@ def _context(network: Network, domains: DomainBatch) -> _Context:
                     torch.as_tensor(domains.upper, dtype=_F64)[:, None], AlphaState())
 
 
+def parameter_support(network: Network, domains: DomainBatch) -> dict[str, Tensor]:
+    """Per node whose op keeps its α/β parameters compact, the units its relaxation depends on in some domain of
+    ``domains`` (:meth:`~mlrobust.ops.base.OpRules.alpha_support`; from the bounds as given, before any split
+    clamps them, so a split neuron is among them with its multiplier), on the CPU.
+
+    For the branch and bound, taken at the root: its sub-domains inherit the root's intermediate bounds (tightened
+    at most), so their unstable neurons, split ones included, and their open pool windows are among these. A unit
+    off the support that a domain does find unstable is sound either way: it takes CROWN's line, not an optimised
+    one (and a split off it, β = 0)."""
+    ctx = _context(network, domains)
+    out: dict[str, Tensor] = {}
+    for node in network.nodes:
+        if node.op.alpha_families:
+            idx = node.op.alpha_support(ctx, node)
+            if idx is not None:
+                out[node.name] = idx.to(torch.int64).cpu()
+    return out
+
+
+def _on_device(support: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``support``'s index tensors on the current default device (the passes' tensors are there)."""
+    where = torch.empty(0).device
+    return {k: v.to(where) for k, v in support.items()}
+
+
 def _propagate_intervals(network: Network, domains: DomainBatch, after: str) -> DomainBatch:
     """Intersect the pre-activation bounds that come after tensor ``after`` with interval propagation, per domain."""
     order = network.tensors
@@ -759,7 +792,7 @@ def _output_rows(network: Network, coeffs: np.ndarray, d: int) -> Tensor:
 
 def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, options: AlphaOptions | None = None,
                  warm: AlphaState | None = None, stop: Callable[[np.ndarray], bool] | None = None,
-                 mix: RowMix | None = None) -> AlphaResult:
+                 mix: RowMix | None = None, support: dict[str, Tensor] | None = None) -> AlphaResult:
     """Sound lower bounds of ``coeffs[s] @ y`` (``y`` the flattened output) over each domain, α/β-optimised.
 
     With ``mix`` the rows are its convex combinations, weights optimised per domain (``coeffs`` is then ignored and
@@ -768,6 +801,10 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
     (same S; D equal or 1), e.g. ``result.state.select(parent_of_each_child)``. Never looser than plain CROWN on
     the same intermediate bounds (``crown_lower``). ``stop(best)`` is asked after every step with the best sound
     bounds so far ``(D, S)`` and ends the optimisation when it returns True (e.g. once a property is proven).
+    ``support``: keep the parameters of those nodes compact over those units (:func:`parameter_support`; the
+    result's state is in that layout, a warm start in another one is carried over unit by unit); the bounds are
+    those of the dense layout whose other units hold CROWN's values. Ignored with a joint intermediate
+    optimisation (which rebuilds the relaxations its support was taken from).
     """
     options = options or AlphaOptions()
     start_time = time.perf_counter()
@@ -800,6 +837,8 @@ def alpha_bounds(network: Network, domains: DomainBatch, coeffs: np.ndarray, *, 
         capture: dict[str, Tensor] = {}
         joint = (joint_layer(network, used) if options.joint_intermediate != "off" and options.iterations > 0
                  else None)
+        if support and joint is None:
+            ctx.support = _on_device(support)
         res = _optimise(ctx, plan, out, a0, options, warm, deadline, capture, stop, joint)
         stats: dict = {"intermediate_rows": rows_intermediate, "joint": res.joint, "loop_seconds": res.loop_seconds,
                        "final_seconds": res.final_seconds, "fixed_passes": res.fixed_passes}
@@ -833,16 +872,18 @@ def _with_joint_bounds(domains: DomainBatch, joint: JointLayer) -> DomainBatch:
 
 
 def bounds_at(network: Network, domains: DomainBatch, coeffs: np.ndarray, state: AlphaState | None, *,
-              device: str = "cpu") -> np.ndarray:
+              device: str = "cpu", support: dict[str, Tensor] | None = None) -> np.ndarray:
     """Sound lower bounds ``(D, S)`` of ``coeffs`` (``(S, C)`` or ``(D, S, C)``) at given parameters (projected into
     range; missing ones are CROWN's): one backward pass, no optimisation and no comparison with CROWN — the cheap
-    estimate branching heuristics need (``+inf`` for an empty domain). ``device``: as ``AlphaOptions.device``."""
+    estimate branching heuristics need (``+inf`` for an empty domain). ``device``: as ``AlphaOptions.device``;
+    ``support``: as :func:`alpha_bounds`'s (the same bounds either way)."""
     check_device(device)
     _check_domains(network, domains)
     a0 = _output_rows(network, coeffs, domains.size)
     with torch_threads(1), torch_device(device), torch.no_grad():
         used, empty = _clamped(network, domains)
         ctx = _context(network, used)
+        ctx.support = _on_device(support or {})
         out = network.output_name
         plan = _plan(network, out)
         ctx.params = adopt(default_params(ctx, plan, domains.size, a0.shape[1]), state, ctx)
@@ -935,7 +976,7 @@ def _tensor_bytes(obj: object) -> int:
 
 
 def alpha_memory(network: Network, domains: DomainBatch, options: AlphaOptions | None = None,
-                 mix: RowMix | None = None) -> AlphaMemory:
+                 mix: RowMix | None = None, support: dict[str, Tensor] | None = None) -> AlphaMemory:
     """The memory one domain adds to an :func:`alpha_bounds` call over ``domains``, from the tensors the call
     allocates, measured on a probe of one of them.
 
@@ -946,6 +987,7 @@ def alpha_memory(network: Network, domains: DomainBatch, options: AlphaOptions |
     relaxations it reads), the relaxations themselves in float64 and the loop's dtype, and the pre-activation
     bounds (the batch, its clamped copy, both float64). An estimate of what is alive together, not an allocator
     count; the joint intermediate optimisation (one domain only) and ``optimize_intermediate`` are not included.
+    ``support``: the call's compact layout (:func:`alpha_bounds`); its parameters count only its units.
     """
     options = options or AlphaOptions()
     loop_dtype = getattr(torch, options.loop_dtype)
@@ -960,6 +1002,7 @@ def alpha_memory(network: Network, domains: DomainBatch, options: AlphaOptions |
     with torch_threads(options.threads), torch_device(options.device):
         used, _ = _clamped(network, probe)
         ctx = _context(network, used)
+        ctx.support = _on_device(support or {})
         if mix is not None:
             ctx.mix_base = torch.as_tensor(mix.base).reshape(mix.base.shape[0], *network.shape_of(out))
             ctx.mix_valid = torch.as_tensor(mix.groups[:1])[None]

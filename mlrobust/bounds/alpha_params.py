@@ -9,8 +9,9 @@ weights (:data:`MIX`, the specification's, :class:`mlrobust.bounds.alpha_crown.R
 
 API::
 
-    AlphaState(families)    # .family(name), .put(name, node, value), .groups(), .domains, .rows, .map(fn),
-                            # .select(idx), .select_rows(idx), .concat_rows(states), .stack(states)
+    AlphaState(families, support={})   # .family(name), .put(name, node, value), .groups(), .domains, .rows,
+                            # .map(fn), .select(idx), .select_rows(idx), .concat_rows(states), .stack(states)
+    relayout(value, theirs, like, mine) -> values of one node's family in another support's layout (NaN: none)
     default_params(ctx, plan, d, s) -> AlphaState      # CROWN's values of every family of every node in plan
     adopt(init, warm, ctx, fixed=()) -> AlphaState     # warm values where they fit, projected
     project(state, ctx)                                 # every value onto its feasible set, in place
@@ -44,9 +45,14 @@ class AlphaState:
     ``alpha``, MaxPool lower-line weights ``pool`` and upper-line thresholds ``tau``, split multipliers ``beta``,
     row-mixture weights ``mix["rows"]``, and whatever families other op kinds declare). Any values are sound; they
     only speed up a later call on a similar box or on sub-domains.
+
+    ``support``: per node kept compact, the sorted flat indices of the units (neurons, windows) its families hold
+    values for, ``(D, S, m, ...)`` (see :meth:`mlrobust.ops.base.OpRules.alpha_support`); a node not in it is dense
+    ``(D, S, *units, ...)``.
     """
 
     families: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    support: dict[str, Tensor] = field(default_factory=dict)
 
     def family(self, name: str) -> dict[str, Tensor]:
         """The values of family ``name`` by node (an empty dict, not stored, when the state has none)."""
@@ -104,7 +110,8 @@ class AlphaState:
         return 0 if v is None else int(v.shape[1])
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> AlphaState:
-        return AlphaState({name: {k: fn(v) for k, v in values.items()} for name, values in self.families.items()})
+        return AlphaState({name: {k: fn(v) for k, v in values.items()} for name, values in self.families.items()},
+                          dict(self.support))
 
     def select(self, idx: np.ndarray | list[int]) -> AlphaState:
         """The state of domains ``idx`` (repeats allowed: two children of one parent both start from it)."""
@@ -130,10 +137,10 @@ class AlphaState:
         parts = [s if s is not None else like.select_rows([0]).map(lambda v: torch.full_like(v, float("nan")))
                  for s in states]
         keys = like._keys()
-        if any(p._keys() != keys for p in parts):
+        if any(p._keys() != keys or not _same_support(p.support, like.support) for p in parts):
             return None
         return AlphaState({name: {k: torch.cat([p.families[name][k] for p in parts], dim=1) for k in ks}
-                           for name, ks in keys.items()})
+                           for name, ks in keys.items()}, dict(like.support))
 
     @staticmethod
     def stack(states: Iterable[object | None]) -> AlphaState | None:
@@ -145,17 +152,70 @@ class AlphaState:
         if not states or any(not isinstance(s, AlphaState) for s in states):
             return None
         typed = [s for s in states if isinstance(s, AlphaState)]
-        out = AlphaState()
+        out = AlphaState(support=dict(typed[0].support))
         for name in typed[0].families:
             keys = set(typed[0].family(name))
             for s in typed[1:]:
                 keys &= set(s.family(name))
+                # a node kept over another support (or dense in one, compact in another) has no common layout
+                keys = {k for k in keys if _same_units(s.support.get(k), typed[0].support.get(k))}
             for k in sorted(keys):
                 parts = [s.families[name][k] for s in typed]
                 if any(p.shape[1:] != parts[0].shape[1:] for p in parts):
                     continue
                 out.put(name, k, torch.cat(parts).double())
         return out
+
+
+def _same_units(a: Tensor | None, b: Tensor | None) -> bool:
+    """Whether two supports of one node are the same layout (None: dense)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a is b or (a.shape == b.shape and bool(torch.equal(a, b.to(a.device))))
+
+
+def _same_support(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
+    return a.keys() == b.keys() and all(_same_units(a[k], b[k]) for k in a)
+
+
+def relayout(value: Tensor, theirs: Tensor | None, like: Tensor, mine: Tensor | None) -> Tensor | None:
+    """``value`` (one node's family, ``(D', S, ...)`` over the support ``theirs``; None: dense) in the layout of
+    ``like`` (``(D, S, ...)`` over ``mine``), NaN where ``value`` holds nothing (a unit off ``theirs``); None where
+    the shapes do not fit. Only the layout changes: each unit keeps its own value."""
+    if _same_units(theirs, mine):
+        return value if value.shape[1:] == like.shape[1:] else None
+    if value.shape[1] != like.shape[1]:
+        return None
+    # the axes past the units (a pool window's inputs): the compact side has one unit axis
+    rest = like.shape[3:] if theirs is None else value.shape[3:]
+    dense = value if theirs is None else like
+    if mine is not None and theirs is not None and value.shape[3:] != like.shape[3:]:
+        return None
+    if rest and tuple(dense.shape[-len(rest):]) != tuple(rest):
+        return None
+    units = int(np.prod(dense.shape[2:dense.dim() - len(rest)])) if mine is None or theirs is None else -1
+    if theirs is None:  # dense -> compact
+        assert mine is not None
+        if mine.numel() and int(mine.max()) >= units:
+            return None
+        return value.reshape(*value.shape[:2], units, *rest).index_select(2, mine.to(value.device))
+    theirs = theirs.to(value.device)
+    if mine is None:  # compact -> dense
+        if theirs.numel() and int(theirs.max()) >= units:
+            return None
+        out = torch.full((value.shape[0], value.shape[1], units, *rest), float("nan"), dtype=value.dtype,
+                         device=value.device)
+        out[:, :, theirs] = value
+        return out.reshape(value.shape[0], *like.shape[1:])
+    # compact -> another compact: each unit of ``mine`` looked up among ``theirs``
+    mine = mine.to(value.device)
+    out = torch.full((value.shape[0], value.shape[1], mine.numel(), *rest), float("nan"), dtype=value.dtype,
+                     device=value.device)
+    if theirs.numel():
+        at = torch.searchsorted(theirs, mine).clamp(max=theirs.numel() - 1)
+        found = theirs[at] == mine
+        out[:, :, found] = value[:, :, at[found]]
+    return out
 
 
 # --- the protocol: the ops' families ------------------------------------------------------------------------------
@@ -167,7 +227,7 @@ def _owners(network: Network) -> Iterator[Node]:
 def default_params(ctx: Any, plan: list[Node], d: int, s: int) -> AlphaState:
     """CROWN's values of every family of every node of ``plan``, one copy per (domain, row); the row mixture's
     initial weights where ``ctx`` has one."""
-    st = AlphaState()
+    st = AlphaState(support={node.name: ctx.support[node.name] for node in plan if node.name in ctx.support})
     for node in plan:
         declared = {f.name for f in node.op.alpha_families}
         for name, value in node.op.alpha_init(ctx, node, d, s).items():
@@ -193,6 +253,8 @@ def adopt(init: AlphaState, warm: AlphaState | None, ctx: Any, fixed: Iterable[s
         theirs = warm.family(name)
         for k, v in mine.items():
             w = theirs.get(k)
+            if w is not None:  # the warm start over the units this call keeps (NaN where it has none: CROWN's)
+                w = relayout(w, warm.support.get(k), v, init.support.get(k))
             if w is None or w.shape[1:] != v.shape[1:] or w.shape[0] not in (1, v.shape[0]):
                 continue
             w = w.to(torch.float64).expand_as(v)

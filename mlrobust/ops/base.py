@@ -155,6 +155,14 @@ class OpRules:
         (one of :attr:`alpha_families`; a family may be left out, e.g. β where no neuron of the node is split)."""
         return {}
 
+    def alpha_support(self, ctx: Any, node: Node) -> torch.Tensor | None:
+        """The units (sorted flat indices of the node's neurons or windows) whose relaxation depends on the op's
+        parameters in some domain of ``ctx``, or None (the parameters stay dense). Where a caller fixes a support
+        (:func:`mlrobust.bounds.alpha_crown.parameter_support`) the op keeps its families ``(D, S, m, ...)`` over
+        those units only (``ctx.support[node.name]``) in :meth:`alpha_init`, :meth:`alpha_step` and
+        :meth:`alpha_project`, and the units off it take CROWN's choice."""
+        return None
+
     def alpha_project(self, ctx: Any, node: Node, family: str, value: torch.Tensor) -> None:
         """Project ``value`` (the node's parameters of ``family``) in place onto the set where every line they
         pick is sound; ``ctx`` holds the relaxation (:meth:`alpha_relax`) under ``ctx.relax[node.name]``."""

@@ -147,3 +147,35 @@ def project_simplex(v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     rho = cond.to(v.dtype).cumsum(-1).argmax(-1, keepdim=True)  # last index where cond holds
     tau = css.gather(-1, rho) / (rho + 1).to(v.dtype)
     return torch.where(valid, (v - tau).clamp(min=0.0), torch.zeros_like(v))
+
+
+# --- compact parameter layouts ------------------------------------------------------------------------------------
+# An op's α/β parameters may be kept only for the units whose relaxation depends on them (a node's "support": the
+# sorted flat indices of its neurons or windows), ``(D, S, m, *rest)`` instead of ``(D, S, *units, *rest)``; the
+# gradients, the optimiser's moments, the projections and the branch and bound's store then hold ``m`` of them.
+def on_units(x: torch.Tensor, units: int, idx: torch.Tensor | None) -> torch.Tensor:
+    """``x`` ``(D, S, *unit_shape, *rest)`` (``units``: how many axes ``unit_shape`` has) at the units ``idx`` of
+    its flattened unit axes: ``(D, S, len(idx), *rest)`` (``x`` itself when ``idx`` is None)."""
+    if idx is None:
+        return x
+    rest = x.shape[2 + units:]
+    return x.reshape(*x.shape[:2], -1, *rest).index_select(2, idx)
+
+
+def support_mask(size: int, idx: torch.Tensor) -> torch.Tensor:
+    """``(size,)`` bool, true at ``idx``."""
+    mask = torch.zeros(size, dtype=torch.bool, device=idx.device)
+    mask[idx] = True
+    return mask
+
+
+def expand_units(base: torch.Tensor, values: torch.Tensor, units: int, idx: torch.Tensor | None) -> torch.Tensor:
+    """The dense ``(D, S, *unit_shape, *rest)`` parameters that are ``values`` ``(D, S, m, *rest)`` at the units
+    ``idx`` and ``base`` ``(D or 1, 1 or S, *unit_shape, *rest)`` elsewhere (``values`` itself when ``idx`` is None).
+    Differentiable in ``values``: the gradient comes back compact."""
+    if idx is None:
+        return values
+    d, s = values.shape[:2]
+    full = base.expand(d, s, *base.shape[2:]).clone(memory_format=torch.contiguous_format)
+    flat = full.reshape(d, s, -1, *base.shape[2 + units:])
+    return flat.index_copy(2, idx, values.to(flat.dtype)).reshape(full.shape)

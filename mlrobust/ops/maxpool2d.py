@@ -234,12 +234,15 @@ class MaxPool2d(OpRules):
     def alpha_step(self, ctx: Any, node: Node, a: torch.Tensor) -> Any:
         import torch
 
-        from mlrobust.ops.coeffs import AlphaStep
+        from mlrobust.ops.coeffs import AlphaStep, expand_units
 
         r = ctx.relax[node.name]
         d, s = a.shape[:2]
-        lam = ctx.params.family(POOL_WEIGHTS.name).get(node.name, r.default_lam)
-        theta = ctx.params.family(POOL_THRESHOLDS.name).get(node.name, r.default_tau)
+        lam = ctx.params.family(POOL_WEIGHTS.name).get(node.name)
+        theta = ctx.params.family(POOL_THRESHOLDS.name).get(node.name)
+        idx = ctx.support.get(node.name)  # compact parameters: scattered over CROWN's choice of the other windows
+        lam = r.default_lam if lam is None else expand_units(r.default_lam, lam, 1, idx)
+        theta = r.default_tau if theta is None else expand_units(r.default_tau, theta, 1, idx)
         tau = (r.tau_lo + theta * (r.tau_hi - r.tau_lo))[..., None]  # (D, S or 1, P, 1)
         a2 = a.reshape(d, s, -1)
         pos, neg = a2.clamp(min=0.0), a2.clamp(max=0.0)
@@ -264,16 +267,39 @@ class MaxPool2d(OpRules):
         idx = pool_index(self, network.shape_of(t))
         return alpha_pool_relax(idx, domains.pre_lower[t], domains.pre_upper[t])
 
-    def alpha_init(self, ctx: Any, node: Node, d: int, s: int) -> dict[str, torch.Tensor]:
+    def alpha_support(self, ctx: Any, node: Node) -> torch.Tensor:
+        """The windows that no single input dominates in some domain of ``ctx``: only there are CROWN's lines not
+        exact (a sub-domain inheriting these bounds keeps a dominated window dominated). A dominated window keeps
+        CROWN's exact lines (its winner); the dense layout also lets the optimiser move its weights off the winner,
+        a looser line locally that can still move the final bound either way, so the compact layout optimises
+        fewer parameters, not the same ones (every choice is sound)."""
+        import torch
+
         r = ctx.relax[node.name]
-        return {POOL_WEIGHTS.name: r.default_lam.expand(d, s, *r.default_lam.shape[2:]).clone(),
-                POOL_THRESHOLDS.name: r.default_tau.expand(d, s, *r.default_tau.shape[2:]).clone()}
+        neg_inf = torch.tensor(float("-inf"), dtype=r.u_win.dtype)
+        u_m = torch.where(r.valid, r.u_win, neg_inf)
+        u_top, k_up = u_m.max(-1)
+        l_top = r.l_win.gather(-1, k_up[..., None])[..., 0]
+        u_second = u_m.scatter(-1, k_up[..., None], float("-inf")).max(-1).values
+        open_windows = ~(l_top >= u_second)  # (D, 1, P)
+        return torch.nonzero(open_windows.reshape(open_windows.shape[0], -1).any(dim=0)).reshape(-1)
+
+    def alpha_init(self, ctx: Any, node: Node, d: int, s: int) -> dict[str, torch.Tensor]:
+        from mlrobust.ops.coeffs import on_units
+
+        r = ctx.relax[node.name]
+        idx = ctx.support.get(node.name)
+        lam, theta = on_units(r.default_lam, 1, idx), on_units(r.default_tau, 1, idx)
+        return {POOL_WEIGHTS.name: lam.expand(d, s, *lam.shape[2:]).clone(),
+                POOL_THRESHOLDS.name: theta.expand(d, s, *theta.shape[2:]).clone()}
 
     def alpha_project(self, ctx: Any, node: Node, family: str, value: torch.Tensor) -> None:
         from mlrobust.ops.coeffs import project_simplex
 
         if family == POOL_WEIGHTS.name:
-            value.copy_(project_simplex(value, ctx.relax[node.name].valid))
+            valid = ctx.relax[node.name].valid
+            idx = ctx.support.get(node.name)
+            value.copy_(project_simplex(value, valid if idx is None else valid.index_select(0, idx)))
         else:
             value.clamp_(0.0, 1.0)
 

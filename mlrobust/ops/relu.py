@@ -167,26 +167,70 @@ class Relu(OpRules):
         r = ctx.relax[node.name]
         if ctx.capture is not None:
             ctx.capture[node.name] = a.detach()
-        alpha = ctx.params.family(RELU_SLOPES.name).get(node.name, r.default_alpha)
-        lower_slope = torch.where(r.active, 1.0, torch.where(r.unstable, alpha, 0.0))
         pos, neg = a.clamp(min=0.0), a.clamp(max=0.0)
-        a_in = pos * lower_slope + neg * r.up_slope
+        if ctx.support.get(node.name) is not None:
+            a_in = self._compact_terms(ctx, node, r, pos, neg)
+        else:
+            alpha = ctx.params.family(RELU_SLOPES.name).get(node.name, r.default_alpha)
+            lower_slope = torch.where(r.active, 1.0, torch.where(r.unstable, alpha, 0.0))
+            a_in = pos * lower_slope + neg * r.up_slope
+            beta = ctx.params.family(BETA.name).get(node.name)
+            if beta is not None and r.sign is not None:
+                if ctx.seed_beta:
+                    seed_split_multipliers(beta, alpha, pos, r.sign, ctx.seed_new.get(node.name))
+                a_in = a_in - beta * r.sign  # the Lagrangian term -β s z of the split constraints s z >= 0
+        return AlphaStep([(node.inputs[0], a_in)], rows(neg * r.up_icpt), rows(neg.abs() * r.up_icpt.abs()))
+
+    def _compact_terms(self, ctx: Any, node: Node, r: AlphaReluRelax, pos: torch.Tensor,
+                       neg: torch.Tensor) -> torch.Tensor:
+        """The input coefficients of :meth:`alpha_step` with α and β kept on the node's support only
+        (``(D, S, m)``, see :meth:`alpha_support`): every neuron takes the slope its relaxation fixes (1 active,
+        0 inactive, CROWN's for an unstable one off the support), then the support's neurons add what their
+        parameters change, in one ``index_add`` (same lines as the dense layout; the gradient stays compact)."""
+        import torch
+
+        from mlrobust.ops.coeffs import on_units, support_mask
+
+        idx = ctx.support[node.name]
+        units = r.unstable.dim() - 2
+        off = ~support_mask(r.unstable[0, 0].numel(), idx).reshape(r.unstable.shape[2:])
+        fixed = torch.where(r.active, 1.0, torch.where(r.unstable & off, r.default_alpha, 0.0))
+        a_in = pos * fixed + neg * r.up_slope
+        pos_c = on_units(pos, units, idx)
+        alpha = ctx.params.family(RELU_SLOPES.name).get(node.name)
+        if alpha is None:
+            alpha = on_units(r.default_alpha, units, idx)
+        change = pos_c * torch.where(on_units(r.unstable, units, idx), alpha, 0.0)
         beta = ctx.params.family(BETA.name).get(node.name)
         if beta is not None and r.sign is not None:
+            sign = on_units(r.sign, units, idx)
             if ctx.seed_beta:
-                seed_split_multipliers(beta, alpha, pos, r.sign, ctx.seed_new.get(node.name))
-            a_in = a_in - beta * r.sign  # the Lagrangian term -β s z of the split constraints s z >= 0
-        return AlphaStep([(node.inputs[0], a_in)], rows(neg * r.up_icpt), rows(neg.abs() * r.up_icpt.abs()))
+                seed_split_multipliers(beta, alpha, pos_c, sign, ctx.seed_new.get(node.name))
+            change = change - beta * sign  # the Lagrangian term -β s z of the split constraints s z >= 0
+        d, s = a_in.shape[:2]
+        return a_in.reshape(d, s, -1).index_add(2, idx, change.to(a_in.dtype)).reshape(a_in.shape)
 
     def alpha_relax(self, network: Network, node: Node, domains: Any) -> AlphaReluRelax:
         t = node.inputs[0]
         return alpha_relu_relax(domains.pre_lower[t], domains.pre_upper[t], domains.splits.get(node.name))
 
-    def alpha_init(self, ctx: Any, node: Node, d: int, s: int) -> dict[str, torch.Tensor]:
+    def alpha_support(self, ctx: Any, node: Node) -> torch.Tensor:
+        """The neurons unstable or split in some domain of ``ctx`` (only an unstable neuron's lower line has a slope
+        to choose, only a split one a multiplier; a sub-domain inheriting these bounds is unstable on fewer)."""
         import torch
 
         r = ctx.relax[node.name]
-        slopes = r.default_alpha.expand(d, s, *r.default_alpha.shape[2:]).clone()
+        used = r.unstable if r.sign is None else r.unstable | (r.sign != 0)
+        return torch.nonzero(used.reshape(used.shape[0], -1).any(dim=0)).reshape(-1)
+
+    def alpha_init(self, ctx: Any, node: Node, d: int, s: int) -> dict[str, torch.Tensor]:
+        import torch
+
+        from mlrobust.ops.coeffs import on_units
+
+        r = ctx.relax[node.name]
+        default = on_units(r.default_alpha, r.default_alpha.dim() - 2, ctx.support.get(node.name))
+        slopes = default.expand(d, s, *default.shape[2:]).clone()
         if r.sign is None:
             return {RELU_SLOPES.name: slopes}
         return {RELU_SLOPES.name: slopes, BETA.name: torch.zeros_like(slopes)}

@@ -30,6 +30,7 @@ from mlrobust.bounds.alpha_crown import (
     alpha_bounds,
     alpha_memory,
     bounds_at,
+    parameter_support,
 )
 from mlrobust.bounds.alpha_params import MIX
 from mlrobust.bounds.crown import (
@@ -309,6 +310,21 @@ class AlphaEngine:
         self.keep_warm = keep_warm
         #: what bounding has cost so far, measured: the time :meth:`alpha` keeps back before a deadline
         self.costs = BoundCosts()
+        #: the compact layout of every α/β state this engine makes and takes (None: dense), see :meth:`fix_support`
+        self.support: dict[str, torch.Tensor] | None = None
+
+    def fix_support(self, root: Domain) -> None:
+        """Keep every later call's α/β parameters compact over the units whose relaxation has parameters to choose
+        under ``root``'s bounds (:func:`~mlrobust.bounds.alpha_crown.parameter_support`): a branch and bound's
+        sub-domains inherit the root's intermediate bounds, so theirs are among them. States this engine is given
+        without a layout of their own are taken to be in this one (the domain store keeps only the tensors)."""
+        self.support = parameter_support(self.network, self._batch([root]))
+
+    def own(self, state: AlphaState | None) -> AlphaState | None:
+        """``state`` marked as in this engine's layout where it carries none (see :meth:`fix_support`)."""
+        if state is not None and self.support and not state.support:
+            state.support = dict(self.support)
+        return state
 
     def root(self, lower: np.ndarray, upper: np.ndarray, lows: dict[str, np.ndarray] | None = None,
              ups: dict[str, np.ndarray] | None = None) -> Domain:
@@ -340,7 +356,7 @@ class AlphaEngine:
                 where.append(i)
         if live:
             batch = self._batch(live)
-            warm = AlphaState.stack([d.warm for d in live]) if self.keep_warm else None
+            warm = self.own(AlphaState.stack([d.warm for d in live])) if self.keep_warm else None
             if warm is not None and rows is not None:
                 warm = warm.select_rows(rows) if warm.rows == full else None
             res = self.alpha(batch, coeffs, options_within(self.options, deadline), warm, mix)
@@ -384,7 +400,7 @@ class AlphaEngine:
         if self.memory_budget is None or batch.size <= 1:
             return max(batch.size, 1)
         t0 = time.perf_counter()
-        per_child = alpha_memory(self.network, batch, options or self.options, mix).per_child(rows)
+        per_child = alpha_memory(self.network, batch, options or self.options, mix, self.support).per_child(rows)
         self.costs.probe = time.perf_counter() - t0
         return int(min(max(self.memory_budget // max(per_child, 1), 1), batch.size))
 
@@ -415,6 +431,7 @@ class AlphaEngine:
         rows = int(coeffs.shape[-2]) if mix is None else mix.rows
         deadline = None if options.time_limit is None else time.perf_counter() + float(options.time_limit)
         costs = self.costs
+        warm = self.own(warm)
         if deadline is not None and size > 1 and self.memory_budget is not None and (
                 time.perf_counter() + self.least_call(rows, warm is not None) > deadline):
             return _nothing_bounded(size, rows)  # not even the memory probe and one domain's fixed passes would fit
@@ -424,7 +441,7 @@ class AlphaEngine:
                 return _nothing_bounded(size, rows)
             t0 = time.perf_counter()
             mine = costs.options_for(options_within(options, deadline), size, rows)
-            res = alpha_bounds(self.network, batch, coeffs, options=mine, warm=warm, mix=mix)
+            res = alpha_bounds(self.network, batch, coeffs, options=mine, warm=warm, mix=mix, support=self.support)
             costs.learn_fixed(res, size * rows, time.perf_counter() - t0)
             res.stats["chunks"] = 1
             res.stats["skipped"] = 0
@@ -442,14 +459,16 @@ class AlphaEngine:
                 part_warm = warm.select(idx) if warm.domains == size else warm  # one domain's broadcasts
             t0 = time.perf_counter()
             res = alpha_bounds(self.network, batch.select(idx), coeffs[idx] if per_domain else coeffs,
-                               options=mine, warm=part_warm, mix=mix)
+                               options=mine, warm=part_warm, mix=mix, support=self.support)
             t1 = time.perf_counter()
             gathered.add(res)
             t2 = time.perf_counter()
             costs.learn_fixed(res, idx.size * rows, t2 - t0, t2 - t1)
         if not gathered.done:
             return _nothing_bounded(size, rows)
-        return gathered.result()
+        res = gathered.result()
+        self.own(res.state)
+        return res
 
     def _batch(self, domains: list[Domain]) -> DomainBatch:
         """The domains stacked for one α/β call (their float32 bounds widened to float64 exactly)."""
@@ -482,9 +501,11 @@ class AlphaEngine:
             # each child starts from its parent's parameters of the row being scored
             parents = AlphaState.stack([d.warm.select_rows([int(r)]) for d, r in zip(domains, rows)
                                         if isinstance(d.warm, AlphaState)])
-            warm = None if parents is None else parents.select(owner)
+            if parents is not None:
+                self.own(parents)
+                warm = parents.select(owner)
         coeffs = np.asarray(objectives, dtype=np.float64)[np.asarray(owner)][:, None, :]
-        lower = bounds_at(net, batch, coeffs, warm, device=self.options.device)[:, 0]
+        lower = bounds_at(net, batch, coeffs, warm, device=self.options.device, support=self.support)[:, 0]
         out: list[np.ndarray] = []
         at = 0
         for mine in choices:

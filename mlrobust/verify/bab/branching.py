@@ -238,7 +238,7 @@ class FsbBranching:
         valid = flat_layer[:, 0] >= 0
         # an absent candidate is scored as a split of neuron 0 of node 0 and masked out afterwards
         kids = split_relus(parents, self.layout.relu_nodes, np.where(valid[:, None], flat_layer, 0),
-                           np.where(valid[:, None], flat_index, 0))
+                           np.where(valid[:, None], flat_index, 0), self.engine.support)
         owner = torch.as_tensor(np.repeat(np.arange(d), 2 * k))
         coeffs = np.repeat(objective, 2 * k, axis=0)[:, None, :]
         batch = as_batch(kids)
@@ -253,9 +253,9 @@ class FsbBranching:
             warm = None
             if self.engine.keep_warm and one:
                 # each child starts from its parent's parameters of the row being scored
-                warm = state_of({key: v[owner[sel].to(v.device)] for key, v in one.items()})
+                warm = self.engine.own(state_of({key: v[owner[sel].to(v.device)] for key, v in one.items()}))
             lower[sel] = bounds_at(self.engine.network, batch.select(sel), coeffs[sel], warm,
-                                   device=self.engine.options.device)
+                                   device=self.engine.options.device, support=self.engine.support)
             self.child_seconds = (time.perf_counter() - t0) / sel.size
         return lower[:, 0].reshape(d, k, 2)
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
+import torch
 
 from mlrobust.bounds.alpha_crown import AlphaOptions, tighten_intermediate
 from mlrobust.bounds.crown import crown
@@ -204,6 +205,8 @@ class BabVerifier:
             rb, rows = tighten_intermediate(network, rb, replace(engine.options, iterations=50, time_limit=share))
             stats["root_intermediate_rows"] = rows
         root = engine.root(box.lower, box.upper, rb.lower, rb.upper)
+        if opts.compact_params and isinstance(engine, AlphaEngine) and not input_split:
+            engine.fix_support(root)
         if spec is None:
             target, k = topk  # type: ignore[misc]
             singles = topk_spec(network.num_classes, target, k, pair_weights=())  # every margin, no combinations
@@ -300,7 +303,7 @@ class BabVerifier:
                 if parents.size == 0:
                     continue
             t0 = time.perf_counter()
-            split = self._split(parents, branching, layout, input_split)
+            split = self._split(parents, branching, layout, input_split, getattr(engine, "support", None))
             branch_seconds = time.perf_counter() - t0
             stats["branch_seconds"] += branch_seconds
             if split is not None:
@@ -403,11 +406,12 @@ class BabVerifier:
             levels += 1
         return levels
 
-    def _split(self, parents: Domains, branching: Branching, layout: DomainLayout,
-               input_split: bool) -> tuple[Domains, int] | None:
+    def _split(self, parents: Domains, branching: Branching, layout: DomainLayout, input_split: bool,
+               support: dict[str, torch.Tensor] | None = None) -> tuple[Domains, int] | None:
         """The children of a batch of parents and the most levels a parent was split on at once (None when some
         parent has nothing left to split): several levels at once while the batch is short of ``batch_size``
-        parents, so that the round bounds about ``2 * batch_size`` children."""
+        parents, so that the round bounds about ``2 * batch_size`` children. ``support``: the layout of the
+        parents' α/β warm starts (the engine's, see :meth:`AlphaEngine.fix_support`)."""
         levels = self._levels(parents.size)
         bisect = InputBisection()
         if input_split:
@@ -420,7 +424,7 @@ class BabVerifier:
         if relu.size:
             depth = int(min(levels, avail[relu].min()))
             layer, index = ranked.first(depth)
-            parts.append(split_relus(parents.take(relu), layout.relu_nodes, layer[relu], index[relu]))
+            parts.append(split_relus(parents.take(relu), layout.relu_nodes, layer[relu], index[relu], support))
             used = depth
         rest = np.flatnonzero(avail == 0)
         if rest.size:

@@ -73,6 +73,11 @@ class BabOptions:
     start, one backward pass more per call). Without it β starts at 0 and the child loses what the parent's slope
     won; ten steps often do not win it back, so children bounded worse than their parents at every depth
     (benchmarks/results/bab_ex04.md).
+    ``compact_params``: with the α/β engine and ReLU splitting, keep every α/β parameter (and the warm starts in
+    the store) only for the neurons unstable and the MaxPool windows not exact under the root's bounds
+    (:meth:`~mlrobust.verify.bab_bounds.AlphaEngine.fix_support`): the same bounds for the same parameters, a
+    fraction of the memory and of the optimiser's work (benchmarks/results/bab_compact.md); off: dense over every
+    unit, as before.
     """
 
     batch_size: int = 32
@@ -104,6 +109,7 @@ class BabOptions:
     refresh_stale: bool = False
     memory_target_bytes: int | None = None
     seed_split_beta: bool = True
+    compact_params: bool = True
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:

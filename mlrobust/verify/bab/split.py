@@ -22,10 +22,12 @@ def level_signs(levels: int) -> np.ndarray:
     return np.where(bits == 1, -1, 1).astype(np.int8)
 
 
-def split_relus(parents: Domains, relu_nodes: tuple[str, ...], layer: np.ndarray, index: np.ndarray) -> Domains:
+def split_relus(parents: Domains, relu_nodes: tuple[str, ...], layer: np.ndarray, index: np.ndarray,
+                support: dict[str, torch.Tensor] | None = None) -> Domains:
     """Children of each parent ``b`` fixing the sign of neuron ``index[b, l]`` of ReLU node ``relu_nodes[layer[b,
     l]]`` for every level ``l`` (``layer``/``index``: ``(B, L)``, distinct neurons per parent): ``B * 2**L``
-    children, those of parent ``b`` contiguous."""
+    children, those of parent ``b`` contiguous. ``support``: per node kept compact, the neurons the warm starts'
+    parameters are kept for (:meth:`~mlrobust.verify.bab_bounds.AlphaEngine.fix_support`; None: dense)."""
     b, levels = layer.shape
     per = 2 ** levels
     kids = parents.take(np.repeat(np.arange(b), per))
@@ -36,14 +38,20 @@ def split_relus(parents: Domains, relu_nodes: tuple[str, ...], layer: np.ndarray
     for r, name in enumerate(relu_nodes):
         flat = kids.splits[name].reshape(n, -1)
         beta = kids.warm.get(f"{BETA.name}.{name}")
+        units = None if support is None or name not in support else support[name].cpu().numpy()
         for lev in range(levels):
             rows = np.flatnonzero(lay[:, lev] == r)
             flat[rows, idx[rows, lev]] = sign[rows, lev]
             kids.changed[rows, r] = True
             if beta is not None and rows.size:
                 # the new split's multiplier is unknown (NaN), which marks it for seeding (alpha_crown._optimise)
+                at = idx[rows, lev]
+                if units is not None:  # its column in the compact layout (a neuron off it has no multiplier)
+                    col = np.searchsorted(units, at).clip(max=max(units.size - 1, 0))
+                    kept = (units[col] == at) if units.size else np.zeros(at.size, dtype=bool)
+                    rows, at = rows[kept], col[kept]
                 t_rows = torch.as_tensor(rows, device=beta.device)
-                t_idx = torch.as_tensor(idx[rows, lev], device=beta.device)
+                t_idx = torch.as_tensor(at, device=beta.device)
                 beta.reshape(n, beta.shape[1], -1)[t_rows, :, t_idx] = float("nan")
     kids.depth += levels
     return kids
