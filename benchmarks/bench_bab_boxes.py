@@ -35,7 +35,7 @@ from benchmarks.suite import add_notes_arguments, read_notes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "bab_boxes.md"
-STAT_KEYS = ("root_bound", "final_bound", "domains", "refreshed", "max_depth", "reason")
+STAT_KEYS = ("root_bound", "final_bound", "domains", "refreshed", "window_splits", "max_depth", "reason")
 
 
 def parse_variant(text: str) -> dict[str, Any]:
