@@ -667,12 +667,31 @@ def _clamped(network: Network, domains: DomainBatch) -> tuple[DomainBatch, np.nd
             img_lo, img_hi = node.op.interval(node, [lo[t]], [hi[t]])
             lo[out] = np.maximum(lo[out], img_lo)
             hi[out] = np.minimum(hi[out], img_hi)
+    _restricted_windows(network, domains, lo, hi)
     empty = np.zeros(domains.size, dtype=bool)
     for t, v in lo.items():
         empty |= (v > hi[t]).reshape(domains.size, -1).any(axis=1)
     for t, v in lo.items():  # an empty domain's numbers only need to be harmless: its bound is replaced by +inf
         lo[t] = np.where(empty.reshape(-1, *[1] * (v.ndim - 1)), np.minimum(v, hi[t]), v)
     return replace(domains, pre_lower=lo, pre_upper=hi, splits=dict(domains.splits)), empty
+
+
+def _restricted_windows(network: Network, domains: DomainBatch, lo: dict[str, np.ndarray],
+                        hi: dict[str, np.ndarray]) -> None:
+    """Raise, in place, the lower bound of a MaxPool input that a domain's window split made its window's maximum
+    (:meth:`~mlrobust.ops.maxpool2d.MaxPool2d.restricted_lower`) and, where that input is a ReLU's output, of the
+    ReLU's input as well (``relu(z) >= c > 0`` gives ``z >= c``: the neuron is active on the domain)."""
+    producer = {n.output: n for n in network.nodes}
+    for node in network.nodes:
+        excluded = domains.pool_excluded.get(node.name)
+        t = node.inputs[0] if node.inputs else None
+        if excluded is None or t not in lo:
+            continue
+        lo[t] = node.op.restricted_lower(network, node, lo[t], hi[t], excluded)
+        relu = producer.get(t)
+        if relu is not None and relu.kind == "Relu" and relu.inputs[0] in lo:
+            z = relu.inputs[0]
+            lo[z] = np.where(lo[t] > 0, np.maximum(lo[z], lo[t]), lo[z])
 
 
 def _context(network: Network, domains: DomainBatch) -> _Context:

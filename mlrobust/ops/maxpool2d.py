@@ -60,6 +60,27 @@ def window_live(l_win: np.ndarray, u_win: np.ndarray, valid: np.ndarray,
     return np.where(live.any(axis=-1, keepdims=True), live, allowed)
 
 
+def restricted_lower(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """Lower bounds ``(D, *input)`` of a MaxPool's input raised where a window is restricted to one input ``j``
+    (``excluded`` ``(D, P, K)``, see :func:`window_live`): there ``x_j`` is the window's maximum, so
+    ``x_j >= max_i l_i`` over the window's real inputs (a window split's child "the maximum is at ``j``" knows
+    more than its parent's bounds say)."""
+    d, k = lo.shape[0], idx.shape[-1]
+    flat_idx = idx.reshape(-1, k)
+    valid = flat_idx >= 0
+    safe = np.where(valid, flat_idx, 0)
+    l_win = np.where(valid, lo.reshape(d, -1)[:, safe], -np.inf)
+    u_win = np.where(valid, hi.reshape(d, -1)[:, safe], -np.inf)
+    live = window_live(l_win, u_win, valid, excluded)
+    single = live.sum(-1) == 1  # (D, P)
+    out = lo.reshape(d, -1).copy()
+    if single.any():
+        dom, win = np.nonzero(single)
+        j = safe[win, np.argmax(live[dom, win], axis=-1)]
+        np.maximum.at(out, (dom, j), l_win[dom, win].max(-1))
+    return out.reshape(lo.shape)
+
+
 def _window_winners(l_win: np.ndarray, u_win: np.ndarray) -> tuple[np.ndarray, ...]:
     """Per window (last axis): the entry with the largest lower bound ``k_lo``, the one with the largest upper bound
     ``k_up`` (both with a trailing axis, for ``take_along_axis``), that entry's bounds ``u_top``/``l_top``, the
@@ -307,6 +328,12 @@ class MaxPool2d(OpRules):
         mag = tau[..., 0].abs() + up_off.abs().sum(-1)
         return AlphaStep([(node.inputs[0], a_in[..., : r.n_in].reshape(d, s, *in_shape))], (neg * icpt).sum(-1),
                          (neg.abs() * mag).sum(-1))
+
+    def restricted_lower(self, network: Network, node: Node, lo: np.ndarray, hi: np.ndarray,
+                         excluded: np.ndarray) -> np.ndarray:
+        """Lower bounds ``(D, *input)`` of the input raised where a domain restricts a window to one input (see
+        :func:`restricted_lower`)."""
+        return restricted_lower(pool_index(self, network.shape_of(node.inputs[0])), lo, hi, excluded)
 
     def alpha_relax(self, network: Network, node: Node, domains: Any) -> AlphaPoolRelax:
         t = node.inputs[0]
