@@ -196,3 +196,28 @@ def test_window_splits_reset_the_split_windows_pool_weights_only():
     w = kids.warm[key]
     assert torch.isnan(w[:, :, 1]).all() and (w[:, :, 0] == 0.5).all()
     assert kids.pool_excluded[layout.pool_nodes[0]][:, 1].tolist() == [[False, True], [True, False]]
+
+
+#: (seed, radius) -> (domains, rounds, final bound) of the branch and bound before window splits existed, on
+#: ``_pool_net(seed)`` and the box of that radius around a uniform centre in [-1, 1] (code 9f52cda, no time limit,
+#: 300 domains at most, no root attack, top-1 of the centre's class)
+BEFORE = {(0, 0.1): (329, 6, 0.10427536905929558), (2, 0.1): (345, 6, 0.03667807257181307),
+          (10, 0.2): (361, 7, 0.21001853103647145)}
+
+
+@pytest.mark.parametrize("case", sorted(BEFORE))
+def test_without_pool_splits_the_search_is_the_one_before_them(case):
+    """pool_splits=False makes the same search as the code before window splits: the same domains, rounds and
+    final bound (no deadline, so nothing depends on the clock); with them the same query makes window splits."""
+    seed, radius = case
+    net = _pool_net(seed)
+    centre = np.random.default_rng(seed).uniform(-1, 1, net.sample_shape)
+    box = Box(centre - radius, centre + radius)
+    target = int(np.argmax(net.logits(centre[None])[0]))
+    options = dict(time_limit=None, max_domains=300, root_attack=False)
+    off = BabVerifier(pool_splits=False, **options).verify(net, box, target, k=1, time_limit=None).stats["bab"]
+    domains, rounds, bound = BEFORE[case]
+    assert (off["domains"], off["rounds"]) == (domains, rounds)
+    assert off["final_bound"] == pytest.approx(bound, rel=1e-9, abs=1e-12)
+    on = BabVerifier(**options).verify(net, box, target, k=1, time_limit=None).stats["bab"]
+    assert on["window_splits"] > 0
