@@ -142,13 +142,14 @@ def markdown(res: dict) -> str:
                          f"{sum(r['verdict'] == 'not robust' for r in rs)} | "
                          f"{_num(float(np.median(robust))) if robust else '–'} |")
     lines += ["", "## Per box", "", "Cells: verdict, seconds (deciding tier); the branch and bound's worst bound at "
-              "its root → at its end, domains bounded, stale domains refreshed.", "",
+              "its root → at its end, domains bounded, stale domains refreshed, MaxPool window splits made.", "",
               "| model | image | scale | method | variant | verdict | seconds | tier | root → final bound | domains "
-              "| refreshed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| refreshed | window splits |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         lines.append(f"| {r['model']} | {r['image']} | {r['scale']:g} | {r['method']} | {r['variant']} | "
                      f"{r['verdict']} | {r['seconds']:.1f} | {r['tier']} | {_num(r['root_bound'])} → "
-                     f"{_num(r['final_bound'])} | {_num(r['domains'])} | {_num(r['refreshed'])} |")
+                     f"{_num(r['final_bound'])} | {_num(r['domains'])} | {_num(r['refreshed'])} | "
+                     f"{_num(r.get('window_splits'))} |")
     lines += ["", "## Soundness", ""]
     lines += [f"- {v}" for v in res["violations"]] or ["No violation: no query proves a box at or above a scale where "
                                                      "another query of the same image found a confirmed "
