@@ -316,6 +316,12 @@ class FsbBranching:
         flat_layer, flat_index = layer.reshape(-1, 1), index.reshape(-1, 1)
         valid = flat_layer[:, 0] >= 0
         # an absent candidate is scored as a split of neuron 0 of node 0 and masked out afterwards
+        if self.pool_candidates and self.engine.keep_warm and one:
+            # the children carry their parent's row of the warm start, so that a window split resets the split
+            # window's pool parameters (its threshold relative to the parent's window would keep the parent's
+            # chord, e.g. the constant u_j for a window restricted to j)
+            parents.warm = {key: v[torch.as_tensor(np.repeat(np.arange(d), k)).to(v.device)]
+                            for key, v in one.items()}
         kids = split_choices(parents, self.layout, np.where(valid[:, None], flat_layer, 0),
                              np.where(valid[:, None], flat_index, 0))
         owner = torch.as_tensor(np.repeat(np.arange(d), 2 * k))
@@ -330,7 +336,9 @@ class FsbBranching:
                 break  # NaN: not scored
             t0 = time.perf_counter()
             warm = None
-            if self.engine.keep_warm and one:
+            if self.engine.keep_warm and kids.warm:
+                warm = state_of({key: v[torch.as_tensor(sel).to(v.device)] for key, v in kids.warm.items()})
+            elif self.engine.keep_warm and one:
                 # each child starts from its parent's parameters of the row being scored
                 warm = state_of({key: v[owner[sel].to(v.device)] for key, v in one.items()})
             lower[sel] = bounds_at(self.engine.network, batch.select(sel), coeffs[sel], warm,

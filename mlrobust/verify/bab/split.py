@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mlrobust.ops.base import BETA
-from mlrobust.ops.maxpool2d import POOL_WEIGHTS, window_live
+from mlrobust.ops.maxpool2d import POOL_THRESHOLDS, POOL_WEIGHTS, window_live
 from mlrobust.verify.bab.store import DomainLayout, Domains
 
 
@@ -111,13 +111,15 @@ def split_windows(kids: Domains, layout: DomainLayout, sign: np.ndarray, layer: 
                   index: np.ndarray) -> None:
     """Apply, in place, the window decisions among ``(layer, index)`` ``(n, L)`` (see :func:`split_choices`) to the
     children ``kids`` with sides ``sign`` ``(n, L)``: side ``+`` keeps only the window's input with the largest upper
-    bound among those that may still attain its maximum, side ``-`` rules that input out. The pool weights of the
-    split window in the children's warm start become unknown (NaN: CROWN's choice for the restricted window)."""
+    bound among those that may still attain its maximum, side ``-`` rules that input out. The pool weights and
+    threshold of the split window in the children's warm start become unknown (NaN: CROWN's choice for the
+    restricted window; a threshold kept as a fraction of the parent's range would keep the parent's chord)."""
     n, levels = layer.shape
     base = len(layout.relu_nodes)
     for p, name in enumerate(layout.pool_nodes):
         excluded = kids.pool_excluded[name]
-        weights = kids.warm.get(f"{POOL_WEIGHTS.name}.{name}")
+        params = [kids.warm[k] for k in (f"{POOL_WEIGHTS.name}.{name}", f"{POOL_THRESHOLDS.name}.{name}")
+                  if k in kids.warm]
         for lev in range(levels):
             rows = np.flatnonzero(layer[:, lev] == base + p)
             if rows.size == 0:
@@ -128,7 +130,6 @@ def split_windows(kids: Domains, layout: DomainLayout, sign: np.ndarray, layer: 
             chosen = np.arange(hi.shape[1])[None] == best[:, None]
             keep_one = (sign[rows, lev] > 0)[:, None]
             excluded[rows, windows] = np.where(keep_one, ~chosen, excluded[rows, windows] | chosen)
-            if weights is not None:
-                t_rows = torch.as_tensor(rows, device=weights.device)
-                t_win = torch.as_tensor(windows, device=weights.device)
-                weights.reshape(n, weights.shape[1], -1, weights.shape[-1])[t_rows, :, t_win] = float("nan")
+            for v in params:  # (n, S, P, K) weights, (n, S, P) thresholds
+                t_rows, t_win = torch.as_tensor(rows, device=v.device), torch.as_tensor(windows, device=v.device)
+                v.reshape(n, v.shape[1], len(layout.pool_windows[p]), -1)[t_rows, :, t_win] = float("nan")
