@@ -20,7 +20,8 @@ domain at a time anyway).
   No scoring pass starts that would not end before its deadline at the last pass's rate: the domains not scored
   keep BaBSR's order. With window splits, BaBSR's ``pool_candidates`` best windows are tried alongside
   (separately ranked: the two scores are not on one scale), so the split whose worse child is best wins, ReLU or
-  window.
+  window; a window candidate's children start with that window's pool parameters reset to CROWN's, as the real
+  children do (:func:`~mlrobust.verify.bab.split.split_windows`).
 - :class:`InputBisection` — input dimensions by ``|coefficient| × width`` (the width alone without coefficients),
   for small inputs and once no unstable neuron is left; its choices have ``layer == INPUT``.
 """
