@@ -221,3 +221,29 @@ def test_without_pool_splits_the_search_is_the_one_before_them(case):
     assert off["final_bound"] == pytest.approx(bound, rel=1e-9, abs=1e-12)
     on = BabVerifier(**options).verify(net, box, target, k=1, time_limit=None).stats["bab"]
     assert on["window_splits"] > 0
+
+
+def test_a_window_restricted_to_an_unstable_relu_makes_it_active():
+    """Window (relu(x_0), relu(x_1)) with x_0 in [-1, 2] (unstable) and x_1 in [0.5, 1]: the child whose maximum is
+    at relu(x_0) has relu(x_0) >= 0.5, so x_0 >= 0.5 (active); its sibling keeps x_0's bounds."""
+    nodes = [
+        Node("c", Conv2d(np.ones((1, 1, 1, 1)), np.zeros(1), (1, 1), (0, 0, 0, 0), (1, 1), 1), ("x",), "z",
+             (1, 1, 2)),
+        Node("r", Relu(), ("z",), "a", (1, 1, 2)),
+        Node("p", MaxPool2d((1, 2), (1, 2)), ("a",), "m", (1, 1, 1)),
+        Node("f", Reshape((1,)), ("m",), "y", (1,)),
+        Node("d", Dense(np.array([[1.0], [-1.0]]), np.zeros(2)), ("y",), "out", (2,)),
+    ]
+    net = Network("x", (1, 1, 1, 2), nodes, "out")
+    lo, hi = np.array([[[-1.0, 0.5]]]), np.array([[[2.0, 1.0]]])
+    _, layout, root = _root(net, lo, hi)
+    kids = split_choices(root, layout, np.array([[1]]), np.array([[0]]))
+    assert kids.pool_excluded["p"][:, 0].tolist() == [[False, True], [True, False]]
+    res = alpha_bounds(net, as_batch(kids), np.array([[1.0, 0.0]]), options=AlphaOptions(iterations=0))
+    # (the stored bounds are float32 rounded outward: 0.5 comes back a hair below)
+    assert res.domains.pre_lower["z"][:, 0, 0, 0].tolist() == pytest.approx([0.5, -1.0], abs=1e-6)
+    assert res.domains.pre_lower["a"][:, 0, 0, 0].tolist() == pytest.approx([0.5, 0.0], abs=1e-6)
+    # y = max(relu(x_0), relu(x_1)) >= 0.5 everywhere. The second child's y is relu(x_1) >= 0.5; the first child's
+    # is relu(x_0) = x_0 (active), but the back-substitution ends on the box, where x_0 >= -1: the raised bound
+    # shapes relaxations, it is no constraint of the final bound (as a ReLU split's beta would be)
+    assert res.lower[:, 0].tolist() == pytest.approx([-1.0, 0.5], abs=1e-6)
