@@ -35,7 +35,7 @@ from benchmarks.suite import add_notes_arguments, read_notes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "bab_boxes.md"
-STAT_KEYS = ("root_bound", "final_bound", "domains", "refreshed", "max_depth", "reason", "domains_per_second",
+STAT_KEYS = ("root_bound", "final_bound", "domains", "refreshed", "window_splits", "max_depth", "reason", "domains_per_second",
              "store_bytes_per_domain", "bound_chunks", "rounds")
 
 
@@ -143,10 +143,12 @@ def markdown(res: dict) -> str:
                          f"{sum(r['verdict'] == 'not robust' for r in rs)} | "
                          f"{_num(float(np.median(robust))) if robust else '–'} |")
     lines += ["", "## Per box", "", "Cells: verdict, seconds (deciding tier); the branch and bound's worst bound at "
-              "its root → at its end, domains bounded, stale domains refreshed, domains per second, the store's "
-              "bytes per open domain (kB) and α/β calls per round (chunks under the memory budget).", "",
+              "its root → at its end, domains bounded, stale domains refreshed, MaxPool window splits made, "
+              "domains per second, the store's bytes per open domain (kB) and α/β calls per round (chunks "
+              "under the memory budget).", "",
               "| model | image | scale | method | variant | verdict | seconds | tier | root → final bound | domains "
-              "| refreshed | domains/s | kB/domain | chunks/round |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| refreshed | window splits | domains/s | kB/domain | chunks/round |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         per_round = (r["bound_chunks"] / r["rounds"] if r.get("bound_chunks") is not None and r.get("rounds")
                      else None)
@@ -154,7 +156,8 @@ def markdown(res: dict) -> str:
         lines.append(f"| {r['model']} | {r['image']} | {r['scale']:g} | {r['method']} | {r['variant']} | "
                      f"{r['verdict']} | {r['seconds']:.1f} | {r['tier']} | {_num(r['root_bound'])} → "
                      f"{_num(r['final_bound'])} | {_num(r['domains'])} | {_num(r['refreshed'])} | "
-                     f"{_num(r.get('domains_per_second'))} | {_num(kb)} | {_num(per_round)} |")
+                     f"{_num(r.get('window_splits'))} | {_num(r.get('domains_per_second'))} | {_num(kb)} | "
+                     f"{_num(per_round)} |")
     lines += ["", "## Soundness", ""]
     lines += [f"- {v}" for v in res["violations"]] or ["No violation: no query proves a box at or above a scale where "
                                                      "another query of the same image found a confirmed "

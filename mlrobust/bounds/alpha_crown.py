@@ -217,7 +217,10 @@ class RowMix:
 class DomainBatch:
     """D sub-domains: input boxes ``(D, *input_shape)``, bounds of every ReLU/MaxPool input tensor ``(D, *shape)``
     (keyed by tensor name) and the split of every ReLU node's neurons ``(D, *shape)`` int8 in {-1, 0, +1}
-    (keyed by node name; -1 inactive ``z <= 0``, +1 active ``z >= 0``; a missing node has no splits).
+    (keyed by node name; -1 inactive ``z <= 0``, +1 active ``z >= 0``; a missing node has no splits), and per
+    MaxPool node the window entries ``(D, P, K)`` a window split ruled out of attaining the window's maximum
+    (``pool_excluded``, keyed by node name; a missing node has none: see
+    :class:`~mlrobust.ops.maxpool2d.AlphaPoolRelax`).
     """
 
     lower: np.ndarray
@@ -225,6 +228,7 @@ class DomainBatch:
     pre_lower: dict[str, np.ndarray]
     pre_upper: dict[str, np.ndarray]
     splits: dict[str, np.ndarray] = field(default_factory=dict)
+    pool_excluded: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -233,7 +237,8 @@ class DomainBatch:
     def select(self, idx: np.ndarray | list[int]) -> DomainBatch:
         i = np.asarray(idx, dtype=np.int64)
         return DomainBatch(self.lower[i], self.upper[i], {k: v[i] for k, v in self.pre_lower.items()},
-                           {k: v[i] for k, v in self.pre_upper.items()}, {k: v[i] for k, v in self.splits.items()})
+                           {k: v[i] for k, v in self.pre_upper.items()}, {k: v[i] for k, v in self.splits.items()},
+                           {k: v[i] for k, v in self.pool_excluded.items()})
 
 
 @dataclass
@@ -241,10 +246,10 @@ class AlphaResult:
     """Sound lower bounds ``(D, S)`` of ``coeffs[s] @ y`` per domain, and what branching needs.
 
     ``domains``: the bounds actually used (splits clamped; tighter where ``optimize_intermediate`` improved them).
-    ``relu_coeffs``: per ReLU node, the coefficient ``(D, S, *shape)`` of its *output* in the final back-substitution
-    (its sign says which relaxation line was used; the BaBSR score is built from it). ``infeasible``: ``(D,)`` domains
-    whose split constraints contradict their bounds (bound ``+inf``). ``input_coeffs``: the coefficient of the input
-    in the final bound (``lower = input_coeffs · x* + const`` at the box corner ``x*`` it picks; the
+    ``relu_coeffs``: per ReLU node (and MaxPool node), the coefficient ``(D, S, *shape)`` of its *output* in the
+    final back-substitution (its sign says which relaxation line was used; the BaBSR score is built from it).
+    ``infeasible``: ``(D,)`` domains whose split constraints contradict their bounds (bound ``+inf``).
+    ``input_coeffs``: the coefficient of the input in the final bound (``lower = input_coeffs · x* + const`` at the box corner ``x*`` it picks; the
     per-dimension contribution ``|coeff| (u - l)`` ranks input splits).
     """
 
@@ -670,12 +675,31 @@ def _clamped(network: Network, domains: DomainBatch) -> tuple[DomainBatch, np.nd
             img_lo, img_hi = node.op.interval(node, [lo[t]], [hi[t]])
             lo[out] = np.maximum(lo[out], img_lo)
             hi[out] = np.minimum(hi[out], img_hi)
+    _restricted_windows(network, domains, lo, hi)
     empty = np.zeros(domains.size, dtype=bool)
     for t, v in lo.items():
         empty |= (v > hi[t]).reshape(domains.size, -1).any(axis=1)
     for t, v in lo.items():  # an empty domain's numbers only need to be harmless: its bound is replaced by +inf
         lo[t] = np.where(empty.reshape(-1, *[1] * (v.ndim - 1)), np.minimum(v, hi[t]), v)
-    return DomainBatch(domains.lower, domains.upper, lo, hi, dict(domains.splits)), empty
+    return replace(domains, pre_lower=lo, pre_upper=hi, splits=dict(domains.splits)), empty
+
+
+def _restricted_windows(network: Network, domains: DomainBatch, lo: dict[str, np.ndarray],
+                        hi: dict[str, np.ndarray]) -> None:
+    """Raise, in place, the lower bound of a MaxPool input that a domain's window split made its window's maximum
+    (:meth:`~mlrobust.ops.maxpool2d.MaxPool2d.restricted_lower`) and, where that input is a ReLU's output, of the
+    ReLU's input as well (``relu(z) >= c > 0`` gives ``z >= c``: the neuron is active on the domain)."""
+    producer = {n.output: n for n in network.nodes}
+    for node in network.nodes:
+        excluded = domains.pool_excluded.get(node.name)
+        t = node.inputs[0] if node.inputs else None
+        if excluded is None or t not in lo:
+            continue
+        lo[t] = node.op.restricted_lower(network, node, lo[t], hi[t], excluded)
+        relu = producer.get(t)
+        if relu is not None and relu.kind == "Relu" and relu.inputs[0] in lo:
+            z = relu.inputs[0]
+            lo[z] = np.where(lo[t] > 0, np.maximum(lo[z], lo[t]), lo[z])
 
 
 def _context(network: Network, domains: DomainBatch) -> _Context:
@@ -723,7 +747,7 @@ def _propagate_intervals(network: Network, domains: DomainBatch, after: str) -> 
                             {t: v[i] for t, v in domains.pre_upper.items()})
         for t in later:
             lo_out[t][i], hi_out[t][i] = lows[t], ups[t]
-    return DomainBatch(domains.lower, domains.upper, lo_out, hi_out, domains.splits)
+    return replace(domains, pre_lower=lo_out, pre_upper=hi_out)
 
 
 def _last_refined_relu_input(network: Network) -> str | None:
@@ -773,7 +797,7 @@ def _optimise_intermediate(network: Network, domains: DomainBatch, options: Alph
     new_hi = np.where(ok, new_hi, hi.reshape(d, -1))
     pre_lo, pre_hi = dict(domains.pre_lower), dict(domains.pre_upper)
     pre_lo[t], pre_hi[t] = new_lo.reshape(lo.shape), new_hi.reshape(hi.shape)
-    tightened = DomainBatch(domains.lower, domains.upper, pre_lo, pre_hi, domains.splits)
+    tightened = replace(domains, pre_lower=pre_lo, pre_upper=pre_hi)
     return _propagate_intervals(network, tightened, t), done
 
 
@@ -868,7 +892,7 @@ def _with_joint_bounds(domains: DomainBatch, joint: JointLayer) -> DomainBatch:
         for t, (lo, hi) in joint.carried(joint.best_lo, joint.best_hi).items():
             if t in pre_lo:
                 pre_lo[t], pre_hi[t] = lo.cpu().numpy()[None].copy(), hi.cpu().numpy()[None].copy()
-    return DomainBatch(domains.lower, domains.upper, pre_lo, pre_hi, domains.splits)
+    return replace(domains, pre_lower=pre_lo, pre_upper=pre_hi)
 
 
 def bounds_at(network: Network, domains: DomainBatch, coeffs: np.ndarray, state: AlphaState | None, *,

@@ -1,4 +1,9 @@
-"""MaxPool2d: 2-D max pooling, and all its rules (relaxed by CROWN, encoded with binaries as in MIPVerify)."""
+"""MaxPool2d: 2-D max pooling, and all its rules (relaxed by CROWN, encoded with binaries as in MIPVerify).
+
+A branch and bound may restrict a window to a subset ``S`` of its inputs ("the window's maximum is attained in
+``S``"); the α relaxation then leaves the other inputs out of its upper line, per domain (``excluded`` of
+:func:`alpha_pool_relax`; :class:`AlphaPoolRelax` says why that is sound).
+"""
 
 from __future__ import annotations
 
@@ -40,6 +45,40 @@ def maxpool_candidates(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.nd
     cand = (u_win >= best_lower) & (idx >= 0)
     undecided = cand.sum(axis=-1, keepdims=True) > 1
     return np.unique(idx[cand & undecided])
+
+
+def window_live(l_win: np.ndarray, u_win: np.ndarray, valid: np.ndarray,
+                excluded: np.ndarray | None) -> np.ndarray:
+    """Per window entry (last axis), whether it may still be the window's maximum on a domain whose window is
+    restricted to the entries not ``excluded``: real, not excluded, and ``u_i >= max_j l_j`` over every real entry
+    (the maximum is at least every input's lower bound, so an input below that never attains it). A window where no
+    entry passes (only on an empty domain) keeps its entries that are not excluded, so that the relaxation stays
+    finite."""
+    allowed = valid if excluded is None else valid & ~excluded
+    floor = np.where(valid, l_win, -np.inf).max(axis=-1, keepdims=True)
+    live = allowed & (u_win >= floor)
+    return np.where(live.any(axis=-1, keepdims=True), live, allowed)
+
+
+def restricted_lower(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """Lower bounds ``(D, *input)`` of a MaxPool's input raised where a window is restricted to one input ``j``
+    (``excluded`` ``(D, P, K)``, see :func:`window_live`): there ``x_j`` is the window's maximum, so
+    ``x_j >= max_i l_i`` over the window's real inputs (a window split's child "the maximum is at ``j``" knows
+    more than its parent's bounds say)."""
+    d, k = lo.shape[0], idx.shape[-1]
+    flat_idx = idx.reshape(-1, k)
+    valid = flat_idx >= 0
+    safe = np.where(valid, flat_idx, 0)
+    l_win = np.where(valid, lo.reshape(d, -1)[:, safe], -np.inf)
+    u_win = np.where(valid, hi.reshape(d, -1)[:, safe], -np.inf)
+    live = window_live(l_win, u_win, valid, excluded)
+    single = live.sum(-1) == 1  # (D, P)
+    out = lo.reshape(d, -1).copy()
+    if single.any():
+        dom, win = np.nonzero(single)
+        j = safe[win, np.argmax(live[dom, win], axis=-1)]
+        np.maximum.at(out, (dom, j), l_win[dom, win].max(-1))
+    return out.reshape(lo.shape)
 
 
 def _window_winners(l_win: np.ndarray, u_win: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -86,6 +125,17 @@ class AlphaPoolRelax:
     ``max_i x_i <= τ + Σ_i relu(x_i - τ)`` with each ``relu(x_i - τ)`` over ``[l_i, u_i]`` replaced by ``x_i - τ``
     (``l_i >= τ``), ``0`` (``u_i <= τ``) or its chord. Sound for every ``τ``; CROWN's chord is ``τ`` = the
     second-largest upper bound (``τ = l_j`` for a dominated window, where the line is exactly ``x_j``).
+
+    ``upper_valid`` ``(D, 1, P, K)`` (None: ``valid``): the entries the upper line sums over, per domain, where a
+    branch and bound's window splits restricted a window to a subset ``S`` of its inputs (the domain holds only
+    points where the window's maximum is attained in ``S``). Sound: on every point of such a domain
+    ``max_i x_i = max_{i∈S} x_i``, so the upper line ``τ + Σ_{i∈S} relu(x_i - τ)`` (valid for the maximum over
+    ``S``, for every ``τ``) bounds the window's output; the lower line ``Σ λ_i x_i`` stays valid for any simplex
+    weights over *all* real entries (the maximum is at least every ``x_i``). With ``S = {j}`` the upper line is
+    exactly ``x_j``. The children of a window split cover their parent (a point whose maximum is attained in ``S``
+    has it attained in ``S_1`` or in ``S ∖ S_1``; ties may lie in both): a cover, which is all the branch and bound
+    needs. Entries of ``S`` whose upper bound is below some entry's lower bound never attain the maximum and are
+    left out too (:func:`window_live`); ``tau_lo``/``tau_hi``/``default_*`` are then over the entries kept.
     """
 
     win_idx: torch.Tensor  # (P*K,) flat input index per window entry; padding points at the dummy slot n_in
@@ -97,16 +147,23 @@ class AlphaPoolRelax:
     tau_hi: torch.Tensor  # (D, 1, P) largest upper bound
     default_lam: torch.Tensor  # (D, 1, P, K) one-hot on CROWN's choice
     default_tau: torch.Tensor  # (D, 1, P) θ of CROWN's τ
+    upper_valid: torch.Tensor | None = None  # (D, 1, P, K) entries of the upper line (None: ``valid``)
 
     def cast(self, dtype: torch.dtype) -> AlphaPoolRelax:
         """The same relaxation with its floating-point tensors in ``dtype``."""
         return AlphaPoolRelax(self.win_idx, self.valid, self.n_in, self.l_win.to(dtype), self.u_win.to(dtype),
                               self.tau_lo.to(dtype), self.tau_hi.to(dtype), self.default_lam.to(dtype),
-                              self.default_tau.to(dtype))
+                              self.default_tau.to(dtype), self.upper_valid)
 
 
-def alpha_pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> AlphaPoolRelax:
-    """CROWN's MaxPool relaxation (see :mod:`mlrobust.bounds.crown`) for ``(D, C, H, W)`` bounds, batched over D."""
+def alpha_pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                     excluded: np.ndarray | None = None) -> AlphaPoolRelax:
+    """CROWN's MaxPool relaxation (see :mod:`mlrobust.bounds.crown`) for ``(D, C, H, W)`` bounds, batched over D.
+
+    ``excluded`` ``(D, P, K)`` (None: nothing excluded): window entries that a domain's window splits ruled out of
+    attaining the maximum; the upper line and CROWN's choices are then those of the maximum over the entries that
+    may still attain it (:func:`window_live`), while the lower line may still weigh every real entry (see
+    :class:`AlphaPoolRelax`)."""
     import torch
 
     if np.any((idx < 0).all(axis=-1)):
@@ -116,9 +173,18 @@ def alpha_pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> AlphaPo
     flat_idx = idx.reshape(-1, k)  # (P, K)
     valid = flat_idx >= 0
     safe = np.where(valid, flat_idx, 0)
-    l_win = np.where(valid, lo.reshape(d, -1)[:, safe], -np.inf)  # (D, P, K)
-    u_win = np.where(valid, hi.reshape(d, -1)[:, safe], -np.inf)
+    l_all = np.where(valid, lo.reshape(d, -1)[:, safe], -np.inf)  # (D, P, K)
+    u_all = np.where(valid, hi.reshape(d, -1)[:, safe], -np.inf)
+    upper_valid = None
+    l_win, u_win = l_all, u_all
+    if excluded is not None:
+        # the upper line's entries: those that may still attain the maximum; -inf stand-ins elsewhere, as for
+        # padding, so that they never win the window's choices below
+        upper_valid = window_live(l_all, u_all, valid, excluded)
+        l_win, u_win = np.where(upper_valid, l_all, -np.inf), np.where(upper_valid, u_all, -np.inf)
     k_lo, k_up, u_top, l_top, u_second, dominated = _window_winners(l_win, u_win)
+    if excluded is not None:
+        k_lo = np.argmax(l_all, axis=-1)[..., None]  # the lower line may use any real entry (max >= every x_i)
     tau = np.where(dominated, l_top, u_second)
     tau_lo = l_win.max(-1)
     span = u_top - tau_lo
@@ -132,8 +198,9 @@ def alpha_pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> AlphaPo
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a))[:, None]
 
-    return AlphaPoolRelax(torch.as_tensor(win), torch.as_tensor(valid), n_in, t(np.where(valid, l_win, 0.0)),
-                      t(np.where(valid, u_win, 0.0)), t(tau_lo), t(u_top), t(lam), t(theta))
+    return AlphaPoolRelax(torch.as_tensor(win), torch.as_tensor(valid), n_in, t(np.where(valid, l_all, 0.0)),
+                          t(np.where(valid, u_all, 0.0)), t(tau_lo), t(u_top), t(lam), t(theta),
+                          None if upper_valid is None else t(upper_valid))
 
 
 #: Lower-line weights ``λ`` of every window, in the probability simplex over its real inputs.
@@ -238,6 +305,8 @@ class MaxPool2d(OpRules):
 
         r = ctx.relax[node.name]
         d, s = a.shape[:2]
+        if ctx.capture is not None:
+            ctx.capture[node.name] = a.detach()  # the coefficients on the window outputs: window splits' scores
         lam = ctx.params.family(POOL_WEIGHTS.name).get(node.name)
         theta = ctx.params.family(POOL_THRESHOLDS.name).get(node.name)
         idx = ctx.support.get(node.name)  # compact parameters: scattered over CROWN's choice of the other windows
@@ -248,8 +317,9 @@ class MaxPool2d(OpRules):
         pos, neg = a2.clamp(min=0.0), a2.clamp(max=0.0)
         p, k = r.valid.shape
         # upper line per window entry: slope and the constant it subtracts (x_i - τ, chord, or nothing)
-        linear = r.valid & (r.l_win >= tau)
-        chord = r.valid & ~linear & (r.u_win > tau)
+        upper = r.valid if r.upper_valid is None else r.upper_valid
+        linear = upper & (r.l_win >= tau)
+        chord = upper & ~linear & (r.u_win > tau)
         width = torch.where(chord, r.u_win - r.l_win, 1.0)
         up_slope = torch.where(linear, 1.0, torch.where(chord, (r.u_win - tau) / width, 0.0))
         up_off = torch.where(linear, tau, torch.where(chord, up_slope * r.l_win, 0.0))
@@ -262,10 +332,17 @@ class MaxPool2d(OpRules):
         return AlphaStep([(node.inputs[0], a_in[..., : r.n_in].reshape(d, s, *in_shape))], (neg * icpt).sum(-1),
                          (neg.abs() * mag).sum(-1))
 
+    def restricted_lower(self, network: Network, node: Node, lo: np.ndarray, hi: np.ndarray,
+                         excluded: np.ndarray) -> np.ndarray:
+        """Lower bounds ``(D, *input)`` of the input raised where a domain restricts a window to one input (see
+        :func:`restricted_lower`)."""
+        return restricted_lower(pool_index(self, network.shape_of(node.inputs[0])), lo, hi, excluded)
+
     def alpha_relax(self, network: Network, node: Node, domains: Any) -> AlphaPoolRelax:
         t = node.inputs[0]
         idx = pool_index(self, network.shape_of(t))
-        return alpha_pool_relax(idx, domains.pre_lower[t], domains.pre_upper[t])
+        return alpha_pool_relax(idx, domains.pre_lower[t], domains.pre_upper[t],
+                                domains.pool_excluded.get(node.name))
 
     def alpha_support(self, ctx: Any, node: Node) -> torch.Tensor:
         """The windows that no single input dominates in some domain of ``ctx``: only there are CROWN's lines not
@@ -319,4 +396,5 @@ class MaxPool2d(OpRules):
         return out
 
 
-__all__ = ["AlphaPoolRelax", "MaxPool2d", "POOL_THRESHOLDS", "POOL_WEIGHTS", "PoolRelax", "alpha_pool_relax", "maxpool_candidates", "pool_index", "pool_relax", "window_bounds"]
+__all__ = ["AlphaPoolRelax", "MaxPool2d", "POOL_THRESHOLDS", "POOL_WEIGHTS", "PoolRelax", "alpha_pool_relax", "maxpool_candidates", "pool_index", "pool_relax", "window_bounds",
+           "window_live"]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mlrobust.bounds.alpha_crown import AlphaState, DomainBatch, RowMix
+from mlrobust.ops.base import pool_index
 from mlrobust.verify.bab.spec import OutputSpec, row_upper_bounds
 from mlrobust.verify.bab.store import BoxTable, DomainLayout, Domains, concat
 from mlrobust.verify.bab_bounds import (
@@ -91,12 +92,20 @@ def _scatter_rows(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], ro
 
 
 # --- conversions to the per-domain engines' Domain -------------------------------------------------------------
-def layout_of(engine: Engine, rows: int) -> DomainLayout:
-    """The array layout of ``engine``'s network's domains for a spec of ``rows`` rows."""
+def layout_of(engine: Engine, rows: int, pool_splits: bool = False) -> DomainLayout:
+    """The array layout of ``engine``'s network's domains for a spec of ``rows`` rows; ``pool_splits``: with the
+    MaxPool nodes whose windows may be split (the α/β engine's only: plain CROWN's relaxation does not read a
+    domain's window restrictions, so a window split would not change its bound)."""
     net = engine.network
+    pools = [n for n in net.nodes if n.op.activation and n.op.pooling] if (
+        pool_splits and isinstance(engine, AlphaEngine)) else []
+    windows = tuple(pool_index(n.op, net.shape_of(n.inputs[0])) for n in pools)
     return DomainLayout(tuple(n.name for n in engine.relu_nodes), tuple(n.inputs[0] for n in engine.relu_nodes),
                         {t: tuple(net.shape_of(t)) for t in engine.pre_tensors}, tuple(net.sample_shape), rows,
-                        int(net.num_classes), input_coeffs=engine.gives_input_coeffs)
+                        int(net.num_classes), input_coeffs=engine.gives_input_coeffs,
+                        pool_nodes=tuple(n.name for n in pools), pool_tensors=tuple(n.inputs[0] for n in pools),
+                        pool_windows=tuple(w.reshape(-1, w.shape[-1]) for w in windows),
+                        pool_out_shapes=tuple(tuple(n.out_shape) for n in pools))
 
 
 def domain_views(doms: Domains, layout: DomainLayout) -> list[Domain]:
@@ -119,6 +128,10 @@ def domains_from(views: list[Domain], layout: DomainLayout, like: Domains | None
     ``like``: the domains the views were made from; where the boxes are still theirs the box rows are reused, so
     bounding adds no rows to the box table."""
     out = layout.empty(len(views))
+    if like is not None and like.size == len(views):
+        # the per-domain engines do not read window restrictions (sound: a superset of the domain's points), but the
+        # domains keep them
+        out.pool_excluded = {m: v.copy() for m, v in like.pool_excluded.items()}
     if views:
         lower = np.stack([np.asarray(d.lower, dtype=np.float64) for d in views])
         upper = np.stack([np.asarray(d.upper, dtype=np.float64) for d in views])
@@ -153,8 +166,9 @@ def domains_from(views: list[Domain], layout: DomainLayout, like: Domains | None
 # --- bounding -----------------------------------------------------------------------------------------------------
 def as_batch(doms: Domains) -> DomainBatch:
     """The domains for one α/β call (their float32 bounds widened to float64 exactly)."""
+    excluded = {m: v for m, v in doms.pool_excluded.items() if v.any()}  # none: the relaxation's plain path
     return DomainBatch(doms.lower, doms.upper, {t: v.astype(np.float64) for t, v in doms.pre_lower.items()},
-                       {t: v.astype(np.float64) for t, v in doms.pre_upper.items()}, dict(doms.splits))
+                       {t: v.astype(np.float64) for t, v in doms.pre_upper.items()}, dict(doms.splits), excluded)
 
 
 def batched(engine: Engine, doms: Domains) -> bool:
@@ -300,11 +314,12 @@ def absorb(doms: Domains, bounded: Bounded, spec: OutputSpec) -> Domains:
         at = where[bind]  # -1: the binding row was not bounded (its clause was refuted before)
     has = at >= 0
     pick = np.arange(doms.size)[has], at[has]
-    for m in doms.relu_coeff:
-        c = bounded.relu_coeff.get(m)
-        doms.relu_coeff[m] = np.full_like(doms.relu_coeff[m], np.nan)
-        if c is not None:
-            doms.relu_coeff[m][has] = c[pick]
+    for coeff in (doms.relu_coeff, doms.pool_coeff):
+        for m in coeff:
+            c = bounded.relu_coeff.get(m)
+            coeff[m] = np.full_like(coeff[m], np.nan)
+            if c is not None:
+                coeff[m][has] = c[pick]
     if doms.input_coeff is not None:
         doms.input_coeff = np.full_like(doms.input_coeff, np.nan)
         if bounded.input_coeff is not None:

@@ -8,13 +8,20 @@ domain at a time anyway).
 
 - :class:`BabsrBranching` — BaBSR-style: a neuron whose coefficient ``λ`` in the binding row's bound is negative
   pays its upper relaxation's intercept ``-l u / (u - l)``, a positive one the lower line's gap (at most
-  ``min(u, -l)``); the intercept is what a split removes outright. Without coefficients: the width.
+  ``min(u, -l)``); the intercept is what a split removes outright. Without coefficients: the width. With window
+  splits (a layout with ``pool_nodes``), every MaxPool window with two or more inputs that may still attain its
+  maximum is a candidate too (:func:`window_scores`): the coefficient reaching the window's output times the gap
+  of its upper line (the second-largest upper bound of those inputs less their largest lower bound); its choices
+  have ``layer`` = the number of ReLU nodes + the pool node's position, ``index`` the flat window.
 - :class:`WidestBranching` — the widest unstable neuron ``u - l``.
 - :class:`FsbBranching` — filtered smart branching: BaBSR's ``candidates`` best, each tried by bounding its two
   children on the parent's bounds at the parent's α/β (all candidates of all domains in one
   :func:`~mlrobust.bounds.alpha_crown.bounds_at` pass) or with plain CROWN; the split whose worse child is best wins.
   No scoring pass starts that would not end before its deadline at the last pass's rate: the domains not scored
-  keep BaBSR's order.
+  keep BaBSR's order. With window splits, BaBSR's ``pool_candidates`` best windows are tried alongside
+  (separately ranked: the two scores are not on one scale), so the split whose worse child is best wins, ReLU or
+  window; a window candidate's children start with that window's pool parameters reset to CROWN's, as the real
+  children do (:func:`~mlrobust.verify.bab.split.split_windows`).
 - :class:`InputBisection` — input dimensions by ``|coefficient| × width`` (the width alone without coefficients),
   for small inputs and once no unstable neuron is left; its choices have ``layer == INPUT``.
 """
@@ -30,7 +37,7 @@ import torch
 
 from mlrobust.bounds.alpha_crown import bounds_at
 from mlrobust.verify.bab.bounding import Engine, as_batch, domain_views, state_of
-from mlrobust.verify.bab.split import split_relus
+from mlrobust.verify.bab.split import split_choices, window_entries
 from mlrobust.verify.bab.store import DomainLayout, Domains
 from mlrobust.verify.bab_bounds import AlphaEngine, SplitCrown
 
@@ -102,6 +109,28 @@ def top_choices(scores: list[np.ndarray], count: int) -> Choices:
     return Choices(np.where(none, -1, layer), np.where(none, 0, index), np.where(none, -np.inf, value))
 
 
+def window_scores(doms: Domains, layout: DomainLayout, p: int) -> np.ndarray:
+    """BaBSR-like scores ``(D, P)`` of the windows of pool node ``layout.pool_nodes[p]``: ``|c| × gap`` with ``c``
+    the binding row's coefficient on the window's output (without one, the gap alone) and ``gap`` the second-largest
+    upper bound of the inputs that may still attain the window's maximum less the largest lower bound of the
+    window's inputs (what the upper line's chord concedes, and what a split can win back); ``-inf`` for a window
+    whose gap is not positive (at most one input can exceed what the maximum is known to be: a split would change
+    nothing, e.g. a window of inactive ReLUs' outputs, all ``[0, 0]``)."""
+    d = doms.size
+    n_win = layout.pool_windows[p].shape[0]
+    rows, windows = np.repeat(np.arange(d), n_win), np.tile(np.arange(n_win), d)
+    lo, hi, _, live = window_entries(doms, layout, p, rows, windows)
+    top_hi = np.sort(np.where(live, hi, -np.inf), axis=1)
+    second = top_hi[:, -2] if top_hi.shape[1] > 1 else np.full(rows.size, -np.inf)
+    floor = lo.max(axis=1)  # the maximum is at least every input's lower bound (padding: -inf)
+    open_ = (live.sum(axis=1) >= 2) & (second > floor)
+    gap = np.where(open_, second - np.where(open_, floor, 0.0), 0.0).reshape(d, n_win)
+    c = doms.pool_coeff[layout.pool_nodes[p]].reshape(d, -1).astype(np.float64)
+    known = ~np.isnan(c).any(axis=1, keepdims=True)
+    score = np.where(known, np.abs(np.nan_to_num(c)) * gap, gap) + 1e-9 * gap
+    return np.where(open_.reshape(d, n_win), score, -np.inf)
+
+
 class WidestBranching:
     """The widest unstable, unsplit neurons ``u - l``."""
 
@@ -128,6 +157,11 @@ class BabsrBranching:
         self.layout = layout
 
     def rank(self, doms: Domains, count: int) -> Choices:
+        return top_choices(self.scores(doms), count)
+
+    def scores(self, doms: Domains) -> list[np.ndarray]:
+        """Scores ``(D, n)`` per ReLU node, then per MaxPool node whose windows may be split (``-inf``: not a
+        candidate), in the order of :class:`Choices`' ``layer``."""
         scores = []
         for r, name in enumerate(self.layout.relu_nodes):
             lo, hi, free = unstable(doms, self.layout, r)
@@ -138,7 +172,8 @@ class BabsrBranching:
             lam = np.nan_to_num(lam)
             score = np.maximum(-lam, 0.0) * icpt + 0.25 * np.maximum(lam, 0.0) * np.minimum(hi, -lo) + 1e-9 * icpt
             scores.append(np.where(free, np.where(known, score, hi - lo), -np.inf))
-        return top_choices(scores, count)
+        scores.extend(window_scores(doms, self.layout, p) for p in range(len(self.layout.pool_nodes)))
+        return scores
 
 
 class FsbBranching:
@@ -153,11 +188,14 @@ class FsbBranching:
     name = "fsb"
 
     def __init__(self, layout: DomainLayout, engine: Engine, coeffs: np.ndarray, candidates: int = 4,
-                 batched: bool = True, max_children: int = 64, deadline: float | None = None):
+                 batched: bool = True, max_children: int = 64, deadline: float | None = None,
+                 pool_candidates: int = 2):
         self.layout = layout
         self.engine = engine
         self.coeffs = coeffs  # (S, C) lower-bound objectives of the spec's rows
         self.candidates = max(1, candidates)
+        #: windows tried besides the ReLU candidates (only with a layout with ``pool_nodes``)
+        self.pool_candidates = max(0, pool_candidates) if layout.pool_nodes else 0
         self.batched = batched
         # Children bounded in one pass: a round's candidates make 2 x candidates children per domain, four times
         # the round's own batch with the defaults, each with its copy of every pre-activation's bounds and its
@@ -183,6 +221,8 @@ class FsbBranching:
         return self.deadline is None or time.perf_counter() + seconds <= self.deadline
 
     def rank(self, doms: Domains, count: int) -> Choices:
+        if self.pool_candidates:
+            return self._rank_with_windows(doms, count)
         ch = self.babsr.rank(doms, max(self.candidates, count))
         scored = (doms.binding >= 0) & (ch.available > 1)
         if not scored.any():
@@ -205,6 +245,46 @@ class FsbBranching:
         fsb = np.take_along_axis(fsb, order, 1)
         out_layer, out_index, out_score = ch.layer.copy(), ch.index.copy(), ch.score.copy()
         out_layer[sel, :k], out_index[sel, :k], out_score[sel, :k] = layer, index, fsb
+        return Choices(out_layer[:, :count], out_index[:, :count], out_score[:, :count])
+
+    def _rank_with_windows(self, doms: Domains, count: int) -> Choices:
+        """:meth:`rank` with window candidates: BaBSR's ``candidates`` best ReLU splits and ``pool_candidates`` best
+        window splits (ranked apart), re-ranked together by the worse child's bound; the domains not scored keep
+        BaBSR's order over both kinds."""
+        scores = self.babsr.scores(doms)
+        relus = len(self.layout.relu_nodes)
+        ch = top_choices(scores, count)
+        only_relu = top_choices([s if r < relus else np.full_like(s, -np.inf) for r, s in enumerate(scores)],
+                                self.candidates)
+        only_win = top_choices([s if r >= relus else np.full_like(s, -np.inf) for r, s in enumerate(scores)],
+                               self.pool_candidates)
+        layer_all = np.concatenate([only_relu.layer, only_win.layer], axis=1)
+        index_all = np.concatenate([only_relu.index, only_win.index], axis=1)
+        scored = (doms.binding >= 0) & ((layer_all != -1).sum(axis=1) > 1)
+        if not scored.any():
+            return ch
+        sel = np.flatnonzero(scored)
+        sub = doms.take(sel)
+        layer, index = layer_all[sel], index_all[sel]
+        objective = np.where(np.isnan(sub.objective), self.coeffs[sub.binding], sub.objective)
+        if self.batched and isinstance(self.engine, AlphaEngine):
+            children = self._alpha_scores(sub, layer, index, objective)
+        else:
+            children = self._crown_scores(sub, layer, index, objective)
+        done = ~np.isnan(children).any(axis=(1, 2))  # NaN: the deadline came before the domain's pass
+        self.fallbacks += int((~done).sum())
+        sel, layer, index, children = sel[done], layer[done], index[done], children[done]
+        fsb = np.where(layer >= 0, children.min(axis=2), -np.inf)  # (D', k)
+        # best first, absent candidates last (an unscored window's -inf must not fall behind one)
+        order = np.lexsort((-fsb, layer < 0), axis=1)
+        layer, index = np.take_along_axis(layer, order, 1), np.take_along_axis(index, order, 1)
+        fsb = np.take_along_axis(fsb, order, 1)
+        width = max(count, layer.shape[1])
+        out_layer, out_index, out_score = (np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=v)
+                                           for a, v in ((ch.layer, -1), (ch.index, 0), (ch.score, -np.inf)))
+        out_layer[sel], out_index[sel], out_score[sel] = -1, 0, -np.inf
+        k = layer.shape[1]
+        out_layer[sel, :k], out_index[sel, :k], out_score[sel, :k] = (np.where(layer >= 0, layer, -1), index, fsb)
         return Choices(out_layer[:, :count], out_index[:, :count], out_score[:, :count])
 
     def _alpha_scores(self, doms: Domains, layer: np.ndarray, index: np.ndarray,
@@ -237,8 +317,14 @@ class FsbBranching:
         flat_layer, flat_index = layer.reshape(-1, 1), index.reshape(-1, 1)
         valid = flat_layer[:, 0] >= 0
         # an absent candidate is scored as a split of neuron 0 of node 0 and masked out afterwards
-        kids = split_relus(parents, self.layout.relu_nodes, np.where(valid[:, None], flat_layer, 0),
-                           np.where(valid[:, None], flat_index, 0), self.engine.support)
+        if self.pool_candidates and self.engine.keep_warm and one:
+            # the children carry their parent's row of the warm start, so that a window split resets the split
+            # window's pool parameters (its threshold relative to the parent's window would keep the parent's
+            # chord, e.g. the constant u_j for a window restricted to j)
+            parents.warm = {key: v[torch.as_tensor(np.repeat(np.arange(d), k)).to(v.device)]
+                            for key, v in one.items()}
+        kids = split_choices(parents, self.layout, np.where(valid[:, None], flat_layer, 0),
+                             np.where(valid[:, None], flat_index, 0), self.engine.support)
         owner = torch.as_tensor(np.repeat(np.arange(d), 2 * k))
         coeffs = np.repeat(objective, 2 * k, axis=0)[:, None, :]
         batch = as_batch(kids)
@@ -251,7 +337,10 @@ class FsbBranching:
                 break  # NaN: not scored
             t0 = time.perf_counter()
             warm = None
-            if self.engine.keep_warm and one:
+            if self.engine.keep_warm and kids.warm:
+                warm = self.engine.own(state_of({key: v[torch.as_tensor(sel).to(v.device)]
+                                                 for key, v in kids.warm.items()}))
+            elif self.engine.keep_warm and one:
                 # each child starts from its parent's parameters of the row being scored
                 warm = self.engine.own(state_of({key: v[owner[sel].to(v.device)] for key, v in one.items()}))
             lower[sel] = bounds_at(self.engine.network, batch.select(sel), coeffs[sel], warm,
@@ -268,7 +357,8 @@ class FsbBranching:
                 out[i:] = np.nan  # not scored
                 break
             t0 = time.perf_counter()
-            ok = np.flatnonzero(layer[i] >= 0)
+            # plain CROWN does not read window restrictions: window candidates stay unscored (ranked last)
+            ok = np.flatnonzero((layer[i] >= 0) & (layer[i] < len(self.layout.relu_nodes)))
             choices = [(self.layout.relu_nodes[layer[i, j]], self.layout.relu_tensors[layer[i, j]],
                         int(index[i, j])) for j in ok]
             if choices:
@@ -299,11 +389,13 @@ class InputBisection:
 
 
 def make_branching(name: str, layout: DomainLayout, engine: Engine, coeffs: np.ndarray, candidates: int,
-                   batched: bool, max_children: int = 64, deadline: float | None = None) -> Branching:
+                   batched: bool, max_children: int = 64, deadline: float | None = None,
+                   pool_candidates: int = 2) -> Branching:
     """The strategy named by :attr:`BabOptions.branching` (``max_children``: FSB's most children per pass;
-    ``deadline``: when FSB stops scoring and keeps BaBSR's order)."""
+    ``deadline``: when FSB stops scoring and keeps BaBSR's order; ``pool_candidates``: FSB's window candidates
+    where the layout has windows to split)."""
     if name == "fsb":
-        return FsbBranching(layout, engine, coeffs, candidates, batched, max_children, deadline)
+        return FsbBranching(layout, engine, coeffs, candidates, batched, max_children, deadline, pool_candidates)
     if name == "babsr":
         return BabsrBranching(layout)
     return WidestBranching(layout)

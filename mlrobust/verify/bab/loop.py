@@ -1,8 +1,9 @@
 """The branch-and-bound loop: root bound, then rounds of pop → split → bound → prune until a verdict.
 
 The worst open domains (largest :meth:`OutputSpec.value`) are popped from the :class:`DomainStore` in batches of
-``batch_size``; each is split by the branching strategy (:mod:`.branching`) on its best ReLU — several at once
-(2–3 levels, 4–8 children) while fewer parents than ``batch_size`` are open — or, for inputs of at most
+``batch_size``; each is split by the branching strategy (:mod:`.branching`) on its best ReLU or MaxPool window
+(``BabOptions.pool_splits``) — several at once (2–3 levels, 4–8 children) while fewer parents than ``batch_size``
+are open — or, for inputs of at most
 ``input_split_max_dim`` numbers, bisected; the children are bounded as one batch (:mod:`.bounding`), proven ones
 are pruned and the rest pushed back. The input corner that minimises each child's linear bound is checked on the
 network, and every few rounds a PGD run starts from the worst domains' corners; a point counts only once
@@ -39,7 +40,7 @@ from mlrobust.verify.bab.spec import (
     row_upper_bounds,
     topk_spec,
 )
-from mlrobust.verify.bab.split import split_inputs, split_relus
+from mlrobust.verify.bab.split import split_choices, split_inputs
 from mlrobust.verify.bab.store import DomainLayout, Domains, DomainStore, concat
 from mlrobust.verify.bab_bounds import AlphaEngine, SplitCrown
 from mlrobust.verify.base import Mode
@@ -237,7 +238,7 @@ class BabVerifier:
         stats["mode"] = "input" if input_split else "relu"
         stats["engine"] = engine.name
         stats["rows"] = int(spec.rows.shape[0])
-        layout = layout_of(engine, spec.rows.shape[0])
+        layout = layout_of(engine, spec.rows.shape[0], pool_splits=opts.pool_splits and not input_split)
         root_doms = absorb(domains_from([rootb.domain], layout), collect([rootb], coeffs.shape[0]), spec)
         root_value = float(root_doms.value[0])
         stats["root_bound"] = root_value
@@ -247,7 +248,9 @@ class BabVerifier:
         store.push(root_doms)
         # FSB scores in passes no larger than the round's own batch of children (2 x batch_size)
         branching = make_branching(opts.branching, layout, engine, coeffs, opts.fsb_candidates, opts.fsb_batched,
-                                   2 * opts.batch_size, deadline)
+                                   2 * opts.batch_size, deadline, opts.fsb_pool_candidates)
+        if layout.pool_nodes:
+            stats["window_splits"] = 0
         proven_max = float("-inf")
         rounds = 0
         branch_per_child = 0.0  # what the last round's splitting took per child: a round is not started without it
@@ -311,7 +314,9 @@ class BabVerifier:
             if split is None:  # nothing left to split yet unproven: only possible with degenerate bounds
                 store.push(parents)
                 return finish("unknown", store.worst(), "a domain has nothing left to split and is not proven")
-            children, levels = split
+            children, levels, window_splits = split
+            if layout.pool_nodes:
+                stats["window_splits"] += window_splits
             stats["max_split_levels"] = max(stats.get("max_split_levels", 0), levels)
             if out_of_time():
                 store.push(parents)  # not split after all: they stay open
@@ -407,34 +412,39 @@ class BabVerifier:
         return levels
 
     def _split(self, parents: Domains, branching: Branching, layout: DomainLayout, input_split: bool,
-               support: dict[str, torch.Tensor] | None = None) -> tuple[Domains, int] | None:
-        """The children of a batch of parents and the most levels a parent was split on at once (None when some
-        parent has nothing left to split): several levels at once while the batch is short of ``batch_size``
-        parents, so that the round bounds about ``2 * batch_size`` children. ``support``: the layout of the
-        parents' α/β warm starts (the engine's, see :meth:`AlphaEngine.fix_support`)."""
+               support: dict[str, torch.Tensor] | None = None) -> tuple[Domains, int, int] | None:
+        """The children of a batch of parents, the most levels a parent was split on at once and how many of the
+        decisions split a MaxPool window (None when some parent has nothing left to split): several levels at once
+        while the batch is short of ``batch_size`` parents, so that the round bounds about ``2 * batch_size``
+        children. ``support``: the layout of the parents' α/β warm starts (the engine's, see
+        :meth:`AlphaEngine.fix_support`)."""
         levels = self._levels(parents.size)
         bisect = InputBisection()
         if input_split:
-            return _bisect(parents, bisect, levels)
+            bisected = _bisect(parents, bisect, levels)
+            return None if bisected is None else (*bisected, 0)
         ranked = branching.rank(parents, levels)
         avail = ranked.available
         parts = []
         used = 0
+        windows = 0
         relu = np.flatnonzero(avail > 0)
         if relu.size:
             depth = int(min(levels, avail[relu].min()))
             layer, index = ranked.first(depth)
-            parts.append(split_relus(parents.take(relu), layout.relu_nodes, layer[relu], index[relu], support))
+            parts.append(split_choices(parents.take(relu), layout, layer[relu], index[relu], support))
             used = depth
+            windows = int((layer[relu] >= len(layout.relu_nodes)).sum())
         rest = np.flatnonzero(avail == 0)
         if rest.size:
-            # no unstable ReLU left: the remaining looseness is in MaxPool relaxations, which shrink with the box
+            # no unstable ReLU (nor, with window splits, undecided window) left: the remaining looseness is in
+            # MaxPool relaxations, which shrink with the box
             bisected = _bisect(parents.take(rest), bisect, levels)
             if bisected is None:
                 return None
             parts.append(bisected[0])
             used = max(used, bisected[1])
-        return concat(parts), used
+        return concat(parts), used, windows
 
     def _engine(self, network: Network, input_split: bool, memory_budget: int | None = None
                 ) -> SplitCrown | AlphaEngine:

@@ -78,6 +78,14 @@ class BabOptions:
     (:meth:`~mlrobust.verify.bab_bounds.AlphaEngine.fix_support`): the same bounds for the same parameters, a
     fraction of the memory and of the optimiser's work (benchmarks/results/bab_compact.md); off: dense over every
     unit, as before.
+    ``pool_splits``: with the α/β engine, MaxPool windows are split too, a second kind of split beside the ReLU
+    phases: a child restricts a window to the input with the largest upper bound among those that may still attain
+    its maximum (the window's output is then exactly that input), its sibling to the others
+    (:func:`~mlrobust.verify.bab.split.split_windows`); BaBSR scores windows by the coefficient reaching their
+    output times their upper line's gap, FSB tries ``fsb_pool_candidates`` of them beside its ReLU candidates. A
+    window whose inputs are stably active never becomes exact by ReLU splits: on ``mnist2_nodefense`` ex04 at 1.0×
+    the exact MILP with its MaxPool binaries relaxed stays at +0.221 (not robust) where the full MILP proves −0.215
+    (benchmarks/results/bab_pool_split.md).
     """
 
     batch_size: int = 32
@@ -110,6 +118,8 @@ class BabOptions:
     memory_target_bytes: int | None = None
     seed_split_beta: bool = True
     compact_params: bool = True
+    pool_splits: bool = True
+    fsb_pool_candidates: int = 2
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING:
@@ -118,6 +128,8 @@ class BabOptions:
             raise InputError(f"unknown bound engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.batch_size < 1 or self.max_domains < 1:
             raise InputError("batch_size and max_domains must be positive")
+        if self.fsb_pool_candidates < 0:
+            raise InputError(f"fsb_pool_candidates must be 0 or more, not {self.fsb_pool_candidates}")
         if not 1 <= self.max_split_levels <= 3:
             raise InputError(f"max_split_levels must be 1, 2 or 3, not {self.max_split_levels}")
         check_device(self.device)

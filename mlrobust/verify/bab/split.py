@@ -5,6 +5,12 @@ where bit ``l`` of ``c`` is 0 and side ``-`` where it is 1, so the children's sp
 (up to the shared boundary ``z = 0`` / the midpoint, which has measure zero and belongs to both sides: sound).
 Children start as copies of their parent: its bounds (valid on a subset), its row bounds and its α/β warm start;
 ReLU splits keep the parent's box row, input bisection gives each child a row of its own.
+
+A decision may also split a MaxPool window (:func:`split_windows`): side ``+`` restricts the window to its input
+``j`` with the largest upper bound among those that may still attain its maximum ("the maximum is attained at
+``j``": the window's output is exactly ``x_j``), side ``-`` to the others. Every point lies in at least one of the
+two (ties in both), so the children cover their parent, which is what soundness needs; see
+:class:`~mlrobust.ops.maxpool2d.AlphaPoolRelax` for the relaxation of a restricted window.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import numpy as np
 import torch
 
 from mlrobust.ops.base import BETA
-from mlrobust.verify.bab.store import Domains
+from mlrobust.ops.maxpool2d import POOL_THRESHOLDS, POOL_WEIGHTS, window_live
+from mlrobust.verify.bab.store import DomainLayout, Domains
 
 
 def level_signs(levels: int) -> np.ndarray:
@@ -79,3 +86,68 @@ def split_inputs(parents: Domains, dims: np.ndarray) -> Domains:
     kids.box_changed[:] = True
     kids.depth += levels
     return kids
+
+
+def split_choices(parents: Domains, layout: DomainLayout, layer: np.ndarray, index: np.ndarray,
+                  support: dict[str, torch.Tensor] | None = None) -> Domains:
+    """:func:`split_relus` where each decision ``(layer[b, l], index[b, l])`` is a ReLU neuron (``layer`` below the
+    layout's number of ReLU nodes) or a MaxPool window (``layer`` = that number + the pool node's position in
+    ``layout.pool_nodes``, ``index`` the flat window; see :func:`split_windows`); distinct decisions per parent.
+    ``support``: the warm starts' compact layout, as for :func:`split_relus`."""
+    kids = split_relus(parents, layout.relu_nodes, layer, index, support)
+    if layout.pool_nodes:
+        split_windows(kids, layout, np.tile(level_signs(layer.shape[1]), (layer.shape[0], 1)),
+                      np.repeat(layer, 2 ** layer.shape[1], axis=0), np.repeat(index, 2 ** layer.shape[1], axis=0),
+                      support)
+    return kids
+
+
+def window_entries(doms: Domains, layout: DomainLayout, p: int, rows: np.ndarray,
+                   windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For domains ``rows`` and their windows ``windows`` (flat, of pool node ``layout.pool_nodes[p]``): the window
+    entries' lower and upper bounds ``(m, K)`` (-inf for padding), which are real inputs, and which may still attain
+    the window's maximum on the domain (:func:`~mlrobust.ops.maxpool2d.window_live`)."""
+    name, tensor, win = layout.pool_nodes[p], layout.pool_tensors[p], layout.pool_windows[p]
+    n = doms.size
+    entries = win[windows]  # (m, K)
+    real = entries >= 0
+    safe = np.where(real, entries, 0)
+    lo = doms.pre_lower[tensor].reshape(n, -1)[rows[:, None], safe].astype(np.float64)
+    hi = doms.pre_upper[tensor].reshape(n, -1)[rows[:, None], safe].astype(np.float64)
+    lo, hi = np.where(real, lo, -np.inf), np.where(real, hi, -np.inf)
+    return lo, hi, real, window_live(lo, hi, real, doms.pool_excluded[name][rows, windows])
+
+
+def split_windows(kids: Domains, layout: DomainLayout, sign: np.ndarray, layer: np.ndarray,
+                  index: np.ndarray, support: dict[str, torch.Tensor] | None = None) -> None:
+    """Apply, in place, the window decisions among ``(layer, index)`` ``(n, L)`` (see :func:`split_choices`) to the
+    children ``kids`` with sides ``sign`` ``(n, L)``: side ``+`` keeps only the window's input with the largest upper
+    bound among those that may still attain its maximum, side ``-`` rules that input out. The pool weights and
+    threshold of the split window in the children's warm start become unknown (NaN: CROWN's choice for the
+    restricted window; a threshold kept as a fraction of the parent's range would keep the parent's chord).
+    ``support``: the warm starts' compact layout (windows kept per pool node; None: dense)."""
+    n, levels = layer.shape
+    base = len(layout.relu_nodes)
+    for p, name in enumerate(layout.pool_nodes):
+        excluded = kids.pool_excluded[name]
+        params = [kids.warm[k] for k in (f"{POOL_WEIGHTS.name}.{name}", f"{POOL_THRESHOLDS.name}.{name}")
+                  if k in kids.warm]
+        for lev in range(levels):
+            rows = np.flatnonzero(layer[:, lev] == base + p)
+            if rows.size == 0:
+                continue
+            windows = index[rows, lev]
+            _, hi, _, live = window_entries(kids, layout, p, rows, windows)
+            best = np.argmax(np.where(live, hi, -np.inf), axis=1)
+            chosen = np.arange(hi.shape[1])[None] == best[:, None]
+            keep_one = (sign[rows, lev] > 0)[:, None]
+            excluded[rows, windows] = np.where(keep_one, ~chosen, excluded[rows, windows] | chosen)
+            units = None if support is None or name not in support else support[name].cpu().numpy()
+            width = len(layout.pool_windows[p]) if units is None else units.size
+            if units is not None:  # the window's column in the compact layout (one off it has no parameters)
+                col = np.searchsorted(units, windows).clip(max=max(units.size - 1, 0))
+                kept = (units[col] == windows) if units.size else np.zeros(windows.size, dtype=bool)
+                rows, windows = rows[kept], col[kept]
+            for v in params:  # (n, S, P, K) weights, (n, S, P) thresholds (P: the kept windows when compact)
+                t_rows, t_win = torch.as_tensor(rows, device=v.device), torch.as_tensor(windows, device=v.device)
+                v.reshape(n, v.shape[1], width, -1)[t_rows, :, t_win] = float("nan")

@@ -7,13 +7,15 @@ ReLU/MaxPool input are float32 rounded outward (sound, half the memory); its α/
 engine's device, NaN where a parameter has no value yet (the engine then starts from CROWN's). Input boxes live
 once in a :class:`BoxTable` that domains index (ReLU splits never change a box, so children share their parent's
 row; only input bisection adds rows), and the input coefficients only where the engine gives them (plain CROWN):
-on a 64x64 image the box was ~64 KB and the coefficients 16 KB of every domain.
+on a 64x64 image the box was ~64 KB and the coefficients 16 KB of every domain. With window splits on (a layout
+with ``pool_nodes``), each domain also keeps, per MaxPool node, the window entries ruled out of attaining the
+window's maximum (a bool per window entry) and the binding row's coefficients on the window outputs.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,8 +25,8 @@ import torch
 ARRAY_FIELDS = ("box", "row_upper", "value", "depth", "binding", "objective", "changed", "box_changed", "stale")
 #: Array fields of :class:`Domains` that a layout may leave out (None): then no domain of it has them.
 OPTIONAL_FIELDS = ("input_coeff",)
-#: Fields of :class:`Domains` that map a name (tensor or ReLU node) to an array indexed by domain.
-DICT_FIELDS = ("pre_lower", "pre_upper", "splits", "relu_coeff")
+#: Fields of :class:`Domains` that map a name (tensor, ReLU or MaxPool node) to an array indexed by domain.
+DICT_FIELDS = ("pre_lower", "pre_upper", "splits", "relu_coeff", "pool_excluded", "pool_coeff")
 
 
 class BoxTable:
@@ -74,7 +76,9 @@ class BoxTable:
 class DomainLayout:
     """The shapes of one network's domains: ReLU (splittable) nodes and their input tensors, every pre-activation
     tensor with its shape, the input shape, the spec's rows ``S`` and the logits ``C``; ``input_coeffs``: whether
-    the bound engine gives the binding row's input coefficients (plain CROWN does, the α/β engine does not)."""
+    the bound engine gives the binding row's input coefficients (plain CROWN does, the α/β engine does not);
+    ``pool_nodes``: the MaxPool nodes whose windows may be split (none: window splits off), with their input
+    tensors, their windows' flat input indices ``(P, K)`` (-1: padding) and their output shapes."""
 
     relu_nodes: tuple[str, ...]
     relu_tensors: tuple[str, ...]  # the input tensor of each ReLU node, in the same order
@@ -83,6 +87,10 @@ class DomainLayout:
     rows: int
     classes: int
     input_coeffs: bool = True
+    pool_nodes: tuple[str, ...] = ()
+    pool_tensors: tuple[str, ...] = ()
+    pool_windows: tuple[np.ndarray, ...] = field(default=(), compare=False)
+    pool_out_shapes: tuple[tuple[int, ...], ...] = ()
 
     def empty(self, n: int) -> Domains:
         """``n`` domains on one all-zero box, no bounds (``-inf``/``+inf``), no splits and nothing known (NaN)."""
@@ -99,6 +107,10 @@ class DomainLayout:
             relu_coeff={m: np.full((n, *shapes[t]), np.nan, dtype=np.float32)
                         for m, t in zip(self.relu_nodes, self.relu_tensors)},
             input_coeff=np.full((n, *self.input_shape), np.nan, dtype=np.float32) if self.input_coeffs else None,
+            pool_excluded={m: np.zeros((n, *w.shape), dtype=bool)
+                           for m, w in zip(self.pool_nodes, self.pool_windows)},
+            pool_coeff={m: np.full((n, *s), np.nan, dtype=np.float32)
+                        for m, s in zip(self.pool_nodes, self.pool_out_shapes)},
             objective=np.full((n, self.classes), np.nan), changed=np.zeros((n, len(self.relu_nodes)), dtype=bool),
             box_changed=np.zeros(n, dtype=bool), stale=np.zeros(n, dtype=bool), warm={})
 
@@ -114,7 +126,10 @@ class Domains:
     rows (``+inf`` unknown; a child's never exceed its parent's); ``value``: the spec's worst bound
     (:meth:`OutputSpec.value`); ``binding``: the row deciding it (-1: none yet); ``relu_coeff``/``input_coeff``: that
     row's coefficients on each ReLU output / the input in the last bound (NaN: unknown; ``input_coeff`` None: the
-    engine gives none), what branching scores;
+    engine gives none), what branching scores; ``pool_excluded``: per MaxPool node whose windows may be split, bool
+    ``(P, K)`` per domain, the window entries ruled out of attaining the window's maximum on the domain (window
+    splits, see :func:`~mlrobust.verify.bab.split.split_windows`); ``pool_coeff``: the binding row's coefficients
+    on those nodes' outputs (NaN: unknown);
     ``objective``: that row's lower-bound objective where a row mixture makes it vary by domain (NaN: the spec's);
     ``changed``: per ReLU node, whether its input was clamped by a split since the bounds were computed;
     ``box_changed``: the input box shrank since then; ``stale``: its last bounding did not improve on its parent's
@@ -133,6 +148,8 @@ class Domains:
     depth: np.ndarray
     binding: np.ndarray
     relu_coeff: dict[str, np.ndarray]
+    pool_excluded: dict[str, np.ndarray]
+    pool_coeff: dict[str, np.ndarray]
     input_coeff: np.ndarray | None
     objective: np.ndarray
     changed: np.ndarray
