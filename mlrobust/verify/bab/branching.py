@@ -229,8 +229,20 @@ class FsbBranching:
             return Choices(ch.layer[:, :count], ch.index[:, :count], ch.score[:, :count])
         k = self.candidates
         sel = np.flatnonzero(scored)
+        sel, layer, index, fsb = self._worse_children(doms, sel, ch.layer[sel, :k], ch.index[sel, :k])
+        order = np.argsort(-fsb, axis=1, kind="stable")
+        layer, index = np.take_along_axis(layer, order, 1), np.take_along_axis(index, order, 1)
+        fsb = np.take_along_axis(fsb, order, 1)
+        out_layer, out_index, out_score = ch.layer.copy(), ch.index.copy(), ch.score.copy()
+        out_layer[sel, :k], out_index[sel, :k], out_score[sel, :k] = layer, index, fsb
+        return Choices(out_layer[:, :count], out_index[:, :count], out_score[:, :count])
+
+    def _worse_children(self, doms: Domains, sel: np.ndarray, layer: np.ndarray, index: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Domains ``sel`` of ``doms`` with their candidates ``(layer, index)`` ``(D', k)`` scored by bounding both
+        children: those scored before the deadline, their candidates and each candidate's worse child's bound
+        (``-inf`` for an absent candidate)."""
         sub = doms.take(sel)
-        layer, index = ch.layer[sel, :k], ch.index[sel, :k]
         objective = np.where(np.isnan(sub.objective), self.coeffs[sub.binding], sub.objective)
         if self.batched and isinstance(self.engine, AlphaEngine):
             children = self._alpha_scores(sub, layer, index, objective)
@@ -239,13 +251,7 @@ class FsbBranching:
         done = ~np.isnan(children).any(axis=(1, 2))  # NaN: the deadline came before the domain's pass
         self.fallbacks += int((~done).sum())
         sel, layer, index, children = sel[done], layer[done], index[done], children[done]
-        fsb = np.where(layer >= 0, children.min(axis=2), -np.inf)  # (D', k)
-        order = np.argsort(-fsb, axis=1, kind="stable")
-        layer, index = np.take_along_axis(layer, order, 1), np.take_along_axis(index, order, 1)
-        fsb = np.take_along_axis(fsb, order, 1)
-        out_layer, out_index, out_score = ch.layer.copy(), ch.index.copy(), ch.score.copy()
-        out_layer[sel, :k], out_index[sel, :k], out_score[sel, :k] = layer, index, fsb
-        return Choices(out_layer[:, :count], out_index[:, :count], out_score[:, :count])
+        return sel, layer, index, np.where(layer >= 0, children.min(axis=2), -np.inf)
 
     def _rank_with_windows(self, doms: Domains, count: int) -> Choices:
         """:meth:`rank` with window candidates: BaBSR's ``candidates`` best ReLU splits and ``pool_candidates`` best
@@ -264,17 +270,7 @@ class FsbBranching:
         if not scored.any():
             return ch
         sel = np.flatnonzero(scored)
-        sub = doms.take(sel)
-        layer, index = layer_all[sel], index_all[sel]
-        objective = np.where(np.isnan(sub.objective), self.coeffs[sub.binding], sub.objective)
-        if self.batched and isinstance(self.engine, AlphaEngine):
-            children = self._alpha_scores(sub, layer, index, objective)
-        else:
-            children = self._crown_scores(sub, layer, index, objective)
-        done = ~np.isnan(children).any(axis=(1, 2))  # NaN: the deadline came before the domain's pass
-        self.fallbacks += int((~done).sum())
-        sel, layer, index, children = sel[done], layer[done], index[done], children[done]
-        fsb = np.where(layer >= 0, children.min(axis=2), -np.inf)  # (D', k)
+        sel, layer, index, fsb = self._worse_children(doms, sel, layer_all[sel], index_all[sel])
         # best first, absent candidates last (an unscored window's -inf must not fall behind one)
         order = np.lexsort((-fsb, layer < 0), axis=1)
         layer, index = np.take_along_axis(layer, order, 1), np.take_along_axis(index, order, 1)
