@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mlrobust.ir.graph import Network, Node
-from mlrobust.ops.coeffs import project_simplex
+from mlrobust.ops.coeffs import project_simplex, support_columns
 
 Tensor = torch.Tensor
 
@@ -211,10 +211,8 @@ def relayout(value: Tensor, theirs: Tensor | None, like: Tensor, mine: Tensor | 
     mine = mine.to(value.device)
     out = torch.full((value.shape[0], value.shape[1], mine.numel(), *rest), float("nan"), dtype=value.dtype,
                      device=value.device)
-    if theirs.numel():
-        at = torch.searchsorted(theirs, mine).clamp(max=theirs.numel() - 1)
-        found = theirs[at] == mine
-        out[:, :, found] = value[:, :, at[found]]
+    found, at = support_columns(theirs, mine)
+    out[:, :, found] = value[:, :, at[found]]
     return out
 
 

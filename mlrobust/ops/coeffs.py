@@ -162,6 +162,15 @@ def on_units(x: torch.Tensor, units: int, idx: torch.Tensor | None) -> torch.Ten
     return x.reshape(*x.shape[:2], -1, *rest).index_select(2, idx)
 
 
+def support_columns(support: torch.Tensor, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each of ``units`` (flat unit indices) sits in a compact layout over the sorted ``support``: whether it
+    is held there, and its column (meaningful only where held)."""
+    if support.numel() == 0:
+        return torch.zeros(units.shape, dtype=torch.bool, device=units.device), torch.zeros_like(units)
+    col = torch.searchsorted(support, units).clamp(max=support.numel() - 1)
+    return support[col] == units, col
+
+
 def support_mask(size: int, idx: torch.Tensor) -> torch.Tensor:
     """``(size,)`` bool, true at ``idx``."""
     mask = torch.zeros(size, dtype=torch.bool, device=idx.device)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mlrobust.ops.base import BETA
+from mlrobust.ops.coeffs import support_columns
 from mlrobust.ops.maxpool2d import POOL_THRESHOLDS, POOL_WEIGHTS, window_live
 from mlrobust.verify.bab.store import DomainLayout, Domains
 
@@ -44,24 +45,31 @@ def split_relus(parents: Domains, relu_nodes: tuple[str, ...], layer: np.ndarray
     idx = np.repeat(index, per, axis=0)
     for r, name in enumerate(relu_nodes):
         flat = kids.splits[name].reshape(n, -1)
-        beta = kids.warm.get(f"{BETA.name}.{name}")
-        units = None if support is None or name not in support else support[name].cpu().numpy()
+        beta = [v for v in (kids.warm.get(f"{BETA.name}.{name}"),) if v is not None]
         for lev in range(levels):
             rows = np.flatnonzero(lay[:, lev] == r)
             flat[rows, idx[rows, lev]] = sign[rows, lev]
             kids.changed[rows, r] = True
-            if beta is not None and rows.size:
+            if rows.size:
                 # the new split's multiplier is unknown (NaN), which marks it for seeding (alpha_crown._optimise)
-                at = idx[rows, lev]
-                if units is not None:  # its column in the compact layout (a neuron off it has no multiplier)
-                    col = np.searchsorted(units, at).clip(max=max(units.size - 1, 0))
-                    kept = (units[col] == at) if units.size else np.zeros(at.size, dtype=bool)
-                    rows, at = rows[kept], col[kept]
-                t_rows = torch.as_tensor(rows, device=beta.device)
-                t_idx = torch.as_tensor(at, device=beta.device)
-                beta.reshape(n, beta.shape[1], -1)[t_rows, :, t_idx] = float("nan")
+                _forget(beta, rows, idx[rows, lev], flat.shape[1], None if support is None else support.get(name))
     kids.depth += levels
     return kids
+
+
+def _forget(values: list[torch.Tensor], rows: np.ndarray, units: np.ndarray, dense_units: int,
+            node_support: torch.Tensor | None) -> None:
+    """Mark unknown (NaN), in place, unit ``units[i]`` of domain ``rows[i]`` in each of a node's warm-start families
+    ``values`` (``(n, S, *units, *rest)`` over ``dense_units`` units, or ``(n, S, m, *rest)`` over
+    ``node_support``): the engine then starts them afresh. A unit off the support has no value to forget."""
+    width = dense_units
+    if node_support is not None:  # the units' columns in the compact layout
+        held, col = support_columns(node_support, torch.as_tensor(units, dtype=node_support.dtype,
+                                                                  device=node_support.device))
+        rows, units, width = rows[held.cpu().numpy()], col[held].cpu().numpy(), node_support.numel()
+    for v in values:
+        t_rows, t_units = torch.as_tensor(rows, device=v.device), torch.as_tensor(units, device=v.device)
+        v.reshape(v.shape[0], v.shape[1], width, -1)[t_rows, :, t_units] = float("nan")
 
 
 def split_inputs(parents: Domains, dims: np.ndarray) -> Domains:
@@ -126,7 +134,7 @@ def split_windows(kids: Domains, layout: DomainLayout, sign: np.ndarray, layer: 
     threshold of the split window in the children's warm start become unknown (NaN: CROWN's choice for the
     restricted window; a threshold kept as a fraction of the parent's range would keep the parent's chord).
     ``support``: the warm starts' compact layout (windows kept per pool node; None: dense)."""
-    n, levels = layer.shape
+    levels = layer.shape[1]
     base = len(layout.relu_nodes)
     for p, name in enumerate(layout.pool_nodes):
         excluded = kids.pool_excluded[name]
@@ -142,12 +150,6 @@ def split_windows(kids: Domains, layout: DomainLayout, sign: np.ndarray, layer: 
             chosen = np.arange(hi.shape[1])[None] == best[:, None]
             keep_one = (sign[rows, lev] > 0)[:, None]
             excluded[rows, windows] = np.where(keep_one, ~chosen, excluded[rows, windows] | chosen)
-            units = None if support is None or name not in support else support[name].cpu().numpy()
-            width = len(layout.pool_windows[p]) if units is None else units.size
-            if units is not None:  # the window's column in the compact layout (one off it has no parameters)
-                col = np.searchsorted(units, windows).clip(max=max(units.size - 1, 0))
-                kept = (units[col] == windows) if units.size else np.zeros(windows.size, dtype=bool)
-                rows, windows = rows[kept], col[kept]
-            for v in params:  # (n, S, P, K) weights, (n, S, P) thresholds (P: the kept windows when compact)
-                t_rows, t_win = torch.as_tensor(rows, device=v.device), torch.as_tensor(windows, device=v.device)
-                v.reshape(n, v.shape[1], width, -1)[t_rows, :, t_win] = float("nan")
+            # (n, S, P, K) weights, (n, S, P) thresholds
+            _forget(params, rows, windows, len(layout.pool_windows[p]),
+                    None if support is None else support.get(name))
