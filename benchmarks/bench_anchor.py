@@ -6,7 +6,10 @@ describes (``DIR/run_one.sh``, ``DIR/configs/``, a CPU venv). The instance list,
 - ``ours``: the layered boxes of mlrobust's search on the shipped ``mnist2_pgd`` (benchmarks/results/
   scale_neighborhoods.json) at 1.0/1.05/1.1/1.2x on ex00, ex02, ex04 (VNN-LIB written into ``--work``);
 - ``devset``: ``benchmarks/devset/instances.csv`` (whole-image L∞ balls and layered boxes on the development models);
-- ``vnncomp``: ``benchmarks/vnncomp/instances.csv`` (the first ``--vnncomp-limit`` of every model and family).
+- ``vnncomp``: ``benchmarks/vnncomp/instances.csv`` (the first ``--vnncomp-limit`` of every model and family);
+- ``ladder`` (only when named): the neighborhoods ``mlrobust verify`` returned on the scale ladder's rungs (the
+  result JSON files given with ``--ladder-results``, e.g. ``build/benchmarks/scale_ladder/triple_mnist_*_120.json``)
+  at ``--ladder-scales`` times their ε vector, with each result's own model, image, mask, target and k.
 
 Every (instance, tool) runs in a fresh process with one CPU thread, at most ``--jobs`` (≤ 2) at once, under the same
 timeout. Times are whole-process wall times, start-up included, for both tools (mlrobust's time after loading the
@@ -48,7 +51,9 @@ from benchmarks.suite import add_notes_arguments, read_notes  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "anchor.md"
 WORK = ROOT / "build" / "benchmarks" / "anchor"
-GROUPS = ("ours", "devset", "vnncomp")
+GROUPS = ("ours", "devset", "vnncomp", "ladder")
+#: The groups run when ``--groups`` is not given (``ladder`` needs ``--ladder-results``).
+DEFAULT_GROUPS = ("ours", "devset", "vnncomp")
 OURS_IMAGES = ("ex00", "ex02", "ex04")
 OURS_SCALES = (1.0, 1.05, 1.1, 1.2)
 ABC = "abcrown"
@@ -94,6 +99,34 @@ def ours_instances(work: Path, examples: Path, neighborhoods: Path, timeout: flo
                                f"{image} (target {target}): {scale:g} x the layered box mlrobust's search proved "
                                "for mnist2_pgd; the target stays among the top-2")
         out += [AnchorInstance("ours", model, path, timeout) for path in paths]
+    return out
+
+
+def ladder_instances(work: Path, results: list[Path], scales: tuple[float, ...],
+                     timeout: float) -> list[AnchorInstance]:
+    """The layered boxes of ``mlrobust verify`` results (scale ladder) at every scale (files written once): the
+    result's ε vector scaled and clipped to [0, 1], around its own image and mask, the target among its top-k."""
+    from benchmarks.vnncomp_models import topk_vnnlib
+    from mlrobust import load_result
+    from mlrobust.api import prepare
+
+    out = []
+    for result in results:
+        data = load_result(result)
+        model, image = Path(data["model"]["path"]), Path(data["image"]["path"])
+        paths = [work / "ladder" / f"{result.stem}_x{scale:g}.vnnlib" for scale in scales]
+        if not all(p.is_file() for p in paths):
+            target, k = int(data["target"]), int(data["k"])
+            prep = prepare(model, image, target, k=k, object_mask=np.asarray(data["object"]["mask"]) > 0)
+            eps = np.asarray(data["epsilons"], dtype=np.float64)
+            n_out = int(np.prod(prep.network.output_shape))
+            for path, scale in zip(paths, scales):
+                box = prep.nbhd.box(np.minimum(scale * eps, 1.0))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(topk_vnnlib(box.lower.reshape(-1), box.upper.reshape(-1), n_out, target, k,
+                                            f"{result.stem} (target {target}, top-{k}): {scale:g} x the layered box "
+                                            f"mlrobust verify returned for {model.name} on {image.name}"))
+        out += [AnchorInstance("ladder", model, path, timeout) for path in paths]
     return out
 
 
@@ -431,6 +464,11 @@ def instance_list(args: argparse.Namespace) -> list[AnchorInstance]:
         out += csv_instances("devset", args.devset, args.timeout, args.devset_limit)
     if "vnncomp" in groups:
         out += csv_instances("vnncomp", args.vnncomp, args.timeout, args.vnncomp_limit)
+    if "ladder" in groups:
+        if not args.ladder_results:
+            raise SystemExit("error: the ladder group needs --ladder-results (mlrobust verify result JSON files)")
+        scales = tuple(float(v) for v in args.ladder_scales.split(",") if v)
+        out += ladder_instances(args.work, args.ladder_results, scales, args.timeout or 60.0)
     return out
 
 
@@ -497,9 +535,14 @@ def _abc_version(abc_dir: Path) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks anchor", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated subset of {','.join(GROUPS)}")
-    p.add_argument("--method", default="vnnlib", help="mlrobust's method (benchmarks vnncomp's names; default "
-                                                     "the mlrobust vnnlib route)")
+    p.add_argument("--groups", default=",".join(DEFAULT_GROUPS),
+                   help=f"comma-separated subset of {','.join(GROUPS)} (default: {','.join(DEFAULT_GROUPS)})")
+    p.add_argument("--ladder-results", type=Path, nargs="*", default=[],
+                   help="mlrobust verify result JSON files for the ladder group")
+    p.add_argument("--ladder-scales", default="1,1.2,1.5", help="the ladder group's factors of each ε vector")
+    p.add_argument("--method", default="vnnlib_bab",
+                   help="mlrobust's method (benchmarks vnncomp's names; default vnnlib_bab, what `mlrobust vnnlib` "
+                        "runs by default: attack, CROWN, branch and bound, MILP)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per instance (default: the lists', 60)")
     p.add_argument("--vnncomp-limit", type=int, default=2, help="first N instances per VNN-style model and family")
     p.add_argument("--devset-limit", type=int, default=None,

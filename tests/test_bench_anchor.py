@@ -270,3 +270,46 @@ def test_raw_lines_are_recorded_and_read_back_by_key(tmp_path):
     assert cache == {(inst.key, "unsat"): {"instance": inst.key, "tool": "unsat", "status": "unsat"},
                      (inst.key, "timeout"): {"instance": inst.key, "tool": "timeout", "status": "timeout"}}
     assert anchor.read_raw(argparse.Namespace(work=tmp_path, fresh=True), lambda r: r["tool"]) == {}
+
+
+def test_ladder_instances_are_a_results_boxes_with_its_own_top_k(tmp_path):
+    """A Triple-MNIST result (top-3): one VNN-LIB file per scale, around the result's image and mask, with every
+    3-subset of the other labels as a clause."""
+    from mlrobust.api import prepare
+    from mlrobust.neighborhood.image_io import read_image
+
+    examples = ROOT / "examples"
+    entry = next(e for e in json.loads((examples / "ladder.json").read_text())["images"] if e["id"] == "triple00")
+    model, image, mask = examples / "models" / "triple_mnist.onnx", examples / entry["file"], examples / entry["mask"]
+    prep = prepare(model, image, int(entry["target_label"]), k=3, object_mask=mask)
+    eps = np.linspace(0.05, 0.01, prep.nbhd.num_layers)
+    np.savez_compressed(tmp_path / "r.npz", object_mask=prep.nbhd.mask.astype(np.uint8))
+    (tmp_path / "r.json").write_text(json.dumps({
+        "model": {"path": str(model)}, "image": {"path": str(image)}, "target": int(entry["target_label"]), "k": 3,
+        "epsilons": eps.tolist(), "object": {"mask": {"array": "object_mask"}}, "arrays": {"file": "r.npz"}}))
+    insts = anchor.ladder_instances(tmp_path / "work", [tmp_path / "r.json"], (1.0, 1.5), 90.0)
+    assert [i.prop.name for i in insts] == ["r_x1.vnnlib", "r_x1.5.vnnlib"]
+    assert all(i.group == "ladder" and i.model == model and i.timeout == 90.0 for i in insts)
+    x = read_image(image).astype(np.float64).reshape(-1)
+    regions = [parse_vnnlib(i.prop).regions[0] for i in insts]
+    for scale, region in zip((1.0, 1.5), regions):
+        assert len(region.clauses) == 84  # every 3-subset of the 9 other labels
+        box = prep.nbhd.box(np.minimum(scale * eps, 1.0))
+        np.testing.assert_allclose(region.lower, box.lower.reshape(-1), atol=1e-12)
+        np.testing.assert_allclose(region.upper, box.upper.reshape(-1), atol=1e-12)
+        assert np.all(region.lower <= x) and np.all(x <= region.upper)
+    object_pixels = prep.nbhd.mask.reshape(-1)
+    half = (regions[1].upper - regions[1].lower) / 2
+    inside = (x[object_pixels] > 0.075) & (x[object_pixels] < 0.925)  # not clipped at 1.5 x 0.05
+    np.testing.assert_allclose(half[object_pixels][inside], 0.075, atol=1e-12)
+
+
+def test_mlrobust_runs_as_mlrobust_vnnlib_does_by_default():
+    """Unless told otherwise, the comparison runs the route ``mlrobust vnnlib`` runs by default."""
+    import inspect
+
+    from benchmarks.bench_vnncomp import VNNLIB_METHODS
+    from mlrobust.cli import vnnlib_cmd
+
+    cli_default = inspect.signature(vnnlib_cmd.vnnlib).parameters["verifier"].default.default
+    assert VNNLIB_METHODS[anchor.parser().get_default("method")] == cli_default == "cascade-bab"
