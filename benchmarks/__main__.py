@@ -14,6 +14,7 @@
     python -m benchmarks workers                                 # the search's queries per second at 1 and 2 workers
     python -m benchmarks side-file --result out.json             # side file size and write time, coded vs XOR
     python -m benchmarks anchor --abcrown DIR                    # against α,β-CROWN on the same instances
+    python -m benchmarks anchor --abcrown DIR --groups ladder --ladder-results R.json   # ... on verify's results
     python -m benchmarks anchor-radius --abcrown DIR             # largest L∞ radius per model, both tools
     python -m benchmarks devset-search                           # search on the dev models, before/after joint
     python -m benchmarks bab-boxes --variants default,refresh_stale=true   # BaB on fixed boxes, per knob
