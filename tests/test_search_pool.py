@@ -364,3 +364,34 @@ def test_the_workers_benchmark_asks_one_question_per_layer():
         np.testing.assert_array_equal(job.box.upper, pb.box(expected).upper)
     row = throughput(pb.network, jobs, 1)
     assert row["queries"] == len(jobs) == len(row["verdicts"]) and row["queries_per_second"] > 0
+
+
+class CallCountingVerifier:
+    """A verifier that learns from its calls (as the bound tier's JointPolicy does): robust on its first call,
+    unknown on every later one. Its answers show which state each job started from."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def verify(self, network, box, target, k=2, mode="decide", time_limit=None):
+        from mlrobust.verify.verdict import Robust
+
+        self.calls += 1
+        return Robust(tier="counting") if self.calls == 1 else Unknown(reason="later call", tier="counting")
+
+
+def test_a_pool_of_one_runs_each_job_from_the_state_the_list_was_made_in(two_workers):
+    """Workers receive each job pickled, so a learning verifier starts every job of a list from the same state; a
+    pool of one worker runs the jobs here and must too, or a list's verdicts would depend on the worker count."""
+    from mlrobust.search.pool import VerifyJob, run_verify_job
+
+    pb = tiny_problem()
+    shared = CallCountingVerifier()
+    jobs = [VerifyJob(pb.nbhd.box(e), pb.target, 2, "decide", 10.0, shared, [], False, False, seed=i)
+            for i, e in enumerate(trials(pb)[:4])]
+    here = QueryPool(pb.network, 1).map(run_verify_job, jobs)
+    there = two_workers.map(run_verify_job, jobs)
+    assert [status_of(o.verdict) for o in here] == [status_of(o.verdict) for o in there] == ["robust"] * 4
+    assert shared.calls == 0  # the caller's verifier is left as it was, as with workers

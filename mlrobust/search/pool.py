@@ -174,7 +174,8 @@ def run_attack_job(job: AttackJob, network: Network | None = None) -> AttackOutc
 class QueryPool:
     """``workers`` processes that answer lists of independent jobs for one network (see the module doc).
 
-    ``workers=1`` never starts a process: :meth:`map` runs the jobs here, one after the other."""
+    ``workers=1`` never starts a process: :meth:`map` runs the jobs here, one after the other, each on its own copy
+    (as a worker would receive it), so that every job starts from the state the list was made in."""
 
     def __init__(self, network: Network, workers: int):
         self.network = network
@@ -214,7 +215,10 @@ class QueryPool:
         """``fn(job)`` for every job, in the order given. Two or more jobs on a parallel pool run in the workers;
         any exception (Ctrl-C and the time-limit stop included) terminates them before it goes on."""
         if not self.parallel or len(jobs) < 2:
-            return [fn(job, self.network) for job in jobs]
+            # each job on its own copy, as a worker receives it: a verifier that learns from its calls (the bound
+            # tier's JointPolicy) would otherwise answer job i from the state jobs 0..i-1 left, and a list's
+            # verdicts would depend on where it ran
+            return [fn(pickle.loads(pickle.dumps(job)), self.network) for job in jobs]
         futures: list[Future] = []
         try:
             executor = self._start()
