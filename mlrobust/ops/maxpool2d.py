@@ -31,10 +31,16 @@ class PoolRelax:
     upper_icpt: torch.Tensor  # (P,)
 
 
-def window_bounds(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lower/upper bounds of every window entry; padded entries get -inf (they never win a max)."""
+def window_bounds(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                  batched: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Lower/upper bounds of every window entry; padded entries get -inf (they never win a max). ``batched``:
+    ``lo``/``hi`` are ``(D, *input)``, one row per domain, and the result has a leading ``D`` axis."""
     valid = idx >= 0
     safe = np.where(valid, idx, 0)
+    if batched:
+        d = lo.shape[0]
+        return (np.where(valid, lo.reshape(d, -1)[:, safe], -np.inf),
+                np.where(valid, hi.reshape(d, -1)[:, safe], -np.inf))
     return (np.where(valid, lo.reshape(-1)[safe], -np.inf), np.where(valid, hi.reshape(-1)[safe], -np.inf))
 
 
@@ -68,15 +74,13 @@ def restricted_lower(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray, excluded: 
     d, k = lo.shape[0], idx.shape[-1]
     flat_idx = idx.reshape(-1, k)
     valid = flat_idx >= 0
-    safe = np.where(valid, flat_idx, 0)
-    l_win = np.where(valid, lo.reshape(d, -1)[:, safe], -np.inf)
-    u_win = np.where(valid, hi.reshape(d, -1)[:, safe], -np.inf)
+    l_win, u_win = window_bounds(flat_idx, lo, hi, batched=True)
     live = window_live(l_win, u_win, valid, excluded)
     single = live.sum(-1) == 1  # (D, P)
     out = lo.reshape(d, -1).copy()
     if single.any():
         dom, win = np.nonzero(single)
-        j = safe[win, np.argmax(live[dom, win], axis=-1)]
+        j = flat_idx[win, np.argmax(live[dom, win], axis=-1)]  # a live entry is real: never padding
         np.maximum.at(out, (dom, j), l_win[dom, win].max(-1))
     return out.reshape(lo.shape)
 
@@ -168,13 +172,10 @@ def alpha_pool_relax(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray,
 
     if np.any((idx < 0).all(axis=-1)):
         raise InputError("a MaxPool window lies entirely in the padding; its output would be -inf")
-    d = lo.shape[0]
     k = idx.shape[-1]
     flat_idx = idx.reshape(-1, k)  # (P, K)
     valid = flat_idx >= 0
-    safe = np.where(valid, flat_idx, 0)
-    l_all = np.where(valid, lo.reshape(d, -1)[:, safe], -np.inf)  # (D, P, K)
-    u_all = np.where(valid, hi.reshape(d, -1)[:, safe], -np.inf)
+    l_all, u_all = window_bounds(flat_idx, lo, hi, batched=True)  # (D, P, K)
     upper_valid = None
     l_win, u_win = l_all, u_all
     if excluded is not None:
