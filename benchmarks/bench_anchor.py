@@ -106,7 +106,7 @@ def ladder_instances(work: Path, results: list[Path], scales: tuple[float, ...],
                      timeout: float) -> list[AnchorInstance]:
     """The layered boxes of ``mlrobust verify`` results (scale ladder) at every scale (files written once): the
     result's ε vector scaled and clipped to [0, 1], around its own image and mask, the target among its top-k."""
-    from benchmarks.vnncomp_models import topk_vnnlib
+    from benchmarks.devset_instances import write_property
     from mlrobust import load_result
     from mlrobust.api import prepare
 
@@ -119,13 +119,12 @@ def ladder_instances(work: Path, results: list[Path], scales: tuple[float, ...],
             target, k = int(data["target"]), int(data["k"])
             prep = prepare(model, image, target, k=k, object_mask=np.asarray(data["object"]["mask"]) > 0)
             eps = np.asarray(data["epsilons"], dtype=np.float64)
-            n_out = int(np.prod(prep.network.output_shape))
             for path, scale in zip(paths, scales):
                 box = prep.nbhd.box(np.minimum(scale * eps, 1.0))
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(topk_vnnlib(box.lower.reshape(-1), box.upper.reshape(-1), n_out, target, k,
-                                            f"{result.stem} (target {target}, top-{k}): {scale:g} x the layered box "
-                                            f"mlrobust verify returned for {model.name} on {image.name}"))
+                write_property(path, box.lower.reshape(-1), box.upper.reshape(-1), target,
+                               f"{result.stem} (target {target}, top-{k}): {scale:g} x the layered box mlrobust "
+                               f"verify returned for {model.name} on {image.name}", k=k,
+                               n_out=prep.network.num_classes)
         out += [AnchorInstance("ladder", model, path, timeout) for path in paths]
     return out
 

@@ -64,9 +64,11 @@ def linf_box(examples: Path, entry: dict, eps: float) -> tuple[np.ndarray, np.nd
     return np.clip(x - eps, 0.0, 1.0), np.clip(x + eps, 0.0, 1.0), int(entry["target_label"])
 
 
-def write_property(path: Path, lower: np.ndarray, upper: np.ndarray, target: int, comment: str) -> Path:
+def write_property(path: Path, lower: np.ndarray, upper: np.ndarray, target: int, comment: str, *,
+                   k: int = K, n_out: int = 10) -> Path:
+    """The VNN-LIB file of "``target`` stays among the top-``k`` of ``n_out`` outputs" on the box (its folder made)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(topk_vnnlib(lower, upper, 10, target, K, comment))
+    path.write_text(topk_vnnlib(lower, upper, n_out, target, k, comment))
     return path
 
 
